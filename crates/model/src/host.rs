@@ -1,0 +1,247 @@
+//! A proxied host, with the seed's field names, and its string-map form in the store.
+//!
+//! The store keeps every record as a map of string fields, as the seed's Redis hashes do
+//! (`targetPort=8080`, `forcessl=true`). [`Host::from_fields`] and [`Host::to_fields`] convert
+//! between that form and typed values; fields this version does not know are kept as they are.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::name::{HostPattern, Hostname, NameError};
+
+/// A record as the store keeps it: field name to string value.
+pub type Fields = BTreeMap<String, String>;
+
+/// Why a host record was refused; names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// A required field is absent.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// A field is present but its value is not acceptable.
+    #[error("{field} is invalid: {reason}")]
+    Invalid {
+        /// The field at fault, with the seed's spelling.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl HostError {
+    /// The field the error is about.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Missing(field) | Self::Invalid { field, .. } => field,
+        }
+    }
+
+    fn invalid(field: &'static str, reason: impl fmt::Display) -> Self {
+        Self::Invalid { field, reason: reason.to_string() }
+    }
+}
+
+/// Where a host's traffic goes: an IP address or host name, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    ip: String,
+    port: u16,
+}
+
+impl Target {
+    /// Validates a target: `ip` is an IPv4 address, an IPv6 address or a host name; the port
+    /// is 1–65535.
+    pub fn new(ip: &str, port: u16) -> Result<Self, HostError> {
+        if port == 0 {
+            return Err(HostError::invalid("targetPort", "must be from 1 to 65535"));
+        }
+        let ip = ip.trim();
+        let ip = ip.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(ip);
+        if ip.is_empty() {
+            return Err(HostError::Missing("ip"));
+        }
+        let ip = match ip.parse::<IpAddr>() {
+            Ok(addr) => addr.to_string(),
+            Err(_) => Hostname::parse(ip)
+                .map_err(|e: NameError| HostError::invalid("ip", format!("not an IP address or host name: {e}")))?
+                .to_string(),
+        };
+        Ok(Self { ip, port })
+    }
+
+    /// The address or name, without brackets.
+    pub fn ip(&self) -> &str {
+        &self.ip
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `host:port` as used in a URI authority (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        if self.ip.contains(':') {
+            format!("[{}]:{}", self.ip, self.port)
+        } else {
+            format!("{}:{}", self.ip, self.port)
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.authority())
+    }
+}
+
+/// A proxied host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// The host pattern this record serves.
+    pub host: HostPattern,
+    /// Where requests go.
+    pub target: Target,
+    /// Redirect plain HTTP to HTTPS.
+    pub forcessl: bool,
+    /// Speak TLS to the target.
+    pub targetssl: bool,
+    /// Who created the record.
+    pub created_by: String,
+    /// When it was created, milliseconds since the Unix epoch.
+    pub created_on: i64,
+    /// Who last changed it (`__NONE__` if nobody has).
+    pub updated_by: String,
+    /// When it was last changed, milliseconds since the Unix epoch.
+    pub updated_on: i64,
+    /// Fields this version does not interpret (`is_cache`, `wildcard_*`, …), kept as they are.
+    pub extra: Fields,
+}
+
+const KNOWN: [&str; 9] =
+    ["host", "ip", "targetPort", "forcessl", "targetssl", "created_by", "created_on", "updated_by", "updated_on"];
+
+impl Host {
+    /// Reads a host from its stored string fields (the seed's Redis hash layout).
+    pub fn from_fields(fields: &Fields) -> Result<Self, HostError> {
+        let text = |name: &'static str| fields.get(name).map(String::as_str);
+        let host = text("host").ok_or(HostError::Missing("host"))?;
+        let host = HostPattern::parse(host).map_err(|e| HostError::invalid("host", e))?;
+        let port = text("targetPort").ok_or(HostError::Missing("targetPort"))?;
+        let port = parse_port(port)?;
+        let ip = text("ip").ok_or(HostError::Missing("ip"))?;
+        let target = Target::new(ip, port)?;
+        let flag = |name: &'static str, default: bool| text(name).map_or(Ok(default), |v| parse_flag(name, v));
+        let time = |name: &'static str| text(name).and_then(|v| v.trim().parse::<f64>().ok()).map_or(0, |v| v as i64);
+        Ok(Self {
+            host,
+            target,
+            forcessl: flag("forcessl", true)?,
+            targetssl: flag("targetssl", false)?,
+            created_by: text("created_by").unwrap_or_default().to_owned(),
+            created_on: time("created_on"),
+            updated_by: text("updated_by").unwrap_or("__NONE__").to_owned(),
+            updated_on: time("updated_on"),
+            extra: fields
+                .iter()
+                .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+    }
+
+    /// The stored string fields, as the seed writes them.
+    pub fn to_fields(&self) -> Fields {
+        let mut fields = self.extra.clone();
+        let mut put = |k: &str, v: String| fields.insert(k.to_owned(), v);
+        put("host", self.host.to_string());
+        put("ip", self.target.ip().to_owned());
+        put("targetPort", self.target.port().to_string());
+        put("forcessl", self.forcessl.to_string());
+        put("targetssl", self.targetssl.to_string());
+        put("created_by", self.created_by.clone());
+        put("created_on", self.created_on.to_string());
+        put("updated_by", self.updated_by.clone());
+        put("updated_on", self.updated_on.to_string());
+        fields
+    }
+}
+
+/// A port from its text form (`"8080"`), 1–65535.
+pub fn parse_port(text: &str) -> Result<u16, HostError> {
+    match text.trim().parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(HostError::invalid("targetPort", "must be a whole number from 1 to 65535")),
+    }
+}
+
+fn parse_flag(field: &'static str, text: &str) -> Result<bool, HostError> {
+    match text.trim() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(HostError::invalid(field, "must be true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed_hash() -> Fields {
+        [
+            ("created_by", "admin"),
+            ("created_on", "1735689600000"),
+            ("updated_by", "__NONE__"),
+            ("updated_on", "1735689600001"),
+            ("host", "app.example.com"),
+            ("ip", "10.0.0.5"),
+            ("targetPort", "8080"),
+            ("forcessl", "true"),
+            ("targetssl", "false"),
+            ("is_cache", "false"),
+            ("is_wildcard", "false"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn seed_hash_round_trips() {
+        let host = Host::from_fields(&seed_hash()).unwrap();
+        assert_eq!(host.host.as_str(), "app.example.com");
+        assert_eq!(host.target.authority(), "10.0.0.5:8080");
+        assert!(host.forcessl && !host.targetssl);
+        assert_eq!(host.created_on, 1_735_689_600_000);
+        assert_eq!(host.extra.get("is_wildcard").map(String::as_str), Some("false"));
+        assert_eq!(host.to_fields(), seed_hash());
+    }
+
+    #[test]
+    fn bad_fields_name_the_field() {
+        let mut f = seed_hash();
+        f.insert("targetPort".into(), "70000".into());
+        assert_eq!(Host::from_fields(&f).unwrap_err().field(), "targetPort");
+        let mut f = seed_hash();
+        f.insert("ip".into(), "not an ip!".into());
+        assert_eq!(Host::from_fields(&f).unwrap_err().field(), "ip");
+        let mut f = seed_hash();
+        f.insert("forcessl".into(), "maybe".into());
+        assert_eq!(Host::from_fields(&f).unwrap_err().field(), "forcessl");
+        let mut f = seed_hash();
+        f.remove("host");
+        assert_eq!(Host::from_fields(&f).unwrap_err(), HostError::Missing("host"));
+    }
+
+    #[test]
+    fn targets_accept_ipv4_ipv6_and_names() {
+        assert_eq!(Target::new("127.0.0.1", 80).unwrap().authority(), "127.0.0.1:80");
+        assert_eq!(Target::new("::1", 80).unwrap().authority(), "[::1]:80");
+        assert_eq!(Target::new("[::1]", 80).unwrap().authority(), "[::1]:80");
+        assert_eq!(Target::new("Backend.Internal", 80).unwrap().authority(), "backend.internal:80");
+        assert!(Target::new("a b", 80).is_err());
+        assert!(Target::new("127.0.0.1", 0).is_err());
+    }
+}

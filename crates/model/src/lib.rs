@@ -1,0 +1,15 @@
+//! Portico's plain types and pure logic. Nothing here does I/O.
+//!
+//! - [`Hostname`]: a normalised DNS name (lower case, no port, no trailing dot, A-labels).
+//! - [`HostPattern`]: a host pattern whose labels are literals, `*` (one label) or `**` (one or
+//!   more labels), in any position.
+//! - [`HostTable`]: the lookup tree that maps a name to the most specific matching pattern.
+//! - [`Host`]: a proxied host as the API and the store see it, with the seed's field names.
+
+mod host;
+mod name;
+mod table;
+
+pub use host::{Fields, Host, HostError, Target, parse_port};
+pub use name::{HostPattern, Hostname, NameError, PatternLabel};
+pub use table::HostTable;

@@ -1,0 +1,81 @@
+//! The one place that names things in storage: record kinds and their keys.
+//!
+//! Kinds keep the seed's model names (`Host`, `User`, `AuthToken`, `DnsProvider`, `Domain`),
+//! which its Redis key layout uses: index set `proxy_<Kind>`, record hash
+//! `proxy_<Kind>_<key>`.
+
+use std::fmt;
+
+/// The seed's key prefix.
+pub const PREFIX: &str = "proxy_";
+
+/// A kind of record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Kind {
+    /// A proxied host, keyed by its pattern.
+    Host,
+    /// A user, keyed by user name.
+    User,
+    /// A session token, keyed by its SHA-256.
+    AuthToken,
+    /// A DNS provider account, keyed by id.
+    DnsProvider,
+    /// A DNS zone managed by a provider, keyed by domain.
+    Domain,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 5] = [Kind::Host, Kind::User, Kind::AuthToken, Kind::DnsProvider, Kind::Domain];
+
+    /// The seed's model name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Host => "Host",
+            Kind::User => "User",
+            Kind::AuthToken => "AuthToken",
+            Kind::DnsProvider => "DnsProvider",
+            Kind::Domain => "Domain",
+        }
+    }
+
+    /// The Redis index set of this kind: `proxy_Host`.
+    pub fn index_key(self) -> String {
+        format!("{PREFIX}{}", self.name())
+    }
+
+    /// The Redis hash of one record: `proxy_Host_app.example.com`.
+    pub fn record_key(self, key: &str) -> String {
+        format!("{PREFIX}{}_{key}", self.name())
+    }
+
+    /// The embedded store's table for this kind.
+    pub(crate) fn table_name(self) -> &'static str {
+        match self {
+            Kind::Host => "record/Host",
+            Kind::User => "record/User",
+            Kind::AuthToken => "record/AuthToken",
+            Kind::DnsProvider => "record/DnsProvider",
+            Kind::Domain => "record/Domain",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_key_layout() {
+        assert_eq!(Kind::Host.index_key(), "proxy_Host");
+        assert_eq!(Kind::Host.record_key("*.example.com"), "proxy_Host_*.example.com");
+        assert_eq!(Kind::DnsProvider.record_key("0123456789abcdef"), "proxy_DnsProvider_0123456789abcdef");
+    }
+}

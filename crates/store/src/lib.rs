@@ -1,0 +1,165 @@
+//! Portico's store: everything a cluster shares.
+//!
+//! [`Store`] is deliberately small: typed records with an index per [`Kind`], blobs with an
+//! optional time to live, lease locks, and a change feed. Every backend passes one contract
+//! suite (`tests/it/contract.rs`). Backends:
+//!
+//! - [`EmbeddedStore`] (default): a redb file under the data directory. Several processes on
+//!   one machine may open it at once (the CLI beside `portico serve`); each sees the others'
+//!   writes through a version counter it polls.
+//!
+//! Records are maps of string fields, as the seed's Redis hashes are, so a record read from a
+//! seed deployment and one written by Portico look the same.
+
+mod embedded;
+mod error;
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+pub use embedded::EmbeddedStore;
+pub use error::StoreError;
+pub use keys::Kind;
+
+/// A record: field name to string value.
+pub type Fields = BTreeMap<String, String>;
+
+/// What changed in the store. Receivers that lag or see [`Change::Resync`] re-read what they
+/// keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// A record was created, replaced, renamed or deleted. A rename is two events.
+    Record {
+        /// The record's kind.
+        kind: Kind,
+        /// The record's key.
+        key: String,
+    },
+    /// A blob was written or deleted.
+    Blob {
+        /// The blob's key.
+        key: String,
+    },
+    /// Something changed that this process did not see directly (another process wrote, or
+    /// events were lost): re-read everything.
+    Resync,
+}
+
+/// A lease on a named lock; only its holder can refresh or release it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    name: String,
+    token: String,
+}
+
+impl Lease {
+    fn new(name: &str) -> Self {
+        let token: String = std::iter::repeat_with(fastrand::alphanumeric).take(32).collect();
+        Self { name: name.to_owned(), token }
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The shared state of a Portico cluster.
+///
+/// Contract, for every backend:
+/// - record keys are unique per kind; [`Store::create`] fails with [`StoreError::Conflict`] if
+///   the key exists, [`Store::replace`] with [`StoreError::NotFound`] if it does not;
+/// - a successful write is durable when the call returns;
+/// - a blob written with a time to live is gone once it expires;
+/// - at most one holder has an unexpired lease on a lock name;
+/// - every write is announced on [`Store::changes`] of the process that made it, and reaches
+///   other processes' feeds as a [`Change::Resync`] or a specific event.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// One record, if it exists.
+    async fn record(&self, kind: Kind, key: &str) -> Result<Option<Fields>, StoreError>;
+    /// Every record of a kind, with its key, in key order.
+    async fn records(&self, kind: Kind) -> Result<Vec<(String, Fields)>, StoreError>;
+    /// Every key of a kind, in key order.
+    async fn keys(&self, kind: Kind) -> Result<Vec<String>, StoreError>;
+    /// Adds a record; fails if the key is taken.
+    async fn create(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError>;
+    /// Replaces a record whole, moving it to `new_key` when that differs, in one transaction.
+    async fn replace(&self, kind: Kind, key: &str, new_key: &str, fields: &Fields) -> Result<(), StoreError>;
+    /// Writes a record whether or not it exists.
+    async fn put(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError>;
+    /// Deletes a record; returns whether it existed.
+    async fn delete(&self, kind: Kind, key: &str) -> Result<bool, StoreError>;
+
+    /// A blob, unless absent or expired.
+    async fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes a blob, expiring after `ttl` if given.
+    async fn put_blob(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
+    /// Deletes a blob; returns whether it existed (and had not expired).
+    async fn delete_blob(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Takes the lock `name` for `ttl` unless someone else holds an unexpired lease on it.
+    async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, StoreError>;
+    /// Extends a lease; false if it expired or someone else took the lock since.
+    async fn refresh(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError>;
+    /// Gives a lease back; false if it had already expired or been taken over.
+    async fn release(&self, lease: &Lease) -> Result<bool, StoreError>;
+
+    /// A receiver of this store's change feed.
+    fn changes(&self) -> broadcast::Receiver<Change>;
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store a URL names: `redb://<path>` (embedded).
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("redb://") {
+        if path.is_empty() {
+            return Err(StoreError::Url { url: url.to_owned(), reason: "the path is empty" });
+        }
+        return Ok(Arc::new(EmbeddedStore::open(path).await?));
+    }
+    if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+cluster://") {
+        return Err(StoreError::Url { url: redact(url), reason: "the Redis backend is not available in this version" });
+    }
+    Err(StoreError::Url { url: redact(url), reason: "the scheme must be redb://" })
+}
+
+/// The URL without a password (`redis://:secret@host` → `redis://***@host`).
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact("redis://:hunter2@10.0.0.1:6379"), "redis://***@10.0.0.1:6379");
+        assert_eq!(redact("redis://10.0.0.1"), "redis://10.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_are_refused_without_secrets() {
+        let err = open("redis://:hunter2@127.0.0.1:1").await.unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(open("postgres://x").await.is_err());
+        assert!(open("redb://").await.is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! The contract every [`Store`] backend passes. A backend's test module calls
+//! `contract_suite!(factory)`, where `factory: impl Backend`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portico_store::{Change, Fields, Kind, Store, StoreError};
+
+/// How a test gets a store, and the same store again after closing it.
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    /// A fresh, empty store.
+    async fn fresh() -> Self;
+    /// A handle on the store.
+    async fn open(&self) -> Arc<dyn Store>;
+}
+
+pub fn fields(pairs: &[(&str, &str)]) -> Fields {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Waits up to `deadline` for the feed to yield an event matching `want`.
+pub async fn expect_event(
+    rx: &mut tokio::sync::broadcast::Receiver<Change>,
+    deadline: Duration,
+    want: impl Fn(&Change) -> bool,
+) -> Change {
+    tokio::time::timeout(deadline, async {
+        loop {
+            match rx.recv().await {
+                Ok(c) if want(&c) => return c,
+                Ok(_) => continue,
+                Err(e) => panic!("change feed closed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no matching change event in time")
+}
+
+pub async fn crud(store: Arc<dyn Store>) {
+    let a = fields(&[("host", "a.example"), ("ip", "127.0.0.1"), ("targetPort", "80")]);
+    assert_eq!(store.record(Kind::Host, "a.example").await.unwrap(), None);
+    store.create(Kind::Host, "a.example", &a).await.unwrap();
+    assert_eq!(store.record(Kind::Host, "a.example").await.unwrap(), Some(a.clone()));
+    let b = fields(&[("host", "b.example")]);
+    store.put(Kind::Host, "b.example", &b).await.unwrap();
+    assert_eq!(store.keys(Kind::Host).await.unwrap(), vec!["a.example", "b.example"]);
+    let listed = store.records(Kind::Host).await.unwrap();
+    assert_eq!(listed, vec![("a.example".to_string(), a.clone()), ("b.example".to_string(), b.clone())]);
+    // Kinds are separate indexes.
+    assert!(store.keys(Kind::User).await.unwrap().is_empty());
+
+    let a2 = fields(&[("host", "a.example"), ("ip", "127.0.0.2"), ("targetPort", "81")]);
+    store.replace(Kind::Host, "a.example", "a.example", &a2).await.unwrap();
+    assert_eq!(store.record(Kind::Host, "a.example").await.unwrap(), Some(a2.clone()));
+
+    // Rename.
+    let c = fields(&[("host", "c.example")]);
+    store.replace(Kind::Host, "a.example", "c.example", &c).await.unwrap();
+    assert_eq!(store.record(Kind::Host, "a.example").await.unwrap(), None);
+    assert_eq!(store.record(Kind::Host, "c.example").await.unwrap(), Some(c));
+
+    assert!(store.delete(Kind::Host, "c.example").await.unwrap());
+    assert!(!store.delete(Kind::Host, "c.example").await.unwrap());
+    assert_eq!(store.keys(Kind::Host).await.unwrap(), vec!["b.example"]);
+}
+
+pub async fn name_conflicts(store: Arc<dyn Store>) {
+    let f = fields(&[("x", "1")]);
+    store.create(Kind::User, "alice", &f).await.unwrap();
+    let err = store.create(Kind::User, "alice", &fields(&[("x", "2")])).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { kind: Kind::User, ref key } if key == "alice"), "{err}");
+    // The loser changed nothing.
+    assert_eq!(store.record(Kind::User, "alice").await.unwrap(), Some(f.clone()));
+
+    store.create(Kind::User, "bob", &f).await.unwrap();
+    let err = store.replace(Kind::User, "bob", "alice", &f).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert!(store.record(Kind::User, "bob").await.unwrap().is_some());
+
+    let err = store.replace(Kind::User, "carol", "carol", &f).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    assert!(store.record(Kind::User, "carol").await.unwrap().is_none());
+}
+
+pub async fn blobs_and_ttl(store: Arc<dyn Store>) {
+    store.put_blob("cert/a.example", b"forever", None).await.unwrap();
+    store.put_blob("challenge/token", b"short", Some(Duration::from_millis(300))).await.unwrap();
+    assert_eq!(store.blob("cert/a.example").await.unwrap().as_deref(), Some(&b"forever"[..]));
+    assert_eq!(store.blob("challenge/token").await.unwrap().as_deref(), Some(&b"short"[..]));
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(store.blob("challenge/token").await.unwrap(), None, "expired blob still readable");
+    assert!(!store.delete_blob("challenge/token").await.unwrap());
+    assert_eq!(store.blob("cert/a.example").await.unwrap().as_deref(), Some(&b"forever"[..]));
+    // Overwrite, binary content, delete.
+    store.put_blob("cert/a.example", &[0, 255, 1], None).await.unwrap();
+    assert_eq!(store.blob("cert/a.example").await.unwrap().as_deref(), Some(&[0u8, 255, 1][..]));
+    assert!(store.delete_blob("cert/a.example").await.unwrap());
+    assert_eq!(store.blob("cert/a.example").await.unwrap(), None);
+}
+
+pub async fn lock_exclusivity_and_expiry(store: Arc<dyn Store>) {
+    let ttl = Duration::from_millis(400);
+    let first = store.acquire("issue/a.example", ttl).await.unwrap().expect("free lock");
+    assert!(store.acquire("issue/a.example", ttl).await.unwrap().is_none(), "lock taken twice");
+    // Another name is independent.
+    let other = store.acquire("issue/b.example", ttl).await.unwrap().expect("other lock");
+    assert!(store.refresh(&first, Duration::from_secs(5)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Refreshed: still held.
+    assert!(store.acquire("issue/a.example", ttl).await.unwrap().is_none());
+    // Not refreshed: expired, so anyone may take it, and the old holder lost it.
+    let second = store.acquire("issue/b.example", ttl).await.unwrap().expect("expired lock is free");
+    assert!(!store.release(&other).await.unwrap(), "a stale holder released someone else's lock");
+    assert!(!store.refresh(&other, ttl).await.unwrap());
+    assert!(store.acquire("issue/b.example", ttl).await.unwrap().is_none());
+    assert!(store.release(&second).await.unwrap());
+    assert!(store.release(&first).await.unwrap());
+    assert!(!store.release(&first).await.unwrap());
+    assert!(store.acquire("issue/a.example", ttl).await.unwrap().is_some());
+}
+
+pub async fn concurrent_lock_has_one_winner(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.acquire("race", Duration::from_secs(10)).await.unwrap() })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(winners, 1);
+}
+
+pub async fn change_events(store: Arc<dyn Store>) {
+    let mut rx = store.changes();
+    let f = fields(&[("a", "b")]);
+    store.create(Kind::Host, "x.example", &f).await.unwrap();
+    let is = |k: &'static str| move |c: &Change| matches!(c, Change::Record { kind: Kind::Host, key } if key == k);
+    expect_event(&mut rx, Duration::from_secs(2), is("x.example")).await;
+    store.replace(Kind::Host, "x.example", "y.example", &f).await.unwrap();
+    expect_event(&mut rx, Duration::from_secs(2), is("y.example")).await;
+    store.delete(Kind::Host, "y.example").await.unwrap();
+    expect_event(&mut rx, Duration::from_secs(2), is("y.example")).await;
+    store.put_blob("b", b"1", None).await.unwrap();
+    expect_event(&mut rx, Duration::from_secs(2), |c| matches!(c, Change::Blob { key } if key == "b")).await;
+}
+
+pub async fn durable_across_reopen<B: Backend>(backend: B) {
+    {
+        let store = backend.open().await;
+        store.create(Kind::Host, "keep.example", &fields(&[("ip", "1")])).await.unwrap();
+        store.put_blob("keep", b"blob", None).await.unwrap();
+        store.create(Kind::Host, "gone.example", &fields(&[("ip", "2")])).await.unwrap();
+        store.delete(Kind::Host, "gone.example").await.unwrap();
+    }
+    // Let the first handle's background task notice it is gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let store = backend.open().await;
+    assert_eq!(store.record(Kind::Host, "keep.example").await.unwrap(), Some(fields(&[("ip", "1")])));
+    assert_eq!(store.record(Kind::Host, "gone.example").await.unwrap(), None);
+    assert_eq!(store.blob("keep").await.unwrap().as_deref(), Some(&b"blob"[..]));
+    store.ping().await.unwrap();
+}
+
+/// Instantiates the contract suite for a backend type implementing [`Backend`].
+#[macro_export]
+macro_rules! contract_suite {
+    ($backend:ty) => {
+        use $crate::contract::{self, Backend as _};
+        #[tokio::test]
+        async fn crud() {
+            contract::crud(<$backend>::fresh().await.open().await).await
+        }
+        #[tokio::test]
+        async fn name_conflicts() {
+            contract::name_conflicts(<$backend>::fresh().await.open().await).await
+        }
+        #[tokio::test]
+        async fn blobs_and_ttl() {
+            contract::blobs_and_ttl(<$backend>::fresh().await.open().await).await
+        }
+        #[tokio::test]
+        async fn lock_exclusivity_and_expiry() {
+            contract::lock_exclusivity_and_expiry(<$backend>::fresh().await.open().await).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_lock_has_one_winner() {
+            contract::concurrent_lock_has_one_winner(<$backend>::fresh().await.open().await).await
+        }
+        #[tokio::test]
+        async fn change_events() {
+            contract::change_events(<$backend>::fresh().await.open().await).await
+        }
+        #[tokio::test]
+        async fn durable_across_reopen() {
+            contract::durable_across_reopen(<$backend>::fresh().await).await
+        }
+    };
+}
