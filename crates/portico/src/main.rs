@@ -1,3 +1,131 @@
-//! The portico binary.
+//! The `portico` binary: command line, configuration, and the wiring of roles.
+//!
+//! `portico serve` runs everything in one process; `portico host …` manages hosts directly in
+//! the store, also while `serve` runs on the same data directory.
 
-fn main() {}
+mod config;
+mod hosts;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat, Sources};
+
+/// A self-hosted reverse proxy with automatic HTTPS.
+#[derive(Debug, Parser)]
+#[command(name = "portico", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (and, as they arrive, the API and certificate maintenance).
+    Serve(ConfigArgs),
+    /// Manage proxied hosts in the store.
+    Host {
+        #[command(subcommand)]
+        command: hosts::HostCommand,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "PORTICO_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (the `data_dir` key).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Store URL (the `store.url` key).
+    #[arg(long, global = true)]
+    store: Option<String>,
+    /// Address of the plain HTTP listener (the `proxy.http` key).
+    #[arg(long, global = true)]
+    http: Option<String>,
+    /// Sets any configuration key: `--set proxy.upstream_timeout=5s`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut overrides = Vec::new();
+        let named = [
+            ("data_dir", &self.data_dir.as_ref().map(|p| p.display().to_string())),
+            ("store.url", &self.store),
+            ("proxy.http", &self.http),
+        ];
+        for (key, value) in named {
+            if let Some(value) = value {
+                overrides.push((key.to_owned(), toml_string(value)));
+            }
+        }
+        for pair in &self.set {
+            let (key, value) = pair.split_once('=').with_context(|| format!("--set {pair}: expected KEY=VALUE"))?;
+            overrides.push((key.trim().to_owned(), value.to_owned()));
+        }
+        let sources = Sources { file: self.config.clone(), overrides };
+        Ok(Config::load(&sources, std::env::vars())?)
+    }
+}
+
+/// A flag value as a TOML string, so paths and addresses are never read as other types.
+fn toml_string(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Version => {
+            println!("portico {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let config = args.load()?;
+            init_logging(&config)?;
+            runtime()?.block_on(serve::run(config))
+        }
+        Command::Host { command, config } => {
+            let config = config.load()?;
+            runtime()?.block_on(hosts::run(command, &config))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("log.level: {:?} is not a level or filter", config.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,435 @@
+//! Configuration: TOML file → `PORTICO_*` environment → command-line flags.
+//!
+//! The raw form mirrors the file (every key optional, unknown keys refused); [`Config`] is the
+//! typed, validated form the rest of the program uses. Errors name the key path.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portico_proxy::ProxyConfig;
+use serde::Deserialize;
+
+/// Sections of the file; an environment variable `PORTICO_<SECTION>_<KEY>` sets `key` in
+/// `[section]`, any other `PORTICO_<KEY>` a top-level key.
+const SECTIONS: [&str; 6] = ["store", "proxy", "api", "tls", "metrics", "log"];
+/// `PORTICO_*` variables that are not configuration keys.
+const NOT_KEYS: [&str; 2] = ["PORTICO_CONFIG", "PORTICO_ADMIN_PASSWORD"];
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file, a variable or a flag is not valid TOML or has unknown keys.
+    #[error("{origin}: {message}")]
+    Syntax {
+        /// Where the text came from.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key has a value of the right type that is still not acceptable.
+    #[error("{key}: {message}")]
+    Value {
+        /// The key path, `proxy.http`.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    http: Option<String>,
+    https: Option<String>,
+    header_read_timeout: Option<DurationText>,
+    max_header_bytes: Option<usize>,
+    upstream_connect_timeout: Option<DurationText>,
+    upstream_timeout: Option<DurationText>,
+    upstream_idle_timeout: Option<DurationText>,
+    target_tls_verify: Option<bool>,
+    shutdown_timeout: Option<DurationText>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<String>,
+    lookup_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    issuer: Option<String>,
+    acme_directory: Option<String>,
+    acme_email: Option<String>,
+    acme_ca_roots: Option<Vec<PathBuf>>,
+    renew_remaining_ratio: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+    access_log: Option<bool>,
+}
+
+/// A duration as `"30s"`, `"1m 30s"`, `"500ms"`, or a number of seconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationText {
+    Seconds(u64),
+    Text(String),
+}
+
+impl DurationText {
+    fn parse(&self, key: &'static str) -> Result<Duration, ConfigError> {
+        match self {
+            Self::Seconds(s) => Ok(Duration::from_secs(*s)),
+            Self::Text(t) => humantime::parse_duration(t)
+                .map_err(|e| ConfigError::Value { key, message: format!("{t:?} is not a duration ({e})") }),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Certificate issuer (used once automatic HTTPS is in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issuer {
+    /// An ACME CA (Let's Encrypt by default).
+    Acme,
+    /// Portico's own internal CA.
+    Internal,
+}
+
+/// The `[tls]` section.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // Read by the HTTPS listener, which comes with automatic HTTPS.
+pub struct TlsConfig {
+    pub issuer: Issuer,
+    pub acme_directory: String,
+    pub acme_email: Option<String>,
+    pub acme_ca_roots: Vec<PathBuf>,
+    pub renew_remaining_ratio: f64,
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // api, tls and metrics are read by the roles that come with later issues.
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub store_url: String,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub proxy: ProxyConfig,
+    pub api_listen: SocketAddr,
+    pub lookup_socket: Option<PathBuf>,
+    pub tls: TlsConfig,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+/// Where configuration comes from besides the environment.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// The file, if any.
+    pub file: Option<PathBuf>,
+    /// `key.path=value` overrides from flags, applied last.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Loads the file, applies `PORTICO_*` variables from `env`, then `overrides`.
+    pub fn load(sources: &Sources, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table = match &sources.file {
+            Some(path) => read_file(path)?,
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            if let Some(key) = env_key(&name) {
+                set(&mut table, &key, &value, &name)?;
+            }
+        }
+        for (key, value) in &sources.overrides {
+            set(&mut table, key, value, &format!("--set {key}"))?;
+        }
+        let origin = sources.file.as_ref().map_or_else(|| "configuration".to_owned(), |p| p.display().to_string());
+        let raw: Raw = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax { origin, message: e.message().to_owned() })?;
+        Self::try_from(raw)
+    }
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::Syntax { origin: path.display().to_string(), message: e.to_string() })
+}
+
+/// `PORTICO_PROXY_HTTP` → `proxy.http`; `PORTICO_DATA_DIR` → `data_dir`.
+fn env_key(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("PORTICO_")?;
+    if NOT_KEYS.contains(&name) || rest.is_empty() {
+        return None;
+    }
+    let lower = rest.to_ascii_lowercase();
+    for section in SECTIONS {
+        if let Some(key) = lower.strip_prefix(section).and_then(|k| k.strip_prefix('_')) {
+            return Some(format!("{section}.{key}"));
+        }
+    }
+    Some(lower)
+}
+
+/// Sets `a.b` to `value`, read as a TOML value when it is one (`true`, `30`, `["a"]`) and as
+/// a string otherwise.
+fn set(table: &mut toml::Table, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let (section, leaf) = match key.split_once('.') {
+        Some((s, k)) => (Some(s), k),
+        None => (None, key),
+    };
+    let target = match section {
+        None => table,
+        Some(section) => {
+            let entry = table.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            entry.as_table_mut().ok_or_else(|| ConfigError::Syntax {
+                origin: origin.to_owned(),
+                message: format!("`{section}` is not a section"),
+            })?
+        }
+    };
+    target.insert(leaf.to_owned(), parsed);
+    Ok(())
+}
+
+fn addr(key: &'static str, text: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let text = text.unwrap_or(default);
+    let full = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_owned() };
+    full.parse().map_err(|_| ConfigError::Value { key, message: format!("{text:?} is not an address like 0.0.0.0:80") })
+}
+
+impl TryFrom<Raw> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: Raw) -> Result<Self, ConfigError> {
+        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let store_url = raw.store.url.unwrap_or_else(|| format!("redb://{}", data_dir.join("portico.redb").display()));
+        let http = addr("proxy.http", raw.proxy.http.as_deref(), "0.0.0.0:80")?;
+        let https = addr("proxy.https", raw.proxy.https.as_deref(), "0.0.0.0:443")?;
+        let defaults = ProxyConfig::default();
+        let duration =
+            |value: &Option<DurationText>, key, default| value.as_ref().map_or(Ok(default), |d| d.parse(key));
+        let p = &raw.proxy;
+        let max_header_bytes = p.max_header_bytes.unwrap_or(defaults.max_header_bytes);
+        if max_header_bytes < 8192 {
+            return Err(ConfigError::Value { key: "proxy.max_header_bytes", message: "must be at least 8192".into() });
+        }
+        let proxy = ProxyConfig {
+            https_port: https.port(),
+            header_read_timeout: duration(
+                &p.header_read_timeout,
+                "proxy.header_read_timeout",
+                defaults.header_read_timeout,
+            )?,
+            max_header_bytes,
+            upstream_connect_timeout: duration(
+                &p.upstream_connect_timeout,
+                "proxy.upstream_connect_timeout",
+                defaults.upstream_connect_timeout,
+            )?,
+            upstream_timeout: duration(&p.upstream_timeout, "proxy.upstream_timeout", defaults.upstream_timeout)?,
+            upstream_idle_timeout: duration(
+                &p.upstream_idle_timeout,
+                "proxy.upstream_idle_timeout",
+                defaults.upstream_idle_timeout,
+            )?,
+            target_tls_verify: p.target_tls_verify.unwrap_or(defaults.target_tls_verify),
+            shutdown_timeout: duration(&p.shutdown_timeout, "proxy.shutdown_timeout", defaults.shutdown_timeout)?,
+            access_log: raw.log.access_log.unwrap_or(true),
+        };
+        let issuer = match raw.tls.issuer.as_deref().unwrap_or("acme") {
+            "acme" => Issuer::Acme,
+            "internal" => Issuer::Internal,
+            other => {
+                return Err(ConfigError::Value {
+                    key: "tls.issuer",
+                    message: format!("{other:?} is not \"acme\" or \"internal\""),
+                });
+            }
+        };
+        let ratio = raw.tls.renew_remaining_ratio.unwrap_or(1.0 / 3.0);
+        if !(ratio > 0.0 && ratio < 1.0) {
+            return Err(ConfigError::Value {
+                key: "tls.renew_remaining_ratio",
+                message: "must be between 0 and 1".into(),
+            });
+        }
+        let tls = TlsConfig {
+            issuer,
+            acme_directory: raw
+                .tls
+                .acme_directory
+                .unwrap_or_else(|| "https://acme-v02.api.letsencrypt.org/directory".to_owned()),
+            acme_email: raw.tls.acme_email,
+            acme_ca_roots: raw.tls.acme_ca_roots.unwrap_or_default(),
+            renew_remaining_ratio: ratio,
+        };
+        let log_format = match raw.log.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::Value {
+                    key: "log.format",
+                    message: format!("{other:?} is not text or json"),
+                });
+            }
+        };
+        Ok(Self {
+            store_url,
+            http,
+            https,
+            proxy,
+            api_listen: addr("api.listen", raw.api.listen.as_deref(), "127.0.0.1:3000")?,
+            lookup_socket: raw.api.lookup_socket,
+            tls,
+            metrics_listen: raw.metrics.listen.as_deref().map(|m| addr("metrics.listen", Some(m), "")).transpose()?,
+            log_level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
+            log_format,
+            data_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)], overrides: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = file.map(|text| {
+            let path = dir.path().join("portico.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let sources =
+            Sources { file, overrides: overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        Config::load(&sources, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_serve_one_node() {
+        let c = load(None, &[], &[]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.store_url, "redb://./data/portico.redb");
+        assert_eq!(c.http, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(c.https, "0.0.0.0:443".parse().unwrap());
+        assert_eq!(c.api_listen, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(c.tls.issuer, Issuer::Acme);
+        assert!(c.tls.acme_directory.contains("letsencrypt"));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../config.example.toml");
+        let c = load(Some(text), &[], &[]).unwrap();
+        assert_eq!(c.http, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let file = "data_dir = \"/srv/portico\"\n[proxy]\nhttp = \"127.0.0.1:8080\"\nupstream_timeout = \"5s\"\n";
+        let c = load(Some(file), &[], &[]).unwrap();
+        assert_eq!(c.http.port(), 8080);
+        assert_eq!(c.store_url, "redb:///srv/portico/portico.redb");
+        assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(5));
+
+        let env = [("PORTICO_PROXY_HTTP", "127.0.0.1:9090"), ("PORTICO_PROXY_UPSTREAM_TIMEOUT", "7"), ("HOME", "/x")];
+        let c = load(Some(file), &env, &[]).unwrap();
+        assert_eq!(c.http.port(), 9090);
+        assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(7));
+
+        let c = load(Some(file), &env, &[("proxy.http", ":7070"), ("log.access_log", "false")]).unwrap();
+        assert_eq!(c.http, "0.0.0.0:7070".parse().unwrap());
+        assert!(!c.proxy.access_log);
+
+        let c = load(None, &[("PORTICO_DATA_DIR", "/d"), ("PORTICO_STORE_URL", "redb:///x.redb")], &[]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+        assert_eq!(c.store_url, "redb:///x.redb");
+        assert_eq!(c.https.port(), 443, "{:?}", c.proxy);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load(Some("[proxy]\nhttp = \"nope\"\n"), &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("proxy.http"), "{e}");
+        let e = load(Some("[proxy]\nupstream_timeout = \"soon\"\n"), &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("proxy.upstream_timeout"), "{e}");
+        let e = load(Some("[proxy]\nhtp = \"x\"\n"), &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("htp"), "{e}");
+        let e = load(None, &[("PORTICO_PROXY_HTPP", "1")], &[]).unwrap_err().to_string();
+        assert!(e.contains("htpp"), "{e}");
+        let e = load(None, &[], &[("tls.issuer", "magic")]).unwrap_err().to_string();
+        assert!(e.contains("tls.issuer"), "{e}");
+        let e = load(Some("[proxy"), &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("portico.toml"), "{e}");
+        // Variables that are not keys are left alone.
+        assert!(load(None, &[("PORTICO_ADMIN_PASSWORD", "x"), ("PORTICO_CONFIG", "/x")], &[]).is_ok());
+    }
+}

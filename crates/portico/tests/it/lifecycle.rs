@@ -1,0 +1,115 @@
+//! Hosts changing while serving, graceful shutdown, restarts, and the CLI.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use portico_test_support::client::{Proxy, empty, read};
+use portico_test_support::{Backend, Portico, eventually};
+
+use crate::{BIN, portico};
+
+#[tokio::test]
+async fn host_added_while_serving_is_routed_within_a_second() {
+    let backend = Backend::start("late").await;
+    let p = portico(&[]);
+    let client = Proxy::h1(p.http);
+    assert_eq!(client.get("late.example.test", "/").await.status, StatusCode::NOT_FOUND);
+    // Keep one connection open across the change.
+    let kept = Proxy::h1(p.http);
+    assert_eq!(kept.get("late.example.test", "/").await.status, StatusCode::NOT_FOUND);
+
+    p.add_host("late.example.test", backend.addr, &[]);
+    eventually(Duration::from_secs(1), "the new host to be routed", || {
+        let client = client.clone();
+        async move { (client.get("late.example.test", "/").await.status == StatusCode::OK).then_some(()) }
+    })
+    .await;
+    assert_eq!(kept.get("late.example.test", "/").await.json()["backend"], "late");
+
+    let out = p.host(&["rm", "late.example.test"]);
+    assert!(out.status.success());
+    eventually(Duration::from_secs(1), "the removed host to be gone", || {
+        let client = client.clone();
+        async move { (client.get("late.example.test", "/").await.status == StatusCode::NOT_FOUND).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let backend = Backend::start("slow").await;
+    let mut p = portico(&[]);
+    p.add_host("slow.test", backend.addr, &[]);
+    let client = Proxy::h1(p.http);
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { read(client.send("GET", "slow.test", "/sleep/1500", empty()).await).await }
+    });
+    // Let the request reach the backend, then ask the proxy to stop.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    p.terminate();
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "slept 1500ms");
+    let code = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(10))).await.unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn hosts_survive_a_restart() {
+    let backend = Backend::start("durable").await;
+    let p = portico(&[]);
+    p.add_host("durable.test", backend.addr, &[]);
+    let dir = p.into_data_dir();
+    let p = Portico::start_in(BIN, dir, &[]);
+    assert_eq!(Proxy::h1(p.http).get("durable.test", "/").await.json()["backend"], "durable");
+}
+
+#[tokio::test]
+async fn access_log_line_per_request() {
+    let backend = Backend::start("logged").await;
+    let p = portico(&[]);
+    p.add_host("logged.test", backend.addr, &[]);
+    let answer = Proxy::h1(p.http).get("logged.test", "/path?q=1").await;
+    let id = answer.headers["x-request-id"].to_str().unwrap().to_owned();
+    let entry = eventually(Duration::from_secs(5), "the access log line", || {
+        let entries = p.access_log();
+        let id = id.clone();
+        async move { entries.into_iter().find(|e| e["request_id"] == id) }
+    })
+    .await;
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["host"], "logged.test");
+    assert_eq!(entry["path"], "/path?q=1");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["bytes"], answer.body.len() as u64);
+    assert_eq!(entry["target"], backend.addr.to_string());
+    assert!(entry["duration_ms"].as_f64().is_some());
+}
+
+#[tokio::test]
+async fn cli_validates_and_reports() {
+    let p = portico(&[]);
+    let ok = p.host(&["add", "*.Example.Test", "--ip", "127.0.0.1", "--port", "8080"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let dup = p.host(&["add", "*.example.test.", "--ip", "127.0.0.1", "--port", "8081"]);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let bad = p.host(&["add", "a*.example.test", "--ip", "127.0.0.1", "--port", "80"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("wildcard"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let bad_ip = p.host(&["add", "x.test", "--ip", "not an ip", "--port", "80"]);
+    assert!(!bad_ip.status.success());
+    assert!(String::from_utf8_lossy(&bad_ip.stderr).contains("ip"));
+    let ls = p.host(&["ls", "--json"]);
+    let line = String::from_utf8_lossy(&ls.stdout).to_string();
+    let host: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(host["host"], "*.example.test");
+    assert_eq!(host["targetPort"], "8080");
+    assert_eq!(host["forcessl"], "false");
+    let missing = p.host(&["rm", "nope.test"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no host nope.test"));
+    let version = std::process::Command::new(BIN).arg("version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("portico {}", env!("CARGO_PKG_VERSION")));
+}

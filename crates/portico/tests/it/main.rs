@@ -1,0 +1,18 @@
+//! End to end: real clients → `portico serve` (the real binary) → real backends on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod errors;
+mod lifecycle;
+mod routing;
+mod streaming;
+mod websocket;
+
+use portico_test_support::Portico;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_portico");
+
+/// A fresh `portico serve` with extra `--set` settings.
+pub fn portico(settings: &[&str]) -> Portico {
+    Portico::start(BIN, settings)
+}

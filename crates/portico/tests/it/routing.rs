@@ -1,0 +1,150 @@
+//! Routing by every pattern kind, HTTP/1.1 and h2c, forwarded headers, redirects, TLS targets.
+
+use http::StatusCode;
+use portico_test_support::Backend;
+use portico_test_support::client::{Proxy, empty, read};
+
+use crate::portico;
+
+#[tokio::test]
+async fn routes_every_pattern_kind() {
+    let names = ["exact", "star", "deep", "mid", "prefix"];
+    let mut backends = Vec::new();
+    for name in names {
+        backends.push(Backend::start(name).await);
+    }
+    let p = portico(&[]);
+    p.add_host("app.example.test", backends[0].addr, &[]);
+    p.add_host("*.example.test", backends[1].addr, &[]);
+    p.add_host("**.deep.test", backends[2].addr, &[]);
+    p.add_host("api.*.mid.test", backends[3].addr, &[]);
+    p.add_host("payments.**", backends[4].addr, &[]);
+    // A literal node that leads nowhere must not hide `*.example.test`.
+    p.add_host("a.b.example.test", backends[0].addr, &[]);
+
+    let client = Proxy::h1(p.http);
+    let cases = [
+        ("app.example.test", Some("exact")),
+        ("APP.Example.Test", Some("exact")),
+        ("app.example.test.", Some("exact")),
+        ("www.example.test", Some("star")),
+        ("b.example.test", Some("star")),
+        ("x.y.deep.test", Some("deep")),
+        ("z.deep.test", Some("deep")),
+        ("api.v1.mid.test", Some("mid")),
+        ("payments.shop.example.org", Some("prefix")),
+        ("example.test", None),
+        ("deep.test", None),
+        ("web.v1.mid.test", None),
+        ("x.www.example.test", None),
+    ];
+    for (host, want) in cases {
+        let answer = client.get(host, "/hello?x=1").await;
+        match want {
+            Some(backend) => {
+                assert_eq!(answer.status, StatusCode::OK, "{host}: {}", answer.text());
+                let echo = answer.json();
+                assert_eq!(echo["backend"], backend, "{host}");
+                assert_eq!(echo["uri"], "/hello?x=1", "{host}");
+            }
+            None => {
+                assert_eq!(answer.status, StatusCode::NOT_FOUND, "{host}");
+                let id = answer.headers["x-request-id"].to_str().unwrap().to_owned();
+                assert!(answer.text().contains(&id), "the 404 page names the request id");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn catch_all_takes_what_nothing_else_does() {
+    let (specific, fallback) = (Backend::start("specific").await, Backend::start("fallback").await);
+    let p = portico(&[]);
+    p.add_host("**", fallback.addr, &[]);
+    p.add_host("app.example.test", specific.addr, &[]);
+    let client = Proxy::h1(p.http);
+    assert_eq!(client.get("app.example.test", "/").await.json()["backend"], "specific");
+    assert_eq!(client.get("anything.else", "/").await.json()["backend"], "fallback");
+    assert_eq!(client.get("localhost", "/").await.json()["backend"], "fallback");
+}
+
+#[tokio::test]
+async fn h2c_requests_are_routed_by_authority() {
+    let backend = Backend::start("h2").await;
+    let p = portico(&[]);
+    p.add_host("*.example.test", backend.addr, &[]);
+    let client = Proxy::h2c(p.http);
+    for _ in 0..3 {
+        let answer = client.get("www.example.test", "/h2?q=2").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        let echo = answer.json();
+        assert_eq!(echo["uri"], "/h2?q=2");
+        // Forwarded to the target as HTTP/1.1, with a Host header made from :authority.
+        assert_eq!(echo["version"], "HTTP/1.1");
+        assert_eq!(echo["headers"]["host"][0], format!("www.example.test:{}", p.http.port()));
+    }
+    assert_eq!(client.get("nothing.test", "/").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn forwarded_headers_and_hop_by_hop() {
+    let backend = Backend::start("echo").await;
+    let p = portico(&[]);
+    p.add_host("app.example.test", backend.addr, &[]);
+    let uri = format!("http://{}/headers", p.http);
+    let request = http::Request::get(uri)
+        .header("host", "App.Example.Test:8080")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("x-end-to-end", "kept")
+        .body(empty())
+        .unwrap();
+    let client: hyper_util::client::legacy::Client<_, _> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(portico_test_support::client::FixedAddr(p.http));
+    let answer = read(client.request(request).await.unwrap()).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let headers = &answer.json()["headers"];
+    assert_eq!(headers["host"][0], "App.Example.Test:8080", "the original Host is kept");
+    assert_eq!(headers["x-forwarded-for"][0], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-real-ip"][0], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"][0], "http");
+    assert_eq!(headers["x-forwarded-host"][0], "App.Example.Test:8080");
+    assert_eq!(headers["x-end-to-end"][0], "kept");
+    assert!(headers.get("x-hop").is_none(), "a header named in Connection was forwarded");
+    assert!(headers.get("keep-alive").is_none(), "Keep-Alive was forwarded");
+    let id = answer.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(headers["x-request-id"][0], id, "the target sees the request id the client gets");
+    // The backend's own hop-by-hop header does not reach the client.
+    assert!(answer.headers.get("keep-alive").is_none());
+}
+
+#[tokio::test]
+async fn forcessl_redirects_keeping_path_and_query() {
+    let backend = Backend::start("secure").await;
+    let p = portico(&[]);
+    p.add_host("secure.example.test", backend.addr, &["--forcessl"]);
+    p.add_host("plain.example.test", backend.addr, &[]);
+    let client = Proxy::h1(p.http);
+    let answer = client.get("secure.example.test", "/a/b?c=d&e").await;
+    assert_eq!(answer.status, StatusCode::PERMANENT_REDIRECT);
+    // The test harness sets proxy.https to port 8443.
+    assert_eq!(answer.headers["location"], "https://secure.example.test:8443/a/b?c=d&e");
+    assert_eq!(client.get("plain.example.test", "/").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn targetssl_speaks_tls_to_the_target() {
+    let backend = Backend::tls("tls-backend").await;
+    let p = portico(&[]);
+    p.add_host("tls.example.test", backend.addr, &["--targetssl"]);
+    p.add_host("plain.example.test", backend.addr, &[]);
+    let client = Proxy::h1(p.http);
+    let answer = client.get("tls.example.test", "/over-tls").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.json()["backend"], "tls-backend");
+    // Plain HTTP to a TLS port fails as a bad gateway, not a hang or a crash.
+    assert_eq!(client.get("plain.example.test", "/").await.status, StatusCode::BAD_GATEWAY);
+}

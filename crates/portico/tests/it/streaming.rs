@@ -1,0 +1,50 @@
+//! Bodies are streamed both ways: 1 GiB each way with bounded proxy memory.
+
+use http::StatusCode;
+use http_body_util::BodyExt;
+use portico_test_support::Backend;
+use portico_test_support::backend::zeros;
+use portico_test_support::client::{Proxy, empty, read};
+
+use crate::portico;
+
+const GIB: u64 = 1 << 30;
+/// Far below the transfer size: the proxy must not buffer bodies.
+const MEMORY_BOUND: u64 = 160 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_download_streams() {
+    let backend = Backend::start("big").await;
+    let p = portico(&["log.access_log=true"]);
+    p.add_host("big.test", backend.addr, &[]);
+    let response = Proxy::h1(p.http).send("GET", "big.test", &format!("/download/{GIB}"), empty()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(received, GIB);
+    let peak = p.peak_rss();
+    assert!(peak < MEMORY_BOUND, "proxy peak RSS {} MiB", peak >> 20);
+    // The access log counts what was sent.
+    let log = portico_test_support::eventually(std::time::Duration::from_secs(5), "access log line", || {
+        let entries = p.access_log();
+        async move { entries.into_iter().find(|e| e["host"] == "big.test") }
+    })
+    .await;
+    assert_eq!(log["bytes"], GIB);
+    assert_eq!(log["status"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_upload_streams() {
+    let backend = Backend::start("sink").await;
+    let p = portico(&[]);
+    p.add_host("sink.test", backend.addr, &[]);
+    let answer = read(Proxy::h1(p.http).send("POST", "sink.test", "/upload", zeros(GIB)).await).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), GIB.to_string());
+    let peak = p.peak_rss();
+    assert!(peak < MEMORY_BOUND, "proxy peak RSS {} MiB", peak >> 20);
+}

@@ -1,0 +1,341 @@
+//! Forwarding a request to its target: the pooled upstream client, header rewriting,
+//! streamed bodies and upgrade tunnels.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use portico_model::Host;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ProxyConfig;
+use crate::response::{BoxError, ProxyBody, ProxyError};
+
+/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1), besides
+/// those the `Connection` header names.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// The request id header, sent to targets and back to clients.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The scheme a request reached the proxy on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTPS.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// What the forwarder needs to know about the request beyond the request itself.
+#[derive(Debug)]
+pub struct Origin<'a> {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The scheme the client used.
+    pub scheme: Scheme,
+    /// The authority the client asked for, as sent (`Host` or `:authority`, port included).
+    pub authority: &'a str,
+    /// This request's id.
+    pub request_id: &'a str,
+}
+
+/// The pooled upstream client shared by every connection.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    config: Arc<ProxyConfig>,
+    tunnels: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Upstream {
+    /// A client for `config`; tunnels it starts are tracked by `tunnels` and end at
+    /// `shutdown`.
+    pub fn new(config: Arc<ProxyConfig>, tunnels: TaskTracker, shutdown: CancellationToken) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.upstream_connect_timeout));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let https = if config.target_tls_verify {
+            builder.with_webpki_roots().https_or_http().enable_http1().wrap_connector(http)
+        } else {
+            builder.with_tls_config(insecure::client_config()).https_or_http().enable_http1().wrap_connector(http)
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.upstream_idle_timeout)
+            .set_host(false)
+            .build(https);
+        Self { client, config, tunnels, shutdown }
+    }
+
+    /// Sends `request` to `host`'s target and returns its response, streaming both bodies.
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        host: &Host,
+        origin: &Origin<'_>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upgrade = upgrade_protocol(&request);
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+
+        let scheme = if host.targetssl { "https" } else { "http" };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = Uri::try_from(format!("{scheme}://{}{path}", host.target.authority()))
+            .map_err(|e| ProxyError::TargetUnreachable(e.into()))?;
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = &upgrade {
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
+        add_forwarded(&mut parts.headers, origin);
+
+        let sent = self.client.request(Request::from_parts(parts, body));
+        let mut response = match tokio::time::timeout(self.config.upstream_timeout, sent).await {
+            Err(_) => return Err(ProxyError::TargetTimeout),
+            Ok(Err(e)) => return Err(classify(e)),
+            Ok(Ok(response)) => response,
+        };
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let target_upgrade = hyper::upgrade::on(&mut response);
+            let shutdown = self.shutdown.clone();
+            self.tunnels.spawn(tunnel(client_upgrade, target_upgrade, shutdown));
+            return Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()));
+        }
+        strip_hop_by_hop(response.headers_mut());
+        response.headers_mut().remove(header::UPGRADE);
+        Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+    }
+}
+
+/// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` +
+/// `Upgrade: x`).
+fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
+    if request.version() != Version::HTTP_11 {
+        return None;
+    }
+    let wants = request
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if wants { request.headers().get(header::UPGRADE).cloned() } else { None }
+}
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Real-IP`,
+/// `X-Request-Id`, and a `Host` header for HTTP/2 requests, which carry none.
+fn add_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>) {
+    let peer_ip = origin.peer.ip().to_canonical().to_string();
+    let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+    let chain = if prior.is_empty() { peer_ip.clone() } else { format!("{}, {peer_ip}", prior.join(", ")) };
+    let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    };
+    set(headers, X_FORWARDED_FOR, &chain);
+    set(headers, X_FORWARDED_PROTO, origin.scheme.as_str());
+    set(headers, X_FORWARDED_HOST, origin.authority);
+    set(headers, X_REAL_IP, &peer_ip);
+    set(headers, X_REQUEST_ID, origin.request_id);
+    if !headers.contains_key(header::HOST) {
+        set(headers, header::HOST, origin.authority);
+    }
+}
+
+/// Connection failures are 502 unless they timed out (504).
+fn classify(error: hyper_util::client::legacy::Error) -> ProxyError {
+    let timed_out = {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        let mut found = false;
+        while let Some(e) = source {
+            if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                || e.to_string().contains("timed out")
+            {
+                found = true;
+                break;
+            }
+            source = e.source();
+        }
+        found
+    };
+    if timed_out {
+        ProxyError::TargetTimeout
+    } else if error.is_connect() {
+        ProxyError::TargetUnreachable(error.into())
+    } else {
+        ProxyError::TargetFailed(error.into())
+    }
+}
+
+/// Copies bytes both ways between the client and the target until both sides close or the
+/// proxy shuts down.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, target: hyper::upgrade::OnUpgrade, shutdown: CancellationToken) {
+    let (client, target) = match tokio::try_join!(client, target) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut target) = (TokioIo::new(client), TokioIo::new(target));
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut target) => match copied {
+            Ok((up, down)) => tracing::debug!(bytes_to_target = up, bytes_to_client = down, "tunnel closed"),
+            Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+        },
+        () = shutdown.cancelled() => tracing::debug!("tunnel closed by shutdown"),
+    }
+}
+
+/// TLS to targets without certificate verification, as nginx's default
+/// `proxy_ssl_verify off`: the handshake's signatures are still checked, the chain is not.
+mod insecure {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+
+    pub(super) fn client_config() -> ClientConfig {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(SkipChainVerification(provider.clone()));
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| b.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth())
+            // The ring provider supports the default versions.
+            .expect("ring supports TLS 1.2 and 1.3")
+    }
+
+    #[derive(Debug)]
+    struct SkipChainVerification(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for SkipChainVerification {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_named_ones_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret-Hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-keep"]);
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.2"));
+        let origin = Origin {
+            peer: "[::ffff:192.0.2.7]:5555".parse().unwrap(),
+            scheme: Scheme::Http,
+            authority: "app.example:8080",
+            request_id: "abc",
+        };
+        add_forwarded(&mut h, &origin);
+        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.1, 198.51.100.2, 192.0.2.7");
+        assert_eq!(h[&X_REAL_IP], "192.0.2.7");
+        assert_eq!(h[&X_FORWARDED_HOST], "app.example:8080");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[header::HOST], "app.example:8080");
+    }
+}

@@ -1,0 +1,175 @@
+//! What the proxy sends back itself: error pages and redirects, and the body wrapper that
+//! writes the access-log line when a response ends.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+/// Errors a response body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response the proxy sends.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The request names no host.
+    #[error("the request has no host")]
+    MissingHost,
+    /// The host is not a valid name.
+    #[error("invalid host name")]
+    InvalidHost(#[source] portico_model::NameError),
+    /// No host pattern matches the name.
+    #[error("no host is configured for this name")]
+    UnknownHost,
+    /// The target refused the connection or could not be reached.
+    #[error("the target could not be reached")]
+    TargetUnreachable(#[source] BoxError),
+    /// The target failed mid-request (closed the connection, spoke bad HTTP).
+    #[error("the target failed")]
+    TargetFailed(#[source] BoxError),
+    /// The target did not answer in time.
+    #[error("the target did not answer in time")]
+    TargetTimeout,
+}
+
+impl ProxyError {
+    /// The status this error maps to: the one place errors meet the wire.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingHost | Self::InvalidHost(_) => StatusCode::BAD_REQUEST,
+            Self::UnknownHost => StatusCode::NOT_FOUND,
+            Self::TargetUnreachable(_) | Self::TargetFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::TargetTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A small HTML page for the client; internals stay in the log.
+    pub fn page(&self, request_id: &str) -> Response<ProxyBody> {
+        let status = self.status();
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let html = format!(
+            "<!doctype html>\n<html><head><title>{code} {reason}</title></head>\n<body>\n<h1>{code} {reason}</h1>\n\
+             <p>{what}.</p>\n<hr><p>portico &middot; request id {request_id}</p>\n</body></html>\n",
+            code = status.as_u16(),
+            what = self,
+        );
+        let mut response = Response::new(full(html));
+        *response.status_mut() = status;
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+/// A 308 to `location`.
+pub fn redirect(location: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(String::new()));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn full(text: String) -> ProxyBody {
+    Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// What the access-log line says about a request; filled in as the request goes.
+#[derive(Debug)]
+pub struct AccessEntry {
+    /// Request id, also sent as `X-Request-Id`.
+    pub request_id: String,
+    /// Client address.
+    pub peer: std::net::SocketAddr,
+    /// Request method.
+    pub method: Method,
+    /// Host as normalised, or as sent if it did not normalise.
+    pub host: String,
+    /// Path and query.
+    pub path: String,
+    /// Response status.
+    pub status: u16,
+    /// The target (`ip:port`) if the request was forwarded.
+    pub target: Option<String>,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Whether to write the line at all.
+    pub enabled: bool,
+}
+
+/// A response body that counts what it sends and logs the request once it ends or is
+/// dropped (client gone).
+pub struct LoggedBody {
+    inner: ProxyBody,
+    bytes: u64,
+    entry: Option<AccessEntry>,
+}
+
+impl LoggedBody {
+    /// Wraps `inner`, logging `entry` when it ends.
+    pub fn new(inner: ProxyBody, entry: AccessEntry) -> Self {
+        Self { inner, bytes: 0, entry: Some(entry) }
+    }
+
+    fn finish(&mut self) {
+        let Some(e) = self.entry.take() else { return };
+        if !e.enabled {
+            return;
+        }
+        tracing::info!(
+            target: "portico::access",
+            request_id = %e.request_id,
+            peer = %e.peer,
+            method = %e.method,
+            host = %e.host,
+            path = %e.path,
+            status = e.status,
+            bytes = self.bytes,
+            duration_ms = e.started.elapsed().as_secs_f64() * 1000.0,
+            target = e.target.as_deref().unwrap_or("-"),
+            "request"
+        );
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -1,0 +1,189 @@
+//! Fake upstream servers on loopback.
+//!
+//! [`Backend::start`] serves HTTP/1.1 with a few behaviours chosen by path:
+//! - `/download/<bytes>`: streams that many zero bytes;
+//! - `/upload`: reads the whole body as a stream and answers how many bytes came;
+//! - `/sleep/<ms>`: answers after that long;
+//! - anything else: a JSON echo of the request (method, uri, headers, body length) with the
+//!   backend's name.
+//!
+//! [`Backend::websocket_echo`] accepts WebSocket connections and echoes every message.
+//! [`Backend::tls`] serves the same routes over TLS with a self-signed certificate.
+//! [`Backend::silent`] accepts connections and never answers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A fake upstream; its tasks stop when it is dropped.
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+impl Backend {
+    /// An HTTP backend named `name` (the name comes back in echo responses).
+    pub async fn start(name: &str) -> Self {
+        let name: Arc<str> = name.into();
+        Self::accepting(move |stream| serve_http(name.clone(), TokioIo::new(stream))).await
+    }
+
+    /// The same routes over TLS, with a self-signed certificate for `localhost`.
+    pub async fn tls(name: &str) -> Self {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let name: Arc<str> = name.into();
+        Self::accepting(move |stream| {
+            let (name, acceptor) = (name.clone(), acceptor.clone());
+            async move {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    serve_http(name, TokioIo::new(tls)).await;
+                }
+            }
+        })
+        .await
+    }
+
+    /// A WebSocket echo server.
+    pub async fn websocket_echo() -> Self {
+        Self::accepting(|stream| async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+            while let Some(Ok(message)) = ws.next().await {
+                if message.is_close() {
+                    break;
+                }
+                if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Accepts connections, reads nothing, answers nothing.
+    pub async fn silent() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// Binds loopback and runs `handle` on a task per accepted connection.
+    async fn accepting<F, Fut>(handle: F) -> Self
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                tokio::spawn(handle(stream));
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+/// Serves the backend's routes on one connection (HTTP/1.1 with upgrades, or HTTP/2).
+async fn serve_http<I>(name: Arc<str>, io: I)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| respond(name.clone(), req));
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(io, service)
+        .await;
+}
+
+async fn respond(name: Arc<str>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path().to_owned();
+    if let Some(n) = path.strip_prefix("/download/") {
+        let total: u64 = n.parse().unwrap_or(0);
+        return Ok(Response::new(zeros(total)));
+    }
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        return Ok(Response::new(text(format!("slept {ms}ms"))));
+    }
+    let method = request.method().to_string();
+    let uri = request.uri().to_string();
+    let version = format!("{:?}", request.version());
+    let mut headers = serde_json::Map::new();
+    for (k, v) in request.headers() {
+        let entry = headers.entry(k.as_str()).or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let serde_json::Value::Array(values) = entry {
+            values.push(serde_json::Value::String(v.to_str().unwrap_or("<binary>").to_owned()));
+        }
+    }
+    let mut body = request.into_body();
+    let mut received: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => received += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => break,
+        }
+    }
+    if path == "/upload" {
+        return Ok(Response::new(text(received.to_string())));
+    }
+    let echo = serde_json::json!({
+        "backend": &*name, "method": method, "uri": uri, "version": version,
+        "headers": headers, "body_len": received,
+    });
+    let mut response = Response::new(text(echo.to_string()));
+    response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    response.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+    Ok(response)
+}
+
+fn text(s: String) -> Body {
+    Full::new(Bytes::from(s)).boxed()
+}
+
+/// `total` zero bytes in 64 KiB chunks, produced as they are sent.
+pub fn zeros(total: u64) -> Body {
+    const CHUNK: usize = 64 * 1024;
+    static ZERO: [u8; CHUNK] = [0; CHUNK];
+    let stream = futures_util::stream::unfold(total, |left| async move {
+        if left == 0 {
+            return None;
+        }
+        let n = left.min(CHUNK as u64);
+        Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(&ZERO[..n as usize]))), left - n))
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}

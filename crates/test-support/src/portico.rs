@@ -1,0 +1,180 @@
+//! The `portico` binary under test, run as a real child process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// A running `portico serve` with its own data directory. Killed on drop.
+pub struct Portico {
+    bin: PathBuf,
+    dir: TempDir,
+    child: Option<Child>,
+    /// The plain HTTP listener.
+    pub http: SocketAddr,
+    logs: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Portico {
+    /// Starts `bin serve` on loopback with JSON logs and the given `--set key=value` options,
+    /// and waits until it listens.
+    pub fn start(bin: impl AsRef<Path>, settings: &[&str]) -> Self {
+        let dir = TempDir::new().unwrap();
+        Self::start_in(bin, dir, settings)
+    }
+
+    /// Like [`Portico::start`], in an existing data directory (to restart on the same data).
+    pub fn start_in(bin: impl AsRef<Path>, dir: TempDir, settings: &[&str]) -> Self {
+        let bin = bin.as_ref().to_owned();
+        let mut command = Command::new(&bin);
+        command.arg("serve").arg("--data-dir").arg(dir.path()).args([
+            "--http",
+            "127.0.0.1:0",
+            "--set",
+            "log.format=\"json\"",
+            "--set",
+            "proxy.https=\"127.0.0.1:8443\"",
+        ]);
+        for s in settings {
+            command.args(["--set", s]);
+        }
+        command.env_remove("PORTICO_CONFIG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("portico starts");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    eprintln!("portico: {line}");
+                    continue;
+                };
+                let fields = &value["fields"];
+                if fields["message"] == "listening" && fields["listener"] == "http" {
+                    let _ = ready_tx.send(fields["addr"].as_str().unwrap_or_default().to_owned());
+                }
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let addr = ready_rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("portico did not start listening; log: {:?}", logs.lock().unwrap());
+        });
+        Self { bin, dir, child: Some(child), http: addr.parse().unwrap(), logs }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `portico host ARGS…` on this instance's data directory.
+    pub fn host(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .arg("host")
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .env_remove("PORTICO_CONFIG")
+            .output()
+            .unwrap()
+    }
+
+    /// Adds a host through the CLI and asserts it worked.
+    pub fn add_host(&self, name: &str, target: SocketAddr, flags: &[&str]) {
+        let port = target.port().to_string();
+        let ip = target.ip().to_string();
+        let mut args = vec!["add", name, "--ip", &ip, "--port", &port];
+        args.extend_from_slice(flags);
+        let out = self.host(&args);
+        assert!(out.status.success(), "host add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        self.wait_routed();
+    }
+
+    /// Waits until the server has rebuilt its routing table with every host now in the store.
+    pub fn wait_routed(&self) {
+        let listed = self.host(&["ls", "--json"]);
+        let count = String::from_utf8_lossy(&listed.stdout).lines().count() as u64;
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let rebuilt = self.logs().iter().any(|l| {
+                let f = &l["fields"];
+                (f["message"] == "routing table rebuilt" || f["message"] == "store opened") && f["hosts"] == count
+            });
+            if rebuilt {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("portico did not pick up {count} hosts");
+    }
+
+    /// Every JSON log line so far.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The access-log entries' fields so far.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        self.logs().into_iter().filter(|l| l["target"] == "portico::access").map(|l| l["fields"].clone()).collect()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// Peak resident memory of the process so far, in bytes (`VmHWM`).
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    }
+
+    /// Waits for the process to exit, up to `deadline`; returns its exit code.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let start = std::time::Instant::now();
+        while start.elapsed() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("portico did not exit within {deadline:?}");
+    }
+
+    /// Stops the process (SIGKILL) and gives back the data directory.
+    pub fn into_data_dir(mut self) -> TempDir {
+        self.kill();
+        let dir = TempDir::new().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Portico {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
