@@ -22,9 +22,9 @@ const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
 const VERSION: &str = "version";
 /// How often a process looks for other processes' writes.
-const POLL_EVERY: Duration = Duration::from_millis(200);
+const POLL_EVERY: Duration = Duration::from_millis(100);
 /// How often expired blobs and locks are swept away, in polls.
-const SWEEP_EVERY_POLLS: u32 = 300;
+const SWEEP_EVERY_POLLS: u32 = 600;
 
 fn records(kind: Kind) -> TableDefinition<'static, &'static str, &'static [u8]> {
     TableDefinition::new(kind.table_name())

@@ -14,6 +14,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +31,13 @@ pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    hits: Arc<AtomicU64>,
+}
+
+/// What every connection of an HTTP backend shares.
+struct State {
+    name: Box<str>,
+    hits: Arc<AtomicU64>,
 }
 
 impl Drop for Backend {
@@ -43,8 +51,16 @@ type Body = BoxBody<Bytes, Infallible>;
 impl Backend {
     /// An HTTP backend named `name` (the name comes back in echo responses).
     pub async fn start(name: &str) -> Self {
-        let name: Arc<str> = name.into();
-        Self::accepting(move |stream| serve_http(name.clone(), TokioIo::new(stream))).await
+        let hits = Arc::new(AtomicU64::new(0));
+        let state = Arc::new(State { name: name.into(), hits: hits.clone() });
+        let mut backend = Self::accepting(move |stream| serve_http(state.clone(), TokioIo::new(stream))).await;
+        backend.hits = hits;
+        backend
+    }
+
+    /// How many requests have reached this backend (HTTP backends only).
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
     }
 
     /// The same routes over TLS, with a self-signed certificate for `localhost`.
@@ -59,16 +75,19 @@ impl Backend {
             .with_single_cert(vec![cert.cert.der().clone()], key)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let name: Arc<str> = name.into();
-        Self::accepting(move |stream| {
-            let (name, acceptor) = (name.clone(), acceptor.clone());
+        let hits = Arc::new(AtomicU64::new(0));
+        let state = Arc::new(State { name: name.into(), hits: hits.clone() });
+        let mut backend = Self::accepting(move |stream| {
+            let (state, acceptor) = (state.clone(), acceptor.clone());
             async move {
                 if let Ok(tls) = acceptor.accept(stream).await {
-                    serve_http(name, TokioIo::new(tls)).await;
+                    serve_http(state, TokioIo::new(tls)).await;
                 }
             }
         })
-        .await
+        .await;
+        backend.hits = hits;
+        backend
     }
 
     /// A WebSocket echo server.
@@ -97,7 +116,7 @@ impl Backend {
                 held.push(stream);
             }
         });
-        Self { addr, task }
+        Self { addr, task, hits: Arc::default() }
     }
 
     /// Binds loopback and runs `handle` on a task per accepted connection.
@@ -114,22 +133,23 @@ impl Backend {
                 tokio::spawn(handle(stream));
             }
         });
-        Self { addr, task }
+        Self { addr, task, hits: Arc::default() }
     }
 }
 
 /// Serves the backend's routes on one connection (HTTP/1.1 with upgrades, or HTTP/2).
-async fn serve_http<I>(name: Arc<str>, io: I)
+async fn serve_http<I>(state: Arc<State>, io: I)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| respond(name.clone(), req));
+    let service = service_fn(move |req| respond(state.clone(), req));
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(io, service)
         .await;
 }
 
-async fn respond(name: Arc<str>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn respond(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
     let path = request.uri().path().to_owned();
     if let Some(n) = path.strip_prefix("/download/") {
         let total: u64 = n.parse().unwrap_or(0);
@@ -161,7 +181,7 @@ async fn respond(name: Arc<str>, request: Request<Incoming>) -> Result<Response<
         return Ok(Response::new(text(received.to_string())));
     }
     let echo = serde_json::json!({
-        "backend": &*name, "method": method, "uri": uri, "version": version,
+        "backend": &*state.name, "method": method, "uri": uri, "version": version,
         "headers": headers, "body_len": received,
     });
     let mut response = Response::new(text(echo.to_string()));

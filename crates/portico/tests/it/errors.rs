@@ -87,3 +87,26 @@ async fn slow_headers_are_cut_off() {
     .await;
     assert_eq!(read, Ok(true), "the connection stayed open");
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let backend = Backend::start("b").await;
+    let p = portico(&["proxy.header_read_timeout=\"1s\""]);
+    p.add_host("idle.test", backend.addr, &[]);
+    let mut stream = TcpStream::connect(p.http).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: idle.test\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // The response is complete and the connection is kept alive; left idle, it is closed.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "the idle connection stayed open");
+}

@@ -45,9 +45,18 @@ async fn sigterm_drains_in_flight_requests() {
         let client = client.clone();
         async move { read(client.send("GET", "slow.test", "/sleep/1500", empty()).await).await }
     });
-    // Let the request reach the backend, then ask the proxy to stop.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Once the request is at the backend, ask the proxy to stop.
+    eventually(Duration::from_secs(10), "the request to reach the backend", || {
+        let hits = backend.hits();
+        async move { (hits == 1).then_some(()) }
+    })
+    .await;
     p.terminate();
+    // New connections are refused once the proxy stops accepting.
+    eventually(Duration::from_secs(5), "the listener to close", || async {
+        tokio::net::TcpStream::connect(p.http).await.is_err().then_some(())
+    })
+    .await;
     let answer = in_flight.await.unwrap();
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.text(), "slept 1500ms");
