@@ -89,6 +89,7 @@ struct RawProxy {
 struct RawApi {
     listen: Option<String>,
     lookup_socket: Option<PathBuf>,
+    session_ttl: Option<DurationText>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +174,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub api_listen: SocketAddr,
     pub lookup_socket: Option<PathBuf>,
+    pub session_ttl: Duration,
     pub tls: TlsConfig,
     pub metrics_listen: Option<SocketAddr>,
     pub log_level: String,
@@ -347,6 +349,7 @@ impl TryFrom<Raw> for Config {
             proxy,
             api_listen: addr("api.listen", raw.api.listen.as_deref(), "127.0.0.1:3000")?,
             lookup_socket: raw.api.lookup_socket,
+            session_ttl: duration(&raw.api.session_ttl, "api.session_ttl", Duration::from_secs(24 * 3600))?,
             tls,
             metrics_listen: raw.metrics.listen.as_deref().map(|m| addr("metrics.listen", Some(m), "")).transpose()?,
             log_level: raw.log.level.unwrap_or_else(|| "info".to_owned()),

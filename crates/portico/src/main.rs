@@ -1,11 +1,13 @@
 //! The `portico` binary: command line, configuration, and the wiring of roles.
 //!
-//! `portico serve` runs everything in one process; `portico host …` manages hosts directly in
-//! the store, also while `serve` runs on the same data directory.
+//! `portico serve` runs everything in one process; `portico host …` and `portico user …`
+//! manage hosts and users directly in the store, also while `serve` runs on the same data
+//! directory.
 
 mod config;
 mod hosts;
 mod serve;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +33,13 @@ enum Command {
     Host {
         #[command(subcommand)]
         command: hosts::HostCommand,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Manage users of the API in the store.
+    User {
+        #[command(subcommand)]
+        command: users::UserCommand,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -110,6 +119,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host { command, config } => {
             let config = config.load()?;
             runtime()?.block_on(hosts::run(command, &config))
+        }
+        Command::User { command, config } => {
+            let config = config.load()?;
+            runtime()?.block_on(users::run(command, &config))
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use portico_api::{ApiSettings, ApiState};
 use portico_proxy::{HttpListener, Routes, routes};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,12 +22,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     tasks.spawn(routes::follow_store(store.clone(), routes.clone(), shutdown.clone()));
 
+    let admin_password = std::env::var("PORTICO_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
+    portico_api::auth::bootstrap_admin(store.as_ref(), &config.data_dir, admin_password)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
+    let api = ApiState::new(store.clone(), routes.clone(), ApiSettings { session_ttl: config.session_ttl });
+    let api_ready = api.clone();
+
     let http = HttpListener::bind(config.http, config.proxy.clone(), routes.clone())
         .await
         .with_context(|| format!("cannot listen on {} (proxy.http)", config.http))?;
-    let addr = http.local_addr()?;
-    tracing::info!(listener = "http", addr = %addr, "listening");
+    let api_listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
+    tracing::info!(listener = "http", addr = %http.local_addr()?, "listening");
+    tracing::info!(listener = "api", addr = %api_listener.local_addr()?, "listening");
     tasks.spawn(http.serve(shutdown.clone()));
+    let stop_api = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = portico_api::serve(api_listener, api, stop_api.cancelled_owned()).await {
+            tracing::error!(error = %e, "the API server failed");
+        }
+    });
+    api_ready.listeners_ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tasks.close();
 
     wait_for_signal().await?;

@@ -11,7 +11,7 @@ use portico_model::Hostname;
 
 use crate::ProxyConfig;
 use crate::forward::{Origin, Scheme, Upstream, X_REQUEST_ID};
-use crate::response::{AccessEntry, LoggedBody, ProxyBody, ProxyError, redirect};
+use crate::response::{AccessEntry, LoggedBody, ProxyBody, ProxyError, chain, redirect};
 use crate::routes::Routes;
 
 /// What every request handler shares.
@@ -90,16 +90,4 @@ async fn route(
     entry.target = Some(host.target.authority());
     let origin = Origin { peer, scheme, authority, request_id: &entry.request_id };
     shared.upstream.forward(request, host, &origin).await
-}
-
-/// An error and its causes on one line, for the log.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }

@@ -69,6 +69,18 @@ impl ProxyError {
     }
 }
 
+/// An error and its causes on one line, for the log.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 /// A 308 to `location`.
 pub fn redirect(location: &str) -> Response<ProxyBody> {
     let mut response = Response::new(full(String::new()));

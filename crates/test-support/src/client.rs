@@ -106,3 +106,71 @@ impl tower_service::Service<http::Uri> for FixedAddr {
         Box::pin(async move { Ok(hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await?)) })
     }
 }
+
+/// A JSON client for the management API.
+#[derive(Clone)]
+pub struct ApiClient {
+    addr: SocketAddr,
+    client: Client<FixedAddr, Body>,
+}
+
+/// An API answer: status, headers and the body as JSON (`Null` if empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub json: serde_json::Value,
+    pub raw: String,
+}
+
+impl ApiClient {
+    /// A client for the API at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, client: Client::builder(TokioExecutor::new()).build(FixedAddr(addr)) }
+    }
+
+    /// Sends `method path` with `token` in the `auth-token` header and `body` as JSON.
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>) -> Reply {
+        let mut headers = Vec::new();
+        if let Some(token) = token {
+            headers.push(("auth-token", token.to_owned()));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.raw(method, path, &headers, body).await
+    }
+
+    /// Sends a request with exactly these headers and body text.
+    pub async fn raw(&self, method: &str, path: &str, headers: &[(&str, String)], body: String) -> Reply {
+        let mut request = Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        if !body.is_empty() {
+            request = request.header("content-type", "application/json");
+        }
+        let body = http_body_util::Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed();
+        let response = self.client.request(request.body(body).unwrap()).await.unwrap();
+        let answer = read(response).await;
+        let raw = answer.text();
+        Reply {
+            status: answer.status,
+            headers: answer.headers,
+            json: serde_json::from_str(&raw).unwrap_or_default(),
+            raw,
+        }
+    }
+
+    /// Logs in; returns the token.
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let reply = self
+            .call(
+                "POST",
+                "/api/auth/login",
+                None,
+                Some(serde_json::json!({"username": username, "password": password})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "login as {username}: {}", reply.raw);
+        reply.json["token"].as_str().unwrap().to_owned()
+    }
+}

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+/// The first admin's password in instances started by [`Portico::start`].
+pub const ADMIN_PASSWORD: &str = "test-admin-password-1";
+
 /// A running `portico serve` with its own data directory. Killed on drop.
 pub struct Portico {
     bin: PathBuf,
@@ -17,6 +20,8 @@ pub struct Portico {
     child: Option<Child>,
     /// The plain HTTP listener.
     pub http: SocketAddr,
+    /// The management API.
+    pub api: SocketAddr,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
@@ -30,6 +35,12 @@ impl Portico {
 
     /// Like [`Portico::start`], in an existing data directory (to restart on the same data).
     pub fn start_in(bin: impl AsRef<Path>, dir: TempDir, settings: &[&str]) -> Self {
+        Self::start_with(bin, dir, settings, Some(ADMIN_PASSWORD))
+    }
+
+    /// Like [`Portico::start_in`], choosing the first admin's password (`None`: Portico makes
+    /// up one).
+    pub fn start_with(bin: impl AsRef<Path>, dir: TempDir, settings: &[&str], admin_password: Option<&str>) -> Self {
         let bin = bin.as_ref().to_owned();
         let mut command = Command::new(&bin);
         command.arg("serve").arg("--data-dir").arg(dir.path()).args([
@@ -39,11 +50,17 @@ impl Portico {
             "log.format=\"json\"",
             "--set",
             "proxy.https=\"127.0.0.1:8443\"",
+            "--set",
+            "api.listen=\"127.0.0.1:0\"",
         ]);
         for s in settings {
             command.args(["--set", s]);
         }
         command.env_remove("PORTICO_CONFIG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        match admin_password {
+            Some(password) => command.env("PORTICO_ADMIN_PASSWORD", password),
+            None => command.env_remove("PORTICO_ADMIN_PASSWORD"),
+        };
         let mut child = command.spawn().expect("portico starts");
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -56,17 +73,22 @@ impl Portico {
                     continue;
                 };
                 let fields = &value["fields"];
-                if fields["message"] == "listening" && fields["listener"] == "http" {
-                    let _ = ready_tx.send(fields["addr"].as_str().unwrap_or_default().to_owned());
+                if fields["message"] == "listening" {
+                    let listener = fields["listener"].as_str().unwrap_or_default().to_owned();
+                    let _ = ready_tx.send((listener, fields["addr"].as_str().unwrap_or_default().to_owned()));
                 }
                 sink.lock().unwrap().push(value);
             }
         });
-        let addr = ready_rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("portico did not start listening; log: {:?}", logs.lock().unwrap());
-        });
-        Self { bin, dir, child: Some(child), http: addr.parse().unwrap(), logs }
+        let mut listeners = std::collections::HashMap::new();
+        while listeners.len() < 2 {
+            let Ok((name, addr)) = ready_rx.recv_timeout(Duration::from_secs(20)) else {
+                let _ = child.kill();
+                panic!("portico did not start listening; log: {:?}", logs.lock().unwrap());
+            };
+            listeners.insert(name, addr.parse::<SocketAddr>().unwrap());
+        }
+        Self { bin, dir, child: Some(child), http: listeners["http"], api: listeners["api"], logs }
     }
 
     /// The data directory.
@@ -76,14 +98,25 @@ impl Portico {
 
     /// Runs `portico host ARGS…` on this instance's data directory.
     pub fn host(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .arg("host")
+        self.cli("host", args, "")
+    }
+
+    /// Runs `portico COMMAND ARGS…` on this instance's data directory with `stdin` as input.
+    pub fn cli(&self, command: &str, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(&self.bin)
+            .arg(command)
             .args(args)
             .arg("--data-dir")
             .arg(self.dir.path())
             .env_remove("PORTICO_CONFIG")
-            .output()
-            .unwrap()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
     }
 
     /// Adds a host through the CLI and asserts it worked.

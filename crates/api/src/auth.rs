@@ -1,0 +1,347 @@
+//! Passwords, tokens, the caller extractor, the login rate limit and the first admin.
+//!
+//! - Passwords: Argon2id for new hashes; the seed's bcrypt (`$2a$`/`$2b$`) hashes verify and
+//!   are replaced by Argon2id on the next successful login.
+//! - Tokens: 256 random bits, shown once, stored only as their SHA-256 (the record key), with
+//!   an expiry. Session tokens come from login and end with logout or a password change.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+use portico_store::{Fields, Kind, Store};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::state::Api;
+
+/// A user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Manages everything, users and DNS providers included.
+    Admin,
+    /// Manages hosts and reads certificates.
+    User,
+}
+
+impl Role {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+
+    /// The role of a stored user. Seed users have no role field; the seed let every user do
+    /// everything, so they stay admins.
+    pub fn of(fields: &Fields) -> Self {
+        match fields.get("role").map(String::as_str) {
+            Some("user") => Role::User,
+            _ => Role::Admin,
+        }
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// User name.
+    pub username: String,
+    /// Role.
+    pub role: Role,
+    /// Key of the token used (its SHA-256), to revoke it on logout.
+    pub token_key: String,
+}
+
+impl Caller {
+    /// Fails with 403 unless the caller is an admin.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::User => Err(ApiError::Forbidden("this action needs the admin role")),
+        }
+    }
+}
+
+impl FromRequestParts<Api> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, ApiError> {
+        let token = presented_token(parts).ok_or(ApiError::LoginFailed)?;
+        let token_key = token_key(token);
+        let record = api.store.record(Kind::AuthToken, &token_key).await?.ok_or(ApiError::LoginFailed)?;
+        let valid = record.get("is_valid").is_none_or(|v| v == "true");
+        let expires: u64 = record.get("expires_on").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if !valid || expires <= portico_store::now_ms() {
+            return Err(ApiError::LoginFailed);
+        }
+        let username = record.get("created_by").cloned().ok_or(ApiError::LoginFailed)?;
+        // A token whose user is gone is worthless (the seed crashed with a 500 here).
+        let user = api.store.record(Kind::User, &username).await?.ok_or(ApiError::LoginFailed)?;
+        Ok(Caller { role: Role::of(&user), username, token_key })
+    }
+}
+
+/// The token from `auth-token` (the seed's header) or `Authorization: Bearer`.
+fn presented_token(parts: &Parts) -> Option<&str> {
+    if let Some(v) = parts.headers.get("auth-token").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim()).filter(|t| !t.is_empty());
+    }
+    let value = parts.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// A new token: 32 random bytes as 64 hex characters.
+pub fn new_token() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|_| ApiError::Internal("no randomness available"))?;
+    Ok(hex(&bytes))
+}
+
+/// The store key of a token: its SHA-256 in hex.
+pub fn token_key(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Stores a new token for `username`, valid for `ttl`; returns the token (shown once).
+pub async fn issue_token(
+    store: &dyn Store,
+    username: &str,
+    kind: &str,
+    name: Option<&str>,
+    ttl: Duration,
+) -> Result<String, ApiError> {
+    let token = new_token()?;
+    let now = portico_store::now_ms();
+    let mut fields: Fields = [
+        ("created_by", username.to_owned()),
+        ("created_on", now.to_string()),
+        ("expires_on", now.saturating_add(ttl.as_millis() as u64).to_string()),
+        ("is_valid", "true".to_owned()),
+        ("kind", kind.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if let Some(name) = name {
+        fields.insert("name".to_owned(), name.to_owned());
+    }
+    store.create(Kind::AuthToken, &token_key(&token), &fields).await?;
+    Ok(token)
+}
+
+/// Deletes `username`'s session tokens, except `keep`. Returns how many went.
+pub async fn revoke_sessions(store: &dyn Store, username: &str, keep: Option<&str>) -> Result<usize, ApiError> {
+    let mut revoked = 0;
+    for (key, fields) in store.records(Kind::AuthToken).await? {
+        let mine = fields.get("created_by").is_some_and(|u| u == username);
+        let session = fields.get("kind").is_none_or(|k| k == "session");
+        if mine && session && Some(key.as_str()) != keep {
+            store.delete(Kind::AuthToken, &key).await?;
+            revoked += 1;
+        }
+    }
+    Ok(revoked)
+}
+
+/// Hashes a password with Argon2id (on a blocking thread: it is deliberately slow).
+pub async fn hash_password(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()))
+        .await
+        .map_err(|_| ApiError::Internal("password hashing task failed"))?
+        .map_err(|_| ApiError::Internal("password hashing failed"))
+}
+
+/// Whether `password` matches `hash` (Argon2 PHC string or a seed bcrypt hash), and whether
+/// the hash should be replaced by a fresh Argon2id one.
+pub async fn verify_password(password: String, hash: String) -> (bool, bool) {
+    tokio::task::spawn_blocking(move || {
+        if hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$") {
+            let ok = bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false);
+            return (ok, ok);
+        }
+        let ok = PasswordHash::new(&hash)
+            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .unwrap_or(false);
+        (ok, false)
+    })
+    .await
+    .unwrap_or((false, false))
+}
+
+/// Checks a new password; the error names the field.
+pub fn check_password(password: &str) -> Result<(), crate::error::FieldError> {
+    if password.chars().count() < 8 {
+        return Err(crate::error::FieldError::new("password", "password is too short, min 8."));
+    }
+    if password.len() > 1024 {
+        return Err(crate::error::FieldError::new("password", "password is too long, max 1024."));
+    }
+    Ok(())
+}
+
+/// A new user record in the seed's layout, plus `role`.
+pub fn user_fields(username: &str, password_hash: String, role: Role, created_by: &str) -> Fields {
+    let now = portico_store::now_ms().to_string();
+    [
+        ("username", username.to_owned()),
+        ("password", password_hash),
+        ("role", role.as_str().to_owned()),
+        ("created_by", created_by.to_owned()),
+        ("created_on", now.clone()),
+        ("updated_by", "__NONE__".to_owned()),
+        ("updated_on", now),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Failed logins per client address and per user name, over a sliding window.
+#[derive(Debug)]
+pub struct LoginLimiter {
+    window: Duration,
+    per_user: usize,
+    per_address: usize,
+    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl LoginLimiter {
+    /// At most `per_user` failures per user name and `per_address` per client address within
+    /// `window`.
+    pub fn new(window: Duration, per_user: usize, per_address: usize) -> Self {
+        Self { window, per_user, per_address, failures: Mutex::new(HashMap::new()) }
+    }
+
+    /// `Err(TooManyRequests)` if either key is over its limit.
+    pub fn check(&self, address: IpAddr, username: &str) -> Result<(), ApiError> {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wait = 0;
+        for (key, limit) in [(format!("ip:{address}"), self.per_address), (format!("user:{username}"), self.per_user)] {
+            if let Some(times) = failures.get_mut(&key) {
+                while times.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+                    times.pop_front();
+                }
+                if times.len() >= limit
+                    && let Some(oldest) = times.front()
+                {
+                    wait = wait.max((self.window - now.duration_since(*oldest)).as_secs() + 1);
+                }
+            }
+        }
+        if wait > 0 { Err(ApiError::TooManyRequests(wait)) } else { Ok(()) }
+    }
+
+    /// Records a failed login.
+    pub fn failed(&self, address: IpAddr, username: &str) {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() > 100_000 {
+            // Bounded memory under a flood of distinct names: forget the oldest state.
+            failures.clear();
+        }
+        for key in [format!("ip:{address}"), format!("user:{username}")] {
+            failures.entry(key).or_default().push_back(now);
+        }
+    }
+}
+
+/// Creates the first admin on an empty store: user `admin` with `password` if given, else a
+/// random one, written to `<data_dir>/initial-admin-password` (mode 0600) and logged once.
+pub async fn bootstrap_admin(store: &dyn Store, data_dir: &Path, password: Option<String>) -> Result<(), ApiError> {
+    if !store.keys(Kind::User).await?.is_empty() {
+        return Ok(());
+    }
+    let generated = password.is_none();
+    let password = match password {
+        Some(p) => p,
+        None => new_token()?[..24].to_owned(),
+    };
+    let fields = user_fields("admin", hash_password(password.clone()).await?, Role::Admin, "portico");
+    match store.create(Kind::User, "admin", &fields).await {
+        Ok(()) => {}
+        // Another node of the cluster got there first.
+        Err(portico_store::StoreError::Conflict { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    if generated {
+        let file = data_dir.join("initial-admin-password");
+        write_secret_file(&file, &password).map_err(|_| ApiError::Internal("cannot write initial-admin-password"))?;
+        tracing::warn!(
+            username = "admin",
+            password = %password,
+            file = %file.display(),
+            "created the first admin with a random password; change it after logging in"
+        );
+    } else {
+        tracing::info!(username = "admin", "created the first admin with the password from PORTICO_ADMIN_PASSWORD");
+    }
+    Ok(())
+}
+
+fn write_secret_file(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(content.as_bytes())?;
+    file.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn argon2_and_seed_bcrypt_hashes_verify() {
+        let hash = hash_password("correct horse".into()).await.unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert_eq!(verify_password("correct horse".into(), hash.clone()).await, (true, false));
+        assert_eq!(verify_password("wrong".into(), hash).await, (false, false));
+        let seed = bcrypt::hash("proxyadmin2", 4).unwrap();
+        assert_eq!(verify_password("proxyadmin2".into(), seed.clone()).await, (true, true));
+        assert_eq!(verify_password("nope".into(), seed).await, (false, false));
+        assert_eq!(verify_password("x".into(), "garbage".into()).await, (false, false));
+    }
+
+    #[test]
+    fn tokens_are_256_bit_and_hashed() {
+        let t = new_token().unwrap();
+        assert_eq!(t.len(), 64);
+        assert_ne!(t, new_token().unwrap());
+        assert_eq!(token_key(&t).len(), 64);
+        assert_ne!(token_key(&t), t);
+    }
+
+    #[test]
+    fn limiter_counts_per_user_and_address() {
+        let l = LoginLimiter::new(Duration::from_secs(60), 3, 5);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            l.check(a, "alice").unwrap();
+            l.failed(a, "alice");
+        }
+        assert!(matches!(l.check(b, "alice"), Err(ApiError::TooManyRequests(s)) if s > 0 && s <= 61));
+        l.check(a, "bob").unwrap();
+        l.failed(a, "bob");
+        l.failed(a, "carol");
+        assert!(l.check(a, "dave").is_err(), "per-address limit");
+        l.check(b, "dave").unwrap();
+    }
+}

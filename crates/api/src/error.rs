@@ -1,0 +1,140 @@
+//! The API's errors and their one mapping to the wire: the seed's `{name, message, keys?}`
+//! with its names and statuses. Internals are logged, never shown.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use portico_proxy::response::chain;
+use portico_store::StoreError;
+use serde::Serialize;
+
+/// One field at fault in a 409 or 422.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// The field, with the seed's spelling.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// An error about `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// Missing, wrong, expired or revoked credentials.
+    #[error("Invalid Credentials, login failed.")]
+    LoginFailed,
+    /// Authenticated, but the role does not allow this.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The record does not exist.
+    #[error("{kind}:{key} does not exist")]
+    NotFound {
+        /// The seed's model name.
+        kind: &'static str,
+        /// The key asked for.
+        key: String,
+    },
+    /// The name is taken.
+    #[error("{kind}:{key} already exists")]
+    NameUsed {
+        /// The seed's model name.
+        kind: &'static str,
+        /// The key in use.
+        key: String,
+        /// The field holding it.
+        field: &'static str,
+    },
+    /// Fields failed validation.
+    #[error("{}", summary(.0))]
+    Validation(Vec<FieldError>),
+    /// The body is not JSON (or not a JSON object).
+    #[error("{0}")]
+    Malformed(String),
+    /// Too many attempts; try again after this many seconds.
+    #[error("too many attempts, try again in {0} seconds")]
+    TooManyRequests(u64),
+    /// The route does not exist.
+    #[error("Page not found")]
+    RouteNotFound,
+    /// The route exists, not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The feature this route needs is not in this version.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// The store failed.
+    #[error("the store is unavailable")]
+    Store(#[source] StoreError),
+    /// Something else went wrong inside.
+    #[error("internal error")]
+    Internal(&'static str),
+}
+
+fn summary(errors: &[FieldError]) -> String {
+    errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join(" ")
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    name: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys: Option<Vec<FieldError>>,
+}
+
+impl ApiError {
+    /// The seed's error name and the status.
+    pub fn name_and_status(&self) -> (&'static str, StatusCode) {
+        match self {
+            Self::LoginFailed => ("LoginFailed", StatusCode::UNAUTHORIZED),
+            Self::Forbidden(_) => ("Forbidden", StatusCode::FORBIDDEN),
+            Self::NotFound { .. } => ("EntryNotFound", StatusCode::NOT_FOUND),
+            Self::NameUsed { .. } => ("EntryNameUsed", StatusCode::CONFLICT),
+            Self::Validation(_) => ("ObjectValidateError", StatusCode::UNPROCESSABLE_ENTITY),
+            Self::Malformed(_) => ("SyntaxError", StatusCode::BAD_REQUEST),
+            Self::TooManyRequests(_) => ("TooManyRequests", StatusCode::TOO_MANY_REQUESTS),
+            Self::RouteNotFound => ("Error", StatusCode::NOT_FOUND),
+            Self::MethodNotAllowed => ("MethodNotAllowed", StatusCode::METHOD_NOT_ALLOWED),
+            Self::Unavailable(_) => ("NotImplemented", StatusCode::NOT_IMPLEMENTED),
+            Self::Store(_) => ("StoreUnavailable", StatusCode::SERVICE_UNAVAILABLE),
+            Self::Internal(_) => ("InternalError", StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (name, status) = self.name_and_status();
+        match &self {
+            Self::Store(e) => tracing::error!(error = %chain(e), "store error in an API request"),
+            Self::Internal(what) => tracing::error!(what, "internal error in an API request"),
+            _ => {}
+        }
+        let keys = match &self {
+            Self::Validation(errors) => Some(errors.clone()),
+            Self::NameUsed { field, .. } => Some(vec![FieldError::new(*field, self.to_string())]),
+            _ => None,
+        };
+        let mut response = (status, Json(Body { name, message: self.to_string(), keys })).into_response();
+        if let Self::TooManyRequests(seconds) = self
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}

@@ -1,0 +1,23 @@
+//! `/healthz` (the process answers) and `/readyz` (store reachable, listeners bound).
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::state::Api;
+
+/// Always 200 while the process runs.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// 200 when the store answers and every listener is bound, 503 otherwise.
+pub async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Value>) {
+    let store = api.store.ping().await.is_ok();
+    let listeners = api.listeners_ready.load(Ordering::SeqCst);
+    let status = if store && listeners { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "store": store, "listeners": listeners })))
+}

@@ -1,0 +1,220 @@
+//! `/api/host`: the seed's host routes, over the same store and routing table as the proxy.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use portico_model::{Host, HostPattern, Hostname, PatternLabel, Target};
+use portico_store::{Kind, StoreError};
+use serde_json::{Map, Value, json};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, FieldError};
+use crate::json::JsonObject;
+use crate::state::Api;
+use crate::users::wants_detail;
+
+/// A host as the API shows it: the seed's fields with typed values.
+pub fn host_json(host: &Host) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (k, v) in &host.extra {
+        let value = match v.as_str() {
+            "true" => json!(true),
+            "false" => json!(false),
+            _ if k == "wildcard_expires" => v.parse::<i64>().map_or_else(|_| json!(v), |n| json!(n)),
+            _ => json!(v),
+        };
+        out.insert(k.clone(), value);
+    }
+    out.insert("host".into(), json!(host.host.as_str()));
+    out.insert("ip".into(), json!(host.target.ip()));
+    out.insert("targetPort".into(), json!(host.target.port()));
+    out.insert("forcessl".into(), json!(host.forcessl));
+    out.insert("targetssl".into(), json!(host.targetssl));
+    out.insert("created_by".into(), json!(host.created_by));
+    out.insert("created_on".into(), json!(host.created_on));
+    out.insert("updated_by".into(), json!(host.updated_by));
+    out.insert("updated_on".into(), json!(host.updated_on));
+    out
+}
+
+fn with_message(message: String, mut fields: Map<String, Value>) -> Json<Value> {
+    fields.insert("message".into(), json!(message));
+    Json(Value::Object(fields))
+}
+
+fn not_found(item: &str) -> ApiError {
+    ApiError::NotFound { kind: "Host", key: item.to_owned() }
+}
+
+/// Reads the stored host for a path item (normalised the way patterns are).
+async fn stored(api: &Api, item: &str) -> Result<(String, Host), ApiError> {
+    let key = HostPattern::parse(item).map_err(|_| not_found(item))?.to_string();
+    let fields = api.store.record(Kind::Host, &key).await?.ok_or_else(|| not_found(item))?;
+    let host = Host::from_fields(&fields).map_err(|_| ApiError::Internal("a stored host does not parse"))?;
+    Ok((key, host))
+}
+
+/// `GET /api/host[?detail]`.
+pub async fn list(
+    State(api): State<Api>,
+    _caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let records = api.store.records(Kind::Host).await?;
+    let results: Vec<Value> = if wants_detail(&query) {
+        records.iter().filter_map(|(_, f)| Host::from_fields(f).ok()).map(|h| Value::Object(host_json(&h))).collect()
+    } else {
+        records.into_iter().map(|(k, _)| json!(k)).collect()
+    };
+    Ok(Json(json!({ "results": results })))
+}
+
+/// `POST /api/host {host, ip, targetPort, forcessl?, targetssl?}`.
+pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+    let mut errors = Vec::new();
+    let pattern = body.required("host", &mut errors).and_then(|h| parse_pattern(&h, &mut errors));
+    let ip = body.required("ip", &mut errors);
+    let port = body.port("targetPort", &mut errors);
+    if port.is_none() && !errors.iter().any(|e| e.key == "targetPort") {
+        errors.push(FieldError::new("targetPort", "targetPort is required."));
+    }
+    let target = match (&ip, port) {
+        (Some(ip), Some(port)) => parse_target(ip, port, &mut errors),
+        _ => None,
+    };
+    let forcessl = body.flag("forcessl", &mut errors).unwrap_or(true);
+    let targetssl = body.flag("targetssl", &mut errors).unwrap_or(false);
+    let (Some(pattern), Some(target), true) = (pattern, target, errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let now = portico_store::now_ms() as i64;
+    let host = Host {
+        host: pattern.clone(),
+        target,
+        forcessl,
+        targetssl,
+        created_by: caller.username.clone(),
+        created_on: now,
+        updated_by: "__NONE__".to_owned(),
+        updated_on: now,
+        extra: [("is_cache", "false"), ("is_wildcard", "false")].map(|(k, v)| (k.to_owned(), v.to_owned())).into(),
+    };
+    match api.store.create(Kind::Host, pattern.as_str(), &host.to_fields()).await {
+        Ok(()) => Ok(with_message(format!("\"{pattern}\" added."), host_json(&host))),
+        Err(StoreError::Conflict { .. }) => {
+            Err(ApiError::NameUsed { kind: "Host", key: pattern.to_string(), field: "host" })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `GET /api/host/{item}`.
+pub async fn get(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Result<Json<Value>, ApiError> {
+    let (_, host) = stored(&api, &item).await?;
+    Ok(Json(json!({ "item": item, "results": host_json(&host) })))
+}
+
+/// `PUT /api/host/{item}`: partial update; a new `host` renames it.
+pub async fn update(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(item): Path<String>,
+    body: JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let (key, mut host) = stored(&api, &item).await?;
+    let mut errors = Vec::new();
+    if let Some(pattern) = body.string("host", &mut errors).and_then(|h| parse_pattern(&h, &mut errors)) {
+        host.host = pattern;
+    }
+    let ip = body.string("ip", &mut errors);
+    let port = body.port("targetPort", &mut errors);
+    if ip.is_some() || port.is_some() {
+        let ip = ip.unwrap_or_else(|| host.target.ip().to_owned());
+        if let Some(target) = parse_target(&ip, port.unwrap_or(host.target.port()), &mut errors) {
+            host.target = target;
+        }
+    }
+    if let Some(v) = body.flag("forcessl", &mut errors) {
+        host.forcessl = v;
+    }
+    if let Some(v) = body.flag("targetssl", &mut errors) {
+        host.targetssl = v;
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    host.updated_by = caller.username.clone();
+    host.updated_on = portico_store::now_ms() as i64;
+    let new_key = host.host.to_string();
+    match api.store.replace(Kind::Host, &key, &new_key, &host.to_fields()).await {
+        Ok(()) => {
+            let mut fields = host_json(&host);
+            fields.insert("__requestedHost".into(), json!(item));
+            Ok(with_message(format!("\"{item}\" updated."), fields))
+        }
+        Err(StoreError::Conflict { .. }) => Err(ApiError::NameUsed { kind: "Host", key: new_key, field: "host" }),
+        Err(StoreError::NotFound { .. }) => Err(not_found(&item)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `DELETE /api/host/{item}`.
+pub async fn delete(
+    State(api): State<Api>,
+    _caller: Caller,
+    Path(item): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (key, host) = stored(&api, &item).await?;
+    if !api.store.delete(Kind::Host, &key).await? {
+        return Err(not_found(&item));
+    }
+    Ok(with_message(format!("{item} deleted"), host_json(&host)))
+}
+
+/// `GET /api/host/lookup/{item}` → `{string, results?}`, from the proxy's own table.
+pub async fn lookup(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Json<Value> {
+    let table = api.routes.snapshot();
+    let found = Hostname::parse(&item).ok().and_then(|name| table.lookup(name.as_str()).map(|(_, h)| host_json(h)));
+    match found {
+        Some(host) => Json(json!({ "string": item, "results": host })),
+        None => Json(json!({ "string": item })),
+    }
+}
+
+/// `GET /api/host/lookupobj` (admin): the lookup tree as the seed showed it, nested from the
+/// TLD, `#record` at each pattern's end.
+pub async fn lookup_tree(State(api): State<Api>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let table = api.routes.snapshot();
+    let mut root = Map::new();
+    for (pattern, host) in table.iter() {
+        let mut node = &mut root;
+        for label in pattern.labels().rev() {
+            let key = match label {
+                PatternLabel::Literal(l) => l.to_owned(),
+                PatternLabel::One => "*".to_owned(),
+                PatternLabel::Many => "**".to_owned(),
+            };
+            let child = node.entry(key).or_insert_with(|| Value::Object(Map::new()));
+            let Value::Object(map) = child else { return Err(ApiError::Internal("lookup tree shape")) };
+            node = map;
+        }
+        node.insert("#record".into(), Value::Object(host_json(host)));
+    }
+    Ok(Json(json!({ "results": root })))
+}
+
+/// `PUT /api/host/{item}/renew`: certificates are not managed by this version yet.
+pub async fn renew(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Result<Json<Value>, ApiError> {
+    stored(&api, &item).await?;
+    Err(ApiError::Unavailable("certificates are not managed by this version yet; renewal arrives with automatic HTTPS"))
+}
+
+fn parse_pattern(text: &str, errors: &mut Vec<FieldError>) -> Option<HostPattern> {
+    HostPattern::parse(text).map_err(|e| errors.push(FieldError::new("host", format!("host is invalid: {e}.")))).ok()
+}
+
+fn parse_target(ip: &str, port: u16, errors: &mut Vec<FieldError>) -> Option<Target> {
+    Target::new(ip, port).map_err(|e| errors.push(FieldError::new(e.field(), format!("{e}.")))).ok()
+}

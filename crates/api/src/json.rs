@@ -1,0 +1,85 @@
+//! Request bodies: JSON objects, whatever the content type says (the seed's UI and scripts
+//! are not consistent about it). Malformed JSON is a 400, never a 5xx.
+
+use axum::extract::{FromRequest, Request};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, FieldError};
+use crate::state::Api;
+
+/// A JSON object body (an empty body reads as `{}`).
+#[derive(Debug)]
+pub struct JsonObject(pub Map<String, Value>);
+
+impl FromRequest<Api> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, api: &Api) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, api)
+            .await
+            .map_err(|_| ApiError::Malformed("the request body could not be read".into()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(Map::new()));
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(Self(map)),
+            Ok(_) => Err(ApiError::Malformed("the request body must be a JSON object".into())),
+            Err(e) => Err(ApiError::Malformed(format!("the request body is not valid JSON: {e}"))),
+        }
+    }
+}
+
+impl JsonObject {
+    /// A string field; `None` if absent or null; an error naming the field if not a string.
+    pub fn string(&self, key: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                errors.push(FieldError::new(key, format!("{key} is not string type.")));
+                None
+            }
+        }
+    }
+
+    /// A required string field.
+    pub fn required(&self, key: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+        let value = self.string(key, errors);
+        if value.is_none() && !errors.iter().any(|e| e.key == key) {
+            errors.push(FieldError::new(key, format!("{key} is required.")));
+        }
+        value
+    }
+
+    /// A boolean field, also as the seed's strings `"true"`/`"false"`.
+    pub fn flag(&self, key: &str, errors: &mut Vec<FieldError>) -> Option<bool> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(Value::String(s)) if s == "true" => Some(true),
+            Some(Value::String(s)) if s == "false" => Some(false),
+            Some(_) => {
+                errors.push(FieldError::new(key, format!("{key} is not boolean type.")));
+                None
+            }
+        }
+    }
+
+    /// A port: a number or numeric string, 1–65535.
+    pub fn port(&self, key: &str, errors: &mut Vec<FieldError>) -> Option<u16> {
+        let parsed = match self.0.get(key) {
+            None | Some(Value::Null) => return None,
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+            Some(_) => None,
+        };
+        match parsed {
+            Some(p) if (1..=65535).contains(&p) => Some(p as u16),
+            _ => {
+                errors.push(FieldError::new(key, format!("{key} must be a whole number from 1 to 65535.")));
+                None
+            }
+        }
+    }
+}

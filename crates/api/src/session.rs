@@ -1,0 +1,130 @@
+//! `/api/auth/login` and `/api/auth/logout`, and long-lived API tokens (`/api/token`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use portico_store::Kind;
+use serde_json::{Value, json};
+
+use crate::auth::{self, Caller};
+use crate::error::{ApiError, FieldError};
+use crate::json::JsonObject;
+use crate::state::Api;
+
+/// Longest lifetime of an API token, and its default.
+const API_TOKEN_MAX_DAYS: u64 = 3650;
+const API_TOKEN_DEFAULT_DAYS: u64 = 365;
+
+/// `POST /api/auth/login {username, password}` → `{login, token, message}`.
+pub async fn login(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let mut ignored = Vec::new();
+    let username = body.string("username", &mut ignored).unwrap_or_default();
+    let password = body.string("password", &mut ignored).unwrap_or_default();
+    let address = peer.ip().to_canonical();
+    api.limiter.check(address, &username)?;
+    let user = match api.store.record(Kind::User, &username).await? {
+        Some(user) if !username.is_empty() => user,
+        _ => {
+            api.limiter.failed(address, &username);
+            return Err(ApiError::LoginFailed);
+        }
+    };
+    let hash = user.get("password").cloned().unwrap_or_default();
+    let (ok, rehash) = auth::verify_password(password.clone(), hash).await;
+    if !ok {
+        api.limiter.failed(address, &username);
+        tracing::info!(username = %username, peer = %peer, "login failed");
+        return Err(ApiError::LoginFailed);
+    }
+    if rehash {
+        let mut updated = user.clone();
+        updated.insert("password".to_owned(), auth::hash_password(password).await?);
+        api.store.put(Kind::User, &username, &updated).await?;
+        tracing::info!(username = %username, "replaced a bcrypt password hash with Argon2id");
+    }
+    let token = auth::issue_token(api.store.as_ref(), &username, "session", None, api.settings.session_ttl).await?;
+    tracing::info!(username = %username, peer = %peer, "login");
+    Ok(Json(json!({ "login": true, "token": token, "message": format!("{username} logged in!") })))
+}
+
+/// `/api/auth/logout` (any method): revokes the token used.
+pub async fn logout(State(api): State<Api>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    api.store.delete(Kind::AuthToken, &caller.token_key).await?;
+    Ok(Json(json!({ "message": "Bye" })))
+}
+
+/// `POST /api/token {name, days?}` → the new token, shown once.
+pub async fn create_token(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+    let mut errors = Vec::new();
+    let name = body.required("name", &mut errors);
+    if let Some(name) = &name
+        && !(1..=100).contains(&name.chars().count())
+    {
+        errors.push(FieldError::new("name", "name must be 1 to 100 characters."));
+    }
+    let days = match body.0.get("days") {
+        None | Some(Value::Null) => Some(API_TOKEN_DEFAULT_DAYS),
+        Some(v) => match v.as_u64() {
+            Some(d) if (1..=API_TOKEN_MAX_DAYS).contains(&d) => Some(d),
+            _ => {
+                errors.push(FieldError::new("days", format!("days must be from 1 to {API_TOKEN_MAX_DAYS}.")));
+                None
+            }
+        },
+    };
+    let (Some(name), Some(days), true) = (name, days, errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let ttl = Duration::from_secs(days * 86_400);
+    let token = auth::issue_token(api.store.as_ref(), &caller.username, "api", Some(&name), ttl).await?;
+    let id = auth::token_key(&token);
+    let record = api.store.record(Kind::AuthToken, &id).await?.unwrap_or_default();
+    Ok(Json(json!({ "token": token, "results": token_json(&id, &record) })))
+}
+
+/// `GET /api/token`: the caller's API tokens (never the tokens themselves).
+pub async fn list_tokens(State(api): State<Api>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let tokens: Vec<Value> = api
+        .store
+        .records(Kind::AuthToken)
+        .await?
+        .iter()
+        .filter(|(_, f)| f.get("kind").is_some_and(|k| k == "api"))
+        .filter(|(_, f)| f.get("created_by") == Some(&caller.username))
+        .map(|(id, f)| token_json(id, f))
+        .collect();
+    Ok(Json(json!({ "results": tokens })))
+}
+
+/// `DELETE /api/token/{id}`: revokes one of the caller's API tokens (admins: anyone's).
+pub async fn revoke_token(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || ApiError::NotFound { kind: "Token", key: id.clone() };
+    let record = api.store.record(Kind::AuthToken, &id).await?.ok_or_else(not_found)?;
+    let owner = record.get("created_by") == Some(&caller.username);
+    if record.get("kind").is_none_or(|k| k != "api") || !(owner || caller.role == auth::Role::Admin) {
+        return Err(not_found());
+    }
+    api.store.delete(Kind::AuthToken, &id).await?;
+    Ok(Json(json!({ "message": format!("{id} revoked"), "results": token_json(&id, &record) })))
+}
+
+fn token_json(id: &str, fields: &portico_store::Fields) -> Value {
+    let number = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
+    json!({
+        "id": id,
+        "name": fields.get("name"),
+        "created_by": fields.get("created_by"),
+        "created_on": number("created_on"),
+        "expires_on": number("expires_on"),
+    })
+}

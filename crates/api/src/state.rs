@@ -1,0 +1,55 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use portico_proxy::Routes;
+use portico_store::Store;
+
+use crate::auth::LoginLimiter;
+
+/// Shared state of the API (cheap to clone).
+pub type Api = Arc<ApiState>;
+
+/// Settings of the API.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// How long a session token from login lasts.
+    pub session_ttl: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self { session_ttl: Duration::from_secs(24 * 3600) }
+    }
+}
+
+/// The API's state.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The routing table the proxy uses (lookups answer from it).
+    pub routes: Arc<Routes>,
+    /// Settings.
+    pub settings: ApiSettings,
+    /// Failed-login bookkeeping.
+    pub limiter: LoginLimiter,
+    /// Set once every listener is bound; `/readyz` reports it.
+    pub listeners_ready: AtomicBool,
+}
+
+impl ApiState {
+    /// New state with the default login limits (5 failures per user name, 20 per address,
+    /// per 5 minutes).
+    pub fn new(store: Arc<dyn Store>, routes: Arc<Routes>, settings: ApiSettings) -> Api {
+        Arc::new(Self {
+            store,
+            routes,
+            settings,
+            limiter: LoginLimiter::new(Duration::from_secs(300), 5, 20),
+            listeners_ready: AtomicBool::new(false),
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! `/api/user`: list, create, delete, me, password changes.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use portico_store::{Fields, Kind, StoreError};
+use serde_json::{Map, Value, json};
+
+use crate::auth::{self, Caller, Role};
+use crate::error::{ApiError, FieldError};
+use crate::json::JsonObject;
+use crate::state::Api;
+
+/// Whether `?detail` asks for whole objects (present and not `false`/`0`).
+pub fn wants_detail(query: &HashMap<String, String>) -> bool {
+    query.get("detail").is_some_and(|v| !matches!(v.as_str(), "false" | "0"))
+}
+
+/// A user as the API shows it: every stored field but the password hash.
+pub fn user_json(fields: &Fields) -> Value {
+    let mut out = Map::new();
+    for (k, v) in fields {
+        match k.as_str() {
+            "password" => {}
+            "created_on" | "updated_on" => {
+                out.insert(k.clone(), v.parse::<f64>().map_or_else(|_| json!(v), |n| json!(n as i64)));
+            }
+            _ => {
+                out.insert(k.clone(), json!(v));
+            }
+        }
+    }
+    out.insert("role".to_owned(), json!(Role::of(fields).as_str()));
+    Value::Object(out)
+}
+
+/// `GET /api/user[?detail]` (admin).
+pub async fn list(
+    State(api): State<Api>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let users = api.store.records(Kind::User).await?;
+    let results: Vec<Value> = if wants_detail(&query) {
+        users.iter().map(|(_, f)| user_json(f)).collect()
+    } else {
+        users.into_iter().map(|(k, _)| json!(k)).collect()
+    };
+    Ok(Json(json!({ "results": results })))
+}
+
+/// `POST /api/user {username, password, role?}` (admin).
+pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let mut errors = Vec::new();
+    let username = body.required("username", &mut errors);
+    let password = body.required("password", &mut errors);
+    if let Some(u) = &username
+        && let Err(e) = check_username(u)
+    {
+        errors.push(e);
+    }
+    if let Some(p) = &password
+        && let Err(e) = auth::check_password(p)
+    {
+        errors.push(e);
+    }
+    let role = match body.string("role", &mut errors).as_deref() {
+        None | Some("user") => Role::User,
+        Some("admin") => Role::Admin,
+        Some(_) => {
+            errors.push(FieldError::new("role", "role must be \"admin\" or \"user\"."));
+            Role::User
+        }
+    };
+    let (Some(username), Some(password), true) = (username, password, errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let fields = auth::user_fields(&username, auth::hash_password(password).await?, role, &caller.username);
+    match api.store.create(Kind::User, &username, &fields).await {
+        Ok(()) => Ok(Json(user_json(&fields))),
+        Err(StoreError::Conflict { .. }) => Err(ApiError::NameUsed { kind: "User", key: username, field: "username" }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `DELETE /api/user/{username}` (admin). The last admin cannot be deleted.
+pub async fn delete(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let users = api.store.records(Kind::User).await?;
+    let user = users
+        .iter()
+        .find(|(k, _)| *k == username)
+        .map(|(_, f)| f.clone())
+        .ok_or_else(|| ApiError::NotFound { kind: "User", key: username.clone() })?;
+    let admins = users.iter().filter(|(_, f)| Role::of(f) == Role::Admin).count();
+    if Role::of(&user) == Role::Admin && admins <= 1 {
+        return Err(ApiError::Validation(vec![FieldError::new("username", "the last admin cannot be deleted.")]));
+    }
+    api.store.delete(Kind::User, &username).await?;
+    for (key, token) in api.store.records(Kind::AuthToken).await? {
+        if token.get("created_by") == Some(&username) {
+            api.store.delete(Kind::AuthToken, &key).await?;
+        }
+    }
+    Ok(Json(json!({ "username": username, "results": user_json(&user) })))
+}
+
+/// `GET /api/user/me`.
+pub async fn me(caller: Caller) -> Json<Value> {
+    Json(json!({ "username": caller.username, "role": caller.role.as_str() }))
+}
+
+/// `PUT /api/user/password {password}`: the caller's own password. Other sessions end.
+pub async fn own_password(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+    let user = set_password(&api, &caller, &caller.username, body).await?;
+    auth::revoke_sessions(api.store.as_ref(), &caller.username, Some(&caller.token_key)).await?;
+    Ok(Json(json!({ "results": user_json(&user) })))
+}
+
+/// `PUT /api/user/password/{username} {password}` (admin). That user's sessions end.
+pub async fn user_password(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(username): Path<String>,
+    body: JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let user = set_password(&api, &caller, &username, body).await?;
+    let keep = (username == caller.username).then_some(caller.token_key.as_str());
+    auth::revoke_sessions(api.store.as_ref(), &username, keep).await?;
+    Ok(Json(json!({ "results": user_json(&user) })))
+}
+
+async fn set_password(api: &Api, caller: &Caller, username: &str, body: JsonObject) -> Result<Fields, ApiError> {
+    let mut errors = Vec::new();
+    let password = body.required("password", &mut errors);
+    if let Some(p) = &password
+        && let Err(e) = auth::check_password(p)
+    {
+        errors.push(e);
+    }
+    let (Some(password), true) = (password, errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let mut user = api
+        .store
+        .record(Kind::User, username)
+        .await?
+        .ok_or_else(|| ApiError::NotFound { kind: "User", key: username.to_owned() })?;
+    user.insert("password".to_owned(), auth::hash_password(password).await?);
+    user.insert("updated_by".to_owned(), caller.username.clone());
+    user.insert("updated_on".to_owned(), portico_store::now_ms().to_string());
+    api.store.put(Kind::User, username, &user).await?;
+    Ok(user)
+}
+
+fn check_username(name: &str) -> Result<(), FieldError> {
+    let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if !(3..=64).contains(&name.len()) || !valid_chars {
+        return Err(FieldError::new("username", "username must be 3 to 64 letters, digits, '.', '_', '-' or '@'."));
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `portico user add|passwd|ls`: users managed directly in the store. Passwords are read from
+//! the first line of standard input, so they never appear in the process list or history:
+//! `printf '%s\n' "$PASSWORD" | portico user add alice`.
+
+use std::io::BufRead;
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::Subcommand;
+use portico_api::auth;
+use portico_store::{Kind, StoreError};
+
+use crate::config::Config;
+
+/// User subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user (role `user`, or `admin` with --admin); the password comes on stdin.
+    Add {
+        /// User name.
+        name: String,
+        /// Give the user the admin role.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Set a user's password (read from stdin) and end their sessions.
+    Passwd {
+        /// User name.
+        name: String,
+    },
+    /// List users and their roles.
+    Ls,
+}
+
+/// Runs one user subcommand against the configured store.
+pub async fn run(command: UserCommand, config: &Config) -> anyhow::Result<()> {
+    let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
+    match command {
+        UserCommand::Add { name, admin } => {
+            let password = read_password()?;
+            let role = if admin { auth::Role::Admin } else { auth::Role::User };
+            let hash = auth::hash_password(password).await.map_err(|e| anyhow!("{e}"))?;
+            let fields = auth::user_fields(&name, hash, role, "cli");
+            match store.create(Kind::User, &name, &fields).await {
+                Ok(()) => println!("added user {name} ({})", role.as_str()),
+                Err(StoreError::Conflict { .. }) => bail!("user {name} already exists"),
+                Err(e) => return Err(e).context("cannot add the user"),
+            }
+        }
+        UserCommand::Passwd { name } => {
+            let mut user = store.record(Kind::User, &name).await?.ok_or_else(|| anyhow!("no user {name}"))?;
+            let password = read_password()?;
+            user.insert("password".into(), auth::hash_password(password).await.map_err(|e| anyhow!("{e}"))?);
+            user.insert("updated_by".into(), "cli".into());
+            user.insert("updated_on".into(), portico_store::now_ms().to_string());
+            store.put(Kind::User, &name, &user).await.context("cannot update the user")?;
+            let ended = auth::revoke_sessions(store.as_ref(), &name, None).await.map_err(|e| anyhow!("{e}"))?;
+            println!("password of {name} changed; {ended} session(s) ended");
+        }
+        UserCommand::Ls => {
+            println!("{:<32} ROLE", "USER");
+            for (name, fields) in store.records(Kind::User).await? {
+                println!("{name:<32} {}", auth::Role::of(&fields).as_str());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    auth::check_password(&password).map_err(|e| anyhow!("{}", e.message))?;
+    Ok(password)
+}

@@ -1,0 +1,402 @@
+//! The management API over real HTTP, against the real binary.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use http::StatusCode;
+use portico_test_support::client::{ApiClient, Proxy};
+use portico_test_support::portico::ADMIN_PASSWORD;
+use portico_test_support::{Backend, Portico, eventually};
+use serde_json::{Value, json};
+
+use crate::{BIN, portico};
+
+async fn admin(p: &Portico) -> (ApiClient, String) {
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    (api, token)
+}
+
+#[tokio::test]
+async fn first_start_creates_an_admin_with_a_random_password() {
+    let p = Portico::start_with(BIN, tempfile::TempDir::new().unwrap(), &[], None);
+    let file = p.data_dir().join("initial-admin-password");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let password = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert!(password.len() >= 20);
+    let api = ApiClient::new(p.api);
+    for (user, pass) in [("admin", "admin"), ("proxyadmin2", "proxyadmin2"), ("admin", "")] {
+        let reply = api.call("POST", "/api/auth/login", None, Some(json!({"username": user, "password": pass}))).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{user}/{pass}");
+    }
+    api.login("admin", &password).await;
+}
+
+#[tokio::test]
+async fn tokens_work_in_both_headers_and_logout_revokes() {
+    let p = portico(&[]);
+    let (api, token) = admin(&p).await;
+    assert_eq!(token.len(), 64);
+    let me = api.call("GET", "/api/user/me", Some(&token), None).await;
+    assert_eq!(me.json, json!({"username": "admin", "role": "admin"}));
+    let bearer = api.raw("GET", "/api/user/me", &[("authorization", format!("Bearer {token}"))], String::new()).await;
+    assert_eq!(bearer.status, StatusCode::OK);
+
+    let none = api.call("GET", "/api/host", None, None).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(none.json, json!({"name": "LoginFailed", "message": "Invalid Credentials, login failed."}));
+    let wrong = api.call("GET", "/api/host", Some("0".repeat(64).as_str()), None).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+
+    let bye = api.call("POST", "/api/auth/logout", Some(&token), None).await;
+    assert_eq!(bye.json, json!({"message": "Bye"}));
+    assert_eq!(api.call("GET", "/api/user/me", Some(&token), None).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn sessions_expire() {
+    let p = portico(&["api.session_ttl=\"1s\""]);
+    let (api, token) = admin(&p).await;
+    assert_eq!(api.call("GET", "/api/user/me", Some(&token), None).await.status, StatusCode::OK);
+    eventually(Duration::from_secs(5), "the session to expire", || {
+        let (api, token) = (api.clone(), token.clone());
+        async move {
+            let status = api.call("GET", "/api/user/me", Some(&token), None).await.status;
+            (status == StatusCode::UNAUTHORIZED).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hosts_crud_as_the_seed_ui_sends_it() {
+    let backend = Backend::start("api-host").await;
+    let p = portico(&[]);
+    let (api, token) = admin(&p).await;
+    let t = Some(token.as_str());
+    // String numbers and booleans, as the seed's UI sends them.
+    let body = json!({"host": "App.Example.Test", "ip": "127.0.0.1", "targetPort": backend.addr.port().to_string(),
+        "forcessl": "false", "targetssl": false, "challengeType": "HTTP-01"});
+    let created = api.call("POST", "/api/host", t, Some(body.clone())).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.raw);
+    assert_eq!(created.json["message"], "\"app.example.test\" added.");
+    assert_eq!(created.json["targetPort"], backend.addr.port());
+    assert_eq!(created.json["forcessl"], false);
+    assert_eq!(created.json["created_by"], "admin");
+    assert!(created.json["created_on"].is_number());
+
+    // The proxy routes it within a second.
+    let proxy = Proxy::h1(p.http);
+    eventually(Duration::from_secs(1), "the API-created host to be routed", || {
+        let proxy = proxy.clone();
+        async move { (proxy.get("app.example.test", "/").await.status == StatusCode::OK).then_some(()) }
+    })
+    .await;
+
+    let dup = api.call("POST", "/api/host", t, Some(body)).await;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    assert_eq!(dup.json["name"], "EntryNameUsed");
+    assert_eq!(dup.json["keys"][0]["key"], "host");
+
+    let defaults =
+        api.call("POST", "/api/host", t, Some(json!({"host": "*.example.test", "ip": "::1", "targetPort": 80}))).await;
+    assert_eq!(defaults.json["forcessl"], true, "API hosts default to forcessl, as in the seed");
+
+    let list = api.call("GET", "/api/host", t, None).await;
+    let mut names: Vec<String> = serde_json::from_value(list.json["results"].clone()).unwrap();
+    names.sort();
+    assert_eq!(names, vec!["*.example.test", "app.example.test"]);
+    let detail = api.call("GET", "/api/host?detail=true", t, None).await;
+    assert_eq!(detail.json["results"].as_array().unwrap().len(), 2);
+    assert!(detail.json["results"][0]["ip"].is_string());
+
+    let got = api.call("GET", "/api/host/app.example.test", t, None).await;
+    assert_eq!(got.json["item"], "app.example.test");
+    assert_eq!(got.json["results"]["ip"], "127.0.0.1");
+
+    let lookup = api.call("GET", "/api/host/lookup/www.example.test", t, None).await;
+    assert_eq!(lookup.json["string"], "www.example.test");
+    assert_eq!(lookup.json["results"]["host"], "*.example.test");
+    let miss = api.call("GET", "/api/host/lookup/nothing.test", t, None).await;
+    assert_eq!(miss.json, json!({"string": "nothing.test"}));
+    let tree = api.call("GET", "/api/host/lookupobj", t, None).await;
+    assert_eq!(tree.json["results"]["test"]["example"]["*"]["#record"]["host"], "*.example.test");
+
+    // Partial update, then rename.
+    let updated = api.call("PUT", "/api/host/app.example.test", t, Some(json!({"forcessl": true}))).await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.raw);
+    assert_eq!(updated.json["forcessl"], true);
+    assert_eq!(updated.json["ip"], "127.0.0.1");
+    assert_eq!(updated.json["updated_by"], "admin");
+    assert_eq!(updated.json["__requestedHost"], "app.example.test");
+    let renamed = api.call("PUT", "/api/host/app.example.test", t, Some(json!({"host": "web.example.test"}))).await;
+    assert_eq!(renamed.json["host"], "web.example.test");
+    assert_eq!(api.call("GET", "/api/host/app.example.test", t, None).await.status, StatusCode::NOT_FOUND);
+    let clash = api.call("PUT", "/api/host/web.example.test", t, Some(json!({"host": "*.example.test"}))).await;
+    assert_eq!(clash.status, StatusCode::CONFLICT);
+
+    let renew = api.call("PUT", "/api/host/web.example.test/renew", t, None).await;
+    assert_eq!(renew.status, StatusCode::NOT_IMPLEMENTED, "renewal is refused clearly, not a silent 200");
+
+    let deleted = api.call("DELETE", "/api/host/web.example.test", t, None).await;
+    assert_eq!(deleted.json["message"], "web.example.test deleted");
+    let gone = api.call("DELETE", "/api/host/web.example.test", t, None).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert_eq!(gone.json["name"], "EntryNotFound");
+}
+
+#[tokio::test]
+async fn bad_input_is_4xx_naming_the_field() {
+    let p = portico(&[]);
+    let (api, token) = admin(&p).await;
+    let t = Some(token.as_str());
+    let cases = [
+        (json!({}), vec!["host", "ip", "targetPort"]),
+        (json!({"host": "a*.test", "ip": "127.0.0.1", "targetPort": 80}), vec!["host"]),
+        (json!({"host": "ok.test", "ip": "not an ip", "targetPort": 80}), vec!["ip"]),
+        (json!({"host": "ok.test", "ip": "127.0.0.1", "targetPort": 70000}), vec!["targetPort"]),
+        (json!({"host": "ok.test", "ip": "127.0.0.1", "targetPort": "80x"}), vec!["targetPort"]),
+        (json!({"host": "ok.test", "ip": "127.0.0.1", "targetPort": 80, "forcessl": "yes"}), vec!["forcessl"]),
+        (json!({"host": 5, "ip": ["x"], "targetPort": true}), vec!["host", "ip", "targetPort"]),
+    ];
+    for (body, fields) in cases {
+        let reply = api.call("POST", "/api/host", t, Some(body.clone())).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", reply.raw);
+        assert_eq!(reply.json["name"], "ObjectValidateError");
+        let keys: Vec<&str> =
+            reply.json["keys"].as_array().unwrap().iter().map(|k| k["key"].as_str().unwrap()).collect();
+        assert_eq!(keys, fields, "{body}");
+    }
+    for raw in ["{not json", "[1,2]", "\"text\"", "{\"host\": "] {
+        let reply = api.raw("POST", "/api/host", &[("auth-token", token.clone())], raw.to_owned()).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{raw}");
+        assert_eq!(reply.json["name"], "SyntaxError");
+    }
+    let unknown = api.call("GET", "/api/nothing", t, None).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json, json!({"name": "Error", "message": "Page not found"}));
+    assert_eq!(api.call("PATCH", "/api/host", t, None).await.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(api.call("GET", "/api/host/%2e%2e", t, None).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn roles_are_enforced() {
+    let p = portico(&[]);
+    let (api, root) = admin(&p).await;
+    let r = Some(root.as_str());
+    let created =
+        api.call("POST", "/api/user", r, Some(json!({"username": "alice", "password": "alice-password"}))).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.raw);
+    assert_eq!(created.json["role"], "user");
+    assert!(created.json.get("password").is_none());
+    let dup =
+        api.call("POST", "/api/user", r, Some(json!({"username": "alice", "password": "another-password"}))).await;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    let short = api.call("POST", "/api/user", r, Some(json!({"username": "bob", "password": "short"}))).await;
+    assert_eq!(short.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let alice = api.login("alice", "alice-password").await;
+    let a = Some(alice.as_str());
+    let host = json!({"host": "alice.test", "ip": "127.0.0.1", "targetPort": 80});
+    assert_eq!(api.call("POST", "/api/host", a, Some(host)).await.status, StatusCode::OK);
+    assert_eq!(api.call("GET", "/api/user/me", a, None).await.json["role"], "user");
+    for (method, path, body) in [
+        ("GET", "/api/user", None),
+        ("POST", "/api/user", Some(json!({"username": "mallory", "password": "mallory-password"}))),
+        ("DELETE", "/api/user/admin", None),
+        ("PUT", "/api/user/password/admin", Some(json!({"password": "taken-over-1"}))),
+        ("GET", "/api/host/lookupobj", None),
+    ] {
+        let reply = api.call(method, path, a, body).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{method} {path}");
+        assert_eq!(reply.json["name"], "Forbidden");
+    }
+    let users = api.call("GET", "/api/user?detail=1", r, None).await;
+    assert_eq!(users.json["results"].as_array().unwrap().len(), 2);
+    let last = api.call("DELETE", "/api/user/admin", r, None).await;
+    assert_eq!(last.status, StatusCode::UNPROCESSABLE_ENTITY, "the last admin stays");
+    let removed = api.call("DELETE", "/api/user/alice", r, None).await;
+    assert_eq!(removed.json["username"], "alice");
+    assert_eq!(api.call("GET", "/api/user/me", a, None).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn password_changes_end_other_sessions() {
+    let p = portico(&[]);
+    let (api, root) = admin(&p).await;
+    let r = Some(root.as_str());
+    api.call("POST", "/api/user", r, Some(json!({"username": "carol", "password": "carol-password"}))).await;
+    let first = api.login("carol", "carol-password").await;
+    let second = api.login("carol", "carol-password").await;
+    let changed =
+        api.call("PUT", "/api/user/password", Some(&first), Some(json!({"password": "carol-new-password"}))).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.raw);
+    assert!(changed.json["results"].get("password").is_none());
+    assert_eq!(api.call("GET", "/api/user/me", Some(&first), None).await.status, StatusCode::OK);
+    assert_eq!(api.call("GET", "/api/user/me", Some(&second), None).await.status, StatusCode::UNAUTHORIZED);
+    let old = api
+        .call("POST", "/api/auth/login", None, Some(json!({"username": "carol", "password": "carol-password"})))
+        .await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    // An admin reset ends every session of that user.
+    let reset = api.call("PUT", "/api/user/password/carol", r, Some(json!({"password": "carol-reset-password"}))).await;
+    assert_eq!(reset.status, StatusCode::OK);
+    assert_eq!(api.call("GET", "/api/user/me", Some(&first), None).await.status, StatusCode::UNAUTHORIZED);
+    api.login("carol", "carol-reset-password").await;
+}
+
+#[tokio::test]
+async fn login_is_rate_limited() {
+    let p = portico(&[]);
+    let api = ApiClient::new(p.api);
+    for _ in 0..5 {
+        let reply =
+            api.call("POST", "/api/auth/login", None, Some(json!({"username": "admin", "password": "guess"}))).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    let limited =
+        api.call("POST", "/api/auth/login", None, Some(json!({"username": "admin", "password": ADMIN_PASSWORD}))).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=301).contains(&wait), "{wait}");
+}
+
+#[tokio::test]
+async fn api_tokens_for_automation() {
+    let p = portico(&[]);
+    let (api, root) = admin(&p).await;
+    let made = api.call("POST", "/api/token", Some(&root), Some(json!({"name": "ci deploy", "days": 30}))).await;
+    assert_eq!(made.status, StatusCode::OK, "{}", made.raw);
+    let token = made.json["token"].as_str().unwrap().to_owned();
+    let id = made.json["results"]["id"].as_str().unwrap().to_owned();
+    assert_ne!(token, id);
+    let listed = api.call("GET", "/api/token", Some(&root), None).await;
+    assert_eq!(listed.json["results"][0]["name"], "ci deploy");
+    assert!(!listed.raw.contains(&token), "a token is shown only once");
+    let bearer = api.raw("GET", "/api/host", &[("authorization", format!("Bearer {token}"))], String::new()).await;
+    assert_eq!(bearer.status, StatusCode::OK);
+    // Logging out a session does not touch API tokens.
+    api.call("POST", "/api/auth/logout", Some(&root), None).await;
+    assert_eq!(api.call("GET", "/api/host", Some(&token), None).await.status, StatusCode::OK);
+    let revoked = api.call("DELETE", &format!("/api/token/{id}"), Some(&token), None).await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert_eq!(api.call("GET", "/api/host", Some(&token), None).await.status, StatusCode::UNAUTHORIZED);
+    let bad =
+        api.call("POST", "/api/token", Some(&api.login("admin", ADMIN_PASSWORD).await), Some(json!({"days": 0}))).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn seed_bcrypt_users_log_in_and_are_rehashed() {
+    let p = portico(&[]);
+    let path = p.data_dir().join("portico.redb");
+    let store = portico_store::EmbeddedStore::open(&path).await.unwrap();
+    use portico_store::Store;
+    // A user exactly as the seed's model-redis wrote it: bcrypt, no role.
+    let hash = bcrypt::hash("seed-password", 4).unwrap();
+    let fields = [
+        ("username", "proxyuser"),
+        ("password", hash.as_str()),
+        ("created_by", "proxyadmin2"),
+        ("created_on", "1735689600000"),
+        ("updated_by", "__NONE__"),
+        ("updated_on", "1735689600000"),
+        ("backing", "redis"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    store.create(portico_store::Kind::User, "proxyuser", &fields).await.unwrap();
+    let api = ApiClient::new(p.api);
+    let token = api.login("proxyuser", "seed-password").await;
+    assert_eq!(api.call("GET", "/api/user/me", Some(&token), None).await.json["role"], "admin");
+    let stored = store.record(portico_store::Kind::User, "proxyuser").await.unwrap().unwrap();
+    assert!(stored["password"].starts_with("$argon2id$"), "{}", stored["password"]);
+    api.login("proxyuser", "seed-password").await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let p = portico(&[]);
+    let api = ApiClient::new(p.api);
+    assert_eq!(api.call("GET", "/healthz", None, None).await.json, json!({"status": "ok"}));
+    let ready = api.call("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json, json!({"store": true, "listeners": true}));
+}
+
+#[tokio::test]
+async fn cli_manages_users() {
+    let p = portico(&[]);
+    let out = p.cli("user", &["add", "dave", "--admin"], "dave-password\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let short = p.cli("user", &["add", "erin"], "short\n");
+    assert!(!short.status.success());
+    let api = ApiClient::new(p.api);
+    let token = api.login("dave", "dave-password").await;
+    assert_eq!(api.call("GET", "/api/user/me", Some(&token), None).await.json["role"], "admin");
+    let ls = p.cli("user", &["ls"], "");
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(text.lines().any(|l| l.starts_with("dave") && l.ends_with("admin")), "{text}");
+    let out = p.cli("user", &["passwd", "dave"], "dave-new-password\n");
+    assert!(out.status.success());
+    assert_eq!(api.call("GET", "/api/user/me", Some(&token), None).await.status, StatusCode::UNAUTHORIZED);
+    api.login("dave", "dave-new-password").await;
+}
+
+/// Plants secrets, calls every route as admin and as user, and checks that no response body
+/// and no log line contains any of them.
+#[tokio::test]
+async fn secrets_never_leave() {
+    let p = portico(&[]);
+    let (api, root) = admin(&p).await;
+    let r = Some(root.as_str());
+    let user_password = "planted-user-password-7";
+    api.call("POST", "/api/user", r, Some(json!({"username": "frank", "password": user_password}))).await;
+    let user = api.login("frank", user_password).await;
+    let made = api.call("POST", "/api/token", r, Some(json!({"name": "planted"}))).await;
+    let api_token = made.json["token"].as_str().unwrap().to_owned();
+    api.call("POST", "/api/host", r, Some(json!({"host": "s.test", "ip": "127.0.0.1", "targetPort": 80}))).await;
+    let stored = {
+        let store = portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap();
+        use portico_store::Store;
+        store.record(portico_store::Kind::User, "frank").await.unwrap().unwrap()["password"].clone()
+    };
+    let secrets = [user_password, ADMIN_PASSWORD, root.as_str(), user.as_str(), api_token.as_str(), stored.as_str()];
+
+    let routes: [(&str, &str, Option<Value>); 14] = [
+        ("GET", "/api/user", None),
+        ("GET", "/api/user?detail=true", None),
+        ("GET", "/api/user/me", None),
+        ("GET", "/api/token", None),
+        ("GET", "/api/host", None),
+        ("GET", "/api/host?detail=true", None),
+        ("GET", "/api/host/s.test", None),
+        ("GET", "/api/host/lookup/s.test", None),
+        ("GET", "/api/host/lookupobj", None),
+        ("PUT", "/api/host/s.test", Some(json!({"targetPort": 81}))),
+        ("PUT", "/api/host/s.test/renew", None),
+        ("POST", "/api/user", Some(json!({"username": "frank", "password": user_password}))),
+        ("PUT", "/api/user/password/nobody", Some(json!({"password": user_password}))),
+        ("GET", "/readyz", None),
+    ];
+    let mut bodies = Vec::new();
+    for token in [root.as_str(), user.as_str()] {
+        for (method, path, body) in &routes {
+            bodies.push(api.call(method, path, Some(token), body.clone()).await.raw);
+        }
+    }
+    bodies.push(
+        api.call("POST", "/api/auth/login", None, Some(json!({"username": "frank", "password": "wrong"}))).await.raw,
+    );
+    let logs: Vec<String> = p.logs().iter().map(|l| l.to_string()).collect();
+    for secret in secrets {
+        for body in &bodies {
+            assert!(!body.contains(secret), "a response contains a secret: {body}");
+        }
+        for line in &logs {
+            assert!(!line.contains(secret), "a log line contains a secret: {line}");
+        }
+    }
+}
