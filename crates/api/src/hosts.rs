@@ -11,8 +11,9 @@ use serde_json::{Map, Value, json};
 use crate::auth::Caller;
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
+use crate::json::with_message;
 use crate::state::Api;
-use crate::users::wants_detail;
+use crate::users::listing;
 
 /// A host as the API shows it: the seed's fields with typed values.
 pub fn host_json(host: &Host) -> Map<String, Value> {
@@ -38,11 +39,6 @@ pub fn host_json(host: &Host) -> Map<String, Value> {
     out
 }
 
-fn with_message(message: String, mut fields: Map<String, Value>) -> Json<Value> {
-    fields.insert("message".into(), json!(message));
-    Json(Value::Object(fields))
-}
-
 fn not_found(item: &str) -> ApiError {
     ApiError::NotFound { kind: "Host", key: item.to_owned() }
 }
@@ -61,13 +57,7 @@ pub async fn list(
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let records = api.store.records(Kind::Host).await?;
-    let results: Vec<Value> = if wants_detail(&query) {
-        records.iter().filter_map(|(_, f)| Host::from_fields(f).ok()).map(|h| Value::Object(host_json(&h))).collect()
-    } else {
-        records.into_iter().map(|(k, _)| json!(k)).collect()
-    };
-    Ok(Json(json!({ "results": results })))
+    listing(&api, Kind::Host, &query, |f| Host::from_fields(f).ok().map(|h| Value::Object(host_json(&h)))).await
 }
 
 /// `POST /api/host {host, ip, targetPort, forcessl?, targetssl?}`.

@@ -2,11 +2,12 @@
 //! error shape (`{name, message, keys?}`), and secure by default: no default credentials,
 //! hashed expiring tokens, roles, a login rate limit, secrets never in responses.
 //!
-//! Routes: `/api/auth/{login,logout}`, `/api/user…`, `/api/token…`, `/api/host…`,
+//! Routes: `/api/auth/{login,logout}`, `/api/user…`, `/api/token…`, `/api/host…`, `/api/dns…`,
 //! `/healthz`, `/readyz`. Every `/api` route but login needs a token in the `auth-token`
 //! header or `Authorization: Bearer`.
 
 pub mod auth;
+mod dns;
 pub mod error;
 mod health;
 mod hosts;
@@ -38,6 +39,11 @@ pub fn router(api: Api) -> Router {
         .route("/api/user/password", put(users::own_password))
         .route("/api/user/password/{username}", put(users::user_password))
         .route("/api/user/{username}", axum::routing::delete(users::delete))
+        .route("/api/dns", get(dns::list).post(dns::create).options(dns::types))
+        .route("/api/dns/domain", get(dns::list_domains).post(dns::create_domain))
+        .route("/api/dns/domain/refresh/{id}", post(dns::refresh_domains))
+        .route("/api/dns/domain/{domain}", get(dns::find_domain).delete(dns::delete_domain))
+        .route("/api/dns/{id}", get(dns::get).put(dns::update).delete(dns::delete))
         .route("/api/host", get(hosts::list).post(hosts::create))
         .route("/api/host/lookupobj", get(hosts::lookup_tree))
         .route("/api/host/lookup/{item}", get(hosts::lookup))

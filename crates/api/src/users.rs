@@ -17,6 +17,23 @@ pub fn wants_detail(query: &HashMap<String, String>) -> bool {
     query.get("detail").is_some_and(|v| !matches!(v.as_str(), "false" | "0"))
 }
 
+/// `{"results": [...]}` for a kind: keys, or with `?detail` each record rendered by `render`
+/// (records it cannot render are left out).
+pub async fn listing(
+    api: &Api,
+    kind: Kind,
+    query: &HashMap<String, String>,
+    render: impl Fn(&Fields) -> Option<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let records = api.store.records(kind).await?;
+    let results: Vec<Value> = if wants_detail(query) {
+        records.iter().filter_map(|(_, f)| render(f)).collect()
+    } else {
+        records.into_iter().map(|(k, _)| json!(k)).collect()
+    };
+    Ok(Json(json!({ "results": results })))
+}
+
 /// A user as the API shows it: every stored field but the password hash.
 pub fn user_json(fields: &Fields) -> Value {
     let mut out = Map::new();
@@ -42,13 +59,7 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let users = api.store.records(Kind::User).await?;
-    let results: Vec<Value> = if wants_detail(&query) {
-        users.iter().map(|(_, f)| user_json(f)).collect()
-    } else {
-        users.into_iter().map(|(k, _)| json!(k)).collect()
-    };
-    Ok(Json(json!({ "results": results })))
+    listing(&api, Kind::User, &query, |f| Some(user_json(f))).await
 }
 
 /// `POST /api/user {username, password, role?}` (admin).

@@ -358,14 +358,39 @@ async fn secrets_never_leave() {
     let made = api.call("POST", "/api/token", r, Some(json!({"name": "planted"}))).await;
     let api_token = made.json["token"].as_str().unwrap().to_owned();
     api.call("POST", "/api/host", r, Some(json!({"host": "s.test", "ip": "127.0.0.1", "targetPort": 80}))).await;
+    let dns_secret = "planted-porkbun-secret-9";
+    let dns = api
+        .call(
+            "POST",
+            "/api/dns",
+            r,
+            Some(json!({"name": "pb", "dnsProvider": "PorkBun", "apiKey": "planted-pk-8", "secretApiKey": dns_secret})),
+        )
+        .await;
+    let dns_id = dns.json["id"].as_str().unwrap().to_owned();
     let stored = {
         let store = portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap();
         use portico_store::Store;
         store.record(portico_store::Kind::User, "frank").await.unwrap().unwrap()["password"].clone()
     };
-    let secrets = [user_password, ADMIN_PASSWORD, root.as_str(), user.as_str(), api_token.as_str(), stored.as_str()];
+    let secrets = [
+        user_password,
+        ADMIN_PASSWORD,
+        root.as_str(),
+        user.as_str(),
+        api_token.as_str(),
+        stored.as_str(),
+        dns_secret,
+        "planted-pk-8",
+    ];
+    let dns_path = format!("/api/dns/{dns_id}");
 
-    let routes: [(&str, &str, Option<Value>); 14] = [
+    let routes: [(&str, &str, Option<Value>); 19] = [
+        ("GET", "/api/dns", None),
+        ("GET", "/api/dns?detail=true", None),
+        ("OPTIONS", "/api/dns", None),
+        ("GET", dns_path.as_str(), None),
+        ("PUT", dns_path.as_str(), Some(json!({"name": "renamed"}))),
         ("GET", "/api/user", None),
         ("GET", "/api/user?detail=true", None),
         ("GET", "/api/user/me", None),
@@ -399,4 +424,80 @@ async fn secrets_never_leave() {
             assert!(!line.contains(secret), "a log line contains a secret: {line}");
         }
     }
+}
+
+#[tokio::test]
+async fn dns_providers_and_domains() {
+    let p = portico(&[]);
+    let (api, root) = admin(&p).await;
+    let r = Some(root.as_str());
+    let types = api.call("OPTIONS", "/api/dns", r, None).await;
+    assert_eq!(types.status, StatusCode::OK, "{}", types.raw);
+    let names: Vec<&str> =
+        types.json["results"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["Cloudflare", "DigitalOcean", "PorkBun"]);
+    assert!(types.json["results"][2]["fields"]["secretApiKey"]["isPrivate"].as_bool().unwrap());
+
+    let secret = "cf-planted-token-123";
+    let made = api
+        .call("POST", "/api/dns", r, Some(json!({"name": "main", "dnsProvider": "Cloudflare", "token": secret})))
+        .await;
+    assert_eq!(made.status, StatusCode::OK, "{}", made.raw);
+    let id = made.json["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 16);
+    assert_eq!(made.json["message"], format!("\"{id}\" added."));
+    let missing =
+        api.call("POST", "/api/dns", r, Some(json!({"name": "pb", "dnsProvider": "PorkBun", "apiKey": "pk1"}))).await;
+    assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(missing.json["keys"][0]["key"], "secretApiKey");
+    assert!(!missing.raw.contains("pk1"));
+    let unknown = api.call("POST", "/api/dns", r, Some(json!({"name": "x", "dnsProvider": "Route53"}))).await;
+    assert_eq!(unknown.json["keys"][0]["key"], "dnsProvider");
+
+    let detail = api.call("GET", "/api/dns?detail=true", r, None).await;
+    assert_eq!(detail.json["results"][0]["displayName"], "CloudFlare");
+    let one = api.call("GET", &format!("/api/dns/{id}"), r, None).await;
+    assert_eq!(one.json["results"]["name"], "main");
+    let renamed = api
+        .call("PUT", &format!("/api/dns/{id}"), r, Some(json!({"name": "primary", "token": "rotated-token-456"})))
+        .await;
+    assert_eq!(renamed.json["name"], "primary");
+    for reply in [&made, &detail, &one, &renamed] {
+        assert!(!reply.raw.contains(secret) && !reply.raw.contains("rotated-token-456"), "{}", reply.raw);
+    }
+
+    let domain = api
+        .call(
+            "POST",
+            "/api/dns/domain",
+            r,
+            Some(json!({"domain": "Example.Test", "dnsProvider_id": id, "zoneId": "z1"})),
+        )
+        .await;
+    assert_eq!(domain.status, StatusCode::OK, "{}", domain.raw);
+    let dup =
+        api.call("POST", "/api/dns/domain", r, Some(json!({"domain": "example.test", "dnsProvider_id": id}))).await;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    let orphan =
+        api.call("POST", "/api/dns/domain", r, Some(json!({"domain": "other.test", "dnsProvider_id": "nope"}))).await;
+    assert_eq!(orphan.json["keys"][0]["key"], "dnsProvider_id");
+    let found = api.call("GET", "/api/dns/domain/a.b.example.test", r, None).await;
+    assert_eq!(found.json["results"][0]["domain"], "example.test");
+    assert_eq!(api.call("GET", "/api/dns/domain/example.org", r, None).await.status, StatusCode::NOT_FOUND);
+    let refresh = api.call("POST", &format!("/api/dns/domain/refresh/{id}"), r, None).await;
+    assert_eq!(refresh.status, StatusCode::NOT_IMPLEMENTED);
+
+    // Users may read, not write.
+    api.call("POST", "/api/user", r, Some(json!({"username": "gina", "password": "gina-password"}))).await;
+    let gina = api.login("gina", "gina-password").await;
+    assert_eq!(api.call("GET", "/api/dns", Some(&gina), None).await.status, StatusCode::OK);
+    let denied = api
+        .call("POST", "/api/dns", Some(&gina), Some(json!({"name": "x", "dnsProvider": "Cloudflare", "token": "t"})))
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+
+    let deleted = api.call("DELETE", &format!("/api/dns/{id}"), r, None).await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    let domains = api.call("GET", "/api/dns/domain", r, None).await;
+    assert_eq!(domains.json["results"], json!([]), "deleting a provider removes its domains");
 }

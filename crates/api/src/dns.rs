@@ -1,0 +1,292 @@
+//! `/api/dns` and `/api/dns/domain`: DNS provider accounts and the zones they manage.
+//!
+//! This version keeps the data model and its CRUD; the calls to the providers themselves
+//! (credential checks, domain sync, DNS-01) come with the DNS-01 issue. Credentials are stored
+//! and never returned, logged or echoed in errors.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use portico_model::Hostname;
+use portico_store::{Fields, Kind, StoreError};
+use serde_json::{Map, Value, json};
+
+use crate::auth::{self, Caller};
+use crate::error::{ApiError, FieldError};
+use crate::json::JsonObject;
+use crate::json::with_message;
+use crate::state::Api;
+use crate::users::listing;
+
+/// A provider type: its key in `dnsProvider`, display name and credential fields.
+struct ProviderType {
+    name: &'static str,
+    display_name: &'static str,
+    credentials: &'static [(&'static str, &'static str)],
+}
+
+const PROVIDERS: [ProviderType; 3] = [
+    ProviderType { name: "Cloudflare", display_name: "CloudFlare", credentials: &[("token", "API Token")] },
+    ProviderType { name: "DigitalOcean", display_name: "DigitalOcean", credentials: &[("token", "API Token")] },
+    ProviderType {
+        name: "PorkBun",
+        display_name: "PorkBun",
+        credentials: &[("apiKey", "API Key"), ("secretApiKey", "Secret API Key")],
+    },
+];
+
+/// Every credential field name of every provider type: never shown.
+const SECRET_FIELDS: [&str; 3] = ["token", "apiKey", "secretApiKey"];
+
+fn provider_type(name: &str) -> Option<&'static ProviderType> {
+    PROVIDERS.iter().find(|p| p.name == name)
+}
+
+fn info(p: &ProviderType) -> Value {
+    let fields: Map<String, Value> = p
+        .credentials
+        .iter()
+        .map(|(key, display)| {
+            let spec = json!({"type": "string", "isRequired": true, "isPrivate": true, "displayName": display});
+            ((*key).to_owned(), spec)
+        })
+        .collect();
+    json!({ "name": p.name, "displayName": p.display_name, "fields": fields })
+}
+
+/// A provider as the API shows it: public fields and its type's info, never credentials.
+fn provider_json(fields: &Fields) -> Map<String, Value> {
+    let mut out = public(fields);
+    if let Some(p) = fields.get("dnsProvider").and_then(|n| provider_type(n)) {
+        out.insert("displayName".into(), json!(p.display_name));
+        out.insert("fields".into(), info(p)["fields"].clone());
+    }
+    out
+}
+
+fn public(fields: &Fields) -> Map<String, Value> {
+    fields
+        .iter()
+        .filter(|(k, _)| !SECRET_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| {
+            let value = match k.as_str() {
+                "created_on" | "updated_on" => v.parse::<i64>().map_or_else(|_| json!(v), |n| json!(n)),
+                _ => json!(v),
+            };
+            (k.clone(), value)
+        })
+        .collect()
+}
+
+/// `OPTIONS /api/dns`: the provider types and their credential fields.
+pub async fn types(_caller: Caller) -> Json<Value> {
+    Json(json!({ "results": PROVIDERS.iter().map(info).collect::<Vec<_>>() }))
+}
+
+/// `GET /api/dns[?detail]`.
+pub async fn list(
+    State(api): State<Api>,
+    _caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    listing(&api, Kind::DnsProvider, &query, |f| Some(Value::Object(provider_json(f)))).await
+}
+
+/// `POST /api/dns {name, dnsProvider, token | apiKey + secretApiKey}` (admin).
+pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let mut errors = Vec::new();
+    let name = body.required("name", &mut errors);
+    let kind = body.required("dnsProvider", &mut errors);
+    let provider = kind.as_deref().and_then(|k| {
+        let found = provider_type(k);
+        if found.is_none() {
+            let names: Vec<&str> = PROVIDERS.iter().map(|p| p.name).collect();
+            errors.push(FieldError::new("dnsProvider", format!("dnsProvider must be one of {}.", names.join(", "))));
+        }
+        found
+    });
+    let mut credentials = Vec::new();
+    if let Some(p) = provider {
+        for (key, _) in p.credentials {
+            if let Some(value) = body.required(key, &mut errors) {
+                credentials.push((*key, value));
+            }
+        }
+    }
+    let (Some(name), Some(provider), true) = (name, provider, errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let id = auth::new_token()?[..16].to_owned();
+    let now = portico_store::now_ms().to_string();
+    let mut fields: Fields = [
+        ("id", id.clone()),
+        ("name", name),
+        ("dnsProvider", provider.name.to_owned()),
+        ("created_by", caller.username.clone()),
+        ("created_on", now.clone()),
+        ("updated_by", "__NONE__".to_owned()),
+        ("updated_on", now),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (key, value) in credentials {
+        fields.insert(key.to_owned(), value);
+    }
+    api.store.create(Kind::DnsProvider, &id, &fields).await?;
+    Ok(with_message(format!("\"{id}\" added."), provider_json(&fields)))
+}
+
+async fn stored_provider(api: &Api, id: &str) -> Result<Fields, ApiError> {
+    api.store
+        .record(Kind::DnsProvider, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound { kind: "DnsProvider", key: id.to_owned() })
+}
+
+/// `GET /api/dns/{id}`.
+pub async fn get(State(api): State<Api>, _caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let fields = stored_provider(&api, &id).await?;
+    Ok(Json(json!({ "item": id, "results": provider_json(&fields) })))
+}
+
+/// `PUT /api/dns/{id} {name?, credentials?}` (admin).
+pub async fn update(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let mut fields = stored_provider(&api, &id).await?;
+    let mut errors = Vec::new();
+    if let Some(name) = body.string("name", &mut errors) {
+        fields.insert("name".into(), name);
+    }
+    if body.0.contains_key("dnsProvider") {
+        errors.push(FieldError::new("dnsProvider", "dnsProvider cannot change; add a new provider instead."));
+    }
+    let provider = fields.get("dnsProvider").and_then(|k| provider_type(k));
+    for (key, _) in provider.map_or(&[][..], |p| p.credentials) {
+        if let Some(value) = body.string(key, &mut errors) {
+            fields.insert((*key).to_owned(), value);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    fields.insert("updated_by".into(), caller.username.clone());
+    fields.insert("updated_on".into(), portico_store::now_ms().to_string());
+    api.store.put(Kind::DnsProvider, &id, &fields).await?;
+    let mut out = provider_json(&fields);
+    out.insert("__requestedHost".into(), json!(id));
+    Ok(with_message(format!("\"{id}\" updated."), out))
+}
+
+/// `DELETE /api/dns/{id}` (admin): the provider and every domain it manages.
+pub async fn delete(State(api): State<Api>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let fields = stored_provider(&api, &id).await?;
+    for (domain, record) in api.store.records(Kind::Domain).await? {
+        if record.get("dnsProvider_id") == Some(&id) {
+            api.store.delete(Kind::Domain, &domain).await?;
+        }
+    }
+    api.store.delete(Kind::DnsProvider, &id).await?;
+    Ok(with_message(format!("{id} deleted"), provider_json(&fields)))
+}
+
+/// `GET /api/dns/domain[?detail]`.
+pub async fn list_domains(
+    State(api): State<Api>,
+    _caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    listing(&api, Kind::Domain, &query, |f| Some(Value::Object(public(f)))).await
+}
+
+/// `POST /api/dns/domain {domain, dnsProvider_id, zoneId?}` (admin).
+pub async fn create_domain(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let mut errors = Vec::new();
+    let domain = body.required("domain", &mut errors).and_then(|d| {
+        Hostname::parse(&d).map_err(|e| errors.push(FieldError::new("domain", format!("domain is invalid: {e}.")))).ok()
+    });
+    let provider_id = body.required("dnsProvider_id", &mut errors);
+    let zone_id = body.string("zoneId", &mut errors);
+    if let Some(id) = &provider_id
+        && api.store.record(Kind::DnsProvider, id).await?.is_none()
+    {
+        errors.push(FieldError::new("dnsProvider_id", format!("no DNS provider {id}.")));
+    }
+    let (Some(domain), Some(provider_id), true) = (domain, provider_id, errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let now = portico_store::now_ms().to_string();
+    let mut fields: Fields = [
+        ("domain", domain.to_string()),
+        ("dnsProvider_id", provider_id),
+        ("created_by", caller.username.clone()),
+        ("created_on", now.clone()),
+        ("updated_by", "__NONE__".to_owned()),
+        ("updated_on", now),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if let Some(zone) = zone_id {
+        fields.insert("zoneId".into(), zone);
+    }
+    match api.store.create(Kind::Domain, domain.as_str(), &fields).await {
+        Ok(()) => Ok(with_message(format!("\"{domain}\" added."), public(&fields))),
+        Err(StoreError::Conflict { .. }) => {
+            Err(ApiError::NameUsed { kind: "Domain", key: domain.to_string(), field: "domain" })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `GET /api/dns/domain/{name}`: the managed zone that contains `name` (longest suffix).
+pub async fn find_domain(
+    State(api): State<Api>,
+    _caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || ApiError::NotFound { kind: "Domain", key: name.clone() };
+    let host = Hostname::parse(&name).map_err(|_| not_found())?;
+    let zone = api
+        .store
+        .records(Kind::Domain)
+        .await?
+        .into_iter()
+        .filter(|(d, _)| host.as_str() == d || host.as_str().ends_with(&format!(".{d}")))
+        .max_by_key(|(d, _)| d.len())
+        .ok_or_else(not_found)?;
+    Ok(Json(json!({ "results": [public(&zone.1)] })))
+}
+
+/// `DELETE /api/dns/domain/{domain}` (admin).
+pub async fn delete_domain(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(domain): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let not_found = || ApiError::NotFound { kind: "Domain", key: domain.clone() };
+    let fields = api.store.record(Kind::Domain, &domain).await?.ok_or_else(not_found)?;
+    api.store.delete(Kind::Domain, &domain).await?;
+    Ok(with_message(format!("{domain} deleted"), public(&fields)))
+}
+
+/// `POST /api/dns/domain/refresh/{id}`: needs the provider clients of the DNS-01 issue.
+pub async fn refresh_domains(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    stored_provider(&api, &id).await?;
+    Err(ApiError::Unavailable("syncing domains from DNS providers is not in this version yet"))
+}
