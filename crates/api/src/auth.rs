@@ -142,6 +142,20 @@ pub async fn issue_token(
     Ok(token)
 }
 
+/// Deletes every expired token record, so logins do not pile them up. Returns how many went.
+pub async fn sweep_expired(store: &dyn Store) -> Result<usize, ApiError> {
+    let now = portico_store::now_ms();
+    let mut swept = 0;
+    for (key, fields) in store.records(Kind::AuthToken).await? {
+        let expires: u64 = fields.get("expires_on").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if expires <= now {
+            store.delete(Kind::AuthToken, &key).await?;
+            swept += 1;
+        }
+    }
+    Ok(swept)
+}
+
 /// Deletes `username`'s session tokens, except `keep`. Returns how many went.
 pub async fn revoke_sessions(store: &dyn Store, username: &str, keep: Option<&str>) -> Result<usize, ApiError> {
     let mut revoked = 0;

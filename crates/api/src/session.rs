@@ -50,6 +50,12 @@ pub async fn login(
     }
     let token = auth::issue_token(api.store.as_ref(), &username, "session", None, api.settings.session_ttl).await?;
     tracing::info!(username = %username, peer = %peer, "login");
+    let store = api.store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = auth::sweep_expired(store.as_ref()).await {
+            tracing::warn!(error = %e, "cannot sweep expired tokens");
+        }
+    });
     Ok(Json(json!({ "login": true, "token": token, "message": format!("{username} logged in!") })))
 }
 

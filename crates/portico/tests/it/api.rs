@@ -67,6 +67,20 @@ async fn sessions_expire() {
         }
     })
     .await;
+    // The next login sweeps expired token records away.
+    let fresh = api.login("admin", ADMIN_PASSWORD).await;
+    let path = p.data_dir().join("portico.redb");
+    let store = portico_store::EmbeddedStore::open(&path).await.unwrap();
+    use portico_store::Store;
+    let kept = eventually(Duration::from_secs(5), "expired tokens to be swept", || {
+        let store = store.clone();
+        async move {
+            let keys = store.keys(portico_store::Kind::AuthToken).await.unwrap();
+            (keys.len() == 1).then_some(keys)
+        }
+    })
+    .await;
+    assert_eq!(kept[0], portico_api::auth::token_key(&fresh));
 }
 
 #[tokio::test]
