@@ -2,11 +2,12 @@
 //! error shape (`{name, message, keys?}`), and secure by default: no default credentials,
 //! hashed expiring tokens, roles, a login rate limit, secrets never in responses.
 //!
-//! Routes: `/api/auth/{login,logout}`, `/api/user…`, `/api/token…`, `/api/host…`, `/api/dns…`,
+//! Routes: `/api/auth/{login,logout}`, `/api/user…`, `/api/token…`, `/api/host…`, `/api/dns…`, `/api/cert/{host}`,
 //! `/healthz`, `/readyz`. Every `/api` route but login needs a token in the `auth-token`
 //! header or `Authorization: Bearer`.
 
 pub mod auth;
+mod certs;
 mod dns;
 pub mod error;
 mod health;
@@ -39,6 +40,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/user/password", put(users::own_password))
         .route("/api/user/password/{username}", put(users::user_password))
         .route("/api/user/{username}", axum::routing::delete(users::delete))
+        .route("/api/cert/{host}", get(certs::get))
         .route("/api/dns", get(dns::list).post(dns::create).options(dns::types))
         .route("/api/dns/domain", get(dns::list_domains).post(dns::create_domain))
         .route("/api/dns/domain/refresh/{id}", post(dns::refresh_domains))

@@ -62,6 +62,12 @@ impl Kind {
     }
 }
 
+/// The blob holding a name's current certificate, in lua-resty-auto-ssl's layout
+/// (`<name>:latest`, a JSON object with `fullchain_pem`, `privkey_pem`, `cert_pem`, `expiry`).
+pub fn cert_latest(name: &str) -> String {
+    format!("{name}:latest")
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -77,5 +83,6 @@ mod tests {
         assert_eq!(Kind::Host.index_key(), "proxy_Host");
         assert_eq!(Kind::Host.record_key("*.example.com"), "proxy_Host_*.example.com");
         assert_eq!(Kind::DnsProvider.record_key("0123456789abcdef"), "proxy_DnsProvider_0123456789abcdef");
+        assert_eq!(cert_latest("*.example.com"), "*.example.com:latest");
     }
 }

@@ -26,6 +26,29 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
+/// A loopback port that refuses connections: bound (so no other test can take it) but not
+/// listening. Dropping it frees the port.
+pub struct Refusing {
+    /// The address that refuses.
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl Refusing {
+    /// Reserves a port and refuses connections on it.
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        Self { addr: socket.local_addr().unwrap(), _socket: socket }
+    }
+}
+
+impl Default for Refusing {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A fake upstream; its tasks stop when it is dropped.
 pub struct Backend {
     /// Where it listens.

@@ -133,6 +133,7 @@ impl Portico {
     /// Waits until the server has rebuilt its routing table with every host now in the store.
     pub fn wait_routed(&self) {
         let listed = self.host(&["ls", "--json"]);
+        assert!(listed.status.success(), "host ls: {}", String::from_utf8_lossy(&listed.stderr));
         let count = String::from_utf8_lossy(&listed.stdout).lines().count() as u64;
         let start = std::time::Instant::now();
         while start.elapsed() < Duration::from_secs(10) {

@@ -515,3 +515,47 @@ async fn dns_providers_and_domains() {
     let domains = api.call("GET", "/api/dns/domain", r, None).await;
     assert_eq!(domains.json["results"], json!([]), "deleting a provider removes its domains");
 }
+
+#[tokio::test]
+async fn certificate_metadata_and_logged_key_export() {
+    let p = portico(&[]);
+    let (api, root) = admin(&p).await;
+    // A certificate as lua-resty-auto-ssl (and so the seed) stored it: `<name>:latest` JSON.
+    let cert = rcgen::generate_simple_self_signed(vec!["app.example.test".to_owned()]).unwrap();
+    let key_pem = cert.signing_key.serialize_pem();
+    let stored = json!({"fullchain_pem": cert.cert.pem(), "cert_pem": cert.cert.pem(), "privkey_pem": key_pem, "expiry": 4_102_444_800u64});
+    {
+        let store = portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap();
+        use portico_store::Store;
+        let blob = stored.to_string();
+        store.put_blob(&portico_store::keys::cert_latest("app.example.test"), blob.as_bytes(), None).await.unwrap();
+    }
+    api.call("POST", "/api/user", Some(&root), Some(json!({"username": "henry", "password": "henry-password"}))).await;
+    let henry = api.login("henry", "henry-password").await;
+
+    let meta = api.call("GET", "/api/cert/App.Example.Test", Some(&henry), None).await;
+    assert_eq!(meta.status, StatusCode::OK, "{}", meta.raw);
+    let results = &meta.json["results"];
+    assert_eq!(results["names"], json!(["app.example.test"]));
+    assert_eq!(results["status"], "valid");
+    assert!(results["not_after"].as_i64().unwrap() > results["not_before"].as_i64().unwrap());
+    assert!(results["issuer"].as_str().unwrap().contains("rcgen"));
+    assert!(!meta.raw.contains("PRIVATE KEY"), "metadata must not carry the key");
+
+    let denied = api.call("GET", "/api/cert/app.example.test?include_private_key=true", Some(&henry), None).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert!(!denied.raw.contains("PRIVATE KEY"));
+    let exported = api.call("GET", "/api/cert/app.example.test?include_private_key=true", Some(&root), None).await;
+    assert_eq!(exported.json["results"]["privkey_pem"], key_pem);
+    let logged = eventually(Duration::from_secs(5), "the export to be logged", || {
+        let logs = p.logs();
+        async move { logs.into_iter().find(|l| l["fields"]["message"] == "private key exported through the API") }
+    })
+    .await;
+    assert_eq!(logged["fields"]["username"], "admin");
+    assert!(!logged.to_string().contains("PRIVATE KEY"));
+
+    let missing = api.call("GET", "/api/cert/none.example.test", Some(&root), None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.json["name"], "EntryNotFound");
+}

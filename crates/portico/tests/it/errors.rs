@@ -44,10 +44,9 @@ async fn oversized_headers_are_431() {
 
 #[tokio::test]
 async fn refused_target_is_502_and_silent_target_is_504() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Bound but not listening, so no other test's server can take the port meanwhile.
+    let refusing = portico_test_support::backend::Refusing::new();
+    let closed = refusing.addr;
     let silent = Backend::silent().await;
     let p = portico(&["proxy.upstream_timeout=\"1s\""]);
     p.add_host("refused.test", closed, &[]);
