@@ -79,17 +79,7 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
         return Err(ApiError::Validation(errors));
     };
     let now = portico_store::now_ms() as i64;
-    let host = Host {
-        host: pattern.clone(),
-        target,
-        forcessl,
-        targetssl,
-        created_by: caller.username.clone(),
-        created_on: now,
-        updated_by: "__NONE__".to_owned(),
-        updated_on: now,
-        extra: [("is_cache", "false"), ("is_wildcard", "false")].map(|(k, v)| (k.to_owned(), v.to_owned())).into(),
-    };
+    let host = Host::new(pattern.clone(), target, forcessl, targetssl, &caller.username, now);
     match api.store.create(Kind::Host, pattern.as_str(), &host.to_fields()).await {
         Ok(()) => Ok(with_message(format!("\"{pattern}\" added."), host_json(&host))),
         Err(StoreError::Conflict { .. }) => {

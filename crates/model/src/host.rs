@@ -124,6 +124,29 @@ const KNOWN: [&str; 9] =
     ["host", "ip", "targetPort", "forcessl", "targetssl", "created_by", "created_on", "updated_by", "updated_on"];
 
 impl Host {
+    /// A new host record, created by `created_by` at `now_ms`, with the seed's bookkeeping
+    /// fields (`updated_by = "__NONE__"`, `is_cache` and `is_wildcard` false).
+    pub fn new(
+        host: HostPattern,
+        target: Target,
+        forcessl: bool,
+        targetssl: bool,
+        created_by: &str,
+        now_ms: i64,
+    ) -> Self {
+        Self {
+            host,
+            target,
+            forcessl,
+            targetssl,
+            created_by: created_by.to_owned(),
+            created_on: now_ms,
+            updated_by: "__NONE__".to_owned(),
+            updated_on: now_ms,
+            extra: [("is_cache", "false"), ("is_wildcard", "false")].map(|(k, v)| (k.to_owned(), v.to_owned())).into(),
+        }
+    }
+
     /// Reads a host from its stored string fields (the seed's Redis hash layout).
     pub fn from_fields(fields: &Fields) -> Result<Self, HostError> {
         let text = |name: &'static str| fields.get(name).map(String::as_str);

@@ -156,11 +156,6 @@ impl HostPattern {
         self.0.split('.').map(PatternLabel::from_text)
     }
 
-    /// Whether the pattern has no wildcard label, so it names exactly one host.
-    pub fn is_exact(&self) -> bool {
-        self.labels().all(|l| matches!(l, PatternLabel::Literal(_)))
-    }
-
     /// Whether `name` matches this pattern on its own, regardless of other patterns.
     pub fn matches(&self, name: &Hostname) -> bool {
         let pattern: Vec<PatternLabel<'_>> = self.labels().collect();

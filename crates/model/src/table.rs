@@ -122,11 +122,6 @@ impl<T> HostTable<T> {
         Some((pattern, value))
     }
 
-    /// The value stored for exactly this pattern.
-    pub fn exact(&self, pattern: &HostPattern) -> Option<&T> {
-        self.entries.iter().find(|(p, _)| p == pattern).map(|(_, v)| v)
-    }
-
     /// How many patterns the table holds.
     pub fn len(&self) -> usize {
         self.entries.len()

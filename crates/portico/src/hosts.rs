@@ -1,8 +1,6 @@
 //! `portico host add|ls|rm`: hosts managed directly in the store. The embedded store may be
 //! open in `portico serve` at the same time; the server picks the change up within a second.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use portico_model::{Host, HostPattern, Target};
@@ -51,21 +49,7 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
         HostCommand::Add { name, ip, port, forcessl, targetssl } => {
             let pattern = HostPattern::parse(&name).with_context(|| format!("host {name:?}"))?;
             let target = Target::new(&ip, port).context("target")?;
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-            let host = Host {
-                host: pattern.clone(),
-                target,
-                forcessl,
-                targetssl,
-                created_by: "cli".to_owned(),
-                created_on: now,
-                updated_by: "__NONE__".to_owned(),
-                updated_on: now,
-                extra: [("is_cache", "false"), ("is_wildcard", "false")]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect(),
-            };
+            let host = Host::new(pattern.clone(), target, forcessl, targetssl, "cli", portico_store::now_ms() as i64);
             match store.create(Kind::Host, pattern.as_str(), &host.to_fields()).await {
                 Ok(()) => println!("added {pattern} -> {}", host.target),
                 Err(StoreError::Conflict { .. }) => bail!("host {pattern} already exists"),
