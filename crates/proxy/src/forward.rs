@@ -141,7 +141,6 @@ impl Upstream {
             return Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()));
         }
         strip_hop_by_hop(response.headers_mut());
-        response.headers_mut().remove(header::UPGRADE);
         Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
     }
 }
@@ -198,22 +197,12 @@ fn add_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>) {
     }
 }
 
-/// Connection failures are 502 unless they timed out (504).
+/// Connection failures are 502 unless they timed out (504). hyper-util reports a connect
+/// timeout as an `io::Error` of kind `TimedOut` in the error's source chain.
 fn classify(error: hyper_util::client::legacy::Error) -> ProxyError {
-    let timed_out = {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-        let mut found = false;
-        while let Some(e) = source {
-            if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-                || e.to_string().contains("timed out")
-            {
-                found = true;
-                break;
-            }
-            source = e.source();
-        }
-        found
-    };
+    let timed_out = std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
     if timed_out {
         ProxyError::TargetTimeout
     } else if error.is_connect() {
