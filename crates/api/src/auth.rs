@@ -78,8 +78,7 @@ impl FromRequestParts<Api> for Caller {
         let token_key = token_key(token);
         let record = api.store.record(Kind::AuthToken, &token_key).await?.ok_or(ApiError::LoginFailed)?;
         let valid = record.get("is_valid").is_none_or(|v| v == "true");
-        let expires: u64 = record.get("expires_on").and_then(|v| v.parse().ok()).unwrap_or(0);
-        if !valid || expires <= portico_store::now_ms() {
+        if !valid || expires_on(&record) <= portico_store::now_ms() {
             return Err(ApiError::LoginFailed);
         }
         let username = record.get("created_by").cloned().ok_or(ApiError::LoginFailed)?;
@@ -115,14 +114,25 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Stores a new token for `username`, valid for `ttl`; returns the token (shown once).
+/// A token just issued: the token itself (shown once), its store key and its record.
+#[derive(Debug)]
+pub struct Issued {
+    /// The token.
+    pub token: String,
+    /// Its SHA-256, the record's key.
+    pub key: String,
+    /// The stored record.
+    pub fields: Fields,
+}
+
+/// Stores a new token for `username`, valid for `ttl`.
 pub async fn issue_token(
     store: &dyn Store,
     username: &str,
     kind: &str,
     name: Option<&str>,
     ttl: Duration,
-) -> Result<String, ApiError> {
+) -> Result<Issued, ApiError> {
     let token = new_token()?;
     let now = portico_store::now_ms();
     let mut fields: Fields = [
@@ -138,36 +148,43 @@ pub async fn issue_token(
     if let Some(name) = name {
         fields.insert("name".to_owned(), name.to_owned());
     }
-    store.create(Kind::AuthToken, &token_key(&token), &fields).await?;
-    Ok(token)
+    let key = token_key(&token);
+    store.create(Kind::AuthToken, &key, &fields).await?;
+    Ok(Issued { token, key, fields })
 }
 
-/// Deletes every expired token record, so logins do not pile them up. Returns how many went.
+/// When a token record expires, in milliseconds since the epoch (0 if unreadable).
+fn expires_on(fields: &Fields) -> u64 {
+    fields.get("expires_on").and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Deletes every token record `doomed` picks (given its key and fields). Returns how many
+/// went.
+pub async fn delete_tokens(store: &dyn Store, doomed: impl Fn(&str, &Fields) -> bool) -> Result<usize, ApiError> {
+    let mut deleted = 0;
+    for (key, fields) in store.records(Kind::AuthToken).await? {
+        if doomed(&key, &fields) {
+            store.delete(Kind::AuthToken, &key).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes every expired token record, so logins do not pile them up.
 pub async fn sweep_expired(store: &dyn Store) -> Result<usize, ApiError> {
     let now = portico_store::now_ms();
-    let mut swept = 0;
-    for (key, fields) in store.records(Kind::AuthToken).await? {
-        let expires: u64 = fields.get("expires_on").and_then(|v| v.parse().ok()).unwrap_or(0);
-        if expires <= now {
-            store.delete(Kind::AuthToken, &key).await?;
-            swept += 1;
-        }
-    }
-    Ok(swept)
+    delete_tokens(store, |_, fields| expires_on(fields) <= now).await
 }
 
-/// Deletes `username`'s session tokens, except `keep`. Returns how many went.
+/// Deletes `username`'s session tokens, except the one whose key is `keep`.
 pub async fn revoke_sessions(store: &dyn Store, username: &str, keep: Option<&str>) -> Result<usize, ApiError> {
-    let mut revoked = 0;
-    for (key, fields) in store.records(Kind::AuthToken).await? {
+    delete_tokens(store, |key, fields| {
         let mine = fields.get("created_by").is_some_and(|u| u == username);
         let session = fields.get("kind").is_none_or(|k| k == "session");
-        if mine && session && Some(key.as_str()) != keep {
-            store.delete(Kind::AuthToken, &key).await?;
-            revoked += 1;
-        }
-    }
-    Ok(revoked)
+        mine && session && Some(key) != keep
+    })
+    .await
 }
 
 /// Hashes a password with Argon2id (on a blocking thread: it is deliberately slow).
@@ -208,19 +225,10 @@ pub fn check_password(password: &str) -> Result<(), crate::error::FieldError> {
 
 /// A new user record in the seed's layout, plus `role`.
 pub fn user_fields(username: &str, password_hash: String, role: Role, created_by: &str) -> Fields {
-    let now = portico_store::now_ms().to_string();
-    [
-        ("username", username.to_owned()),
-        ("password", password_hash),
-        ("role", role.as_str().to_owned()),
-        ("created_by", created_by.to_owned()),
-        ("created_on", now.clone()),
-        ("updated_by", "__NONE__".to_owned()),
-        ("updated_on", now),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    crate::json::new_record(
+        created_by,
+        [("username", username.to_owned()), ("password", password_hash), ("role", role.as_str().to_owned())],
+    )
 }
 
 /// Failed logins per client address and per user name, over a sliding window.

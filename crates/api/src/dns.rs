@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
-use crate::json::with_message;
+use crate::json::{new_record, record_json, with_message};
 use crate::state::Api;
 use crate::users::listing;
 
@@ -44,15 +44,18 @@ fn provider_type(name: &str) -> Option<&'static ProviderType> {
 }
 
 fn info(p: &ProviderType) -> Value {
-    let fields: Map<String, Value> = p
-        .credentials
+    json!({ "name": p.name, "displayName": p.display_name, "fields": credential_specs(p) })
+}
+
+/// The credential fields of a provider type, as the seed's UI reads them.
+fn credential_specs(p: &ProviderType) -> Map<String, Value> {
+    p.credentials
         .iter()
         .map(|(key, display)| {
             let spec = json!({"type": "string", "isRequired": true, "isPrivate": true, "displayName": display});
             ((*key).to_owned(), spec)
         })
-        .collect();
-    json!({ "name": p.name, "displayName": p.display_name, "fields": fields })
+        .collect()
 }
 
 /// A provider as the API shows it: public fields and its type's info, never credentials.
@@ -60,23 +63,14 @@ fn provider_json(fields: &Fields) -> Map<String, Value> {
     let mut out = public(fields);
     if let Some(p) = fields.get("dnsProvider").and_then(|n| provider_type(n)) {
         out.insert("displayName".into(), json!(p.display_name));
-        out.insert("fields".into(), info(p)["fields"].clone());
+        out.insert("fields".into(), Value::Object(credential_specs(p)));
     }
     out
 }
 
+/// Every field but credentials.
 fn public(fields: &Fields) -> Map<String, Value> {
-    fields
-        .iter()
-        .filter(|(k, _)| !SECRET_FIELDS.contains(&k.as_str()))
-        .map(|(k, v)| {
-            let value = match k.as_str() {
-                "created_on" | "updated_on" => v.parse::<i64>().map_or_else(|_| json!(v), |n| json!(n)),
-                _ => json!(v),
-            };
-            (k.clone(), value)
-        })
-        .collect()
+    record_json(fields, &SECRET_FIELDS)
 }
 
 /// `OPTIONS /api/dns`: the provider types and their credential fields.
@@ -119,19 +113,8 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
         return Err(ApiError::Validation(errors));
     };
     let id = auth::new_token()?[..16].to_owned();
-    let now = portico_store::now_ms().to_string();
-    let mut fields: Fields = [
-        ("id", id.clone()),
-        ("name", name),
-        ("dnsProvider", provider.name.to_owned()),
-        ("created_by", caller.username.clone()),
-        ("created_on", now.clone()),
-        ("updated_by", "__NONE__".to_owned()),
-        ("updated_on", now),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let mut fields =
+        new_record(&caller.username, [("id", id.clone()), ("name", name), ("dnsProvider", provider.name.to_owned())]);
     for (key, value) in credentials {
         fields.insert(key.to_owned(), value);
     }
@@ -224,18 +207,7 @@ pub async fn create_domain(State(api): State<Api>, caller: Caller, body: JsonObj
     let (Some(domain), Some(provider_id), true) = (domain, provider_id, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
-    let now = portico_store::now_ms().to_string();
-    let mut fields: Fields = [
-        ("domain", domain.to_string()),
-        ("dnsProvider_id", provider_id),
-        ("created_by", caller.username.clone()),
-        ("created_on", now.clone()),
-        ("updated_by", "__NONE__".to_owned()),
-        ("updated_on", now),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let mut fields = new_record(&caller.username, [("domain", domain.to_string()), ("dnsProvider_id", provider_id)]);
     if let Some(zone) = zone_id {
         fields.insert("zoneId".into(), zone);
     }

@@ -8,6 +8,36 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, FieldError};
 use crate::state::Api;
 
+/// A new record: `fields` plus the seed's bookkeeping (`created_by`, `created_on`,
+/// `updated_by = "__NONE__"`, `updated_on`).
+pub fn new_record<'a>(created_by: &str, fields: impl IntoIterator<Item = (&'a str, String)>) -> portico_store::Fields {
+    let now = portico_store::now_ms().to_string();
+    let bookkeeping = [
+        ("created_by", created_by.to_owned()),
+        ("created_on", now.clone()),
+        ("updated_by", "__NONE__".to_owned()),
+        ("updated_on", now),
+    ];
+    fields.into_iter().chain(bookkeeping).map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// A stored record as the API shows it: every field but `hidden`, timestamps as numbers.
+pub fn record_json(fields: &portico_store::Fields, hidden: &[&str]) -> Map<String, Value> {
+    fields
+        .iter()
+        .filter(|(k, _)| !hidden.contains(&k.as_str()))
+        .map(|(k, v)| {
+            let value = match k.as_str() {
+                "created_on" | "updated_on" => {
+                    v.parse::<f64>().map_or_else(|_| Value::String(v.clone()), |n| Value::from(n as i64))
+                }
+                _ => Value::String(v.clone()),
+            };
+            (k.clone(), value)
+        })
+        .collect()
+}
+
 /// The seed's write responses: the record's fields plus a `message`.
 pub fn with_message(message: String, mut fields: Map<String, Value>) -> axum::Json<Value> {
     fields.insert("message".into(), Value::String(message));

@@ -48,7 +48,7 @@ pub async fn login(
         api.store.put(Kind::User, &username, &updated).await?;
         tracing::info!(username = %username, "replaced a bcrypt password hash with Argon2id");
     }
-    let token = auth::issue_token(api.store.as_ref(), &username, "session", None, api.settings.session_ttl).await?;
+    let issued = auth::issue_token(api.store.as_ref(), &username, "session", None, api.settings.session_ttl).await?;
     tracing::info!(username = %username, peer = %peer, "login");
     let store = api.store.clone();
     tokio::spawn(async move {
@@ -56,7 +56,7 @@ pub async fn login(
             tracing::warn!(error = %e, "cannot sweep expired tokens");
         }
     });
-    Ok(Json(json!({ "login": true, "token": token, "message": format!("{username} logged in!") })))
+    Ok(Json(json!({ "login": true, "token": issued.token, "message": format!("{username} logged in!") })))
 }
 
 /// `/api/auth/logout` (any method): revokes the token used.
@@ -88,10 +88,8 @@ pub async fn create_token(State(api): State<Api>, caller: Caller, body: JsonObje
         return Err(ApiError::Validation(errors));
     };
     let ttl = Duration::from_secs(days * 86_400);
-    let token = auth::issue_token(api.store.as_ref(), &caller.username, "api", Some(&name), ttl).await?;
-    let id = auth::token_key(&token);
-    let record = api.store.record(Kind::AuthToken, &id).await?.unwrap_or_default();
-    Ok(Json(json!({ "token": token, "results": token_json(&id, &record) })))
+    let issued = auth::issue_token(api.store.as_ref(), &caller.username, "api", Some(&name), ttl).await?;
+    Ok(Json(json!({ "token": issued.token, "results": token_json(&issued.key, &issued.fields) })))
 }
 
 /// `GET /api/token`: the caller's API tokens (never the tokens themselves).

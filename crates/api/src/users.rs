@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use portico_store::{Fields, Kind, StoreError};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::auth::{self, Caller, Role};
 use crate::error::{ApiError, FieldError};
-use crate::json::JsonObject;
+use crate::json::{JsonObject, record_json};
 use crate::state::Api;
 
 /// Whether `?detail` asks for whole objects (present and not `false`/`0`).
@@ -34,20 +34,9 @@ pub async fn listing(
     Ok(Json(json!({ "results": results })))
 }
 
-/// A user as the API shows it: every stored field but the password hash.
+/// A user as the API shows it: every stored field but the password hash, and the role.
 pub fn user_json(fields: &Fields) -> Value {
-    let mut out = Map::new();
-    for (k, v) in fields {
-        match k.as_str() {
-            "password" => {}
-            "created_on" | "updated_on" => {
-                out.insert(k.clone(), v.parse::<f64>().map_or_else(|_| json!(v), |n| json!(n as i64)));
-            }
-            _ => {
-                out.insert(k.clone(), json!(v));
-            }
-        }
-    }
+    let mut out = record_json(fields, &["password"]);
     out.insert("role".to_owned(), json!(Role::of(fields).as_str()));
     Value::Object(out)
 }
@@ -115,11 +104,7 @@ pub async fn delete(
         return Err(ApiError::Validation(vec![FieldError::new("username", "the last admin cannot be deleted.")]));
     }
     api.store.delete(Kind::User, &username).await?;
-    for (key, token) in api.store.records(Kind::AuthToken).await? {
-        if token.get("created_by") == Some(&username) {
-            api.store.delete(Kind::AuthToken, &key).await?;
-        }
-    }
+    auth::delete_tokens(api.store.as_ref(), |_, token| token.get("created_by") == Some(&username)).await?;
     Ok(Json(json!({ "username": username, "results": user_json(&user) })))
 }
 
