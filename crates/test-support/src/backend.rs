@@ -76,9 +76,7 @@ impl Backend {
     pub async fn start(name: &str) -> Self {
         let hits = Arc::new(AtomicU64::new(0));
         let state = Arc::new(State { name: name.into(), hits: hits.clone() });
-        let mut backend = Self::accepting(move |stream| serve_http(state.clone(), TokioIo::new(stream))).await;
-        backend.hits = hits;
-        backend
+        Self::accepting(hits, move |stream| serve_http(state.clone(), TokioIo::new(stream))).await
     }
 
     /// How many requests have reached this backend (HTTP backends only).
@@ -100,7 +98,7 @@ impl Backend {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let hits = Arc::new(AtomicU64::new(0));
         let state = Arc::new(State { name: name.into(), hits: hits.clone() });
-        let mut backend = Self::accepting(move |stream| {
+        Self::accepting(hits, move |stream| {
             let (state, acceptor) = (state.clone(), acceptor.clone());
             async move {
                 if let Ok(tls) = acceptor.accept(stream).await {
@@ -108,14 +106,12 @@ impl Backend {
                 }
             }
         })
-        .await;
-        backend.hits = hits;
-        backend
+        .await
     }
 
     /// A WebSocket echo server.
     pub async fn websocket_echo() -> Self {
-        Self::accepting(|stream| async move {
+        Self::accepting(Arc::default(), |stream| async move {
             let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
             while let Some(Ok(message)) = ws.next().await {
                 if message.is_close() {
@@ -142,8 +138,9 @@ impl Backend {
         Self { addr, task, hits: Arc::default() }
     }
 
-    /// Binds loopback and runs `handle` on a task per accepted connection.
-    async fn accepting<F, Fut>(handle: F) -> Self
+    /// Binds loopback and runs `handle` on a task per accepted connection; `hits` is what
+    /// [`Backend::hits`] reports.
+    async fn accepting<F, Fut>(hits: Arc<AtomicU64>, handle: F) -> Self
     where
         F: Fn(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -156,7 +153,7 @@ impl Backend {
                 tokio::spawn(handle(stream));
             }
         });
-        Self { addr, task, hits: Arc::default() }
+        Self { addr, task, hits }
     }
 }
 

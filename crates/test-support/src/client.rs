@@ -54,20 +54,9 @@ impl Proxy {
 
     /// Sends `method` `path` for `host` with `body`; returns the response unread.
     pub async fn send(&self, method: &str, host: &str, path: &str, body: Body) -> Response<Incoming> {
-        self.try_send(method, host, path, body).await.unwrap()
-    }
-
-    /// Like [`Proxy::send`], returning the client error instead of panicking.
-    pub async fn try_send(
-        &self,
-        method: &str,
-        host: &str,
-        path: &str,
-        body: Body,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         let uri = format!("http://{host}:{}{path}", self.addr.port());
         let request = Request::builder().method(method).uri(uri).body(body).unwrap();
-        self.client.request(request).await
+        self.client.request(request).await.unwrap()
     }
 
     /// GET `path` on `host`, body read whole.
