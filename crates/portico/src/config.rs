@@ -266,6 +266,14 @@ fn addr(key: &'static str, text: Option<&str>, default: &str) -> Result<SocketAd
     full.parse().map_err(|_| ConfigError::Value { key, message: format!("{text:?} is not an address like 0.0.0.0:80") })
 }
 
+/// One of a fixed set of words.
+fn choice<T: Copy>(key: &'static str, text: &str, options: &[(&str, T)]) -> Result<T, ConfigError> {
+    options.iter().find(|(word, _)| *word == text).map(|(_, value)| *value).ok_or_else(|| {
+        let words: Vec<String> = options.iter().map(|(word, _)| format!("{word:?}")).collect();
+        ConfigError::Value { key, message: format!("{text:?} is not one of {}", words.join(", ")) }
+    })
+}
+
 impl TryFrom<Raw> for Config {
     type Error = ConfigError;
 
@@ -305,16 +313,11 @@ impl TryFrom<Raw> for Config {
             shutdown_timeout: duration(&p.shutdown_timeout, "proxy.shutdown_timeout", defaults.shutdown_timeout)?,
             access_log: raw.log.access_log.unwrap_or(true),
         };
-        let issuer = match raw.tls.issuer.as_deref().unwrap_or("acme") {
-            "acme" => Issuer::Acme,
-            "internal" => Issuer::Internal,
-            other => {
-                return Err(ConfigError::Value {
-                    key: "tls.issuer",
-                    message: format!("{other:?} is not \"acme\" or \"internal\""),
-                });
-            }
-        };
+        let issuer = choice(
+            "tls.issuer",
+            raw.tls.issuer.as_deref().unwrap_or("acme"),
+            &[("acme", Issuer::Acme), ("internal", Issuer::Internal)],
+        )?;
         let ratio = raw.tls.renew_remaining_ratio.unwrap_or(1.0 / 3.0);
         if !(ratio > 0.0 && ratio < 1.0) {
             return Err(ConfigError::Value {
@@ -332,16 +335,11 @@ impl TryFrom<Raw> for Config {
             acme_ca_roots: raw.tls.acme_ca_roots.unwrap_or_default(),
             renew_remaining_ratio: ratio,
         };
-        let log_format = match raw.log.format.as_deref().unwrap_or("text") {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(ConfigError::Value {
-                    key: "log.format",
-                    message: format!("{other:?} is not text or json"),
-                });
-            }
-        };
+        let log_format = choice(
+            "log.format",
+            raw.log.format.as_deref().unwrap_or("text"),
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        )?;
         Ok(Self {
             store_url,
             http,
