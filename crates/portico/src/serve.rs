@@ -27,7 +27,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
     let api = ApiState::new(store.clone(), routes.clone(), ApiSettings { session_ttl: config.session_ttl });
-    let api_ready = api.clone();
 
     let http = HttpListener::bind(config.http, config.proxy.clone(), routes.clone())
         .await
@@ -35,6 +34,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
+    // Both sockets are bound (connections queue from here on): ready, before anyone is told.
+    api.listeners_ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(listener = "http", addr = %http.local_addr()?, "listening");
     tracing::info!(listener = "api", addr = %api_listener.local_addr()?, "listening");
     tasks.spawn(http.serve(shutdown.clone()));
@@ -44,7 +45,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::error!(error = %e, "the API server failed");
         }
     });
-    api_ready.listeners_ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tasks.close();
 
     wait_for_signal().await?;
