@@ -15,9 +15,18 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::openapi as doc;
 use crate::state::Api;
 
 /// `GET /api/cert/{host}[?include_private_key=true]`.
+#[utoipa::path(
+    get,
+    path = "/api/cert/{host}",
+    tag = "certs",
+    params(("host" = String, Path, description = "A host name or pattern"), ("include_private_key" = Option<bool>, Query, description = "Admins only: include the private key (logged)")),
+    responses((status = 200, body = doc::Item<doc::Cert>), doc::AuthErrors, doc::Missing),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn get(
     State(api): State<Api>,
     caller: Caller,

@@ -16,6 +16,7 @@ use crate::auth::{self, Caller};
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
 use crate::json::{new_record, record_json, with_message};
+use crate::openapi as doc;
 use crate::state::Api;
 use crate::users::listing;
 
@@ -74,11 +75,26 @@ fn public(fields: &Fields) -> Map<String, Value> {
 }
 
 /// `OPTIONS /api/dns`: the provider types and their credential fields.
+#[utoipa::path(
+    options,
+    path = "/api/dns",
+    tag = "dns",
+    responses((status = 200, body = doc::Results<Vec<doc::DnsProviderType>>), doc::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn types(_caller: Caller) -> Json<Value> {
     Json(json!({ "results": PROVIDERS.iter().map(info).collect::<Vec<_>>() }))
 }
 
 /// `GET /api/dns[?detail]`.
+#[utoipa::path(
+    get,
+    path = "/api/dns",
+    tag = "dns",
+    params(("detail" = Option<String>, Query, description = "Present: whole records instead of names")),
+    responses((status = 200, body = doc::Listing<doc::DnsProvider>), doc::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn list(
     State(api): State<Api>,
     _caller: Caller,
@@ -88,6 +104,14 @@ pub async fn list(
 }
 
 /// `POST /api/dns {name, dnsProvider, token | apiKey + secretApiKey}` (admin).
+#[utoipa::path(
+    post,
+    path = "/api/dns",
+    tag = "dns",
+    request_body = doc::NewDnsProvider,
+    responses((status = 200, body = doc::Written<doc::DnsProvider>), doc::AuthErrors, doc::InputErrors, doc::Taken),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let mut errors = Vec::new();
@@ -130,12 +154,29 @@ async fn stored_provider(api: &Api, id: &str) -> Result<Fields, ApiError> {
 }
 
 /// `GET /api/dns/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/dns/{id}",
+    tag = "dns",
+    params(("id" = String, Path)),
+    responses((status = 200, body = doc::Item<doc::DnsProvider>), doc::AuthErrors, doc::Missing),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn get(State(api): State<Api>, _caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let fields = stored_provider(&api, &id).await?;
     Ok(Json(json!({ "item": id, "results": provider_json(&fields) })))
 }
 
 /// `PUT /api/dns/{id} {name?, credentials?}` (admin).
+#[utoipa::path(
+    put,
+    path = "/api/dns/{id}",
+    tag = "dns",
+    request_body = doc::NewDnsProvider,
+    params(("id" = String, Path)),
+    responses((status = 200, body = doc::Written<doc::DnsProvider>), doc::AuthErrors, doc::InputErrors, doc::Missing, doc::Taken),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn update(
     State(api): State<Api>,
     caller: Caller,
@@ -169,6 +210,14 @@ pub async fn update(
 }
 
 /// `DELETE /api/dns/{id}` (admin): the provider and every domain it manages.
+#[utoipa::path(
+    delete,
+    path = "/api/dns/{id}",
+    tag = "dns",
+    params(("id" = String, Path)),
+    responses((status = 200, body = doc::Written<doc::DnsProvider>), doc::AuthErrors, doc::Missing),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn delete(State(api): State<Api>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let fields = stored_provider(&api, &id).await?;
@@ -182,6 +231,14 @@ pub async fn delete(State(api): State<Api>, caller: Caller, Path(id): Path<Strin
 }
 
 /// `GET /api/dns/domain[?detail]`.
+#[utoipa::path(
+    get,
+    path = "/api/dns/domain",
+    tag = "dns",
+    params(("detail" = Option<String>, Query, description = "Present: whole records instead of names")),
+    responses((status = 200, body = doc::Listing<doc::Domain>), doc::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn list_domains(
     State(api): State<Api>,
     _caller: Caller,
@@ -191,6 +248,14 @@ pub async fn list_domains(
 }
 
 /// `POST /api/dns/domain {domain, dnsProvider_id, zoneId?}` (admin).
+#[utoipa::path(
+    post,
+    path = "/api/dns/domain",
+    tag = "dns",
+    request_body = doc::NewDomain,
+    responses((status = 200, body = doc::Written<doc::Domain>), doc::AuthErrors, doc::InputErrors, doc::Taken),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn create_domain(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let mut errors = Vec::new();
@@ -221,6 +286,14 @@ pub async fn create_domain(State(api): State<Api>, caller: Caller, body: JsonObj
 }
 
 /// `GET /api/dns/domain/{name}`: the managed zone that contains `name` (longest suffix).
+#[utoipa::path(
+    get,
+    path = "/api/dns/domain/{domain}",
+    tag = "dns",
+    params(("domain" = String, Path, description = "A zone, or any name in it: the longest managed suffix answers")),
+    responses((status = 200, body = doc::Results<Vec<doc::Domain>>), doc::AuthErrors, doc::Missing),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn find_domain(
     State(api): State<Api>,
     _caller: Caller,
@@ -240,6 +313,14 @@ pub async fn find_domain(
 }
 
 /// `DELETE /api/dns/domain/{domain}` (admin).
+#[utoipa::path(
+    delete,
+    path = "/api/dns/domain/{domain}",
+    tag = "dns",
+    params(("domain" = String, Path)),
+    responses((status = 200, body = doc::Written<doc::Domain>), doc::AuthErrors, doc::Missing),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn delete_domain(
     State(api): State<Api>,
     caller: Caller,
@@ -253,6 +334,14 @@ pub async fn delete_domain(
 }
 
 /// `POST /api/dns/domain/refresh/{id}`: needs the provider clients of the DNS-01 issue.
+#[utoipa::path(
+    post,
+    path = "/api/dns/domain/refresh/{id}",
+    tag = "dns",
+    params(("id" = String, Path)),
+    responses(doc::AuthErrors, doc::Missing, doc::NotYet),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn refresh_domains(
     State(api): State<Api>,
     caller: Caller,

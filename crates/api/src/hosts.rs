@@ -12,6 +12,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
 use crate::json::with_message;
+use crate::openapi as doc;
 use crate::state::Api;
 use crate::users::listing;
 
@@ -52,6 +53,14 @@ async fn stored(api: &Api, item: &str) -> Result<(String, Host), ApiError> {
 }
 
 /// `GET /api/host[?detail]`.
+#[utoipa::path(
+    get,
+    path = "/api/host",
+    tag = "hosts",
+    params(("detail" = Option<String>, Query, description = "Present: whole records instead of names")),
+    responses((status = 200, body = doc::Listing<doc::Host>), doc::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn list(
     State(api): State<Api>,
     _caller: Caller,
@@ -61,6 +70,14 @@ pub async fn list(
 }
 
 /// `POST /api/host {host, ip, targetPort, forcessl?, targetssl?}`.
+#[utoipa::path(
+    post,
+    path = "/api/host",
+    tag = "hosts",
+    request_body = doc::NewHost,
+    responses((status = 200, body = doc::Written<doc::Host>), doc::AuthErrors, doc::InputErrors, doc::Taken),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     let mut errors = Vec::new();
     let pattern = body.required("host", &mut errors).and_then(|h| parse_pattern(&h, &mut errors));
@@ -90,12 +107,29 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
 }
 
 /// `GET /api/host/{item}`.
+#[utoipa::path(
+    get,
+    path = "/api/host/{item}",
+    tag = "hosts",
+    params(("item" = String, Path, description = "A host pattern")),
+    responses((status = 200, body = doc::Item<doc::Host>), doc::AuthErrors, doc::Missing),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn get(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Result<Json<Value>, ApiError> {
     let (_, host) = stored(&api, &item).await?;
     Ok(Json(json!({ "item": item, "results": host_json(&host) })))
 }
 
 /// `PUT /api/host/{item}`: partial update; a new `host` renames it.
+#[utoipa::path(
+    put,
+    path = "/api/host/{item}",
+    tag = "hosts",
+    request_body = doc::HostUpdate,
+    params(("item" = String, Path, description = "A host pattern")),
+    responses((status = 200, body = doc::Written<doc::Host>), doc::AuthErrors, doc::InputErrors, doc::Missing, doc::Taken),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn update(
     State(api): State<Api>,
     caller: Caller,
@@ -140,6 +174,14 @@ pub async fn update(
 }
 
 /// `DELETE /api/host/{item}`.
+#[utoipa::path(
+    delete,
+    path = "/api/host/{item}",
+    tag = "hosts",
+    params(("item" = String, Path, description = "A host pattern")),
+    responses((status = 200, body = doc::Written<doc::Host>), doc::AuthErrors, doc::Missing),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn delete(
     State(api): State<Api>,
     _caller: Caller,
@@ -153,6 +195,14 @@ pub async fn delete(
 }
 
 /// `GET /api/host/lookup/{item}` → `{string, results?}`, from the proxy's own table.
+#[utoipa::path(
+    get,
+    path = "/api/host/lookup/{item}",
+    tag = "hosts",
+    params(("item" = String, Path, description = "A host name")),
+    responses((status = 200, body = doc::Lookup, description = "`results` is absent when no host matches"), doc::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn lookup(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Json<Value> {
     let table = api.routes.snapshot();
     let found = Hostname::parse(&item).ok().and_then(|name| table.lookup(name.as_str()).map(|(_, h)| host_json(h)));
@@ -164,6 +214,13 @@ pub async fn lookup(State(api): State<Api>, _caller: Caller, Path(item): Path<St
 
 /// `GET /api/host/lookupobj` (admin): the lookup tree as the seed showed it, nested from the
 /// TLD, `#record` at each pattern's end.
+#[utoipa::path(
+    get,
+    path = "/api/host/lookupobj",
+    tag = "hosts",
+    responses((status = 200, body = doc::LookupTree), doc::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn lookup_tree(State(api): State<Api>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let table = api.routes.snapshot();
@@ -186,6 +243,14 @@ pub async fn lookup_tree(State(api): State<Api>, caller: Caller) -> Result<Json<
 }
 
 /// `PUT /api/host/{item}/renew`: certificates are not managed by this version yet.
+#[utoipa::path(
+    put,
+    path = "/api/host/{item}/renew",
+    tag = "hosts",
+    params(("item" = String, Path, description = "A host pattern")),
+    responses(doc::AuthErrors, doc::Missing, doc::NotYet),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn renew(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Result<Json<Value>, ApiError> {
     stored(&api, &item).await?;
     Err(ApiError::Unavailable("certificates are not managed by this version yet; renewal arrives with automatic HTTPS"))

@@ -3,7 +3,7 @@
 //! hashed expiring tokens, roles, a login rate limit, secrets never in responses.
 //!
 //! Routes: `/api/auth/{login,logout}`, `/api/user…`, `/api/token…`, `/api/host…`, `/api/dns…`, `/api/cert/{host}`,
-//! `/healthz`, `/readyz`. Every `/api` route but login needs a token in the `auth-token`
+//! `/healthz`, `/readyz`, and the OpenAPI 3.1 document at `/api/openapi.json`. Every `/api` route but login needs a token in the `auth-token`
 //! header or `Authorization: Bearer`.
 
 pub mod auth;
@@ -13,44 +13,64 @@ pub mod error;
 mod health;
 mod hosts;
 mod json;
+pub mod openapi;
 mod session;
 pub mod state;
 mod users;
 
 use std::net::SocketAddr;
 
-use axum::Router;
-use axum::routing::{any, get, post, put};
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::{Json, Router};
 use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use state::{Api, ApiSettings, ApiState};
 
-/// Every route of the API.
+/// Every route of the API with its OpenAPI entry. Routes are only ever added here, through
+/// `routes!`, which registers a handler together with its `#[utoipa::path]` description.
+fn documented() -> OpenApiRouter<Api> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(session::login))
+        .routes(routes!(session::logout))
+        .routes(routes!(session::list_tokens, session::create_token))
+        .routes(routes!(session::revoke_token))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::me))
+        .routes(routes!(users::own_password))
+        .routes(routes!(users::user_password))
+        .routes(routes!(users::delete))
+        .routes(routes!(certs::get))
+        .routes(routes!(dns::list, dns::create, dns::types))
+        .routes(routes!(dns::list_domains, dns::create_domain))
+        .routes(routes!(dns::refresh_domains))
+        .routes(routes!(dns::find_domain, dns::delete_domain))
+        .routes(routes!(dns::get, dns::update, dns::delete))
+        .routes(routes!(hosts::list, hosts::create))
+        .routes(routes!(hosts::lookup_tree))
+        .routes(routes!(hosts::lookup))
+        .routes(routes!(hosts::get, hosts::update, hosts::delete))
+        .routes(routes!(hosts::renew))
+}
+
+/// The OpenAPI document of every route (also served at `/api/openapi.json`).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    documented().into_openapi()
+}
+
+/// Every route of the API, and `/api/openapi.json`.
 pub fn router(api: Api) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/api/auth/login", post(session::login))
-        .route("/api/auth/logout", any(session::logout))
-        .route("/api/token", get(session::list_tokens).post(session::create_token))
-        .route("/api/token/{id}", axum::routing::delete(session::revoke_token))
-        .route("/api/user", get(users::list).post(users::create))
-        .route("/api/user/me", get(users::me))
-        .route("/api/user/password", put(users::own_password))
-        .route("/api/user/password/{username}", put(users::user_password))
-        .route("/api/user/{username}", axum::routing::delete(users::delete))
-        .route("/api/cert/{host}", get(certs::get))
-        .route("/api/dns", get(dns::list).post(dns::create).options(dns::types))
-        .route("/api/dns/domain", get(dns::list_domains).post(dns::create_domain))
-        .route("/api/dns/domain/refresh/{id}", post(dns::refresh_domains))
-        .route("/api/dns/domain/{domain}", get(dns::find_domain).delete(dns::delete_domain))
-        .route("/api/dns/{id}", get(dns::get).put(dns::update).delete(dns::delete))
-        .route("/api/host", get(hosts::list).post(hosts::create))
-        .route("/api/host/lookupobj", get(hosts::lookup_tree))
-        .route("/api/host/lookup/{item}", get(hosts::lookup))
-        .route("/api/host/{item}", get(hosts::get).put(hosts::update).delete(hosts::delete))
-        .route("/api/host/{item}/renew", put(hosts::renew))
+    let (routes, doc) = documented().split_for_parts();
+    let doc = Arc::new(doc);
+    routes
+        .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(api)

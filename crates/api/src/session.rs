@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
+use crate::openapi as doc;
 use crate::state::Api;
 
 /// Longest lifetime of an API token, and its default.
@@ -18,6 +19,13 @@ const API_TOKEN_MAX_DAYS: u64 = 3650;
 const API_TOKEN_DEFAULT_DAYS: u64 = 365;
 
 /// `POST /api/auth/login {username, password}` → `{login, token, message}`.
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = "auth",
+    request_body = doc::Login,
+    responses((status = 200, body = doc::LoginReply), (status = 400, body = doc::ErrorBody, description = "Malformed JSON"), (status = 401, body = doc::ErrorBody, description = "Wrong user name or password (LoginFailed)"), (status = 429, body = doc::ErrorBody, description = "Too many attempts", headers(("Retry-After" = u64, description = "Seconds to wait"))))
+)]
 pub async fn login(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -60,12 +68,27 @@ pub async fn login(
 }
 
 /// `/api/auth/logout` (any method): revokes the token used.
+#[utoipa::path(
+    method(get, post, put, delete, patch),
+    path = "/api/auth/logout",
+    tag = "auth",
+    responses((status = 200, body = doc::Message, description = "The token is revoked"), doc::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn logout(State(api): State<Api>, caller: Caller) -> Result<Json<Value>, ApiError> {
     api.store.delete(Kind::AuthToken, &caller.token_key).await?;
     Ok(Json(json!({ "message": "Bye" })))
 }
 
 /// `POST /api/token {name, days?}` → the new token, shown once.
+#[utoipa::path(
+    post,
+    path = "/api/token",
+    tag = "auth",
+    request_body = doc::NewToken,
+    responses((status = 200, body = doc::CreatedToken), doc::AuthErrors, doc::InputErrors),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn create_token(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     let mut errors = Vec::new();
     let name = body.required("name", &mut errors);
@@ -93,6 +116,13 @@ pub async fn create_token(State(api): State<Api>, caller: Caller, body: JsonObje
 }
 
 /// `GET /api/token`: the caller's API tokens (never the tokens themselves).
+#[utoipa::path(
+    get,
+    path = "/api/token",
+    tag = "auth",
+    responses((status = 200, body = doc::Results<Vec<doc::Token>>), doc::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn list_tokens(State(api): State<Api>, caller: Caller) -> Result<Json<Value>, ApiError> {
     let tokens: Vec<Value> = api
         .store
@@ -107,6 +137,14 @@ pub async fn list_tokens(State(api): State<Api>, caller: Caller) -> Result<Json<
 }
 
 /// `DELETE /api/token/{id}`: revokes one of the caller's API tokens (admins: anyone's).
+#[utoipa::path(
+    delete,
+    path = "/api/token/{id}",
+    tag = "auth",
+    params(("id" = String, Path)),
+    responses((status = 200, body = doc::RevokedToken), doc::AuthErrors, doc::Missing),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn revoke_token(
     State(api): State<Api>,
     caller: Caller,

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::auth::{self, Caller, Role};
 use crate::error::{ApiError, FieldError};
 use crate::json::{JsonObject, record_json};
+use crate::openapi as doc;
 use crate::state::Api;
 
 /// Whether `?detail` asks for whole objects (present and not `false`/`0`).
@@ -42,6 +43,14 @@ pub fn user_json(fields: &Fields) -> Value {
 }
 
 /// `GET /api/user[?detail]` (admin).
+#[utoipa::path(
+    get,
+    path = "/api/user",
+    tag = "users",
+    params(("detail" = Option<String>, Query, description = "Present: whole records instead of names")),
+    responses((status = 200, body = doc::Listing<doc::User>), doc::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn list(
     State(api): State<Api>,
     caller: Caller,
@@ -52,6 +61,14 @@ pub async fn list(
 }
 
 /// `POST /api/user {username, password, role?}` (admin).
+#[utoipa::path(
+    post,
+    path = "/api/user",
+    tag = "users",
+    request_body = doc::NewUser,
+    responses((status = 200, body = doc::Written<doc::User>), doc::AuthErrors, doc::InputErrors, doc::Taken),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let mut errors = Vec::new();
@@ -87,6 +104,14 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
 }
 
 /// `DELETE /api/user/{username}` (admin). The last admin cannot be deleted.
+#[utoipa::path(
+    delete,
+    path = "/api/user/{username}",
+    tag = "users",
+    params(("username" = String, Path)),
+    responses((status = 200, body = doc::DeletedUser), doc::AuthErrors, doc::Missing),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn delete(
     State(api): State<Api>,
     caller: Caller,
@@ -109,11 +134,26 @@ pub async fn delete(
 }
 
 /// `GET /api/user/me`.
+#[utoipa::path(
+    get,
+    path = "/api/user/me",
+    tag = "users",
+    responses((status = 200, body = doc::Me), doc::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn me(caller: Caller) -> Json<Value> {
     Json(json!({ "username": caller.username, "role": caller.role.as_str() }))
 }
 
 /// `PUT /api/user/password {password}`: the caller's own password. Other sessions end.
+#[utoipa::path(
+    put,
+    path = "/api/user/password",
+    tag = "users",
+    request_body = doc::NewPassword,
+    responses((status = 200, body = doc::Results<doc::User>, description = "Changed; the caller's other sessions end"), doc::AuthErrors, doc::InputErrors),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn own_password(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     let user = set_password(&api, &caller, &caller.username, body).await?;
     auth::revoke_sessions(api.store.as_ref(), &caller.username, Some(&caller.token_key)).await?;
@@ -121,6 +161,15 @@ pub async fn own_password(State(api): State<Api>, caller: Caller, body: JsonObje
 }
 
 /// `PUT /api/user/password/{username} {password}` (admin). That user's sessions end.
+#[utoipa::path(
+    put,
+    path = "/api/user/password/{username}",
+    tag = "users",
+    request_body = doc::NewPassword,
+    params(("username" = String, Path)),
+    responses((status = 200, body = doc::Results<doc::User>, description = "Changed; that user's sessions end"), doc::AuthErrors, doc::InputErrors, doc::Missing),
+    security(("token" = []), ("bearer" = []))
+)]
 pub async fn user_password(
     State(api): State<Api>,
     caller: Caller,

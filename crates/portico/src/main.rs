@@ -27,8 +27,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the proxy (and, as they arrive, the API and certificate maintenance).
+    /// Run everything in one process: the proxy and the API.
     Serve(ConfigArgs),
+    /// Run the data plane alone: the proxy's listeners (many may share one store).
+    Proxy(ConfigArgs),
+    /// Run the control plane alone: the API (many may share one store).
+    Api(ConfigArgs),
     /// Manage proxied hosts in the store.
     Host {
         #[command(subcommand)]
@@ -105,17 +109,21 @@ fn main() -> ExitCode {
     }
 }
 
+fn serve(args: ConfigArgs, role: serve::Role) -> anyhow::Result<()> {
+    let config = args.load()?;
+    init_logging(&config)?;
+    runtime()?.block_on(serve::run(config, role))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Version => {
             println!("portico {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Serve(args) => {
-            let config = args.load()?;
-            init_logging(&config)?;
-            runtime()?.block_on(serve::run(config))
-        }
+        Command::Serve(args) => serve(args, serve::Role::All),
+        Command::Proxy(args) => serve(args, serve::Role::Proxy),
+        Command::Api(args) => serve(args, serve::Role::Api),
         Command::Host { command, config } => {
             let config = config.load()?;
             runtime()?.block_on(hosts::run(command, &config))

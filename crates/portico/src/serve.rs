@@ -1,5 +1,8 @@
-//! `portico serve`: open the store, load the routes, start the listeners, follow the store,
-//! and drain on SIGTERM/SIGINT.
+//! `portico serve|proxy|api`: open the store, load the routes, start the listeners of the
+//! role, follow the store, and drain on SIGTERM/SIGINT.
+//!
+//! `serve` runs every role in one process. `proxy` runs the data plane alone and `api` the
+//! control plane alone; any number of each share one store.
 
 use std::sync::Arc;
 
@@ -11,8 +14,29 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 
-/// Runs until a shutdown signal, then drains and returns.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// What a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything (`portico serve`).
+    All,
+    /// The data plane: the proxy's listeners (`portico proxy`).
+    Proxy,
+    /// The control plane: the API (`portico api`).
+    Api,
+}
+
+impl Role {
+    fn proxy(self) -> bool {
+        self != Self::Api
+    }
+
+    fn api(self) -> bool {
+        self != Self::Proxy
+    }
+}
+
+/// Runs `role` until a shutdown signal, then drains and returns.
+pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
     let routes = Arc::new(Routes::new());
     let hosts = routes.reload(store.as_ref()).await.context("cannot read hosts from the store")?;
@@ -22,29 +46,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     tasks.spawn(routes::follow_store(store.clone(), routes.clone(), shutdown.clone()));
 
-    let admin_password = std::env::var("PORTICO_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
-    portico_api::auth::bootstrap_admin(store.as_ref(), &config.data_dir, admin_password)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
-    let api = ApiState::new(store.clone(), routes.clone(), ApiSettings { session_ttl: config.session_ttl });
-
-    let http = HttpListener::bind(config.http, config.proxy.clone(), routes.clone())
-        .await
-        .with_context(|| format!("cannot listen on {} (proxy.http)", config.http))?;
-    let api_listener = tokio::net::TcpListener::bind(config.api_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
-    // Both sockets are bound (connections queue from here on): ready, before anyone is told.
-    api.listeners_ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    tracing::info!(listener = "http", addr = %http.local_addr()?, "listening");
-    tracing::info!(listener = "api", addr = %api_listener.local_addr()?, "listening");
-    tasks.spawn(http.serve(shutdown.clone()));
-    let stop_api = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(e) = portico_api::serve(api_listener, api, stop_api.cancelled_owned()).await {
-            tracing::error!(error = %e, "the API server failed");
-        }
-    });
+    let mut ready = Vec::new();
+    if role.proxy() {
+        let http = HttpListener::bind(config.http, config.proxy.clone(), routes.clone())
+            .await
+            .with_context(|| format!("cannot listen on {} (proxy.http)", config.http))?;
+        ready.push(("http", http.local_addr()?));
+        tasks.spawn(http.serve(shutdown.clone()));
+    }
+    let mut api = None;
+    if role.api() {
+        let admin_password = std::env::var("PORTICO_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
+        portico_api::auth::bootstrap_admin(store.as_ref(), &config.data_dir, admin_password)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
+        let state = ApiState::new(store.clone(), routes.clone(), ApiSettings { session_ttl: config.session_ttl });
+        let listener = tokio::net::TcpListener::bind(config.api_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
+        ready.push(("api", listener.local_addr()?));
+        let stop_api = shutdown.clone();
+        let served = state.clone();
+        tasks.spawn(async move {
+            if let Err(e) = portico_api::serve(listener, served, stop_api.cancelled_owned()).await {
+                tracing::error!(error = %e, "the API server failed");
+            }
+        });
+        api = Some(state);
+    }
+    // Every socket is bound (connections queue from here on): ready, before anyone is told.
+    if let Some(api) = &api {
+        api.listeners_ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    for (listener, addr) in ready {
+        tracing::info!(listener, addr = %addr, "listening");
+    }
     tasks.close();
 
     wait_for_signal().await?;

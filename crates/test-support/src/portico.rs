@@ -1,5 +1,6 @@
 //! The `portico` binary under test, run as a real child process.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,16 +14,26 @@ use tempfile::TempDir;
 /// The first admin's password in instances started by [`Portico::start`].
 pub const ADMIN_PASSWORD: &str = "test-admin-password-1";
 
-/// A running `portico serve` with its own data directory. Killed on drop.
+/// A running `portico serve` (or `proxy`, or `api`) with its data directory. Killed on drop.
 pub struct Portico {
     bin: PathBuf,
-    dir: TempDir,
+    dir: Arc<TempDir>,
     child: Option<Child>,
-    /// The plain HTTP listener.
+    /// The plain HTTP listener (the unspecified address `0.0.0.0:0` in `portico api`).
     pub http: SocketAddr,
-    /// The management API.
+    /// The management API (the unspecified address `0.0.0.0:0` in `portico proxy`).
     pub api: SocketAddr,
+    listeners: HashMap<String, SocketAddr>,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+/// The listeners each role announces.
+fn listeners_of(role: &str) -> &'static [&'static str] {
+    match role {
+        "proxy" => &["http"],
+        "api" => &["api"],
+        _ => &["http", "api"],
+    }
 }
 
 impl Portico {
@@ -41,9 +52,23 @@ impl Portico {
     /// Like [`Portico::start_in`], choosing the first admin's password (`None`: Portico makes
     /// up one).
     pub fn start_with(bin: impl AsRef<Path>, dir: TempDir, settings: &[&str], admin_password: Option<&str>) -> Self {
-        let bin = bin.as_ref().to_owned();
+        Self::spawn(bin.as_ref(), "serve", Arc::new(dir), settings, admin_password)
+    }
+
+    /// Starts `portico ROLE` (`serve`, `proxy` or `api`) in a new data directory.
+    pub fn start_role(bin: impl AsRef<Path>, role: &str, settings: &[&str]) -> Self {
+        Self::spawn(bin.as_ref(), role, Arc::new(TempDir::new().unwrap()), settings, Some(ADMIN_PASSWORD))
+    }
+
+    /// Starts `portico ROLE` on this instance's data directory.
+    pub fn start_beside(&self, role: &str, settings: &[&str]) -> Self {
+        Self::spawn(&self.bin, role, self.dir.clone(), settings, Some(ADMIN_PASSWORD))
+    }
+
+    fn spawn(bin: &Path, role: &str, dir: Arc<TempDir>, settings: &[&str], admin_password: Option<&str>) -> Self {
+        let bin = bin.to_owned();
         let mut command = Command::new(&bin);
-        command.arg("serve").arg("--data-dir").arg(dir.path()).args([
+        command.arg(role).arg("--data-dir").arg(dir.path()).args([
             "--http",
             "127.0.0.1:0",
             "--set",
@@ -80,15 +105,23 @@ impl Portico {
                 sink.lock().unwrap().push(value);
             }
         });
-        let mut listeners = std::collections::HashMap::new();
-        while listeners.len() < 2 {
+        let mut listeners = HashMap::new();
+        while listeners.len() < listeners_of(role).len() {
             let Ok((name, addr)) = ready_rx.recv_timeout(Duration::from_secs(20)) else {
                 let _ = child.kill();
                 panic!("portico did not start listening; log: {:?}", logs.lock().unwrap());
             };
             listeners.insert(name, addr.parse::<SocketAddr>().unwrap());
         }
-        Self { bin, dir, child: Some(child), http: listeners["http"], api: listeners["api"], logs }
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let http = listeners.get("http").copied().unwrap_or(unspecified);
+        let api = listeners.get("api").copied().unwrap_or(unspecified);
+        Self { bin, dir, child: Some(child), http, api, listeners, logs }
+    }
+
+    /// The address of a listener this process announced (`http`, `https`, `api`).
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.get(name).copied()
     }
 
     /// The data directory.
@@ -192,11 +225,12 @@ impl Portico {
         panic!("portico did not exit within {deadline:?}");
     }
 
-    /// Stops the process (SIGKILL) and gives back the data directory.
+    /// Stops the process (SIGKILL) and gives back the data directory (once no other process
+    /// started beside it holds it).
     pub fn into_data_dir(mut self) -> TempDir {
         self.kill();
-        let dir = TempDir::new().unwrap();
-        std::mem::replace(&mut self.dir, dir)
+        let dir = std::mem::replace(&mut self.dir, Arc::new(TempDir::new().unwrap()));
+        Arc::try_unwrap(dir).unwrap_or_else(|_| panic!("another process still shares the data directory"))
     }
 
     fn kill(&mut self) {

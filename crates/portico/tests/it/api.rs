@@ -404,62 +404,72 @@ async fn secrets_never_leave() {
         "planted-pk-8",
         private_key.as_str(),
     ];
-    let dns_path = format!("/api/dns/{dns_id}");
-    let refresh_path = format!("/api/dns/domain/refresh/{dns_id}");
     let planted_dns =
         json!({"name": "x", "dnsProvider": "PorkBun", "apiKey": "planted-pk-8", "secretApiKey": dns_secret});
-
-    // Every route of the router, reads first, then writes that leave the planted data in
-    // place (writes that must fail still echo their input nowhere), then deletes of things
-    // that do not exist, then logout.
-    let routes: Vec<(&str, &str, Option<Value>)> = vec![
-        ("GET", "/healthz", None),
-        ("GET", "/readyz", None),
-        ("GET", "/api/user", None),
-        ("GET", "/api/user?detail=true", None),
-        ("GET", "/api/user/me", None),
-        ("GET", "/api/token", None),
-        ("GET", "/api/host", None),
-        ("GET", "/api/host?detail=true", None),
-        ("GET", "/api/host/s.test", None),
-        ("GET", "/api/host/lookup/s.test", None),
-        ("GET", "/api/host/lookupobj", None),
-        ("GET", "/api/cert/s.test", None),
-        ("GET", "/api/dns", None),
-        ("GET", "/api/dns?detail=true", None),
-        ("OPTIONS", "/api/dns", None),
-        ("GET", dns_path.as_str(), None),
-        ("GET", "/api/dns/domain", None),
-        ("GET", "/api/dns/domain?detail=true", None),
-        ("GET", "/api/dns/domain/a.s.test", None),
-        ("PUT", dns_path.as_str(), Some(json!({"name": "renamed"}))),
-        ("POST", "/api/dns", Some(planted_dns)),
-        ("POST", "/api/dns", Some(json!({"name": "x", "dnsProvider": "PorkBun", "apiKey": dns_secret}))),
-        ("POST", "/api/dns/domain", Some(json!({"domain": "s.test", "dnsProvider_id": dns_id}))),
-        ("POST", refresh_path.as_str(), None),
-        ("PUT", "/api/host/s.test", Some(json!({"targetPort": 81}))),
-        ("POST", "/api/host", Some(json!({"host": "s.test", "ip": "127.0.0.1", "targetPort": 80}))),
-        ("PUT", "/api/host/s.test/renew", None),
-        ("POST", "/api/user", Some(json!({"username": "frank", "password": user_password}))),
-        ("POST", "/api/token", Some(json!({"name": user_password, "days": 0}))),
-        ("PUT", "/api/user/password", Some(json!({"password": "short"}))),
-        ("PUT", "/api/user/password/nobody", Some(json!({"password": user_password}))),
-        ("DELETE", "/api/token/0000", None),
-        ("DELETE", "/api/user/nobody", None),
-        ("DELETE", "/api/host/nothing.test", None),
-        ("DELETE", "/api/dns/domain/nothing.test", None),
-        ("DELETE", "/api/dns/0000000000000000", None),
-        ("POST", "/api/auth/logout", None),
+    // Bodies for the writes: they leave the planted data in place, and those that must fail
+    // still echo their input nowhere. Routes not named here are called without a body.
+    let write_bodies: Vec<(&str, &str, Value)> = vec![
+        ("PUT", "/api/dns/{id}", json!({"name": "renamed"})),
+        ("POST", "/api/dns", planted_dns),
+        ("POST", "/api/dns", json!({"name": "x", "dnsProvider": "PorkBun", "apiKey": dns_secret})),
+        ("POST", "/api/dns/domain", json!({"domain": "s.test", "dnsProvider_id": dns_id})),
+        ("PUT", "/api/host/{item}", json!({"targetPort": 81})),
+        ("POST", "/api/host", json!({"host": "s.test", "ip": "127.0.0.1", "targetPort": 80})),
+        ("POST", "/api/user", json!({"username": "frank", "password": user_password})),
+        ("POST", "/api/token", json!({"name": user_password, "days": 0})),
+        ("PUT", "/api/user/password", json!({"password": "short"})),
+        ("PUT", "/api/user/password/{username}", json!({"password": user_password})),
+        ("POST", "/api/auth/login", json!({"username": "frank", "password": "wrong"})),
     ];
+    // Every operation of the OpenAPI document (which is the router's own list): reads first,
+    // then writes, then deletes of things that do not exist, then logout.
+    let doc = api.call("GET", "/api/openapi.json", None, None).await.json;
+    let mut operations: Vec<(String, String, bool)> = Vec::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let detail = op["parameters"].as_array().into_iter().flatten().any(|p| p["name"] == "detail");
+            operations.push((method.to_uppercase(), template.clone(), detail));
+        }
+    }
+    assert!(operations.len() >= 30, "{operations:?}");
+    let phase = |method: &str, template: &str| match (template, method) {
+        ("/api/auth/logout", _) => 3,
+        (_, "GET" | "OPTIONS" | "HEAD") => 0,
+        (_, "DELETE") => 2,
+        _ => 1,
+    };
+    operations.sort_by_key(|(m, t, _)| phase(m, t));
+    let mut routes: Vec<(String, String, Option<Value>)> = Vec::new();
+    for (method, template, detail) in &operations {
+        let deleting = method == "DELETE";
+        let path = template
+            .replace("{id}", if deleting { "0000000000000000" } else { &dns_id })
+            .replace("{item}", if deleting { "nothing.test" } else { "s.test" })
+            .replace("{host}", "s.test")
+            .replace("{domain}", if deleting { "nothing.test" } else { "a.s.test" })
+            .replace("{username}", "nobody");
+        assert!(!path.contains('{'), "no value for a parameter of {template}");
+        let bodies: Vec<Option<Value>> = write_bodies
+            .iter()
+            .filter(|(m, t, _)| m == method && t == template)
+            .map(|(_, _, b)| Some(b.clone()))
+            .collect();
+        for body in if bodies.is_empty() { vec![None] } else { bodies } {
+            routes.push((method.clone(), path.clone(), body));
+        }
+        if *detail {
+            routes.push((method.clone(), format!("{path}?detail=true"), None));
+        }
+    }
+    for (method, template, _) in &write_bodies {
+        assert!(operations.iter().any(|(m, t, _)| m == method && t == template), "{method} {template} is gone");
+    }
     let mut bodies = Vec::new();
     for token in [root.as_str(), user.as_str()] {
         for (method, path, body) in &routes {
             bodies.push(api.call(method, path, Some(token), body.clone()).await.raw);
         }
     }
-    bodies.push(
-        api.call("POST", "/api/auth/login", None, Some(json!({"username": "frank", "password": "wrong"}))).await.raw,
-    );
     let logs: Vec<String> = p.logs().iter().map(|l| l.to_string()).collect();
     for secret in secrets {
         // Multi-line secrets (private keys) appear JSON-escaped in bodies and log lines.

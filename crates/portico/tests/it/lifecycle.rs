@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use portico_test_support::client::{Proxy, empty, read};
+use portico_test_support::client::{ApiClient, Proxy, empty, read};
 use portico_test_support::{Backend, Portico, eventually};
+use serde_json::json;
 
 use crate::{BIN, portico};
 
@@ -121,4 +122,29 @@ async fn cli_validates_and_reports() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no host nope.test"));
     let version = std::process::Command::new(BIN).arg("version").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("portico {}", env!("CARGO_PKG_VERSION")));
+}
+
+/// `portico api` and `portico proxy` run apart on one store: a host created through the API
+/// process is routed by the proxy process, and each runs only its own listeners.
+#[tokio::test]
+async fn api_and_proxy_roles_run_apart_on_one_store() {
+    let backend = Backend::start("split").await;
+    let control = Portico::start_role(BIN, "api", &[]);
+    let data = control.start_beside("proxy", &[]);
+    assert_eq!((control.listener("http"), control.listener("api")), (None, Some(control.api)));
+    assert_eq!((data.listener("http"), data.listener("api")), (Some(data.http), None));
+
+    let api = ApiClient::new(control.api);
+    let token = api.login("admin", portico_test_support::portico::ADMIN_PASSWORD).await;
+    let body = json!({"host": "split.test", "ip": "127.0.0.1", "targetPort": backend.addr.port(), "forcessl": false});
+    let made = api.call("POST", "/api/host", Some(&token), Some(body)).await;
+    assert_eq!(made.status, StatusCode::OK, "{}", made.raw);
+    let client = Proxy::h1(data.http);
+    eventually(Duration::from_secs(1), "the proxy process to route the new host", || {
+        let client = client.clone();
+        async move { (client.get("split.test", "/").await.status == StatusCode::OK).then_some(()) }
+    })
+    .await;
+    let ready = api.call("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.raw);
 }

@@ -1,0 +1,440 @@
+//! The OpenAPI 3.1 document served at `/api/openapi.json`.
+//!
+//! The paths come from the `#[utoipa::path]` annotation on each handler and are registered
+//! together with the handler itself (`utoipa_axum::routes!`), so a route cannot exist without
+//! its entry in the document. The types below describe the JSON the handlers read and write;
+//! the handlers themselves work on JSON objects (they accept the seed's loose forms, such as
+//! `"8080"` for a port), so these types are only ever read by the document generator.
+#![allow(dead_code, reason = "schema types: described in the document, never built")]
+
+use serde::Serialize;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+
+/// The document's fixed parts: title, security schemes, tags.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Portico management API",
+        description = "Hosts, users, tokens, DNS providers and certificates of a Portico proxy. \
+            Compatible with the seed system's API: the `auth-token` header, its field names and \
+            its error shape `{name, message, keys?}`.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    modifiers(&TokenSchemes),
+    tags(
+        (name = "auth", description = "Login, logout and API tokens"),
+        (name = "users", description = "Users and passwords"),
+        (name = "hosts", description = "Hosts: the routing table"),
+        (name = "dns", description = "DNS providers and the zones they manage"),
+        (name = "certs", description = "Certificates"),
+        (name = "health", description = "Liveness and readiness, without auth"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Name of the security requirement every authenticated route lists.
+pub const TOKEN: &str = "token";
+
+struct TokenSchemes;
+
+impl Modify for TokenSchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            TOKEN,
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "auth-token",
+                "A session token from /api/auth/login or an API token from /api/token.",
+            ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The same token in `Authorization: Bearer`."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// An error: `name` is the seed's error name (`LoginFailed`, `Forbidden`, `EntryNotFound`,
+/// `EntryNameUsed`, `ObjectValidateError`, `SyntaxError`, `TooManyRequests`, ...).
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    name: String,
+    message: String,
+    /// With `ObjectValidateError`: one entry per invalid field.
+    keys: Option<Vec<FieldProblem>>,
+}
+
+/// One invalid field.
+#[derive(Serialize, ToSchema)]
+pub struct FieldProblem {
+    key: String,
+    message: String,
+}
+
+/// Errors any authenticated route can answer.
+#[derive(IntoResponses)]
+pub enum AuthErrors {
+    /// No token, or an expired or revoked one (`LoginFailed`).
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// The caller's role may not do this (`Forbidden`).
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// The store is unreachable.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// Errors of routes that read a body.
+#[derive(IntoResponses)]
+pub enum InputErrors {
+    /// The body is not a JSON object (`SyntaxError`).
+    #[response(status = 400)]
+    Malformed(ErrorBody),
+    /// A field is missing or invalid (`ObjectValidateError`, `keys` names each field).
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+}
+
+/// The named entry does not exist.
+#[derive(IntoResponses)]
+#[response(status = 404)]
+pub struct Missing(ErrorBody);
+
+/// The name is taken (`EntryNameUsed`).
+#[derive(IntoResponses)]
+#[response(status = 409)]
+pub struct Taken(ErrorBody);
+
+/// Not in this version (the answer says what is missing).
+#[derive(IntoResponses)]
+#[response(status = 501)]
+pub struct NotYet(ErrorBody);
+
+/// An integer, or the same integer as a string (the seed's UI sends `"8080"`).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Port {
+    /// `8080`
+    Number(u16),
+    /// `"8080"`
+    Text(String),
+}
+
+/// A boolean, or `"true"` / `"false"`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Flag {
+    /// `true`
+    Bool(bool),
+    /// `"true"`
+    Text(String),
+}
+
+/// The fields the server keeps on every record (times in milliseconds since the epoch).
+#[derive(Serialize, ToSchema)]
+pub struct Bookkeeping {
+    created_by: String,
+    created_on: i64,
+    /// `__NONE__` until the first update.
+    updated_by: String,
+    updated_on: i64,
+}
+
+/// `{message}`.
+#[derive(Serialize, ToSchema)]
+pub struct Message {
+    message: String,
+}
+
+/// A list: names, or whole records with `?detail`.
+#[derive(Serialize, ToSchema)]
+pub struct Listing<T> {
+    results: Vec<Entry<T>>,
+}
+
+/// A name, or with `?detail` the whole record.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Entry<T> {
+    /// The record's name.
+    Name(String),
+    /// The record.
+    Detail(T),
+}
+
+/// `{item, results}`: one record and the name it was asked by.
+#[derive(Serialize, ToSchema)]
+pub struct Item<T> {
+    item: String,
+    results: T,
+}
+
+/// `{results}`.
+#[derive(Serialize, ToSchema)]
+pub struct Results<T> {
+    results: T,
+}
+
+/// A record after a write, with a `message`.
+#[derive(Serialize, ToSchema)]
+pub struct Written<T> {
+    #[serde(flatten)]
+    record: T,
+    message: String,
+}
+
+/// `POST /api/auth/login`.
+#[derive(Serialize, ToSchema)]
+pub struct Login {
+    username: String,
+    password: String,
+}
+
+/// A successful login.
+#[derive(Serialize, ToSchema)]
+pub struct LoginReply {
+    login: bool,
+    /// The session token: send it in `auth-token` (or `Authorization: Bearer`).
+    token: String,
+    message: String,
+}
+
+/// A user's role: admins also manage users, DNS providers and key exports.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Hosts, own tokens and password, reading certificates.
+    User,
+}
+
+/// A new user.
+#[derive(Serialize, ToSchema)]
+pub struct NewUser {
+    /// 3 to 64 letters, digits, `.`, `_`, `-` or `@`.
+    username: String,
+    /// At least 8 characters.
+    password: String,
+    /// `user` unless given.
+    role: Option<Role>,
+}
+
+/// A user (never the password hash).
+#[derive(Serialize, ToSchema)]
+pub struct User {
+    username: String,
+    role: Role,
+    #[serde(flatten)]
+    bookkeeping: Bookkeeping,
+}
+
+/// The caller.
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    username: String,
+    role: Role,
+}
+
+/// A new password (at least 8 characters).
+#[derive(Serialize, ToSchema)]
+pub struct NewPassword {
+    password: String,
+}
+
+/// A new API token.
+#[derive(Serialize, ToSchema)]
+pub struct NewToken {
+    /// 1 to 100 characters.
+    name: String,
+    /// Lifetime in days (default 365, at most 3650).
+    days: Option<u64>,
+}
+
+/// An API token's record (never the token).
+#[derive(Serialize, ToSchema)]
+pub struct Token {
+    /// Use it to revoke the token.
+    id: String,
+    name: String,
+    created_by: String,
+    created_on: u64,
+    expires_on: u64,
+}
+
+/// A token just created: `token` is shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedToken {
+    token: String,
+    results: Token,
+}
+
+/// A revoked token.
+#[derive(Serialize, ToSchema)]
+pub struct RevokedToken {
+    message: String,
+    results: Token,
+}
+
+/// A new host. `host` is a pattern: labels, each literal, `*` (one label) or `**` (one or more).
+#[derive(Serialize, ToSchema)]
+pub struct NewHost {
+    host: String,
+    /// IPv4, IPv6 or a hostname.
+    ip: String,
+    #[serde(rename = "targetPort")]
+    target_port: Port,
+    /// Redirect plain HTTP to HTTPS (default true).
+    forcessl: Option<Flag>,
+    /// Speak TLS to the target (default false).
+    targetssl: Option<Flag>,
+}
+
+/// A partial update: any of the fields; a new `host` renames.
+#[derive(Serialize, ToSchema)]
+pub struct HostUpdate {
+    host: Option<String>,
+    ip: Option<String>,
+    #[serde(rename = "targetPort")]
+    target_port: Option<Port>,
+    forcessl: Option<Flag>,
+    targetssl: Option<Flag>,
+}
+
+/// A host.
+#[derive(Serialize, ToSchema)]
+pub struct Host {
+    host: String,
+    ip: String,
+    #[serde(rename = "targetPort")]
+    target_port: u16,
+    forcessl: bool,
+    targetssl: bool,
+    #[serde(flatten)]
+    bookkeeping: Bookkeeping,
+}
+
+/// The host a name routes to, if any.
+#[derive(Serialize, ToSchema)]
+pub struct Lookup {
+    string: String,
+    results: Option<Host>,
+}
+
+/// The lookup tree, nested from the TLD; `#record` marks a pattern's end.
+#[derive(Serialize, ToSchema)]
+pub struct LookupTree {
+    #[schema(value_type = Object)]
+    results: serde_json::Value,
+}
+
+/// A DNS provider account: `name`, `dnsProvider` (`Cloudflare`, `DigitalOcean`, `PorkBun`) and
+/// that type's credential fields (`token`; or `apiKey` and `secretApiKey`).
+#[derive(Serialize, ToSchema)]
+pub struct NewDnsProvider {
+    name: String,
+    #[serde(rename = "dnsProvider")]
+    dns_provider: String,
+    #[serde(flatten)]
+    credentials: std::collections::BTreeMap<String, String>,
+}
+
+/// A DNS provider (never its credentials).
+#[derive(Serialize, ToSchema)]
+pub struct DnsProvider {
+    name: String,
+    #[serde(rename = "dnsProvider")]
+    dns_provider: String,
+    #[serde(rename = "displayName")]
+    display_name: String,
+    fields: std::collections::BTreeMap<String, CredentialField>,
+    #[serde(flatten)]
+    bookkeeping: Bookkeeping,
+}
+
+/// A provider type.
+#[derive(Serialize, ToSchema)]
+pub struct DnsProviderType {
+    name: String,
+    #[serde(rename = "displayName")]
+    display_name: String,
+    fields: std::collections::BTreeMap<String, CredentialField>,
+}
+
+/// A credential field, as the seed's UI reads it.
+#[derive(Serialize, ToSchema)]
+pub struct CredentialField {
+    r#type: String,
+    #[serde(rename = "isRequired")]
+    is_required: bool,
+    #[serde(rename = "isPrivate")]
+    is_private: bool,
+    #[serde(rename = "displayName")]
+    display_name: String,
+}
+
+/// A zone a DNS provider manages.
+#[derive(Serialize, ToSchema)]
+pub struct NewDomain {
+    domain: String,
+    #[serde(rename = "dnsProvider_id")]
+    dns_provider_id: String,
+    #[serde(rename = "zoneId")]
+    zone_id: Option<String>,
+}
+
+/// A zone.
+#[derive(Serialize, ToSchema)]
+pub struct Domain {
+    domain: String,
+    #[serde(rename = "dnsProvider_id")]
+    dns_provider_id: String,
+    #[serde(rename = "zoneId")]
+    zone_id: Option<String>,
+    #[serde(flatten)]
+    bookkeeping: Bookkeeping,
+}
+
+/// A certificate's metadata (times in milliseconds since the epoch).
+#[derive(Serialize, ToSchema)]
+pub struct Cert {
+    host: String,
+    names: Vec<String>,
+    issuer: String,
+    not_before: i64,
+    not_after: i64,
+    /// `valid`, `expired` or `not yet valid`.
+    status: String,
+    last_error: Option<String>,
+    cert_pem: Option<String>,
+    fullchain_pem: Option<String>,
+    /// Only with `?include_private_key=true`, for admins; every export is logged.
+    privkey_pem: Option<String>,
+}
+
+/// `{status: "ok"}`.
+#[derive(Serialize, ToSchema)]
+pub struct Alive {
+    status: String,
+}
+
+/// Readiness: whether the store answers and every listener is bound (503 unless both).
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    store: bool,
+    listeners: bool,
+}
+
+/// A deleted user.
+#[derive(Serialize, ToSchema)]
+pub struct DeletedUser {
+    username: String,
+    results: User,
+}
