@@ -23,11 +23,14 @@ pub enum Kind {
     DnsProvider,
     /// A DNS zone managed by a provider, keyed by domain.
     Domain,
+    /// A managed certificate's state (issuer, expiry, attempts, backoff), keyed by name. Its
+    /// PEMs live in the `<name>:latest` blob.
+    Cert,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 5] = [Kind::Host, Kind::User, Kind::AuthToken, Kind::DnsProvider, Kind::Domain];
+    pub const ALL: [Kind; 6] = [Kind::Host, Kind::User, Kind::AuthToken, Kind::DnsProvider, Kind::Domain, Kind::Cert];
 
     /// The seed's model name.
     pub fn name(self) -> &'static str {
@@ -37,6 +40,7 @@ impl Kind {
             Kind::AuthToken => "AuthToken",
             Kind::DnsProvider => "DnsProvider",
             Kind::Domain => "Domain",
+            Kind::Cert => "Cert",
         }
     }
 
@@ -58,6 +62,7 @@ impl Kind {
             Kind::AuthToken => "record/AuthToken",
             Kind::DnsProvider => "record/DnsProvider",
             Kind::Domain => "record/Domain",
+            Kind::Cert => "record/Cert",
         }
     }
 }
@@ -66,6 +71,28 @@ impl Kind {
 /// (`<name>:latest`, a JSON object with `fullchain_pem`, `privkey_pem`, `cert_pem`, `expiry`).
 pub fn cert_latest(name: &str) -> String {
     format!("{name}:latest")
+}
+
+/// The blob answering an HTTP-01 challenge (`<name>:challenge:<token>`, the key
+/// authorization), readable by every node.
+pub fn http01(name: &str, token: &str) -> String {
+    format!("{name}:challenge:{token}")
+}
+
+/// The blob answering a TLS-ALPN-01 challenge for `name` (the key authorization's digest).
+pub fn tls_alpn01(name: &str) -> String {
+    format!("{name}:tls-alpn-01")
+}
+
+/// The lock held while a certificate for `name` is issued or renewed.
+pub fn issue_lock(name: &str) -> String {
+    format!("portico:issue:{name}")
+}
+
+/// Portico's own blobs: the ACME account (per directory), the internal CA, the fallback
+/// certificate.
+pub fn portico(what: &str) -> String {
+    format!("portico:{what}")
 }
 
 impl fmt::Display for Kind {

@@ -1,0 +1,299 @@
+//! The ACME issuer (RFC 8555, through instant-acme): Let's Encrypt by default, or any CA's
+//! directory, with External Account Binding and extra roots to trust for the ACME server.
+//!
+//! The account is created once per directory and kept in the store. Challenge answers go to
+//! the store (HTTP-01 tokens, TLS-ALPN-01 digests) so that whichever node the CA reaches can
+//! answer. The preferred challenge is tried first; if validation fails, the other one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::Bytes;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, ChallengeType, ExternalAccountKey, Identifier,
+    NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use portico_store::{Store, keys};
+use rcgen::{CertificateParams, KeyPair};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+
+use crate::challenge::CHALLENGE_TTL;
+use crate::{CertError, IssueError, Issuer, StoredCert, load_or_create};
+
+/// The challenges Portico answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// HTTP-01, on the HTTP listener (port 80 for public CAs).
+    Http01,
+    /// TLS-ALPN-01, in the TLS acceptor (port 443 for public CAs).
+    TlsAlpn01,
+}
+
+impl Challenge {
+    fn acme(self) -> ChallengeType {
+        match self {
+            Self::Http01 => ChallengeType::Http01,
+            Self::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Self::Http01 => Self::TlsAlpn01,
+            Self::TlsAlpn01 => Self::Http01,
+        }
+    }
+
+    /// The name in configuration and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http01 => "http-01",
+            Self::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
+/// External Account Binding credentials, as the CA hands them out.
+#[derive(Clone)]
+pub struct Eab {
+    /// The key identifier.
+    pub kid: String,
+    /// The HMAC key, base64url as CAs publish it.
+    pub hmac_key: String,
+}
+
+impl std::fmt::Debug for Eab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Eab").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+/// Settings of the ACME issuer.
+#[derive(Debug, Clone)]
+pub struct AcmeSettings {
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Contact address for the account.
+    pub email: Option<String>,
+    /// External Account Binding, for CAs that require it.
+    pub eab: Option<Eab>,
+    /// PEM files of extra roots to trust for the ACME server (private CAs, tests).
+    pub ca_roots: Vec<PathBuf>,
+    /// The challenge tried first.
+    pub challenge: Challenge,
+}
+
+/// Issues certificates from an ACME CA.
+pub struct AcmeIssuer {
+    store: Arc<dyn Store>,
+    settings: AcmeSettings,
+    account: OnceCell<Account>,
+}
+
+impl std::fmt::Debug for AcmeIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeIssuer").field("directory", &self.settings.directory).finish_non_exhaustive()
+    }
+}
+
+/// How often the order is polled: soon at first (a local or fast CA validates in tens of
+/// milliseconds), then backing off.
+fn polling() -> RetryPolicy {
+    RetryPolicy::new().initial_delay(Duration::from_millis(15)).backoff(1.5).timeout(Duration::from_secs(60))
+}
+
+fn acme_error(e: instant_acme::Error) -> IssueError {
+    match e {
+        instant_acme::Error::Api(problem) => IssueError {
+            problem: problem.r#type.clone(),
+            detail: problem.detail.clone().unwrap_or_else(|| "the ACME server reported a problem".into()),
+        },
+        other => IssueError::local(format!("ACME: {other}")),
+    }
+}
+
+impl AcmeIssuer {
+    /// An issuer for `settings.directory`. Nothing is contacted until the first issuance.
+    pub fn new(store: Arc<dyn Store>, settings: AcmeSettings) -> Result<Self, CertError> {
+        if let Some(eab) = &settings.eab {
+            decode_hmac(&eab.hmac_key)?;
+        }
+        for path in &settings.ca_roots {
+            read_roots(path)?;
+        }
+        Ok(Self { store, settings, account: OnceCell::new() })
+    }
+
+    fn http_client(&self) -> Result<Box<dyn instant_acme::HttpClient>, IssueError> {
+        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        for path in &self.settings.ca_roots {
+            for cert in read_roots(path).map_err(|e| IssueError::local(e.to_string()))? {
+                roots.add(cert).map_err(|e| IssueError::local(format!("{}: {e}", path.display())))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build::<_, BodyWrapper<Bytes>>(connector);
+        Ok(Box::new(client))
+    }
+
+    /// The account: restored from the store, or created once (under a store lock) and kept.
+    async fn account(&self) -> Result<&Account, IssueError> {
+        self.account
+            .get_or_try_init(|| async {
+                let digest = Sha256::digest(self.settings.directory.as_bytes());
+                let key = keys::portico(&format!("acme-account:{}", hex(&digest[..8])));
+                let made = load_or_create(self.store.as_ref(), &key, async || {
+                    let contact = self.settings.email.as_ref().map(|e| format!("mailto:{e}"));
+                    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+                    let eab = match &self.settings.eab {
+                        Some(eab) => Some(ExternalAccountKey::new(eab.kid.clone(), &decode_hmac(&eab.hmac_key)?)),
+                        None => None,
+                    };
+                    let new =
+                        NewAccount { contact: &contacts, terms_of_service_agreed: true, only_return_existing: false };
+                    let builder = Account::builder_with_http(self.http_client()?);
+                    let (_, credentials) = builder
+                        .create(&new, self.settings.directory.clone(), eab.as_ref())
+                        .await
+                        .map_err(acme_error)?;
+                    tracing::info!(directory = %self.settings.directory, "ACME account created");
+                    serde_json::to_vec(&credentials).map_err(|e| CertError::Invalid(e.to_string()))
+                })
+                .await
+                .map_err(|e| match e {
+                    CertError::Issue(issue) => issue,
+                    other => IssueError::local(other.to_string()),
+                })?;
+                let credentials: AccountCredentials = serde_json::from_slice(&made)
+                    .map_err(|e| IssueError::local(format!("the stored ACME account does not parse: {e}")))?;
+                Account::builder_with_http(self.http_client()?).from_credentials(credentials).await.map_err(acme_error)
+            })
+            .await
+    }
+
+    async fn order(&self, account: &Account, name: &str, challenge: Challenge) -> Result<StoredCert, IssueError> {
+        let identifiers = [Identifier::Dns(name.to_owned())];
+        let mut order = account.new_order(&NewOrder::new(&identifiers)).await.map_err(acme_error)?;
+        tracing::info!(name, order = order.url(), challenge = challenge.as_str(), "ACME order created");
+        let mut published = Vec::new();
+        let result = self.fulfil(&mut order, name, challenge, &mut published).await;
+        for key in published {
+            if let Err(e) = self.store.delete_blob(&key).await {
+                tracing::debug!(name, error = %e, "cannot remove a challenge answer; it expires by itself");
+            }
+        }
+        result
+    }
+
+    async fn fulfil(
+        &self,
+        order: &mut instant_acme::Order,
+        name: &str,
+        challenge: Challenge,
+        published: &mut Vec<String>,
+    ) -> Result<StoredCert, IssueError> {
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(acme_error)?;
+            match authz.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                status => return Err(IssueError::local(format!("the authorization is {status:?}"))),
+            }
+            let mut handle = authz
+                .challenge(challenge.acme())
+                .ok_or_else(|| IssueError::local(format!("the CA offers no {} challenge", challenge.as_str())))?;
+            let key_authorization = handle.key_authorization();
+            let (key, value) = match challenge {
+                Challenge::Http01 => {
+                    (keys::http01(name, &handle.token), key_authorization.as_str().as_bytes().to_vec())
+                }
+                Challenge::TlsAlpn01 => (keys::tls_alpn01(name), key_authorization.digest().as_ref().to_vec()),
+            };
+            self.store
+                .put_blob(&key, &value, Some(CHALLENGE_TTL))
+                .await
+                .map_err(|e| IssueError::local(e.to_string()))?;
+            published.push(key);
+            handle.set_ready().await.map_err(acme_error)?;
+            tracing::info!(name, challenge = challenge.as_str(), "ACME challenge ready");
+        }
+        let status = order.poll_ready(&polling()).await.map_err(acme_error)?;
+        if status != OrderStatus::Ready {
+            return Err(self.why_invalid(order, challenge).await);
+        }
+        let key = KeyPair::generate().map_err(|e| IssueError::local(format!("cannot make a key: {e}")))?;
+        let csr = CertificateParams::new(vec![name.to_owned()])
+            .and_then(|p| p.serialize_request(&key))
+            .map_err(|e| IssueError::local(format!("cannot make the CSR: {e}")))?;
+        order.finalize_csr(csr.der()).await.map_err(acme_error)?;
+        let chain = order.poll_certificate(&polling()).await.map_err(acme_error)?;
+        tracing::info!(name, "ACME certificate downloaded");
+        StoredCert::new(chain, key.serialize_pem()).map_err(|e| IssueError::local(e.to_string()))
+    }
+
+    /// The problem of the challenge that failed, as the CA reports it.
+    async fn why_invalid(&self, order: &mut instant_acme::Order, challenge: Challenge) -> IssueError {
+        let mut authorizations = order.authorizations();
+        while let Some(Ok(authz)) = authorizations.next().await {
+            let problem =
+                authz.challenges.iter().filter(|c| c.r#type == challenge.acme()).find_map(|c| c.error.clone());
+            if let Some(problem) = problem {
+                return acme_error(instant_acme::Error::Api(problem));
+            }
+        }
+        IssueError::local("the ACME order became invalid")
+    }
+}
+
+#[async_trait]
+impl Issuer for AcmeIssuer {
+    fn kind(&self) -> &'static str {
+        "acme"
+    }
+
+    async fn issue(&self, name: &str) -> Result<StoredCert, IssueError> {
+        let account = self.account().await?;
+        let first = self.settings.challenge;
+        match self.order(account, name, first).await {
+            Ok(cert) => Ok(cert),
+            Err(e) => {
+                let second = first.other();
+                tracing::warn!(name, challenge = first.as_str(), error = %e,
+                    "ACME validation failed; trying {}", second.as_str());
+                self.order(account, name, second).await
+            }
+        }
+    }
+}
+
+fn decode_hmac(key: &str) -> Result<Vec<u8>, CertError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key.trim_end_matches('='))
+        .map_err(|_| CertError::Invalid("tls.acme_eab_hmac_key is not base64url".into()))
+}
+
+fn read_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| CertError::Invalid(format!("tls.acme_ca_roots: cannot read {}: {e}", path.display())))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| CertError::Invalid(format!("tls.acme_ca_roots: {} is not PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(CertError::Invalid(format!("tls.acme_ca_roots: {} holds no certificate", path.display())));
+    }
+    Ok(certs)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,105 @@
+//! The internal CA (`tls.issuer = "internal"`): a root generated once and kept in the store,
+//! issuing leaf certificates at once. For development, tests and private networks; clients
+//! trust it through `portico ca export`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use portico_store::{Store, keys};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::OnceCell;
+
+use crate::{CertError, IssueError, Issuer, StoredCert, load_or_create};
+
+/// The root as stored (`portico:internal-ca`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Root {
+    cert_pem: String,
+    key_pem: String,
+}
+
+/// An issuer that signs with its own root.
+#[derive(Debug)]
+pub struct InternalCa {
+    store: Arc<dyn Store>,
+    leaf_lifetime: Duration,
+    root: OnceCell<Root>,
+}
+
+impl InternalCa {
+    /// Leaf certificates last `leaf_lifetime`.
+    pub fn new(store: Arc<dyn Store>, leaf_lifetime: Duration) -> Self {
+        Self { store, leaf_lifetime, root: OnceCell::new() }
+    }
+
+    /// The root certificate (PEM) clients must trust; made on first use.
+    pub async fn root_pem(&self) -> Result<String, CertError> {
+        Ok(self.root().await?.cert_pem.clone())
+    }
+
+    async fn root(&self) -> Result<&Root, CertError> {
+        self.root
+            .get_or_try_init(|| async {
+                let bytes =
+                    load_or_create(self.store.as_ref(), &keys::portico("internal-ca"), async || make_root()).await?;
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| CertError::Invalid(format!("the stored internal CA does not parse: {e}")))
+            })
+            .await
+    }
+}
+
+fn make_root() -> Result<Vec<u8>, CertError> {
+    let invalid = |e: rcgen::Error| CertError::Invalid(format!("cannot make the internal CA: {e}"));
+    let key = KeyPair::generate().map_err(invalid)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, "Portico Internal Root CA");
+    params.distinguished_name.push(DnType::OrganizationName, "Portico");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(3650);
+    let cert = params.self_signed(&key).map_err(invalid)?;
+    let root = Root { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
+    serde_json::to_vec(&root).map_err(|e| CertError::Invalid(e.to_string()))
+}
+
+#[async_trait]
+impl Issuer for InternalCa {
+    fn kind(&self) -> &'static str {
+        "internal"
+    }
+
+    async fn issue(&self, name: &str) -> Result<StoredCert, IssueError> {
+        let root = self.root().await.map_err(|e| IssueError::local(e.to_string()))?;
+        let failed = |e: rcgen::Error| IssueError::local(format!("the internal CA cannot sign: {e}"));
+        let ca_key = KeyPair::from_pem(&root.key_pem).map_err(failed)?;
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&root.cert_pem, ca_key).map_err(failed)?;
+        let key = KeyPair::generate().map_err(failed)?;
+        let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(failed)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + time::Duration::seconds(self.leaf_lifetime.as_secs() as i64);
+        let cert = params.signed_by(&key, &issuer).map_err(failed)?;
+        StoredCert::new(cert.pem(), key.serialize_pem()).map_err(|e| IssueError::local(e.to_string()))
+    }
+}
+
+/// The fallback certificate: self-signed, for no real name. Served to clients without SNI
+/// and for names that get no certificate of their own.
+pub(crate) fn make_fallback() -> Result<Vec<u8>, CertError> {
+    let invalid = |e: rcgen::Error| CertError::Invalid(format!("cannot make the fallback certificate: {e}"));
+    let key = KeyPair::generate().map_err(invalid)?;
+    let mut params = CertificateParams::new(vec!["portico.invalid".to_owned()]).map_err(invalid)?;
+    params.distinguished_name.push(DnType::CommonName, "Portico fallback certificate");
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(3650);
+    let cert = params.self_signed(&key).map_err(invalid)?;
+    Ok(StoredCert::new(cert.pem(), key.serialize_pem())?.to_json())
+}

@@ -1,0 +1,120 @@
+//! Portico's certificates.
+//!
+//! [`Certs`] answers "which certificate for this name?" for the TLS acceptor: memory, then the
+//! store, then the on-demand gate (a host pattern must match the name; never an IP literal,
+//! never a name in failure backoff; a global issuance rate), then one issuance per name
+//! (single-flight in the process, a store lease across nodes), then serve. Names that are
+//! denied or failing, and clients without SNI, get the fallback certificate: self-signed,
+//! generated once, persisted, and never another host's certificate.
+//!
+//! Issuers: [`acme::AcmeIssuer`] (RFC 8555 through instant-acme; HTTP-01 answered from
+//! tokens in the store, TLS-ALPN-01 in the acceptor) and [`internal::InternalCa`] (a root
+//! kept in the store). [`renew`] keeps certificates fresh.
+
+pub mod acme;
+pub mod challenge;
+pub mod internal;
+mod manager;
+pub mod renew;
+pub mod status;
+pub mod stored;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use portico_store::{Store, StoreError};
+
+pub use manager::{CertSettings, Certs, NamePolicy, Resolved};
+pub use stored::{Loaded, Meta, StoredCert};
+
+/// Something went wrong with a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// Stored or issued material does not parse.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Issuance failed.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+}
+
+/// Why an issuance failed: an ACME problem (its type and detail), or something local.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueError {
+    /// The ACME problem type (`urn:ietf:params:acme:error:…`), when the CA sent one.
+    pub problem: Option<String>,
+    /// What happened.
+    pub detail: String,
+}
+
+impl IssueError {
+    /// A failure without an ACME problem document.
+    pub fn local(detail: impl Into<String>) -> Self {
+        Self { problem: None, detail: detail.into() }
+    }
+}
+
+impl fmt::Display for IssueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.problem {
+            Some(problem) => write!(f, "{problem}: {}", self.detail),
+            None => f.write_str(&self.detail),
+        }
+    }
+}
+
+impl std::error::Error for IssueError {}
+
+/// Issues certificates for single names.
+#[async_trait]
+pub trait Issuer: Send + Sync + fmt::Debug {
+    /// `acme` or `internal`, as `tls.issuer` names it.
+    fn kind(&self) -> &'static str;
+    /// A certificate for `name`.
+    async fn issue(&self, name: &str) -> Result<StoredCert, IssueError>;
+}
+
+/// Reads the blob `key`, or makes it with `make` and stores it, once across every process
+/// sharing the store (a lease lock guards the making).
+pub(crate) async fn load_or_create(
+    store: &dyn Store,
+    key: &str,
+    make: impl AsyncFnOnce() -> Result<Vec<u8>, CertError>,
+) -> Result<Vec<u8>, CertError> {
+    if let Some(existing) = store.blob(key).await? {
+        return Ok(existing);
+    }
+    let lock = format!("{key}:lock");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(lease) = store.acquire(&lock, Duration::from_secs(30)).await? {
+            let result = async {
+                if let Some(existing) = store.blob(key).await? {
+                    return Ok(existing);
+                }
+                let made = make().await?;
+                store.put_blob(key, &made, None).await?;
+                Ok(made)
+            }
+            .await;
+            store.release(&lease).await?;
+            return result;
+        }
+        if let Some(existing) = store.blob(key).await? {
+            return Ok(existing);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(CertError::Invalid(format!("another process holds {lock} for too long")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> i64 {
+    (portico_store::now_ms() / 1000) as i64
+}

@@ -1,0 +1,62 @@
+//! The renewal scheduler (control-plane role): every interval, every managed certificate that
+//! is due (a third of its lifetime left, with jitter, or a failure backoff over) is renewed
+//! under the store lock; certificates whose host is gone are not renewed and are removed once
+//! expired.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portico_store::Kind;
+use tokio_util::sync::CancellationToken;
+
+use crate::status::CertState;
+use crate::{CertError, Certs, now_secs};
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Sweep {
+    /// Names renewed.
+    pub renewed: Vec<String>,
+    /// Names whose renewal failed.
+    pub failed: Vec<String>,
+    /// Expired certificates of names no host matches any more, removed.
+    pub removed: Vec<String>,
+}
+
+/// Checks every managed certificate once.
+pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
+    let mut done = Sweep::default();
+    for (name, fields) in certs.store().records(Kind::Cert).await? {
+        let state = CertState::from_fields(&fields);
+        let now = now_secs();
+        if !certs.allows(&name) {
+            if state.not_after <= now {
+                certs.remove(&name).await?;
+                tracing::info!(name, "removed the expired certificate of a name no host matches");
+                done.removed.push(name);
+            }
+            continue;
+        }
+        if now < state.next_attempt {
+            continue;
+        }
+        match certs.renew_due(&name).await {
+            Ok(_) => done.renewed.push(name),
+            Err(_) => done.failed.push(name),
+        }
+    }
+    Ok(done)
+}
+
+/// Sweeps every `interval` until `shutdown`.
+pub async fn run(certs: Arc<Certs>, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        if let Err(e) = sweep(&certs).await {
+            tracing::warn!(error = %e, "the renewal sweep failed; it runs again at the next interval");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! A managed certificate's state, kept in the store (`Kind::Cert`, keyed by name) so that
+//! every node sees the same backoff and the API can show it.
+
+use portico_store::Fields;
+
+/// What Portico knows about one name's certificate. Times are seconds since the epoch; 0 is
+/// "never".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertState {
+    /// The issuer of the current certificate (`acme`, `internal`), if there is one.
+    pub issuer: String,
+    /// The current certificate's notAfter.
+    pub not_after: i64,
+    /// The last issuance or renewal attempt.
+    pub last_attempt: i64,
+    /// When the next attempt is due (renewal time, or the end of a failure backoff).
+    pub next_attempt: i64,
+    /// Consecutive failures (0 after a success).
+    pub failures: u32,
+    /// The last failure's ACME problem type, if the CA sent one.
+    pub last_error_type: String,
+    /// The last failure, empty after a success.
+    pub last_error: String,
+}
+
+impl CertState {
+    /// Reads a stored record (missing or malformed fields read as 0 or empty).
+    pub fn from_fields(fields: &Fields) -> Self {
+        let number = |k: &str| fields.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let text = |k: &str| fields.get(k).cloned().unwrap_or_default();
+        Self {
+            issuer: text("issuer"),
+            not_after: number("not_after"),
+            last_attempt: number("last_attempt"),
+            next_attempt: number("next_attempt"),
+            failures: fields.get("failures").and_then(|v| v.parse().ok()).unwrap_or(0),
+            last_error_type: text("last_error_type"),
+            last_error: text("last_error"),
+        }
+    }
+
+    /// The record to store.
+    pub fn to_fields(&self) -> Fields {
+        [
+            ("issuer", self.issuer.clone()),
+            ("not_after", self.not_after.to_string()),
+            ("last_attempt", self.last_attempt.to_string()),
+            ("next_attempt", self.next_attempt.to_string()),
+            ("failures", self.failures.to_string()),
+            ("last_error_type", self.last_error_type.clone()),
+            ("last_error", self.last_error.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Whether a failure backoff is running at `now`.
+    pub fn backing_off(&self, now: i64) -> bool {
+        self.failures > 0 && now < self.next_attempt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_reads_garbage_as_defaults() {
+        let state = CertState {
+            issuer: "acme".into(),
+            not_after: 10,
+            last_attempt: 5,
+            next_attempt: 7,
+            failures: 2,
+            last_error_type: "urn:ietf:params:acme:error:connection".into(),
+            last_error: "refused".into(),
+        };
+        assert_eq!(CertState::from_fields(&state.to_fields()), state);
+        assert!(state.backing_off(6));
+        assert!(!state.backing_off(7));
+        let garbage: Fields = [("not_after".to_owned(), "soon".to_owned())].into_iter().collect();
+        assert_eq!(CertState::from_fields(&garbage), CertState::default());
+    }
+}

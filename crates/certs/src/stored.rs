@@ -1,0 +1,177 @@
+//! A certificate as it is stored (lua-resty-auto-ssl's `<name>:latest` JSON, so the seed's
+//! certificates keep serving) and as rustls serves it.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::CertError;
+
+/// lua-resty-auto-ssl's certificate JSON. `expiry` is the leaf's notAfter in seconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredCert {
+    /// The leaf and its intermediates, PEM.
+    pub fullchain_pem: String,
+    /// The private key, PEM (PKCS#8).
+    pub privkey_pem: String,
+    /// The leaf alone, PEM.
+    #[serde(default)]
+    pub cert_pem: String,
+    /// The leaf's notAfter, seconds since the epoch.
+    #[serde(default)]
+    pub expiry: i64,
+}
+
+impl StoredCert {
+    /// From a chain and a key as an issuer hands them over.
+    pub fn new(fullchain_pem: String, privkey_pem: String) -> Result<Self, CertError> {
+        let leaf = CertificateDer::pem_slice_iter(fullchain_pem.as_bytes())
+            .next()
+            .ok_or_else(|| CertError::Invalid("the chain has no certificate".into()))?
+            .map_err(|e| CertError::Invalid(format!("the chain's PEM does not parse: {e}")))?;
+        let meta = Meta::of(&leaf)?;
+        let cert_pem = pem_block("CERTIFICATE", &leaf);
+        Ok(Self { fullchain_pem, privkey_pem, cert_pem, expiry: meta.not_after })
+    }
+
+    /// Parses the stored JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, CertError> {
+        serde_json::from_slice(bytes).map_err(|e| CertError::Invalid(format!("a stored certificate is not valid: {e}")))
+    }
+
+    /// The JSON to store.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// What rustls serves, and the leaf's names and validity.
+    pub fn load(&self) -> Result<Loaded, CertError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.fullchain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| CertError::Invalid(format!("the chain's PEM does not parse: {e}")))?;
+        let leaf = chain.first().ok_or_else(|| CertError::Invalid("the chain has no certificate".into()))?;
+        let meta = Meta::of(leaf)?;
+        let key = PrivateKeyDer::from_pem_slice(self.privkey_pem.as_bytes())
+            .map_err(|e| CertError::Invalid(format!("the private key's PEM does not parse: {e}")))?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| CertError::Invalid(format!("the private key is not usable: {e}")))?;
+        Ok(Loaded { key: Arc::new(CertifiedKey::new(chain, signing)), meta })
+    }
+}
+
+/// A certificate ready to serve.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// What rustls serves.
+    pub key: Arc<CertifiedKey>,
+    /// The leaf's names and validity.
+    pub meta: Meta,
+}
+
+/// A leaf certificate's names and validity (seconds since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// DNS names of the subjectAltName extension.
+    pub names: Vec<String>,
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    /// Start of validity.
+    pub not_before: i64,
+    /// End of validity.
+    pub not_after: i64,
+}
+
+impl Meta {
+    /// Reads a DER certificate.
+    pub fn of(der: &[u8]) -> Result<Self, CertError> {
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| CertError::Invalid(format!("the certificate does not parse: {e}")))?;
+        let names = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let validity = cert.validity();
+        Ok(Self {
+            names,
+            issuer: cert.issuer().to_string(),
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+        })
+    }
+
+    /// Whether the certificate names `host` (exactly, or through a `*.` name one label up).
+    pub fn covers(&self, host: &str) -> bool {
+        self.names.iter().any(|n| match n.strip_prefix("*.") {
+            Some(parent) => host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+            None => n == host,
+        })
+    }
+
+    /// The moment renewal is due: when `ratio` of the lifetime remains.
+    pub fn renew_at(&self, ratio: f64) -> i64 {
+        let lifetime = (self.not_after - self.not_before).max(0) as f64;
+        self.not_after - (lifetime * ratio) as i64
+    }
+}
+
+/// One PEM block.
+pub fn pem_block(label: &str, der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der.to_vec()), config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(names: &[&str]) -> Meta {
+        Meta {
+            names: names.iter().map(|s| (*s).to_owned()).collect(),
+            issuer: String::new(),
+            not_before: 0,
+            not_after: 90,
+        }
+    }
+
+    #[test]
+    fn covers_exact_and_one_label_wildcards() {
+        let m = meta(&["a.example.test", "*.w.example.test"]);
+        assert!(m.covers("a.example.test"));
+        assert!(m.covers("x.w.example.test"));
+        assert!(!m.covers("w.example.test"));
+        assert!(!m.covers("y.x.w.example.test"));
+        assert!(!m.covers("b.example.test"));
+    }
+
+    #[test]
+    fn renewal_is_due_when_a_third_remains() {
+        assert_eq!(meta(&[]).renew_at(1.0 / 3.0), 60);
+    }
+
+    #[test]
+    fn round_trip_through_the_seed_json() {
+        let made = rcgen::generate_simple_self_signed(vec!["rt.example.test".to_owned()]).unwrap();
+        let stored = StoredCert::new(made.cert.pem(), made.signing_key.serialize_pem()).unwrap();
+        assert_eq!(stored.cert_pem.trim(), made.cert.pem().trim());
+        let back = StoredCert::from_json(&stored.to_json()).unwrap();
+        let loaded = back.load().unwrap();
+        assert_eq!(loaded.meta.names, vec!["rt.example.test"]);
+        assert_eq!(loaded.meta.not_after, back.expiry);
+        assert!(StoredCert::from_json(b"{}").is_err());
+    }
+}
