@@ -9,21 +9,24 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use portico_model::HostPattern;
-use portico_store::keys;
-use serde_json::{Value, json};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use portico_certs::Meta;
+use portico_certs::status::CertState;
+use portico_store::{Kind, keys};
+use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::openapi as doc;
 use crate::state::Api;
 
-/// `GET /api/cert/{host}[?include_private_key=true]`.
+/// `GET /api/cert/{host}[?include_private_key=true]`: the stored certificate's metadata and
+/// Portico's state for the name (attempts, backoff, last error). A name whose issuance keeps
+/// failing has state but no certificate; it is shown with `status: "none"`.
 #[utoipa::path(
     get,
     path = "/api/cert/{host}",
     tag = "certs",
-    params(("host" = String, Path, description = "A host name or pattern"), ("include_private_key" = Option<bool>, Query, description = "Admins only: include the private key (logged)")),
+    params(("host" = String, Path, description = "A host name"), ("include_private_key" = Option<bool>, Query, description = "Admins only: include the private key (logged)")),
     responses((status = 200, body = doc::Item<doc::Cert>), doc::AuthErrors, doc::Missing),
     security(("token" = []), ("bearer" = []))
 )]
@@ -35,61 +38,68 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::NotFound { kind: "Cert", key: host.clone() };
     let name = HostPattern::parse(&host).map_err(|_| not_found())?;
-    let blob = api.store.blob(&keys::cert_latest(name.as_str())).await?.ok_or_else(not_found)?;
-    let stored: Value =
-        serde_json::from_slice(&blob).map_err(|_| ApiError::Internal("a stored certificate is not JSON"))?;
-    let pem = |field: &str| stored.get(field).and_then(Value::as_str).map(str::to_owned);
-    let chain = pem("fullchain_pem")
-        .or_else(|| pem("cert_pem"))
-        .ok_or(ApiError::Internal("a stored certificate has no PEM"))?;
-    let mut out = metadata(&chain).ok_or(ApiError::Internal("a stored certificate does not parse"))?;
+    let blob = api.store.blob(&keys::cert_latest(name.as_str())).await?;
+    let state = api.store.record(Kind::Cert, name.as_str()).await?.map(|f| CertState::from_fields(&f));
+    if blob.is_none() && state.is_none() {
+        return Err(not_found());
+    }
+    let mut out = Map::new();
     out.insert("host".into(), json!(name.as_str()));
-    out.insert("cert_pem".into(), json!(pem("cert_pem")));
-    out.insert("fullchain_pem".into(), json!(pem("fullchain_pem")));
-    out.insert("last_error".into(), stored.get("last_error").cloned().unwrap_or(Value::Null));
+    let stored = match &blob {
+        Some(bytes) => {
+            let stored: Value = serde_json::from_slice(bytes)
+                .map_err(|_| ApiError::Internal("a stored certificate is not JSON"))?;
+            let pem = |field: &str| stored.get(field).and_then(Value::as_str).map(str::to_owned);
+            let chain = pem("fullchain_pem")
+                .or_else(|| pem("cert_pem"))
+                .ok_or(ApiError::Internal("a stored certificate has no PEM"))?;
+            out.extend(metadata(&chain).ok_or(ApiError::Internal("a stored certificate does not parse"))?);
+            out.insert("cert_pem".into(), json!(pem("cert_pem")));
+            out.insert("fullchain_pem".into(), json!(pem("fullchain_pem")));
+            out.insert("last_error".into(), stored.get("last_error").cloned().unwrap_or(Value::Null));
+            Some(stored)
+        }
+        None => {
+            out.insert("status".into(), json!("none"));
+            None
+        }
+    };
+    if let Some(state) = &state {
+        let millis = |secs: i64| if secs > 0 { json!(secs * 1000) } else { Value::Null };
+        let text = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+        out.insert("issued_by".into(), text(&state.issuer));
+        out.insert("last_attempt".into(), millis(state.last_attempt));
+        out.insert("next_attempt".into(), millis(state.next_attempt));
+        out.insert("failures".into(), json!(state.failures));
+        out.insert("last_error".into(), text(&state.last_error));
+        out.insert("last_error_type".into(), text(&state.last_error_type));
+    }
     if query.get("include_private_key").is_some_and(|v| v == "true") {
         caller.require_admin()?;
+        let key = stored.as_ref().and_then(|s| s.get("privkey_pem")).cloned().unwrap_or(Value::Null);
         tracing::warn!(username = %caller.username, host = %name, "private key exported through the API");
-        out.insert("privkey_pem".into(), json!(pem("privkey_pem")));
+        out.insert("privkey_pem".into(), key);
     }
     Ok(Json(json!({ "item": host, "results": out })))
 }
 
-/// Names, issuer, validity and status of the first certificate of a PEM chain.
-fn metadata(chain: &str) -> Option<serde_json::Map<String, Value>> {
+/// Names, issuer, validity (milliseconds) and status of the first certificate of a PEM chain.
+fn metadata(chain: &str) -> Option<Map<String, Value>> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(chain.as_bytes()).ok()?;
-    let (_, cert) = X509Certificate::from_der(&pem.contents).ok()?;
-    let names: Vec<String> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some((*d).to_owned()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let validity = cert.validity();
-    let not_before = validity.not_before.timestamp() * 1000;
-    let not_after = validity.not_after.timestamp() * 1000;
-    let now = portico_store::now_ms() as i64;
-    let status = if now > not_after {
+    let meta = Meta::of(&pem.contents).ok()?;
+    let now = portico_certs::now_secs();
+    let status = if now > meta.not_after {
         "expired"
-    } else if now < not_before {
+    } else if now < meta.not_before {
         "not yet valid"
     } else {
         "valid"
     };
-    let mut out = serde_json::Map::new();
-    out.insert("names".into(), json!(names));
-    out.insert("issuer".into(), json!(cert.issuer().to_string()));
-    out.insert("not_before".into(), json!(not_before));
-    out.insert("not_after".into(), json!(not_after));
+    let mut out = Map::new();
+    out.insert("names".into(), json!(meta.names));
+    out.insert("issuer".into(), json!(meta.issuer));
+    out.insert("not_before".into(), json!(meta.not_before * 1000));
+    out.insert("not_after".into(), json!(meta.not_after * 1000));
     out.insert("status".into(), json!(status));
     Some(out)
 }

@@ -70,6 +70,9 @@ pub enum ApiError {
     /// The feature this route needs is not in this version.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// A certificate authority (or another service this route needs) failed.
+    #[error("{0}")]
+    Upstream(String),
     /// The store failed.
     #[error("the store is unavailable")]
     Store(#[source] StoreError),
@@ -110,6 +113,7 @@ impl ApiError {
             Self::RouteNotFound => ("Error", StatusCode::NOT_FOUND),
             Self::MethodNotAllowed => ("MethodNotAllowed", StatusCode::METHOD_NOT_ALLOWED),
             Self::Unavailable(_) => ("NotImplemented", StatusCode::NOT_IMPLEMENTED),
+            Self::Upstream(_) => ("UpstreamError", StatusCode::BAD_GATEWAY),
             Self::Store(_) => ("StoreUnavailable", StatusCode::SERVICE_UNAVAILABLE),
             Self::Internal(_) => ("InternalError", StatusCode::INTERNAL_SERVER_ERROR),
         }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use portico_model::{Host, HostPattern, Hostname, PatternLabel, Target};
+use portico_model::{Host, HostPattern, HostTable, Hostname, PatternLabel, Target};
 use portico_store::{Kind, StoreError};
 use serde_json::{Map, Value, json};
 
@@ -242,18 +242,50 @@ pub async fn lookup_tree(State(api): State<Api>, caller: Caller) -> Result<Json<
     Ok(Json(json!({ "results": root })))
 }
 
-/// `PUT /api/host/{item}/renew`: certificates are not managed by this version yet.
+/// `PUT /api/host/{item}/renew`: issues new certificates now for the host's names: the name
+/// itself for an exact pattern, and every name already holding a certificate under a wildcard
+/// pattern (the others get theirs on their first HTTPS request).
 #[utoipa::path(
     put,
     path = "/api/host/{item}/renew",
     tag = "hosts",
     params(("item" = String, Path, description = "A host pattern")),
-    responses(doc::AuthErrors, doc::Missing, doc::NotYet),
+    responses(
+        (status = 200, body = doc::Renewed, description = "Every certificate of the host was renewed"),
+        (status = 502, body = doc::ErrorBody, description = "The CA refused or failed (UpstreamError; the message has its problem)"),
+        doc::AuthErrors, doc::Missing, doc::NotYet
+    ),
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn renew(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Result<Json<Value>, ApiError> {
-    stored(&api, &item).await?;
-    Err(ApiError::Unavailable("certificates are not managed by this version yet; renewal arrives with automatic HTTPS"))
+    let (_, host) = stored(&api, &item).await?;
+    let Some(certs) = &api.certs else {
+        return Err(ApiError::Unavailable("this process does not manage certificates"));
+    };
+    let mut names = Vec::new();
+    if host.host.labels().all(|l| matches!(l, PatternLabel::Literal(_))) {
+        names.push(host.host.to_string());
+    } else {
+        let only: HostTable<()> = [(host.host.clone(), ())].into_iter().collect();
+        names.extend(api.store.keys(Kind::Cert).await?.into_iter().filter(|n| only.lookup(n).is_some()));
+    }
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for name in names {
+        match certs.renew_now(&name).await {
+            Ok(loaded) => results.push(json!({ "name": name, "not_after": loaded.meta.not_after * 1000 })),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(ApiError::Upstream(format!("renewal failed for {}", failures.join("; "))));
+    }
+    let message = if results.is_empty() {
+        format!("No certificates under {item} yet: each name gets one on its first HTTPS request.")
+    } else {
+        format!("Renewed {} certificate(s) for {item}.", results.len())
+    };
+    Ok(Json(json!({ "message": message, "results": results })))
 }
 
 fn parse_pattern(text: &str, errors: &mut Vec<FieldError>) -> Option<HostPattern> {

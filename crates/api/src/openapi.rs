@@ -335,6 +335,21 @@ pub struct LookupTree {
     results: serde_json::Value,
 }
 
+/// Certificates renewed by `PUT /api/host/{item}/renew`.
+#[derive(Serialize, ToSchema)]
+pub struct Renewed {
+    message: String,
+    results: Vec<RenewedCert>,
+}
+
+/// One renewed certificate.
+#[derive(Serialize, ToSchema)]
+pub struct RenewedCert {
+    name: String,
+    /// Milliseconds since the epoch.
+    not_after: i64,
+}
+
 /// A DNS provider account: `name`, `dnsProvider` (`Cloudflare`, `DigitalOcean`, `PorkBun`) and
 /// that type's credential fields (`token`; or `apiKey` and `secretApiKey`).
 #[derive(Serialize, ToSchema)]
@@ -402,16 +417,29 @@ pub struct Domain {
     bookkeeping: Bookkeeping,
 }
 
-/// A certificate's metadata (times in milliseconds since the epoch).
+/// A certificate's metadata and Portico's state for the name (times in milliseconds since
+/// the epoch).
 #[derive(Serialize, ToSchema)]
 pub struct Cert {
     host: String,
-    names: Vec<String>,
-    issuer: String,
-    not_before: i64,
-    not_after: i64,
-    /// `valid`, `expired` or `not yet valid`.
+    names: Option<Vec<String>>,
+    /// The certificate's issuer (distinguished name).
+    issuer: Option<String>,
+    not_before: Option<i64>,
+    not_after: Option<i64>,
+    /// `valid`, `expired`, `not yet valid`, or `none` while issuance keeps failing.
     status: String,
+    /// `acme` or `internal`: who issued the current certificate.
+    issued_by: Option<String>,
+    /// The last issuance or renewal attempt.
+    last_attempt: Option<i64>,
+    /// When the next attempt is due: the renewal time, or the end of a failure backoff.
+    next_attempt: Option<i64>,
+    /// Consecutive failures.
+    failures: Option<u32>,
+    /// The last failure's ACME problem type (`urn:ietf:params:acme:error:…`).
+    last_error_type: Option<String>,
+    /// The last failure.
     last_error: Option<String>,
     cert_pem: Option<String>,
     fullchain_pem: Option<String>,

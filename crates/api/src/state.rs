@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use portico_certs::Certs;
 use portico_proxy::Routes;
 use portico_store::Store;
 
@@ -38,18 +39,26 @@ pub struct ApiState {
     pub limiter: LoginLimiter,
     /// Set once every listener is bound; `/readyz` reports it.
     pub listeners_ready: AtomicBool,
+    /// Certificates, for renewals asked through the API (`None`: not managed here).
+    pub certs: Option<Arc<Certs>>,
 }
 
 impl ApiState {
     /// New state with the default login limits (5 failures per user name, 20 per address,
     /// per 5 minutes).
-    pub fn new(store: Arc<dyn Store>, routes: Arc<Routes>, settings: ApiSettings) -> Api {
+    pub fn new(
+        store: Arc<dyn Store>,
+        routes: Arc<Routes>,
+        settings: ApiSettings,
+        certs: Option<Arc<Certs>>,
+    ) -> Api {
         Arc::new(Self {
             store,
             routes,
             settings,
             limiter: LoginLimiter::new(Duration::from_secs(300), 5, 20),
             listeners_ready: AtomicBool::new(false),
+            certs,
         })
     }
 }

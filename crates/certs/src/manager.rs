@@ -55,8 +55,8 @@ impl Default for CertSettings {
 pub struct Resolved {
     /// The certificate.
     pub key: Arc<CertifiedKey>,
-    /// Whether it is the fallback certificate (it covers no real name).
-    pub fallback: bool,
+    /// Its names and validity; `None` for the fallback certificate, which covers no name.
+    pub meta: Option<crate::Meta>,
 }
 
 /// Why a name gets no certificate of its own.
@@ -162,7 +162,7 @@ impl Certs {
     /// The certificate to serve for a ClientHello's SNI: memory → store → gate → issuance; the
     /// fallback when there is no SNI, or the name is an IP literal, unknown, or failing.
     pub async fn resolve(&self, sni: Option<&str>) -> Resolved {
-        let fallback = || Resolved { key: self.fallback.key.clone(), fallback: true };
+        let fallback = || Resolved { key: self.fallback.key.clone(), meta: None };
         let Some(name) = sni.and_then(|s| Hostname::parse(s).ok()) else {
             return fallback();
         };
@@ -171,14 +171,14 @@ impl Certs {
             return fallback();
         }
         if let Some(loaded) = self.cached(name) {
-            return Resolved { key: loaded.key, fallback: false };
+            return Resolved { key: loaded.key, meta: Some(loaded.meta) };
         }
         if !self.policy.allows(name) {
             tracing::debug!(name, "no host matches this name: serving the fallback certificate");
             return fallback();
         }
         match self.obtain(name, Mode::OnDemand).await {
-            Ok(loaded) => Resolved { key: loaded.key, fallback: false },
+            Ok(loaded) => Resolved { key: loaded.key, meta: Some(loaded.meta) },
             Err(e) => {
                 tracing::info!(name, reason = %e, "no certificate for this name: serving the fallback certificate");
                 fallback()

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use portico_certs::acme::Challenge;
 use portico_proxy::ProxyConfig;
 use serde::Deserialize;
 
@@ -82,6 +83,7 @@ struct RawProxy {
     upstream_idle_timeout: Option<DurationText>,
     target_tls_verify: Option<bool>,
     shutdown_timeout: Option<DurationText>,
+    handshake_timeout: Option<DurationText>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,7 +101,14 @@ struct RawTls {
     acme_directory: Option<String>,
     acme_email: Option<String>,
     acme_ca_roots: Option<Vec<PathBuf>>,
+    acme_eab_kid: Option<String>,
+    acme_eab_hmac_key: Option<String>,
+    challenge: Option<String>,
     renew_remaining_ratio: Option<f64>,
+    renew_interval: Option<DurationText>,
+    internal_lifetime: Option<DurationText>,
+    issue_timeout: Option<DurationText>,
+    max_issuances_per_minute: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,7 +152,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Certificate issuer (used once automatic HTTPS is in).
+/// Certificate issuer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Issuer {
     /// An ACME CA (Let's Encrypt by default).
@@ -153,19 +162,36 @@ pub enum Issuer {
 }
 
 /// The `[tls]` section.
-#[derive(Debug, Clone)]
-#[allow(dead_code)] // Read by the HTTPS listener, which comes with automatic HTTPS.
+#[derive(Clone)]
 pub struct TlsConfig {
     pub issuer: Issuer,
     pub acme_directory: String,
     pub acme_email: Option<String>,
     pub acme_ca_roots: Vec<PathBuf>,
+    /// External Account Binding: key id and base64url HMAC key (a secret: never printed).
+    pub acme_eab: Option<(String, String)>,
+    pub challenge: Challenge,
     pub renew_remaining_ratio: f64,
+    pub renew_interval: Duration,
+    pub internal_lifetime: Duration,
+    pub issue_timeout: Duration,
+    pub max_issuances_per_minute: usize,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("issuer", &self.issuer)
+            .field("acme_directory", &self.acme_directory)
+            .field("acme_eab_kid", &self.acme_eab.as_ref().map(|(kid, _)| kid))
+            .field("challenge", &self.challenge)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // api, tls and metrics are read by the roles that come with later issues.
+#[allow(dead_code)] // lookup_socket and metrics are read by the roles that come with later issues.
 pub struct Config {
     pub data_dir: PathBuf,
     pub store_url: String,
@@ -311,6 +337,7 @@ impl TryFrom<Raw> for Config {
             )?,
             target_tls_verify: p.target_tls_verify.unwrap_or(defaults.target_tls_verify),
             shutdown_timeout: duration(&p.shutdown_timeout, "proxy.shutdown_timeout", defaults.shutdown_timeout)?,
+            handshake_timeout: duration(&p.handshake_timeout, "proxy.handshake_timeout", defaults.handshake_timeout)?,
             access_log: raw.log.access_log.unwrap_or(true),
         };
         let issuer = choice(
@@ -325,15 +352,41 @@ impl TryFrom<Raw> for Config {
                 message: "must be between 0 and 1".into(),
             });
         }
+        let t = &raw.tls;
+        let acme_eab = match (&t.acme_eab_kid, &t.acme_eab_hmac_key) {
+            (Some(kid), Some(key)) => Some((kid.clone(), key.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Value {
+                    key: "tls.acme_eab_kid",
+                    message: "tls.acme_eab_kid and tls.acme_eab_hmac_key go together".into(),
+                });
+            }
+        };
+        let challenge = choice(
+            "tls.challenge",
+            t.challenge.as_deref().unwrap_or("http-01"),
+            &[("http-01", Challenge::Http01), ("tls-alpn-01", Challenge::TlsAlpn01)],
+        )?;
+        let max_issuances_per_minute = t.max_issuances_per_minute.unwrap_or(60);
+        if max_issuances_per_minute == 0 {
+            return Err(ConfigError::Value { key: "tls.max_issuances_per_minute", message: "must be at least 1".into() });
+        }
         let tls = TlsConfig {
             issuer,
-            acme_directory: raw
-                .tls
+            acme_directory: t
                 .acme_directory
+                .clone()
                 .unwrap_or_else(|| "https://acme-v02.api.letsencrypt.org/directory".to_owned()),
-            acme_email: raw.tls.acme_email,
-            acme_ca_roots: raw.tls.acme_ca_roots.unwrap_or_default(),
+            acme_email: t.acme_email.clone(),
+            acme_ca_roots: t.acme_ca_roots.clone().unwrap_or_default(),
+            acme_eab,
+            challenge,
             renew_remaining_ratio: ratio,
+            renew_interval: duration(&t.renew_interval, "tls.renew_interval", Duration::from_secs(600))?,
+            internal_lifetime: duration(&t.internal_lifetime, "tls.internal_lifetime", Duration::from_secs(7 * 86400))?,
+            issue_timeout: duration(&t.issue_timeout, "tls.issue_timeout", Duration::from_secs(90))?,
+            max_issuances_per_minute,
         };
         let log_format = choice(
             "log.format",

@@ -47,8 +47,22 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// The internal CA (`tls.issuer = "internal"`).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Print the internal CA's root certificate (PEM), for clients to trust. Makes the root
+    /// on first use.
+    Export,
 }
 
 /// Where the configuration comes from.
@@ -66,6 +80,9 @@ struct ConfigArgs {
     /// Address of the plain HTTP listener (the `proxy.http` key).
     #[arg(long, global = true)]
     http: Option<String>,
+    /// Address of the HTTPS listener (the `proxy.https` key).
+    #[arg(long, global = true)]
+    https: Option<String>,
     /// Sets any configuration key: `--set proxy.upstream_timeout=5s`. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     set: Vec<String>,
@@ -78,6 +95,7 @@ impl ConfigArgs {
             ("data_dir", &self.data_dir.as_ref().map(|p| p.display().to_string())),
             ("store.url", &self.store),
             ("proxy.http", &self.http),
+            ("proxy.https", &self.https),
         ];
         for (key, value) in named {
             if let Some(value) = value {
@@ -124,6 +142,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args, serve::Role::All),
         Command::Proxy(args) => serve(args, serve::Role::Proxy),
         Command::Api(args) => serve(args, serve::Role::Api),
+        Command::Ca { command: CaCommand::Export, config } => {
+            let config = config.load()?;
+            let pem = runtime()?.block_on(serve::internal_root(&config))?;
+            print!("{pem}");
+            Ok(())
+        }
         Command::Host { command, config } => {
             let config = config.load()?;
             runtime()?.block_on(hosts::run(command, &config))

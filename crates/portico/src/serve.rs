@@ -8,11 +8,15 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use portico_api::{ApiSettings, ApiState};
+use portico_certs::acme::{AcmeIssuer, AcmeSettings, Eab};
+use portico_certs::internal::InternalCa;
+use portico_certs::{CertSettings, Certs, Issuer};
+use portico_store::Store;
 use portico_proxy::{HttpListener, Routes, routes};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 
 /// What a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +50,25 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     tasks.spawn(routes::follow_store(store.clone(), routes.clone(), shutdown.clone()));
 
+    let certs = Certs::new(store.clone(), issuer(&config, store.clone())?, routes.clone(), cert_settings(&config))
+        .await
+        .context("cannot set up certificates")?;
+    tasks.spawn(certs.clone().follow_store(shutdown.clone()));
+
     let mut ready = Vec::new();
     if role.proxy() {
-        let http = HttpListener::bind(config.http, config.proxy.clone(), routes.clone())
+        let https = HttpListener::bind_tls(config.https, config.proxy.clone(), routes.clone(), certs.clone())
+            .await
+            .with_context(|| format!("cannot listen on {} (proxy.https)", config.https))?;
+        let https_addr = https.local_addr()?;
+        tasks.spawn(https.serve(shutdown.clone()));
+        // Redirects to HTTPS name the port actually bound.
+        let plain = portico_proxy::ProxyConfig { https_port: https_addr.port(), ..config.proxy.clone() };
+        let http = HttpListener::bind(config.http, plain, routes.clone(), Some(certs.clone()))
             .await
             .with_context(|| format!("cannot listen on {} (proxy.http)", config.http))?;
         ready.push(("http", http.local_addr()?));
+        ready.push(("https", https_addr));
         tasks.spawn(http.serve(shutdown.clone()));
     }
     let mut api = None;
@@ -60,7 +77,9 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         portico_api::auth::bootstrap_admin(store.as_ref(), &config.data_dir, admin_password)
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
-        let state = ApiState::new(store.clone(), routes.clone(), ApiSettings { session_ttl: config.session_ttl });
+        let settings = ApiSettings { session_ttl: config.session_ttl };
+        let state = ApiState::new(store.clone(), routes.clone(), settings, Some(certs.clone()));
+        tasks.spawn(portico_certs::renew::run(certs.clone(), config.tls.renew_interval, shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await
             .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
@@ -89,6 +108,40 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     tasks.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The issuer `tls.issuer` names.
+fn issuer(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<dyn Issuer>> {
+    let tls = &config.tls;
+    Ok(match tls.issuer {
+        config::Issuer::Internal => Arc::new(InternalCa::new(store, tls.internal_lifetime)),
+        config::Issuer::Acme => {
+            let settings = AcmeSettings {
+                directory: tls.acme_directory.clone(),
+                email: tls.acme_email.clone(),
+                eab: tls.acme_eab.as_ref().map(|(kid, hmac_key)| Eab { kid: kid.clone(), hmac_key: hmac_key.clone() }),
+                ca_roots: tls.acme_ca_roots.clone(),
+                challenge: tls.challenge,
+            };
+            Arc::new(AcmeIssuer::new(store, settings).context("invalid [tls] settings")?)
+        }
+    })
+}
+
+fn cert_settings(config: &Config) -> CertSettings {
+    CertSettings {
+        renew_remaining_ratio: config.tls.renew_remaining_ratio,
+        issue_timeout: config.tls.issue_timeout,
+        max_issuances_per_minute: config.tls.max_issuances_per_minute,
+        ..CertSettings::default()
+    }
+}
+
+/// The internal CA's root (`portico ca export`).
+pub async fn internal_root(config: &Config) -> anyhow::Result<String> {
+    let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
+    let ca = InternalCa::new(store, config.tls.internal_lifetime);
+    Ok(ca.root_pem().await?)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

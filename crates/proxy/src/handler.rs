@@ -7,11 +7,13 @@ use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
+use portico_certs::challenge::{HTTP01_PREFIX, http01_answer};
+use portico_certs::{Certs, Meta};
 use portico_model::Hostname;
 
 use crate::ProxyConfig;
 use crate::forward::{Origin, Scheme, Upstream, X_REQUEST_ID};
-use crate::response::{AccessEntry, LoggedBody, ProxyBody, ProxyError, chain, redirect};
+use crate::response::{AccessEntry, LoggedBody, ProxyBody, ProxyError, chain, redirect, text};
 use crate::routes::Routes;
 
 /// What every request handler shares.
@@ -23,6 +25,26 @@ pub struct Shared {
     pub routes: Arc<Routes>,
     /// The upstream client pool.
     pub upstream: Upstream,
+    /// Certificates (HTTP-01 answers on plain HTTP), when TLS is managed.
+    pub certs: Option<Arc<Certs>>,
+}
+
+/// What a request's connection is.
+#[derive(Debug, Clone)]
+pub enum Conn {
+    /// Plain HTTP.
+    Plain,
+    /// TLS, set up with a certificate for these names (none: the fallback certificate).
+    Tls(Option<Meta>),
+}
+
+impl Conn {
+    fn scheme(&self) -> Scheme {
+        match self {
+            Self::Plain => Scheme::Http,
+            Self::Tls(_) => Scheme::Https,
+        }
+    }
 }
 
 /// Answers one request. Never fails: errors become small pages with the request id.
@@ -30,7 +52,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
     peer: SocketAddr,
-    scheme: Scheme,
+    conn: Arc<Conn>,
 ) -> Result<Response<LoggedBody>, Infallible> {
     let request_id = format!("{:016x}", fastrand::u64(..));
     let authority = request
@@ -49,7 +71,7 @@ pub async fn handle(
         started: Instant::now(),
         enabled: shared.config.access_log,
     };
-    let routed = route(&shared, request, authority.as_deref(), peer, scheme, &mut entry).await;
+    let routed = route(&shared, request, authority.as_deref(), peer, &conn, &mut entry).await;
     let mut response = routed.unwrap_or_else(|error| {
         let status = error.status();
         if status.is_server_error() {
@@ -72,12 +94,24 @@ async fn route(
     request: Request<Incoming>,
     authority: Option<&str>,
     peer: SocketAddr,
-    scheme: Scheme,
+    conn: &Conn,
     entry: &mut AccessEntry,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let authority = authority.ok_or(ProxyError::MissingHost)?;
     let name = Hostname::from_authority(authority).map_err(ProxyError::InvalidHost)?;
     entry.host = name.to_string();
+    let scheme = conn.scheme();
+    match conn {
+        Conn::Tls(cert) if !cert.as_ref().is_some_and(|c| c.covers(name.as_str())) => {
+            return Err(ProxyError::Misdirected);
+        }
+        Conn::Plain => {
+            if let Some(answer) = acme_http01(shared, &name, &entry.path).await {
+                return Ok(text(answer));
+            }
+        }
+        Conn::Tls(_) => {}
+    }
     let table = shared.routes.snapshot();
     let (_, host) = table.lookup(name.as_str()).ok_or(ProxyError::UnknownHost)?;
     if scheme == Scheme::Http && host.forcessl {
@@ -90,4 +124,23 @@ async fn route(
     entry.target = Some(host.target.authority());
     let origin = Origin { peer, scheme, authority, request_id: &entry.request_id };
     shared.upstream.forward(request, host, &origin).await
+}
+
+/// The answer to an ACME HTTP-01 request, when one is pending for this name (any node may
+/// have published it). Anything else under the path goes on to the host's target.
+async fn acme_http01(shared: &Shared, name: &Hostname, path: &str) -> Option<String> {
+    let certs = shared.certs.as_ref()?;
+    let token = path.strip_prefix(HTTP01_PREFIX)?;
+    match http01_answer(certs.store().as_ref(), name.as_str(), token).await {
+        Ok(answer) => {
+            if answer.is_some() {
+                tracing::info!(name = %name, "answered an ACME HTTP-01 challenge");
+            }
+            answer
+        }
+        Err(e) => {
+            tracing::warn!(name = %name, error = %e, "cannot read an ACME HTTP-01 answer");
+            None
+        }
+    }
 }

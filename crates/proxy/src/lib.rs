@@ -1,6 +1,7 @@
 //! Portico's data plane.
 //!
-//! A request goes: [`listener`] (accept, hyper h1/h2 on one socket) → [`handler`] (normalise
+//! A request goes: [`listener`] (accept, TLS with a certificate from `portico-certs`, hyper
+//! h1/h2 on one socket) → [`handler`] (normalise
 //! the host, look it up in the [`Routes`] snapshot, `forcessl` redirect) → [`forward`] (pooled
 //! upstream client, forwarded headers, streamed bodies, upgrades tunnelled) → response, with
 //! one access-log line when the response body ends ([`response`]).
@@ -40,6 +41,8 @@ pub struct ProxyConfig {
     pub target_tls_verify: bool,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// One deadline for a whole TLS handshake, certificate issuance included.
+    pub handshake_timeout: Duration,
     /// Emit one access-log line per request (tracing target `portico::access`).
     pub access_log: bool,
 }
@@ -55,6 +58,7 @@ impl Default for ProxyConfig {
             upstream_idle_timeout: Duration::from_secs(90),
             target_tls_verify: false,
             shutdown_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(30),
             access_log: true,
         }
     }

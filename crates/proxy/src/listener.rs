@@ -1,5 +1,11 @@
-//! The plain-HTTP listener: accept loop, one hyper connection per client (HTTP/1.1, and
-//! HTTP/2 with prior knowledge, on the same socket), graceful shutdown.
+//! The listeners: accept loop, one hyper connection per client (HTTP/1.1 and HTTP/2 on the
+//! same socket: h2c with prior knowledge on plain HTTP, ALPN `h2` over TLS), graceful
+//! shutdown.
+//!
+//! TLS uses `LazyConfigAcceptor`: the ClientHello is read first, then the certificate for its
+//! SNI is resolved (which may await an issuance), then the handshake completes, all under one
+//! deadline. A ClientHello offering only `acme-tls/1` is a TLS-ALPN-01 validation and gets
+//! the challenge certificate.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,30 +19,79 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use portico_certs::Certs;
+use portico_certs::challenge::{ACME_TLS_ALPN, tls_alpn01_cert};
+use rustls::ServerConfig;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio_rustls::LazyConfigAcceptor;
+
 use crate::ProxyConfig;
-use crate::forward::{Scheme, Upstream};
-use crate::handler::{Shared, handle};
+use crate::forward::Upstream;
+use crate::handler::{Conn, Shared, handle};
 use crate::routes::Routes;
 
-/// A bound HTTP listener, ready to [`serve`](HttpListener::serve).
+/// A bound listener (plain HTTP or HTTPS), ready to [`serve`](HttpListener::serve).
 #[derive(Debug)]
 pub struct HttpListener {
     listener: TcpListener,
     shared: Arc<Shared>,
+    tls: Option<Arc<Tls>>,
     tunnels: TaskTracker,
     tunnel_shutdown: CancellationToken,
 }
 
+/// What the TLS side of a listener shares.
+#[derive(Debug)]
+struct Tls {
+    certs: Arc<Certs>,
+    config: Arc<ServerConfig>,
+}
+
 impl HttpListener {
-    /// Binds `addr`. Routing follows `routes`, which the caller keeps up to date.
-    pub async fn bind(addr: SocketAddr, config: ProxyConfig, routes: Arc<Routes>) -> std::io::Result<Self> {
+    /// Binds a plain-HTTP listener on `addr`. Routing follows `routes`, which the caller keeps
+    /// up to date; with `certs`, ACME HTTP-01 requests are answered.
+    pub async fn bind(
+        addr: SocketAddr,
+        config: ProxyConfig,
+        routes: Arc<Routes>,
+        certs: Option<Arc<Certs>>,
+    ) -> std::io::Result<Self> {
+        Self::bind_with(addr, config, routes, certs, None).await
+    }
+
+    /// Binds an HTTPS listener on `addr`, serving the certificates `certs` resolves.
+    pub async fn bind_tls(
+        addr: SocketAddr,
+        config: ProxyConfig,
+        routes: Arc<Routes>,
+        certs: Arc<Certs>,
+    ) -> std::io::Result<Self> {
+        let mut server = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.clone());
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tls = Arc::new(Tls { certs: certs.clone(), config: Arc::new(server) });
+        Self::bind_with(addr, config, routes, Some(certs), Some(tls)).await
+    }
+
+    async fn bind_with(
+        addr: SocketAddr,
+        config: ProxyConfig,
+        routes: Arc<Routes>,
+        certs: Option<Arc<Certs>>,
+        tls: Option<Arc<Tls>>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let config = Arc::new(config);
         let tunnels = TaskTracker::new();
         let tunnel_shutdown = CancellationToken::new();
         let upstream = Upstream::new(config.clone(), tunnels.clone(), tunnel_shutdown.clone());
-        let shared = Arc::new(Shared { config, routes, upstream });
-        Ok(Self { listener, shared, tunnels, tunnel_shutdown })
+        let shared = Arc::new(Shared { config, routes, upstream, certs });
+        Ok(Self { listener, shared, tls, tunnels, tunnel_shutdown })
     }
 
     /// The address actually bound (useful with port 0).
@@ -66,11 +121,28 @@ impl HttpListener {
             };
             let _ = stream.set_nodelay(true);
             let shared = self.shared.clone();
-            let service = service_fn(move |request| handle(shared.clone(), request, peer, Scheme::Http));
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            let connection = graceful.watch(connection);
+            let Some(tls) = self.tls.clone() else {
+                let conn = Arc::new(Conn::Plain);
+                let service = service_fn(move |request| handle(shared.clone(), request, peer, conn.clone()));
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                connections.spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    }
+                });
+                continue;
+            };
+            let watcher = graceful.watcher();
+            let builder = builder.clone();
             connections.spawn(async move {
-                if let Err(e) = connection.await {
+                let Some((stream, conn)) = handshake(&tls, stream, peer, shared.config.handshake_timeout).await else {
+                    return;
+                };
+                let conn = Arc::new(conn);
+                let service = service_fn(move |request| handle(shared.clone(), request, peer, conn.clone()));
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                if let Err(e) = watcher.watch(connection).await {
                     tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                 }
             });
@@ -84,6 +156,83 @@ impl HttpListener {
         self.tunnel_shutdown.cancel();
         self.tunnels.close();
         self.tunnels.wait().await;
+    }
+}
+
+/// Reads the ClientHello, resolves the certificate (awaiting an issuance if need be) and
+/// completes the handshake, all before one deadline. `None` when the client goes away, is too
+/// slow, or speaks no TLS.
+async fn handshake(
+    tls: &Tls,
+    stream: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Conn)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let start = match tokio::time::timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), stream)).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, "no TLS ClientHello");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, "TLS handshake deadline passed before the ClientHello");
+            return None;
+        }
+    };
+    let hello = start.client_hello();
+    let sni = hello.server_name().map(str::to_ascii_lowercase);
+    let validation = hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+    let (config, conn) = if validation {
+        let name = sni.as_deref().unwrap_or_default();
+        match tls_alpn01_cert(tls.certs.store().as_ref(), name).await {
+            Ok(Some(key)) => {
+                tracing::info!(name, "answering an ACME TLS-ALPN-01 validation");
+                (challenge_config(key).ok()?, Conn::Tls(None))
+            }
+            _ => {
+                tracing::debug!(name, "a TLS-ALPN-01 validation for a name with no pending challenge");
+                return None;
+            }
+        }
+    } else {
+        let resolve = tls.certs.resolve(sni.as_deref());
+        let Ok(resolved) = tokio::time::timeout_at(deadline, resolve).await else {
+            tracing::info!(peer = %peer, sni = sni.as_deref(), "TLS handshake deadline passed while getting a certificate");
+            return None;
+        };
+        (tls.config.clone(), Conn::Tls(resolved.meta))
+    };
+    match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
+        Ok(Ok(stream)) => Some((stream, conn)),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, sni = sni.as_deref(), error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, sni = sni.as_deref(), "TLS handshake deadline passed");
+            None
+        }
+    }
+}
+
+/// A configuration that serves one certificate with ALPN `acme-tls/1` only (RFC 8737).
+fn challenge_config(key: Arc<CertifiedKey>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Single(key)));
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Always the same certificate.
+#[derive(Debug)]
+struct Single(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Single {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
     }
 }
 

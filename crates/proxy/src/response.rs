@@ -38,6 +38,10 @@ pub enum ProxyError {
     /// The target did not answer in time.
     #[error("the target did not answer in time")]
     TargetTimeout,
+    /// The host is not covered by the certificate this TLS connection was set up with (the
+    /// client reused a connection for another name, or sent no or another SNI).
+    #[error("this connection's certificate does not cover the requested host")]
+    Misdirected,
 }
 
 impl ProxyError {
@@ -48,6 +52,7 @@ impl ProxyError {
             Self::UnknownHost => StatusCode::NOT_FOUND,
             Self::TargetUnreachable(_) | Self::TargetFailed(_) => StatusCode::BAD_GATEWAY,
             Self::TargetTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -88,6 +93,13 @@ pub fn redirect(location: &str) -> Response<ProxyBody> {
     if let Ok(value) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
+    response
+}
+
+/// A plain-text 200 (ACME HTTP-01 answers).
+pub fn text(body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(full(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
 }
 

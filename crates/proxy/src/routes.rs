@@ -55,6 +55,13 @@ impl Routes {
     }
 }
 
+/// Routing decides certificates: a name may have one when a host pattern matches it.
+impl portico_certs::NamePolicy for Routes {
+    fn allows(&self, name: &str) -> bool {
+        self.snapshot().lookup(name).is_some()
+    }
+}
+
 /// Keeps `routes` in step with the store until `shutdown`: rebuilds on every host change, on
 /// a resync signal, when events were lost, and every 30 seconds.
 pub async fn follow_store(store: Arc<dyn Store>, routes: Arc<Routes>, shutdown: CancellationToken) {

@@ -21,6 +21,8 @@ pub struct Portico {
     child: Option<Child>,
     /// The plain HTTP listener (the unspecified address `0.0.0.0:0` in `portico api`).
     pub http: SocketAddr,
+    /// The HTTPS listener (the unspecified address `0.0.0.0:0` in `portico api`).
+    pub https: SocketAddr,
     /// The management API (the unspecified address `0.0.0.0:0` in `portico proxy`).
     pub api: SocketAddr,
     listeners: HashMap<String, SocketAddr>,
@@ -30,9 +32,9 @@ pub struct Portico {
 /// The listeners each role announces.
 fn listeners_of(role: &str) -> &'static [&'static str] {
     match role {
-        "proxy" => &["http"],
+        "proxy" => &["http", "https"],
         "api" => &["api"],
-        _ => &["http", "api"],
+        _ => &["http", "https", "api"],
     }
 }
 
@@ -74,9 +76,13 @@ impl Portico {
             "--set",
             "log.format=\"json\"",
             "--set",
-            "proxy.https=\"127.0.0.1:8443\"",
+            "proxy.https=\"127.0.0.1:0\"",
             "--set",
             "api.listen=\"127.0.0.1:0\"",
+            // Never reach a public CA from a test: the internal CA unless a test points
+            // `tls.acme_directory` at its own Pebble (later settings win).
+            "--set",
+            "tls.issuer=\"internal\"",
         ]);
         for s in settings {
             command.args(["--set", s]);
@@ -115,8 +121,9 @@ impl Portico {
         }
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
         let http = listeners.get("http").copied().unwrap_or(unspecified);
+        let https = listeners.get("https").copied().unwrap_or(unspecified);
         let api = listeners.get("api").copied().unwrap_or(unspecified);
-        Self { bin, dir, child: Some(child), http, api, listeners, logs }
+        Self { bin, dir, child: Some(child), http, https, api, listeners, logs }
     }
 
     /// The address of a listener this process announced (`http`, `https`, `api`).

@@ -150,8 +150,13 @@ async fn hosts_crud_as_the_seed_ui_sends_it() {
     let clash = api.call("PUT", "/api/host/web.example.test", t, Some(json!({"host": "*.example.test"}))).await;
     assert_eq!(clash.status, StatusCode::CONFLICT);
 
+    // Renewal issues a certificate now (the harness runs the internal CA).
     let renew = api.call("PUT", "/api/host/web.example.test/renew", t, None).await;
-    assert_eq!(renew.status, StatusCode::NOT_IMPLEMENTED, "renewal is refused clearly, not a silent 200");
+    assert_eq!(renew.status, StatusCode::OK, "{}", renew.raw);
+    assert_eq!(renew.json["results"][0]["name"], "web.example.test");
+    let cert = api.call("GET", "/api/cert/web.example.test", t, None).await;
+    assert_eq!(cert.json["results"]["issued_by"], "internal", "{}", cert.raw);
+    assert_eq!(cert.json["results"]["not_after"], renew.json["results"][0]["not_after"]);
 
     let deleted = api.call("DELETE", "/api/host/web.example.test", t, None).await;
     assert_eq!(deleted.json["message"], "web.example.test deleted");
