@@ -8,9 +8,9 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use portico_model::HostPattern;
 use portico_certs::Meta;
 use portico_certs::status::CertState;
+use portico_model::HostPattern;
 use portico_store::{Kind, keys};
 use serde_json::{Map, Value, json};
 
@@ -47,8 +47,8 @@ pub async fn get(
     out.insert("host".into(), json!(name.as_str()));
     let stored = match &blob {
         Some(bytes) => {
-            let stored: Value = serde_json::from_slice(bytes)
-                .map_err(|_| ApiError::Internal("a stored certificate is not JSON"))?;
+            let stored: Value =
+                serde_json::from_slice(bytes).map_err(|_| ApiError::Internal("a stored certificate is not JSON"))?;
             let pem = |field: &str| stored.get(field).and_then(Value::as_str).map(str::to_owned);
             let chain = pem("fullchain_pem")
                 .or_else(|| pem("cert_pem"))

@@ -46,12 +46,7 @@ pub struct ApiState {
 impl ApiState {
     /// New state with the default login limits (5 failures per user name, 20 per address,
     /// per 5 minutes).
-    pub fn new(
-        store: Arc<dyn Store>,
-        routes: Arc<Routes>,
-        settings: ApiSettings,
-        certs: Option<Arc<Certs>>,
-    ) -> Api {
+    pub fn new(store: Arc<dyn Store>, routes: Arc<Routes>, settings: ApiSettings, certs: Option<Arc<Certs>>) -> Api {
         Arc::new(Self {
             store,
             routes,

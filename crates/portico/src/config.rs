@@ -370,7 +370,10 @@ impl TryFrom<Raw> for Config {
         )?;
         let max_issuances_per_minute = t.max_issuances_per_minute.unwrap_or(60);
         if max_issuances_per_minute == 0 {
-            return Err(ConfigError::Value { key: "tls.max_issuances_per_minute", message: "must be at least 1".into() });
+            return Err(ConfigError::Value {
+                key: "tls.max_issuances_per_minute",
+                message: "must be at least 1".into(),
+            });
         }
         let tls = TlsConfig {
             issuer,

@@ -11,8 +11,8 @@ use portico_api::{ApiSettings, ApiState};
 use portico_certs::acme::{AcmeIssuer, AcmeSettings, Eab};
 use portico_certs::internal::InternalCa;
 use portico_certs::{CertSettings, Certs, Issuer};
-use portico_store::Store;
 use portico_proxy::{HttpListener, Routes, routes};
+use portico_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

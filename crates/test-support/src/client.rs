@@ -1,12 +1,14 @@
-//! Clients for talking to the proxy: HTTP/1.1 and h2c (prior knowledge).
+//! Clients for talking to the proxy: HTTP/1.1 and h2c (prior knowledge), and both over TLS.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, combinators::BoxBody};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -18,7 +20,8 @@ pub type Body = BoxBody<Bytes, Infallible>;
 #[derive(Clone)]
 pub struct Proxy {
     addr: SocketAddr,
-    client: Client<FixedAddr, Body>,
+    scheme: &'static str,
+    client: Client<HttpsConnector<FixedAddr>, Body>,
 }
 
 /// A response with its body read whole.
@@ -42,21 +45,50 @@ impl Answer {
 }
 
 impl Proxy {
+    /// `h2`: HTTP/2 only (prior knowledge on plain HTTP, ALPN `h2` over TLS); else HTTP/1.1.
+    fn build(addr: SocketAddr, scheme: &'static str, tls: Arc<rustls::ClientConfig>, h2: bool) -> Self {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls).clone()).https_or_http();
+        let connector = if h2 {
+            builder.enable_http2().wrap_connector(FixedAddr(addr))
+        } else {
+            builder.enable_http1().wrap_connector(FixedAddr(addr))
+        };
+        let client = Client::builder(TokioExecutor::new()).http2_only(h2).build(connector);
+        Self { addr, scheme, client }
+    }
+
     /// An HTTP/1.1 client.
     pub fn h1(addr: SocketAddr) -> Self {
-        Self { addr, client: Client::builder(TokioExecutor::new()).build(FixedAddr(addr)) }
+        Self::build(addr, "http", crate::tls::client_config(None, &[]), false)
     }
 
     /// An HTTP/2 client without TLS (prior knowledge).
     pub fn h2c(addr: SocketAddr) -> Self {
-        Self { addr, client: Client::builder(TokioExecutor::new()).http2_only(true).build(FixedAddr(addr)) }
+        Self::build(addr, "http", crate::tls::client_config(None, &[]), true)
+    }
+
+    /// An HTTPS client trusting `roots` (SNI is the request's host), speaking HTTP/2 when
+    /// `h2` (through ALPN) and HTTP/1.1 otherwise.
+    pub fn https(addr: SocketAddr, roots: rustls::RootCertStore, h2: bool) -> Self {
+        Self::build(addr, "https", crate::tls::client_config(Some(roots), &[]), h2)
+    }
+
+    /// Sends `method` `path` for `host` with `body`; returns the response or the error.
+    pub async fn try_send(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        body: Body,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        let uri = format!("{}://{host}:{}{path}", self.scheme, self.addr.port());
+        let request = Request::builder().method(method).uri(uri).body(body).unwrap();
+        self.client.request(request).await
     }
 
     /// Sends `method` `path` for `host` with `body`; returns the response unread.
     pub async fn send(&self, method: &str, host: &str, path: &str, body: Body) -> Response<Incoming> {
-        let uri = format!("http://{host}:{}{path}", self.addr.port());
-        let request = Request::builder().method(method).uri(uri).body(body).unwrap();
-        self.client.request(request).await.unwrap()
+        self.try_send(method, host, path, body).await.unwrap()
     }
 
     /// GET `path` on `host`, body read whole.

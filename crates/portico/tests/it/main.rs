@@ -3,6 +3,7 @@
 
 mod api;
 mod errors;
+mod https;
 mod lifecycle;
 mod routing;
 mod streaming;

@@ -1,0 +1,173 @@
+//! HTTPS with certificates from the internal CA: the first request to a new host, HTTP/2 and
+//! WebSocket over TLS, the fallback certificate, the 421 rule, restarts, `ca export`.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use portico_test_support::client::{ApiClient, Proxy};
+use portico_test_support::portico::ADMIN_PASSWORD;
+use portico_test_support::{Backend, Portico, tls};
+use rustls::RootCertStore;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{BIN, portico};
+
+/// The internal CA's root, as `portico ca export` prints it.
+fn trusted(p: &Portico) -> RootCertStore {
+    let out = p.cli("ca", &["export"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pem = String::from_utf8(out.stdout).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    tls::roots(&pem)
+}
+
+#[tokio::test]
+async fn first_https_request_gets_a_certificate_that_chains_to_the_exported_root() {
+    let backend = Backend::start("secure").await;
+    let p = portico(&[]);
+    p.add_host("secure.example.test", backend.addr, &[]);
+    let roots = trusted(&p);
+
+    let h1 = Proxy::https(p.https, roots.clone(), false);
+    let answer = h1.get("secure.example.test", "/first").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let echo = answer.json();
+    assert_eq!(echo["backend"], "secure");
+    assert_eq!(echo["headers"]["x-forwarded-proto"][0], "https");
+
+    // HTTP/2 over TLS (ALPN h2) end to end.
+    let h2 = Proxy::https(p.https, roots.clone(), true);
+    let answer = h2.get("secure.example.test", "/second").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["uri"], "/second");
+
+    let served = tls::peek(p.https, "secure.example.test").await;
+    assert_eq!(served.names, vec!["secure.example.test"]);
+    assert!(served.issuer.contains("Portico Internal Root CA"), "{}", served.issuer);
+    assert!(served.not_after - served.not_before > 6 * 86_400, "a week-long leaf by default");
+
+    // The API shows it.
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    let status = api.call("GET", "/api/cert/secure.example.test", Some(&token), None).await;
+    assert_eq!(status.json["results"]["issued_by"], "internal", "{}", status.raw);
+    assert_eq!(status.json["results"]["status"], "valid");
+    assert_eq!(status.json["results"]["not_after"], served.not_after * 1000);
+    assert!(status.json["results"]["next_attempt"].as_i64().unwrap() < served.not_after * 1000);
+}
+
+#[tokio::test]
+async fn names_no_host_matches_get_the_fallback_certificate_and_no_issuance() {
+    let backend = Backend::start("known").await;
+    let p = portico(&[]);
+    p.add_host("known.example.test", backend.addr, &[]);
+    let unknown = tls::peek(p.https, "unknown.example.test").await;
+    assert_eq!(unknown.names, vec!["portico.invalid"]);
+    // No SNI at all (an IP literal sends none), and an IP literal as the host.
+    let no_sni = tls::peek(p.https, "127.0.0.1").await;
+    assert_eq!(no_sni, unknown, "one fallback certificate, never another host's");
+    // A trusting client refuses it.
+    let strict = tls::client_config(Some(trusted(&p)), &[]);
+    assert!(tls::connect(p.https, "unknown.example.test", strict).await.is_err());
+    // Nothing was issued for those names.
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    let status = api.call("GET", "/api/cert/unknown.example.test", Some(&token), None).await;
+    assert_eq!(status.status, StatusCode::NOT_FOUND, "{}", status.raw);
+    assert!(!p.logs().iter().any(|l| l.to_string().contains("issuing a certificate")));
+    // The known name still gets its own.
+    assert_eq!(tls::peek(p.https, "known.example.test").await.names, vec!["known.example.test"]);
+}
+
+#[tokio::test]
+async fn concurrent_first_handshakes_cause_one_issuance() {
+    let backend = Backend::start("many").await;
+    let p = portico(&[]);
+    p.add_host("**.many.example.test", backend.addr, &[]);
+    let roots = trusted(&p);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let client = Proxy::https(p.https, roots.clone(), i % 2 == 0);
+        tasks.push(tokio::spawn(async move { client.get("a.b.many.example.test", "/").await.status }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    let issued = p.logs().iter().filter(|l| l["fields"]["message"] == "issuing a certificate").count();
+    assert_eq!(issued, 1, "20 concurrent first handshakes, one issuance");
+    // A different name under the same pattern gets its own certificate.
+    assert_eq!(tls::peek(p.https, "c.many.example.test").await.names, vec!["c.many.example.test"]);
+}
+
+#[tokio::test]
+async fn a_request_for_a_host_the_certificate_does_not_cover_gets_421() {
+    let backend = Backend::start("two").await;
+    let p = portico(&[]);
+    p.add_host("one.example.test", backend.addr, &[]);
+    p.add_host("two.example.test", backend.addr, &[]);
+    let config = tls::client_config(Some(trusted(&p)), &["http/1.1"]);
+    let stream = tls::connect(p.https, "one.example.test", config).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let ask = |host: &str| {
+        http::Request::builder()
+            .uri("/")
+            .header("host", host)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let ok = sender.send_request(ask("one.example.test")).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let other = sender.send_request(ask("two.example.test")).await.unwrap();
+    assert_eq!(other.status(), StatusCode::MISDIRECTED_REQUEST);
+}
+
+#[tokio::test]
+async fn websocket_over_tls() {
+    let echo = Backend::websocket_echo().await;
+    let p = portico(&[]);
+    p.add_host("wss.example.test", echo.addr, &[]);
+    let config = tls::client_config(Some(trusted(&p)), &["http/1.1"]);
+    let stream = tls::connect(p.https, "wss.example.test", config).await.unwrap();
+    let url = format!("wss://wss.example.test:{}/socket", p.https.port());
+    let (mut ws, response) = tokio_tungstenite::client_async(url, stream).await.expect("upgrade over TLS");
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("over tls")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over tls"));
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn api_hosts_redirect_to_https_by_default_and_certificates_survive_a_restart() {
+    let backend = Backend::start("kept").await;
+    let p = portico(&[]);
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    let body = json!({"host": "kept.example.test", "ip": "127.0.0.1", "targetPort": backend.addr.port()});
+    let made = api.call("POST", "/api/host", Some(&token), Some(body)).await;
+    assert_eq!(made.json["forcessl"], true, "{}", made.raw);
+    p.wait_routed();
+    let plain = Proxy::h1(p.http).get("kept.example.test", "/x").await;
+    assert_eq!(plain.status, StatusCode::PERMANENT_REDIRECT);
+    let first = tls::peek(p.https, "kept.example.test").await;
+
+    let p = Portico::start_in(BIN, p.into_data_dir(), &[]);
+    let again = tls::peek(p.https, "kept.example.test").await;
+    assert_eq!(again, first, "the stored certificate is served after a restart");
+    assert!(!p.logs().iter().any(|l| l["fields"]["message"] == "issuing a certificate"));
+    let answer = Proxy::https(p.https, trusted(&p), false).get("kept.example.test", "/x").await;
+    assert_eq!(answer.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn slow_clients_are_dropped_at_the_handshake_deadline() {
+    let p = portico(&["proxy.handshake_timeout=\"300ms\""]);
+    let mut stream = tokio::net::TcpStream::connect(p.https).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut stream, &mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the silent client is disconnected: {read:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
