@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod pebble;
 pub mod portico;
 pub mod tls;
 

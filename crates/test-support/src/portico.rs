@@ -54,20 +54,33 @@ impl Portico {
     /// Like [`Portico::start_in`], choosing the first admin's password (`None`: Portico makes
     /// up one).
     pub fn start_with(bin: impl AsRef<Path>, dir: TempDir, settings: &[&str], admin_password: Option<&str>) -> Self {
-        Self::spawn(bin.as_ref(), "serve", Arc::new(dir), settings, admin_password)
+        Self::spawn(bin.as_ref(), "serve", Arc::new(dir), settings, admin_password).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Portico::start`], but a failure to start (a fixed port already taken, say) is
+    /// an error for the caller to handle.
+    pub fn try_start(bin: impl AsRef<Path>, settings: &[&str]) -> Result<Self, String> {
+        Self::spawn(bin.as_ref(), "serve", Arc::new(TempDir::new().unwrap()), settings, Some(ADMIN_PASSWORD))
     }
 
     /// Starts `portico ROLE` (`serve`, `proxy` or `api`) in a new data directory.
     pub fn start_role(bin: impl AsRef<Path>, role: &str, settings: &[&str]) -> Self {
         Self::spawn(bin.as_ref(), role, Arc::new(TempDir::new().unwrap()), settings, Some(ADMIN_PASSWORD))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts `portico ROLE` on this instance's data directory.
     pub fn start_beside(&self, role: &str, settings: &[&str]) -> Self {
-        Self::spawn(&self.bin, role, self.dir.clone(), settings, Some(ADMIN_PASSWORD))
+        Self::spawn(&self.bin, role, self.dir.clone(), settings, Some(ADMIN_PASSWORD)).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn spawn(bin: &Path, role: &str, dir: Arc<TempDir>, settings: &[&str], admin_password: Option<&str>) -> Self {
+    fn spawn(
+        bin: &Path,
+        role: &str,
+        dir: Arc<TempDir>,
+        settings: &[&str],
+        admin_password: Option<&str>,
+    ) -> Result<Self, String> {
         let bin = bin.to_owned();
         let mut command = Command::new(&bin);
         command.arg(role).arg("--data-dir").arg(dir.path()).args([
@@ -115,7 +128,8 @@ impl Portico {
         while listeners.len() < listeners_of(role).len() {
             let Ok((name, addr)) = ready_rx.recv_timeout(Duration::from_secs(20)) else {
                 let _ = child.kill();
-                panic!("portico did not start listening; log: {:?}", logs.lock().unwrap());
+                let _ = child.wait();
+                return Err(format!("portico did not start listening; log: {:?}", logs.lock().unwrap()));
             };
             listeners.insert(name, addr.parse::<SocketAddr>().unwrap());
         }
@@ -123,7 +137,7 @@ impl Portico {
         let http = listeners.get("http").copied().unwrap_or(unspecified);
         let https = listeners.get("https").copied().unwrap_or(unspecified);
         let api = listeners.get("api").copied().unwrap_or(unspecified);
-        Self { bin, dir, child: Some(child), http, https, api, listeners, logs }
+        Ok(Self { bin, dir, child: Some(child), http, https, api, listeners, logs })
     }
 
     /// The address of a listener this process announced (`http`, `https`, `api`).
