@@ -442,6 +442,23 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_are_checked_and_the_eab_key_is_never_printed() {
+        let c = load(None, &[("PORTICO_TLS_CHALLENGE", "tls-alpn-01")], &[("tls.renew_interval", "\"2m\"")]).unwrap();
+        assert_eq!(c.tls.challenge, Challenge::TlsAlpn01);
+        assert_eq!(c.tls.renew_interval, Duration::from_secs(120));
+        let e = load(None, &[], &[("tls.challenge", "\"dns-01\"")]).unwrap_err().to_string();
+        assert!(e.contains("tls.challenge"), "{e}");
+        let e = load(None, &[], &[("tls.acme_eab_kid", "\"kid\"")]).unwrap_err().to_string();
+        assert!(e.contains("tls.acme_eab_hmac_key"), "{e}");
+        let e = load(None, &[], &[("tls.max_issuances_per_minute", "0")]).unwrap_err().to_string();
+        assert!(e.contains("tls.max_issuances_per_minute"), "{e}");
+        let overrides = [("tls.acme_eab_kid", "\"kid-7\""), ("tls.acme_eab_hmac_key", "\"c2VjcmV0LWhtYWM\"")];
+        let c = load(None, &[], &overrides).unwrap();
+        let shown = format!("{c:?}");
+        assert!(shown.contains("kid-7") && !shown.contains("c2VjcmV0LWhtYWM"), "{shown}");
+    }
+
+    #[test]
     fn example_config_parses() {
         let text = include_str!("../../../config.example.toml");
         let c = load(Some(text), &[], &[]).unwrap();
