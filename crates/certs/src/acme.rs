@@ -141,8 +141,9 @@ impl AcmeIssuer {
         let connector =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
             .build::<_, BodyWrapper<Bytes>>(connector);
-        Ok(Box::new(client))
+        Ok(Box::new(Deadline(client)))
     }
 
     /// The account: restored from the store, or created once (under a store lock) and kept.
@@ -273,6 +274,27 @@ impl Issuer for AcmeIssuer {
                 self.order(account, name, second).await
             }
         }
+    }
+}
+
+/// Every request to the CA gets [`REQUEST_TIMEOUT`]: a CA that stops answering fails the
+/// order (and the name backs off) instead of holding the issuance forever.
+struct Deadline<C>(C);
+
+/// The longest one request to the CA may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl<C: instant_acme::HttpClient> instant_acme::HttpClient for Deadline<C> {
+    fn request(
+        &self,
+        request: http::Request<BodyWrapper<Bytes>>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<instant_acme::BytesResponse, instant_acme::Error>> + Send>> {
+        let pending = self.0.request(request);
+        Box::pin(async move {
+            tokio::time::timeout(REQUEST_TIMEOUT, pending)
+                .await
+                .map_err(|_| instant_acme::Error::Other("the ACME server did not answer in time".into()))?
+        })
     }
 }
 

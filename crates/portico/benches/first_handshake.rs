@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::StatusCode;
-use portico_test_support::client::Proxy;
+use portico_test_support::client::{Proxy, empty};
 use portico_test_support::pebble::{Options, Pebble};
 use portico_test_support::{Backend, Portico, tls};
 
@@ -22,14 +22,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_portico");
 fn first_handshake(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let backend = runtime.block_on(Backend::start("bench"));
+    let mut attempts = 0;
     let (pebble, portico) = loop {
         let pebble = Pebble::start_anywhere(Options::default());
         let mut settings = pebble.portico_settings();
         settings.push("tls.max_issuances_per_minute=100000".to_owned());
-        settings.push("log.level=\"warn\"".to_owned());
+        settings.push("log.access_log=false".to_owned());
         let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
-        if let Ok(p) = Portico::try_start(BIN, &settings) {
-            break (pebble, p);
+        match Portico::try_start(BIN, &settings) {
+            Ok(p) => break (pebble, p),
+            Err(e) if attempts > 4 => panic!("{e}"),
+            Err(_) => attempts += 1,
         }
     };
     portico.add_host("**.bench.test", backend.addr, &[]);
@@ -38,7 +41,7 @@ fn first_handshake(c: &mut Criterion) {
     let fresh = || format!("n{}.bench.test", counter.fetch_add(1, Ordering::Relaxed));
 
     let mut group = c.benchmark_group("on_demand");
-    group.sample_size(20).measurement_time(Duration::from_secs(20)).warm_up_time(Duration::from_secs(2));
+    group.sample_size(20).measurement_time(Duration::from_secs(15)).warm_up_time(Duration::from_secs(1));
     group.bench_function("first_request_to_a_new_name", |b| {
         b.iter_custom(|iters| {
             runtime.block_on(async {
@@ -55,6 +58,9 @@ fn first_handshake(c: &mut Criterion) {
             })
         });
     });
+    // Fewer rounds here: Debian's Pebble 2.4 stalls (its handlers stop answering until
+    // clients give up) after a few thousand orders placed twelve at a time.
+    group.sample_size(10).measurement_time(Duration::from_secs(5));
     group.bench_function("twelve_new_names_at_once", |b| {
         b.iter_custom(|iters| {
             runtime.block_on(async {
@@ -66,12 +72,23 @@ fn first_handshake(c: &mut Criterion) {
                         .into_iter()
                         .map(|name| {
                             let client = Proxy::https(portico.https, roots.clone(), false);
-                            tokio::spawn(async move { (client.get(&name, "/").await.status, name) })
+                            tokio::spawn(async move {
+                                let status = client.try_send("GET", &name, "/", empty()).await.map(|r| r.status());
+                                (status, name)
+                            })
                         })
                         .collect();
                     for task in tasks {
                         let (status, name) = task.await.unwrap();
-                        assert_eq!(status, StatusCode::OK, "{name} was refused");
+                        if !matches!(status, Ok(StatusCode::OK)) {
+                            let notes: Vec<String> = portico
+                                .logs()
+                                .iter()
+                                .filter(|l| l["level"] != "INFO" || l.to_string().contains(&name))
+                                .map(|l| l.to_string())
+                                .collect();
+                            panic!("{name} was refused ({status:?}); warnings: {notes:#?}");
+                        }
                     }
                     total += started.elapsed();
                 }

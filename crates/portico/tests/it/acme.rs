@@ -200,3 +200,32 @@ async fn a_certificate_whose_host_is_gone_is_not_renewed_and_is_removed_after_ex
         p.logs().iter().any(|l| l["fields"]["message"] == "removed the expired certificate of a name no host matches")
     );
 }
+
+#[tokio::test]
+async fn twelve_new_names_at_once_all_get_certificates() {
+    let backend = Backend::start("twelve").await;
+    let (pebble, p) = setup(Options::default(), &[]);
+    p.add_host("**.twelve.example.test", backend.addr, &[]);
+    let roots = tls::roots(&pebble.root().await);
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let client = Proxy::https(p.https, roots.clone(), false);
+            tokio::spawn(async move {
+                client
+                    .try_send("GET", &format!("n{i}.twelve.example.test"), "/", portico_test_support::client::empty())
+                    .await
+                    .map(|r| r.status())
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(StatusCode::OK) => {}
+            other => failures.push(format!("n{i}: {other:?}")),
+        }
+    }
+    let warnings: Vec<String> = p.logs().iter().filter(|l| l["level"] != "INFO").map(|l| l.to_string()).collect();
+    assert!(failures.is_empty(), "{failures:#?}\n{warnings:#?}");
+    assert_eq!(pebble.orders(), 12);
+}
