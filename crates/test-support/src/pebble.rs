@@ -45,7 +45,14 @@ impl Ports {
 pub struct Options {
     /// `certificateValidityPeriod` in seconds (Pebble's default is five years).
     pub validity_secs: Option<u64>,
+    /// Require External Account Binding, with the one key [`EAB_KID`] / [`EAB_HMAC_KEY`].
+    pub require_eab: bool,
 }
+
+/// The EAB key id Pebble accepts when [`Options::require_eab`] is set.
+pub const EAB_KID: &str = "kid-portico";
+/// Its HMAC key, base64url as CAs hand them out.
+pub const EAB_HMAC_KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
 
 /// Running Pebble and challtestsrv. Both are killed on drop.
 pub struct Pebble {
@@ -80,6 +87,10 @@ impl Pebble {
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         }});
+        if options.require_eab {
+            config["pebble"]["externalAccountBindingRequired"] = true.into();
+            config["pebble"]["externalAccountMACKeys"] = serde_json::json!({ EAB_KID: EAB_HMAC_KEY });
+        }
         if let Some(secs) = options.validity_secs {
             config["pebble"]["certificateValidityPeriod"] = secs.into();
         }

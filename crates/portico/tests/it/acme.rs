@@ -99,7 +99,7 @@ async fn http_01_alone_when_preferred() {
 async fn short_lived_certificates_are_renewed_and_clients_see_the_new_one() {
     let backend = Backend::start("renew").await;
     let settings = ["tls.renew_remaining_ratio=0.75", "tls.renew_interval=\"300ms\""];
-    let (pebble, p) = setup(Options { validity_secs: Some(12) }, &settings);
+    let (pebble, p) = setup(Options { validity_secs: Some(12), ..Options::default() }, &settings);
     p.add_host("short.example.test", backend.addr, &[]);
     let roots = tls::roots(&pebble.root().await);
     let client = Proxy::https(p.https, roots.clone(), false);
@@ -179,7 +179,7 @@ async fn a_restart_reuses_the_stored_account_and_certificates() {
 async fn a_certificate_whose_host_is_gone_is_not_renewed_and_is_removed_after_expiry() {
     let backend = Backend::start("gone").await;
     let settings = ["tls.renew_remaining_ratio=0.5", "tls.renew_interval=\"200ms\""];
-    let (pebble, p) = setup(Options { validity_secs: Some(3) }, &settings);
+    let (pebble, p) = setup(Options { validity_secs: Some(3), ..Options::default() }, &settings);
     p.add_host("gone.example.test", backend.addr, &[]);
     let roots = tls::roots(&pebble.root().await);
     assert_eq!(Proxy::https(p.https, roots, false).get("gone.example.test", "/").await.status, StatusCode::OK);
@@ -228,4 +228,36 @@ async fn twelve_new_names_at_once_all_get_certificates() {
     let warnings: Vec<String> = p.logs().iter().filter(|l| l["level"] != "INFO").map(|l| l.to_string()).collect();
     assert!(failures.is_empty(), "{failures:#?}\n{warnings:#?}");
     assert_eq!(pebble.orders(), 12);
+}
+
+#[tokio::test]
+async fn external_account_binding_and_the_acme_problem_in_the_status() {
+    use portico_test_support::pebble::{EAB_HMAC_KEY, EAB_KID};
+    let backend = Backend::start("eab").await;
+    let options = Options { require_eab: true, ..Options::default() };
+    // Without EAB, a CA that requires it refuses the account: the status names the problem.
+    let (pebble, p) = setup(options, &[]);
+    p.add_host("eab.example.test", backend.addr, &[]);
+    assert_eq!(tls::peek(p.https, "eab.example.test").await.names, vec!["portico.invalid"]);
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    let status = api.call("GET", "/api/cert/eab.example.test", Some(&token), None).await;
+    assert_eq!(
+        status.json["results"]["last_error_type"], "urn:ietf:params:acme:error:externalAccountRequired",
+        "{}",
+        status.raw
+    );
+    assert_eq!(pebble.orders(), 0);
+    drop((pebble, p));
+
+    // With it, the account is bound and issuance works.
+    let kid = format!("tls.acme_eab_kid=\"{EAB_KID}\"");
+    let key = format!("tls.acme_eab_hmac_key=\"{EAB_HMAC_KEY}\"");
+    let (pebble, p) = setup(options, &[kid.as_str(), key.as_str()]);
+    p.add_host("eab.example.test", backend.addr, &[]);
+    let roots = tls::roots(&pebble.root().await);
+    assert_eq!(Proxy::https(p.https, roots, false).get("eab.example.test", "/").await.status, StatusCode::OK);
+    assert_eq!(pebble.accounts(), 1);
+    // The HMAC key is a secret: never in the log.
+    assert!(!p.logs().iter().any(|l| l.to_string().contains(EAB_HMAC_KEY)));
 }

@@ -171,3 +171,29 @@ async fn slow_clients_are_dropped_at_the_handshake_deadline() {
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the silent client is disconnected: {read:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn certificates_from_a_seed_deployment_are_served_as_they_are() {
+    let backend = Backend::start("seed").await;
+    let p = portico(&[]);
+    // lua-resty-auto-ssl's JSON at `<name>:latest`, as the seed's Redis holds it (with its
+    // hard-coded expiry sentinel).
+    let made = rcgen::generate_simple_self_signed(vec!["seed.example.test".to_owned()]).unwrap();
+    let seed = json!({
+        "fullchain_pem": made.cert.pem(),
+        "privkey_pem": made.signing_key.serialize_pem(),
+        "cert_pem": made.cert.pem(),
+        "expiry": 4120307657u64,
+    });
+    {
+        use portico_store::Store;
+        let store = portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap();
+        let key = portico_store::keys::cert_latest("seed.example.test");
+        store.put_blob(&key, seed.to_string().as_bytes(), None).await.unwrap();
+    }
+    p.add_host("seed.example.test", backend.addr, &[]);
+    let served = tls::peek(p.https, "seed.example.test").await;
+    assert_eq!(served.names, vec!["seed.example.test"]);
+    assert!(served.issuer.contains("rcgen"), "the planted certificate, not a new one: {}", served.issuer);
+    assert!(!p.logs().iter().any(|l| l["fields"]["message"] == "issuing a certificate"));
+}
