@@ -111,14 +111,19 @@ impl Inner {
     fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let txn = self.db.begin_write()?;
         let out = f(&txn)?;
-        let version = {
+        let (before, version) = {
             let mut meta = txn.open_table(META)?;
-            let version = meta.get(VERSION)?.map_or(0, |v| v.value()) + 1;
-            meta.insert(VERSION, version)?;
-            version
+            let before = meta.get(VERSION)?.map_or(0, |v| v.value());
+            meta.insert(VERSION, before + 1)?;
+            (before, before + 1)
         };
         txn.commit()?;
-        self.seen_version.fetch_max(version, Ordering::SeqCst);
+        // Versions up to `before` that this process had not seen were written by another
+        // process: announce them now, since marking our own write as seen hides them from
+        // the watcher. (Two writes of this process racing here cause at most an extra resync.)
+        if before > self.seen_version.fetch_max(version, Ordering::SeqCst) {
+            let _ = self.changes.send(Change::Resync);
+        }
         Ok(out)
     }
 

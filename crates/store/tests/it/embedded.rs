@@ -44,6 +44,20 @@ async fn second_handle_sees_writes_and_resyncs() {
     assert!(matches!(err, portico_store::StoreError::Conflict { .. }));
 }
 
+/// Another process writes, then this one writes before its watcher polls: the other write
+/// is still announced (marking our own write as seen must not hide it).
+#[tokio::test]
+async fn a_foreign_write_followed_by_our_own_is_still_announced() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("portico.redb");
+    let serving = EmbeddedStore::open(&path).await.unwrap();
+    let cli = EmbeddedStore::open(&path).await.unwrap();
+    let mut rx = serving.changes();
+    cli.create(Kind::Host, "foreign.example", &fields(&[("ip", "127.0.0.1")])).await.unwrap();
+    serving.put_blob("own", b"x", None).await.unwrap();
+    expect_event(&mut rx, Duration::from_secs(2), |c| *c == Change::Resync).await;
+}
+
 #[tokio::test]
 async fn open_via_url() {
     let dir = TempDir::new().unwrap();
