@@ -262,6 +262,20 @@ impl Issuer for AcmeIssuer {
         "acme"
     }
 
+    async fn renewal_window(&self, leaf_der: &[u8]) -> Result<Option<(i64, i64)>, IssueError> {
+        let account = self.account().await?;
+        let der = CertificateDer::from(leaf_der);
+        let id = instant_acme::CertificateIdentifier::try_from(&der).map_err(IssueError::local)?;
+        match account.renewal_info(&id).await {
+            Ok((info, _)) => {
+                let window = info.suggested_window;
+                Ok(Some((window.start.unix_timestamp(), window.end.unix_timestamp())))
+            }
+            Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(acme_error(e)),
+        }
+    }
+
     async fn issue(&self, name: &str) -> Result<StoredCert, IssueError> {
         let account = self.account().await?;
         let first = self.settings.challenge;

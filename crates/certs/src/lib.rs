@@ -76,6 +76,12 @@ pub trait Issuer: Send + Sync + fmt::Debug {
     fn kind(&self) -> &'static str;
     /// A certificate for `name`.
     async fn issue(&self, name: &str) -> Result<StoredCert, IssueError>;
+
+    /// The CA's suggested renewal window for a certificate it issued (ACME Renewal
+    /// Information, RFC 9773), as seconds since the epoch; `None` when the CA offers none.
+    async fn renewal_window(&self, _leaf_der: &[u8]) -> Result<Option<(i64, i64)>, IssueError> {
+        Ok(None)
+    }
 }
 
 /// Reads the blob `key`, or makes it with `make` and stores it, once across every process

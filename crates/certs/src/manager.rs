@@ -201,6 +201,40 @@ impl Certs {
         Ok(self.store.record(Kind::Cert, name).await?.map(|f| CertState::from_fields(&f)))
     }
 
+    /// Asks the CA for `name`'s renewal window (ARI) and moves the next attempt into it, at a
+    /// random moment, when that is earlier. Returns the state as stored.
+    pub(crate) async fn consult_ari(&self, name: &str) -> Result<CertState, CertError> {
+        let now = now_secs();
+        let window = match self.store.blob(&keys::cert_latest(name)).await? {
+            Some(bytes) => match self.issuer.renewal_window(&StoredCert::from_json(&bytes)?.leaf_der()?).await {
+                Ok(window) => window,
+                Err(e) => {
+                    tracing::debug!(name, error = %e, "cannot read the CA's renewal information");
+                    None
+                }
+            },
+            None => None,
+        };
+        // The state as it is now (an issuance may have finished meanwhile).
+        let mut state = self.state(name).await?.unwrap_or_default();
+        state.ari_checked = now;
+        if let Some((start, end)) = window {
+            let at = pick_in_window(start, end, fastrand::f64()).max(now);
+            if at < state.next_attempt {
+                tracing::info!(
+                    name,
+                    window_start = start,
+                    window_end = end,
+                    renew_at = at,
+                    "the CA's renewal window moves this renewal earlier"
+                );
+                state.next_attempt = at;
+            }
+        }
+        self.store.put(Kind::Cert, name, &state.to_fields()).await?;
+        Ok(state)
+    }
+
     /// Removes `name`'s certificate and state (its host is gone and it has expired).
     pub(crate) async fn remove(&self, name: &str) -> Result<(), CertError> {
         self.store.delete_blob(&keys::cert_latest(name)).await?;
@@ -423,6 +457,12 @@ impl Certs {
     }
 }
 
+/// A moment in `[start, end)` chosen by `unit` (uniform in `[0, 1)`), as RFC 9773 asks of
+/// clients so that renewals spread over the window; `start` when the window is empty.
+fn pick_in_window(start: i64, end: i64, unit: f64) -> i64 {
+    start + ((end - start).max(0) as f64 * unit.clamp(0.0, 1.0)) as i64
+}
+
 fn refused_to_error(refused: Refused) -> CertError {
     match refused {
         Refused::Failed(e) => e,
@@ -437,5 +477,18 @@ impl ResolvesServerCert for Certs {
         let name = hello.server_name().and_then(|sni| Hostname::parse(sni).ok());
         let cached = name.and_then(|n| self.cached(n.as_str()));
         Some(cached.map_or_else(|| self.fallback.key.clone(), |l| l.key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_in_window;
+
+    #[test]
+    fn renewal_moments_spread_over_the_window() {
+        assert_eq!(pick_in_window(100, 200, 0.0), 100);
+        assert_eq!(pick_in_window(100, 200, 0.5), 150);
+        assert!(pick_in_window(100, 200, 0.999_999) < 200);
+        assert_eq!(pick_in_window(100, 50, 0.7), 100, "an empty window means its start");
     }
 }

@@ -1,5 +1,6 @@
 //! The renewal scheduler (control-plane role): every interval, every managed certificate that
-//! is due (a third of its lifetime left, with jitter, or a failure backoff over) is renewed
+//! is due (a third of its lifetime left, with jitter; earlier when the CA's renewal
+//! information (ARI) suggests a window that starts sooner; or a failure backoff over) is renewed
 //! under the store lock; certificates whose host is gone are not renewed and are removed once
 //! expired.
 
@@ -11,6 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::status::CertState;
 use crate::{CertError, Certs, now_secs};
+
+/// How often the CA's renewal information is asked for, per certificate (Let's Encrypt
+/// suggests a few times a day).
+const ARI_EVERY: i64 = 6 * 3600;
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -37,6 +42,11 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
             }
             continue;
         }
+        let state = if now < state.next_attempt && state.failures == 0 && now - state.ari_checked >= ARI_EVERY {
+            certs.consult_ari(&name).await?
+        } else {
+            state
+        };
         if now < state.next_attempt {
             continue;
         }

@@ -21,6 +21,8 @@ pub struct CertState {
     pub last_error_type: String,
     /// The last failure, empty after a success.
     pub last_error: String,
+    /// When the CA's renewal information (ARI) was last asked for.
+    pub ari_checked: i64,
 }
 
 impl CertState {
@@ -36,6 +38,7 @@ impl CertState {
             failures: fields.get("failures").and_then(|v| v.parse().ok()).unwrap_or(0),
             last_error_type: text("last_error_type"),
             last_error: text("last_error"),
+            ari_checked: number("ari_checked"),
         }
     }
 
@@ -49,6 +52,7 @@ impl CertState {
             ("failures", self.failures.to_string()),
             ("last_error_type", self.last_error_type.clone()),
             ("last_error", self.last_error.clone()),
+            ("ari_checked", self.ari_checked.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -75,6 +79,7 @@ mod tests {
             failures: 2,
             last_error_type: "urn:ietf:params:acme:error:connection".into(),
             last_error: "refused".into(),
+            ari_checked: 3,
         };
         assert_eq!(CertState::from_fields(&state.to_fields()), state);
         assert!(state.backing_off(6));

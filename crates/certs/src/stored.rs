@@ -48,6 +48,15 @@ impl StoredCert {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The leaf certificate, DER.
+    pub fn leaf_der(&self) -> Result<Vec<u8>, CertError> {
+        CertificateDer::pem_slice_iter(self.fullchain_pem.as_bytes())
+            .next()
+            .ok_or_else(|| CertError::Invalid("the chain has no certificate".into()))?
+            .map(|c| c.to_vec())
+            .map_err(|e| CertError::Invalid(format!("the chain's PEM does not parse: {e}")))
+    }
+
     /// What rustls serves, and the leaf's names and validity.
     pub fn load(&self) -> Result<Loaded, CertError> {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.fullchain_pem.as_bytes())
