@@ -200,7 +200,8 @@ impl Portico {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("portico did not pick up {count} hosts");
+        let log: Vec<String> = self.logs().iter().map(|l| l.to_string()).collect();
+        panic!("portico did not pick up {count} hosts; its log: {log:#?}");
     }
 
     /// Every JSON log line so far.
