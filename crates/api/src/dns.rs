@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use portico_model::Hostname;
-use portico_store::{Fields, Kind, StoreError};
+use portico_store::{Fields, Kind};
 use serde_json::{Map, Value, json};
 
 use crate::auth::{self, Caller};
@@ -276,13 +276,11 @@ pub async fn create_domain(State(api): State<Api>, caller: Caller, body: JsonObj
     if let Some(zone) = zone_id {
         fields.insert("zoneId".into(), zone);
     }
-    match api.store.create(Kind::Domain, domain.as_str(), &fields).await {
-        Ok(()) => Ok(with_message(format!("\"{domain}\" added."), public(&fields))),
-        Err(StoreError::Conflict { .. }) => {
-            Err(ApiError::NameUsed { kind: "Domain", key: domain.to_string(), field: "domain" })
-        }
-        Err(e) => Err(e.into()),
-    }
+    api.store
+        .create(Kind::Domain, domain.as_str(), &fields)
+        .await
+        .map_err(|e| ApiError::from_write(e, Kind::Domain, domain.as_str(), "domain"))?;
+    Ok(with_message(format!("\"{domain}\" added."), public(&fields)))
 }
 
 /// `GET /api/dns/domain/{name}`: the managed zone that contains `name` (longest suffix).

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use portico_proxy::response::chain;
-use portico_store::StoreError;
+use portico_store::{Kind, StoreError};
 use serde::Serialize;
 
 /// One field at fault in a 409 or 422.
@@ -100,6 +100,15 @@ struct Body<'a> {
 }
 
 impl ApiError {
+    /// A store write's error: a key already taken is the seed's `EntryNameUsed`, naming the
+    /// field that holds the key; anything else is a store error.
+    pub fn from_write(e: StoreError, kind: Kind, key: &str, field: &'static str) -> Self {
+        match e {
+            StoreError::Conflict { .. } => Self::NameUsed { kind: kind.name(), key: key.to_owned(), field },
+            other => other.into(),
+        }
+    }
+
     /// The seed's error name and the status.
     pub fn name_and_status(&self) -> (&'static str, StatusCode) {
         match self {

@@ -97,13 +97,11 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
     };
     let now = portico_store::now_ms() as i64;
     let host = Host::new(pattern.clone(), target, forcessl, targetssl, &caller.username, now);
-    match api.store.create(Kind::Host, pattern.as_str(), &host.to_fields()).await {
-        Ok(()) => Ok(with_message(format!("\"{pattern}\" added."), host_json(&host))),
-        Err(StoreError::Conflict { .. }) => {
-            Err(ApiError::NameUsed { kind: "Host", key: pattern.to_string(), field: "host" })
-        }
-        Err(e) => Err(e.into()),
-    }
+    api.store
+        .create(Kind::Host, pattern.as_str(), &host.to_fields())
+        .await
+        .map_err(|e| ApiError::from_write(e, Kind::Host, pattern.as_str(), "host"))?;
+    Ok(with_message(format!("\"{pattern}\" added."), host_json(&host)))
 }
 
 /// `GET /api/host/{item}`.
@@ -161,16 +159,13 @@ pub async fn update(
     host.updated_by = caller.username.clone();
     host.updated_on = portico_store::now_ms() as i64;
     let new_key = host.host.to_string();
-    match api.store.replace(Kind::Host, &key, &new_key, &host.to_fields()).await {
-        Ok(()) => {
-            let mut fields = host_json(&host);
-            fields.insert("__requestedHost".into(), json!(item));
-            Ok(with_message(format!("\"{item}\" updated."), fields))
-        }
-        Err(StoreError::Conflict { .. }) => Err(ApiError::NameUsed { kind: "Host", key: new_key, field: "host" }),
-        Err(StoreError::NotFound { .. }) => Err(not_found(&item)),
-        Err(e) => Err(e.into()),
-    }
+    api.store.replace(Kind::Host, &key, &new_key, &host.to_fields()).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => not_found(&item),
+        e => ApiError::from_write(e, Kind::Host, &new_key, "host"),
+    })?;
+    let mut fields = host_json(&host);
+    fields.insert("__requestedHost".into(), json!(item));
+    Ok(with_message(format!("\"{item}\" updated."), fields))
 }
 
 /// `DELETE /api/host/{item}`.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use portico_store::{Fields, Kind, StoreError};
+use portico_store::{Fields, Kind};
 use serde_json::{Value, json};
 
 use crate::auth::{self, Caller, Role};
@@ -96,11 +96,11 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
         return Err(ApiError::Validation(errors));
     };
     let fields = auth::user_fields(&username, auth::hash_password(password).await?, role, &caller.username);
-    match api.store.create(Kind::User, &username, &fields).await {
-        Ok(()) => Ok(Json(user_json(&fields))),
-        Err(StoreError::Conflict { .. }) => Err(ApiError::NameUsed { kind: "User", key: username, field: "username" }),
-        Err(e) => Err(e.into()),
-    }
+    api.store
+        .create(Kind::User, &username, &fields)
+        .await
+        .map_err(|e| ApiError::from_write(e, Kind::User, &username, "username"))?;
+    Ok(Json(user_json(&fields)))
 }
 
 /// `DELETE /api/user/{username}` (admin). The last admin cannot be deleted.
