@@ -85,8 +85,7 @@ pub async fn get(
 
 /// Names, issuer, validity (milliseconds) and status of the first certificate of a PEM chain.
 fn metadata(chain: &str) -> Option<Map<String, Value>> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(chain.as_bytes()).ok()?;
-    let meta = Meta::of(&pem.contents).ok()?;
+    let meta = Meta::of_chain(chain).ok()?;
     let now = portico_certs::now_secs();
     let status = if now > meta.not_after {
         "expired"

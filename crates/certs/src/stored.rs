@@ -29,10 +29,7 @@ pub struct StoredCert {
 impl StoredCert {
     /// From a chain and a key as an issuer hands them over.
     pub fn new(fullchain_pem: String, privkey_pem: String) -> Result<Self, CertError> {
-        let leaf = CertificateDer::pem_slice_iter(fullchain_pem.as_bytes())
-            .next()
-            .ok_or_else(|| CertError::Invalid("the chain has no certificate".into()))?
-            .map_err(|e| CertError::Invalid(format!("the chain's PEM does not parse: {e}")))?;
+        let leaf = chain(&fullchain_pem)?.swap_remove(0);
         let meta = Meta::of(&leaf)?;
         let cert_pem = pem_block("CERTIFICATE", &leaf);
         Ok(Self { fullchain_pem, privkey_pem, cert_pem, expiry: meta.not_after })
@@ -50,26 +47,30 @@ impl StoredCert {
 
     /// The leaf certificate, DER.
     pub fn leaf_der(&self) -> Result<Vec<u8>, CertError> {
-        CertificateDer::pem_slice_iter(self.fullchain_pem.as_bytes())
-            .next()
-            .ok_or_else(|| CertError::Invalid("the chain has no certificate".into()))?
-            .map(|c| c.to_vec())
-            .map_err(|e| CertError::Invalid(format!("the chain's PEM does not parse: {e}")))
+        Ok(chain(&self.fullchain_pem)?.swap_remove(0).to_vec())
     }
 
     /// What rustls serves, and the leaf's names and validity.
     pub fn load(&self) -> Result<Loaded, CertError> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.fullchain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| CertError::Invalid(format!("the chain's PEM does not parse: {e}")))?;
-        let leaf = chain.first().ok_or_else(|| CertError::Invalid("the chain has no certificate".into()))?;
-        let meta = Meta::of(leaf)?;
+        let chain = chain(&self.fullchain_pem)?;
+        let meta = Meta::of(&chain[0])?;
         let key = PrivateKeyDer::from_pem_slice(self.privkey_pem.as_bytes())
             .map_err(|e| CertError::Invalid(format!("the private key's PEM does not parse: {e}")))?;
         let signing = rustls::crypto::ring::sign::any_supported_type(&key)
             .map_err(|e| CertError::Invalid(format!("the private key is not usable: {e}")))?;
         Ok(Loaded { key: Arc::new(CertifiedKey::new(chain, signing)), meta })
     }
+}
+
+/// The certificates of a PEM chain, leaf first; an error when there is none.
+fn chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| CertError::Invalid(format!("the chain's PEM does not parse: {e}")))?;
+    if chain.is_empty() {
+        return Err(CertError::Invalid("the chain has no certificate".into()));
+    }
+    Ok(chain)
 }
 
 /// A certificate ready to serve.
@@ -95,6 +96,11 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// Reads the leaf (first certificate) of a PEM chain.
+    pub fn of_chain(pem: &str) -> Result<Self, CertError> {
+        Self::of(&chain(pem)?[0])
+    }
+
     /// Reads a DER certificate.
     pub fn of(der: &[u8]) -> Result<Self, CertError> {
         let (_, cert) = X509Certificate::from_der(der)
