@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use portico_model::Hostname;
 use portico_store::{Change, Kind, Store, keys};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
@@ -50,15 +48,6 @@ impl Default for CertSettings {
     }
 }
 
-/// What the acceptor serves for a name.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    /// The certificate.
-    pub key: Arc<CertifiedKey>,
-    /// Its names and validity; `None` for the fallback certificate, which covers no name.
-    pub meta: Option<crate::Meta>,
-}
-
 /// Why a name gets no certificate of its own.
 #[derive(Debug, thiserror::Error)]
 enum Refused {
@@ -89,10 +78,10 @@ pub struct Certs {
     issuer: Arc<dyn Issuer>,
     policy: Arc<dyn NamePolicy>,
     settings: CertSettings,
-    cache: RwLock<HashMap<String, Loaded>>,
+    cache: RwLock<HashMap<String, Arc<Loaded>>>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     started: Mutex<VecDeque<Instant>>,
-    fallback: Loaded,
+    fallback: Arc<Loaded>,
 }
 
 impl fmt::Debug for Certs {
@@ -112,7 +101,7 @@ impl Certs {
     ) -> Result<Arc<Self>, CertError> {
         let fallback =
             load_or_create(store.as_ref(), &keys::portico("fallback-cert"), async || make_fallback()).await?;
-        let fallback = StoredCert::from_json(&fallback)?.load()?;
+        let fallback = Arc::new(StoredCert::from_json(&fallback)?.load()?);
         Ok(Arc::new(Self {
             store,
             issuer,
@@ -140,18 +129,18 @@ impl Certs {
         self.policy.allows(name)
     }
 
-    /// The fallback certificate.
-    pub fn fallback(&self) -> &Loaded {
+    /// The fallback certificate: self-signed, for no real name.
+    pub fn fallback(&self) -> &Arc<Loaded> {
         &self.fallback
     }
 
     /// The certificate in memory for `name`, unless it has expired.
-    pub fn cached(&self, name: &str) -> Option<Loaded> {
+    pub fn cached(&self, name: &str) -> Option<Arc<Loaded>> {
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
         cache.get(name).filter(|l| l.meta.not_after > now_secs()).cloned()
     }
 
-    fn remember(&self, name: &str, loaded: Loaded) {
+    fn remember(&self, name: &str, loaded: Arc<Loaded>) {
         self.cache.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), loaded);
     }
 
@@ -159,40 +148,38 @@ impl Certs {
         self.cache.write().unwrap_or_else(|e| e.into_inner()).remove(name);
     }
 
-    /// The certificate to serve for a ClientHello's SNI: memory → store → gate → issuance; the
-    /// fallback when there is no SNI, or the name is an IP literal, unknown, or failing.
-    pub async fn resolve(&self, sni: Option<&str>) -> Resolved {
-        let fallback = || Resolved { key: self.fallback.key.clone(), meta: None };
-        let Some(name) = sni.and_then(|s| Hostname::parse(s).ok()) else {
-            return fallback();
-        };
+    /// The certificate to serve for a ClientHello's SNI: memory → store → gate → issuance.
+    /// `None` means the fallback certificate: no SNI, or the name is an IP literal, unknown, or
+    /// failing.
+    pub async fn resolve(&self, sni: Option<&str>) -> Option<Arc<Loaded>> {
+        let name = Hostname::parse(sni?).ok()?;
         let name = name.as_str();
         if name.parse::<IpAddr>().is_ok() {
-            return fallback();
+            return None;
         }
         if let Some(loaded) = self.cached(name) {
-            return Resolved { key: loaded.key, meta: Some(loaded.meta) };
+            return Some(loaded);
         }
         if !self.policy.allows(name) {
             tracing::debug!(name, "no host matches this name: serving the fallback certificate");
-            return fallback();
+            return None;
         }
         match self.obtain(name, Mode::OnDemand).await {
-            Ok(loaded) => Resolved { key: loaded.key, meta: Some(loaded.meta) },
+            Ok(loaded) => Some(loaded),
             Err(e) => {
                 tracing::info!(name, reason = %e, "no certificate for this name: serving the fallback certificate");
-                fallback()
+                None
             }
         }
     }
 
     /// Issues a new certificate for `name` now, whatever its state (the API's renew).
-    pub async fn renew_now(&self, name: &str) -> Result<Loaded, CertError> {
+    pub async fn renew_now(&self, name: &str) -> Result<Arc<Loaded>, CertError> {
         self.obtain(name, Mode::Forced).await.map_err(refused_to_error)
     }
 
     /// Renews `name` if it is (still) due; used by the renewal scheduler.
-    pub(crate) async fn renew_due(&self, name: &str) -> Result<Loaded, CertError> {
+    pub(crate) async fn renew_due(&self, name: &str) -> Result<Arc<Loaded>, CertError> {
         self.obtain(name, Mode::Renewal).await.map_err(refused_to_error)
     }
 
@@ -244,12 +231,12 @@ impl Certs {
     }
 
     /// The stored certificate of `name`, if it parses and has not expired.
-    async fn stored(&self, name: &str) -> Result<Option<Loaded>, CertError> {
+    async fn stored(&self, name: &str) -> Result<Option<Arc<Loaded>>, CertError> {
         let Some(bytes) = self.store.blob(&keys::cert_latest(name)).await? else {
             return Ok(None);
         };
         match StoredCert::from_json(&bytes).and_then(|s| s.load()) {
-            Ok(loaded) if loaded.meta.not_after > now_secs() => Ok(Some(loaded)),
+            Ok(loaded) if loaded.meta.not_after > now_secs() => Ok(Some(Arc::new(loaded))),
             Ok(_) => Ok(None),
             Err(e) => {
                 tracing::warn!(name, error = %e, "the stored certificate is unusable; a new one will be issued");
@@ -291,7 +278,7 @@ impl Certs {
 
     /// One issuance per name at a time in this process (waiters then find the result), one
     /// across nodes (a store lease).
-    async fn obtain(&self, name: &str, mode: Mode) -> Result<Loaded, Refused> {
+    async fn obtain(&self, name: &str, mode: Mode) -> Result<Arc<Loaded>, Refused> {
         let flight = self.flight(name);
         let result = {
             let _turn = flight.lock().await;
@@ -301,7 +288,7 @@ impl Certs {
         result
     }
 
-    async fn obtain_in_turn(&self, name: &str, mode: Mode) -> Result<Loaded, Refused> {
+    async fn obtain_in_turn(&self, name: &str, mode: Mode) -> Result<Arc<Loaded>, Refused> {
         if mode == Mode::OnDemand {
             if let Some(loaded) = self.cached(name) {
                 return Ok(loaded);
@@ -343,7 +330,7 @@ impl Certs {
         result
     }
 
-    async fn issue_locked(&self, name: &str, mode: Mode, started: i64) -> Result<Loaded, Refused> {
+    async fn issue_locked(&self, name: &str, mode: Mode, started: i64) -> Result<Arc<Loaded>, Refused> {
         // What another node may have finished while this one waited for the lock.
         let state = self.state(name).await?.unwrap_or_default();
         match mode {
@@ -373,8 +360,9 @@ impl Certs {
             Err(_) => Err(IssueError::local(format!("issuance took longer than {:?}", self.settings.issue_timeout))),
         };
         let now = now_secs();
-        match issued.and_then(|stored| stored.load().map(|l| (stored, l)).map_err(|e| IssueError::local(e.to_string())))
-        {
+        match issued.and_then(|stored| {
+            stored.load().map(|l| (stored, Arc::new(l))).map_err(|e| IssueError::local(e.to_string()))
+        }) {
             Ok((stored, loaded)) => {
                 self.store
                     .put_blob(&keys::cert_latest(name), &stored.to_json(), None)
@@ -467,16 +455,6 @@ fn refused_to_error(refused: Refused) -> CertError {
     match refused {
         Refused::Failed(e) => e,
         other => CertError::Issue(IssueError::local(other.to_string())),
-    }
-}
-
-/// The rustls side: the certificate in memory for the SNI, else the fallback. The acceptor
-/// awaits [`Certs::resolve`] first, so the certificate is in memory by the time rustls asks.
-impl ResolvesServerCert for Certs {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name().and_then(|sni| Hostname::parse(sni).ok());
-        let cached = name.and_then(|n| self.cached(n.as_str()));
-        Some(cached.map_or_else(|| self.fallback.key.clone(), |l| l.key))
     }
 }
 

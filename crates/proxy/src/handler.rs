@@ -8,7 +8,7 @@ use std::time::Instant;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use portico_certs::challenge::{HTTP01_PREFIX, http01_answer};
-use portico_certs::{Certs, Meta};
+use portico_certs::{Certs, Loaded};
 use portico_model::Hostname;
 
 use crate::ProxyConfig;
@@ -34,8 +34,8 @@ pub struct Shared {
 pub enum Conn {
     /// Plain HTTP.
     Plain,
-    /// TLS, set up with a certificate for these names (none: the fallback certificate).
-    Tls(Option<Meta>),
+    /// TLS, set up with this certificate (`None`: the fallback, which covers no name).
+    Tls(Option<Arc<Loaded>>),
 }
 
 impl Conn {
@@ -102,7 +102,7 @@ async fn route(
     entry.host = name.to_string();
     let scheme = conn.scheme();
     match conn {
-        Conn::Tls(cert) if !cert.as_ref().is_some_and(|c| c.covers(name.as_str())) => {
+        Conn::Tls(cert) if !cert.as_ref().is_some_and(|c| c.meta.covers(name.as_str())) => {
             return Err(ProxyError::Misdirected);
         }
         Conn::Plain => {

@@ -46,7 +46,19 @@ pub struct HttpListener {
 #[derive(Debug)]
 struct Tls {
     certs: Arc<Certs>,
-    config: Arc<ServerConfig>,
+    /// Every connection's configuration is this one with the certificate resolved for it, so
+    /// session resumption state is shared and rustls never looks the certificate up again.
+    base: ServerConfig,
+}
+
+impl Tls {
+    /// The configuration serving `key`, offering `alpn`.
+    fn serving(&self, key: Arc<CertifiedKey>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        let mut config = self.base.clone();
+        config.cert_resolver = Arc::new(Single(key));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
 }
 
 impl HttpListener {
@@ -68,13 +80,12 @@ impl HttpListener {
         routes: Arc<Routes>,
         certs: Arc<Certs>,
     ) -> std::io::Result<Self> {
-        let mut server = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        let base = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(std::io::Error::other)?
             .with_no_client_auth()
-            .with_cert_resolver(certs.clone());
-        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let tls = Arc::new(Tls { certs: certs.clone(), config: Arc::new(server) });
+            .with_cert_resolver(Arc::new(Single(certs.fallback().key.clone())));
+        let tls = Arc::new(Tls { certs: certs.clone(), base });
         Self::bind_with(addr, config, routes, Some(certs), Some(tls)).await
     }
 
@@ -188,7 +199,8 @@ async fn handshake(
         match tls_alpn01_cert(tls.certs.store().as_ref(), name).await {
             Ok(Some(key)) => {
                 tracing::info!(name, "answering an ACME TLS-ALPN-01 validation");
-                (challenge_config(key).ok()?, Conn::Tls(None))
+                // RFC 8737: the validation certificate, with ALPN `acme-tls/1` only.
+                (tls.serving(key, &[ACME_TLS_ALPN]), Conn::Tls(None))
             }
             _ => {
                 tracing::debug!(name, "a TLS-ALPN-01 validation for a name with no pending challenge");
@@ -201,7 +213,8 @@ async fn handshake(
             tracing::info!(peer = %peer, sni = sni.as_deref(), "TLS handshake deadline passed while getting a certificate");
             return None;
         };
-        (tls.config.clone(), Conn::Tls(resolved.meta))
+        let key = resolved.as_ref().unwrap_or_else(|| tls.certs.fallback()).key.clone();
+        (tls.serving(key, &[b"h2", b"http/1.1"]), Conn::Tls(resolved))
     };
     match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
         Ok(Ok(stream)) => Some((stream, conn)),
@@ -214,16 +227,6 @@ async fn handshake(
             None
         }
     }
-}
-
-/// A configuration that serves one certificate with ALPN `acme-tls/1` only (RFC 8737).
-fn challenge_config(key: Arc<CertifiedKey>) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Single(key)));
-    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// Always the same certificate.
