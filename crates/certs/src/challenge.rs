@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portico_store::{Store, keys};
-use rcgen::{CertificateParams, CustomExtension, KeyPair};
+use rcgen::{CertificateParams, CustomExtension};
 use rustls::sign::CertifiedKey;
 
+use crate::internal::self_signed;
 use crate::{CertError, StoredCert};
 
 /// The ALPN protocol of TLS-ALPN-01 validation connections.
@@ -37,11 +38,9 @@ pub async fn tls_alpn01_cert(store: &dyn Store, name: &str) -> Result<Option<Arc
     let Some(digest) = store.blob(&keys::tls_alpn01(name)).await? else {
         return Ok(None);
     };
-    let invalid = |e: rcgen::Error| CertError::Invalid(format!("cannot make the TLS-ALPN-01 certificate: {e}"));
-    let key = KeyPair::generate().map_err(invalid)?;
-    let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(invalid)?;
+    let mut params = CertificateParams::new(vec![name.to_owned()])
+        .map_err(|e| CertError::Invalid(format!("the name cannot go in a certificate: {e}")))?;
     params.custom_extensions = vec![CustomExtension::new_acme_identifier(&digest)];
-    let cert = params.self_signed(&key).map_err(invalid)?;
-    let stored = StoredCert::new(cert.pem(), key.serialize_pem())?;
-    Ok(Some(stored.load()?.key))
+    let (cert_pem, key_pem) = self_signed(&params, "the TLS-ALPN-01 certificate")?;
+    Ok(Some(StoredCert::new(cert_pem, key_pem)?.load()?.key))
 }

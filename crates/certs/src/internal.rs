@@ -53,19 +53,30 @@ impl InternalCa {
 }
 
 fn make_root() -> Result<Vec<u8>, CertError> {
-    let invalid = |e: rcgen::Error| CertError::Invalid(format!("cannot make the internal CA: {e}"));
-    let key = KeyPair::generate().map_err(invalid)?;
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, "Portico Internal Root CA");
     params.distinguished_name.push(DnType::OrganizationName, "Portico");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ten_years(&mut params);
+    let (cert_pem, key_pem) = self_signed(&params, "the internal CA")?;
+    serde_json::to_vec(&Root { cert_pem, key_pem }).map_err(|e| CertError::Invalid(e.to_string()))
+}
+
+/// Valid from an hour ago for ten years (the root and the fallback certificate).
+fn ten_years(params: &mut CertificateParams) {
     let now = OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(3650);
+}
+
+/// A new key and a certificate for it that it signs itself, both PEM. `what` names it in
+/// errors.
+pub(crate) fn self_signed(params: &CertificateParams, what: &str) -> Result<(String, String), CertError> {
+    let invalid = |e: rcgen::Error| CertError::Invalid(format!("cannot make {what}: {e}"));
+    let key = KeyPair::generate().map_err(invalid)?;
     let cert = params.self_signed(&key).map_err(invalid)?;
-    let root = Root { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
-    serde_json::to_vec(&root).map_err(|e| CertError::Invalid(e.to_string()))
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 #[async_trait]
@@ -93,13 +104,10 @@ impl Issuer for InternalCa {
 /// The fallback certificate: self-signed, for no real name. Served to clients without SNI
 /// and for names that get no certificate of their own.
 pub(crate) fn make_fallback() -> Result<Vec<u8>, CertError> {
-    let invalid = |e: rcgen::Error| CertError::Invalid(format!("cannot make the fallback certificate: {e}"));
-    let key = KeyPair::generate().map_err(invalid)?;
-    let mut params = CertificateParams::new(vec!["portico.invalid".to_owned()]).map_err(invalid)?;
+    let mut params = CertificateParams::new(vec!["portico.invalid".to_owned()])
+        .map_err(|e| CertError::Invalid(format!("cannot make the fallback certificate: {e}")))?;
     params.distinguished_name.push(DnType::CommonName, "Portico fallback certificate");
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(3650);
-    let cert = params.self_signed(&key).map_err(invalid)?;
-    Ok(StoredCert::new(cert.pem(), key.serialize_pem())?.to_json())
+    ten_years(&mut params);
+    let (cert_pem, key_pem) = self_signed(&params, "the fallback certificate")?;
+    Ok(StoredCert::new(cert_pem, key_pem)?.to_json())
 }
