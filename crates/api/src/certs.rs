@@ -97,6 +97,7 @@ fn metadata(chain: &str) -> Option<Map<String, Value>> {
     let mut out = Map::new();
     out.insert("names".into(), json!(meta.names));
     out.insert("issuer".into(), json!(meta.issuer));
+    out.insert("key".into(), json!(meta.key));
     out.insert("not_before".into(), json!(meta.not_before * 1000));
     out.insert("not_after".into(), json!(meta.not_after * 1000));
     out.insert("status".into(), json!(status));

@@ -425,6 +425,8 @@ pub struct Cert {
     names: Option<Vec<String>>,
     /// The certificate's issuer (distinguished name).
     issuer: Option<String>,
+    /// The public key: `ECDSA P-256`, `RSA 2048`, ...
+    key: Option<String>,
     not_before: Option<i64>,
     not_after: Option<i64>,
     /// `valid`, `expired`, `not yet valid`, or `none` while issuance keeps failing.

@@ -8,6 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::public_key::PublicKey;
 
 use crate::CertError;
 
@@ -89,6 +90,8 @@ pub struct Meta {
     pub names: Vec<String>,
     /// The issuer's distinguished name.
     pub issuer: String,
+    /// The public key's kind and size: `ECDSA P-256`, `RSA 2048`, or `other`.
+    pub key: String,
     /// Start of validity.
     pub not_before: i64,
     /// End of validity.
@@ -120,10 +123,16 @@ impl Meta {
                     .collect()
             })
             .unwrap_or_default();
+        let key = match cert.public_key().parsed() {
+            Ok(k @ PublicKey::EC(_)) => format!("ECDSA P-{}", k.key_size()),
+            Ok(k @ PublicKey::RSA(_)) => format!("RSA {}", k.key_size()),
+            _ => "other".to_owned(),
+        };
         let validity = cert.validity();
         Ok(Self {
             names,
             issuer: cert.issuer().to_string(),
+            key,
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
         })
@@ -158,6 +167,7 @@ mod tests {
         Meta {
             names: names.iter().map(|s| (*s).to_owned()).collect(),
             issuer: String::new(),
+            key: String::new(),
             not_before: 0,
             not_after: 90,
         }
@@ -186,6 +196,7 @@ mod tests {
         let back = StoredCert::from_json(&stored.to_json()).unwrap();
         let loaded = back.load().unwrap();
         assert_eq!(loaded.meta.names, vec!["rt.example.test"]);
+        assert_eq!(loaded.meta.key, "ECDSA P-256");
         assert_eq!(loaded.meta.not_after, back.expiry);
         assert!(StoredCert::from_json(b"{}").is_err());
     }

@@ -51,6 +51,7 @@ async fn first_request_to_a_new_host_gets_a_certificate_from_pebble_with_one_ord
     assert_eq!(pebble.accounts(), 1);
     let served = tls::peek(p.https, "app.example.test").await;
     assert_eq!(served.names, vec!["app.example.test"]);
+    assert_eq!(served.key, "ECDSA P-256", "the key Portico made for its CSR");
 
     // Every ACME step is logged, and the status shows it.
     let logs = p.logs();

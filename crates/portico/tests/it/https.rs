@@ -42,10 +42,26 @@ async fn first_https_request_gets_a_certificate_that_chains_to_the_exported_root
     let answer = h2.get("secure.example.test", "/second").await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.json()["uri"], "/second");
+    // The server picks h2 by ALPN when offered (not only h2 with prior knowledge)...
+    let offered = tls::client_config(Some(roots.clone()), &["h2", "http/1.1"]);
+    let stream = tls::connect(p.https, "secure.example.test", offered).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // ...and speaks TLS 1.2 as well as 1.3.
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let config =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+        let stream = tls::connect(p.https, "secure.example.test", std::sync::Arc::new(config)).await.unwrap();
+        assert_eq!(stream.get_ref().1.protocol_version(), Some(version.version));
+    }
 
     let served = tls::peek(p.https, "secure.example.test").await;
     assert_eq!(served.names, vec!["secure.example.test"]);
     assert!(served.issuer.contains("Portico Internal Root CA"), "{}", served.issuer);
+    assert_eq!(served.key, "ECDSA P-256");
     assert!(served.not_after - served.not_before > 6 * 86_400, "a week-long leaf by default");
 
     // The API shows it.
