@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::StatusCode;
 use portico_test_support::client::{Proxy, empty};
-use portico_test_support::pebble::{Options, Pebble};
+use portico_test_support::pebble::{Options, Pebble, with_portico};
 use portico_test_support::{Backend, Portico, tls};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portico");
@@ -93,31 +93,27 @@ async fn first_requests(
 fn first_handshake(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let backend = runtime.block_on(Backend::start("bench"));
-    let mut attempts = 0;
-    let (pebble, portico) = loop {
-        let pebble = Pebble::start_anywhere(Options::default());
-        let mut settings = pebble.portico_settings();
-        settings.push("tls.max_issuances_per_minute=100000".to_owned());
-        settings.push("log.access_log=false".to_owned());
-        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
-        match Portico::try_start(BIN, &settings) {
-            Ok(p) => break (pebble, p),
-            Err(e) if attempts > 4 => panic!("{e}"),
-            Err(_) => attempts += 1,
-        }
-    };
-    portico.add_host("**.bench.test", backend.addr, &[]);
-    let roots = tls::roots(&runtime.block_on(pebble.root()));
     let counter = AtomicUsize::new(0);
     let fresh = || format!("n{}.bench.test", counter.fetch_add(1, Ordering::Relaxed));
+    // Each group gets a fresh Pebble: Debian's Pebble 2.4 stalls (its handlers stop answering
+    // until clients give up) once it holds a couple of thousand orders.
+    let start = || {
+        let settings = ["tls.max_issuances_per_minute=100000", "log.access_log=false"];
+        let (pebble, portico) = with_portico(BIN, Options::default(), &settings);
+        portico.add_host("**.bench.test", backend.addr, &[]);
+        let roots = tls::roots(&runtime.block_on(pebble.root()));
+        (pebble, portico, roots)
+    };
+    let (pebble, portico, roots) = start();
 
     let mut group = c.benchmark_group("on_demand");
     group.sample_size(20).measurement_time(Duration::from_secs(15)).warm_up_time(Duration::from_secs(1));
     group.bench_function("first_request_to_a_new_name", |b| {
         b.iter_custom(|iters| runtime.block_on(first_requests(portico.https, &roots, (0..iters).map(|_| fresh()))));
     });
-    // Fewer rounds here: Debian's Pebble 2.4 stalls (its handlers stop answering until
-    // clients give up) after a few thousand orders placed twelve at a time.
+    println!("orders placed with pebble: {}", pebble.orders());
+    drop((portico, pebble));
+    let (pebble, portico, roots) = start();
     group.sample_size(10).measurement_time(Duration::from_secs(5));
     group.bench_function("twelve_new_names_at_once", |b| {
         b.iter_custom(|iters| {
@@ -156,8 +152,7 @@ fn first_handshake(c: &mut Criterion) {
     });
     group.finish();
     println!("orders placed with pebble: {}", pebble.orders());
-    drop(portico);
-    drop(pebble);
+    drop((portico, pebble));
 
     // The peer, in the same run: Caddy against its own Pebble, and Portico again with the
     // same challenge (TLS-ALPN-01).

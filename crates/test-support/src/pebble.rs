@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tempfile::TempDir;
 
+use crate::Portico;
+
 /// Ports of one test's ACME setup.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
@@ -220,6 +222,23 @@ impl Pebble {
     pub fn http_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.ports.http))
     }
+}
+
+/// Pebble, and `bin serve` pointed at it with its listeners on the ports Pebble validates
+/// (another block of ports when one is taken), with `extra` settings on top.
+pub fn with_portico(bin: impl AsRef<std::path::Path>, options: Options, extra: &[&str]) -> (Pebble, Portico) {
+    let mut errors = Vec::new();
+    for _ in 0..5 {
+        let pebble = Pebble::start_anywhere(options);
+        let mut settings = pebble.portico_settings();
+        settings.extend(extra.iter().map(|s| (*s).to_owned()));
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        match Portico::try_start(bin.as_ref(), &settings) {
+            Ok(p) => return (pebble, p),
+            Err(e) => errors.push(e),
+        }
+    }
+    panic!("could not start portico beside pebble: {errors:?}");
 }
 
 impl Drop for Pebble {

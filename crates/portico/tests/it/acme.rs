@@ -6,27 +6,15 @@ use std::time::Duration;
 
 use http::StatusCode;
 use portico_test_support::client::{ApiClient, Proxy};
-use portico_test_support::pebble::{Options, Pebble};
+use portico_test_support::pebble::{self, Options, Pebble};
 use portico_test_support::portico::ADMIN_PASSWORD;
 use portico_test_support::{Backend, Portico, eventually, tls};
 
 use crate::BIN;
 
-/// Pebble, and Portico pointed at it with its listeners on the ports Pebble validates (another
-/// block of ports when one is taken).
+/// Pebble, and Portico pointed at it.
 fn setup(options: Options, extra: &[&str]) -> (Pebble, Portico) {
-    let mut errors = Vec::new();
-    for _ in 0..5 {
-        let pebble = Pebble::start_anywhere(options);
-        let mut settings = pebble.portico_settings();
-        settings.extend(extra.iter().map(|s| (*s).to_owned()));
-        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
-        match Portico::try_start(BIN, &settings) {
-            Ok(p) => return (pebble, p),
-            Err(e) => errors.push(e),
-        }
-    }
-    panic!("could not start portico beside pebble: {errors:?}");
+    pebble::with_portico(BIN, options, extra)
 }
 
 #[tokio::test]
