@@ -77,6 +77,8 @@ struct RawProxy {
     http: Option<String>,
     https: Option<String>,
     header_read_timeout: Option<DurationText>,
+    idle_timeout: Option<DurationText>,
+    max_connections: Option<usize>,
     max_header_bytes: Option<usize>,
     upstream_connect_timeout: Option<DurationText>,
     upstream_timeout: Option<DurationText>,
@@ -198,6 +200,8 @@ pub struct Config {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub proxy: ProxyConfig,
+    /// `proxy.max_connections` as configured; `None`: derived from the fd limit at start.
+    pub max_connections: Option<usize>,
     pub api_listen: SocketAddr,
     pub lookup_socket: Option<PathBuf>,
     pub session_ttl: Duration,
@@ -316,6 +320,9 @@ impl TryFrom<Raw> for Config {
         if max_header_bytes < 8192 {
             return Err(ConfigError::Value { key: "proxy.max_header_bytes", message: "must be at least 8192".into() });
         }
+        if p.max_connections == Some(0) {
+            return Err(ConfigError::Value { key: "proxy.max_connections", message: "must be at least 1".into() });
+        }
         let proxy = ProxyConfig {
             https_port: https.port(),
             header_read_timeout: duration(
@@ -323,6 +330,9 @@ impl TryFrom<Raw> for Config {
                 "proxy.header_read_timeout",
                 defaults.header_read_timeout,
             )?,
+            idle_timeout: duration(&p.idle_timeout, "proxy.idle_timeout", defaults.idle_timeout)?,
+            // Set at start from the file-descriptor limit unless configured (`max_connections`).
+            max_connections: p.max_connections.unwrap_or(defaults.max_connections),
             max_header_bytes,
             upstream_connect_timeout: duration(
                 &p.upstream_connect_timeout,
@@ -400,6 +410,7 @@ impl TryFrom<Raw> for Config {
             store_url,
             http,
             https,
+            max_connections: raw.proxy.max_connections,
             proxy,
             api_listen: addr("api.listen", raw.api.listen.as_deref(), "127.0.0.1:3000")?,
             lookup_socket: raw.api.lookup_socket,
@@ -456,6 +467,18 @@ mod tests {
         let c = load(None, &[], &overrides).unwrap();
         let shown = format!("{c:?}");
         assert!(shown.contains("kid-7") && !shown.contains("c2VjcmV0LWhtYWM"), "{shown}");
+    }
+
+    #[test]
+    fn connection_limits() {
+        let c = load(None, &[], &[]).unwrap();
+        assert_eq!(c.max_connections, None, "derived from the fd limit at start");
+        assert_eq!(c.proxy.idle_timeout, Duration::from_secs(60));
+        let c = load(None, &[("PORTICO_PROXY_MAX_CONNECTIONS", "500")], &[("proxy.idle_timeout", "\"5s\"")]).unwrap();
+        assert_eq!(c.max_connections, Some(500));
+        assert_eq!(c.proxy.idle_timeout, Duration::from_secs(5));
+        let e = load(None, &[], &[("proxy.max_connections", "0")]).unwrap_err().to_string();
+        assert!(e.contains("proxy.max_connections"), "{e}");
     }
 
     #[test]

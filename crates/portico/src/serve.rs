@@ -7,10 +7,13 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::TokioIo;
 use portico_api::{ApiSettings, ApiState};
 use portico_certs::acme::{AcmeIssuer, AcmeSettings, Eab};
 use portico_certs::internal::InternalCa;
 use portico_certs::{CertSettings, Certs, Issuer};
+use portico_proxy::server::{self, ConnectionCap, Limits};
 use portico_proxy::{HttpListener, Routes, routes};
 use portico_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +43,10 @@ impl Role {
 }
 
 /// Runs `role` until a shutdown signal, then drains and returns.
-pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
+    let fd_limit = raise_fd_limit();
+    config.proxy.max_connections = config.max_connections.unwrap_or_else(|| default_max_connections(fd_limit));
+    tracing::info!(fd_limit, max_connections = config.proxy.max_connections, "connection limits");
     let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
     let routes = Arc::new(Routes::new());
     let hosts = routes.reload(store.as_ref()).await.context("cannot read hosts from the store")?;
@@ -57,11 +63,13 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
 
     let mut ready = Vec::new();
     if role.proxy() {
+        // One cap for both listeners: they draw on the same file descriptors.
+        let cap = ConnectionCap::new(config.proxy.max_connections, "proxy.max_connections");
         let https = HttpListener::bind_tls(config.https, config.proxy.clone(), routes.clone(), certs.clone())
             .await
             .with_context(|| format!("cannot listen on {} (proxy.https)", config.https))?;
         let https_addr = https.local_addr()?;
-        tasks.spawn(https.serve(shutdown.clone()));
+        tasks.spawn(https.serve(cap.clone(), shutdown.clone()));
         // Redirects to HTTPS name the port actually bound.
         let plain = portico_proxy::ProxyConfig { https_port: https_addr.port(), ..config.proxy.clone() };
         let http = HttpListener::bind(config.http, plain, routes.clone(), Some(certs.clone()))
@@ -69,7 +77,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {} (proxy.http)", config.http))?;
         ready.push(("http", http.local_addr()?));
         ready.push(("https", https_addr));
-        tasks.spawn(http.serve(shutdown.clone()));
+        tasks.spawn(http.serve(cap, shutdown.clone()));
     }
     let mut api = None;
     if role.api() {
@@ -84,13 +92,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
         ready.push(("api", listener.local_addr()?));
-        let stop_api = shutdown.clone();
-        let served = state.clone();
-        tasks.spawn(async move {
-            if let Err(e) = portico_api::serve(listener, served, stop_api.cancelled_owned()).await {
-                tracing::error!(error = %e, "the API server failed");
-            }
-        });
+        tasks.spawn(serve_api(listener, state.clone(), config.proxy.limits(), shutdown.clone()));
         api = Some(state);
     }
     // Every socket is bound (connections queue from here on): ready, before anyone is told.
@@ -108,6 +110,62 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     tasks.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connections the API accepts at once (it shares the process's file descriptors with the
+/// proxy, so it has a cap of its own: a flood on the proxy's ports leaves it reachable).
+const API_MAX_CONNECTIONS: usize = 256;
+/// File descriptors kept for everything but client and target connections: the API's, the
+/// store, the ACME client, listeners.
+const FD_RESERVE: u64 = API_MAX_CONNECTIONS as u64 + 256;
+
+/// Serves the API with the proxy's connection limits: the same header-read deadline and idle
+/// timeout, its own connection cap.
+async fn serve_api(
+    listener: tokio::net::TcpListener,
+    api: portico_api::Api,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    use tower_service::Service as _;
+    let router = portico_api::router(api);
+    let builder = Arc::new(server::builder(&limits, 64 * 1024));
+    let cap = ConnectionCap::new(API_MAX_CONNECTIONS, "the API's connection cap");
+    server::accept_loop(&listener, &cap, &shutdown, limits.shutdown_timeout, move |stream, peer, watch| {
+        let (router, builder) = (router.clone(), builder.clone());
+        async move {
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().call(request)
+            });
+            server::drive(&builder, TokioIo::new(stream), service, &limits, watch).await;
+        }
+    })
+    .await;
+}
+
+/// Raises the soft limit on open files to the hard limit (as nginx's
+/// `worker_rlimit_nofile` would be set by hand) and returns the limit now in force.
+fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    if let Some(hard) = limit.maximum
+        && hard > soft
+    {
+        match setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) }) {
+            Ok(()) => return hard,
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    soft
+}
+
+/// `proxy.max_connections` when not configured: half of what the fd limit leaves after the
+/// reserve (a proxied connection may hold a target connection too), at least 64.
+fn default_max_connections(fd_limit: u64) -> usize {
+    let half = fd_limit.saturating_sub(FD_RESERVE) / 2;
+    usize::try_from(half).unwrap_or(usize::MAX).max(64)
 }
 
 /// The issuer `tls.issuer` names.
@@ -153,4 +211,16 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_cap_leaves_room_for_target_connections_and_the_api() {
+        assert_eq!(default_max_connections(1024), 256);
+        assert_eq!(default_max_connections(65_536), 32_512);
+        assert_eq!(default_max_connections(256), 64, "a floor even on tiny limits");
+    }
 }

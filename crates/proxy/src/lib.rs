@@ -14,6 +14,7 @@ pub mod handler;
 pub mod listener;
 pub mod response;
 pub mod routes;
+pub mod server;
 
 use std::time::Duration;
 
@@ -25,9 +26,13 @@ pub use routes::Routes;
 pub struct ProxyConfig {
     /// Port of the HTTPS listener, used in `forcessl` redirects (omitted when 443).
     pub https_port: u16,
-    /// Time a client has to send a request's headers; also how long an idle HTTP/1
-    /// keep-alive connection stays open.
+    /// Time from accept (or the end of the TLS handshake) to the first complete request head;
+    /// also how long an idle HTTP/1 keep-alive connection waits for the next request's head.
     pub header_read_timeout: Duration,
+    /// How long a connection (HTTP/1 or HTTP/2) with no request in flight stays open.
+    pub idle_timeout: Duration,
+    /// Connections open at once on the proxy's listeners together; more wait.
+    pub max_connections: usize,
     /// Largest request head (request line and headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
     /// Time to connect to a target.
@@ -52,6 +57,8 @@ impl Default for ProxyConfig {
         Self {
             https_port: 443,
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
             max_header_bytes: 64 * 1024,
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_timeout: Duration::from_secs(60),
@@ -60,6 +67,17 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(30),
             access_log: true,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The time limits every connection of the proxy's listeners gets.
+    pub fn limits(&self) -> server::Limits {
+        server::Limits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            shutdown_timeout: self.shutdown_timeout,
         }
     }
 }

@@ -9,13 +9,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,6 +29,7 @@ use crate::ProxyConfig;
 use crate::forward::Upstream;
 use crate::handler::{Conn, Shared, handle};
 use crate::routes::Routes;
+use crate::server::{self, ConnectionCap, Watch};
 
 /// A bound listener (plain HTTP or HTTPS), ready to [`serve`](HttpListener::serve).
 #[derive(Debug)]
@@ -110,84 +109,70 @@ impl HttpListener {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown`, then stops accepting, lets in-flight requests finish for up to
-    /// the configured shutdown timeout, closes what is left, and returns.
-    pub async fn serve(self, shutdown: CancellationToken) {
+    /// Serves until `shutdown` with at most `cap`'s connections open (shared with the
+    /// listeners given the same cap), then stops accepting, lets in-flight requests finish
+    /// for up to the configured shutdown timeout, closes what is left, and returns.
+    pub async fn serve(self, cap: ConnectionCap, shutdown: CancellationToken) {
         let config = self.shared.config.clone();
-        let builder = connection_builder(&config);
-        let graceful = GracefulShutdown::new();
-        let connections = TaskTracker::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+        let limits = config.limits();
+        let builder = Arc::new(server::builder(&limits, config.max_header_bytes));
+        let shared = self.shared.clone();
+        let tls = self.tls.clone();
+        server::accept_loop(&self.listener, &cap, &shutdown, limits.shutdown_timeout, move |stream, peer, watch| {
+            let (shared, tls, builder) = (shared.clone(), tls.clone(), builder.clone());
+            async move {
+                let (io, conn) = match tls {
+                    None => (Either::Left(stream), Conn::Plain),
+                    Some(tls) => {
+                        let hello = handshake(&tls, stream, peer, &shared.config, &watch);
+                        let Some((stream, conn)) = hello.await else {
+                            return;
+                        };
+                        (Either::Right(Box::new(stream)), conn)
                     }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let shared = self.shared.clone();
-            let Some(tls) = self.tls.clone() else {
-                let conn = Arc::new(Conn::Plain);
-                let service = service_fn(move |request| handle(shared.clone(), request, peer, conn.clone()));
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                connections.spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                    }
-                });
-                continue;
-            };
-            let watcher = graceful.watcher();
-            let builder = builder.clone();
-            connections.spawn(async move {
-                let Some((stream, conn)) = handshake(&tls, stream, peer, shared.config.handshake_timeout).await else {
-                    return;
                 };
                 let conn = Arc::new(conn);
                 let service = service_fn(move |request| handle(shared.clone(), request, peer, conn.clone()));
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                if let Err(e) = watcher.watch(connection).await {
-                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                }
-            });
-        }
+                server::drive(&builder, TokioIo::new(io), service, &limits, watch).await;
+            }
+        })
+        .await;
         drop(self.listener);
-        tracing::info!(in_flight = connections.len(), "stopped accepting; draining connections");
-        let drained = tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await;
-        if drained.is_err() {
-            tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown deadline passed; closing remaining connections");
-        }
         self.tunnel_shutdown.cancel();
         self.tunnels.close();
         self.tunnels.wait().await;
     }
 }
 
-/// Reads the ClientHello, resolves the certificate (awaiting an issuance if need be) and
-/// completes the handshake, all before one deadline. `None` when the client goes away, is too
-/// slow, or speaks no TLS.
+/// Reads the ClientHello (within `proxy.header_read_timeout`: a client sends it at once),
+/// resolves the certificate (awaiting an issuance if need be) and completes the handshake, all
+/// within `proxy.handshake_timeout`. `None` when the client goes away, is too
+/// slow, speaks no TLS, or sends no ClientHello while the connection cap is reached.
 async fn handshake(
     tls: &Tls,
     stream: TcpStream,
     peer: SocketAddr,
-    timeout: Duration,
+    config: &ProxyConfig,
+    watch: &Watch,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Conn)> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let start = match tokio::time::timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), stream)).await {
-        Ok(Ok(start)) => start,
-        Ok(Err(e)) => {
-            tracing::debug!(peer = %peer, error = %e, "no TLS ClientHello");
-            return None;
-        }
-        Err(_) => {
-            tracing::debug!(peer = %peer, "TLS handshake deadline passed before the ClientHello");
+    let accepted = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let hello_by = tokio::time::Instant::now() + config.header_read_timeout.min(config.handshake_timeout);
+    let hello = tokio::time::timeout_at(hello_by, LazyConfigAcceptor::new(Acceptor::default(), stream));
+    let start = tokio::select! {
+        read = hello => match read {
+            Ok(Ok(start)) => start,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer, error = %e, "no TLS ClientHello");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer, "no TLS ClientHello in time");
+                return None;
+            }
+        },
+        () = watch.evicted(accepted) => {
+            tracing::debug!(peer = %peer, "closing a connection with no ClientHello: the connection limit is reached");
             return None;
         }
     };
@@ -237,21 +222,4 @@ impl ResolvesServerCert for Single {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.clone())
     }
-}
-
-fn connection_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(config.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(config.max_header_bytes.try_into().unwrap_or(u32::MAX))
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
 }

@@ -63,6 +63,14 @@ impl Portico {
         Self::spawn(bin.as_ref(), "serve", Arc::new(TempDir::new().unwrap()), settings, Some(ADMIN_PASSWORD))
     }
 
+    /// Like [`Portico::start`], under an open-file limit of `limit` (soft and hard, set with
+    /// util-linux's `prlimit`), as on a host with a low `ulimit -n`.
+    pub fn start_with_fd_limit(bin: impl AsRef<Path>, limit: u64, settings: &[&str]) -> Self {
+        let dir = Arc::new(TempDir::new().unwrap());
+        Self::spawn_limited(bin.as_ref(), "serve", dir, settings, Some(ADMIN_PASSWORD), Some(limit))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Starts `portico ROLE` (`serve`, `proxy` or `api`) in a new data directory.
     pub fn start_role(bin: impl AsRef<Path>, role: &str, settings: &[&str]) -> Self {
         Self::spawn(bin.as_ref(), role, Arc::new(TempDir::new().unwrap()), settings, Some(ADMIN_PASSWORD))
@@ -81,8 +89,26 @@ impl Portico {
         settings: &[&str],
         admin_password: Option<&str>,
     ) -> Result<Self, String> {
+        Self::spawn_limited(bin, role, dir, settings, admin_password, None)
+    }
+
+    fn spawn_limited(
+        bin: &Path,
+        role: &str,
+        dir: Arc<TempDir>,
+        settings: &[&str],
+        admin_password: Option<&str>,
+        fd_limit: Option<u64>,
+    ) -> Result<Self, String> {
         let bin = bin.to_owned();
-        let mut command = Command::new(&bin);
+        let mut command = match fd_limit {
+            None => Command::new(&bin),
+            Some(limit) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit.arg(format!("--nofile={limit}:{limit}")).arg("--").arg(&bin);
+                prlimit
+            }
+        };
         command.arg(role).arg("--data-dir").arg(dir.path()).args([
             "--http",
             "127.0.0.1:0",

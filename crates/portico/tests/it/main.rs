@@ -3,6 +3,7 @@
 
 mod acme;
 mod api;
+mod connections;
 mod errors;
 mod https;
 mod lifecycle;

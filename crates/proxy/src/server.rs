@@ -1,0 +1,400 @@
+//! Serving connections, the same way on every listener (the proxy's HTTP and HTTPS, and the
+//! API's): a cap on open connections, one deadline from accept (or from the end of the TLS
+//! handshake) to the first complete request head, an idle timeout once no request is in
+//! flight, and graceful shutdown with a deadline.
+//!
+//! hyper-util's h1/h2 detection and a partial HTTP/2 preface have no deadline of their own,
+//! and hyper's `header_read_timeout` only starts once HTTP/1 is chosen, so a connection that
+//! never sends a byte would otherwise stay open for ever. The watchdog in [`drive`] closes it.
+//!
+//! At the cap ([`ConnectionCap`]) the accept loop stops accepting (connections wait in the
+//! kernel's backlog), says so in the log at most once a minute, and asks every connection
+//! that has had no request in flight for a second to close, so that silent or idle connections cannot keep real
+//! clients out.
+
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::{Service, service_fn};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// At the cap, connections idle (or silent) for at least this long are closed; younger ones
+/// are left to send their request.
+const PRESSURE_GRACE: Duration = Duration::from_secs(1);
+
+/// The time limits of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From accept (or the end of the TLS handshake) to the first complete request head;
+    /// for HTTP/1, also the time a keep-alive connection waits for the next request's head.
+    pub header_read_timeout: Duration,
+    /// How long a connection that has served requests stays open with none in flight.
+    pub idle_timeout: Duration,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+/// A cap on the connections open at once, shared by the listeners that use it.
+#[derive(Debug, Clone)]
+pub struct ConnectionCap {
+    inner: Arc<CapInner>,
+}
+
+#[derive(Debug)]
+struct CapInner {
+    permits: Arc<Semaphore>,
+    max: usize,
+    /// The configuration key that sets `max`, for the log line.
+    key: &'static str,
+    /// Woken when the cap is reached: idle connections close.
+    pressure: Notify,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl ConnectionCap {
+    /// A cap of `max` connections (at least 1), set by the configuration key `key`.
+    pub fn new(max: usize, key: &'static str) -> Self {
+        let max = max.max(1);
+        let inner = CapInner {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            key,
+            pressure: Notify::new(),
+            last_warning: Mutex::new(None),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The cap.
+    pub fn max(&self) -> usize {
+        self.inner.max
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.inner.max - self.inner.permits.available_permits()
+    }
+
+    /// Room for one more connection. At the cap: logs (at most once a minute), asks idle
+    /// connections to close, and waits.
+    async fn admit(&self) -> OwnedSemaphorePermit {
+        match self.inner.permits.clone().try_acquire_owned() {
+            Ok(permit) => return permit,
+            Err(TryAcquireError::Closed) => unreachable!("the semaphore is never closed"),
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        self.warn();
+        self.inner.pressure.notify_waiters();
+        loop {
+            let acquire = self.inner.permits.clone().acquire_owned();
+            // Woken connections may be busy: ask again every second until there is room.
+            match tokio::time::timeout(Duration::from_secs(1), acquire).await {
+                Ok(permit) => return permit.expect("the semaphore is never closed"),
+                Err(_) => self.inner.pressure.notify_waiters(),
+            }
+        }
+    }
+
+    fn warn(&self) {
+        let mut last = self.inner.last_warning.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        *last = Some(Instant::now());
+        tracing::warn!(
+            max = self.inner.max,
+            key = self.inner.key,
+            "connection limit reached: new connections wait, idle ones are closed"
+        );
+    }
+}
+
+/// What a connection task gets from the accept loop: its place under the cap and the
+/// signals it obeys.
+#[derive(Debug)]
+pub struct Watch {
+    _permit: OwnedSemaphorePermit,
+    cap: ConnectionCap,
+    /// Stop taking requests, finish those in flight.
+    shutdown: CancellationToken,
+    /// The shutdown deadline passed: close now.
+    cut: CancellationToken,
+}
+
+impl Watch {
+    /// Resolves when the cap is reached and this connection, open since `since` and still
+    /// doing nothing useful (waiting for a TLS ClientHello, say), should make room.
+    pub async fn evicted(&self, since: Instant) {
+        loop {
+            self.cap.inner.pressure.notified().await;
+            if since.elapsed() >= PRESSURE_GRACE {
+                return;
+            }
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown`, each admitted by `cap` and handed to
+/// `connection` (which typically ends in [`drive`]). Then waits up to `shutdown_timeout` for
+/// the connections to finish and closes what is left.
+pub async fn accept_loop<F, Fut>(
+    listener: &TcpListener,
+    cap: &ConnectionCap,
+    shutdown: &CancellationToken,
+    shutdown_timeout: Duration,
+    mut connection: F,
+) where
+    F: FnMut(TcpStream, SocketAddr, Watch) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tasks = TaskTracker::new();
+    let cut = CancellationToken::new();
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = cap.admit() => permit,
+        };
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let watch = Watch { _permit: permit, cap: cap.clone(), shutdown: shutdown.clone(), cut: cut.clone() };
+        tasks.spawn(connection(stream, peer, watch));
+    }
+    tracing::info!(in_flight = tasks.len(), "stopped accepting; draining connections");
+    tasks.close();
+    if tokio::time::timeout(shutdown_timeout, tasks.wait()).await.is_err() {
+        tracing::warn!(timeout = ?shutdown_timeout, "shutdown deadline passed; closing remaining connections");
+        cut.cancel();
+        tasks.wait().await;
+    }
+}
+
+/// The connection builder every listener uses: HTTP/1.1 and HTTP/2 on one socket, upgrades,
+/// hyper's header-read timeout for HTTP/1 and a limit on the request head.
+pub fn builder(limits: &Limits, max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(max_header_bytes.try_into().unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Serves one connection with `service` until it ends, closing it when it sends no complete
+/// request head within `header_read_timeout`, when it has had no request in flight for
+/// `idle_timeout`, when the cap is reached and it is idle, or at shutdown.
+pub async fn drive<I, S, B>(builder: &auto::Builder<TokioExecutor>, io: I, service: S, limits: &Limits, watch: Watch)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = Arc::new(Activity::new());
+    let service = Arc::new(service);
+    let counted = {
+        let activity = activity.clone();
+        service_fn(move |request| {
+            let guard = activity.begin();
+            let response = service.call(request);
+            async move { response.await.map(|r| r.map(|body| Tracked { inner: body, _guard: guard })) }
+        })
+    };
+    let mut connection = pin!(builder.serve_connection_with_upgrades(io, counted));
+    let mut closing = false;
+    loop {
+        let wake = activity.next_check(limits);
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = watch.cut.cancelled() => return,
+            () = watch.shutdown.cancelled(), if !closing => {
+                if activity.served() == 0 {
+                    return;
+                }
+                GracefulConnection::graceful_shutdown(connection.as_mut());
+                closing = true;
+            }
+            () = watch.cap.inner.pressure.notified(), if !closing => {
+                if activity.in_flight() == 0 && activity.idle_since().elapsed() >= PRESSURE_GRACE {
+                    tracing::debug!("closing an idle connection: the connection limit is reached");
+                    return;
+                }
+            }
+            () = tokio::time::sleep_until(wake.into()), if !closing => {
+                if activity.expired(limits) {
+                    if activity.served() == 0 {
+                        tracing::debug!("closing a connection that sent no request in time");
+                        return;
+                    }
+                    GracefulConnection::graceful_shutdown(connection.as_mut());
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// What a connection's requests tell its watchdog.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    served: AtomicU64,
+    /// When the last request ended, in milliseconds since `opened`.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            idle_since_ms: 0.into(),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn served(&self) -> u64 {
+        self.served.load(Ordering::Acquire)
+    }
+
+    /// How long this connection may stay as it is: until the first request's head, or idle.
+    fn allowance(&self, limits: &Limits) -> Duration {
+        if self.served() == 0 { limits.header_read_timeout } else { limits.idle_timeout }
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
+    }
+
+    /// Whether it has been idle (or silent) for longer than allowed.
+    fn expired(&self, limits: &Limits) -> bool {
+        self.in_flight() == 0 && self.idle_since().elapsed() >= self.allowance(limits)
+    }
+
+    /// When to look again: when the allowance runs out if idle now, but no later than the
+    /// shorter limit from now. Requests come and go without waking the watchdog, and each of
+    /// them moves `idle_since` later and may switch the allowance: a wake-up at most the
+    /// shorter limit away still catches the earliest moment the connection can expire.
+    fn next_check(&self, limits: &Limits) -> Instant {
+        let soonest = Instant::now() + limits.idle_timeout.min(limits.header_read_timeout);
+        if self.in_flight() == 0 { (self.idle_since() + self.allowance(limits)).min(soonest) } else { soonest }
+    }
+}
+
+/// A request in flight; its end makes the connection idle.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let now = u64::try_from(activity.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.idle_since_ms.fetch_max(now, Ordering::AcqRel);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until it is sent or dropped.
+struct Tracked<B> {
+    inner: B,
+    _guard: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_silent_connection_expires_after_the_header_timeout_and_a_busy_one_never() {
+        let activity = Arc::new(Activity::new());
+        let limits = limits();
+        assert!(!activity.expired(&limits));
+        assert_eq!(activity.next_check(&limits), activity.opened + limits.header_read_timeout);
+        let short_idle = Limits { idle_timeout: Duration::from_secs(1), ..limits };
+        assert!(activity.next_check(&short_idle) <= Instant::now() + short_idle.idle_timeout, "a request may come");
+        let guard = activity.begin();
+        let zero = Limits { header_read_timeout: Duration::ZERO, idle_timeout: Duration::ZERO, ..limits };
+        assert!(!activity.expired(&zero), "a request is in flight");
+        drop(guard);
+        assert!(activity.expired(&zero));
+        assert!(!activity.expired(&limits));
+        // Once a request has been served, the idle timeout applies, from the request's end.
+        let no_header_wait = Limits { header_read_timeout: Duration::ZERO, ..limits };
+        assert!(!activity.expired(&no_header_wait));
+    }
+}
