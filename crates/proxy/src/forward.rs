@@ -132,9 +132,11 @@ impl Upstream {
             Ok(Ok(response)) => response,
         };
 
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // A switch nobody asked for would hand the connection to the target unseen.
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::TargetFailed("101 Switching Protocols without a WebSocket request".into()));
+            };
             let target_upgrade = hyper::upgrade::on(&mut response);
             let shutdown = self.shutdown.clone();
             self.tunnels.spawn(tunnel(client_upgrade, target_upgrade, shutdown));
@@ -145,8 +147,8 @@ impl Upstream {
     }
 }
 
-/// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` +
-/// `Upgrade: x`).
+/// The `Upgrade` protocol of an HTTP/1.1 WebSocket upgrade request (`Connection: upgrade` +
+/// `Upgrade: websocket`).
 fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
     if request.version() != Version::HTTP_11 {
         return None;
@@ -158,7 +160,10 @@ fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if wants { request.headers().get(header::UPGRADE).cloned() } else { None }
+    let protocol = request.headers().get(header::UPGRADE).filter(|_| wants)?;
+    // Only WebSocket is tunnelled: any other upgrade (`h2c`, say) would carry traffic past
+    // routing and header rewriting, so it is forwarded as a plain request.
+    protocol.to_str().is_ok_and(|p| p.trim().eq_ignore_ascii_case("websocket")).then(|| protocol.clone())
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
@@ -177,7 +182,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Real-IP`,
-/// `X-Request-Id`, and a `Host` header for HTTP/2 requests, which carry none.
+/// `X-Request-Id`, and `Host`: the routed authority.
 fn add_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>) {
     let peer_ip = origin.peer.ip().to_canonical().to_string();
     let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
@@ -192,18 +197,25 @@ fn add_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>) {
     set(headers, X_FORWARDED_HOST, origin.authority);
     set(headers, X_REAL_IP, &peer_ip);
     set(headers, X_REQUEST_ID, origin.request_id);
-    if !headers.contains_key(header::HOST) {
-        set(headers, header::HOST, origin.authority);
-    }
+    // The authority the request was routed by, whatever `Host` the client sent beside it.
+    set(headers, header::HOST, origin.authority);
 }
 
 /// Connection failures are 502 unless they timed out (504). hyper-util reports a connect
-/// timeout as an `io::Error` of kind `TimedOut` in the error's source chain.
+/// timeout as an `io::Error` of kind `TimedOut` in the error's source chain. A failure to
+/// read the client's own request body (bad chunked encoding, cut short) is the client's: 400.
 fn classify(error: hyper_util::client::legacy::Error) -> ProxyError {
-    let timed_out = std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| e.source())
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
-    if timed_out {
+    let chain = || std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| e.source());
+    let timed_out =
+        chain().filter_map(|e| e.downcast_ref::<std::io::Error>()).any(|io| io.kind() == std::io::ErrorKind::TimedOut);
+    // The client's body is hyper's `Incoming`: its read error sits under the client's "user
+    // body" error as another `hyper::Error`.
+    let client_body = chain()
+        .filter_map(|e| e.downcast_ref::<hyper::Error>())
+        .any(|e| e.is_user() && std::error::Error::source(e).is_some_and(|s| s.is::<hyper::Error>()));
+    if client_body {
+        ProxyError::BadRequestBody(error.into())
+    } else if timed_out {
         ProxyError::TargetTimeout
     } else if error.is_connect() {
         ProxyError::TargetUnreachable(error.into())

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use portico_certs::challenge::{HTTP01_PREFIX, http01_answer};
 use portico_certs::{Certs, Loaded};
@@ -13,7 +13,7 @@ use portico_model::Hostname;
 
 use crate::ProxyConfig;
 use crate::forward::{Origin, Scheme, Upstream, X_REQUEST_ID};
-use crate::response::{AccessEntry, LoggedBody, ProxyBody, ProxyError, chain, redirect, text};
+use crate::response::{ALLOWED_METHODS, AccessEntry, LoggedBody, ProxyBody, ProxyError, chain, redirect, text};
 use crate::routes::Routes;
 
 /// What every request handler shares.
@@ -55,23 +55,22 @@ pub async fn handle(
     conn: Arc<Conn>,
 ) -> Result<Response<LoggedBody>, Infallible> {
     let request_id = format!("{:016x}", fastrand::u64(..));
-    let authority = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned));
+    let authority = authority(&request);
     let mut entry = AccessEntry {
         request_id: request_id.clone(),
         peer,
         method: request.method().clone(),
-        host: authority.clone().unwrap_or_else(|| "-".to_owned()),
+        host: authority.as_ref().ok().and_then(Clone::clone).unwrap_or_else(|| "-".to_owned()),
         path: request.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
         status: 0,
         target: None,
         started: Instant::now(),
         enabled: shared.config.access_log,
     };
-    let routed = route(&shared, request, authority.as_deref(), peer, &conn, &mut entry).await;
+    let routed = match authority {
+        Ok(authority) => route(&shared, request, authority.as_deref(), peer, &conn, &mut entry).await,
+        Err(refused) => Err(refused),
+    };
     let mut response = routed.unwrap_or_else(|error| {
         let status = error.status();
         if status.is_server_error() {
@@ -97,6 +96,13 @@ async fn route(
     conn: &Conn,
     entry: &mut AccessEntry,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    // Requests about the proxy itself, not for a host: answered here, never forwarded.
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    if request.method() == Method::OPTIONS && request.uri().path() == "*" {
+        return Ok(options_asterisk());
+    }
     let authority = authority.ok_or(ProxyError::MissingHost)?;
     let name = Hostname::from_authority(authority).map_err(ProxyError::InvalidHost)?;
     entry.host = name.to_string();
@@ -124,6 +130,37 @@ async fn route(
     entry.target = Some(host.target.authority());
     let origin = Origin { peer, scheme, authority, request_id: &entry.request_id };
     shared.upstream.forward(request, host, &origin).await
+}
+
+/// The authority a request is for: the request target's (HTTP/2 `:authority`, or an HTTP/1
+/// absolute-form URI, which RFC 9112 §3.2.2 says wins over `Host`), else the `Host` header.
+/// Several `Host` headers, or an HTTP/2 `Host` that differs from `:authority` (RFC 9113
+/// §8.3.1), make the request ambiguous: a backend could pick another host than the one
+/// Portico routed by.
+fn authority<B>(request: &Request<B>) -> Result<Option<String>, ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::AmbiguousHost);
+    }
+    let host = host.map(|v| v.to_str().map_err(|_| ProxyError::AmbiguousHost)).transpose()?;
+    match request.uri().authority() {
+        Some(target) => {
+            let differs = host.is_some_and(|h| !h.eq_ignore_ascii_case(target.as_str()));
+            if request.version() == Version::HTTP_2 && differs {
+                return Err(ProxyError::AmbiguousHost);
+            }
+            Ok(Some(target.as_str().to_owned()))
+        }
+        None => Ok(host.map(str::to_owned)),
+    }
+}
+
+/// `OPTIONS *`: what the server supports, answered by the proxy (there is no path to forward).
+fn options_asterisk() -> Response<ProxyBody> {
+    let mut response = text(String::new());
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    response
 }
 
 /// The answer to an ACME HTTP-01 request, when one is pending for this name (any node may

@@ -23,6 +23,17 @@ pub enum ProxyError {
     /// The request names no host.
     #[error("the request has no host")]
     MissingHost,
+    /// The request names its host more than once, differently (several `Host` headers, or an
+    /// HTTP/2 `Host` that is not its `:authority`).
+    #[error("the request names its host ambiguously")]
+    AmbiguousHost,
+    /// A method the proxy does not forward (`CONNECT`: Portico is no forward proxy).
+    #[error("this method is not supported")]
+    MethodNotAllowed,
+    /// The client sent a request body that is not valid HTTP (bad chunked encoding, a body
+    /// shorter than its `Content-Length`).
+    #[error("the request body is malformed or incomplete")]
+    BadRequestBody(#[source] BoxError),
     /// The host is not a valid name.
     #[error("invalid host name")]
     InvalidHost(#[source] portico_model::NameError),
@@ -48,7 +59,10 @@ impl ProxyError {
     /// The status this error maps to: the one place errors meet the wire.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingHost | Self::InvalidHost(_) => StatusCode::BAD_REQUEST,
+            Self::MissingHost | Self::InvalidHost(_) | Self::AmbiguousHost | Self::BadRequestBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnknownHost => StatusCode::NOT_FOUND,
             Self::TargetUnreachable(_) | Self::TargetFailed(_) => StatusCode::BAD_GATEWAY,
             Self::TargetTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -70,9 +84,16 @@ impl ProxyError {
         *response.status_mut() = status;
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
         response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
         response
     }
 }
+
+/// The methods the proxy forwards (any other but `CONNECT` is forwarded too; this is what
+/// `Allow` lists).
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// An error and its causes on one line, for the log.
 pub fn chain(error: &dyn std::error::Error) -> String {

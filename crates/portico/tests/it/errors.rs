@@ -104,3 +104,82 @@ async fn closed_within(stream: &mut TcpStream, deadline: Duration) -> bool {
     };
     tokio::time::timeout(deadline, read_to_end).await.is_ok()
 }
+
+/// Sends raw bytes and reads the whole answer (the connection is closed by the request's
+/// `Connection: close`, or by the proxy).
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    read.expect("the proxy answered and closed").unwrap_or_default();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn requests_about_the_proxy_itself_are_answered_here_and_never_forwarded() {
+    let backend = Backend::start("b").await;
+    let p = portico(&[]);
+    p.add_host("app.test", backend.addr, &[]);
+    p.add_host("secure.test", backend.addr, &["--forcessl"]);
+
+    // `OPTIONS *` has no path to forward (it used to reach `ip:port*`, on port 80).
+    for host in ["app.test", "secure.test"] {
+        let answer =
+            exchange(p.http, format!("OPTIONS * HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+                .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("\r\nallow: get, head, post"), "{answer}");
+    }
+    // CONNECT: Portico is no forward proxy.
+    assert_eq!(raw(p.http, b"CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\n").await, 405);
+    assert_eq!(backend.hits(), 0, "nothing reached the target");
+
+    // A malformed chunked body is the client's fault: 400, not a 502 blamed on the target.
+    let bad_chunk =
+        b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+    assert_eq!(raw(p.http, bad_chunk).await, 400);
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_are_tunnelled() {
+    let backend = Backend::start("b").await;
+    // A target that switches protocols whatever it is asked.
+    let switching = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let switching_addr = switching.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = switching.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n")
+                    .await;
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    let p = portico(&[]);
+    p.add_host("app.test", backend.addr, &[]);
+    p.add_host("switch.test", switching_addr, &[]);
+
+    // An h2c upgrade goes to the target as a plain request, without its Upgrade header.
+    let h2c = "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+               HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+    let mut stream = TcpStream::connect(p.http).await.unwrap();
+    stream.write_all(h2c.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert!(echo["headers"].get("upgrade").is_none(), "{echo}");
+    assert!(echo["headers"].get("http2-settings").is_none(), "{echo}");
+
+    // A target that switches protocols unasked is not tunnelled to: 502.
+    let plain = "GET / HTTP/1.1\r\nHost: switch.test\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(p.http, plain.as_bytes()).await, 502);
+    let asked = "GET / HTTP/1.1\r\nHost: switch.test\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+    assert_eq!(raw(p.http, asked.as_bytes()).await, 502);
+}

@@ -149,3 +149,49 @@ async fn targetssl_speaks_tls_to_the_target() {
     // Plain HTTP to a TLS port fails as a bad gateway, not a hang or a crash.
     assert_eq!(client.get("plain.example.test", "/").await.status, StatusCode::BAD_GATEWAY);
 }
+
+/// The target gets the host Portico routed by as `Host`, never another one the client slipped
+/// in beside it; a request that names two hosts is refused.
+#[tokio::test]
+async fn the_routed_authority_is_the_host_the_target_sees() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = Backend::start("public").await;
+    let p = portico(&[]);
+    p.add_host("public.test", backend.addr, &[]);
+
+    async fn send(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+    // HTTP/1 absolute form: routed by its authority (RFC 9112 §3.2.2), and so forwarded.
+    let answer =
+        send(p.http, "GET http://public.test/x HTTP/1.1\r\nHost: internal.corp\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let echo: serde_json::Value = serde_json::from_str(&answer[answer.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(echo["headers"]["host"], serde_json::json!(["public.test"]));
+    // Two Host headers: 400, and nothing is forwarded.
+    let hits = backend.hits();
+    let answer =
+        send(p.http, "GET / HTTP/1.1\r\nHost: public.test\r\nHost: internal.corp\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(backend.hits(), hits);
+
+    // HTTP/2: a Host that differs from :authority is malformed (RFC 9113 §8.3.1).
+    let stream = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("http://public.test/").header("host", "internal.corp").body(empty()).unwrap();
+    let answer = read(sender.send_request(request).await.unwrap()).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(backend.hits(), hits);
+    let request = http::Request::get("http://public.test/").body(empty()).unwrap();
+    let answer = read(sender.send_request(request).await.unwrap()).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["headers"]["host"], serde_json::json!(["public.test"]));
+}
