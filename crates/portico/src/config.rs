@@ -78,6 +78,8 @@ struct RawProxy {
     https: Option<String>,
     header_read_timeout: Option<DurationText>,
     idle_timeout: Option<DurationText>,
+    send_timeout: Option<DurationText>,
+    tunnel_idle_timeout: Option<DurationText>,
     max_connections: Option<usize>,
     max_header_bytes: Option<usize>,
     upstream_connect_timeout: Option<DurationText>,
@@ -331,6 +333,12 @@ impl TryFrom<Raw> for Config {
                 defaults.header_read_timeout,
             )?,
             idle_timeout: duration(&p.idle_timeout, "proxy.idle_timeout", defaults.idle_timeout)?,
+            send_timeout: duration(&p.send_timeout, "proxy.send_timeout", defaults.send_timeout)?,
+            tunnel_idle_timeout: duration(
+                &p.tunnel_idle_timeout,
+                "proxy.tunnel_idle_timeout",
+                defaults.tunnel_idle_timeout,
+            )?,
             // Set at start from the file-descriptor limit unless configured (`max_connections`).
             max_connections: p.max_connections.unwrap_or(defaults.max_connections),
             max_header_bytes,

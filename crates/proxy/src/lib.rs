@@ -33,6 +33,11 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// Connections open at once on the proxy's listeners together; more wait.
     pub max_connections: usize,
+    /// How long a response may wait for the client to read more of it before the connection
+    /// is closed (nginx's `send_timeout`).
+    pub send_timeout: Duration,
+    /// How long a WebSocket tunnel may carry nothing either way before it is closed.
+    pub tunnel_idle_timeout: Duration,
     /// Largest request head (request line and headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
     /// Time to connect to a target.
@@ -59,6 +64,8 @@ impl Default for ProxyConfig {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            send_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(3600),
             max_header_bytes: 64 * 1024,
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_timeout: Duration::from_secs(60),
@@ -77,6 +84,7 @@ impl ProxyConfig {
         server::Limits {
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
+            send_timeout: self.send_timeout,
             shutdown_timeout: self.shutdown_timeout,
         }
     }

@@ -1,7 +1,8 @@
 //! Serving connections, the same way on every listener (the proxy's HTTP and HTTPS, and the
 //! API's): a cap on open connections, one deadline from accept (or from the end of the TLS
 //! handshake) to the first complete request head, an idle timeout once no request is in
-//! flight, and graceful shutdown with a deadline.
+//! flight, a send timeout for clients that stop reading, and graceful shutdown with a
+//! deadline.
 //!
 //! hyper-util's h1/h2 detection and a partial HTTP/2 preface have no deadline of their own,
 //! and hyper's `header_read_timeout` only starts once HTTP/1 is chosen, so a connection that
@@ -44,6 +45,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// How long a connection that has served requests stays open with none in flight.
     pub idle_timeout: Duration,
+    /// How long a response may wait for the client to take more of it (nginx's
+    /// `send_timeout`): a client that stops reading is cut off, and its target released.
+    pub send_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
 }
@@ -231,7 +235,7 @@ where
         service_fn(move |request| {
             let guard = activity.begin();
             let response = service.call(request);
-            async move { response.await.map(|r| r.map(|body| Tracked { inner: body, _guard: guard })) }
+            async move { response.await.map(|r| r.map(|body| Tracked { inner: body, guard, handed: false })) }
         })
     };
     let mut connection = pin!(builder.serve_connection_with_upgrades(io, counted));
@@ -259,8 +263,12 @@ where
                     return;
                 }
             }
-            () = tokio::time::sleep_until(wake.into()), if !closing => {
-                if activity.expired(limits) {
+            () = tokio::time::sleep_until(wake.into()) => {
+                if activity.write_stalled(limits) {
+                    tracing::debug!(timeout = ?limits.send_timeout, "closing a connection whose client stopped reading");
+                    return;
+                }
+                if !closing && activity.expired(limits) {
                     if activity.served() == 0 {
                         tracing::debug!("closing a connection that sent no request in time");
                         return;
@@ -281,6 +289,10 @@ struct Activity {
     served: AtomicU64,
     /// When the last request ended, in milliseconds since `opened`.
     idle_since_ms: AtomicU64,
+    /// Response frames handed to hyper whose bodies hyper has not asked for more since.
+    handed: AtomicUsize,
+    /// When hyper last asked any response body for more, in milliseconds since `opened`.
+    written_ms: AtomicU64,
 }
 
 impl Activity {
@@ -290,7 +302,23 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             idle_since_ms: 0.into(),
+            handed: AtomicUsize::new(0),
+            written_ms: 0.into(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a response has waited for the client to take it for longer than allowed:
+    /// frames were handed to hyper and it has asked no body for more since.
+    fn write_stalled(&self, limits: &Limits) -> bool {
+        self.handed.load(Ordering::Acquire) > 0 && self.written().elapsed() >= limits.send_timeout
+    }
+
+    fn written(&self) -> Instant {
+        self.opened + Duration::from_millis(self.written_ms.load(Ordering::Acquire))
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
@@ -326,8 +354,14 @@ impl Activity {
     /// them moves `idle_since` later and may switch the allowance: a wake-up at most the
     /// shorter limit away still catches the earliest moment the connection can expire.
     fn next_check(&self, limits: &Limits) -> Instant {
-        let soonest = Instant::now() + limits.idle_timeout.min(limits.header_read_timeout);
-        if self.in_flight() == 0 { (self.idle_since() + self.allowance(limits)).min(soonest) } else { soonest }
+        let soonest = Instant::now() + limits.idle_timeout.min(limits.header_read_timeout).min(limits.send_timeout);
+        if self.in_flight() == 0 {
+            (self.idle_since() + self.allowance(limits)).min(soonest)
+        } else if self.handed.load(Ordering::Acquire) > 0 {
+            (self.written() + limits.send_timeout).min(soonest)
+        } else {
+            soonest
+        }
     }
 }
 
@@ -338,16 +372,26 @@ struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.0;
-        let now = u64::try_from(activity.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        activity.idle_since_ms.fetch_max(now, Ordering::AcqRel);
+        activity.idle_since_ms.fetch_max(activity.now_ms(), Ordering::AcqRel);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// A response body that holds its request's [`InFlight`] until it is sent or dropped.
+/// A response body that holds its request's [`InFlight`] until it is sent or dropped, and
+/// tells the watchdog whether hyper keeps taking it (see [`Activity::write_stalled`]).
 struct Tracked<B> {
     inner: B,
-    _guard: InFlight,
+    guard: InFlight,
+    /// A frame was handed to hyper, and hyper has not asked for the next one yet.
+    handed: bool,
+}
+
+impl<B> Tracked<B> {
+    fn taken(&mut self) {
+        if std::mem::take(&mut self.handed) {
+            self.guard.0.handed.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl<B: Body + Unpin> Body for Tracked<B> {
@@ -355,7 +399,16 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        // hyper asks for more only once it has room to write: the client is reading.
+        self.taken();
+        let activity = self.guard.0.clone();
+        activity.written_ms.fetch_max(activity.now_ms(), Ordering::AcqRel);
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self.handed = true;
+            activity.handed.fetch_add(1, Ordering::AcqRel);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -367,6 +420,12 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.taken();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +434,7 @@ mod tests {
         Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(1),
         }
     }

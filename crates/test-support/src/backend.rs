@@ -54,13 +54,22 @@ pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    counters: Counters,
+}
+
+/// What a backend counts.
+#[derive(Clone, Default)]
+struct Counters {
+    /// Requests received.
     hits: Arc<AtomicU64>,
+    /// `/download/` responses being sent now.
+    sending: Arc<AtomicU64>,
 }
 
 /// What every connection of an HTTP backend shares.
 struct State {
     name: Box<str>,
-    hits: Arc<AtomicU64>,
+    counters: Counters,
 }
 
 impl Drop for Backend {
@@ -74,14 +83,20 @@ type Body = BoxBody<Bytes, Infallible>;
 impl Backend {
     /// An HTTP backend named `name` (the name comes back in echo responses).
     pub async fn start(name: &str) -> Self {
-        let hits = Arc::new(AtomicU64::new(0));
-        let state = Arc::new(State { name: name.into(), hits: hits.clone() });
-        Self::accepting(hits, move |stream| serve_http(state.clone(), TokioIo::new(stream))).await
+        let counters = Counters::default();
+        let state = Arc::new(State { name: name.into(), counters: counters.clone() });
+        Self::accepting(counters, move |stream| serve_http(state.clone(), TokioIo::new(stream))).await
     }
 
     /// How many requests have reached this backend (HTTP backends only).
     pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::SeqCst)
+        self.counters.hits.load(Ordering::SeqCst)
+    }
+
+    /// How many `/download/` responses are being sent now: a response ends when it is sent
+    /// whole or its connection is closed.
+    pub fn sending(&self) -> u64 {
+        self.counters.sending.load(Ordering::SeqCst)
     }
 
     /// The same routes over TLS, with a self-signed certificate for `localhost`.
@@ -96,9 +111,9 @@ impl Backend {
             .with_single_cert(vec![cert.cert.der().clone()], key)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let hits = Arc::new(AtomicU64::new(0));
-        let state = Arc::new(State { name: name.into(), hits: hits.clone() });
-        Self::accepting(hits, move |stream| {
+        let counters = Counters::default();
+        let state = Arc::new(State { name: name.into(), counters: counters.clone() });
+        Self::accepting(counters, move |stream| {
             let (state, acceptor) = (state.clone(), acceptor.clone());
             async move {
                 if let Ok(tls) = acceptor.accept(stream).await {
@@ -111,7 +126,7 @@ impl Backend {
 
     /// A WebSocket echo server.
     pub async fn websocket_echo() -> Self {
-        Self::accepting(Arc::default(), |stream| async move {
+        Self::accepting(Counters::default(), |stream| async move {
             let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
             while let Some(Ok(message)) = ws.next().await {
                 if message.is_close() {
@@ -135,12 +150,12 @@ impl Backend {
                 held.push(stream);
             }
         });
-        Self { addr, task, hits: Arc::default() }
+        Self { addr, task, counters: Counters::default() }
     }
 
-    /// Binds loopback and runs `handle` on a task per accepted connection; `hits` is what
-    /// [`Backend::hits`] reports.
-    async fn accepting<F, Fut>(hits: Arc<AtomicU64>, handle: F) -> Self
+    /// Binds loopback and runs `handle` on a task per accepted connection; `counters` are
+    /// what [`Backend::hits`] and [`Backend::sending`] report.
+    async fn accepting<F, Fut>(counters: Counters, handle: F) -> Self
     where
         F: Fn(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -153,7 +168,7 @@ impl Backend {
                 tokio::spawn(handle(stream));
             }
         });
-        Self { addr, task, hits }
+        Self { addr, task, counters }
     }
 }
 
@@ -169,11 +184,20 @@ where
 }
 
 async fn respond(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    state.hits.fetch_add(1, Ordering::SeqCst);
+    state.counters.hits.fetch_add(1, Ordering::SeqCst);
     let path = request.uri().path().to_owned();
     if let Some(n) = path.strip_prefix("/download/") {
         let total: u64 = n.parse().unwrap_or(0);
-        return Ok(Response::new(zeros(total)));
+        let sending = Sending::start(state.counters.sending.clone());
+        // The body owns the guard: it ends when the body is sent whole or dropped.
+        return Ok(Response::new(
+            zeros(total)
+                .map_frame(move |frame| {
+                    let _ = &sending;
+                    frame
+                })
+                .boxed(),
+        ));
     }
     if let Some(ms) = path.strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
@@ -208,6 +232,22 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
     response.headers_mut().insert("content-type", "application/json".parse().unwrap());
     response.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
     Ok(response)
+}
+
+/// One response being sent, counted in [`Backend::sending`] while it lives.
+struct Sending(Arc<AtomicU64>);
+
+impl Sending {
+    fn start(count: Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn text(s: String) -> Body {

@@ -1,10 +1,12 @@
 //! Bodies are streamed both ways: 1 GiB each way with bounded proxy memory.
 
+use std::time::Duration;
+
 use http::StatusCode;
 use http_body_util::BodyExt;
-use portico_test_support::Backend;
 use portico_test_support::backend::zeros;
 use portico_test_support::client::{Proxy, empty, read};
+use portico_test_support::{Backend, eventually};
 
 use crate::portico;
 
@@ -49,4 +51,35 @@ async fn one_gib_upload_streams() {
     let peak = p.peak_rss();
     eprintln!("proxy peak RSS after 1 GiB: {} MiB", peak >> 20);
     assert!(peak < MEMORY_BOUND, "proxy peak RSS {} MiB", peak >> 20);
+}
+
+/// A client that takes the start of a response and then stops reading is cut off after
+/// `proxy.send_timeout`, which releases the target's side too (nginx's `send_timeout`).
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = Backend::start("big").await;
+    let p = portico(&["proxy.send_timeout=\"1s\""]);
+    p.add_host("big.test", backend.addr, &[]);
+    let mut stream = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    stream.write_all(format!("GET /download/{GIB} HTTP/1.1\r\nHost: big.test\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let first = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..first]).starts_with("HTTP/1.1 200"));
+    assert_eq!(backend.sending(), 1);
+    // The client reads nothing more; the proxy gives up on it and drops the target's response.
+    eventually(Duration::from_secs(30), "the target's response to be dropped", || async {
+        (backend.sending() == 0).then_some(())
+    })
+    .await;
+    // What the client then reads is what was already on its way, and the end.
+    let mut received = first as u64;
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n as u64,
+        }
+    }
+    assert!(received < GIB / 4, "the response went on: {received} bytes");
 }
