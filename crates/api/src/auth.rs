@@ -6,7 +6,7 @@
 //!   an expiry. Session tokens come from login and end with logout or a password change.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
 use axum::extract::FromRequestParts;
+use http::HeaderMap;
 use http::request::Parts;
+use ipnet::IpNet;
 use portico_store::{Fields, Kind, Store};
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 use crate::state::Api;
 
 /// A user's role.
@@ -177,14 +179,45 @@ pub async fn sweep_expired(store: &dyn Store) -> Result<usize, ApiError> {
     delete_tokens(store, |_, fields| expires_on(fields) <= now).await
 }
 
-/// Deletes `username`'s session tokens, except the one whose key is `keep`.
-pub async fn revoke_sessions(store: &dyn Store, username: &str, keep: Option<&str>) -> Result<usize, ApiError> {
-    delete_tokens(store, |key, fields| {
-        let mine = fields.get("created_by").is_some_and(|u| u == username);
-        let session = fields.get("kind").is_none_or(|k| k == "session");
-        mine && session && Some(key) != keep
-    })
-    .await
+/// Deletes every token of `username`, sessions and API tokens alike, except the one whose
+/// key is `keep`: after a password change nothing issued under the old password stays valid.
+pub async fn revoke_tokens(store: &dyn Store, username: &str, keep: Option<&str>) -> Result<usize, ApiError> {
+    delete_tokens(store, |key, fields| fields.get("created_by").is_some_and(|u| u == username) && Some(key) != keep)
+        .await
+}
+
+/// Whether `password` is `user`'s, and whether the hash should be replaced (see
+/// [`verify_password`]). For an unknown user a stand-in hash is verified all the same, so a
+/// wrong name takes as long as a wrong password and does not tell which names exist.
+pub async fn check_credentials(user: Option<&Fields>, password: String) -> (bool, bool) {
+    static STAND_IN: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    if let Some(hash) = user.and_then(|u| u.get("password")) {
+        return verify_password(password, hash.clone()).await;
+    }
+    if let Ok(stand_in) = STAND_IN.get_or_try_init(|| async { hash_password(new_token()?).await }).await {
+        verify_password(password, stand_in.clone()).await;
+    }
+    (false, false)
+}
+
+/// The client's address: the peer's, or, when the peer is one of the `trusted` proxies, the
+/// nearest address in `X-Forwarded-For` that is not (the right-most one; anything left of it
+/// was written by the client and proves nothing).
+pub fn client_address(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer = peer.ip().to_canonical();
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .collect();
+    forwarded.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer)
 }
 
 /// Hashes a password with Argon2id (on a blocking thread: it is deliberately slow).
@@ -213,12 +246,12 @@ pub async fn verify_password(password: String, hash: String) -> (bool, bool) {
 }
 
 /// Checks a new password; the error names the field.
-pub fn check_password(password: &str) -> Result<(), crate::error::FieldError> {
+pub fn check_password(password: &str) -> Result<(), FieldError> {
     if password.chars().count() < 8 {
-        return Err(crate::error::FieldError::new("password", "password is too short, min 8."));
+        return Err(FieldError::new("password", "password is too short, min 8."));
     }
     if password.len() > 1024 {
-        return Err(crate::error::FieldError::new("password", "password is too long, max 1024."));
+        return Err(FieldError::new("password", "password is too long, max 1024."));
     }
     Ok(())
 }
@@ -231,20 +264,49 @@ pub fn user_fields(username: &str, password_hash: String, role: Role, created_by
     )
 }
 
+/// Keys (addresses and user names) the limiter remembers at most; past it, the keys with a
+/// single failure are forgotten first, so a flood of new addresses or names cannot wipe out a
+/// lockout.
+const LIMITER_KEYS: usize = 100_000;
+/// How long a successful login from an address exempts that user there from a lockout of
+/// the user name.
+const KNOWN_ADDRESS_TTL: Duration = Duration::from_secs(30 * 86_400);
+
 /// Failed logins per client address and per user name, over a sliding window.
+///
+/// A user name that is locked out stays usable from addresses it logged in from before, so
+/// an attacker guessing a password cannot lock its owner out.
 #[derive(Debug)]
 pub struct LoginLimiter {
     window: Duration,
     per_user: usize,
     per_address: usize,
     failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// `(user name, address)` pairs that logged in, and when.
+    known: Mutex<HashMap<(String, IpAddr), Instant>>,
 }
 
 impl LoginLimiter {
     /// At most `per_user` failures per user name and `per_address` per client address within
     /// `window`.
     pub fn new(window: Duration, per_user: usize, per_address: usize) -> Self {
-        Self { window, per_user, per_address, failures: Mutex::new(HashMap::new()) }
+        Self { window, per_user, per_address, failures: Mutex::new(HashMap::new()), known: Mutex::new(HashMap::new()) }
+    }
+
+    fn known(&self, address: IpAddr, username: &str) -> bool {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(&(username.to_owned(), address)).is_some_and(|at| at.elapsed() < KNOWN_ADDRESS_TTL)
+    }
+
+    /// Records a successful login: `username` is not locked out from `address` from now on.
+    pub fn succeeded(&self, address: IpAddr, username: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= LIMITER_KEYS {
+            known.retain(|_, at| at.elapsed() < KNOWN_ADDRESS_TTL);
+        }
+        if known.len() < LIMITER_KEYS {
+            known.insert((username.to_owned(), address), Instant::now());
+        }
     }
 
     /// `Err(TooManyRequests)` if either key is over its limit.
@@ -252,7 +314,11 @@ impl LoginLimiter {
         let now = Instant::now();
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let mut wait = 0;
-        for (key, limit) in [(format!("ip:{address}"), self.per_address), (format!("user:{username}"), self.per_user)] {
+        let mut keys = vec![(format!("ip:{address}"), self.per_address)];
+        if !self.known(address, username) {
+            keys.push((format!("user:{username}"), self.per_user));
+        }
+        for (key, limit) in keys {
             if let Some(times) = failures.get_mut(&key) {
                 while times.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
                     times.pop_front();
@@ -271,12 +337,21 @@ impl LoginLimiter {
     pub fn failed(&self, address: IpAddr, username: &str) {
         let now = Instant::now();
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() > 100_000 {
-            // Bounded memory under a flood of distinct names: forget the oldest state.
-            failures.clear();
+        if failures.len() >= LIMITER_KEYS {
+            // Bounded memory under a flood of distinct addresses or names: forget what has
+            // expired, then keys with a single failure; repeated failures (lockouts) stay.
+            let window = self.window;
+            failures.retain(|_, times| {
+                times.retain(|t| now.duration_since(*t) < window);
+                times.len() > 1
+            });
         }
         for key in [format!("ip:{address}"), format!("user:{username}")] {
-            failures.entry(key).or_default().push_back(now);
+            if let Some(times) = failures.get_mut(&key) {
+                times.push_back(now);
+            } else if failures.len() < LIMITER_KEYS {
+                failures.insert(key, VecDeque::from([now]));
+            }
         }
     }
 }
@@ -286,6 +361,14 @@ impl LoginLimiter {
 pub async fn bootstrap_admin(store: &dyn Store, data_dir: &Path, password: Option<String>) -> Result<(), ApiError> {
     if !store.keys(Kind::User).await?.is_empty() {
         return Ok(());
+    }
+    if let Some(p) = &password
+        && let Err(e) = check_password(p)
+    {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "PORTICO_ADMIN_PASSWORD",
+            format!("PORTICO_ADMIN_PASSWORD: {}", e.message),
+        )]));
     }
     let generated = password.is_none();
     let password = match password {
@@ -365,5 +448,56 @@ mod tests {
         l.failed(a, "carol");
         assert!(l.check(a, "dave").is_err(), "per-address limit");
         l.check(b, "dave").unwrap();
+    }
+
+    #[test]
+    fn a_locked_out_name_still_logs_in_from_an_address_it_used_before() {
+        let l = LoginLimiter::new(Duration::from_secs(60), 3, 100);
+        let home: IpAddr = "192.0.2.1".parse().unwrap();
+        let attacker: IpAddr = "198.51.100.9".parse().unwrap();
+        l.succeeded(home, "alice");
+        for _ in 0..3 {
+            l.failed(attacker, "alice");
+        }
+        assert!(l.check(attacker, "alice").is_err());
+        assert!(l.check("203.0.113.5".parse().unwrap(), "alice").is_err(), "a new address is locked out");
+        l.check(home, "alice").unwrap();
+    }
+
+    #[test]
+    fn a_flood_of_new_addresses_does_not_lift_a_lockout() {
+        let l = LoginLimiter::new(Duration::from_secs(60), 3, 100);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            l.failed(a, "alice");
+        }
+        for i in 0..(LIMITER_KEYS as u32 + 10) {
+            l.failed(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)), "x");
+        }
+        assert!(l.check(a, "alice").is_err(), "alice is still locked out");
+        assert!(l.failures.lock().unwrap().len() <= LIMITER_KEYS);
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6, 203.0.113.7".parse().unwrap());
+        h.append("x-forwarded-for", "10.1.1.1".parse().unwrap());
+        let via_proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert_eq!(client_address(via_proxy, &h, &trusted), "203.0.113.7".parse::<IpAddr>().unwrap());
+        let direct: SocketAddr = "192.0.2.4:5000".parse().unwrap();
+        assert_eq!(client_address(direct, &h, &trusted), "192.0.2.4".parse::<IpAddr>().unwrap());
+        assert_eq!(client_address(via_proxy, &h, &[]), "127.0.0.1".parse::<IpAddr>().unwrap(), "nothing trusted");
+        assert_eq!(client_address(via_proxy, &HeaderMap::new(), &trusted), "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_costs_a_hash_verification_too() {
+        assert_eq!(check_credentials(None, "whatever".into()).await, (false, false));
+        let hash = hash_password("right password".into()).await.unwrap();
+        let user: Fields = [("password".to_owned(), hash)].into_iter().collect();
+        assert_eq!(check_credentials(Some(&user), "right password".into()).await, (true, false));
+        assert_eq!(check_credentials(Some(&user), "wrong".into()).await, (false, false));
     }
 }

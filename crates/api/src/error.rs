@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The body is not JSON (or not a JSON object).
     #[error("{0}")]
     Malformed(String),
+    /// The body is not declared as JSON (`Content-Type: application/json`).
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    NotJson,
     /// Too many attempts; try again after this many seconds.
     #[error("too many attempts, try again in {0} seconds")]
     TooManyRequests(u64),
@@ -118,6 +121,7 @@ impl ApiError {
             Self::NameUsed { .. } => ("EntryNameUsed", StatusCode::CONFLICT),
             Self::Validation(_) => ("ObjectValidateError", StatusCode::UNPROCESSABLE_ENTITY),
             Self::Malformed(_) => ("SyntaxError", StatusCode::BAD_REQUEST),
+            Self::NotJson => ("UnsupportedMediaType", StatusCode::UNSUPPORTED_MEDIA_TYPE),
             Self::TooManyRequests(_) => ("TooManyRequests", StatusCode::TOO_MANY_REQUESTS),
             Self::RouteNotFound => ("Error", StatusCode::NOT_FOUND),
             Self::MethodNotAllowed => ("MethodNotAllowed", StatusCode::METHOD_NOT_ALLOWED),

@@ -100,6 +100,9 @@ pub enum InputErrors {
     /// A field is missing or invalid (`ObjectValidateError`, `keys` names each field).
     #[response(status = 422)]
     Invalid(ErrorBody),
+    /// A body whose `Content-Type` is not JSON (`UnsupportedMediaType`).
+    #[response(status = 415)]
+    NotJson(ErrorBody),
 }
 
 /// The named entry does not exist.

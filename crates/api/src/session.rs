@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
+use http::HeaderMap;
 use portico_store::Kind;
 use serde_json::{Value, json};
 
@@ -24,32 +25,30 @@ const API_TOKEN_DEFAULT_DAYS: u64 = 365;
     path = "/api/auth/login",
     tag = "auth",
     request_body = doc::Login,
-    responses((status = 200, body = doc::LoginReply), (status = 400, body = doc::ErrorBody, description = "Malformed JSON"), (status = 401, body = doc::ErrorBody, description = "Wrong user name or password (LoginFailed)"), (status = 429, body = doc::ErrorBody, description = "Too many attempts", headers(("Retry-After" = u64, description = "Seconds to wait"))))
+    responses((status = 200, body = doc::LoginReply), (status = 400, body = doc::ErrorBody, description = "Malformed JSON"), (status = 415, body = doc::ErrorBody, description = "The body is not declared as JSON (UnsupportedMediaType)"), (status = 401, body = doc::ErrorBody, description = "Wrong user name or password (LoginFailed)"), (status = 429, body = doc::ErrorBody, description = "Too many attempts", headers(("Retry-After" = u64, description = "Seconds to wait"))))
 )]
 pub async fn login(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: JsonObject,
 ) -> Result<Json<Value>, ApiError> {
     let mut ignored = Vec::new();
     let username = body.string("username", &mut ignored).unwrap_or_default();
     let password = body.string("password", &mut ignored).unwrap_or_default();
-    let address = peer.ip().to_canonical();
+    let address = auth::client_address(peer, &headers, &api.settings.trusted_proxies);
     api.limiter.check(address, &username)?;
-    let user = match api.store.record(Kind::User, &username).await? {
-        Some(user) if !username.is_empty() => user,
-        _ => {
-            api.limiter.failed(address, &username);
-            return Err(ApiError::LoginFailed);
-        }
+    let user = match username.is_empty() {
+        true => None,
+        false => api.store.record(Kind::User, &username).await?,
     };
-    let hash = user.get("password").cloned().unwrap_or_default();
-    let (ok, rehash) = auth::verify_password(password.clone(), hash).await;
-    if !ok {
+    let (ok, rehash) = auth::check_credentials(user.as_ref(), password.clone()).await;
+    let Some(user) = user.filter(|_| ok) else {
         api.limiter.failed(address, &username);
-        tracing::info!(username = %username, peer = %peer, "login failed");
+        tracing::info!(username = %username, client = %address, "login failed");
         return Err(ApiError::LoginFailed);
-    }
+    };
+    api.limiter.succeeded(address, &username);
     if rehash {
         let mut updated = user.clone();
         updated.insert("password".to_owned(), auth::hash_password(password).await?);
@@ -57,7 +56,7 @@ pub async fn login(
         tracing::info!(username = %username, "replaced a bcrypt password hash with Argon2id");
     }
     let issued = auth::issue_token(api.store.as_ref(), &username, "session", None, api.settings.session_ttl).await?;
-    tracing::info!(username = %username, peer = %peer, "login");
+    tracing::info!(username = %username, client = %address, "login");
     let store = api.store.clone();
     tokio::spawn(async move {
         if let Err(e) = auth::sweep_expired(store.as_ref()).await {

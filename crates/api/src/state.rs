@@ -18,11 +18,14 @@ pub type Api = Arc<ApiState>;
 pub struct ApiSettings {
     /// How long a session token from login lasts.
     pub session_ttl: Duration,
+    /// Proxies in front of the API whose `X-Forwarded-For` names the client (for the login
+    /// rate limit); from anyone else the header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
-        Self { session_ttl: Duration::from_secs(24 * 3600) }
+        Self { session_ttl: Duration::from_secs(24 * 3600), trusted_proxies: Vec::new() }
     }
 }
 

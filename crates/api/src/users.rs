@@ -1,6 +1,7 @@
 //! `/api/user`: list, create, delete, me, password changes.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -12,6 +13,11 @@ use crate::error::{ApiError, FieldError};
 use crate::json::{JsonObject, record_json};
 use crate::openapi as doc;
 use crate::state::Api;
+
+/// How long a deletion may hold the users lock (it expires by itself if its holder dies).
+const USERS_LOCK_TTL: Duration = Duration::from_secs(10);
+/// How long a deletion waits for another to release the users lock.
+const USERS_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether `?detail` asks for whole objects (present and not `false`/`0`).
 pub fn wants_detail(query: &HashMap<String, String>) -> bool {
@@ -118,19 +124,45 @@ pub async fn delete(
     Path(username): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
+    // Under the users lock (held across the cluster): two admins deleting each other at once
+    // must not both see the other as "not the last admin".
+    let lock = users_lock(&api).await?;
+    let deleted = delete_locked(&api, &username).await;
+    if let Err(e) = api.store.release(&lock).await {
+        tracing::warn!(error = %e, "cannot release the users lock; it expires by itself");
+    }
+    let user = deleted?;
+    Ok(Json(json!({ "username": username, "results": user_json(&user) })))
+}
+
+/// Takes the users lock, waiting a few seconds for another API node's deletion to finish.
+async fn users_lock(api: &Api) -> Result<portico_store::Lease, ApiError> {
+    let deadline = tokio::time::Instant::now() + USERS_LOCK_WAIT;
+    loop {
+        if let Some(lease) = api.store.acquire(&portico_store::keys::users_lock(), USERS_LOCK_TTL).await? {
+            return Ok(lease);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ApiError::Internal("the users lock is held too long"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn delete_locked(api: &Api, username: &str) -> Result<Fields, ApiError> {
     let users = api.store.records(Kind::User).await?;
     let user = users
         .iter()
         .find(|(k, _)| *k == username)
         .map(|(_, f)| f.clone())
-        .ok_or_else(|| ApiError::NotFound { kind: "User", key: username.clone() })?;
+        .ok_or_else(|| ApiError::NotFound { kind: "User", key: username.to_owned() })?;
     let admins = users.iter().filter(|(_, f)| Role::of(f) == Role::Admin).count();
     if Role::of(&user) == Role::Admin && admins <= 1 {
         return Err(ApiError::Validation(vec![FieldError::new("username", "the last admin cannot be deleted.")]));
     }
-    api.store.delete(Kind::User, &username).await?;
-    auth::delete_tokens(api.store.as_ref(), |_, token| token.get("created_by") == Some(&username)).await?;
-    Ok(Json(json!({ "username": username, "results": user_json(&user) })))
+    api.store.delete(Kind::User, username).await?;
+    auth::revoke_tokens(api.store.as_ref(), username, None).await?;
+    Ok(user)
 }
 
 /// `GET /api/user/me`.
@@ -156,7 +188,7 @@ pub async fn me(caller: Caller) -> Json<Value> {
 )]
 pub async fn own_password(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     let user = set_password(&api, &caller, &caller.username, body).await?;
-    auth::revoke_sessions(api.store.as_ref(), &caller.username, Some(&caller.token_key)).await?;
+    auth::revoke_tokens(api.store.as_ref(), &caller.username, Some(&caller.token_key)).await?;
     Ok(Json(json!({ "results": user_json(&user) })))
 }
 
@@ -179,7 +211,7 @@ pub async fn user_password(
     caller.require_admin()?;
     let user = set_password(&api, &caller, &username, body).await?;
     let keep = (username == caller.username).then_some(caller.token_key.as_str());
-    auth::revoke_sessions(api.store.as_ref(), &username, keep).await?;
+    auth::revoke_tokens(api.store.as_ref(), &username, keep).await?;
     Ok(Json(json!({ "results": user_json(&user) })))
 }
 

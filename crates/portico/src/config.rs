@@ -96,6 +96,7 @@ struct RawApi {
     listen: Option<String>,
     lookup_socket: Option<PathBuf>,
     session_ttl: Option<DurationText>,
+    trusted_proxies: Option<ListText>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,7 +105,7 @@ struct RawTls {
     issuer: Option<String>,
     acme_directory: Option<String>,
     acme_email: Option<String>,
-    acme_ca_roots: Option<Vec<PathBuf>>,
+    acme_ca_roots: Option<ListText>,
     acme_eab_kid: Option<String>,
     acme_eab_hmac_key: Option<String>,
     challenge: Option<String>,
@@ -143,6 +144,24 @@ impl DurationText {
             Self::Seconds(s) => Ok(Duration::from_secs(*s)),
             Self::Text(t) => humantime::parse_duration(t)
                 .map_err(|e| ConfigError::Value { key, message: format!("{t:?} is not a duration ({e})") }),
+        }
+    }
+}
+
+/// A list key: a TOML array of strings, or one string with items separated by commas (how a
+/// list arrives from the environment: `PORTICO_API_TRUSTED_PROXIES=127.0.0.1,::1`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ListText {
+    Many(Vec<String>),
+    One(String),
+}
+
+impl ListText {
+    fn items(&self) -> Vec<String> {
+        match self {
+            Self::Many(items) => items.clone(),
+            Self::One(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
         }
     }
 }
@@ -207,6 +226,7 @@ pub struct Config {
     pub api_listen: SocketAddr,
     pub lookup_socket: Option<PathBuf>,
     pub session_ttl: Duration,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tls: TlsConfig,
     pub metrics_listen: Option<SocketAddr>,
     pub log_level: String,
@@ -306,6 +326,22 @@ fn choice<T: Copy>(key: &'static str, text: &str, options: &[(&str, T)]) -> Resu
     })
 }
 
+/// `api.trusted_proxies`: addresses (`127.0.0.1`) or networks (`10.0.0.0/8`).
+fn trusted_proxies(list: Option<&ListText>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let items = list.map(ListText::items).unwrap_or_default();
+    items
+        .iter()
+        .map(|item| {
+            item.parse::<ipnet::IpNet>().or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).map_err(
+                |_| ConfigError::Value {
+                    key: "api.trusted_proxies",
+                    message: format!("{item:?} is not an address or a network like 10.0.0.0/8"),
+                },
+            )
+        })
+        .collect()
+}
+
 impl TryFrom<Raw> for Config {
     type Error = ConfigError;
 
@@ -400,7 +436,14 @@ impl TryFrom<Raw> for Config {
                 .clone()
                 .unwrap_or_else(|| "https://acme-v02.api.letsencrypt.org/directory".to_owned()),
             acme_email: t.acme_email.clone(),
-            acme_ca_roots: t.acme_ca_roots.clone().unwrap_or_default(),
+            acme_ca_roots: t
+                .acme_ca_roots
+                .as_ref()
+                .map(ListText::items)
+                .unwrap_or_default()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
             acme_eab,
             challenge,
             renew_remaining_ratio: ratio,
@@ -423,6 +466,7 @@ impl TryFrom<Raw> for Config {
             api_listen: addr("api.listen", raw.api.listen.as_deref(), "127.0.0.1:3000")?,
             lookup_socket: raw.api.lookup_socket,
             session_ttl: duration(&raw.api.session_ttl, "api.session_ttl", Duration::from_secs(24 * 3600))?,
+            trusted_proxies: trusted_proxies(raw.api.trusted_proxies.as_ref())?,
             tls,
             metrics_listen: raw.metrics.listen.as_deref().map(|m| addr("metrics.listen", Some(m), "")).transpose()?,
             log_level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
@@ -487,6 +531,19 @@ mod tests {
         assert_eq!(c.proxy.idle_timeout, Duration::from_secs(5));
         let e = load(None, &[], &[("proxy.max_connections", "0")]).unwrap_err().to_string();
         assert!(e.contains("proxy.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn list_keys_take_one_value_from_the_environment() {
+        let c = load(None, &[("PORTICO_API_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8")], &[]).unwrap();
+        let nets: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8"]);
+        let c = load(None, &[("PORTICO_TLS_ACME_CA_ROOTS", "/etc/ca.pem")], &[]).unwrap();
+        assert_eq!(c.tls.acme_ca_roots, [PathBuf::from("/etc/ca.pem")]);
+        let c = load(Some("[tls]\nacme_ca_roots = [\"/a.pem\", \"/b.pem\"]\n"), &[], &[]).unwrap();
+        assert_eq!(c.tls.acme_ca_roots.len(), 2);
+        let e = load(None, &[], &[("api.trusted_proxies", "[\"nope\"]")]).unwrap_err().to_string();
+        assert!(e.contains("api.trusted_proxies"), "{e}");
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
         portico_api::auth::bootstrap_admin(store.as_ref(), &config.data_dir, admin_password)
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
-        let settings = ApiSettings { session_ttl: config.session_ttl };
+        let settings = ApiSettings { session_ttl: config.session_ttl, trusted_proxies: config.trusted_proxies.clone() };
         let state = ApiState::new(store.clone(), routes.clone(), settings, Some(certs.clone()));
         tasks.spawn(portico_certs::renew::run(certs.clone(), config.tls.renew_interval, shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(config.api_listen)

@@ -53,8 +53,8 @@ pub async fn run(command: UserCommand, config: &Config) -> anyhow::Result<()> {
             user.insert("updated_by".into(), "cli".into());
             user.insert("updated_on".into(), portico_store::now_ms().to_string());
             store.put(Kind::User, &name, &user).await.context("cannot update the user")?;
-            let ended = auth::revoke_sessions(store.as_ref(), &name, None).await.map_err(|e| anyhow!("{e}"))?;
-            println!("password of {name} changed; {ended} session(s) ended");
+            let ended = auth::revoke_tokens(store.as_ref(), &name, None).await.map_err(|e| anyhow!("{e}"))?;
+            println!("password of {name} changed; {ended} token(s) revoked");
         }
         UserCommand::Ls => {
             println!("{:<32} ROLE", "USER");

@@ -89,6 +89,12 @@ pub fn issue_lock(name: &str) -> String {
     format!("portico:issue:{name}")
 }
 
+/// The lock held while users are deleted or demoted, so that two admins removing each other
+/// at once cannot leave none.
+pub fn users_lock() -> String {
+    "portico:lock:users".to_owned()
+}
+
 /// Portico's own blobs: the ACME account (per directory), the internal CA, the fallback
 /// certificate.
 pub fn portico(what: &str) -> String {

@@ -241,27 +241,41 @@ async fn roles_are_enforced() {
 }
 
 #[tokio::test]
-async fn password_changes_end_other_sessions() {
+async fn password_changes_end_other_sessions_and_revoke_api_tokens() {
     let p = portico(&[]);
     let (api, root) = admin(&p).await;
     let r = Some(root.as_str());
     api.call("POST", "/api/user", r, Some(json!({"username": "carol", "password": "carol-password"}))).await;
     let first = api.login("carol", "carol-password").await;
     let second = api.login("carol", "carol-password").await;
+    let api_token = |session: String| {
+        let api = api.clone();
+        async move {
+            let made = api.call("POST", "/api/token", Some(&session), Some(json!({"name": "automation"}))).await;
+            assert_eq!(made.status, StatusCode::OK, "{}", made.raw);
+            made.json["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let automation = api_token(first.clone()).await;
+    assert_eq!(api.call("GET", "/api/user/me", Some(&automation), None).await.status, StatusCode::OK);
     let changed =
         api.call("PUT", "/api/user/password", Some(&first), Some(json!({"password": "carol-new-password"}))).await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.raw);
     assert!(changed.json["results"].get("password").is_none());
     assert_eq!(api.call("GET", "/api/user/me", Some(&first), None).await.status, StatusCode::OK);
     assert_eq!(api.call("GET", "/api/user/me", Some(&second), None).await.status, StatusCode::UNAUTHORIZED);
+    // An API token made under the old password goes too: whoever knew it may have made it.
+    assert_eq!(api.call("GET", "/api/user/me", Some(&automation), None).await.status, StatusCode::UNAUTHORIZED);
+    let automation = api_token(first.clone()).await;
     let old = api
         .call("POST", "/api/auth/login", None, Some(json!({"username": "carol", "password": "carol-password"})))
         .await;
     assert_eq!(old.status, StatusCode::UNAUTHORIZED);
-    // An admin reset ends every session of that user.
+    // An admin reset ends every session of that user and revokes its API tokens.
     let reset = api.call("PUT", "/api/user/password/carol", r, Some(json!({"password": "carol-reset-password"}))).await;
     assert_eq!(reset.status, StatusCode::OK);
     assert_eq!(api.call("GET", "/api/user/me", Some(&first), None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.call("GET", "/api/user/me", Some(&automation), None).await.status, StatusCode::UNAUTHORIZED);
     api.login("carol", "carol-reset-password").await;
 }
 
@@ -279,6 +293,109 @@ async fn login_is_rate_limited() {
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
     let wait: u64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=301).contains(&wait), "{wait}");
+}
+
+/// Behind a trusted proxy the limiter counts the client from `X-Forwarded-For`; from anyone
+/// else the header is ignored. A name locked out by someone guessing its password still logs
+/// in from where it logged in before.
+#[tokio::test]
+async fn the_login_limiter_counts_clients_behind_trusted_proxies_and_spares_known_addresses() {
+    let p = portico(&["api.trusted_proxies=\"127.0.0.1\""]);
+    let api = ApiClient::new(p.api);
+    let login = |from: &'static str, username: &'static str, password: &'static str| {
+        let api = api.clone();
+        async move {
+            let body = json!({"username": username, "password": password}).to_string();
+            let headers = [("x-forwarded-for", format!("198.51.100.200, {from}"))];
+            api.raw("POST", "/api/auth/login", &headers, body).await.status
+        }
+    };
+    assert_eq!(login("192.0.2.1", "admin", ADMIN_PASSWORD).await, StatusCode::OK);
+    for _ in 0..5 {
+        assert_eq!(login("203.0.113.9", "admin", "guess").await, StatusCode::UNAUTHORIZED);
+    }
+    // The name is locked out, except from the address it logged in from before.
+    assert_eq!(login("203.0.113.10", "admin", ADMIN_PASSWORD).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(login("192.0.2.1", "admin", ADMIN_PASSWORD).await, StatusCode::OK);
+    // One client's failures lock out that client, not every client behind the proxy.
+    for i in 0..20 {
+        let name: &'static str = Box::leak(format!("nobody{i}").into_boxed_str());
+        login("203.0.113.50", name, "guess").await;
+    }
+    assert_eq!(login("203.0.113.50", "someone", "guess").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(login("192.0.2.1", "admin", ADMIN_PASSWORD).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn json_bodies_must_say_they_are_json() {
+    let p = portico(&[]);
+    let api = ApiClient::new(p.api);
+    let body = json!({"username": "admin", "password": ADMIN_PASSWORD}).to_string();
+    // What a web page on another site can post without asking the browser first.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        let reply =
+            api.raw("POST", "/api/auth/login", &[("content-type", content_type.to_owned())], body.clone()).await;
+        assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}: {}", reply.raw);
+        assert_eq!(reply.json["name"], "UnsupportedMediaType");
+    }
+    let reply = api
+        .raw("POST", "/api/auth/login", &[("content-type", "application/json; charset=utf-8".to_owned())], body)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+}
+
+#[tokio::test]
+async fn two_admins_deleting_each_other_at_once_leave_one() {
+    let p = portico(&[]);
+    let api = ApiClient::new(p.api);
+    let mut survivor = ("admin".to_owned(), api.login("admin", ADMIN_PASSWORD).await);
+    for round in 0..5 {
+        let name = format!("admin{round}");
+        let made = api
+            .call(
+                "POST",
+                "/api/user",
+                Some(&survivor.1),
+                Some(json!({"username": name, "password": "a-long-password", "role": "admin"})),
+            )
+            .await;
+        assert_eq!(made.status, StatusCode::OK, "{}", made.raw);
+        let other = (name.clone(), api.login(&name, "a-long-password").await);
+        let users = api.call("GET", "/api/user?detail=true", Some(&other.1), None).await;
+        let admins = users.json["results"].as_array().unwrap().iter().filter(|u| u["role"] == "admin").count();
+        assert_eq!(admins, 2, "{}", users.raw);
+        let (delete_other, delete_survivor) = (format!("/api/user/{}", other.0), format!("/api/user/{}", survivor.0));
+        let (a, b) = tokio::join!(
+            api.call("DELETE", &delete_other, Some(&survivor.1), None),
+            api.call("DELETE", &delete_survivor, Some(&other.1), None),
+        );
+        let left = api.call("GET", "/api/user?detail=true", Some(&other.1), None).await;
+        let left = if left.status == StatusCode::OK {
+            left
+        } else {
+            api.call("GET", "/api/user?detail=true", Some(&survivor.1), None).await
+        };
+        let remaining = left.json["results"].as_array().unwrap().clone();
+        assert_eq!(remaining.len(), 1, "round {round}: {} / {} → {}", a.raw, b.raw, left.raw);
+        assert_eq!(remaining[0]["role"], "admin");
+        survivor = if remaining[0]["username"] == other.0.as_str() { other } else { survivor };
+    }
+}
+
+#[tokio::test]
+async fn a_short_admin_password_from_the_environment_is_refused() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--set", "api.listen=\"127.0.0.1:0\""])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("PORTICO_ADMIN_PASSWORD", "short")
+        .env_remove("PORTICO_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PORTICO_ADMIN_PASSWORD") && stderr.contains("min 8"), "{stderr}");
 }
 
 #[tokio::test]
