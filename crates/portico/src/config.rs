@@ -14,6 +14,11 @@ use serde::Deserialize;
 /// Sections of the file; an environment variable `PORTICO_<SECTION>_<KEY>` sets `key` in
 /// `[section]`, any other `PORTICO_<KEY>` a top-level key.
 const SECTIONS: [&str; 6] = ["store", "proxy", "api", "tls", "metrics", "log"];
+/// Duration keys for which 0 makes sense (no drain at shutdown); every other must be longer.
+const ZERO_DURATION_OK: [&str; 1] = ["proxy.shutdown_timeout"];
+/// What `log.level` takes, alone or as `target=level` in a comma-separated filter.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
 /// `PORTICO_*` variables that are not configuration keys.
 const NOT_KEYS: [&str; 2] = ["PORTICO_CONFIG", "PORTICO_ADMIN_PASSWORD"];
 
@@ -35,6 +40,12 @@ pub enum ConfigError {
         /// Where the text came from.
         origin: String,
         /// What is wrong.
+        message: String,
+    },
+    /// A key is unknown or has a value of the wrong type.
+    #[error("{message}")]
+    Key {
+        /// What is wrong, naming the key: `unknown key tls.isuer`, `proxy.http: expected …`.
         message: String,
     },
     /// A key has a value of the right type that is still not acceptable.
@@ -257,12 +268,48 @@ impl Config {
         for (key, value) in &sources.overrides {
             set(&mut table, key, value, &format!("--set {key}"))?;
         }
-        let origin = sources.file.as_ref().map_or_else(|| "configuration".to_owned(), |p| p.display().to_string());
-        let raw: Raw = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax { origin, message: e.message().to_owned() })?;
+        let raw: Raw = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Key { message: explain(&e.path().to_string(), e.inner().message()) })?;
         Self::try_from(raw)
     }
+}
+
+/// A deserialisation error in words about the key: `unknown key tls.isuer`,
+/// `tls.acme_ca_roots: expected a list`, `proxy.max_header_bytes: expected a positive integer`.
+fn explain(key: &str, message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        // The path ends at the section holding the unknown key, or names the key itself.
+        let full = if key.is_empty() || key == "." {
+            field.to_owned()
+        } else if key.ends_with(field) {
+            key.to_owned()
+        } else {
+            format!("{key}.{field}")
+        };
+        let expected = rest.split_once(", expected ").map(|(_, e)| e.replace('`', "")).unwrap_or_default();
+        return if expected.is_empty() {
+            format!("unknown key {full}")
+        } else {
+            format!("unknown key {full} (known keys: {})", expected.trim_start_matches("one of "))
+        };
+    }
+    const EXPECTED: [(&str, &str); 9] = [
+        ("untagged enum DurationText", "expected a duration such as \"30s\", \"1m 30s\" or a number of seconds"),
+        ("untagged enum ListText", "expected a list of strings, or one comma-separated string"),
+        ("expected a sequence", "expected a list"),
+        ("expected usize", "expected a positive integer"),
+        ("expected u64", "expected a positive integer"),
+        ("expected u16", "expected a positive integer"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a string", "expected a string"),
+    ];
+    let found = message.strip_prefix("invalid type: ").or_else(|| message.strip_prefix("invalid value: "));
+    let found = found.and_then(|m| m.split(", expected").next()).map(|f| format!(", found {f}")).unwrap_or_default();
+    let what = EXPECTED.iter().find(|(pattern, _)| message.contains(pattern)).map_or(message, |(_, w)| w);
+    let found = if what == message { String::new() } else { found };
+    format!("{key}: {what}{found}")
 }
 
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
@@ -326,6 +373,28 @@ fn choice<T: Copy>(key: &'static str, text: &str, options: &[(&str, T)]) -> Resu
     })
 }
 
+/// `log.level`: a level, or a filter of `target=level` directives and at most one default
+/// level (`info,portico::access=warn`). A bare word that is not a level would be read by the
+/// filter as a target name and silence everything else, the first admin's password included.
+fn log_level(text: &str) -> Result<String, ConfigError> {
+    let valid = |directive: &str| {
+        let level =
+            directive.rsplit_once('=').map_or(directive, |(target, level)| if target.is_empty() { "" } else { level });
+        LOG_LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+    };
+    let directives: Vec<&str> = text.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    if directives.is_empty() || !directives.iter().all(|d| valid(d)) {
+        return Err(ConfigError::Value {
+            key: "log.level",
+            message: format!(
+                "{text:?} is not a level ({}) or a filter like \"info,portico::access=warn\"",
+                LOG_LEVELS.join(", ")
+            ),
+        });
+    }
+    Ok(text.to_owned())
+}
+
 /// `api.trusted_proxies`: addresses (`127.0.0.1`) or networks (`10.0.0.0/8`).
 fn trusted_proxies(list: Option<&ListText>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
     let items = list.map(ListText::items).unwrap_or_default();
@@ -351,8 +420,13 @@ impl TryFrom<Raw> for Config {
         let http = addr("proxy.http", raw.proxy.http.as_deref(), "0.0.0.0:80")?;
         let https = addr("proxy.https", raw.proxy.https.as_deref(), "0.0.0.0:443")?;
         let defaults = ProxyConfig::default();
-        let duration =
-            |value: &Option<DurationText>, key, default| value.as_ref().map_or(Ok(default), |d| d.parse(key));
+        let duration = |value: &Option<DurationText>, key: &'static str, default| {
+            let parsed = value.as_ref().map_or(Ok(default), |d| d.parse(key))?;
+            if parsed.is_zero() && !ZERO_DURATION_OK.contains(&key) {
+                return Err(ConfigError::Value { key, message: "must be longer than 0".into() });
+            }
+            Ok(parsed)
+        };
         let p = &raw.proxy;
         let max_header_bytes = p.max_header_bytes.unwrap_or(defaults.max_header_bytes);
         if max_header_bytes < 8192 {
@@ -469,7 +543,7 @@ impl TryFrom<Raw> for Config {
             trusted_proxies: trusted_proxies(raw.api.trusted_proxies.as_ref())?,
             tls,
             metrics_listen: raw.metrics.listen.as_deref().map(|m| addr("metrics.listen", Some(m), "")).transpose()?,
-            log_level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
+            log_level: log_level(raw.log.level.as_deref().unwrap_or("info"))?,
             log_format,
             data_dir,
         })
@@ -544,6 +618,45 @@ mod tests {
         assert_eq!(c.tls.acme_ca_roots.len(), 2);
         let e = load(None, &[], &[("api.trusted_proxies", "[\"nope\"]")]).unwrap_err().to_string();
         assert!(e.contains("api.trusted_proxies"), "{e}");
+    }
+
+    #[test]
+    fn every_error_names_the_full_key() {
+        let cases = [
+            ("[tls]\nisuer = \"acme\"\n", "unknown key tls.isuer"),
+            ("[tls]\nacme_ca_roots = 5\n", "tls.acme_ca_roots: expected a list of strings"),
+            (
+                "[proxy]\nmax_header_bytes = -1\n",
+                "proxy.max_header_bytes: expected a positive integer, found integer `-1`",
+            ),
+            ("[proxy]\nmax_header_bytes = \"big\"\n", "proxy.max_header_bytes: expected a positive integer"),
+            ("[proxy]\nupstream_timeout = true\n", "proxy.upstream_timeout: expected a duration"),
+            ("[log]\naccess_log = \"yes\"\n", "log.access_log: expected true or false"),
+            ("bogus = 1\n", "unknown key bogus"),
+            ("[metrics]\nlisten = 9\n", "metrics.listen: expected a string"),
+        ];
+        for (file, expected) in cases {
+            let e = load(Some(file), &[], &[]).unwrap_err().to_string();
+            assert!(e.starts_with(expected), "{file:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn log_levels_and_durations_are_checked() {
+        for good in ["info", "DEBUG", "warn,portico::access=off", "info, portico=trace"] {
+            assert!(load(None, &[("PORTICO_LOG_LEVEL", good)], &[]).is_ok(), "{good}");
+        }
+        for bad in ["verbose", "loud", "", "info,portico=loud", "=debug"] {
+            let e = load(None, &[("PORTICO_LOG_LEVEL", bad)], &[]).unwrap_err().to_string();
+            assert!(e.starts_with("log.level:"), "{bad}: {e}");
+        }
+        for key in ["proxy.header_read_timeout", "proxy.idle_timeout", "tls.renew_interval", "api.session_ttl"] {
+            let e = load(None, &[], &[(key, "0")]).unwrap_err().to_string();
+            assert!(e.starts_with(key) && e.contains("longer than 0"), "{key}: {e}");
+            let e = load(None, &[], &[(key, "\"-5s\"")]).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{key}: {e}");
+        }
+        assert_eq!(load(None, &[], &[("proxy.shutdown_timeout", "0")]).unwrap().proxy.shutdown_timeout, Duration::ZERO);
     }
 
     #[test]

@@ -149,6 +149,9 @@ impl Upstream {
             return Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()));
         }
         strip_hop_by_hop(response.headers_mut());
+        // The client's connection is ours, not the target's: an HTTP/1.0 target must not turn
+        // it into an HTTP/1.0 one that closes after every response.
+        *response.version_mut() = Version::HTTP_11;
         Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
     }
 }

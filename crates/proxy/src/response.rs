@@ -179,7 +179,8 @@ impl LoggedBody {
             path = %e.path,
             status = e.status,
             bytes = self.bytes,
-            duration_ms = e.started.elapsed().as_secs_f64() * 1000.0,
+            // Milliseconds to the microsecond: `0.413`, not `0.41329700000000004`.
+            duration_ms = (e.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0,
             target = e.target.as_deref().unwrap_or("-"),
             "request"
         );

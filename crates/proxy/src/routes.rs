@@ -1,6 +1,7 @@
 //! The routing snapshot and the task that keeps it in step with the store.
 
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -16,6 +17,19 @@ const RESYNC_EVERY: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub struct Routes {
     table: ArcSwap<HostTable<Arc<Host>>>,
+    /// A hash of the host records the table was last built from, to tell a rebuild that
+    /// changes nothing (the periodic resync, mostly) from one that does.
+    built_from: Mutex<Option<u64>>,
+}
+
+/// What a [`Routes::reload`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Hosts in the table.
+    pub hosts: usize,
+    /// Whether the records differed from those of the previous table (if not, the table was
+    /// left as it was).
+    pub changed: bool,
 }
 
 impl Routes {
@@ -29,16 +43,32 @@ impl Routes {
         self.table.load_full()
     }
 
-    /// Replaces the table with one built from `hosts`.
+    /// Replaces the table with one built from `hosts` (the next [`Routes::reload`] rebuilds).
     pub fn replace(&self, hosts: impl IntoIterator<Item = Host>) {
+        *self.built_from.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.swap(hosts);
+    }
+
+    fn swap(&self, hosts: impl IntoIterator<Item = Host>) {
         let table: HostTable<Arc<Host>> = hosts.into_iter().map(|h| (h.host.clone(), Arc::new(h))).collect();
         self.table.store(Arc::new(table));
     }
 
-    /// Rebuilds the table from the store's hosts. Records that do not parse are skipped with a
-    /// warning; on a store error the current table stays.
-    pub async fn reload(&self, store: &dyn Store) -> Result<usize, StoreError> {
-        let records = store.records(Kind::Host).await?;
+    /// Rebuilds the table from the store's hosts, unless they are the ones it was built from.
+    /// Records that do not parse are skipped with a warning; on a store error the current
+    /// table stays.
+    pub async fn reload(&self, store: &dyn Store) -> Result<Reloaded, StoreError> {
+        let mut records = store.records(Kind::Host).await?;
+        records.sort_unstable();
+        let fingerprint = {
+            let mut hasher = std::hash::DefaultHasher::new();
+            records.hash(&mut hasher);
+            hasher.finish()
+        };
+        let mut built_from = self.built_from.lock().unwrap_or_else(|e| e.into_inner());
+        if *built_from == Some(fingerprint) {
+            return Ok(Reloaded { hosts: self.snapshot().len(), changed: false });
+        }
         let hosts: Vec<Host> = records
             .into_iter()
             .filter_map(|(key, fields)| match Host::from_fields(&fields) {
@@ -50,8 +80,9 @@ impl Routes {
             })
             .collect();
         let count = hosts.len();
-        self.replace(hosts);
-        Ok(count)
+        self.swap(hosts);
+        *built_from = Some(fingerprint);
+        Ok(Reloaded { hosts: count, changed: true })
     }
 }
 
@@ -84,8 +115,40 @@ pub async fn follow_store(store: Arc<dyn Store>, routes: Arc<Routes>, shutdown: 
         // One rebuild covers every event already queued.
         while changes.try_recv().is_ok() {}
         match routes.reload(store.as_ref()).await {
-            Ok(count) => tracing::info!(hosts = count, "routing table rebuilt"),
+            Ok(Reloaded { hosts, changed: true }) => tracing::info!(hosts, "routing table rebuilt"),
+            Ok(Reloaded { hosts, changed: false }) => tracing::debug!(hosts, "hosts unchanged"),
             Err(e) => tracing::warn!(error = %e, "cannot reload hosts; routing with the previous table"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_model::{HostPattern, Target};
+
+    #[tokio::test]
+    async fn a_reload_that_finds_the_same_hosts_keeps_the_table_and_says_so() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = portico_store::open(&format!("redb://{}", dir.path().join("s.redb").display())).await.unwrap();
+        let routes = Routes::new();
+        assert_eq!(routes.reload(store.as_ref()).await.unwrap(), Reloaded { hosts: 0, changed: true });
+        let host = Host::new(
+            HostPattern::parse("a.test").unwrap(),
+            Target::new("127.0.0.1", 80).unwrap(),
+            false,
+            false,
+            "t",
+            0,
+        );
+        store.create(Kind::Host, "a.test", &host.to_fields()).await.unwrap();
+        assert_eq!(routes.reload(store.as_ref()).await.unwrap(), Reloaded { hosts: 1, changed: true });
+        let table = routes.snapshot();
+        assert_eq!(routes.reload(store.as_ref()).await.unwrap(), Reloaded { hosts: 1, changed: false });
+        assert!(Arc::ptr_eq(&table, &routes.snapshot()), "the same table serves on");
+        let mut moved = host.to_fields();
+        moved.insert("targetPort".into(), "81".into());
+        store.put(Kind::Host, "a.test", &moved).await.unwrap();
+        assert_eq!(routes.reload(store.as_ref()).await.unwrap(), Reloaded { hosts: 1, changed: true });
     }
 }

@@ -140,6 +140,19 @@ impl Backend {
         .await
     }
 
+    /// Answers the first request of every connection with `reply`, byte for byte (a target
+    /// that speaks old or odd HTTP), then waits for the other side to close.
+    pub async fn raw(reply: &'static [u8]) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        Self::accepting(Counters::default(), move |mut stream| async move {
+            let mut buf = vec![0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(reply).await;
+            let _ = stream.read(&mut buf).await;
+        })
+        .await
+    }
+
     /// Accepts connections, reads nothing, answers nothing.
     pub async fn silent() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -145,23 +145,11 @@ async fn requests_about_the_proxy_itself_are_answered_here_and_never_forwarded()
 async fn only_websocket_upgrades_are_tunnelled() {
     let backend = Backend::start("b").await;
     // A target that switches protocols whatever it is asked.
-    let switching = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let switching_addr = switching.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = switching.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n")
-                    .await;
-                let _ = stream.read(&mut buf).await;
-            });
-        }
-    });
+    let switching =
+        Backend::raw(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n").await;
     let p = portico(&[]);
     p.add_host("app.test", backend.addr, &[]);
-    p.add_host("switch.test", switching_addr, &[]);
+    p.add_host("switch.test", switching.addr, &[]);
 
     // An h2c upgrade goes to the target as a plain request, without its Upgrade header.
     let h2c = "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\

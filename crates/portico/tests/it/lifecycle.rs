@@ -94,7 +94,29 @@ async fn access_log_line_per_request() {
     assert_eq!(entry["status"], 200);
     assert_eq!(entry["bytes"], answer.body.len() as u64);
     assert_eq!(entry["target"], backend.addr.to_string());
-    assert!(entry["duration_ms"].as_f64().is_some());
+    let ms = entry["duration_ms"].as_f64().unwrap();
+    assert_eq!((ms * 1000.0).round() / 1000.0, ms, "rounded to the microsecond: {ms}");
+}
+
+/// Logs to a pipe or a file carry no terminal colour codes.
+#[tokio::test]
+async fn text_logs_have_no_colour_codes_off_a_terminal() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::TempDir::new().unwrap();
+    let out = std::process::Command::new(crate::BIN)
+        .args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--set", "log.format=\"text\""])
+        .args(["--set", &format!("api.listen=\"{}\"", taken.local_addr().unwrap())])
+        .args(["--set", "tls.issuer=\"internal\""])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("PORTICO_ADMIN_PASSWORD", "test-admin-password-1")
+        .env_remove("PORTICO_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the API's port is taken");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("store opened"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
 
 #[tokio::test]

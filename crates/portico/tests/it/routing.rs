@@ -195,3 +195,27 @@ async fn the_routed_authority_is_the_host_the_target_sees() {
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.json()["headers"]["host"], serde_json::json!(["public.test"]));
 }
+
+/// An HTTP/1.0 target does not make the client's HTTP/1.1 connection an HTTP/1.0 one.
+#[tokio::test]
+async fn an_http10_target_answers_the_client_in_http11_with_keep_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let old = Backend::raw(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let p = portico(&[]);
+    p.add_host("old.test", old.addr, &[]);
+    let mut stream = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    for round in 0..2 {
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: old.test\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"\r\n\r\nok") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "round {round}: the connection closed after {:?}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 200"), "round {round}: {answer}");
+        assert!(!answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    }
+}
