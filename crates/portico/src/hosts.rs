@@ -44,7 +44,12 @@ pub enum HostCommand {
 
 /// Runs one host subcommand against the configured store.
 pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
-    let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
+    // Only `add` may start a new store: `ls` and `rm` on a mistyped path are errors.
+    let store = match command {
+        HostCommand::Add { .. } => portico_store::open(&config.store_url).await,
+        _ => portico_store::open_existing(&config.store_url).await,
+    };
+    let store = store.context("cannot open the store")?;
     match command {
         HostCommand::Add { name, ip, port, forcessl, targetssl } => {
             let pattern = HostPattern::parse(&name).with_context(|| format!("host {name:?}"))?;

@@ -54,8 +54,23 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// The store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Check the embedded store's file with redb's integrity check (stop every Portico process
+    /// on it first: the check holds the writer lock). Exits 0 when sound; 1 when it was
+    /// damaged (redb repairs what it can: compare with a backup) or cannot be read.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +162,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let pem = runtime()?.block_on(serve::internal_root(&config))?;
             print!("{pem}");
             Ok(())
+        }
+        Command::Store { command: StoreCommand::Check, config } => {
+            let config = config.load()?;
+            match runtime()?.block_on(portico_store::check(&config.store_url)) {
+                Ok(true) => {
+                    println!("the store is sound");
+                    Ok(())
+                }
+                Ok(false) => anyhow::bail!(
+                    "the store was damaged; redb repaired what it could: compare hosts, users and certificates with a backup"
+                ),
+                Err(portico_store::StoreError::Damaged { path, detail }) => anyhow::bail!(
+                    "{} is damaged beyond what redb can repair ({detail}); restore it from a backup",
+                    path.display()
+                ),
+                Err(e) => Err(anyhow::Error::new(e).context("the store cannot be checked")),
+            }
         }
         Command::Host { command, config } => {
             let config = config.load()?;

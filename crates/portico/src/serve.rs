@@ -197,7 +197,8 @@ fn cert_settings(config: &Config) -> CertSettings {
 
 /// The internal CA's root (`portico ca export`).
 pub async fn internal_root(config: &Config) -> anyhow::Result<String> {
-    let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
+    // Exporting from a mistyped path must not make a store and a root nobody uses.
+    let store = portico_store::open_existing(&config.store_url).await.context("cannot open the store")?;
     let ca = InternalCa::new(store, config.tls.internal_lifetime);
     Ok(ca.root_pem().await?)
 }

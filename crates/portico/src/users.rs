@@ -33,7 +33,12 @@ pub enum UserCommand {
 
 /// Runs one user subcommand against the configured store.
 pub async fn run(command: UserCommand, config: &Config) -> anyhow::Result<()> {
-    let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
+    // Only `add` may start a new store: `ls` and `passwd` on a mistyped path are errors.
+    let store = match command {
+        UserCommand::Add { .. } => portico_store::open(&config.store_url).await,
+        _ => portico_store::open_existing(&config.store_url).await,
+    };
+    let store = store.context("cannot open the store")?;
     match command {
         UserCommand::Add { name, admin } => {
             let password = read_password()?;

@@ -5,14 +5,26 @@
 //! version counter; each process polls it and announces writes it did not make as
 //! [`Change::Resync`]. Commits are durable when they return (redb's default
 //! `Durability::Immediate`).
+//!
+//! The file holds every private key, so it is created 0600 in a 0700 directory, and a wider
+//! mode is warned about at open. A fresh store is made only where no file exists: an empty
+//! or foreign file is refused, never overwritten. A damaged file (redb may panic on a bad
+//! page) is an error that names the file, not a crash. After an I/O error (a full disk) redb
+//! refuses every operation until the file is reopened: the watch task reopens it, with
+//! backoff, and logs once when the store fails and once when it works again.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, TableDefinition,
+    TableHandle, WriteTransaction,
+};
 use tokio::sync::broadcast;
 
 use crate::{Change, Fields, Kind, Lease, Store, StoreError, now_ms};
@@ -37,7 +49,8 @@ pub struct EmbeddedStore {
 }
 
 struct Inner {
-    db: Database,
+    /// Replaced whole when the file is reopened after an I/O error.
+    db: RwLock<Arc<Database>>,
     path: PathBuf,
     changes: broadcast::Sender<Change>,
     /// The last version this process wrote or announced.
@@ -51,12 +64,42 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) the database file at `path`, and its parent directory.
-    /// Must be called inside a Tokio runtime: it starts the task that watches for other
-    /// processes' writes, which ends when the store is dropped.
+    /// Opens the database file at `path`, creating it (0600, in a 0700 directory) if no file
+    /// is there. Must be called inside a Tokio runtime: it starts the task that watches for
+    /// other processes' writes, which ends when the store is dropped.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path.as_ref().to_owned(), true).await
+    }
+
+    /// Opens the database file at `path`, which must exist: for commands that only read or
+    /// change what is there, where a mistyped path must not start an empty store.
+    pub async fn open_existing(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path.as_ref().to_owned(), false).await
+    }
+
+    /// Runs redb's integrity check on the file at `path` (which must exist, and which no
+    /// other process may be writing meanwhile: the check holds the writer lock). `Ok(true)`:
+    /// sound; `Ok(false)`: it was damaged, and redb repaired what it could.
+    pub async fn check(path: impl AsRef<Path>) -> Result<bool, StoreError> {
         let path = path.as_ref().to_owned();
-        let inner = tokio::task::spawn_blocking(move || Inner::open(path)).await.map_err(StoreError::Task)??;
+        tokio::task::spawn_blocking(move || {
+            if !path.exists() {
+                return Err(StoreError::Missing { path });
+            }
+            let mut db = open_file(&path, false)?;
+            let checked = catch_unwind(AssertUnwindSafe(|| db.check_integrity()));
+            match checked {
+                Ok(result) => result.map_err(|e| damaged(&path, e)),
+                Err(_) => Err(StoreError::Damaged { path: path.clone(), detail: "redb panicked reading it".into() }),
+            }
+        })
+        .await
+        .map_err(StoreError::Task)?
+    }
+
+    async fn open_with(path: PathBuf, create: bool) -> Result<Self, StoreError> {
+        let inner =
+            tokio::task::spawn_blocking(move || Inner::open(path, create)).await.map_err(StoreError::Task)??;
         let inner = Arc::new(inner);
         tokio::spawn(watch(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -91,25 +134,63 @@ impl EmbeddedStore {
 }
 
 impl Inner {
-    fn open(path: PathBuf) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(StoreError::Io)?;
+    fn open(path: PathBuf, create: bool) -> Result<Self, StoreError> {
+        let fresh = !path.exists();
+        if fresh && !create {
+            return Err(StoreError::Missing { path });
         }
-        let db = Database::builder().set_concurrency_mode(ConcurrencyMode::MultiWriter).create(&path)?;
-        let txn = db.begin_write()?;
-        for kind in Kind::ALL {
-            txn.open_table(records(kind))?;
+        if fresh {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(StoreError::Io)?;
+            }
+            // Empty and private; redb fills it in.
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(StoreError::Io)?;
+        } else {
+            warn_if_readable(&path);
         }
-        txn.open_table(BLOBS)?;
-        txn.open_table(LOCKS)?;
-        let version = txn.open_table(META)?.get(VERSION)?.map_or(0, |v| v.value());
-        txn.commit()?;
+        let db = open_file(&path, fresh)?;
+        let opened = catch_unwind(AssertUnwindSafe(|| -> Result<u64, StoreError> {
+            if !fresh {
+                let txn = db.begin_read()?;
+                if !txn.list_tables()?.any(|t| t.name() == META.name()) {
+                    return Err(StoreError::NotAStore {
+                        path: path.clone(),
+                        why: "it is a redb file of something else",
+                    });
+                }
+            }
+            let txn = db.begin_write()?;
+            for kind in Kind::ALL {
+                txn.open_table(records(kind))?;
+            }
+            txn.open_table(BLOBS)?;
+            txn.open_table(LOCKS)?;
+            let version = txn.open_table(META)?.get(VERSION)?.map_or(0, |v| v.value());
+            txn.commit()?;
+            Ok(version)
+        }));
+        let version = match opened {
+            Ok(version) => version?,
+            Err(_) => return Err(StoreError::Damaged { path, detail: "redb panicked reading it".into() }),
+        };
         let (changes, _) = broadcast::channel(1024);
-        Ok(Self { db, path, changes, seen_version: AtomicU64::new(version) })
+        Ok(Self { db: RwLock::new(Arc::new(db)), path, changes, seen_version: AtomicU64::new(version) })
+    }
+
+    /// The open database.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        Ok(self.db.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Opens the file again (after an I/O error, redb refuses everything until then).
+    fn reopen(&self) -> Result<(), StoreError> {
+        let db = open_file(&self.path, false)?;
+        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(db);
+        Ok(())
     }
 
     fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let out = f(&txn)?;
         let (before, version) = {
             let mut meta = txn.open_table(META)?;
@@ -128,13 +209,13 @@ impl Inner {
     }
 
     fn version(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         Ok(txn.open_table(META)?.get(VERSION)?.map_or(0, |v| v.value()))
     }
 
     fn sweep(&self) -> Result<(), StoreError> {
         let now = now_ms();
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         for def in [BLOBS, LOCKS] {
             txn.open_table(def)?.retain(|_, v| !expired(v, now))?;
         }
@@ -143,14 +224,67 @@ impl Inner {
     }
 }
 
-/// Announces other processes' writes as [`Change::Resync`], and sweeps expired entries.
-async fn watch(inner: Weak<Inner>) {
+/// Opens the redb file at `path` (`fresh`: initialise the empty file just made), telling a
+/// file that is not a redb database, or a damaged one, from other failures.
+fn open_file(path: &Path, fresh: bool) -> Result<Database, StoreError> {
+    if !fresh && std::fs::metadata(path).map_err(StoreError::Io)?.len() == 0 {
+        return Err(StoreError::NotAStore { path: path.to_owned(), why: "the file is empty" });
+    }
+    let mut builder = Database::builder();
+    builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
+    let opened = catch_unwind(AssertUnwindSafe(|| if fresh { builder.create(path) } else { builder.open(path) }));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        // redb reads the header first: a file that is not redb's is "invalid data".
+        Ok(Err(DatabaseError::Storage(StorageError::Io(e)))) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(StoreError::NotAStore { path: path.to_owned(), why: "it is not a redb database" })
+        }
+        Ok(Err(e @ DatabaseError::Storage(StorageError::Corrupted(_)))) => Err(damaged(path, e)),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(StoreError::Damaged { path: path.to_owned(), detail: "redb panicked reading it".into() }),
+    }
+}
+
+fn damaged(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Damaged { path: path.to_owned(), detail: e.to_string() }
+}
+
+/// Warns when the store file or its directory can be read by other users: it holds every
+/// private key and the internal CA's.
+fn warn_if_readable(path: &Path) {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    for (what, place) in [("store file", path), ("store directory", dir)] {
+        if let Ok(meta) = std::fs::metadata(place) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %place.display(), mode = format!("{mode:o}"),
+                    "the {what} is open to other users and holds every private key: chmod go-rwx it");
+            }
+        }
+    }
+}
+
+/// Whether an error means redb refuses everything since an earlier I/O failure.
+fn needs_reopen(error: &StoreError) -> bool {
+    matches!(error, StoreError::Embedded(e) if matches!(**e, redb::Error::PreviousIo))
+}
+
+/// Announces other processes' writes as [`Change::Resync`], sweeps expired entries, and
+/// reopens the file after an I/O error (backing off from one poll to 30 seconds). Failures
+/// are logged when they start and when they end, not at every poll.
+async fn watch(weak: Weak<Inner>) {
     let mut polls = 0u32;
+    let mut failing = false;
+    let mut reopen_wait = POLL_EVERY;
+    let mut next_reopen = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(POLL_EVERY).await;
-        let Some(inner) = inner.upgrade() else { return };
+        let Some(inner) = weak.upgrade() else { return };
         polls = polls.wrapping_add(1);
+        let path = inner.path.clone();
+        let checking = inner.clone();
         let checked = tokio::task::spawn_blocking(move || {
+            let inner = checking;
             if polls.is_multiple_of(SWEEP_EVERY_POLLS)
                 && let Err(e) = inner.sweep()
             {
@@ -165,10 +299,29 @@ async fn watch(inner: Weak<Inner>) {
             Ok::<_, StoreError>(())
         })
         .await;
-        match checked {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "reading the store version failed"),
-            Err(e) => tracing::warn!(error = %e, "store watch task failed"),
+        let error = match checked {
+            Ok(Ok(())) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!(path = %path.display(), "the store works again");
+                }
+                reopen_wait = POLL_EVERY;
+                continue;
+            }
+            Ok(Err(e)) => e,
+            Err(e) => StoreError::Task(e),
+        };
+        if !std::mem::replace(&mut failing, true) {
+            let cause = std::error::Error::source(&error).map(ToString::to_string);
+            tracing::error!(path = %path.display(), error = %error, cause, "the store failed");
+        }
+        if needs_reopen(&error) && tokio::time::Instant::now() >= next_reopen {
+            match tokio::task::spawn_blocking(move || inner.reopen()).await {
+                Ok(Ok(())) => tracing::info!(path = %path.display(), "reopened the store after an I/O error"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "reopening the store failed; trying again later"),
+                Err(e) => tracing::debug!(error = %e, "reopening the store failed; trying again later"),
+            }
+            next_reopen = tokio::time::Instant::now() + reopen_wait;
+            reopen_wait = (reopen_wait * 2).min(Duration::from_secs(30));
         }
     }
 }
@@ -216,7 +369,7 @@ impl Store for EmbeddedStore {
     async fn record(&self, kind: Kind, key: &str) -> Result<Option<Fields>, StoreError> {
         let key = key.to_owned();
         self.blocking(move |inner| {
-            let txn = inner.db.begin_read()?;
+            let txn = inner.db()?.begin_read()?;
             let table = txn.open_table(records(kind))?;
             let value = table.get(key.as_str())?;
             value.map(|v| parse_fields(kind, &key, v.value())).transpose()
@@ -226,7 +379,7 @@ impl Store for EmbeddedStore {
 
     async fn records(&self, kind: Kind) -> Result<Vec<(String, Fields)>, StoreError> {
         self.blocking(move |inner| {
-            let txn = inner.db.begin_read()?;
+            let txn = inner.db()?.begin_read()?;
             let table = txn.open_table(records(kind))?;
             let mut out = Vec::new();
             for entry in table.iter()? {
@@ -242,7 +395,7 @@ impl Store for EmbeddedStore {
 
     async fn keys(&self, kind: Kind) -> Result<Vec<String>, StoreError> {
         self.blocking(move |inner| {
-            let txn = inner.db.begin_read()?;
+            let txn = inner.db()?.begin_read()?;
             let table = txn.open_table(records(kind))?;
             table.iter()?.map(|e| Ok(e?.0.value().to_owned())).collect()
         })
@@ -305,7 +458,7 @@ impl Store for EmbeddedStore {
     async fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_owned();
         self.blocking(move |inner| {
-            let txn = inner.db.begin_read()?;
+            let txn = inner.db()?.begin_read()?;
             let table = txn.open_table(BLOBS)?;
             let entry = table.get(key.as_str())?;
             Ok(entry.filter(|e| !expired(e.value(), now_ms())).map(|e| decode(e.value()).1.to_vec()))

@@ -44,9 +44,31 @@ pub enum StoreError {
     /// The embedded database failed.
     #[error("embedded store failed")]
     Embedded(#[source] Box<redb::Error>),
-    /// Creating the store's directory failed.
-    #[error("cannot create the store directory")]
+    /// Creating or reading the store's file or directory failed.
+    #[error("cannot create or read the store file or its directory")]
     Io(#[source] std::io::Error),
+    /// No store exists at the path, and the command does not create one.
+    #[error("no store at {}: check --data-dir or store.url (only `portico serve` and the commands that add something create one)", path.display())]
+    Missing {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// The file is there but is not a Portico store; it is never overwritten.
+    #[error("{} is not a Portico store ({why}); restore the store from a backup, or move the file away to start afresh", path.display())]
+    NotAStore {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why not.
+        why: &'static str,
+    },
+    /// The file is damaged.
+    #[error("the store file {} is damaged ({detail}); run `portico store check` and restore it from a backup if that cannot repair it", path.display())]
+    Damaged {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What redb said.
+        detail: String,
+    },
     /// A blocking store task did not finish.
     #[error("store task failed")]
     Task(#[source] tokio::task::JoinError),

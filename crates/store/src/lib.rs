@@ -118,13 +118,36 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Opens the store a URL names: `redb://<path>` (embedded).
+/// Opens the store a URL names: `redb://<path>` (embedded), creating it if it does not exist.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, true).await
+}
+
+/// Opens the store a URL names, which must exist already: for commands that read or change
+/// what is there (`host ls`, `user passwd`), so that a mistyped path is an error, not a new
+/// empty store.
+pub async fn open_existing(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, false).await
+}
+
+/// Checks the integrity of the store a URL names (`portico store check`); see
+/// [`EmbeddedStore::check`].
+pub async fn check(url: &str) -> Result<bool, StoreError> {
+    EmbeddedStore::check(embedded_path(url)?).await
+}
+
+async fn open_with(url: &str, create: bool) -> Result<Arc<dyn Store>, StoreError> {
+    let path = embedded_path(url)?;
+    Ok(Arc::new(if create { EmbeddedStore::open(path).await? } else { EmbeddedStore::open_existing(path).await? }))
+}
+
+/// The file of a `redb://` URL.
+fn embedded_path(url: &str) -> Result<&str, StoreError> {
     if let Some(path) = url.strip_prefix("redb://") {
         if path.is_empty() {
             return Err(StoreError::Url { url: url.to_owned(), reason: "the path is empty" });
         }
-        return Ok(Arc::new(EmbeddedStore::open(path).await?));
+        return Ok(path);
     }
     if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+cluster://") {
         return Err(StoreError::Url { url: redact(url), reason: "the Redis backend is not available in this version" });

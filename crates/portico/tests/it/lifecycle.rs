@@ -170,3 +170,92 @@ async fn api_and_proxy_roles_run_apart_on_one_store() {
     let ready = api.call("GET", "/readyz", None, None).await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.raw);
 }
+
+/// Runs `portico ARGS… --data-dir DIR` and returns (success, stdout + stderr).
+fn run_in(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(crate::BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--set", "api.listen=\"127.0.0.1:0\""])
+        .env("PORTICO_ADMIN_PASSWORD", "test-admin-password-1")
+        .env_remove("PORTICO_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// A mistyped data directory is an error for commands that read, not a new empty store.
+#[tokio::test]
+async fn read_only_commands_refuse_a_store_that_does_not_exist() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let typo = dir.path().join("dta");
+    for args in
+        [&["host", "ls"][..], &["host", "rm", "a.test"], &["user", "ls"], &["ca", "export"], &["store", "check"]]
+    {
+        let (ok, text) = run_in(&typo, args);
+        assert!(!ok, "{args:?}: {text}");
+        assert!(text.contains("no store at") && text.contains("dta"), "{args:?}: {text}");
+    }
+    assert!(!typo.exists(), "nothing was created");
+    // Adding something starts a store where there was none.
+    let (ok, text) = run_in(&typo, &["host", "add", "a.test", "--ip", "127.0.0.1", "--port", "80"]);
+    assert!(ok, "{text}");
+    let (ok, text) = run_in(&typo, &["host", "ls"]);
+    assert!(ok && text.contains("a.test"), "{text}");
+}
+
+/// An empty or damaged store file stops the start with a message naming the file, and is
+/// never replaced by a fresh store; `portico store check` tells a sound file from a damaged one.
+#[tokio::test]
+async fn an_empty_or_damaged_store_file_stops_the_start() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let file = dir.path().join("portico.redb");
+    std::fs::write(&file, b"").unwrap();
+    let (ok, text) = run_in(dir.path(), &["serve"]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("portico.redb") && text.contains("not a Portico store"), "{text}");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0, "left as it was");
+    assert!(!dir.path().join("initial-admin-password").exists(), "no new admin");
+    std::fs::remove_file(&file).unwrap();
+
+    for i in 0..100 {
+        let (ok, text) =
+            run_in(dir.path(), &["host", "add", &format!("h{i}.test"), "--ip", "127.0.0.1", "--port", "80"]);
+        assert!(ok, "{text}");
+    }
+    let (ok, text) = run_in(dir.path(), &["store", "check"]);
+    assert!(ok && text.contains("sound"), "{text}");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let len = bytes.len();
+    for b in &mut bytes[4096..len.min(4096 * 64)] {
+        *b = 0xA5;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    let (ok, text) = run_in(dir.path(), &["store", "check"]);
+    assert!(!ok && text.contains("damaged"), "{text}");
+    for args in [&["host", "ls"][..], &["serve"]] {
+        let (ok, text) = run_in(dir.path(), args);
+        assert!(!ok, "{args:?}: a damaged store does not open as if sound: {text}");
+        let last = text.lines().last().unwrap_or_default();
+        assert!(last.contains("portico.redb") && last.contains("portico store check"), "{args:?}: {last}");
+    }
+}
+
+/// The store holds every private key: it is created private, and a wider mode is warned about.
+#[tokio::test]
+async fn the_store_is_private_and_a_wider_mode_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = crate::portico(&[]);
+    let file = p.data_dir().join("portico.redb");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let dir = p.into_data_dir();
+    std::fs::set_permissions(dir.path().join("portico.redb"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let p = portico_test_support::Portico::start_in(crate::BIN, dir, &[]);
+    let warned = p.logs().iter().any(|l| {
+        l["level"] == "WARN" && l["fields"]["message"].as_str().is_some_and(|m| m.contains("open to other users"))
+    });
+    assert!(warned, "{:?}", p.logs());
+}

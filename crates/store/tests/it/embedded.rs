@@ -65,3 +65,84 @@ async fn open_via_url() {
     let store = portico_store::open(&url).await.unwrap();
     store.ping().await.unwrap();
 }
+
+/// The file holds every private key: a new store is private to its owner.
+#[tokio::test]
+async fn a_new_store_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data/portico.redb");
+    let store = EmbeddedStore::open(&path).await.unwrap();
+    store.ping().await.unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+}
+
+/// An empty file, a file of something else, or a redb database of another program is never
+/// taken for a fresh install (which would mean a new admin, a new root, everything gone).
+#[tokio::test]
+async fn an_empty_or_foreign_file_is_refused_and_left_alone() {
+    let dir = TempDir::new().unwrap();
+    let cases: [(&str, &[u8]); 2] = [("empty.redb", b""), ("notes.redb", b"these are my notes, not a database\n")];
+    for (name, content) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let err = EmbeddedStore::open(&path).await.unwrap_err();
+        assert!(matches!(err, portico_store::StoreError::NotAStore { .. }), "{name}: {err:?}");
+        assert!(err.to_string().contains(name), "the message names the file: {err}");
+        assert_eq!(std::fs::read(&path).unwrap(), content, "{name} untouched");
+    }
+    let other = dir.path().join("other.redb");
+    {
+        let db = redb::Database::create(&other).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<&str, u64>::new("their_table")).unwrap().insert("x", 1).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = EmbeddedStore::open(&other).await.unwrap_err();
+    assert!(matches!(err, portico_store::StoreError::NotAStore { .. }), "{err}");
+}
+
+/// Commands that only read or change what is there do not create a store.
+#[tokio::test]
+async fn open_existing_refuses_a_missing_store() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("typo/portico.redb");
+    let err = EmbeddedStore::open_existing(&path).await.unwrap_err();
+    assert!(matches!(err, portico_store::StoreError::Missing { .. }), "{err}");
+    assert!(!path.exists() && !path.parent().unwrap().exists(), "nothing was created");
+    EmbeddedStore::open(&path).await.unwrap();
+    EmbeddedStore::open_existing(&path).await.unwrap();
+}
+
+/// A damaged page is an error naming the file (redb may panic on one: that is caught), and
+/// the integrity check says so too.
+#[tokio::test]
+async fn a_damaged_file_is_an_error_that_names_it() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("portico.redb");
+    {
+        let store = EmbeddedStore::open(&path).await.unwrap();
+        for i in 0..200 {
+            let key = format!("host{i}.example");
+            store.create(Kind::Host, &key, &fields(&[("ip", "127.0.0.1"), ("pad", &"x".repeat(500))])).await.unwrap();
+        }
+    }
+    assert!(portico_store::check(&format!("redb://{}", path.display())).await.unwrap(), "sound before");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = bytes.len();
+    for b in &mut bytes[4096..len.min(4096 * 64)] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let opened = EmbeddedStore::open(&path).await;
+    let read = match &opened {
+        Ok(store) => store.records(Kind::Host).await.map(|r| r.len()),
+        Err(e) => Err(portico_store::StoreError::Damaged { path: path.clone(), detail: e.to_string() }),
+    };
+    let err = read.expect_err("a damaged store does not read as sound");
+    assert!(err.to_string().contains("portico.redb") || matches!(err, portico_store::StoreError::Embedded(_)), "{err}");
+    let checked = portico_store::check(&format!("redb://{}", path.display())).await;
+    assert!(!matches!(checked, Ok(true)), "the check finds the damage: {checked:?}");
+}
