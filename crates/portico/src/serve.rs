@@ -44,6 +44,12 @@ impl Role {
 
 /// Runs `role` until a shutdown signal, then drains and returns.
 pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
+    // A file-size limit (`ulimit -f`) reached by the store is an I/O error to recover from, as
+    // a full disk is, not a signal that kills the process (PostgreSQL ignores it too).
+    // The handler stays installed for the life of the process; the stream is not needed.
+    let _ignored =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw()))
+            .context("cannot watch SIGXFSZ")?;
     let fd_limit = raise_fd_limit();
     config.proxy.max_connections = config.max_connections.unwrap_or_else(|| default_max_connections(fd_limit));
     tracing::info!(fd_limit, max_connections = config.proxy.max_connections, "connection limits");

@@ -316,7 +316,10 @@ async fn watch(weak: Weak<Inner>) {
         }
         if needs_reopen(&error) && tokio::time::Instant::now() >= next_reopen {
             match tokio::task::spawn_blocking(move || inner.reopen()).await {
-                Ok(Ok(())) => tracing::info!(path = %path.display(), "reopened the store after an I/O error"),
+                Ok(Ok(())) => {
+                    failing = false;
+                    tracing::info!(path = %path.display(), "the store works again (reopened after an I/O error)");
+                }
                 Ok(Err(e)) => tracing::debug!(error = %e, "reopening the store failed; trying again later"),
                 Err(e) => tracing::debug!(error = %e, "reopening the store failed; trying again later"),
             }

@@ -66,9 +66,23 @@ impl Portico {
     /// Like [`Portico::start`], under an open-file limit of `limit` (soft and hard, set with
     /// util-linux's `prlimit`), as on a host with a low `ulimit -n`.
     pub fn start_with_fd_limit(bin: impl AsRef<Path>, limit: u64, settings: &[&str]) -> Self {
-        let dir = Arc::new(TempDir::new().unwrap());
-        Self::spawn_limited(bin.as_ref(), "serve", dir, settings, Some(ADMIN_PASSWORD), Some(limit))
+        let dir = TempDir::new().unwrap();
+        Self::start_limited(bin, dir, &[&format!("--nofile={limit}:{limit}")], settings)
+    }
+
+    /// Like [`Portico::start_in`], under resource limits given as `prlimit` options
+    /// (`--fsize=BYTES`: writes past that size fail, as on a full disk).
+    pub fn start_limited(bin: impl AsRef<Path>, dir: TempDir, limits: &[&str], settings: &[&str]) -> Self {
+        let limits: Vec<String> = limits.iter().map(|l| (*l).to_owned()).collect();
+        Self::spawn_limited(bin.as_ref(), "serve", Arc::new(dir), settings, Some(ADMIN_PASSWORD), &limits)
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Changes a resource limit of the running process (`prlimit --pid` options, such as
+    /// `--fsize=unlimited`).
+    pub fn set_limit(&self, limit: &str) {
+        let status = Command::new("prlimit").arg("--pid").arg(self.pid().to_string()).arg(limit).status().unwrap();
+        assert!(status.success(), "prlimit {limit}");
     }
 
     /// Starts `portico ROLE` (`serve`, `proxy` or `api`) in a new data directory.
@@ -89,7 +103,7 @@ impl Portico {
         settings: &[&str],
         admin_password: Option<&str>,
     ) -> Result<Self, String> {
-        Self::spawn_limited(bin, role, dir, settings, admin_password, None)
+        Self::spawn_limited(bin, role, dir, settings, admin_password, &[])
     }
 
     fn spawn_limited(
@@ -98,16 +112,16 @@ impl Portico {
         dir: Arc<TempDir>,
         settings: &[&str],
         admin_password: Option<&str>,
-        fd_limit: Option<u64>,
+        limits: &[String],
     ) -> Result<Self, String> {
         let bin = bin.to_owned();
-        let mut command = match fd_limit {
-            None => Command::new(&bin),
-            Some(limit) => {
-                let mut prlimit = Command::new("prlimit");
-                prlimit.arg(format!("--nofile={limit}:{limit}")).arg("--").arg(&bin);
-                prlimit
-            }
+        let mut command = if limits.is_empty() {
+            Command::new(&bin)
+        } else {
+            // prlimit sets the limits and then executes Portico, which keeps its process id.
+            let mut prlimit = Command::new("prlimit");
+            prlimit.args(limits).arg("--").arg(&bin);
+            prlimit
         };
         command.arg(role).arg("--data-dir").arg(dir.path()).args([
             "--http",

@@ -259,3 +259,51 @@ async fn the_store_is_private_and_a_wider_mode_is_warned_about() {
     });
     assert!(warned, "{:?}", p.logs());
 }
+
+/// A full disk (here: a file-size limit the store reaches) fails writes, keeps traffic
+/// flowing, and once there is room again the store is reopened by itself; the failure is
+/// logged once, not at every poll.
+#[tokio::test]
+async fn the_store_recovers_from_a_full_disk_by_itself() {
+    use portico_test_support::portico::ADMIN_PASSWORD;
+
+    let backend = Backend::start("live").await;
+    let first = portico(&[]);
+    first.add_host("live.test", backend.addr, &[]);
+    let dir = first.into_data_dir();
+    let size = std::fs::metadata(dir.path().join("portico.redb")).unwrap().len();
+    // Soft limit only: raising it again needs no privilege.
+    let limit = format!("--fsize={}:unlimited", size + 256 * 1024);
+    let p = Portico::start_limited(BIN, dir, &[&limit], &[]);
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    let add = |name: String| {
+        let (api, token) = (api.clone(), token.clone());
+        async move {
+            let host = json!({"host": name, "ip": "127.0.0.1", "targetPort": 80, "forcessl": false});
+            api.call("POST", "/api/host", Some(&token), Some(host)).await
+        }
+    };
+    let mut full = false;
+    for i in 0..5000 {
+        let reply = add(format!("h{i}.fill.test")).await;
+        if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+            full = true;
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+    }
+    assert!(full, "the store never filled up");
+    assert_eq!(Proxy::h1(p.http).get("live.test", "/").await.status, StatusCode::OK, "traffic flows");
+
+    p.set_limit("--fsize=unlimited:unlimited");
+    eventually(Duration::from_secs(60), "writes to work again", || async move {
+        (add("after.full.test".into()).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    // The store came back through a reopen (redb refuses everything after an I/O error until
+    // then), which was logged before the write above could succeed.
+    let said = |message: &str| p.logs().iter().filter(|l| l["fields"]["message"] == message).count();
+    assert_eq!(said("the store failed"), 1, "{:?}", p.logs());
+    assert!(said("the store works again (reopened after an I/O error)") >= 1, "{:?}", p.logs());
+}
