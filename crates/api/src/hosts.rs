@@ -16,30 +16,6 @@ use crate::openapi as doc;
 use crate::state::Api;
 use crate::users::listing;
 
-/// A host as the API shows it: the seed's fields with typed values.
-pub fn host_json(host: &Host) -> Map<String, Value> {
-    let mut out = Map::new();
-    for (k, v) in &host.extra {
-        let value = match v.as_str() {
-            "true" => json!(true),
-            "false" => json!(false),
-            _ if k == "wildcard_expires" => v.parse::<i64>().map_or_else(|_| json!(v), |n| json!(n)),
-            _ => json!(v),
-        };
-        out.insert(k.clone(), value);
-    }
-    out.insert("host".into(), json!(host.host.as_str()));
-    out.insert("ip".into(), json!(host.target.ip()));
-    out.insert("targetPort".into(), json!(host.target.port()));
-    out.insert("forcessl".into(), json!(host.forcessl));
-    out.insert("targetssl".into(), json!(host.targetssl));
-    out.insert("created_by".into(), json!(host.created_by));
-    out.insert("created_on".into(), json!(host.created_on));
-    out.insert("updated_by".into(), json!(host.updated_by));
-    out.insert("updated_on".into(), json!(host.updated_on));
-    out
-}
-
 fn not_found(item: &str) -> ApiError {
     ApiError::NotFound { kind: "Host", key: item.to_owned() }
 }
@@ -66,7 +42,7 @@ pub async fn list(
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    listing(&api, Kind::Host, &query, |f| Host::from_fields(f).ok().map(|h| Value::Object(host_json(&h)))).await
+    listing(&api, Kind::Host, &query, |f| Host::from_fields(f).ok().map(|h| Value::Object(h.to_json()))).await
 }
 
 /// `POST /api/host {host, ip, targetPort, forcessl?, targetssl?}`.
@@ -101,7 +77,7 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
         .create(Kind::Host, pattern.as_str(), &host.to_fields())
         .await
         .map_err(|e| ApiError::from_write(e, Kind::Host, pattern.as_str(), "host"))?;
-    Ok(with_message(format!("\"{pattern}\" added."), host_json(&host)))
+    Ok(with_message(format!("\"{pattern}\" added."), host.to_json()))
 }
 
 /// `GET /api/host/{item}`.
@@ -115,7 +91,7 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
 )]
 pub async fn get(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Result<Json<Value>, ApiError> {
     let (_, host) = stored(&api, &item).await?;
-    Ok(Json(json!({ "item": item, "results": host_json(&host) })))
+    Ok(Json(json!({ "item": item, "results": host.to_json() })))
 }
 
 /// `PUT /api/host/{item}`: partial update; a new `host` renames it.
@@ -163,7 +139,7 @@ pub async fn update(
         StoreError::NotFound { .. } => not_found(&item),
         e => ApiError::from_write(e, Kind::Host, &new_key, "host"),
     })?;
-    let mut fields = host_json(&host);
+    let mut fields = host.to_json();
     fields.insert("__requestedHost".into(), json!(item));
     Ok(with_message(format!("\"{item}\" updated."), fields))
 }
@@ -186,7 +162,7 @@ pub async fn delete(
     if !api.store.delete(Kind::Host, &key).await? {
         return Err(not_found(&item));
     }
-    Ok(with_message(format!("{item} deleted"), host_json(&host)))
+    Ok(with_message(format!("{item} deleted"), host.to_json()))
 }
 
 /// `GET /api/host/lookup/{item}` → `{string, results?}`, from the proxy's own table.
@@ -200,7 +176,7 @@ pub async fn delete(
 )]
 pub async fn lookup(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Json<Value> {
     let table = api.routes.snapshot();
-    let found = Hostname::parse(&item).ok().and_then(|name| table.lookup(name.as_str()).map(|(_, h)| host_json(h)));
+    let found = Hostname::parse(&item).ok().and_then(|name| table.lookup(name.as_str()).map(|(_, h)| h.to_json()));
     match found {
         Some(host) => Json(json!({ "string": item, "results": host })),
         None => Json(json!({ "string": item })),
@@ -232,7 +208,7 @@ pub async fn lookup_tree(State(api): State<Api>, caller: Caller) -> Result<Json<
             let Value::Object(map) = child else { return Err(ApiError::Internal("lookup tree shape")) };
             node = map;
         }
-        node.insert("#record".into(), Value::Object(host_json(host)));
+        node.insert("#record".into(), Value::Object(host.to_json()));
     }
     Ok(Json(json!({ "results": root })))
 }

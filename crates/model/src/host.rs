@@ -147,6 +147,32 @@ impl Host {
         }
     }
 
+    /// The host as the API (and `portico host ls --json`) shows it: the seed's fields, with
+    /// numbers and booleans as JSON numbers and booleans.
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value;
+        let mut out = serde_json::Map::new();
+        for (k, v) in &self.extra {
+            let value = match v.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ if k == "wildcard_expires" => v.parse::<i64>().map_or_else(|_| Value::from(v.as_str()), Value::from),
+                _ => Value::from(v.as_str()),
+            };
+            out.insert(k.clone(), value);
+        }
+        out.insert("host".into(), Value::from(self.host.as_str()));
+        out.insert("ip".into(), Value::from(self.target.ip()));
+        out.insert("targetPort".into(), Value::from(self.target.port()));
+        out.insert("forcessl".into(), Value::Bool(self.forcessl));
+        out.insert("targetssl".into(), Value::Bool(self.targetssl));
+        out.insert("created_by".into(), Value::from(self.created_by.as_str()));
+        out.insert("created_on".into(), Value::from(self.created_on));
+        out.insert("updated_by".into(), Value::from(self.updated_by.as_str()));
+        out.insert("updated_on".into(), Value::from(self.updated_on));
+        out
+    }
+
     /// Reads a host from its stored string fields (the seed's Redis hash layout).
     pub fn from_fields(fields: &Fields) -> Result<Self, HostError> {
         let text = |name: &'static str| fields.get(name).map(String::as_str);

@@ -64,8 +64,12 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
         HostCommand::Ls { json } => {
             let records = store.records(Kind::Host).await.context("cannot list hosts")?;
             if json {
+                // The API's form, with typed values; records that do not parse as they are.
                 for (_, fields) in &records {
-                    println!("{}", serde_json::to_string(fields)?);
+                    match Host::from_fields(fields) {
+                        Ok(host) => println!("{}", serde_json::Value::Object(host.to_json())),
+                        Err(_) => println!("{}", serde_json::to_string(fields)?),
+                    }
                 }
             } else {
                 println!("{:<40} {:<28} {:<9} TARGETSSL", "HOST", "TARGET", "FORCESSL");

@@ -137,8 +137,13 @@ async fn cli_validates_and_reports() {
     let line = String::from_utf8_lossy(&ls.stdout).to_string();
     let host: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
     assert_eq!(host["host"], "*.example.test");
-    assert_eq!(host["targetPort"], "8080");
-    assert_eq!(host["forcessl"], "false");
+    assert_eq!(host["targetPort"], 8080);
+    assert_eq!(host["forcessl"], false);
+    // The same object the API answers with.
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", portico_test_support::portico::ADMIN_PASSWORD).await;
+    let shown = api.call("GET", "/api/host/*.example.test", Some(&token), None).await;
+    assert_eq!(shown.json["results"], host);
     let missing = p.host(&["rm", "nope.test"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no host nope.test"));
