@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use portico_store::{Store, StoreError};
 
-pub use manager::{CertSettings, Certs, NamePolicy};
+pub use manager::{CertSettings, Certs, NamePolicy, Owner};
 pub use stored::{Loaded, Meta, StoredCert};
 
 /// Something went wrong with a certificate.

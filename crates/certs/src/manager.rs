@@ -1,8 +1,15 @@
 //! The certificate manager: cache, on-demand gate, single-flight issuance, backoff.
+//!
+//! Names under wildcard patterns are chosen by whoever sends a ClientHello, so they get a
+//! budget of their own: a rate apart from the one explicit hosts and renewals share (each
+//! has its own), and caps on how many certificates one pattern and one registered domain
+//! hold. They are renewed only when used since they were issued. All of it is checked in
+//! memory before any store write, and refusals are logged once per name a minute.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,8 +24,18 @@ use crate::{CertError, IssueError, Issuer, Loaded, StoredCert, load_or_create, n
 
 /// Decides which names may get a certificate: those a host pattern matches.
 pub trait NamePolicy: Send + Sync + fmt::Debug {
-    /// Whether `name` (normalised) may get a certificate.
-    fn allows(&self, name: &str) -> bool;
+    /// The host pattern that gives `name` (normalised) a certificate, if one matches.
+    fn owner(&self, name: &str) -> Option<Owner>;
+}
+
+/// The host pattern a name's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The pattern as stored (`*.example.com`, or the name itself).
+    pub pattern: String,
+    /// Whether the pattern has no `*` or `**`: the operator asked for this very name. Names
+    /// under wildcard patterns are chosen by whoever sends a ClientHello.
+    pub explicit: bool,
 }
 
 /// Tunables of issuance and renewal.
@@ -32,8 +49,17 @@ pub struct CertSettings {
     pub backoff_min: Duration,
     /// ...up to this.
     pub backoff_max: Duration,
-    /// Issuances started per minute by this process, at most (protects the CA account).
+    /// Issuances started per minute by this process for explicit hosts, and apart from them
+    /// for renewals (protects the CA account).
     pub max_issuances_per_minute: usize,
+    /// Issuances started per minute for names under wildcard patterns: a budget of their own,
+    /// so a flood of made-up names never holds up an explicit host or a renewal.
+    pub max_pattern_issuances_per_minute: usize,
+    /// Certificates held at once for names under one wildcard pattern.
+    pub max_certs_per_pattern: usize,
+    /// Certificates held at once for names under wildcard patterns in one registered domain
+    /// (Let's Encrypt issues 50 new certificates per registered domain a week).
+    pub max_certs_per_domain: usize,
 }
 
 impl Default for CertSettings {
@@ -44,6 +70,9 @@ impl Default for CertSettings {
             backoff_min: Duration::from_secs(60),
             backoff_max: Duration::from_secs(6 * 3600),
             max_issuances_per_minute: 60,
+            max_pattern_issuances_per_minute: 20,
+            max_certs_per_pattern: 20,
+            max_certs_per_domain: 50,
         }
     }
 }
@@ -53,8 +82,10 @@ impl Default for CertSettings {
 enum Refused {
     #[error("in failure backoff until {0}")]
     Backoff(i64),
-    #[error("the issuance rate limit is reached")]
-    RateLimited,
+    #[error("the issuance rate limit ({0}) is reached")]
+    RateLimited(Budget),
+    #[error("the cap of certificates per {0} is reached")]
+    Capped(&'static str),
     #[error("another node is issuing and did not finish in time")]
     Busy,
     #[error(transparent)]
@@ -72,15 +103,59 @@ enum Mode {
     Forced,
 }
 
+/// Which issuance budget an issuance draws on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Budget {
+    /// Explicit hosts, and renewals asked for through the API.
+    Explicit,
+    /// Names under wildcard patterns.
+    Pattern,
+    /// The renewal scheduler.
+    Renewal,
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Explicit => "explicit hosts",
+            Self::Pattern => "names under wildcard patterns",
+            Self::Renewal => "renewals",
+        })
+    }
+}
+
+/// A certificate in memory, and whether it has been served since it was loaded.
+#[derive(Debug)]
+struct Cached {
+    loaded: Arc<Loaded>,
+    used: AtomicBool,
+}
+
+/// A name under a wildcard pattern that holds a certificate, for the caps.
+#[derive(Debug)]
+struct Held {
+    pattern: String,
+    domain: String,
+}
+
+/// Names whose refusal was logged in the last minute, at most this many (a flood of names
+/// beyond it is not logged name by name).
+const QUIET_NAMES: usize = 10_000;
+
 /// Certificates for the TLS acceptor; see the crate documentation.
 pub struct Certs {
     store: Arc<dyn Store>,
     issuer: Arc<dyn Issuer>,
     policy: Arc<dyn NamePolicy>,
     settings: CertSettings,
-    cache: RwLock<HashMap<String, Arc<Loaded>>>,
+    cache: RwLock<HashMap<String, Arc<Cached>>>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    started: Mutex<VecDeque<Instant>>,
+    /// Issuances started in the last minute, per budget.
+    started: Mutex<HashMap<Budget, VecDeque<Instant>>>,
+    /// Names under wildcard patterns that hold a certificate.
+    held: Mutex<HashMap<String, Held>>,
+    /// When a refusal was last logged, per name.
+    quiet: Mutex<HashMap<String, Instant>>,
     fallback: Arc<Loaded>,
 }
 
@@ -102,16 +177,24 @@ impl Certs {
         let fallback =
             load_or_create(store.as_ref(), &keys::portico("fallback-cert"), async || make_fallback()).await?;
         let fallback = Arc::new(StoredCert::from_json(&fallback)?.load()?);
-        Ok(Arc::new(Self {
+        let certs = Self {
             store,
             issuer,
             policy,
             settings,
             cache: RwLock::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
-            started: Mutex::new(VecDeque::new()),
+            started: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            quiet: Mutex::new(HashMap::new()),
             fallback,
-        }))
+        };
+        for name in certs.store.keys(Kind::Cert).await? {
+            if let Some(owner) = certs.policy.owner(&name) {
+                certs.hold(&name, &owner);
+            }
+        }
+        Ok(Arc::new(certs))
     }
 
     /// The store.
@@ -126,7 +209,12 @@ impl Certs {
 
     /// Whether the policy lets `name` have a certificate.
     pub fn allows(&self, name: &str) -> bool {
-        self.policy.allows(name)
+        self.policy.owner(name).is_some()
+    }
+
+    /// The host pattern `name`'s certificate comes from.
+    pub fn owner(&self, name: &str) -> Option<Owner> {
+        self.policy.owner(name)
     }
 
     /// The fallback certificate: self-signed, for no real name.
@@ -136,12 +224,88 @@ impl Certs {
 
     /// The certificate in memory for `name`, unless it has expired.
     pub fn cached(&self, name: &str) -> Option<Arc<Loaded>> {
+        self.cached_entry(name).map(|c| c.loaded.clone())
+    }
+
+    fn cached_entry(&self, name: &str) -> Option<Arc<Cached>> {
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        cache.get(name).filter(|l| l.meta.not_after > now_secs()).cloned()
+        cache.get(name).filter(|c| c.loaded.meta.not_after > now_secs()).cloned()
     }
 
     fn remember(&self, name: &str, loaded: Arc<Loaded>) {
-        self.cache.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), loaded);
+        let cached = Arc::new(Cached { loaded, used: AtomicBool::new(false) });
+        self.cache.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), cached);
+    }
+
+    /// Notes in the store that `name`'s certificate was served (once per certificate and
+    /// process, off the handshake's path): names under wildcard patterns are renewed only then.
+    fn mark_used(&self, name: &str) {
+        let (store, name) = (self.store.clone(), name.to_owned());
+        tokio::spawn(async move {
+            let now = now_secs().to_string();
+            if let Err(e) = store.put_blob(&keys::cert_used(&name), now.as_bytes(), None).await {
+                tracing::debug!(name, error = %e, "cannot note that a certificate was used");
+            }
+        });
+    }
+
+    /// When `name`'s certificate was last noted as served (seconds; 0 if never).
+    pub(crate) async fn last_used(&self, name: &str) -> Result<i64, CertError> {
+        let used = self.store.blob(&keys::cert_used(name)).await?;
+        Ok(used.and_then(|b| String::from_utf8(b).ok()).and_then(|t| t.parse().ok()).unwrap_or(0))
+    }
+
+    /// Counts `name` against its pattern's and registered domain's caps (names under
+    /// wildcard patterns only).
+    fn hold(&self, name: &str, owner: &Owner) {
+        if owner.explicit {
+            return;
+        }
+        let domain = psl::domain_str(name).unwrap_or(name).to_owned();
+        let held = Held { pattern: owner.pattern.clone(), domain };
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), held);
+    }
+
+    fn unhold(&self, name: &str) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
+    /// Whether a new certificate for `name` would break a cap: names under wildcard patterns
+    /// only, and not those that hold one already (a renewal).
+    fn capped(&self, name: &str, owner: &Owner) -> Result<(), Refused> {
+        if owner.explicit {
+            return Ok(());
+        }
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.contains_key(name) {
+            return Ok(());
+        }
+        let domain = psl::domain_str(name).unwrap_or(name);
+        if held.values().filter(|h| h.pattern == owner.pattern).count() >= self.settings.max_certs_per_pattern {
+            return Err(Refused::Capped("pattern"));
+        }
+        if held.values().filter(|h| h.domain == domain).count() >= self.settings.max_certs_per_domain {
+            return Err(Refused::Capped("registered domain"));
+        }
+        Ok(())
+    }
+
+    /// Logs why `name` gets the fallback certificate, at most once a minute per name.
+    fn log_refusal(&self, name: &str, refused: &Refused) {
+        let now = Instant::now();
+        let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
+        if quiet.get(name).is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60)) {
+            return;
+        }
+        if quiet.len() >= QUIET_NAMES {
+            quiet.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+            if quiet.len() >= QUIET_NAMES {
+                return;
+            }
+        }
+        quiet.insert(name.to_owned(), now);
+        drop(quiet);
+        tracing::info!(name, reason = %refused, "no certificate for this name: serving the fallback certificate");
     }
 
     fn forget(&self, name: &str) {
@@ -157,17 +321,20 @@ impl Certs {
         if name.parse::<IpAddr>().is_ok() {
             return None;
         }
-        if let Some(loaded) = self.cached(name) {
-            return Some(loaded);
+        if let Some(cached) = self.cached_entry(name) {
+            if !cached.used.swap(true, Ordering::Relaxed) {
+                self.mark_used(name);
+            }
+            return Some(cached.loaded.clone());
         }
-        if !self.policy.allows(name) {
+        let Some(owner) = self.policy.owner(name) else {
             tracing::debug!(name, "no host matches this name: serving the fallback certificate");
             return None;
-        }
-        match self.obtain(name, Mode::OnDemand).await {
+        };
+        match self.obtain(name, Mode::OnDemand, &owner).await {
             Ok(loaded) => Some(loaded),
             Err(e) => {
-                tracing::info!(name, reason = %e, "no certificate for this name: serving the fallback certificate");
+                self.log_refusal(name, &e);
                 None
             }
         }
@@ -175,12 +342,13 @@ impl Certs {
 
     /// Issues a new certificate for `name` now, whatever its state (the API's renew).
     pub async fn renew_now(&self, name: &str) -> Result<Arc<Loaded>, CertError> {
-        self.obtain(name, Mode::Forced).await.map_err(refused_to_error)
+        let owner = self.policy.owner(name).unwrap_or(Owner { pattern: name.to_owned(), explicit: true });
+        self.obtain(name, Mode::Forced, &owner).await.map_err(refused_to_error)
     }
 
     /// Renews `name` if it is (still) due; used by the renewal scheduler.
-    pub(crate) async fn renew_due(&self, name: &str) -> Result<Arc<Loaded>, CertError> {
-        self.obtain(name, Mode::Renewal).await.map_err(refused_to_error)
+    pub(crate) async fn renew_due(&self, name: &str, owner: &Owner) -> Result<Arc<Loaded>, CertError> {
+        self.obtain(name, Mode::Renewal, owner).await.map_err(refused_to_error)
     }
 
     /// The stored state of `name`'s certificate.
@@ -225,8 +393,10 @@ impl Certs {
     /// Removes `name`'s certificate and state (its host is gone and it has expired).
     pub(crate) async fn remove(&self, name: &str) -> Result<(), CertError> {
         self.store.delete_blob(&keys::cert_latest(name)).await?;
+        self.store.delete_blob(&keys::cert_used(name)).await?;
         self.store.delete(Kind::Cert, name).await?;
         self.forget(name);
+        self.unhold(name);
         Ok(())
     }
 
@@ -263,32 +433,50 @@ impl Certs {
         self.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
     }
 
-    fn take_rate(&self) -> Result<(), Refused> {
+    /// The budget an issuance of `name` in `mode` draws on.
+    fn budget(mode: Mode, owner: &Owner) -> Budget {
+        match mode {
+            Mode::Renewal => Budget::Renewal,
+            Mode::Forced => Budget::Explicit,
+            Mode::OnDemand if owner.explicit => Budget::Explicit,
+            Mode::OnDemand => Budget::Pattern,
+        }
+    }
+
+    /// Checks `budget`'s rate over the last minute; `take`: and counts one more issuance.
+    fn rate(&self, budget: Budget, take: bool) -> Result<(), Refused> {
+        let limit = match budget {
+            Budget::Explicit | Budget::Renewal => self.settings.max_issuances_per_minute,
+            Budget::Pattern => self.settings.max_pattern_issuances_per_minute,
+        };
         let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        let window = started.entry(budget).or_default();
         let now = Instant::now();
-        while started.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
-            started.pop_front();
+        while window.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+            window.pop_front();
         }
-        if started.len() >= self.settings.max_issuances_per_minute {
-            return Err(Refused::RateLimited);
+        if window.len() >= limit {
+            return Err(Refused::RateLimited(budget));
         }
-        started.push_back(now);
+        if take {
+            window.push_back(now);
+        }
         Ok(())
     }
 
     /// One issuance per name at a time in this process (waiters then find the result), one
     /// across nodes (a store lease).
-    async fn obtain(&self, name: &str, mode: Mode) -> Result<Arc<Loaded>, Refused> {
+    async fn obtain(&self, name: &str, mode: Mode, owner: &Owner) -> Result<Arc<Loaded>, Refused> {
         let flight = self.flight(name);
         let result = {
             let _turn = flight.lock().await;
-            self.obtain_in_turn(name, mode).await
+            self.obtain_in_turn(name, mode, owner).await
         };
         self.end_flight(name);
         result
     }
 
-    async fn obtain_in_turn(&self, name: &str, mode: Mode) -> Result<Arc<Loaded>, Refused> {
+    async fn obtain_in_turn(&self, name: &str, mode: Mode, owner: &Owner) -> Result<Arc<Loaded>, Refused> {
         if mode == Mode::OnDemand {
             if let Some(loaded) = self.cached(name) {
                 return Ok(loaded);
@@ -303,6 +491,12 @@ impl Certs {
         if mode == Mode::OnDemand && state.backing_off(now) {
             return Err(Refused::Backoff(state.next_attempt));
         }
+        // The budget, in memory, before the first store write (the lease).
+        let budget = Self::budget(mode, owner);
+        if mode == Mode::OnDemand {
+            self.capped(name, owner)?;
+        }
+        self.rate(budget, false)?;
         let lock = keys::issue_lock(name);
         let lease_ttl = self.settings.issue_timeout + Duration::from_secs(30);
         let deadline = tokio::time::Instant::now() + self.settings.issue_timeout;
@@ -323,14 +517,17 @@ impl Certs {
                 return Err(Refused::Busy);
             }
         };
-        let result = self.issue_locked(name, mode, now).await;
+        let result = self.issue_locked(name, mode, budget, now).await;
+        if result.is_ok() {
+            self.hold(name, owner);
+        }
         if let Err(e) = self.store.release(&lease).await {
             tracing::warn!(name, error = %e, "cannot release the issuance lock; it expires by itself");
         }
         result
     }
 
-    async fn issue_locked(&self, name: &str, mode: Mode, started: i64) -> Result<Arc<Loaded>, Refused> {
+    async fn issue_locked(&self, name: &str, mode: Mode, budget: Budget, started: i64) -> Result<Arc<Loaded>, Refused> {
         // What another node may have finished while this one waited for the lock.
         let state = self.state(name).await?.unwrap_or_default();
         match mode {
@@ -351,7 +548,7 @@ impl Certs {
             }
             _ => {}
         }
-        self.take_rate()?;
+        self.rate(budget, true)?;
         let verb = if mode == Mode::OnDemand { "issuing" } else { "renewing" };
         tracing::info!(name, issuer = self.issuer.kind(), "{verb} a certificate");
         let begun = Instant::now();
@@ -373,6 +570,7 @@ impl Certs {
                 let next = CertState {
                     issuer: self.issuer.kind().to_owned(),
                     not_after: loaded.meta.not_after,
+                    issued: now,
                     last_attempt: now,
                     next_attempt: loaded.meta.renew_at(self.settings.renew_remaining_ratio) - jitter,
                     ..CertState::default()
@@ -425,10 +623,15 @@ impl Certs {
             };
             match change {
                 Ok(Change::Blob { key }) => {
-                    if let Some(name) = key.strip_suffix(":latest")
-                        && self.cache.read().unwrap_or_else(|e| e.into_inner()).contains_key(name)
-                    {
+                    let Some(name) = key.strip_suffix(":latest") else { continue };
+                    if self.cache.read().unwrap_or_else(|e| e.into_inner()).contains_key(name) {
                         self.reload(name).await;
+                    }
+                    // Another node issued or removed it: keep the caps in step.
+                    match (self.store.blob(&key).await, self.policy.owner(name)) {
+                        (Ok(Some(_)), Some(owner)) => self.hold(name, &owner),
+                        (Ok(None), _) => self.unhold(name),
+                        _ => {}
                     }
                 }
                 Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {

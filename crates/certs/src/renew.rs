@@ -24,8 +24,11 @@ pub struct Sweep {
     pub renewed: Vec<String>,
     /// Names whose renewal failed.
     pub failed: Vec<String>,
-    /// Expired certificates of names no host matches any more, removed.
+    /// Expired certificates of names no host matches any more, or of names under wildcard
+    /// patterns unused since they were issued, removed.
     pub removed: Vec<String>,
+    /// Names under wildcard patterns that were due but unused since issued: not renewed.
+    pub unused: Vec<String>,
 }
 
 /// Checks every managed certificate once.
@@ -34,14 +37,14 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
     for (name, fields) in certs.store().records(Kind::Cert).await? {
         let state = CertState::from_fields(&fields);
         let now = now_secs();
-        if !certs.allows(&name) {
+        let Some(owner) = certs.owner(&name) else {
             if state.not_after <= now {
                 certs.remove(&name).await?;
                 tracing::info!(name, "removed the expired certificate of a name no host matches");
                 done.removed.push(name);
             }
             continue;
-        }
+        };
         let state = if now < state.next_attempt && state.failures == 0 && now - state.ari_checked >= ARI_EVERY {
             certs.consult_ari(&name).await?
         } else {
@@ -50,7 +53,19 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
         if now < state.next_attempt {
             continue;
         }
-        match certs.renew_due(&name).await {
+        // A name under a wildcard pattern that nobody asked for since its certificate was
+        // issued (a scan, a typo) is left to expire, and then removed.
+        if !owner.explicit && certs.last_used(&name).await? < state.issued {
+            if state.not_after <= now {
+                certs.remove(&name).await?;
+                tracing::info!(name, "removed the expired certificate of a name unused since it was issued");
+                done.removed.push(name);
+            } else {
+                done.unused.push(name);
+            }
+            continue;
+        }
+        match certs.renew_due(&name, &owner).await {
             Ok(_) => done.renewed.push(name),
             Err(_) => done.failed.push(name),
         }

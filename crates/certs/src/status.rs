@@ -11,6 +11,9 @@ pub struct CertState {
     pub issuer: String,
     /// The current certificate's notAfter.
     pub not_after: i64,
+    /// When the current certificate was issued (0: unknown, as for certificates from before
+    /// this field).
+    pub issued: i64,
     /// The last issuance or renewal attempt.
     pub last_attempt: i64,
     /// When the next attempt is due (renewal time, or the end of a failure backoff).
@@ -33,6 +36,7 @@ impl CertState {
         Self {
             issuer: text("issuer"),
             not_after: number("not_after"),
+            issued: number("issued"),
             last_attempt: number("last_attempt"),
             next_attempt: number("next_attempt"),
             failures: fields.get("failures").and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -47,6 +51,7 @@ impl CertState {
         [
             ("issuer", self.issuer.clone()),
             ("not_after", self.not_after.to_string()),
+            ("issued", self.issued.to_string()),
             ("last_attempt", self.last_attempt.to_string()),
             ("next_attempt", self.next_attempt.to_string()),
             ("failures", self.failures.to_string()),
@@ -74,6 +79,7 @@ mod tests {
         let state = CertState {
             issuer: "acme".into(),
             not_after: 10,
+            issued: 4,
             last_attempt: 5,
             next_attempt: 7,
             failures: 2,

@@ -20,6 +20,14 @@ use portico_test_support::pebble::{Options, Pebble, with_portico};
 use portico_test_support::{Backend, Portico, tls};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portico");
+/// Every new name is under `**.bench.test`: lift the budget and caps of names under wildcard
+/// patterns, which would otherwise (rightly) refuse a benchmark's thousands of names.
+const UNLIMITED: [&str; 4] = [
+    "tls.max_issuances_per_minute=100000",
+    "tls.max_pattern_issuances_per_minute=100000",
+    "tls.max_certs_per_pattern=10000000",
+    "tls.max_certs_per_domain=10000000",
+];
 
 /// Caddy with on-demand TLS from `pebble`, proxying to `backend`, on loopback only.
 struct Caddy {
@@ -98,7 +106,8 @@ fn first_handshake(c: &mut Criterion) {
     // Each group gets a fresh Pebble: Debian's Pebble 2.4 stalls (its handlers stop answering
     // until clients give up) once it holds a couple of thousand orders.
     let start = || {
-        let settings = ["tls.max_issuances_per_minute=100000", "log.access_log=false"];
+        let mut settings = UNLIMITED.to_vec();
+        settings.push("log.access_log=false");
         let (pebble, portico) = with_portico(BIN, Options::default(), &settings);
         portico.add_host("**.bench.test", backend.addr, &[]);
         let roots = tls::roots(&runtime.block_on(pebble.root()));
@@ -170,7 +179,7 @@ fn first_handshake(c: &mut Criterion) {
     drop(caddy);
     let mut settings = peer_pebble.portico_settings();
     settings.push("tls.challenge=\"tls-alpn-01\"".to_owned());
-    settings.push("tls.max_issuances_per_minute=100000".to_owned());
+    settings.extend(UNLIMITED.iter().map(|s| (*s).to_owned()));
     settings.push("log.access_log=false".to_owned());
     let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
     let portico = Portico::try_start(BIN, &settings).expect("portico starts on the peer's ports");

@@ -125,6 +125,9 @@ struct RawTls {
     internal_lifetime: Option<DurationText>,
     issue_timeout: Option<DurationText>,
     max_issuances_per_minute: Option<usize>,
+    max_pattern_issuances_per_minute: Option<usize>,
+    max_certs_per_pattern: Option<usize>,
+    max_certs_per_domain: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +213,9 @@ pub struct TlsConfig {
     pub internal_lifetime: Duration,
     pub issue_timeout: Duration,
     pub max_issuances_per_minute: usize,
+    pub max_pattern_issuances_per_minute: usize,
+    pub max_certs_per_pattern: usize,
+    pub max_certs_per_domain: usize,
 }
 
 impl std::fmt::Debug for TlsConfig {
@@ -496,13 +502,13 @@ impl TryFrom<Raw> for Config {
             t.challenge.as_deref().unwrap_or("http-01"),
             &[("http-01", Challenge::Http01), ("tls-alpn-01", Challenge::TlsAlpn01)],
         )?;
-        let max_issuances_per_minute = t.max_issuances_per_minute.unwrap_or(60);
-        if max_issuances_per_minute == 0 {
-            return Err(ConfigError::Value {
-                key: "tls.max_issuances_per_minute",
-                message: "must be at least 1".into(),
-            });
-        }
+        let at_least_one = |value: Option<usize>, key: &'static str, default: usize| match value.unwrap_or(default) {
+            0 => Err(ConfigError::Value { key, message: "must be at least 1".into() }),
+            n => Ok(n),
+        };
+        let limits = portico_certs::CertSettings::default();
+        let max_issuances_per_minute =
+            at_least_one(t.max_issuances_per_minute, "tls.max_issuances_per_minute", limits.max_issuances_per_minute)?;
         let tls = TlsConfig {
             issuer,
             acme_directory: t
@@ -525,6 +531,21 @@ impl TryFrom<Raw> for Config {
             internal_lifetime: duration(&t.internal_lifetime, "tls.internal_lifetime", Duration::from_secs(7 * 86400))?,
             issue_timeout: duration(&t.issue_timeout, "tls.issue_timeout", Duration::from_secs(90))?,
             max_issuances_per_minute,
+            max_pattern_issuances_per_minute: at_least_one(
+                t.max_pattern_issuances_per_minute,
+                "tls.max_pattern_issuances_per_minute",
+                limits.max_pattern_issuances_per_minute,
+            )?,
+            max_certs_per_pattern: at_least_one(
+                t.max_certs_per_pattern,
+                "tls.max_certs_per_pattern",
+                limits.max_certs_per_pattern,
+            )?,
+            max_certs_per_domain: at_least_one(
+                t.max_certs_per_domain,
+                "tls.max_certs_per_domain",
+                limits.max_certs_per_domain,
+            )?,
         };
         let log_format = choice(
             "log.format",

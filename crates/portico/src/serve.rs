@@ -197,6 +197,9 @@ fn cert_settings(config: &Config) -> CertSettings {
         renew_remaining_ratio: config.tls.renew_remaining_ratio,
         issue_timeout: config.tls.issue_timeout,
         max_issuances_per_minute: config.tls.max_issuances_per_minute,
+        max_pattern_issuances_per_minute: config.tls.max_pattern_issuances_per_minute,
+        max_certs_per_pattern: config.tls.max_certs_per_pattern,
+        max_certs_per_domain: config.tls.max_certs_per_domain,
         ..CertSettings::default()
     }
 }

@@ -88,8 +88,11 @@ impl Routes {
 
 /// Routing decides certificates: a name may have one when a host pattern matches it.
 impl portico_certs::NamePolicy for Routes {
-    fn allows(&self, name: &str) -> bool {
-        self.snapshot().lookup(name).is_some()
+    fn owner(&self, name: &str) -> Option<portico_certs::Owner> {
+        let table = self.snapshot();
+        let (pattern, _) = table.lookup(name)?;
+        let explicit = pattern.labels().all(|l| matches!(l, portico_model::PatternLabel::Literal(_)));
+        Some(portico_certs::Owner { pattern: pattern.to_string(), explicit })
     }
 }
 

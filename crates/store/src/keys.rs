@@ -84,6 +84,12 @@ pub fn tls_alpn01(name: &str) -> String {
     format!("{name}:tls-alpn-01")
 }
 
+/// When `name`'s certificate was last served (seconds since the epoch, as text): names under
+/// wildcard patterns are renewed only when used since they were issued.
+pub fn cert_used(name: &str) -> String {
+    format!("portico:cert-used:{name}")
+}
+
 /// The lock held while a certificate for `name` is issued or renewed.
 pub fn issue_lock(name: &str) -> String {
     format!("portico:issue:{name}")

@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use portico_test_support::client::{ApiClient, Proxy};
 use portico_test_support::portico::ADMIN_PASSWORD;
-use portico_test_support::{Backend, Portico, tls};
+use portico_test_support::{Backend, Portico, eventually, tls};
 use rustls::RootCertStore;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -212,4 +212,77 @@ async fn certificates_from_a_seed_deployment_are_served_as_they_are() {
     assert_eq!(served.names, vec!["seed.example.test"]);
     assert!(served.issuer.contains("rcgen"), "the planted certificate, not a new one: {}", served.issuer);
     assert!(!p.logs().iter().any(|l| l["fields"]["message"] == "issuing a certificate"));
+}
+
+/// Made-up names under a wildcard pattern draw on a budget of their own: after a flood of
+/// them, a new explicit host still gets its certificate at once, and renewals go on.
+#[tokio::test]
+async fn a_flood_of_names_under_a_pattern_starves_neither_new_hosts_nor_renewals() {
+    let backend = Backend::start("flood").await;
+    let settings = [
+        "tls.max_issuances_per_minute=5",
+        "tls.max_pattern_issuances_per_minute=3",
+        "tls.internal_lifetime=\"9s\"",
+        "tls.renew_interval=\"1s\"",
+    ];
+    let p = portico(&settings);
+    p.add_host("steady.example.test", backend.addr, &[]);
+    p.add_host("**.flood.example.test", backend.addr, &[]);
+    assert_eq!(tls::peek(p.https, "steady.example.test").await.names, vec!["steady.example.test"]);
+
+    let https = p.https;
+    let flood: Vec<_> = (0..40)
+        .map(|i| tokio::spawn(async move { (i, tls::peek(https, &format!("x{i}.flood.example.test")).await) }))
+        .collect();
+    let mut issued = 0;
+    for task in flood {
+        let (i, served) = task.await.unwrap();
+        if served.names == vec![format!("x{i}.flood.example.test")] {
+            issued += 1;
+        } else {
+            assert_eq!(served.names, vec!["portico.invalid"], "the fallback, never another name's certificate");
+        }
+    }
+    assert_eq!(issued, 3, "the budget of names under wildcard patterns");
+
+    // (Internal-CA leaves start five minutes back, so a 9-second one is due at every sweep.)
+    let after_flood = tls::peek(https, "steady.example.test").await.not_after;
+    p.add_host("new.example.test", backend.addr, &[]);
+    assert_eq!(tls::peek(p.https, "new.example.test").await.names, vec!["new.example.test"]);
+    eventually(Duration::from_secs(30), "steady.example.test to be renewed after the flood", || async {
+        (tls::peek(https, "steady.example.test").await.not_after > after_flood).then_some(())
+    })
+    .await;
+}
+
+/// Names under a wildcard pattern are capped per pattern, renewed only when used since they
+/// were issued, and an unused one is removed once expired, which frees its place.
+#[tokio::test]
+async fn names_under_a_pattern_are_capped_and_renewed_only_when_used() {
+    let backend = Backend::start("cap").await;
+    let settings = ["tls.max_certs_per_pattern=2", "tls.internal_lifetime=\"6s\"", "tls.renew_interval=\"1s\""];
+    let p = portico(&settings);
+    p.add_host("*.cap.example.test", backend.addr, &[]);
+    let https = p.https;
+    let used = tls::peek(https, "used.cap.example.test").await;
+    assert_eq!(used.names, vec!["used.cap.example.test"]);
+    assert_eq!(tls::peek(https, "idle.cap.example.test").await.names, vec!["idle.cap.example.test"]);
+    assert_eq!(tls::peek(https, "third.cap.example.test").await.names, vec!["portico.invalid"], "capped");
+
+    // `used` keeps being asked for and is renewed; `idle` is never asked for again.
+    eventually(Duration::from_secs(30), "used.cap.example.test to be renewed", || async {
+        (tls::peek(https, "used.cap.example.test").await.not_after > used.not_after).then_some(())
+    })
+    .await;
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    eventually(Duration::from_secs(30), "idle.cap.example.test's certificate to be removed", || {
+        let (api, token) = (api.clone(), token.clone());
+        async move {
+            let status = api.call("GET", "/api/cert/idle.cap.example.test", Some(&token), None).await.status;
+            (status == StatusCode::NOT_FOUND).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(tls::peek(https, "third.cap.example.test").await.names, vec!["third.cap.example.test"]);
 }
