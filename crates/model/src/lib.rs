@@ -13,3 +13,5 @@ mod table;
 pub use host::{Fields, Host, HostError, Target, parse_port};
 pub use name::{HostPattern, Hostname, NameError, PatternLabel};
 pub use table::HostTable;
+#[cfg(feature = "reference-matcher")]
+pub use table::reference;

@@ -216,6 +216,60 @@ impl<T> fmt::Debug for HostTable<T> {
     }
 }
 
+/// A brute-force matcher that enumerates every way each pattern can match a name: slow,
+/// obviously right, and the yardstick the lookup tree is tested (and fuzzed) against.
+#[cfg(any(test, feature = "reference-matcher"))]
+pub mod reference {
+    use crate::{HostPattern, PatternLabel};
+
+    /// Per label of the name, from the right: 0 literal, 1 `*`, 2 a `**` starts, 3 a `**` goes
+    /// on. The best match is the smallest sequence.
+    fn sequences(pattern: &[PatternLabel<'_>], labels: &[&str], out: &mut Vec<Vec<u8>>, acc: &mut Vec<u8>) {
+        match (pattern.split_last(), labels.split_last()) {
+            (None, None) => out.push(acc.clone()),
+            (None, Some(_)) | (Some(_), None) => {}
+            (Some((p, prest)), Some((l, lrest))) => match p {
+                PatternLabel::Literal(t) => {
+                    if t == l {
+                        acc.push(0);
+                        sequences(prest, lrest, out, acc);
+                        acc.pop();
+                    }
+                }
+                PatternLabel::One => {
+                    acc.push(1);
+                    sequences(prest, lrest, out, acc);
+                    acc.pop();
+                }
+                PatternLabel::Many => {
+                    for take in 1..=labels.len() {
+                        let before = acc.len();
+                        acc.push(2);
+                        acc.extend(std::iter::repeat_n(3, take - 1));
+                        sequences(prest, &labels[..labels.len() - take], out, acc);
+                        acc.truncate(before);
+                    }
+                }
+            },
+        }
+    }
+
+    /// The pattern that should win for `name` (normalised), by the priority rule.
+    pub fn best_match(patterns: &[HostPattern], name: &str) -> Option<String> {
+        let labels: Vec<&str> = name.split('.').collect();
+        patterns
+            .iter()
+            .filter_map(|p| {
+                let pl: Vec<PatternLabel<'_>> = p.labels().collect();
+                let mut all = Vec::new();
+                sequences(&pl, &labels, &mut all, &mut Vec::new());
+                all.into_iter().min().map(|best| (best, p.to_string()))
+            })
+            .min()
+            .map(|(_, p)| p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,54 +381,6 @@ mod tests {
         assert_eq!(find(&t, &name), None);
     }
 
-    // --- Property test against a brute-force reference ----------------------------------
-
-    /// Per label of the name, from the right: 0 literal, 1 `*`, 2 a `**` starts, 3 a `**` goes
-    /// on. The best match is the smallest sequence.
-    fn sequences(pattern: &[PatternLabel<'_>], labels: &[&str], out: &mut Vec<Vec<u8>>, acc: &mut Vec<u8>) {
-        match (pattern.split_last(), labels.split_last()) {
-            (None, None) => out.push(acc.clone()),
-            (None, Some(_)) | (Some(_), None) => {}
-            (Some((p, prest)), Some((l, lrest))) => match p {
-                PatternLabel::Literal(t) => {
-                    if t == l {
-                        acc.push(0);
-                        sequences(prest, lrest, out, acc);
-                        acc.pop();
-                    }
-                }
-                PatternLabel::One => {
-                    acc.push(1);
-                    sequences(prest, lrest, out, acc);
-                    acc.pop();
-                }
-                PatternLabel::Many => {
-                    for take in 1..=labels.len() {
-                        let before = acc.len();
-                        acc.push(2);
-                        acc.extend(std::iter::repeat_n(3, take - 1));
-                        sequences(prest, &labels[..labels.len() - take], out, acc);
-                        acc.truncate(before);
-                    }
-                }
-            },
-        }
-    }
-
-    fn reference(patterns: &[HostPattern], name: &str) -> Option<String> {
-        let labels: Vec<&str> = name.split('.').collect();
-        patterns
-            .iter()
-            .filter_map(|p| {
-                let pl: Vec<PatternLabel<'_>> = p.labels().collect();
-                let mut all = Vec::new();
-                sequences(&pl, &labels, &mut all, &mut Vec::new());
-                all.into_iter().min().map(|best| (best, p.to_string()))
-            })
-            .min()
-            .map(|(_, p)| p)
-    }
-
     fn pattern_strategy() -> impl Strategy<Value = String> {
         prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "*", "**"]), 1..5).prop_map(|l| l.join("."))
     }
@@ -382,6 +388,8 @@ mod tests {
     fn name_strategy() -> impl Strategy<Value = String> {
         prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "d"]), 1..7).prop_map(|l| l.join("."))
     }
+
+    use super::reference::best_match as reference;
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]

@@ -4,7 +4,7 @@
 //! typed, validated form the rest of the program uses. Errors name the key path.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use portico_certs::acme::Challenge;
@@ -262,16 +262,33 @@ pub struct Sources {
 impl Config {
     /// Loads the file, applies `PORTICO_*` variables from `env`, then `overrides`.
     pub fn load(sources: &Sources, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let mut table = match &sources.file {
-            Some(path) => read_file(path)?,
-            None => toml::Table::new(),
+        let (text, origin) = match &sources.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                (text, path.display().to_string())
+            }
+            None => (String::new(), String::new()),
         };
+        Self::from_text(&text, &origin, env, &sources.overrides)
+    }
+
+    /// Like [`Config::load`], with the file's `text` (from `origin`) already read.
+    pub fn from_text(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let mut table = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Syntax { origin: origin.to_owned(), message: e.to_string() })?;
         for (name, value) in env {
             if let Some(key) = env_key(&name) {
                 set(&mut table, &key, &value, &name)?;
             }
         }
-        for (key, value) in &sources.overrides {
+        for (key, value) in overrides {
             set(&mut table, key, value, &format!("--set {key}"))?;
         }
         let raw: Raw = serde_path_to_error::deserialize(toml::Value::Table(table))
@@ -316,12 +333,6 @@ fn explain(key: &str, message: &str) -> String {
     let what = EXPECTED.iter().find(|(pattern, _)| message.contains(pattern)).map_or(message, |(_, w)| w);
     let found = if what == message { String::new() } else { found };
     format!("{key}: {what}{found}")
-}
-
-fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    text.parse::<toml::Table>()
-        .map_err(|e| ConfigError::Syntax { origin: path.display().to_string(), message: e.to_string() })
 }
 
 /// `PORTICO_PROXY_HTTP` → `proxy.http`; `PORTICO_DATA_DIR` → `data_dir`.
