@@ -99,3 +99,23 @@ async fn read_to_end(stream: &mut TcpStream) {
         }
     }
 }
+
+/// The soft open-file limit is raised to the hard one at start, and the connection cap is
+/// derived from it unless configured.
+#[tokio::test]
+async fn the_fd_limit_is_raised_and_sets_the_default_cap() {
+    let limits = |p: &Portico| {
+        let line = p.logs().into_iter().find(|l| l["fields"]["message"] == "connection limits").expect("logged");
+        (line["fields"]["fd_limit"].as_u64().unwrap(), line["fields"]["max_connections"].as_u64().unwrap())
+    };
+    let dir = tempfile::TempDir::new().unwrap();
+    let p = Portico::start_limited(BIN, dir, &["--nofile=256:4096"], &[]);
+    assert_eq!(limits(&p), (4096, (4096 - 512) / 2));
+    let p = Portico::start_limited(
+        BIN,
+        tempfile::TempDir::new().unwrap(),
+        &["--nofile=256:4096"],
+        &["proxy.max_connections=77"],
+    );
+    assert_eq!(limits(&p).1, 77);
+}
