@@ -1,9 +1,12 @@
 //! The embedded backend: one redb file.
 //!
 //! The file is opened in redb's multi-writer mode, so `portico host add` can write while
-//! `portico serve` runs on the same data directory. Every write transaction also increments a
-//! version counter; each process polls it and announces writes it did not make as
-//! [`Change::Resync`]. Commits are durable when they return (redb's default
+//! `portico serve` runs on the same data directory. A write that others must hear about
+//! (records, and blobs without a time to live) also increments a version counter and stores
+//! its change events under the new version, in the same transaction; each process polls the
+//! counter and announces the events of writes it did not make, or [`Change::Resync`] when
+//! they are no longer kept. Leases and short-lived blobs (challenge answers) are not
+//! announced: one node's issuance makes no other node re-read anything. Commits are durable when they return (redb's default
 //! `Durability::Immediate`).
 //!
 //! The file holds every private key, so it is created 0600 in a 0700 directory, and a wider
@@ -32,6 +35,10 @@ use crate::{Change, Fields, Kind, Lease, Store, StoreError, now_ms};
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
+/// Change events by version, for other processes (a JSON list per version).
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+/// How many versions' events are kept; a process further behind resyncs.
+const CHANGES_KEPT: u64 = 10_000;
 const VERSION: &str = "version";
 /// How often a process looks for other processes' writes.
 const POLL_EVERY: Duration = Duration::from_millis(100);
@@ -118,15 +125,16 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || f(&inner)).await.map_err(StoreError::Task)?
     }
 
-    /// Runs a write transaction and announces `events` once it has committed.
+    /// Runs a write transaction and announces `events` once it has committed (with any other
+    /// process's events this process had not announced yet). No events: nobody is told.
     async fn write<T: Send + 'static>(
         &self,
         events: Vec<Change>,
         f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let out = self.blocking(move |inner| inner.write(f)).await?;
-        for event in events {
-            // No receiver is not an error: nobody is listening yet.
+        let ((out, foreign), own) = self.blocking(move |inner| inner.write(&events, f).map(|o| (o, events))).await?;
+        // No receiver is not an error: nobody is listening yet.
+        for event in foreign.into_iter().chain(own) {
             let _ = self.inner.changes.send(event);
         }
         Ok(out)
@@ -151,22 +159,23 @@ impl Inner {
         let db = open_file(&path, fresh)?;
         let opened = catch_unwind(AssertUnwindSafe(|| -> Result<u64, StoreError> {
             if !fresh {
-                let txn = db.begin_read()?;
-                if !txn.list_tables()?.any(|t| t.name() == META.name()) {
+                let txn = db.begin_read().or_store()?;
+                if !txn.list_tables().or_store()?.any(|t| t.name() == META.name()) {
                     return Err(StoreError::NotAStore {
                         path: path.clone(),
                         why: "it is a redb file of something else",
                     });
                 }
             }
-            let txn = db.begin_write()?;
+            let txn = db.begin_write().or_store()?;
             for kind in Kind::ALL {
-                txn.open_table(records(kind))?;
+                txn.open_table(records(kind)).or_store()?;
             }
-            txn.open_table(BLOBS)?;
-            txn.open_table(LOCKS)?;
-            let version = txn.open_table(META)?.get(VERSION)?.map_or(0, |v| v.value());
-            txn.commit()?;
+            txn.open_table(BLOBS).or_store()?;
+            txn.open_table(LOCKS).or_store()?;
+            txn.open_table(CHANGES).or_store()?;
+            let version = txn.open_table(META).or_store()?.get(VERSION).or_store()?.map_or(0, |v| v.value());
+            txn.commit().or_store()?;
             Ok(version)
         }));
         let version = match opened {
@@ -189,37 +198,66 @@ impl Inner {
         Ok(())
     }
 
-    fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let txn = self.db()?.begin_write()?;
+    /// Runs `f` in a write transaction; with `events`, also bumps the version and stores them
+    /// under it. Returns `f`'s result and the events of versions another process wrote that
+    /// this one had not announced yet (marking our own version as seen would hide them from
+    /// the watcher).
+    fn write<T>(
+        &self,
+        events: &[Change],
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<(T, Vec<Change>), StoreError> {
+        let txn = self.db()?.begin_write().or_store()?;
         let out = f(&txn)?;
+        if events.is_empty() {
+            txn.commit().or_store()?;
+            return Ok((out, Vec::new()));
+        }
         let (before, version) = {
-            let mut meta = txn.open_table(META)?;
-            let before = meta.get(VERSION)?.map_or(0, |v| v.value());
-            meta.insert(VERSION, before + 1)?;
+            let mut meta = txn.open_table(META).or_store()?;
+            let before = meta.get(VERSION).or_store()?.map_or(0, |v| v.value());
+            meta.insert(VERSION, before + 1).or_store()?;
             (before, before + 1)
         };
-        txn.commit()?;
-        // Versions up to `before` that this process had not seen were written by another
-        // process: announce them now, since marking our own write as seen hides them from
-        // the watcher. (Two writes of this process racing here cause at most an extra resync.)
-        if before > self.seen_version.fetch_max(version, Ordering::SeqCst) {
-            let _ = self.changes.send(Change::Resync);
+        let seen = self.seen_version.load(Ordering::SeqCst);
+        let missed = {
+            let mut changes = txn.open_table(CHANGES).or_store()?;
+            changes.insert(version, encode_events(events).as_slice()).or_store()?;
+            if before > seen { events_between(&changes, seen, before)? } else { Vec::new() }
+        };
+        txn.commit().or_store()?;
+        // Two writes of this process racing here announce some foreign events twice; that
+        // is harmless (receivers re-read).
+        let missed = if before > self.seen_version.fetch_max(version, Ordering::SeqCst) { missed } else { Vec::new() };
+        Ok((out, missed))
+    }
+
+    /// Events of the versions after `seen` up to the current one, and that version.
+    fn events_since(&self, seen: u64) -> Result<(u64, Vec<Change>), StoreError> {
+        let txn = self.db()?.begin_read().or_store()?;
+        let version = txn.open_table(META).or_store()?.get(VERSION).or_store()?.map_or(0, |v| v.value());
+        if version <= seen {
+            return Ok((version, Vec::new()));
         }
-        Ok(out)
+        let changes = txn.open_table(CHANGES).or_store()?;
+        Ok((version, events_between(&changes, seen, version)?))
     }
 
     fn version(&self) -> Result<u64, StoreError> {
-        let txn = self.db()?.begin_read()?;
-        Ok(txn.open_table(META)?.get(VERSION)?.map_or(0, |v| v.value()))
+        let txn = self.db()?.begin_read().or_store()?;
+        Ok(txn.open_table(META).or_store()?.get(VERSION).or_store()?.map_or(0, |v| v.value()))
     }
 
     fn sweep(&self) -> Result<(), StoreError> {
         let now = now_ms();
-        let txn = self.db()?.begin_write()?;
+        let txn = self.db()?.begin_write().or_store()?;
         for def in [BLOBS, LOCKS] {
-            txn.open_table(def)?.retain(|_, v| !expired(v, now))?;
+            txn.open_table(def).or_store()?.retain(|_, v| !expired(v, now)).or_store()?;
         }
-        txn.commit()?;
+        let version = txn.open_table(META).or_store()?.get(VERSION).or_store()?.map_or(0, |v| v.value());
+        let oldest_kept = version.saturating_sub(CHANGES_KEPT);
+        txn.open_table(CHANGES).or_store()?.retain(|v, _| v > oldest_kept).or_store()?;
+        txn.commit().or_store()?;
         Ok(())
     }
 }
@@ -240,7 +278,7 @@ fn open_file(path: &Path, fresh: bool) -> Result<Database, StoreError> {
             Err(StoreError::NotAStore { path: path.to_owned(), why: "it is not a redb database" })
         }
         Ok(Err(e @ DatabaseError::Storage(StorageError::Corrupted(_)))) => Err(damaged(path, e)),
-        Ok(Err(e)) => Err(e.into()),
+        Ok(Err(e)) => Err::<Database, _>(e).or_store(),
         Err(_) => Err(StoreError::Damaged { path: path.to_owned(), detail: "redb panicked reading it".into() }),
     }
 }
@@ -266,7 +304,19 @@ fn warn_if_readable(path: &Path) {
 
 /// Whether an error means redb refuses everything since an earlier I/O failure.
 fn needs_reopen(error: &StoreError) -> bool {
-    matches!(error, StoreError::Embedded(e) if matches!(**e, redb::Error::PreviousIo))
+    let StoreError::Backend { source, .. } = error else { return false };
+    matches!(source.downcast_ref::<redb::Error>(), Some(redb::Error::PreviousIo))
+}
+
+/// redb's errors as the store's (a backend error whose source is the `redb::Error`).
+trait OrStore<T> {
+    fn or_store(self) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> OrStore<T> for Result<T, E> {
+    fn or_store(self) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Backend { backend: "embedded", source: Box::new(e.into()) })
+    }
 }
 
 /// Announces other processes' writes as [`Change::Resync`], sweeps expired entries, and
@@ -290,11 +340,14 @@ async fn watch(weak: Weak<Inner>) {
             {
                 tracing::warn!(error = %e, "sweeping expired store entries failed");
             }
-            let version = inner.version()?;
-            // A write of our own may land between commit and `fetch_max`; the extra resync that
-            // causes is harmless.
+            let seen = inner.seen_version.load(Ordering::SeqCst);
+            let (version, events) = inner.events_since(seen)?;
+            // A write of our own may land between the read and `fetch_max`; announcing its
+            // events again is harmless.
             if version > inner.seen_version.fetch_max(version, Ordering::SeqCst) {
-                let _ = inner.changes.send(Change::Resync);
+                for event in events {
+                    let _ = inner.changes.send(event);
+                }
             }
             Ok::<_, StoreError>(())
         })
@@ -327,6 +380,51 @@ async fn watch(weak: Weak<Inner>) {
             reopen_wait = (reopen_wait * 2).min(Duration::from_secs(30));
         }
     }
+}
+
+/// Change events as stored in `CHANGES`: a JSON list of `{"kind", "key"}` or `{"blob"}`.
+fn encode_events(events: &[Change]) -> Vec<u8> {
+    let list: Vec<serde_json::Value> = events
+        .iter()
+        .filter_map(|e| match e {
+            Change::Record { kind, key } => Some(serde_json::json!({ "kind": kind.name(), "key": key })),
+            Change::Blob { key } => Some(serde_json::json!({ "blob": key })),
+            Change::Resync => None,
+        })
+        .collect();
+    serde_json::to_vec(&list).unwrap_or_default()
+}
+
+/// The events of versions `after + 1 ..= upto`, or one [`Change::Resync`] if any of them is
+/// no longer kept (or cannot be read).
+fn events_between(
+    changes: &impl ReadableTable<u64, &'static [u8]>,
+    after: u64,
+    upto: u64,
+) -> Result<Vec<Change>, StoreError> {
+    let mut out = Vec::new();
+    let mut expected = after + 1;
+    for entry in changes.range(after + 1..=upto).or_store()? {
+        let (version, list) = entry.or_store()?;
+        let decoded: Option<Vec<serde_json::Value>> = serde_json::from_slice(list.value()).ok();
+        let (Some(list), true) = (decoded, version.value() == expected) else { return Ok(vec![Change::Resync]) };
+        for item in list {
+            let change = match (item["kind"].as_str(), item["key"].as_str(), item["blob"].as_str()) {
+                (Some(kind), Some(key), _) => match Kind::ALL.into_iter().find(|k| k.name() == kind) {
+                    Some(kind) => Change::Record { kind, key: key.to_owned() },
+                    None => return Ok(vec![Change::Resync]),
+                },
+                (_, _, Some(key)) => Change::Blob { key: key.to_owned() },
+                _ => return Ok(vec![Change::Resync]),
+            };
+            out.push(change);
+        }
+        expected += 1;
+    }
+    if expected != upto + 1 {
+        return Ok(vec![Change::Resync]);
+    }
+    Ok(out)
 }
 
 /// Entry layout for blobs and locks: 8 bytes of expiry (ms since the epoch, 0 = never), then
@@ -372,9 +470,9 @@ impl Store for EmbeddedStore {
     async fn record(&self, kind: Kind, key: &str) -> Result<Option<Fields>, StoreError> {
         let key = key.to_owned();
         self.blocking(move |inner| {
-            let txn = inner.db()?.begin_read()?;
-            let table = txn.open_table(records(kind))?;
-            let value = table.get(key.as_str())?;
+            let txn = inner.db()?.begin_read().or_store()?;
+            let table = txn.open_table(records(kind)).or_store()?;
+            let value = table.get(key.as_str()).or_store()?;
             value.map(|v| parse_fields(kind, &key, v.value())).transpose()
         })
         .await
@@ -382,11 +480,11 @@ impl Store for EmbeddedStore {
 
     async fn records(&self, kind: Kind) -> Result<Vec<(String, Fields)>, StoreError> {
         self.blocking(move |inner| {
-            let txn = inner.db()?.begin_read()?;
-            let table = txn.open_table(records(kind))?;
+            let txn = inner.db()?.begin_read().or_store()?;
+            let table = txn.open_table(records(kind)).or_store()?;
             let mut out = Vec::new();
-            for entry in table.iter()? {
-                let (k, v) = entry?;
+            for entry in table.iter().or_store()? {
+                let (k, v) = entry.or_store()?;
                 let key = k.value().to_owned();
                 let fields = parse_fields(kind, &key, v.value())?;
                 out.push((key, fields));
@@ -398,9 +496,9 @@ impl Store for EmbeddedStore {
 
     async fn keys(&self, kind: Kind) -> Result<Vec<String>, StoreError> {
         self.blocking(move |inner| {
-            let txn = inner.db()?.begin_read()?;
-            let table = txn.open_table(records(kind))?;
-            table.iter()?.map(|e| Ok(e?.0.value().to_owned())).collect()
+            let txn = inner.db()?.begin_read().or_store()?;
+            let table = txn.open_table(records(kind)).or_store()?;
+            table.iter().or_store()?.map(|e| Ok(e.or_store()?.0.value().to_owned())).collect()
         })
         .await
     }
@@ -408,11 +506,11 @@ impl Store for EmbeddedStore {
     async fn create(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError> {
         let (key, bytes) = (key.to_owned(), fields_bytes(fields));
         self.write(vec![record_event(kind, &key)], move |txn| {
-            let mut table = txn.open_table(records(kind))?;
-            if table.get(key.as_str())?.is_some() {
+            let mut table = txn.open_table(records(kind)).or_store()?;
+            if table.get(key.as_str()).or_store()?.is_some() {
                 return Err(StoreError::Conflict { kind, key });
             }
-            table.insert(key.as_str(), bytes.as_slice())?;
+            table.insert(key.as_str(), bytes.as_slice()).or_store()?;
             Ok(())
         })
         .await
@@ -425,17 +523,17 @@ impl Store for EmbeddedStore {
             events.push(record_event(kind, &new_key));
         }
         self.write(events, move |txn| {
-            let mut table = txn.open_table(records(kind))?;
-            if table.get(key.as_str())?.is_none() {
+            let mut table = txn.open_table(records(kind)).or_store()?;
+            if table.get(key.as_str()).or_store()?.is_none() {
                 return Err(StoreError::NotFound { kind, key });
             }
             if new_key != key {
-                if table.get(new_key.as_str())?.is_some() {
+                if table.get(new_key.as_str()).or_store()?.is_some() {
                     return Err(StoreError::Conflict { kind, key: new_key });
                 }
-                table.remove(key.as_str())?;
+                table.remove(key.as_str()).or_store()?;
             }
-            table.insert(new_key.as_str(), bytes.as_slice())?;
+            table.insert(new_key.as_str(), bytes.as_slice()).or_store()?;
             Ok(())
         })
         .await
@@ -444,7 +542,7 @@ impl Store for EmbeddedStore {
     async fn put(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError> {
         let (key, bytes) = (key.to_owned(), fields_bytes(fields));
         self.write(vec![record_event(kind, &key)], move |txn| {
-            txn.open_table(records(kind))?.insert(key.as_str(), bytes.as_slice())?;
+            txn.open_table(records(kind)).or_store()?.insert(key.as_str(), bytes.as_slice()).or_store()?;
             Ok(())
         })
         .await
@@ -453,7 +551,7 @@ impl Store for EmbeddedStore {
     async fn delete(&self, kind: Kind, key: &str) -> Result<bool, StoreError> {
         let key = key.to_owned();
         self.write(vec![record_event(kind, &key)], move |txn| {
-            Ok(txn.open_table(records(kind))?.remove(key.as_str())?.is_some())
+            Ok(txn.open_table(records(kind)).or_store()?.remove(key.as_str()).or_store()?.is_some())
         })
         .await
     }
@@ -461,9 +559,9 @@ impl Store for EmbeddedStore {
     async fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_owned();
         self.blocking(move |inner| {
-            let txn = inner.db()?.begin_read()?;
-            let table = txn.open_table(BLOBS)?;
-            let entry = table.get(key.as_str())?;
+            let txn = inner.db()?.begin_read().or_store()?;
+            let table = txn.open_table(BLOBS).or_store()?;
+            let entry = table.get(key.as_str()).or_store()?;
             Ok(entry.filter(|e| !expired(e.value(), now_ms())).map(|e| decode(e.value()).1.to_vec()))
         })
         .await
@@ -471,8 +569,10 @@ impl Store for EmbeddedStore {
 
     async fn put_blob(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         let (key, entry) = (key.to_owned(), encode(expiry(ttl), value));
-        self.write(vec![Change::Blob { key: key.clone() }], move |txn| {
-            txn.open_table(BLOBS)?.insert(key.as_str(), entry.as_slice())?;
+        // Short-lived blobs (challenge answers) are read where they are needed, never followed.
+        let events = if ttl.is_some() { Vec::new() } else { vec![Change::Blob { key: key.clone() }] };
+        self.write(events, move |txn| {
+            txn.open_table(BLOBS).or_store()?.insert(key.as_str(), entry.as_slice()).or_store()?;
             Ok(())
         })
         .await
@@ -480,9 +580,18 @@ impl Store for EmbeddedStore {
 
     async fn delete_blob(&self, key: &str) -> Result<bool, StoreError> {
         let key = key.to_owned();
-        self.write(vec![Change::Blob { key: key.clone() }], move |txn| {
-            let mut table = txn.open_table(BLOBS)?;
-            let old = table.remove(key.as_str())?;
+        let lasting = self.blocking({
+            let key = key.clone();
+            move |inner| {
+                let txn = inner.db()?.begin_read().or_store()?;
+                let entry = txn.open_table(BLOBS).or_store()?.get(key.as_str()).or_store()?;
+                Ok(entry.is_some_and(|e| decode(e.value()).0 == 0))
+            }
+        });
+        let events = if lasting.await? { vec![Change::Blob { key: key.clone() }] } else { Vec::new() };
+        self.write(events, move |txn| {
+            let mut table = txn.open_table(BLOBS).or_store()?;
+            let old = table.remove(key.as_str()).or_store()?;
             Ok(old.is_some_and(|e| !expired(e.value(), now_ms())))
         })
         .await
@@ -491,12 +600,14 @@ impl Store for EmbeddedStore {
     async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         let lease = Lease::new(name);
         self.write(Vec::new(), move |txn| {
-            let mut table = txn.open_table(LOCKS)?;
-            let held = table.get(lease.name.as_str())?.is_some_and(|e| !expired(e.value(), now_ms()));
+            let mut table = txn.open_table(LOCKS).or_store()?;
+            let held = table.get(lease.name.as_str()).or_store()?.is_some_and(|e| !expired(e.value(), now_ms()));
             if held {
                 return Ok(None);
             }
-            table.insert(lease.name.as_str(), encode(expiry(Some(ttl)), lease.token.as_bytes()).as_slice())?;
+            table
+                .insert(lease.name.as_str(), encode(expiry(Some(ttl)), lease.token.as_bytes()).as_slice())
+                .or_store()?;
             Ok(Some(lease))
         })
         .await
@@ -505,11 +616,13 @@ impl Store for EmbeddedStore {
     async fn refresh(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
         let lease = lease.clone();
         self.write(Vec::new(), move |txn| {
-            let mut table = txn.open_table(LOCKS)?;
+            let mut table = txn.open_table(LOCKS).or_store()?;
             if !holds(&table, &lease)? {
                 return Ok(false);
             }
-            table.insert(lease.name.as_str(), encode(expiry(Some(ttl)), lease.token.as_bytes()).as_slice())?;
+            table
+                .insert(lease.name.as_str(), encode(expiry(Some(ttl)), lease.token.as_bytes()).as_slice())
+                .or_store()?;
             Ok(true)
         })
         .await
@@ -518,11 +631,11 @@ impl Store for EmbeddedStore {
     async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
         let lease = lease.clone();
         self.write(Vec::new(), move |txn| {
-            let mut table = txn.open_table(LOCKS)?;
+            let mut table = txn.open_table(LOCKS).or_store()?;
             if !holds(&table, &lease)? {
                 return Ok(false);
             }
-            table.remove(lease.name.as_str())?;
+            table.remove(lease.name.as_str()).or_store()?;
             Ok(true)
         })
         .await
@@ -539,7 +652,7 @@ impl Store for EmbeddedStore {
 
 /// Whether `lease` is the current, unexpired holder of its lock.
 fn holds(table: &impl ReadableTable<&'static str, &'static [u8]>, lease: &Lease) -> Result<bool, StoreError> {
-    let Some(entry) = table.get(lease.name.as_str())? else { return Ok(false) };
+    let Some(entry) = table.get(lease.name.as_str()).or_store()? else { return Ok(false) };
     let (expires, token) = decode(entry.value());
     Ok(token == lease.token.as_bytes() && !(expires != 0 && expires <= now_ms()))
 }

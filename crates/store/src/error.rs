@@ -41,9 +41,16 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-    /// The embedded database failed.
-    #[error("embedded store failed")]
-    Embedded(#[source] Box<redb::Error>),
+    /// The backend failed (an I/O error, a database error, a lost connection): its error is
+    /// the source. No variant names a backend's types, so callers never depend on one.
+    #[error("the {backend} store failed")]
+    Backend {
+        /// Which backend (`embedded`, …), for the message.
+        backend: &'static str,
+        /// What it said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Creating or reading the store's file or directory failed.
     #[error("cannot create or read the store file or its directory")]
     Io(#[source] std::io::Error),
@@ -72,10 +79,4 @@ pub enum StoreError {
     /// A blocking store task did not finish.
     #[error("store task failed")]
     Task(#[source] tokio::task::JoinError),
-}
-
-impl<E: Into<redb::Error>> From<E> for StoreError {
-    fn from(e: E) -> Self {
-        Self::Embedded(Box::new(e.into()))
-    }
 }

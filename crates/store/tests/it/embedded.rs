@@ -29,16 +29,17 @@ impl crate::contract::Backend for Embedded {
 crate::contract_suite!(Embedded);
 
 /// Two handles on one file (as `portico host add` beside `portico serve`): each sees the
-/// other's writes, and the feed of the one that did not write says to resync.
+/// other's writes, and the feed of the one that did not write says what changed.
 #[tokio::test]
-async fn second_handle_sees_writes_and_resyncs() {
+async fn second_handle_sees_writes_and_what_changed() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("portico.redb");
     let serving = EmbeddedStore::open(&path).await.unwrap();
     let cli = EmbeddedStore::open(&path).await.unwrap();
     let mut rx = serving.changes();
     cli.create(Kind::Host, "new.example", &fields(&[("ip", "127.0.0.1")])).await.unwrap();
-    expect_event(&mut rx, Duration::from_secs(2), |c| *c == Change::Resync).await;
+    let host = Change::Record { kind: Kind::Host, key: "new.example".into() };
+    expect_event(&mut rx, Duration::from_secs(2), |c| *c == host).await;
     assert!(serving.record(Kind::Host, "new.example").await.unwrap().is_some());
     let err = cli.create(Kind::Host, "new.example", &fields(&[])).await.unwrap_err();
     assert!(matches!(err, portico_store::StoreError::Conflict { .. }));
@@ -55,6 +56,48 @@ async fn a_foreign_write_followed_by_our_own_is_still_announced() {
     let mut rx = serving.changes();
     cli.create(Kind::Host, "foreign.example", &fields(&[("ip", "127.0.0.1")])).await.unwrap();
     serving.put_blob("own", b"x", None).await.unwrap();
+    let foreign = Change::Record { kind: Kind::Host, key: "foreign.example".into() };
+    expect_event(&mut rx, Duration::from_secs(2), |c| *c == foreign).await;
+}
+
+/// Leases and short-lived blobs (challenge answers) are not announced to other processes:
+/// one node's issuance makes no other node re-read anything.
+#[tokio::test]
+async fn leases_and_short_lived_blobs_stay_out_of_other_processes_feeds() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("portico.redb");
+    let serving = EmbeddedStore::open(&path).await.unwrap();
+    let node = EmbeddedStore::open(&path).await.unwrap();
+    let mut rx = serving.changes();
+    let lease = node.acquire("portico:issue:a.example", Duration::from_secs(30)).await.unwrap().unwrap();
+    node.put_blob("a.example:challenge:tok", b"answer", Some(Duration::from_secs(60))).await.unwrap();
+    node.delete_blob("a.example:challenge:tok").await.unwrap();
+    node.release(&lease).await.unwrap();
+    node.put_blob("a.example:latest", b"{}", None).await.unwrap();
+    // The first event the other process hears of is the certificate, nothing before it.
+    let first = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(first, Change::Blob { key: "a.example:latest".into() });
+}
+
+/// A process that falls further behind than the kept change events is told to resync.
+#[tokio::test]
+async fn a_process_far_behind_resyncs() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("portico.redb");
+    let serving = EmbeddedStore::open(&path).await.unwrap();
+    let mut rx = serving.changes();
+    // Versions whose events are no longer kept (pruned, or written by an older Portico): the
+    // counter moves ahead with nothing stored for it.
+    let mut builder = redb::Database::builder();
+    builder.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
+    let raw = builder.open(&path).unwrap();
+    let txn = raw.begin_write().unwrap();
+    {
+        let mut meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
+        let version = redb::ReadableTable::get(&meta, "version").unwrap().map_or(0, |v| v.value());
+        meta.insert("version", version + 5).unwrap();
+    }
+    txn.commit().unwrap();
     expect_event(&mut rx, Duration::from_secs(2), |c| *c == Change::Resync).await;
 }
 
@@ -142,7 +185,10 @@ async fn a_damaged_file_is_an_error_that_names_it() {
         Err(e) => Err(portico_store::StoreError::Damaged { path: path.clone(), detail: e.to_string() }),
     };
     let err = read.expect_err("a damaged store does not read as sound");
-    assert!(err.to_string().contains("portico.redb") || matches!(err, portico_store::StoreError::Embedded(_)), "{err}");
+    assert!(
+        err.to_string().contains("portico.redb") || matches!(err, portico_store::StoreError::Backend { .. }),
+        "{err}"
+    );
     let checked = portico_store::check(&format!("redb://{}", path.display())).await;
     assert!(!matches!(checked, Ok(true)), "the check finds the damage: {checked:?}");
 }
