@@ -61,6 +61,9 @@ pub enum ApiError {
     /// The body is not declared as JSON (`Content-Type: application/json`).
     #[error("the request body must be JSON (Content-Type: application/json)")]
     NotJson,
+    /// `If-Match` names another revision: the record changed since the caller read it.
+    #[error("the record changed since it was read (If-Match does not match its ETag)")]
+    PreconditionFailed,
     /// Too many attempts; try again after this many seconds.
     #[error("too many attempts, try again in {0} seconds")]
     TooManyRequests(u64),
@@ -123,6 +126,7 @@ impl ApiError {
             Self::Malformed(_) => ("SyntaxError", StatusCode::BAD_REQUEST),
             Self::NotJson => ("UnsupportedMediaType", StatusCode::UNSUPPORTED_MEDIA_TYPE),
             Self::TooManyRequests(_) => ("TooManyRequests", StatusCode::TOO_MANY_REQUESTS),
+            Self::PreconditionFailed => ("PreconditionFailed", StatusCode::PRECONDITION_FAILED),
             Self::RouteNotFound => ("Error", StatusCode::NOT_FOUND),
             Self::MethodNotAllowed => ("MethodNotAllowed", StatusCode::METHOD_NOT_ALLOWED),
             Self::Unavailable(_) => ("NotImplemented", StatusCode::NOT_IMPLEMENTED),

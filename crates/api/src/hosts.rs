@@ -4,8 +4,9 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use http::{HeaderMap, HeaderValue, header};
 use portico_model::{Host, HostPattern, HostTable, Hostname, PatternLabel, Target};
-use portico_store::{Kind, StoreError};
+use portico_store::{Kind, Revision, StoreError};
 use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
@@ -21,11 +22,11 @@ fn not_found(item: &str) -> ApiError {
 }
 
 /// Reads the stored host for a path item (normalised the way patterns are).
-async fn stored(api: &Api, item: &str) -> Result<(String, Host), ApiError> {
+async fn stored(api: &Api, item: &str) -> Result<(String, Host, Revision), ApiError> {
     let key = HostPattern::parse(item).map_err(|_| not_found(item))?.to_string();
-    let fields = api.store.record(Kind::Host, &key).await?.ok_or_else(|| not_found(item))?;
+    let (fields, revision) = api.store.record_at(Kind::Host, &key).await?.ok_or_else(|| not_found(item))?;
     let host = Host::from_fields(&fields).map_err(|_| ApiError::Internal("a stored host does not parse"))?;
-    Ok((key, host))
+    Ok((key, host, revision))
 }
 
 /// `GET /api/host[?detail]`.
@@ -86,12 +87,16 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
     path = "/api/host/{item}",
     tag = "hosts",
     params(("item" = String, Path, description = "A host pattern")),
-    responses((status = 200, body = doc::Item<doc::Host>), doc::AuthErrors, doc::Missing),
+    responses((status = 200, body = doc::Item<doc::Host>, headers(("ETag" = String, description = "The host's revision, for `If-Match` on a later update"))), doc::AuthErrors, doc::Missing),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn get(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Result<Json<Value>, ApiError> {
-    let (_, host) = stored(&api, &item).await?;
-    Ok(Json(json!({ "item": item, "results": host.to_json() })))
+pub async fn get(
+    State(api): State<Api>,
+    _caller: Caller,
+    Path(item): Path<String>,
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
+    let (_, host, revision) = stored(&api, &item).await?;
+    Ok((etag(revision), Json(json!({ "item": item, "results": host.to_json() }))))
 }
 
 /// `PUT /api/host/{item}`: partial update; a new `host` renames it.
@@ -100,17 +105,77 @@ pub async fn get(State(api): State<Api>, _caller: Caller, Path(item): Path<Strin
     path = "/api/host/{item}",
     tag = "hosts",
     request_body = doc::HostUpdate,
-    params(("item" = String, Path, description = "A host pattern")),
-    responses((status = 200, body = doc::Written<doc::Host>), doc::AuthErrors, doc::InputErrors, doc::Missing, doc::Taken),
+    params(
+        ("item" = String, Path, description = "A host pattern"),
+        ("If-Match" = Option<String>, Header, description = "Update only if the host is still at this `ETag` (else 412)"),
+    ),
+    responses((status = 200, body = doc::Written<doc::Host>, headers(("ETag" = String, description = "The host's new revision"))), doc::AuthErrors, doc::InputErrors, doc::Missing, doc::Taken, doc::Precondition),
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn update(
     State(api): State<Api>,
     caller: Caller,
     Path(item): Path<String>,
+    headers: HeaderMap,
     body: JsonObject,
-) -> Result<Json<Value>, ApiError> {
-    let (key, mut host) = stored(&api, &item).await?;
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
+    let expected = if_match(&headers);
+    // Compare-and-set: an update applies to the host as read. Another API node's write in
+    // between makes it start over (or, with `If-Match`, answer 412), never lose that write.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (key, mut host, revision) = stored(&api, &item).await?;
+        if expected.as_ref().is_some_and(|tags| !matches_tag(tags, revision)) {
+            return Err(ApiError::PreconditionFailed);
+        }
+        apply(&body, &mut host)?;
+        host.updated_by = caller.username.clone();
+        host.updated_on = portico_store::now_ms() as i64;
+        let new_key = host.host.to_string();
+        match api.store.replace_if(Kind::Host, &key, &new_key, &host.to_fields(), revision).await {
+            Ok(revision) => {
+                let mut fields = host.to_json();
+                fields.insert("__requestedHost".into(), json!(item));
+                return Ok((etag(revision), with_message(format!("\"{item}\" updated."), fields)));
+            }
+            Err(StoreError::Stale { .. }) if expected.is_none() && attempts < 5 => continue,
+            Err(StoreError::Stale { .. }) => return Err(ApiError::PreconditionFailed),
+            Err(StoreError::NotFound { .. }) => return Err(not_found(&item)),
+            Err(e) => return Err(ApiError::from_write(e, Kind::Host, &new_key, "host")),
+        }
+    }
+}
+
+/// The `ETag` header for a revision: `"<revision>"`.
+fn etag(revision: Revision) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{revision}\"")) {
+        headers.insert(header::ETAG, value);
+    }
+    headers
+}
+
+/// The entity tags of `If-Match`, if the header is there (`*` matches any revision).
+fn if_match(headers: &HeaderMap) -> Option<Vec<String>> {
+    let values: Vec<String> = headers
+        .get_all(header::IF_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    (!values.is_empty()).then_some(values)
+}
+
+fn matches_tag(tags: &[String], revision: Revision) -> bool {
+    let current = format!("\"{revision}\"");
+    tags.iter().any(|t| t == "*" || *t == current)
+}
+
+/// Applies an update's fields to `host`; every bad field is one entry of the 422.
+fn apply(body: &JsonObject, host: &mut Host) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     if let Some(pattern) = body.string("host", &mut errors).and_then(|h| parse_pattern(&h, &mut errors)) {
         host.host = pattern;
@@ -132,16 +197,7 @@ pub async fn update(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    host.updated_by = caller.username.clone();
-    host.updated_on = portico_store::now_ms() as i64;
-    let new_key = host.host.to_string();
-    api.store.replace(Kind::Host, &key, &new_key, &host.to_fields()).await.map_err(|e| match e {
-        StoreError::NotFound { .. } => not_found(&item),
-        e => ApiError::from_write(e, Kind::Host, &new_key, "host"),
-    })?;
-    let mut fields = host.to_json();
-    fields.insert("__requestedHost".into(), json!(item));
-    Ok(with_message(format!("\"{item}\" updated."), fields))
+    Ok(())
 }
 
 /// `DELETE /api/host/{item}`.
@@ -158,7 +214,7 @@ pub async fn delete(
     _caller: Caller,
     Path(item): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (key, host) = stored(&api, &item).await?;
+    let (key, host, _) = stored(&api, &item).await?;
     if !api.store.delete(Kind::Host, &key).await? {
         return Err(not_found(&item));
     }
@@ -229,7 +285,7 @@ pub async fn lookup_tree(State(api): State<Api>, caller: Caller) -> Result<Json<
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn renew(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Result<Json<Value>, ApiError> {
-    let (_, host) = stored(&api, &item).await?;
+    let (_, host, _) = stored(&api, &item).await?;
     let Some(certs) = &api.certs else {
         return Err(ApiError::Unavailable("this process does not manage certificates"));
     };

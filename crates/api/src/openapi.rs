@@ -110,6 +110,12 @@ pub enum InputErrors {
 #[response(status = 404)]
 pub struct Missing(ErrorBody);
 
+/// `If-Match` names another revision than the record's (`PreconditionFailed`): someone
+/// changed it since it was read.
+#[derive(IntoResponses)]
+#[response(status = 412)]
+pub struct Precondition(ErrorBody);
+
 /// The name is taken (`EntryNameUsed`).
 #[derive(IntoResponses)]
 #[response(status = 409)]

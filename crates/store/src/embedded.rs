@@ -30,13 +30,16 @@ use redb::{
 };
 use tokio::sync::broadcast;
 
-use crate::{Change, Fields, Kind, Lease, Store, StoreError, now_ms};
+use crate::{Change, Fields, Kind, Lease, Revision, Store, StoreError, now_ms};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
 /// Change events by version, for other processes (a JSON list per version).
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+/// Each record's revision (the version of the write that last changed it), keyed by
+/// `<kind>\0<key>`.
+const REVISIONS: TableDefinition<&str, u64> = TableDefinition::new("revisions");
 /// How many versions' events are kept; a process further behind resyncs.
 const CHANGES_KEPT: u64 = 10_000;
 const VERSION: &str = "version";
@@ -130,7 +133,7 @@ impl EmbeddedStore {
     async fn write<T: Send + 'static>(
         &self,
         events: Vec<Change>,
-        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&WriteTransaction, Revision) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let ((out, foreign), own) = self.blocking(move |inner| inner.write(&events, f).map(|o| (o, events))).await?;
         // No receiver is not an error: nobody is listening yet.
@@ -174,6 +177,7 @@ impl Inner {
             txn.open_table(BLOBS).or_store()?;
             txn.open_table(LOCKS).or_store()?;
             txn.open_table(CHANGES).or_store()?;
+            txn.open_table(REVISIONS).or_store()?;
             let version = txn.open_table(META).or_store()?.get(VERSION).or_store()?.map_or(0, |v| v.value());
             txn.commit().or_store()?;
             Ok(version)
@@ -205,20 +209,18 @@ impl Inner {
     fn write<T>(
         &self,
         events: &[Change],
-        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+        f: impl FnOnce(&WriteTransaction, Revision) -> Result<T, StoreError>,
     ) -> Result<(T, Vec<Change>), StoreError> {
         let txn = self.db()?.begin_write().or_store()?;
-        let out = f(&txn)?;
+        let before = txn.open_table(META).or_store()?.get(VERSION).or_store()?.map_or(0, |v| v.value());
+        let version = before + 1;
+        // The version this write will have is the revision of the records it writes.
+        let out = f(&txn, Revision(version))?;
         if events.is_empty() {
             txn.commit().or_store()?;
             return Ok((out, Vec::new()));
         }
-        let (before, version) = {
-            let mut meta = txn.open_table(META).or_store()?;
-            let before = meta.get(VERSION).or_store()?.map_or(0, |v| v.value());
-            meta.insert(VERSION, before + 1).or_store()?;
-            (before, before + 1)
-        };
+        txn.open_table(META).or_store()?.insert(VERSION, version).or_store()?;
         let seen = self.seen_version.load(Ordering::SeqCst);
         let missed = {
             let mut changes = txn.open_table(CHANGES).or_store()?;
@@ -503,55 +505,63 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn record_at(&self, kind: Kind, key: &str) -> Result<Option<(Fields, Revision)>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |inner| {
+            let txn = inner.db()?.begin_read().or_store()?;
+            let table = txn.open_table(records(kind)).or_store()?;
+            let Some(value) = table.get(key.as_str()).or_store()? else { return Ok(None) };
+            let fields = parse_fields(kind, &key, value.value())?;
+            let revisions = txn.open_table(REVISIONS).or_store()?;
+            let revision = revisions.get(revision_key(kind, &key).as_str()).or_store()?.map_or(0, |v| v.value());
+            Ok(Some((fields, Revision(revision))))
+        })
+        .await
+    }
+
     async fn create(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError> {
         let (key, bytes) = (key.to_owned(), fields_bytes(fields));
-        self.write(vec![record_event(kind, &key)], move |txn| {
+        self.write(vec![record_event(kind, &key)], move |txn, revision| {
             let mut table = txn.open_table(records(kind)).or_store()?;
             if table.get(key.as_str()).or_store()?.is_some() {
                 return Err(StoreError::Conflict { kind, key });
             }
             table.insert(key.as_str(), bytes.as_slice()).or_store()?;
-            Ok(())
+            set_revision(txn, kind, &key, Some(revision))
         })
         .await
     }
 
     async fn replace(&self, kind: Kind, key: &str, new_key: &str, fields: &Fields) -> Result<(), StoreError> {
-        let (key, new_key, bytes) = (key.to_owned(), new_key.to_owned(), fields_bytes(fields));
-        let mut events = vec![record_event(kind, &key)];
-        if new_key != key {
-            events.push(record_event(kind, &new_key));
-        }
-        self.write(events, move |txn| {
-            let mut table = txn.open_table(records(kind)).or_store()?;
-            if table.get(key.as_str()).or_store()?.is_none() {
-                return Err(StoreError::NotFound { kind, key });
-            }
-            if new_key != key {
-                if table.get(new_key.as_str()).or_store()?.is_some() {
-                    return Err(StoreError::Conflict { kind, key: new_key });
-                }
-                table.remove(key.as_str()).or_store()?;
-            }
-            table.insert(new_key.as_str(), bytes.as_slice()).or_store()?;
-            Ok(())
-        })
-        .await
+        self.replace_at(kind, key, new_key, fields, None).await.map(|_| ())
+    }
+
+    async fn replace_if(
+        &self,
+        kind: Kind,
+        key: &str,
+        new_key: &str,
+        fields: &Fields,
+        revision: Revision,
+    ) -> Result<Revision, StoreError> {
+        self.replace_at(kind, key, new_key, fields, Some(revision)).await
     }
 
     async fn put(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError> {
         let (key, bytes) = (key.to_owned(), fields_bytes(fields));
-        self.write(vec![record_event(kind, &key)], move |txn| {
+        self.write(vec![record_event(kind, &key)], move |txn, revision| {
             txn.open_table(records(kind)).or_store()?.insert(key.as_str(), bytes.as_slice()).or_store()?;
-            Ok(())
+            set_revision(txn, kind, &key, Some(revision))
         })
         .await
     }
 
     async fn delete(&self, kind: Kind, key: &str) -> Result<bool, StoreError> {
         let key = key.to_owned();
-        self.write(vec![record_event(kind, &key)], move |txn| {
-            Ok(txn.open_table(records(kind)).or_store()?.remove(key.as_str()).or_store()?.is_some())
+        self.write(vec![record_event(kind, &key)], move |txn, _revision| {
+            let existed = txn.open_table(records(kind)).or_store()?.remove(key.as_str()).or_store()?.is_some();
+            set_revision(txn, kind, &key, None)?;
+            Ok(existed)
         })
         .await
     }
@@ -571,7 +581,7 @@ impl Store for EmbeddedStore {
         let (key, entry) = (key.to_owned(), encode(expiry(ttl), value));
         // Short-lived blobs (challenge answers) are read where they are needed, never followed.
         let events = if ttl.is_some() { Vec::new() } else { vec![Change::Blob { key: key.clone() }] };
-        self.write(events, move |txn| {
+        self.write(events, move |txn, _revision| {
             txn.open_table(BLOBS).or_store()?.insert(key.as_str(), entry.as_slice()).or_store()?;
             Ok(())
         })
@@ -589,7 +599,7 @@ impl Store for EmbeddedStore {
             }
         });
         let events = if lasting.await? { vec![Change::Blob { key: key.clone() }] } else { Vec::new() };
-        self.write(events, move |txn| {
+        self.write(events, move |txn, _revision| {
             let mut table = txn.open_table(BLOBS).or_store()?;
             let old = table.remove(key.as_str()).or_store()?;
             Ok(old.is_some_and(|e| !expired(e.value(), now_ms())))
@@ -599,7 +609,7 @@ impl Store for EmbeddedStore {
 
     async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         let lease = Lease::new(name);
-        self.write(Vec::new(), move |txn| {
+        self.write(Vec::new(), move |txn, _revision| {
             let mut table = txn.open_table(LOCKS).or_store()?;
             let held = table.get(lease.name.as_str()).or_store()?.is_some_and(|e| !expired(e.value(), now_ms()));
             if held {
@@ -615,7 +625,7 @@ impl Store for EmbeddedStore {
 
     async fn refresh(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
         let lease = lease.clone();
-        self.write(Vec::new(), move |txn| {
+        self.write(Vec::new(), move |txn, _revision| {
             let mut table = txn.open_table(LOCKS).or_store()?;
             if !holds(&table, &lease)? {
                 return Ok(false);
@@ -630,7 +640,7 @@ impl Store for EmbeddedStore {
 
     async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
         let lease = lease.clone();
-        self.write(Vec::new(), move |txn| {
+        self.write(Vec::new(), move |txn, _revision| {
             let mut table = txn.open_table(LOCKS).or_store()?;
             if !holds(&table, &lease)? {
                 return Ok(false);
@@ -648,6 +658,63 @@ impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.blocking(|inner| inner.version().map(|_| ())).await
     }
+}
+
+impl EmbeddedStore {
+    /// [`Store::replace`], and with `expected`, only if the record is still at that revision.
+    async fn replace_at(
+        &self,
+        kind: Kind,
+        key: &str,
+        new_key: &str,
+        fields: &Fields,
+        expected: Option<Revision>,
+    ) -> Result<Revision, StoreError> {
+        let (key, new_key, bytes) = (key.to_owned(), new_key.to_owned(), fields_bytes(fields));
+        let mut events = vec![record_event(kind, &key)];
+        if new_key != key {
+            events.push(record_event(kind, &new_key));
+        }
+        self.write(events, move |txn, revision| {
+            let mut table = txn.open_table(records(kind)).or_store()?;
+            if table.get(key.as_str()).or_store()?.is_none() {
+                return Err(StoreError::NotFound { kind, key });
+            }
+            if let Some(expected) = expected {
+                let revisions = txn.open_table(REVISIONS).or_store()?;
+                let current = revisions.get(revision_key(kind, &key).as_str()).or_store()?.map_or(0, |v| v.value());
+                if current != expected.0 {
+                    return Err(StoreError::Stale { kind, key });
+                }
+            }
+            if new_key != key {
+                if table.get(new_key.as_str()).or_store()?.is_some() {
+                    return Err(StoreError::Conflict { kind, key: new_key });
+                }
+                table.remove(key.as_str()).or_store()?;
+                set_revision(txn, kind, &key, None)?;
+            }
+            table.insert(new_key.as_str(), bytes.as_slice()).or_store()?;
+            set_revision(txn, kind, &new_key, Some(revision))?;
+            Ok(revision)
+        })
+        .await
+    }
+}
+
+/// The key of a record's revision in `REVISIONS`.
+fn revision_key(kind: Kind, key: &str) -> String {
+    format!("{}\0{key}", kind.name())
+}
+
+/// Records `revision` as the record's (or forgets it, for a deleted record).
+fn set_revision(txn: &WriteTransaction, kind: Kind, key: &str, revision: Option<Revision>) -> Result<(), StoreError> {
+    let mut revisions = txn.open_table(REVISIONS).or_store()?;
+    match revision {
+        Some(revision) => revisions.insert(revision_key(kind, key).as_str(), revision.0).or_store()?,
+        None => revisions.remove(revision_key(kind, key).as_str()).or_store()?,
+    };
+    Ok(())
 }
 
 /// Whether `lease` is the current, unexpired holder of its lock.

@@ -22,6 +22,14 @@ pub enum StoreError {
         /// The key in use.
         key: String,
     },
+    /// The record changed since the caller read it (a compare-and-set lost the race).
+    #[error("{kind}:{key} changed since it was read")]
+    Stale {
+        /// The record's kind.
+        kind: Kind,
+        /// The record's key.
+        key: String,
+    },
     /// The store URL cannot be used.
     #[error("store url {url}: {reason}")]
     Url {

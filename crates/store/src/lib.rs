@@ -52,6 +52,18 @@ pub enum Change {
     Resync,
 }
 
+/// A record's revision: it changes with every write of the record, so a writer can tell
+/// whether the record changed since it read it ([`Store::replace_if`]; the API's `ETag`).
+/// Records written before revisions were kept read as revision 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Revision(pub u64);
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A lease on a named lock; only its holder can refresh or release it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -80,11 +92,16 @@ impl Lease {
 /// - a blob written with a time to live is gone once it expires;
 /// - at most one holder has an unexpired lease on a lock name;
 /// - every write is announced on [`Store::changes`] of the process that made it, and reaches
-///   other processes' feeds as a [`Change::Resync`] or a specific event.
+///   other processes' feeds as a specific event, or [`Change::Resync`] when the backend lost
+///   track; lease writes and blobs with a time to live are announced nowhere;
+/// - every write of a record gives it a new [`Revision`]; [`Store::replace_if`] writes only
+///   if the record is still at the revision the caller read, else [`StoreError::Stale`].
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
     /// One record, if it exists.
     async fn record(&self, kind: Kind, key: &str) -> Result<Option<Fields>, StoreError>;
+    /// One record and its revision, if it exists.
+    async fn record_at(&self, kind: Kind, key: &str) -> Result<Option<(Fields, Revision)>, StoreError>;
     /// Every record of a kind, with its key, in key order.
     async fn records(&self, kind: Kind) -> Result<Vec<(String, Fields)>, StoreError>;
     /// Every key of a kind, in key order.
@@ -93,6 +110,16 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn create(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError>;
     /// Replaces a record whole, moving it to `new_key` when that differs, in one transaction.
     async fn replace(&self, kind: Kind, key: &str, new_key: &str, fields: &Fields) -> Result<(), StoreError>;
+    /// Like [`Store::replace`], only if the record is still at `revision`; returns the new
+    /// revision. [`StoreError::Stale`] when someone wrote it since.
+    async fn replace_if(
+        &self,
+        kind: Kind,
+        key: &str,
+        new_key: &str,
+        fields: &Fields,
+        revision: Revision,
+    ) -> Result<Revision, StoreError>;
     /// Writes a record whether or not it exists.
     async fn put(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError>;
     /// Deletes a record; returns whether it existed.

@@ -722,3 +722,51 @@ async fn certificate_metadata_and_logged_key_export() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.json["name"], "EntryNotFound");
 }
+
+/// Host updates are compare-and-set: `ETag`/`If-Match` for clients that want to know (412
+/// when someone changed the host since it was read), and for the rest concurrent updates of
+/// different fields both land instead of one silently overwriting the other.
+#[tokio::test]
+async fn host_updates_are_compare_and_set() {
+    let p = portico(&[]);
+    let (api, root) = admin(&p).await;
+    let r = Some(root.as_str());
+    let host = json!({"host": "cas.example.test", "ip": "127.0.0.1", "targetPort": 8000, "forcessl": false});
+    assert_eq!(api.call("POST", "/api/host", r, Some(host)).await.status, StatusCode::OK);
+    let read = api.call("GET", "/api/host/cas.example.test", r, None).await;
+    let tag = read.headers["etag"].to_str().unwrap().to_owned();
+    assert!(tag.starts_with('"') && tag.ends_with('"'), "{tag}");
+
+    let put = |if_match: Option<String>, body: Value| {
+        let (api, root) = (api.clone(), root.clone());
+        async move {
+            let mut headers = vec![("auth-token", root)];
+            if let Some(tag) = if_match {
+                headers.push(("if-match", tag));
+            }
+            api.raw("PUT", "/api/host/cas.example.test", &headers, body.to_string()).await
+        }
+    };
+    let updated = put(Some(tag.clone()), json!({"targetPort": 8001})).await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.raw);
+    let new_tag = updated.headers["etag"].to_str().unwrap().to_owned();
+    assert_ne!(new_tag, tag);
+    // A client still holding the first ETag lost the race: 412, and nothing changes.
+    let lost = put(Some(tag), json!({"targetPort": 9999})).await;
+    assert_eq!(lost.status, StatusCode::PRECONDITION_FAILED, "{}", lost.raw);
+    assert_eq!(lost.json["name"], "PreconditionFailed");
+    let now = api.call("GET", "/api/host/cas.example.test", r, None).await;
+    assert_eq!(now.json["results"]["targetPort"], 8001);
+    assert_eq!(now.headers["etag"].to_str().unwrap(), new_tag);
+
+    // Seed clients send no If-Match: two updates of different fields at once both land.
+    for round in 0..10u16 {
+        let port = 8100 + round;
+        let forcessl = round % 2 == 0;
+        let (a, b) = tokio::join!(put(None, json!({"targetPort": port})), put(None, json!({"forcessl": forcessl})));
+        assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK), "{} / {}", a.raw, b.raw);
+        let now = api.call("GET", "/api/host/cas.example.test", r, None).await;
+        assert_eq!(now.json["results"]["targetPort"], port, "round {round}: {}", now.raw);
+        assert_eq!(now.json["results"]["forcessl"], forcessl, "round {round}: {}", now.raw);
+    }
+}

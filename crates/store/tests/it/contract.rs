@@ -149,6 +149,35 @@ pub async fn change_events(store: Arc<dyn Store>) {
     expect_event(&mut rx, Duration::from_secs(2), |c| matches!(c, Change::Blob { key } if key == "b")).await;
 }
 
+/// Every write of a record gives it a new revision; a compare-and-set against an old one
+/// fails and changes nothing; renames carry the record and its revision along.
+pub async fn revisions_and_compare_and_set(store: Arc<dyn Store>) {
+    use portico_store::StoreError;
+    store.create(Kind::Host, "r.example", &fields(&[("ip", "10.0.0.1")])).await.unwrap();
+    let (_, first) = store.record_at(Kind::Host, "r.example").await.unwrap().unwrap();
+    let second =
+        store.replace_if(Kind::Host, "r.example", "r.example", &fields(&[("ip", "10.0.0.2")]), first).await.unwrap();
+    assert!(second > first, "{second} after {first}");
+    assert_eq!(store.record_at(Kind::Host, "r.example").await.unwrap().unwrap().1, second);
+    // A writer that read the first revision loses.
+    let stale = store.replace_if(Kind::Host, "r.example", "r.example", &fields(&[("ip", "10.0.0.3")]), first).await;
+    assert!(matches!(stale, Err(StoreError::Stale { .. })), "{stale:?}");
+    assert_eq!(store.record(Kind::Host, "r.example").await.unwrap().unwrap()["ip"], "10.0.0.2");
+    // Any write moves the revision on.
+    store.put(Kind::Host, "r.example", &fields(&[("ip", "10.0.0.4")])).await.unwrap();
+    let third = store.record_at(Kind::Host, "r.example").await.unwrap().unwrap().1;
+    assert!(third > second);
+    let stale = store.replace_if(Kind::Host, "r.example", "r.example", &fields(&[]), second).await;
+    assert!(matches!(stale, Err(StoreError::Stale { .. })), "{stale:?}");
+    // A rename under compare-and-set.
+    let moved =
+        store.replace_if(Kind::Host, "r.example", "s.example", &fields(&[("ip", "10.0.0.5")]), third).await.unwrap();
+    assert_eq!(store.record_at(Kind::Host, "r.example").await.unwrap(), None);
+    assert_eq!(store.record_at(Kind::Host, "s.example").await.unwrap().unwrap().1, moved);
+    let gone = store.replace_if(Kind::Host, "r.example", "r.example", &fields(&[]), moved).await;
+    assert!(matches!(gone, Err(StoreError::NotFound { .. })), "{gone:?}");
+}
+
 pub async fn durable_across_reopen<B: Backend>(backend: B) {
     {
         let store = backend.open().await;
@@ -194,6 +223,10 @@ macro_rules! contract_suite {
         #[tokio::test]
         async fn change_events() {
             contract::change_events(<$backend>::fresh().await.open().await).await
+        }
+        #[tokio::test]
+        async fn revisions_and_compare_and_set() {
+            contract::revisions_and_compare_and_set(<$backend>::fresh().await.open().await).await
         }
         #[tokio::test]
         async fn durable_across_reopen() {
