@@ -8,11 +8,13 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use http::HeaderMap;
 use portico_model::Hostname;
-use portico_store::{Fields, Kind};
+use portico_store::{Fields, Kind, Revision, StoreError};
 use serde_json::{Map, Value, json};
 
 use crate::auth::{self, Caller};
+use crate::conditional::{Precondition, etag};
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
 use crate::json::{new_record, record_json, with_message};
@@ -147,8 +149,12 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
 }
 
 async fn stored_provider(api: &Api, id: &str) -> Result<Fields, ApiError> {
+    stored_provider_at(api, id).await.map(|(fields, _)| fields)
+}
+
+async fn stored_provider_at(api: &Api, id: &str) -> Result<(Fields, Revision), ApiError> {
     api.store
-        .record(Kind::DnsProvider, id)
+        .record_at(Kind::DnsProvider, id)
         .await?
         .ok_or_else(|| ApiError::NotFound { kind: "DnsProvider", key: id.to_owned() })
 }
@@ -159,12 +165,16 @@ async fn stored_provider(api: &Api, id: &str) -> Result<Fields, ApiError> {
     path = "/api/dns/{id}",
     tag = "dns",
     params(("id" = String, Path)),
-    responses((status = 200, body = doc::Item<doc::DnsProvider>), doc::AuthErrors, doc::Missing),
+    responses((status = 200, body = doc::Item<doc::DnsProvider>, headers(("ETag" = String, description = "The provider's revision, for `If-Match` on a later update"))), doc::AuthErrors, doc::Missing),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn get(State(api): State<Api>, _caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let fields = stored_provider(&api, &id).await?;
-    Ok(Json(json!({ "item": id, "results": provider_json(&fields) })))
+pub async fn get(
+    State(api): State<Api>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
+    let (fields, revision) = stored_provider_at(&api, &id).await?;
+    Ok((etag(revision), Json(json!({ "item": id, "results": provider_json(&fields) }))))
 }
 
 /// `PUT /api/dns/{id} {name?, credentials?}` (admin).
@@ -173,18 +183,45 @@ pub async fn get(State(api): State<Api>, _caller: Caller, Path(id): Path<String>
     path = "/api/dns/{id}",
     tag = "dns",
     request_body = doc::NewDnsProvider,
-    params(("id" = String, Path)),
-    responses((status = 200, body = doc::Written<doc::DnsProvider>), doc::AuthErrors, doc::InputErrors, doc::Missing, doc::Taken),
+    params(
+        ("id" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "Update only if the provider is still at this `ETag` (else 412)"),
+    ),
+    responses((status = 200, body = doc::Written<doc::DnsProvider>, headers(("ETag" = String, description = "The provider's new revision"))), doc::AuthErrors, doc::InputErrors, doc::Missing, doc::Taken, doc::Precondition),
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn update(
     State(api): State<Api>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: JsonObject,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
     caller.require_admin()?;
-    let mut fields = stored_provider(&api, &id).await?;
+    let precondition = Precondition::of(&headers);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (mut fields, revision) = stored_provider_at(&api, &id).await?;
+        precondition.check(revision)?;
+        apply(&body, &mut fields)?;
+        fields.insert("updated_by".into(), caller.username.clone());
+        fields.insert("updated_on".into(), portico_store::now_ms().to_string());
+        match api.store.replace_if(Kind::DnsProvider, &id, &id, &fields, revision).await {
+            Ok(revision) => {
+                let mut out = provider_json(&fields);
+                out.insert("__requestedHost".into(), json!(id));
+                return Ok((etag(revision), with_message(format!("\"{id}\" updated."), out)));
+            }
+            Err(StoreError::Stale { .. }) => precondition.lost_race(attempt)?,
+            Err(StoreError::NotFound { .. }) => return Err(ApiError::NotFound { kind: "DnsProvider", key: id }),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Applies an update's fields to a provider record; every bad field is one entry of the 422.
+fn apply(body: &JsonObject, fields: &mut Fields) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     if let Some(name) = body.string("name", &mut errors) {
         fields.insert("name".into(), name);
@@ -201,12 +238,7 @@ pub async fn update(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    fields.insert("updated_by".into(), caller.username.clone());
-    fields.insert("updated_on".into(), portico_store::now_ms().to_string());
-    api.store.put(Kind::DnsProvider, &id, &fields).await?;
-    let mut out = provider_json(&fields);
-    out.insert("__requestedHost".into(), json!(id));
-    Ok(with_message(format!("\"{id}\" updated."), out))
+    Ok(())
 }
 
 /// `DELETE /api/dns/{id}` (admin): the provider and every domain it manages.

@@ -4,12 +4,13 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use http::{HeaderMap, HeaderValue, header};
+use http::HeaderMap;
 use portico_model::{Host, HostPattern, HostTable, Hostname, PatternLabel, Target};
 use portico_store::{Kind, Revision, StoreError};
 use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
+use crate::conditional::{Precondition, etag};
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
 use crate::json::with_message;
@@ -119,16 +120,12 @@ pub async fn update(
     headers: HeaderMap,
     body: JsonObject,
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
-    let expected = if_match(&headers);
-    // Compare-and-set: an update applies to the host as read. Another API node's write in
-    // between makes it start over (or, with `If-Match`, answer 412), never lose that write.
-    let mut attempts = 0;
+    let precondition = Precondition::of(&headers);
+    let mut attempt = 0;
     loop {
-        attempts += 1;
+        attempt += 1;
         let (key, mut host, revision) = stored(&api, &item).await?;
-        if expected.as_ref().is_some_and(|tags| !matches_tag(tags, revision)) {
-            return Err(ApiError::PreconditionFailed);
-        }
+        precondition.check(revision)?;
         apply(&body, &mut host)?;
         host.updated_by = caller.username.clone();
         host.updated_on = portico_store::now_ms() as i64;
@@ -139,39 +136,11 @@ pub async fn update(
                 fields.insert("__requestedHost".into(), json!(item));
                 return Ok((etag(revision), with_message(format!("\"{item}\" updated."), fields)));
             }
-            Err(StoreError::Stale { .. }) if expected.is_none() && attempts < 5 => continue,
-            Err(StoreError::Stale { .. }) => return Err(ApiError::PreconditionFailed),
+            Err(StoreError::Stale { .. }) => precondition.lost_race(attempt)?,
             Err(StoreError::NotFound { .. }) => return Err(not_found(&item)),
             Err(e) => return Err(ApiError::from_write(e, Kind::Host, &new_key, "host")),
         }
     }
-}
-
-/// The `ETag` header for a revision: `"<revision>"`.
-fn etag(revision: Revision) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Ok(value) = HeaderValue::from_str(&format!("\"{revision}\"")) {
-        headers.insert(header::ETAG, value);
-    }
-    headers
-}
-
-/// The entity tags of `If-Match`, if the header is there (`*` matches any revision).
-fn if_match(headers: &HeaderMap) -> Option<Vec<String>> {
-    let values: Vec<String> = headers
-        .get_all(header::IF_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .collect();
-    (!values.is_empty()).then_some(values)
-}
-
-fn matches_tag(tags: &[String], revision: Revision) -> bool {
-    let current = format!("\"{revision}\"");
-    tags.iter().any(|t| t == "*" || *t == current)
 }
 
 /// Applies an update's fields to `host`; every bad field is one entry of the 422.

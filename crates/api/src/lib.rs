@@ -8,6 +8,7 @@
 
 pub mod auth;
 mod certs;
+mod conditional;
 mod dns;
 pub mod error;
 mod health;

@@ -770,3 +770,32 @@ async fn host_updates_are_compare_and_set() {
         assert_eq!(now.json["results"]["forcessl"], forcessl, "round {round}: {}", now.raw);
     }
 }
+
+/// DNS provider updates are compare-and-set too, and an update racing a deletion does not
+/// bring the provider back.
+#[tokio::test]
+async fn dns_provider_updates_are_compare_and_set() {
+    let p = portico(&[]);
+    let (api, root) = admin(&p).await;
+    let r = Some(root.as_str());
+    let made =
+        api.call("POST", "/api/dns", r, Some(json!({"name": "a", "dnsProvider": "Cloudflare", "token": "t1"}))).await;
+    let id = made.json["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/dns/{id}");
+    let tag = api.call("GET", &path, r, None).await.headers["etag"].to_str().unwrap().to_owned();
+    let put = |tag: &str, name: &str| {
+        let headers = [("auth-token", root.clone()), ("if-match", tag.to_owned())];
+        let body = json!({ "name": name }).to_string();
+        let (api, path) = (api.clone(), path.clone());
+        async move { api.raw("PUT", &path, &headers, body).await }
+    };
+    let first = put(&tag, "b").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.raw);
+    let stale = put(&tag, "c").await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{}", stale.raw);
+    assert_eq!(api.call("GET", &path, r, None).await.json["results"]["name"], "b");
+    assert_eq!(api.call("DELETE", &path, r, None).await.status, StatusCode::OK);
+    let after = put("*", "d").await;
+    assert_eq!(after.status, StatusCode::NOT_FOUND, "{}", after.raw);
+    assert_eq!(api.call("GET", &path, r, None).await.status, StatusCode::NOT_FOUND, "not brought back");
+}
