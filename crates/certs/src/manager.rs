@@ -114,6 +114,17 @@ enum Budget {
     Renewal,
 }
 
+impl Budget {
+    /// Its name in the store's counter keys.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Explicit => "explicit",
+            Self::Pattern => "pattern",
+            Self::Renewal => "renewal",
+        }
+    }
+}
+
 impl fmt::Display for Budget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -443,12 +454,29 @@ impl Certs {
         }
     }
 
-    /// Checks `budget`'s rate over the last minute; `take`: and counts one more issuance.
-    fn rate(&self, budget: Budget, take: bool) -> Result<(), Refused> {
-        let limit = match budget {
+    /// Issuances per minute `budget` allows.
+    fn limit(&self, budget: Budget) -> usize {
+        match budget {
             Budget::Explicit | Budget::Renewal => self.settings.max_issuances_per_minute,
             Budget::Pattern => self.settings.max_pattern_issuances_per_minute,
-        };
+        }
+    }
+
+    /// Counts one more issuance from `budget` in the store, for this minute, and refuses it
+    /// when the cluster as a whole has used the budget up (each node's own count, in memory,
+    /// comes first and is cheaper).
+    async fn cluster_rate(&self, budget: Budget) -> Result<(), Refused> {
+        let key = keys::issue_rate(budget.key(), now_secs().div_euclid(60));
+        let count = self.store.count(&key, Duration::from_secs(120)).await.map_err(CertError::from)?;
+        if count > self.limit(budget) as u64 {
+            return Err(Refused::RateLimited(budget));
+        }
+        Ok(())
+    }
+
+    /// Checks `budget`'s rate over the last minute; `take`: and counts one more issuance.
+    fn rate(&self, budget: Budget, take: bool) -> Result<(), Refused> {
+        let limit = self.limit(budget);
         let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
         let window = started.entry(budget).or_default();
         let now = Instant::now();
@@ -549,6 +577,7 @@ impl Certs {
             _ => {}
         }
         self.rate(budget, true)?;
+        self.cluster_rate(budget).await?;
         let verb = if mode == Mode::OnDemand { "issuing" } else { "renewing" };
         tracing::info!(name, issuer = self.issuer.kind(), "{verb} a certificate");
         let begun = Instant::now();

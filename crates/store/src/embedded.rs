@@ -607,6 +607,27 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn count(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
+        let key = key.to_owned();
+        self.write(Vec::new(), move |txn, _revision| {
+            let mut table = txn.open_table(BLOBS).or_store()?;
+            let now = now_ms();
+            let current = table.get(key.as_str()).or_store()?.and_then(|e| {
+                let (expires, value) = decode(e.value());
+                let live = !(expires != 0 && expires <= now);
+                let count = <[u8; 8]>::try_from(value).ok().map(u64::from_le_bytes);
+                count.filter(|_| live).map(|c| (expires, c))
+            });
+            let (expires, count) = match current {
+                Some((expires, count)) => (expires, count + 1),
+                None => (expiry(Some(window)), 1),
+            };
+            table.insert(key.as_str(), encode(expires, &count.to_le_bytes()).as_slice()).or_store()?;
+            Ok(count)
+        })
+        .await
+    }
+
     async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         let lease = Lease::new(name);
         self.write(Vec::new(), move |txn, _revision| {

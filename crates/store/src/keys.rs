@@ -90,6 +90,12 @@ pub fn cert_used(name: &str) -> String {
     format!("portico:cert-used:{name}")
 }
 
+/// The cluster-wide counter of issuances started from `budget` (`explicit`, `pattern`,
+/// `renewal`) in the minute `minute` (minutes since the epoch).
+pub fn issue_rate(budget: &str, minute: i64) -> String {
+    format!("portico:issue-rate:{budget}:{minute}")
+}
+
 /// The lock held while a certificate for `name` is issued or renewed.
 pub fn issue_lock(name: &str) -> String {
     format!("portico:issue:{name}")

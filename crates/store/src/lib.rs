@@ -132,6 +132,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Deletes a blob; returns whether it existed (and had not expired).
     async fn delete_blob(&self, key: &str) -> Result<bool, StoreError>;
 
+    /// Adds one to the counter `key` and returns its new value. A counter that does not
+    /// exist (or has expired) starts at 1 and lives for `window` from then. Not announced in
+    /// any feed. Issuance rates use it, so that they hold across the cluster.
+    async fn count(&self, key: &str, window: Duration) -> Result<u64, StoreError>;
+
     /// Takes the lock `name` for `ttl` unless someone else holds an unexpired lease on it.
     async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, StoreError>;
     /// Extends a lease; false if it expired or someone else took the lock since.

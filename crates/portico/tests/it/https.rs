@@ -286,3 +286,27 @@ async fn names_under_a_pattern_are_capped_and_renewed_only_when_used() {
     .await;
     assert_eq!(tls::peek(https, "third.cap.example.test").await.names, vec!["third.cap.example.test"]);
 }
+
+/// The issuance budget holds across the cluster: two processes on one store share it.
+#[tokio::test]
+async fn the_issuance_budget_is_shared_by_every_process_on_the_store() {
+    let backend = Backend::start("shared").await;
+    let p = portico(&["tls.max_pattern_issuances_per_minute=3"]);
+    p.add_host("**.shared.example.test", backend.addr, &[]);
+    let other = p.start_beside("proxy", &["tls.max_pattern_issuances_per_minute=3"]);
+    // The shared count is per clock minute: keep the handshakes below inside one.
+    let into_minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 60;
+    if into_minute >= 50 {
+        tokio::time::sleep(Duration::from_secs(61 - into_minute)).await;
+    }
+    let mut issued = 0;
+    for i in 0..8 {
+        for (node, https) in [("a", p.https), ("b", other.https)] {
+            let name = format!("{node}{i}.shared.example.test");
+            if tls::peek(https, &name).await.names == vec![name.clone()] {
+                issued += 1;
+            }
+        }
+    }
+    assert_eq!(issued, 3, "one budget for the cluster, not one per process");
+}

@@ -178,6 +178,28 @@ pub async fn revisions_and_compare_and_set(store: Arc<dyn Store>) {
     assert!(matches!(gone, Err(StoreError::NotFound { .. })), "{gone:?}");
 }
 
+/// Counters count, apart from each other, and start over once their window has passed.
+pub async fn counters(store: Arc<dyn Store>) {
+    let window = Duration::from_millis(300);
+    assert_eq!(store.count("c:a", window).await.unwrap(), 1);
+    assert_eq!(store.count("c:a", window).await.unwrap(), 2);
+    assert_eq!(store.count("c:b", window).await.unwrap(), 1);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.count("c:many", Duration::from_secs(30)).await.unwrap() })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.push(task.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=20).collect::<Vec<u64>>(), "every increment counted once");
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
+    assert_eq!(store.count("c:a", window).await.unwrap(), 1, "a new window");
+}
+
 pub async fn durable_across_reopen<B: Backend>(backend: B) {
     {
         let store = backend.open().await;
@@ -223,6 +245,10 @@ macro_rules! contract_suite {
         #[tokio::test]
         async fn change_events() {
             contract::change_events(<$backend>::fresh().await.open().await).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn counters() {
+            contract::counters(<$backend>::fresh().await.open().await).await
         }
         #[tokio::test]
         async fn revisions_and_compare_and_set() {
