@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use portico_proxy::response::chain;
+use portico_model::report::chain;
 use portico_store::{Kind, StoreError};
 use serde::Serialize;
 

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use portico_certs::Certs;
-use portico_proxy::Routes;
+use portico_model::Routes;
 use portico_store::Store;
 
 use crate::auth::LoginLimiter;

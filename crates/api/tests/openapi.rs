@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
 use portico_api::{ApiSettings, ApiState};
-use portico_proxy::Routes;
+use portico_model::Routes;
 use serde_json::Value;
 use tower::ServiceExt;
 

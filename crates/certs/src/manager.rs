@@ -38,6 +38,16 @@ pub struct Owner {
     pub explicit: bool,
 }
 
+/// Routing decides certificates: a name may have one when a host pattern matches it.
+impl NamePolicy for portico_model::Routes {
+    fn owner(&self, name: &str) -> Option<Owner> {
+        let table = self.snapshot();
+        let (pattern, _) = table.lookup(name)?;
+        let explicit = pattern.labels().all(|l| matches!(l, portico_model::PatternLabel::Literal(_)));
+        Some(Owner { pattern: pattern.to_string(), explicit })
+    }
+}
+
 /// Tunables of issuance and renewal.
 #[derive(Debug, Clone)]
 pub struct CertSettings {

@@ -5,13 +5,17 @@
 //!   more labels), in any position.
 //! - [`HostTable`]: the lookup tree that maps a name to the most specific matching pattern.
 //! - [`Host`]: a proxied host as the API and the store see it, with the seed's field names.
+//! - [`Routes`]: the routing snapshot every part of a node shares.
 
 mod host;
 mod name;
+pub mod report;
+mod routes;
 mod table;
 
 pub use host::{Fields, Host, HostError, Target, parse_port};
 pub use name::{HostPattern, Hostname, NameError, PatternLabel};
+pub use routes::{Rebuilt, Routes};
 pub use table::HostTable;
 #[cfg(feature = "reference-matcher")]
 pub use table::reference;

@@ -55,7 +55,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     tracing::info!(fd_limit, max_connections = config.proxy.max_connections, "connection limits");
     let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
     let routes = Arc::new(Routes::new());
-    let hosts = routes.reload(store.as_ref()).await.context("cannot read hosts from the store")?.hosts;
+    let hosts = routes::reload(&routes, store.as_ref()).await.context("cannot read hosts from the store")?.hosts;
     tracing::info!(hosts, store = %config.store_url, "store opened");
 
     let shutdown = CancellationToken::new();

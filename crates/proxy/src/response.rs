@@ -95,17 +95,7 @@ impl ProxyError {
 /// `Allow` lists).
 pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
-/// An error and its causes on one line, for the log.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
+pub use portico_model::report::chain;
 
 /// A 308 to `location`.
 pub fn redirect(location: &str) -> Response<ProxyBody> {
