@@ -14,6 +14,7 @@ pub mod error;
 mod health;
 mod hosts;
 mod json;
+pub mod lookup;
 pub mod openapi;
 mod session;
 pub mod state;

@@ -106,6 +106,8 @@ struct RawProxy {
 struct RawApi {
     listen: Option<String>,
     lookup_socket: Option<PathBuf>,
+    lookup_socket_mode: Option<ModeText>,
+    lookup_listen: Option<String>,
     session_ttl: Option<DurationText>,
     trusted_proxies: Option<ListText>,
 }
@@ -159,6 +161,27 @@ impl DurationText {
             Self::Text(t) => humantime::parse_duration(t)
                 .map_err(|e| ConfigError::Value { key, message: format!("{t:?} is not a duration ({e})") }),
         }
+    }
+}
+
+/// File permissions: `"0660"` (octal text, as `chmod` takes them) or a TOML integer (`0o660`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ModeText {
+    Number(u32),
+    Text(String),
+}
+
+impl ModeText {
+    fn parse(&self, key: &'static str) -> Result<u32, ConfigError> {
+        let mode = match self {
+            Self::Number(n) => Some(*n),
+            Self::Text(t) => u32::from_str_radix(t.trim_start_matches("0o"), 8).ok(),
+        };
+        mode.filter(|m| *m <= 0o777).ok_or_else(|| ConfigError::Value {
+            key,
+            message: "expected permissions like \"0660\" (octal, at most 0777)".into(),
+        })
     }
 }
 
@@ -231,7 +254,7 @@ impl std::fmt::Debug for TlsConfig {
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // lookup_socket and metrics are read by the roles that come with later issues.
+#[allow(dead_code)] // metrics are read by the role that comes with a later issue.
 pub struct Config {
     pub data_dir: PathBuf,
     pub store_url: String,
@@ -242,6 +265,8 @@ pub struct Config {
     pub max_connections: Option<usize>,
     pub api_listen: SocketAddr,
     pub lookup_socket: Option<PathBuf>,
+    pub lookup_socket_mode: u32,
+    pub lookup_listen: Option<SocketAddr>,
     pub session_ttl: Duration,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tls: TlsConfig,
@@ -571,6 +596,17 @@ impl TryFrom<Raw> for Config {
             proxy,
             api_listen: addr("api.listen", raw.api.listen.as_deref(), "127.0.0.1:3000")?,
             lookup_socket: raw.api.lookup_socket,
+            lookup_socket_mode: raw
+                .api
+                .lookup_socket_mode
+                .as_ref()
+                .map_or(Ok(0o660), |m| m.parse("api.lookup_socket_mode"))?,
+            lookup_listen: raw
+                .api
+                .lookup_listen
+                .as_deref()
+                .map(|a| addr("api.lookup_listen", Some(a), ""))
+                .transpose()?,
             session_ttl: duration(&raw.api.session_ttl, "api.session_ttl", Duration::from_secs(24 * 3600))?,
             trusted_proxies: trusted_proxies(raw.api.trusted_proxies.as_ref())?,
             tls,
@@ -689,6 +725,18 @@ mod tests {
             assert!(e.starts_with(key), "{key}: {e}");
         }
         assert_eq!(load(None, &[], &[("proxy.shutdown_timeout", "0")]).unwrap().proxy.shutdown_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn lookup_service_keys() {
+        let c = load(None, &[], &[]).unwrap();
+        assert_eq!((c.lookup_socket.clone(), c.lookup_socket_mode, c.lookup_listen), (None, 0o660, None));
+        let c = load(Some("[api]\nlookup_socket = \"/run/l.sock\"\nlookup_socket_mode = \"0600\"\nlookup_listen = \"127.0.0.1:4000\"\n"), &[], &[]).unwrap();
+        assert_eq!(c.lookup_socket_mode, 0o600);
+        assert_eq!(c.lookup_listen, Some("127.0.0.1:4000".parse().unwrap()));
+        assert_eq!(load(Some("[api]\nlookup_socket_mode = 0o640\n"), &[], &[]).unwrap().lookup_socket_mode, 0o640);
+        let e = load(None, &[("PORTICO_API_LOOKUP_SOCKET_MODE", "rw-rw----")], &[]).unwrap_err().to_string();
+        assert!(e.starts_with("api.lookup_socket_mode"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::TokioIo;
-use portico_api::{ApiSettings, ApiState};
+use portico_api::{ApiSettings, ApiState, lookup};
 use portico_certs::acme::{AcmeIssuer, AcmeSettings, Eab};
 use portico_certs::internal::InternalCa;
 use portico_certs::{CertSettings, Certs, Issuer};
@@ -100,6 +100,24 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
         ready.push(("api", listener.local_addr()?));
         tasks.spawn(serve_api(listener, state.clone(), config.proxy.limits(), shutdown.clone()));
         api = Some(state);
+        // The seed's lookup service, from the same routing snapshot.
+        if let Some(path) = &config.lookup_socket {
+            let listener = lookup::bind_unix(path, config.lookup_socket_mode)
+                .with_context(|| format!("cannot listen on {} (api.lookup_socket)", path.display()))?;
+            tracing::info!(path = %path.display(), "lookup service listening on its socket");
+            tasks.spawn(lookup::serve(
+                lookup::Endpoint::Unix(listener, path.clone()),
+                routes.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(addr) = config.lookup_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (api.lookup_listen)"))?;
+            ready.push(("lookup", listener.local_addr()?));
+            tasks.spawn(lookup::serve(lookup::Endpoint::Tcp(listener), routes.clone(), shutdown.clone()));
+        }
     }
     // Every socket is bound (connections queue from here on): ready, before anyone is told.
     if let Some(api) = &api {

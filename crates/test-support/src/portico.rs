@@ -165,7 +165,8 @@ impl Portico {
             }
         });
         let mut listeners = HashMap::new();
-        while listeners.len() < listeners_of(role).len() {
+        let expected = listeners_of(role);
+        while !expected.iter().all(|name| listeners.contains_key(*name)) {
             let Ok((name, addr)) = ready_rx.recv_timeout(Duration::from_secs(20)) else {
                 let _ = child.kill();
                 let _ = child.wait();

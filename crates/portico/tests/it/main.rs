@@ -7,6 +7,7 @@ mod connections;
 mod errors;
 mod https;
 mod lifecycle;
+mod lookup;
 mod routing;
 mod streaming;
 mod websocket;
