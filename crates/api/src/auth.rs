@@ -17,39 +17,14 @@ use axum::extract::FromRequestParts;
 use http::HeaderMap;
 use http::request::Parts;
 use ipnet::IpNet;
+use portico_model::record;
 use portico_store::{Fields, Kind, Store};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, FieldError};
 use crate::state::Api;
 
-/// A user's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Manages everything, users and DNS providers included.
-    Admin,
-    /// Manages hosts and reads certificates.
-    User,
-}
-
-impl Role {
-    /// The stored form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::User => "user",
-        }
-    }
-
-    /// The role of a stored user. Seed users have no role field; the seed let every user do
-    /// everything, so they stay admins.
-    pub fn of(fields: &Fields) -> Self {
-        match fields.get("role").map(String::as_str) {
-            Some("user") => Role::User,
-            _ => Role::Admin,
-        }
-    }
-}
+pub use portico_model::record::Role;
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
@@ -65,10 +40,7 @@ pub struct Caller {
 impl Caller {
     /// Fails with 403 unless the caller is an admin.
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        match self.role {
-            Role::Admin => Ok(()),
-            Role::User => Err(ApiError::Forbidden("this action needs the admin role")),
-        }
+        if self.role == Role::Admin { Ok(()) } else { Err(ApiError::Forbidden("this action needs the admin role")) }
     }
 }
 
@@ -256,14 +228,6 @@ pub fn check_password(password: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// A new user record in the seed's layout, plus `role`.
-pub fn user_fields(username: &str, password_hash: String, role: Role, created_by: &str) -> Fields {
-    crate::json::new_record(
-        created_by,
-        [("username", username.to_owned()), ("password", password_hash), ("role", role.as_str().to_owned())],
-    )
-}
-
 /// Keys (addresses and user names) the limiter remembers at most; past it, the keys with a
 /// single failure are forgotten first, so a flood of new addresses or names cannot wipe out a
 /// lockout.
@@ -375,7 +339,8 @@ pub async fn bootstrap_admin(store: &dyn Store, data_dir: &Path, password: Optio
         Some(p) => p,
         None => new_token()?[..24].to_owned(),
     };
-    let fields = user_fields("admin", hash_password(password.clone()).await?, Role::Admin, "portico");
+    let hash = hash_password(password.clone()).await?;
+    let fields = record::user_fields("admin", hash, Role::Admin, "portico", portico_store::now_ms());
     match store.create(Kind::User, "admin", &fields).await {
         Ok(()) => {}
         // Another node of the cluster got there first.

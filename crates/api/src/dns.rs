@@ -205,8 +205,7 @@ pub async fn update(
         let (mut fields, revision) = stored_provider_at(&api, &id).await?;
         precondition.check(revision)?;
         apply(&body, &mut fields)?;
-        fields.insert("updated_by".into(), caller.username.clone());
-        fields.insert("updated_on".into(), portico_store::now_ms().to_string());
+        portico_model::record::touch(&mut fields, &caller.username, portico_store::now_ms());
         match api.store.replace_if(Kind::DnsProvider, &id, &id, &fields, revision).await {
             Ok(revision) => {
                 let mut out = provider_json(&fields);

@@ -10,17 +10,9 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, FieldError};
 use crate::state::Api;
 
-/// A new record: `fields` plus the seed's bookkeeping (`created_by`, `created_on`,
-/// `updated_by = "__NONE__"`, `updated_on`).
+/// A new record with the seed's bookkeeping, created now by `created_by`.
 pub fn new_record<'a>(created_by: &str, fields: impl IntoIterator<Item = (&'a str, String)>) -> portico_store::Fields {
-    let now = portico_store::now_ms().to_string();
-    let bookkeeping = [
-        ("created_by", created_by.to_owned()),
-        ("created_on", now.clone()),
-        ("updated_by", "__NONE__".to_owned()),
-        ("updated_on", now),
-    ];
-    fields.into_iter().chain(bookkeeping).map(|(k, v)| (k.to_owned(), v)).collect()
+    portico_model::record::new_record(created_by, portico_store::now_ms(), fields)
 }
 
 /// A stored record as the API shows it: every field but `hidden`, timestamps as numbers.

@@ -101,7 +101,8 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
     let (Some(username), Some(password), true) = (username, password, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
-    let fields = auth::user_fields(&username, auth::hash_password(password).await?, role, &caller.username);
+    let hash = auth::hash_password(password).await?;
+    let fields = portico_model::record::user_fields(&username, hash, role, &caller.username, portico_store::now_ms());
     api.store
         .create(Kind::User, &username, &fields)
         .await
@@ -232,8 +233,7 @@ async fn set_password(api: &Api, caller: &Caller, username: &str, body: JsonObje
         .await?
         .ok_or_else(|| ApiError::NotFound { kind: "User", key: username.to_owned() })?;
     user.insert("password".to_owned(), auth::hash_password(password).await?);
-    user.insert("updated_by".to_owned(), caller.username.clone());
-    user.insert("updated_on".to_owned(), portico_store::now_ms().to_string());
+    portico_model::record::touch(&mut user, &caller.username, portico_store::now_ms());
     api.store.put(Kind::User, username, &user).await?;
     Ok(user)
 }

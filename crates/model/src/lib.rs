@@ -6,9 +6,11 @@
 //! - [`HostTable`]: the lookup tree that maps a name to the most specific matching pattern.
 //! - [`Host`]: a proxied host as the API and the store see it, with the seed's field names.
 //! - [`Routes`]: the routing snapshot every part of a node shares.
+//! - [`record`]: the seed's record bookkeeping, users and roles.
 
 mod host;
 mod name;
+pub mod record;
 pub mod report;
 mod routes;
 mod table;

@@ -7,6 +7,7 @@ use std::io::BufRead;
 use anyhow::{Context as _, anyhow, bail};
 use clap::Subcommand;
 use portico_api::auth;
+use portico_model::record::{self, Role};
 use portico_store::{Kind, StoreError};
 
 use crate::config::Config;
@@ -42,9 +43,9 @@ pub async fn run(command: UserCommand, config: &Config) -> anyhow::Result<()> {
     match command {
         UserCommand::Add { name, admin } => {
             let password = read_password()?;
-            let role = if admin { auth::Role::Admin } else { auth::Role::User };
+            let role = if admin { Role::Admin } else { Role::User };
             let hash = auth::hash_password(password).await.map_err(|e| anyhow!("{e}"))?;
-            let fields = auth::user_fields(&name, hash, role, "cli");
+            let fields = record::user_fields(&name, hash, role, "cli", portico_store::now_ms());
             match store.create(Kind::User, &name, &fields).await {
                 Ok(()) => println!("added user {name} ({})", role.as_str()),
                 Err(StoreError::Conflict { .. }) => bail!("user {name} already exists"),
@@ -55,8 +56,7 @@ pub async fn run(command: UserCommand, config: &Config) -> anyhow::Result<()> {
             let mut user = store.record(Kind::User, &name).await?.ok_or_else(|| anyhow!("no user {name}"))?;
             let password = read_password()?;
             user.insert("password".into(), auth::hash_password(password).await.map_err(|e| anyhow!("{e}"))?);
-            user.insert("updated_by".into(), "cli".into());
-            user.insert("updated_on".into(), portico_store::now_ms().to_string());
+            record::touch(&mut user, "cli", portico_store::now_ms());
             store.put(Kind::User, &name, &user).await.context("cannot update the user")?;
             let ended = auth::revoke_tokens(store.as_ref(), &name, None).await.map_err(|e| anyhow!("{e}"))?;
             println!("password of {name} changed; {ended} token(s) revoked");
@@ -64,7 +64,7 @@ pub async fn run(command: UserCommand, config: &Config) -> anyhow::Result<()> {
         UserCommand::Ls => {
             println!("{:<32} ROLE", "USER");
             for (name, fields) in store.records(Kind::User).await? {
-                println!("{name:<32} {}", auth::Role::of(&fields).as_str());
+                println!("{name:<32} {}", Role::of(&fields).as_str());
             }
         }
     }
