@@ -11,8 +11,6 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
 use axum::extract::FromRequestParts;
 use http::HeaderMap;
 use http::request::Parts;
@@ -154,8 +152,7 @@ pub async fn sweep_expired(store: &dyn Store) -> Result<usize, ApiError> {
 /// Deletes every token of `username`, sessions and API tokens alike, except the one whose
 /// key is `keep`: after a password change nothing issued under the old password stays valid.
 pub async fn revoke_tokens(store: &dyn Store, username: &str, keep: Option<&str>) -> Result<usize, ApiError> {
-    delete_tokens(store, |key, fields| fields.get("created_by").is_some_and(|u| u == username) && Some(key) != keep)
-        .await
+    delete_tokens(store, |key, fields| record::token_of(fields, username) && Some(key) != keep).await
 }
 
 /// Whether `password` is `user`'s, and whether the hash should be replaced (see
@@ -194,7 +191,7 @@ pub fn client_address(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) 
 
 /// Hashes a password with Argon2id (on a blocking thread: it is deliberately slow).
 pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()))
+    tokio::task::spawn_blocking(move || record::hash_password(&password))
         .await
         .map_err(|_| ApiError::Internal("password hashing task failed"))?
         .map_err(|_| ApiError::Internal("password hashing failed"))
@@ -203,29 +200,12 @@ pub async fn hash_password(password: String) -> Result<String, ApiError> {
 /// Whether `password` matches `hash` (Argon2 PHC string or a seed bcrypt hash), and whether
 /// the hash should be replaced by a fresh Argon2id one.
 pub async fn verify_password(password: String, hash: String) -> (bool, bool) {
-    tokio::task::spawn_blocking(move || {
-        if hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$") {
-            let ok = bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false);
-            return (ok, ok);
-        }
-        let ok = PasswordHash::new(&hash)
-            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-            .unwrap_or(false);
-        (ok, false)
-    })
-    .await
-    .unwrap_or((false, false))
+    tokio::task::spawn_blocking(move || record::verify_password(&password, &hash)).await.unwrap_or((false, false))
 }
 
 /// Checks a new password; the error names the field.
 pub fn check_password(password: &str) -> Result<(), FieldError> {
-    if password.chars().count() < 8 {
-        return Err(FieldError::new("password", "password is too short, min 8."));
-    }
-    if password.len() > 1024 {
-        return Err(FieldError::new("password", "password is too long, max 1024."));
-    }
-    Ok(())
+    record::password_problem(password).map_or(Ok(()), |problem| Err(FieldError::new("password", problem)))
 }
 
 /// Keys (addresses and user names) the limiter remembers at most; past it, the keys with a

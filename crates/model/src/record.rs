@@ -1,5 +1,9 @@
-//! The seed's records beyond hosts: the bookkeeping fields every record carries, and users
-//! with their roles. Plain data; the caller supplies the clock.
+//! The seed's records beyond hosts: the bookkeeping fields every record carries, users with
+//! their roles and passwords, and whose an API token is. No I/O: the caller supplies the
+//! clock, and runs the (deliberately slow) password functions where blocking is fine.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
 
 use crate::Fields;
 
@@ -58,6 +62,40 @@ pub fn user_fields(username: &str, password_hash: String, role: Role, created_by
         now_ms,
         [("username", username.to_owned()), ("password", password_hash), ("role", role.as_str().to_owned())],
     )
+}
+
+/// Hashes a password with Argon2id. Slow on purpose: not on an async task's thread.
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string())
+}
+
+/// Whether `password` matches `hash` (an Argon2 PHC string, or a seed bcrypt hash), and
+/// whether the hash should be replaced by a fresh Argon2id one (bcrypt: yes). Slow on purpose.
+pub fn verify_password(password: &str, hash: &str) -> (bool, bool) {
+    if hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$") {
+        let ok = bcrypt::verify(password.as_bytes(), hash).unwrap_or(false);
+        return (ok, ok);
+    }
+    let ok = PasswordHash::new(hash)
+        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .unwrap_or(false);
+    (ok, false)
+}
+
+/// Why a new password is refused, if it is.
+pub fn password_problem(password: &str) -> Option<&'static str> {
+    if password.chars().count() < 8 {
+        return Some("password is too short, min 8.");
+    }
+    if password.len() > 1024 {
+        return Some("password is too long, max 1024.");
+    }
+    None
+}
+
+/// Whether an API token record (sessions too) belongs to `username`.
+pub fn token_of(token: &Fields, username: &str) -> bool {
+    token.get("created_by").is_some_and(|u| u == username)
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::io::BufRead;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::Subcommand;
-use portico_api::auth;
 use portico_model::record::{self, Role};
 use portico_store::{Kind, StoreError};
 
@@ -44,7 +43,7 @@ pub async fn run(command: UserCommand, config: &Config) -> anyhow::Result<()> {
         UserCommand::Add { name, admin } => {
             let password = read_password()?;
             let role = if admin { Role::Admin } else { Role::User };
-            let hash = auth::hash_password(password).await.map_err(|e| anyhow!("{e}"))?;
+            let hash = record::hash_password(&password).map_err(|e| anyhow!("cannot hash the password: {e}"))?;
             let fields = record::user_fields(&name, hash, role, "cli", portico_store::now_ms());
             match store.create(Kind::User, &name, &fields).await {
                 Ok(()) => println!("added user {name} ({})", role.as_str()),
@@ -55,10 +54,17 @@ pub async fn run(command: UserCommand, config: &Config) -> anyhow::Result<()> {
         UserCommand::Passwd { name } => {
             let mut user = store.record(Kind::User, &name).await?.ok_or_else(|| anyhow!("no user {name}"))?;
             let password = read_password()?;
-            user.insert("password".into(), auth::hash_password(password).await.map_err(|e| anyhow!("{e}"))?);
+            let hash = record::hash_password(&password).map_err(|e| anyhow!("cannot hash the password: {e}"))?;
+            user.insert("password".into(), hash);
             record::touch(&mut user, "cli", portico_store::now_ms());
             store.put(Kind::User, &name, &user).await.context("cannot update the user")?;
-            let ended = auth::revoke_tokens(store.as_ref(), &name, None).await.map_err(|e| anyhow!("{e}"))?;
+            // Every token made under the old password goes, as in the API.
+            let mut ended = 0;
+            for (key, token) in store.records(Kind::AuthToken).await? {
+                if record::token_of(&token, &name) && store.delete(Kind::AuthToken, &key).await? {
+                    ended += 1;
+                }
+            }
             println!("password of {name} changed; {ended} token(s) revoked");
         }
         UserCommand::Ls => {
@@ -75,6 +81,8 @@ fn read_password() -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
     let password = line.trim_end_matches(['\r', '\n']).to_owned();
-    auth::check_password(&password).map_err(|e| anyhow!("{}", e.message))?;
+    if let Some(problem) = record::password_problem(&password) {
+        anyhow::bail!("{problem}");
+    }
     Ok(password)
 }
