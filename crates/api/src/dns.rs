@@ -10,6 +10,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
 use portico_model::Hostname;
+use portico_model::dns::{PROVIDERS, ProviderType, SECRET_FIELDS, provider_type, zone_of};
 use portico_store::{Fields, Kind, Revision, StoreError};
 use serde_json::{Map, Value, json};
 
@@ -21,30 +22,6 @@ use crate::json::{new_record, record_json, with_message};
 use crate::openapi as doc;
 use crate::state::Api;
 use crate::users::listing;
-
-/// A provider type: its key in `dnsProvider`, display name and credential fields.
-struct ProviderType {
-    name: &'static str,
-    display_name: &'static str,
-    credentials: &'static [(&'static str, &'static str)],
-}
-
-const PROVIDERS: [ProviderType; 3] = [
-    ProviderType { name: "Cloudflare", display_name: "CloudFlare", credentials: &[("token", "API Token")] },
-    ProviderType { name: "DigitalOcean", display_name: "DigitalOcean", credentials: &[("token", "API Token")] },
-    ProviderType {
-        name: "PorkBun",
-        display_name: "PorkBun",
-        credentials: &[("apiKey", "API Key"), ("secretApiKey", "Secret API Key")],
-    },
-];
-
-/// Every credential field name of every provider type: never shown.
-const SECRET_FIELDS: [&str; 3] = ["token", "apiKey", "secretApiKey"];
-
-fn provider_type(name: &str) -> Option<&'static ProviderType> {
-    PROVIDERS.iter().find(|p| p.name == name)
-}
 
 fn info(p: &ProviderType) -> Value {
     json!({ "name": p.name, "displayName": p.display_name, "fields": credential_specs(p) })
@@ -330,15 +307,10 @@ pub async fn find_domain(
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::NotFound { kind: "Domain", key: name.clone() };
     let host = Hostname::parse(&name).map_err(|_| not_found())?;
-    let zone = api
-        .store
-        .records(Kind::Domain)
-        .await?
-        .into_iter()
-        .filter(|(d, _)| host.as_str() == d || host.as_str().ends_with(&format!(".{d}")))
-        .max_by_key(|(d, _)| d.len())
-        .ok_or_else(not_found)?;
-    Ok(Json(json!({ "results": [public(&zone.1)] })))
+    let domains = api.store.records(Kind::Domain).await?;
+    let zone = zone_of(&host, domains.iter().map(|(d, _)| d.as_str())).ok_or_else(not_found)?;
+    let record = domains.iter().find(|(d, _)| d == zone).map(|(_, f)| f).ok_or_else(not_found)?;
+    Ok(Json(json!({ "results": [public(record)] })))
 }
 
 /// `DELETE /api/dns/domain/{domain}` (admin).

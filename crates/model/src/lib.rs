@@ -7,7 +7,9 @@
 //! - [`Host`]: a proxied host as the API and the store see it, with the seed's field names.
 //! - [`Routes`]: the routing snapshot every part of a node shares.
 //! - [`record`]: the seed's record bookkeeping, users and roles.
+//! - [`dns`]: DNS provider types and the zone rule.
 
+pub mod dns;
 mod host;
 mod name;
 pub mod record;
