@@ -128,14 +128,15 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || f(&inner)).await.map_err(StoreError::Task)?
     }
 
-    /// Runs a write transaction and announces `events` once it has committed (with any other
-    /// process's events this process had not announced yet). No events: nobody is told.
+    /// Runs a write transaction and announces `events`, and any `f` adds, once it has
+    /// committed (with any other process's events this process had not announced yet). No
+    /// events: nobody is told.
     async fn write<T: Send + 'static>(
         &self,
         events: Vec<Change>,
-        f: impl FnOnce(&WriteTransaction, Revision) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&WriteTransaction, Revision, &mut Vec<Change>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let ((out, foreign), own) = self.blocking(move |inner| inner.write(&events, f).map(|o| (o, events))).await?;
+        let (out, foreign, own) = self.blocking(move |inner| inner.write(events, f)).await?;
         // No receiver is not an error: nobody is listening yet.
         for event in foreign.into_iter().chain(own) {
             let _ = self.inner.changes.send(event);
@@ -202,36 +203,36 @@ impl Inner {
         Ok(())
     }
 
-    /// Runs `f` in a write transaction; with `events`, also bumps the version and stores them
-    /// under it. Returns `f`'s result and the events of versions another process wrote that
-    /// this one had not announced yet (marking our own version as seen would hide them from
-    /// the watcher).
+    /// Runs `f` in a write transaction, which may add to `events` (what it found decides
+    /// them); with events, also bumps the version and stores them under it. Returns `f`'s
+    /// result, the events of versions another process wrote that this one had not announced
+    /// yet (marking our own version as seen would hide them from the watcher), and the events.
     fn write<T>(
         &self,
-        events: &[Change],
-        f: impl FnOnce(&WriteTransaction, Revision) -> Result<T, StoreError>,
-    ) -> Result<(T, Vec<Change>), StoreError> {
+        mut events: Vec<Change>,
+        f: impl FnOnce(&WriteTransaction, Revision, &mut Vec<Change>) -> Result<T, StoreError>,
+    ) -> Result<(T, Vec<Change>, Vec<Change>), StoreError> {
         let txn = self.db()?.begin_write().or_store()?;
         let before = txn.open_table(META).or_store()?.get(VERSION).or_store()?.map_or(0, |v| v.value());
         let version = before + 1;
         // The version this write will have is the revision of the records it writes.
-        let out = f(&txn, Revision(version))?;
+        let out = f(&txn, Revision(version), &mut events)?;
         if events.is_empty() {
             txn.commit().or_store()?;
-            return Ok((out, Vec::new()));
+            return Ok((out, Vec::new(), events));
         }
         txn.open_table(META).or_store()?.insert(VERSION, version).or_store()?;
         let seen = self.seen_version.load(Ordering::SeqCst);
         let missed = {
             let mut changes = txn.open_table(CHANGES).or_store()?;
-            changes.insert(version, encode_events(events).as_slice()).or_store()?;
+            changes.insert(version, encode_events(&events).as_slice()).or_store()?;
             if before > seen { events_between(&changes, seen, before)? } else { Vec::new() }
         };
         txn.commit().or_store()?;
         // Two writes of this process racing here announce some foreign events twice; that
         // is harmless (receivers re-read).
         let missed = if before > self.seen_version.fetch_max(version, Ordering::SeqCst) { missed } else { Vec::new() };
-        Ok((out, missed))
+        Ok((out, missed, events))
     }
 
     /// Events of the versions after `seen` up to the current one, and that version.
@@ -521,7 +522,7 @@ impl Store for EmbeddedStore {
 
     async fn create(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError> {
         let (key, bytes) = (key.to_owned(), fields_bytes(fields));
-        self.write(vec![record_event(kind, &key)], move |txn, revision| {
+        self.write(vec![record_event(kind, &key)], move |txn, revision, _events| {
             let mut table = txn.open_table(records(kind)).or_store()?;
             if table.get(key.as_str()).or_store()?.is_some() {
                 return Err(StoreError::Conflict { kind, key });
@@ -549,7 +550,7 @@ impl Store for EmbeddedStore {
 
     async fn put(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError> {
         let (key, bytes) = (key.to_owned(), fields_bytes(fields));
-        self.write(vec![record_event(kind, &key)], move |txn, revision| {
+        self.write(vec![record_event(kind, &key)], move |txn, revision, _events| {
             txn.open_table(records(kind)).or_store()?.insert(key.as_str(), bytes.as_slice()).or_store()?;
             set_revision(txn, kind, &key, Some(revision))
         })
@@ -558,7 +559,7 @@ impl Store for EmbeddedStore {
 
     async fn delete(&self, kind: Kind, key: &str) -> Result<bool, StoreError> {
         let key = key.to_owned();
-        self.write(vec![record_event(kind, &key)], move |txn, _revision| {
+        self.write(vec![record_event(kind, &key)], move |txn, _revision, _events| {
             let existed = txn.open_table(records(kind)).or_store()?.remove(key.as_str()).or_store()?.is_some();
             set_revision(txn, kind, &key, None)?;
             Ok(existed)
@@ -581,7 +582,7 @@ impl Store for EmbeddedStore {
         let (key, entry) = (key.to_owned(), encode(expiry(ttl), value));
         // Short-lived blobs (challenge answers) are read where they are needed, never followed.
         let events = if ttl.is_some() { Vec::new() } else { vec![Change::Blob { key: key.clone() }] };
-        self.write(events, move |txn, _revision| {
+        self.write(events, move |txn, _revision, _events| {
             txn.open_table(BLOBS).or_store()?.insert(key.as_str(), entry.as_slice()).or_store()?;
             Ok(())
         })
@@ -590,33 +591,28 @@ impl Store for EmbeddedStore {
 
     async fn delete_blob(&self, key: &str) -> Result<bool, StoreError> {
         let key = key.to_owned();
-        let lasting = self.blocking({
-            let key = key.clone();
-            move |inner| {
-                let txn = inner.db()?.begin_read().or_store()?;
-                let entry = txn.open_table(BLOBS).or_store()?.get(key.as_str()).or_store()?;
-                Ok(entry.is_some_and(|e| decode(e.value()).0 == 0))
-            }
-        });
-        let events = if lasting.await? { vec![Change::Blob { key: key.clone() }] } else { Vec::new() };
-        self.write(events, move |txn, _revision| {
+        self.write(Vec::new(), move |txn, _revision, events| {
             let mut table = txn.open_table(BLOBS).or_store()?;
-            let old = table.remove(key.as_str()).or_store()?;
-            Ok(old.is_some_and(|e| !expired(e.value(), now_ms())))
+            let Some(old) = table.remove(key.as_str()).or_store()? else { return Ok(false) };
+            let (expires, _) = decode(old.value());
+            // Only a lasting blob's removal is news; a short-lived one (a challenge answer)
+            // was never announced.
+            if expires == 0 {
+                events.push(Change::Blob { key: key.clone() });
+            }
+            Ok(!expired(old.value(), now_ms()))
         })
         .await
     }
 
     async fn count(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
         let key = key.to_owned();
-        self.write(Vec::new(), move |txn, _revision| {
+        self.write(Vec::new(), move |txn, _revision, _events| {
             let mut table = txn.open_table(BLOBS).or_store()?;
             let now = now_ms();
-            let current = table.get(key.as_str()).or_store()?.and_then(|e| {
+            let current = table.get(key.as_str()).or_store()?.filter(|e| !expired(e.value(), now)).and_then(|e| {
                 let (expires, value) = decode(e.value());
-                let live = !(expires != 0 && expires <= now);
-                let count = <[u8; 8]>::try_from(value).ok().map(u64::from_le_bytes);
-                count.filter(|_| live).map(|c| (expires, c))
+                <[u8; 8]>::try_from(value).ok().map(|c| (expires, u64::from_le_bytes(c)))
             });
             let (expires, count) = match current {
                 Some((expires, count)) => (expires, count + 1),
@@ -630,7 +626,7 @@ impl Store for EmbeddedStore {
 
     async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         let lease = Lease::new(name);
-        self.write(Vec::new(), move |txn, _revision| {
+        self.write(Vec::new(), move |txn, _revision, _events| {
             let mut table = txn.open_table(LOCKS).or_store()?;
             let held = table.get(lease.name.as_str()).or_store()?.is_some_and(|e| !expired(e.value(), now_ms()));
             if held {
@@ -646,7 +642,7 @@ impl Store for EmbeddedStore {
 
     async fn refresh(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
         let lease = lease.clone();
-        self.write(Vec::new(), move |txn, _revision| {
+        self.write(Vec::new(), move |txn, _revision, _events| {
             let mut table = txn.open_table(LOCKS).or_store()?;
             if !holds(&table, &lease)? {
                 return Ok(false);
@@ -661,7 +657,7 @@ impl Store for EmbeddedStore {
 
     async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
         let lease = lease.clone();
-        self.write(Vec::new(), move |txn, _revision| {
+        self.write(Vec::new(), move |txn, _revision, _events| {
             let mut table = txn.open_table(LOCKS).or_store()?;
             if !holds(&table, &lease)? {
                 return Ok(false);
@@ -696,7 +692,7 @@ impl EmbeddedStore {
         if new_key != key {
             events.push(record_event(kind, &new_key));
         }
-        self.write(events, move |txn, revision| {
+        self.write(events, move |txn, revision, _events| {
             let mut table = txn.open_table(records(kind)).or_store()?;
             if table.get(key.as_str()).or_store()?.is_none() {
                 return Err(StoreError::NotFound { kind, key });
@@ -741,6 +737,6 @@ fn set_revision(txn: &WriteTransaction, kind: Kind, key: &str, revision: Option<
 /// Whether `lease` is the current, unexpired holder of its lock.
 fn holds(table: &impl ReadableTable<&'static str, &'static [u8]>, lease: &Lease) -> Result<bool, StoreError> {
     let Some(entry) = table.get(lease.name.as_str()).or_store()? else { return Ok(false) };
-    let (expires, token) = decode(entry.value());
-    Ok(token == lease.token.as_bytes() && !(expires != 0 && expires <= now_ms()))
+    let (_, token) = decode(entry.value());
+    Ok(token == lease.token.as_bytes() && !expired(entry.value(), now_ms()))
 }
