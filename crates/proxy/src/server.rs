@@ -83,16 +83,6 @@ impl ConnectionCap {
         Self { inner: Arc::new(inner) }
     }
 
-    /// The cap.
-    pub fn max(&self) -> usize {
-        self.inner.max
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.inner.max - self.inner.permits.available_permits()
-    }
-
     /// Room for one more connection. At the cap: logs (at most once a minute), asks idle
     /// connections to close, and waits.
     async fn admit(&self) -> OwnedSemaphorePermit {
@@ -401,11 +391,12 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         // hyper asks for more only once it has room to write: the client is reading.
         self.taken();
-        let activity = self.guard.0.clone();
+        let this = &mut *self;
+        let activity = &this.guard.0;
         activity.written_ms.fetch_max(activity.now_ms(), Ordering::AcqRel);
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
-            self.handed = true;
+            this.handed = true;
             activity.handed.fetch_add(1, Ordering::AcqRel);
         }
         polled
