@@ -228,11 +228,6 @@ impl Certs {
         self.issuer.kind()
     }
 
-    /// Whether the policy lets `name` have a certificate.
-    pub fn allows(&self, name: &str) -> bool {
-        self.policy.owner(name).is_some()
-    }
-
     /// The host pattern `name`'s certificate comes from.
     pub fn owner(&self, name: &str) -> Option<Owner> {
         self.policy.owner(name)
@@ -663,14 +658,23 @@ impl Certs {
             match change {
                 Ok(Change::Blob { key }) => {
                     let Some(name) = key.strip_suffix(":latest") else { continue };
-                    if self.cache.read().unwrap_or_else(|e| e.into_inner()).contains_key(name) {
+                    let cached = self.cache.read().unwrap_or_else(|e| e.into_inner()).contains_key(name);
+                    if cached {
                         self.reload(name).await;
                     }
-                    // Another node issued or removed it: keep the caps in step.
-                    match (self.store.blob(&key).await, self.policy.owner(name)) {
-                        (Ok(Some(_)), Some(owner)) => self.hold(name, &owner),
-                        (Ok(None), _) => self.unhold(name),
-                        _ => {}
+                    // Another node issued or removed a certificate of a name under a wildcard
+                    // pattern: keep the caps in step (reading the store only when the reload
+                    // above did not).
+                    let Some(owner) = self.policy.owner(name).filter(|o| !o.explicit) else { continue };
+                    let present = if cached {
+                        Some(self.cached(name).is_some())
+                    } else {
+                        self.store.blob(&key).await.ok().map(|b| b.is_some())
+                    };
+                    match present {
+                        Some(true) => self.hold(name, &owner),
+                        Some(false) => self.unhold(name),
+                        None => {}
                     }
                 }
                 Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
