@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use portico_model::Routes;
+pub use portico_model::{Rebuilt, Routes};
 use portico_store::{Change, Kind, Store, StoreError};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -11,25 +11,15 @@ use tokio_util::sync::CancellationToken;
 /// How often the table is rebuilt even without change events, in case some were lost.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
-/// What a [`reload`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reloaded {
-    /// Hosts in the table.
-    pub hosts: usize,
-    /// Whether the records differed from those of the previous table (if not, the table was
-    /// left as it was).
-    pub changed: bool,
-}
-
 /// Rebuilds `routes` from the store's hosts, unless they are the ones it was built from.
 /// Records that do not parse are skipped with a warning; on a store error the current table
 /// stays.
-pub async fn reload(routes: &Routes, store: &dyn Store) -> Result<Reloaded, StoreError> {
+pub async fn reload(routes: &Routes, store: &dyn Store) -> Result<Rebuilt, StoreError> {
     let rebuilt = routes.rebuild(store.records(Kind::Host).await?);
     for (key, error) in &rebuilt.skipped {
         tracing::warn!(host = %key, error = %error, "skipping a host record that does not parse");
     }
-    Ok(Reloaded { hosts: rebuilt.hosts, changed: rebuilt.changed })
+    Ok(rebuilt)
 }
 
 /// Keeps `routes` in step with the store until `shutdown`: rebuilds on every host change, on
@@ -54,8 +44,8 @@ pub async fn follow_store(store: Arc<dyn Store>, routes: Arc<Routes>, shutdown: 
         // One rebuild covers every event already queued.
         while changes.try_recv().is_ok() {}
         match reload(&routes, store.as_ref()).await {
-            Ok(Reloaded { hosts, changed: true }) => tracing::info!(hosts, "routing table rebuilt"),
-            Ok(Reloaded { hosts, changed: false }) => tracing::debug!(hosts, "hosts unchanged"),
+            Ok(Rebuilt { hosts, changed: true, .. }) => tracing::info!(hosts, "routing table rebuilt"),
+            Ok(Rebuilt { hosts, changed: false, .. }) => tracing::debug!(hosts, "hosts unchanged"),
             Err(e) => tracing::warn!(error = %e, "cannot reload hosts; routing with the previous table"),
         }
     }
@@ -66,12 +56,16 @@ mod tests {
     use super::*;
     use portico_model::{Host, HostPattern, Target};
 
+    fn summary(rebuilt: Rebuilt) -> (usize, bool) {
+        (rebuilt.hosts, rebuilt.changed)
+    }
+
     #[tokio::test]
     async fn a_reload_that_finds_the_same_hosts_keeps_the_table_and_says_so() {
         let dir = tempfile::TempDir::new().unwrap();
         let store = portico_store::open(&format!("redb://{}", dir.path().join("s.redb").display())).await.unwrap();
         let routes = Routes::new();
-        assert_eq!(reload(&routes, store.as_ref()).await.unwrap(), Reloaded { hosts: 0, changed: true });
+        assert_eq!(summary(reload(&routes, store.as_ref()).await.unwrap()), (0, true));
         let host = Host::new(
             HostPattern::parse("a.test").unwrap(),
             Target::new("127.0.0.1", 80).unwrap(),
@@ -81,13 +75,13 @@ mod tests {
             0,
         );
         store.create(Kind::Host, "a.test", &host.to_fields()).await.unwrap();
-        assert_eq!(reload(&routes, store.as_ref()).await.unwrap(), Reloaded { hosts: 1, changed: true });
+        assert_eq!(summary(reload(&routes, store.as_ref()).await.unwrap()), (1, true));
         let table = routes.snapshot();
-        assert_eq!(reload(&routes, store.as_ref()).await.unwrap(), Reloaded { hosts: 1, changed: false });
+        assert_eq!(summary(reload(&routes, store.as_ref()).await.unwrap()), (1, false));
         assert!(Arc::ptr_eq(&table, &routes.snapshot()), "the same table serves on");
         let mut moved = host.to_fields();
         moved.insert("targetPort".into(), "81".into());
         store.put(Kind::Host, "a.test", &moved).await.unwrap();
-        assert_eq!(reload(&routes, store.as_ref()).await.unwrap(), Reloaded { hosts: 1, changed: true });
+        assert_eq!(summary(reload(&routes, store.as_ref()).await.unwrap()), (1, true));
     }
 }
