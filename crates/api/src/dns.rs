@@ -15,7 +15,7 @@ use portico_store::{Fields, Kind, Revision, StoreError};
 use serde_json::{Map, Value, json};
 
 use crate::auth::{self, Caller};
-use crate::conditional::{Precondition, etag};
+use crate::conditional::{self, etag};
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
 use crate::json::{new_record, record_json, with_message};
@@ -175,25 +175,25 @@ pub async fn update(
     body: JsonObject,
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
     caller.require_admin()?;
-    let precondition = Precondition::of(&headers);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let (mut fields, revision) = stored_provider_at(&api, &id).await?;
-        precondition.check(revision)?;
-        apply(&body, &mut fields)?;
-        portico_model::record::touch(&mut fields, &caller.username, portico_store::now_ms());
-        match api.store.replace_if(Kind::DnsProvider, &id, &id, &fields, revision).await {
-            Ok(revision) => {
-                let mut out = provider_json(&fields);
-                out.insert("__requestedHost".into(), json!(id));
-                return Ok((etag(revision), with_message(format!("\"{id}\" updated."), out)));
-            }
-            Err(StoreError::Stale { .. }) => precondition.lost_race(attempt)?,
-            Err(StoreError::NotFound { .. }) => return Err(ApiError::NotFound { kind: "DnsProvider", key: id }),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let (etag, fields) = conditional::update(
+        api.store.as_ref(),
+        Kind::DnsProvider,
+        &headers,
+        || async { stored_provider_at(&api, &id).await.map(|(fields, revision)| (id.clone(), fields, revision)) },
+        |fields| {
+            apply(&body, fields)?;
+            portico_model::record::touch(fields, &caller.username, portico_store::now_ms());
+            Ok((id.clone(), fields.clone()))
+        },
+        |e, _| match e {
+            StoreError::NotFound { .. } => ApiError::NotFound { kind: "DnsProvider", key: id.clone() },
+            e => e.into(),
+        },
+    )
+    .await?;
+    let mut out = provider_json(&fields);
+    out.insert("__requestedHost".into(), json!(id));
+    Ok((etag, with_message(format!("\"{id}\" updated."), out)))
 }
 
 /// Applies an update's fields to a provider record; every bad field is one entry of the 422.

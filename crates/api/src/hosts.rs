@@ -10,7 +10,7 @@ use portico_store::{Kind, Revision, StoreError};
 use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
-use crate::conditional::{Precondition, etag};
+use crate::conditional::{self, etag};
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
 use crate::json::with_message;
@@ -120,27 +120,26 @@ pub async fn update(
     headers: HeaderMap,
     body: JsonObject,
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
-    let precondition = Precondition::of(&headers);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let (key, mut host, revision) = stored(&api, &item).await?;
-        precondition.check(revision)?;
-        apply(&body, &mut host)?;
-        host.updated_by = caller.username.clone();
-        host.updated_on = portico_store::now_ms() as i64;
-        let new_key = host.host.to_string();
-        match api.store.replace_if(Kind::Host, &key, &new_key, &host.to_fields(), revision).await {
-            Ok(revision) => {
-                let mut fields = host.to_json();
-                fields.insert("__requestedHost".into(), json!(item));
-                return Ok((etag(revision), with_message(format!("\"{item}\" updated."), fields)));
-            }
-            Err(StoreError::Stale { .. }) => precondition.lost_race(attempt)?,
-            Err(StoreError::NotFound { .. }) => return Err(not_found(&item)),
-            Err(e) => return Err(ApiError::from_write(e, Kind::Host, &new_key, "host")),
-        }
-    }
+    let (etag, host) = conditional::update(
+        api.store.as_ref(),
+        Kind::Host,
+        &headers,
+        || stored(&api, &item),
+        |host| {
+            apply(&body, host)?;
+            host.updated_by = caller.username.clone();
+            host.updated_on = portico_store::now_ms() as i64;
+            Ok((host.host.to_string(), host.to_fields()))
+        },
+        |e, new_key| match e {
+            StoreError::NotFound { .. } => not_found(&item),
+            e => ApiError::from_write(e, Kind::Host, new_key, "host"),
+        },
+    )
+    .await?;
+    let mut fields = host.to_json();
+    fields.insert("__requestedHost".into(), json!(item));
+    Ok((etag, with_message(format!("\"{item}\" updated."), fields)))
 }
 
 /// Applies an update's fields to `host`; every bad field is one entry of the 422.
