@@ -159,7 +159,6 @@ pub async fn revoke_tokens(store: &dyn Store, username: &str, keep: Option<&str>
 /// [`verify_password`]). For an unknown user a stand-in hash is verified all the same, so a
 /// wrong name takes as long as a wrong password and does not tell which names exist.
 pub async fn check_credentials(user: Option<&Fields>, password: String) -> (bool, bool) {
-    static STAND_IN: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     if let Some(hash) = user.and_then(|u| u.get("password")) {
         return verify_password(password, hash.clone()).await;
     }
@@ -168,6 +167,9 @@ pub async fn check_credentials(user: Option<&Fields>, password: String) -> (bool
     }
     (false, false)
 }
+
+/// The hash an unknown user's password is checked against, made on first need.
+static STAND_IN: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
 
 /// The client's address: the peer's, or, when the peer is one of the `trusted` proxies, the
 /// nearest address in `X-Forwarded-For` that is not (the right-most one; anything left of it
@@ -439,7 +441,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_user_costs_a_hash_verification_too() {
+        assert!(!STAND_IN.initialized());
         assert_eq!(check_credentials(None, "whatever".into()).await, (false, false));
+        assert!(STAND_IN.initialized(), "an unknown name was checked against the stand-in hash");
         let hash = hash_password("right password".into()).await.unwrap();
         let user: Fields = [("password".to_owned(), hash)].into_iter().collect();
         assert_eq!(check_credentials(Some(&user), "right password".into()).await, (true, false));
