@@ -385,17 +385,9 @@ async fn watch(weak: Weak<Inner>) {
     }
 }
 
-/// Change events as stored in `CHANGES`: a JSON list of `{"kind", "key"}` or `{"blob"}`.
+/// Change events as stored in `CHANGES`.
 fn encode_events(events: &[Change]) -> Vec<u8> {
-    let list: Vec<serde_json::Value> = events
-        .iter()
-        .filter_map(|e| match e {
-            Change::Record { kind, key } => Some(serde_json::json!({ "kind": kind.name(), "key": key })),
-            Change::Blob { key } => Some(serde_json::json!({ "blob": key })),
-            Change::Resync => None,
-        })
-        .collect();
-    serde_json::to_vec(&list).unwrap_or_default()
+    serde_json::to_vec(&crate::encode_changes(events)).unwrap_or_default()
 }
 
 /// The events of versions `after + 1 ..= upto`, or one [`Change::Resync`] if any of them is
@@ -409,19 +401,9 @@ fn events_between(
     let mut expected = after + 1;
     for entry in changes.range(after + 1..=upto).or_store()? {
         let (version, list) = entry.or_store()?;
-        let decoded: Option<Vec<serde_json::Value>> = serde_json::from_slice(list.value()).ok();
+        let decoded = serde_json::from_slice(list.value()).ok().and_then(|list| crate::decode_changes(&list));
         let (Some(list), true) = (decoded, version.value() == expected) else { return Ok(vec![Change::Resync]) };
-        for item in list {
-            let change = match (item["kind"].as_str(), item["key"].as_str(), item["blob"].as_str()) {
-                (Some(kind), Some(key), _) => match Kind::ALL.into_iter().find(|k| k.name() == kind) {
-                    Some(kind) => Change::Record { kind, key: key.to_owned() },
-                    None => return Ok(vec![Change::Resync]),
-                },
-                (_, _, Some(key)) => Change::Blob { key: key.to_owned() },
-                _ => return Ok(vec![Change::Resync]),
-            };
-            out.push(change);
-        }
+        out.extend(list);
         expected += 1;
     }
     if expected != upto + 1 {
@@ -456,7 +438,11 @@ fn expiry(ttl: Option<Duration>) -> u64 {
 }
 
 fn parse_fields(kind: Kind, key: &str, bytes: &[u8]) -> Result<Fields, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { kind, key: key.to_owned(), source })
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        kind,
+        key: key.to_owned(),
+        source: source.into(),
+    })
 }
 
 fn fields_bytes(fields: &Fields) -> Vec<u8> {
@@ -531,21 +517,6 @@ impl Store for EmbeddedStore {
             set_revision(txn, kind, &key, Some(revision))
         })
         .await
-    }
-
-    async fn replace(&self, kind: Kind, key: &str, new_key: &str, fields: &Fields) -> Result<(), StoreError> {
-        self.replace_at(kind, key, new_key, fields, None).await.map(|_| ())
-    }
-
-    async fn replace_if(
-        &self,
-        kind: Kind,
-        key: &str,
-        new_key: &str,
-        fields: &Fields,
-        revision: Revision,
-    ) -> Result<Revision, StoreError> {
-        self.replace_at(kind, key, new_key, fields, Some(revision)).await
     }
 
     async fn put(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError> {
@@ -668,17 +639,6 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    fn changes(&self) -> broadcast::Receiver<Change> {
-        self.inner.changes.subscribe()
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.blocking(|inner| inner.version().map(|_| ())).await
-    }
-}
-
-impl EmbeddedStore {
-    /// [`Store::replace`], and with `expected`, only if the record is still at that revision.
     async fn replace_at(
         &self,
         kind: Kind,
@@ -716,6 +676,14 @@ impl EmbeddedStore {
             Ok(revision)
         })
         .await
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|inner| inner.version().map(|_| ())).await
     }
 }
 

@@ -47,7 +47,7 @@ pub enum StoreError {
         key: String,
         /// The decoding error.
         #[source]
-        source: serde_json::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The backend failed (an I/O error, a database error, a lost connection): its error is
     /// the source. No variant names a backend's types, so callers never depend on one.

@@ -9,6 +9,18 @@ use std::fmt;
 /// The seed's key prefix.
 pub const PREFIX: &str = "proxy_";
 
+/// The Redis channel on which every write is announced (a JSON object: the counter value
+/// `v`, the writing process `from`, and the `changes`).
+pub const EVENTS_CHANNEL: &str = "proxy_events";
+
+/// The Redis counter bumped (`INCR`) with every announced write, so that a reader can tell
+/// it missed one, and any writer (a script) can make every node re-read.
+pub const VERSION_COUNTER: &str = "proxy_version";
+
+/// The field of a record's Redis hash that holds its revision. Seed records have none
+/// (revision 0); it is never shown as one of the record's fields.
+pub const REVISION_FIELD: &str = "_rev";
+
 /// A kind of record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]

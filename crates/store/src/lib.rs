@@ -7,6 +7,9 @@
 //! - [`EmbeddedStore`] (default): a redb file under the data directory. Several processes on
 //!   one machine may open it at once (the CLI beside `portico serve`); each sees the others'
 //!   writes through a version counter it polls.
+//! - [`RedisStore`]: one Redis server, a master found through Sentinel, or a Redis Cluster,
+//!   in the seed's key layout, so that any number of nodes share it and a seed deployment's
+//!   data is used as it is.
 //!
 //! Records are maps of string fields, as the seed's Redis hashes are, so a record read from a
 //! seed deployment and one written by Portico look the same.
@@ -14,6 +17,7 @@
 mod embedded;
 mod error;
 pub mod keys;
+mod redis_store;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,6 +30,7 @@ use tokio::sync::broadcast;
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use keys::Kind;
+pub use redis_store::{RESYNC_EVERY, RedisStore};
 
 /// A record: field name to string value.
 pub type Fields = BTreeMap<String, String>;
@@ -108,8 +113,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn keys(&self, kind: Kind) -> Result<Vec<String>, StoreError>;
     /// Adds a record; fails if the key is taken.
     async fn create(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError>;
-    /// Replaces a record whole, moving it to `new_key` when that differs, in one transaction.
-    async fn replace(&self, kind: Kind, key: &str, new_key: &str, fields: &Fields) -> Result<(), StoreError>;
+    /// Replaces a record whole, moving it to `new_key` when that differs (on Redis a move is
+    /// ordered, not one transaction: see the Redis backend).
+    async fn replace(&self, kind: Kind, key: &str, new_key: &str, fields: &Fields) -> Result<(), StoreError> {
+        self.replace_at(kind, key, new_key, fields, None).await.map(|_| ())
+    }
     /// Like [`Store::replace`], only if the record is still at `revision`; returns the new
     /// revision. [`StoreError::Stale`] when someone wrote it since.
     async fn replace_if(
@@ -119,6 +127,18 @@ pub trait Store: Send + Sync + fmt::Debug {
         new_key: &str,
         fields: &Fields,
         revision: Revision,
+    ) -> Result<Revision, StoreError> {
+        self.replace_at(kind, key, new_key, fields, Some(revision)).await
+    }
+    /// [`Store::replace`], and with `expected`, only if the record is still at that
+    /// revision; returns the new revision.
+    async fn replace_at(
+        &self,
+        kind: Kind,
+        key: &str,
+        new_key: &str,
+        fields: &Fields,
+        expected: Option<Revision>,
     ) -> Result<Revision, StoreError>;
     /// Writes a record whether or not it exists.
     async fn put(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError>;
@@ -150,41 +170,61 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Opens the store a URL names: `redb://<path>` (embedded), creating it if it does not exist.
+/// Opens the store a URL names: `redb://<path>` (embedded), creating it if it does not
+/// exist, or `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://`.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     open_with(url, true).await
 }
 
-/// Opens the store a URL names, which must exist already: for commands that read or change
-/// what is there (`host ls`, `user passwd`), so that a mistyped path is an error, not a new
-/// empty store.
+/// Opens the store a URL names; an embedded one must exist already: for commands that read
+/// or change what is there (`host ls`, `user passwd`), so that a mistyped path is an error,
+/// not a new empty store.
 pub async fn open_existing(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     open_with(url, false).await
 }
 
 /// Checks the integrity of the store a URL names (`portico store check`); see
-/// [`EmbeddedStore::check`].
+/// [`EmbeddedStore::check`]. A Redis store is checked by Redis itself: this only says
+/// whether it answers.
 pub async fn check(url: &str) -> Result<bool, StoreError> {
-    EmbeddedStore::check(embedded_path(url)?).await
+    match Backend::of(url)? {
+        Backend::Embedded(path) => EmbeddedStore::check(path).await,
+        Backend::Redis => RedisStore::open(url).await?.ping().await.map(|()| true),
+    }
 }
 
 async fn open_with(url: &str, create: bool) -> Result<Arc<dyn Store>, StoreError> {
-    let path = embedded_path(url)?;
-    Ok(Arc::new(if create { EmbeddedStore::open(path).await? } else { EmbeddedStore::open_existing(path).await? }))
+    Ok(match Backend::of(url)? {
+        Backend::Embedded(path) if create => Arc::new(EmbeddedStore::open(path).await?),
+        Backend::Embedded(path) => Arc::new(EmbeddedStore::open_existing(path).await?),
+        Backend::Redis => Arc::new(RedisStore::open(url).await?),
+    })
 }
 
-/// The file of a `redb://` URL.
-fn embedded_path(url: &str) -> Result<&str, StoreError> {
-    if let Some(path) = url.strip_prefix("redb://") {
-        if path.is_empty() {
-            return Err(StoreError::Url { url: url.to_owned(), reason: "the path is empty" });
+/// Which backend a URL names.
+enum Backend<'a> {
+    /// The file of a `redb://` URL.
+    Embedded(&'a str),
+    /// Any Redis URL.
+    Redis,
+}
+
+impl<'a> Backend<'a> {
+    fn of(url: &'a str) -> Result<Self, StoreError> {
+        if let Some(path) = url.strip_prefix("redb://") {
+            if path.is_empty() {
+                return Err(StoreError::Url { url: url.to_owned(), reason: "the path is empty" });
+            }
+            return Ok(Self::Embedded(path));
         }
-        return Ok(path);
+        if ["redis://", "rediss://", "redis+sentinel://", "redis+cluster://"].iter().any(|s| url.starts_with(s)) {
+            return Ok(Self::Redis);
+        }
+        Err(StoreError::Url {
+            url: redact(url),
+            reason: "the scheme must be redb://, redis://, rediss://, redis+sentinel:// or redis+cluster://",
+        })
     }
-    if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+cluster://") {
-        return Err(StoreError::Url { url: redact(url), reason: "the Redis backend is not available in this version" });
-    }
-    Err(StoreError::Url { url: redact(url), reason: "the scheme must be redb://" })
 }
 
 /// The URL without a password (`redis://:secret@host` → `redis://***@host`).
@@ -193,6 +233,35 @@ fn redact(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
         _ => url.to_owned(),
     }
+}
+
+/// Change events as JSON, for other processes: a list of `{"kind", "key"}` and `{"blob"}`.
+/// The embedded store keeps it per version; the Redis store publishes it.
+pub(crate) fn encode_changes(events: &[Change]) -> serde_json::Value {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Change::Record { kind, key } => Some(serde_json::json!({ "kind": kind.name(), "key": key })),
+            Change::Blob { key } => Some(serde_json::json!({ "blob": key })),
+            Change::Resync => None,
+        })
+        .collect()
+}
+
+/// The events [`encode_changes`] wrote; `None` if anything in it is not understood (the
+/// reader then resyncs).
+pub(crate) fn decode_changes(list: &serde_json::Value) -> Option<Vec<Change>> {
+    list.as_array()?
+        .iter()
+        .map(|item| match (item["kind"].as_str(), item["key"].as_str(), item["blob"].as_str()) {
+            (Some(kind), Some(key), _) => {
+                let kind = Kind::ALL.into_iter().find(|k| k.name() == kind)?;
+                Some(Change::Record { kind, key: key.to_owned() })
+            }
+            (_, _, Some(key)) => Some(Change::Blob { key: key.to_owned() }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Milliseconds since the Unix epoch.
@@ -212,8 +281,9 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_schemes_are_refused_without_secrets() {
-        let err = open("redis://:hunter2@127.0.0.1:1").await.unwrap_err().to_string();
-        assert!(!err.contains("hunter2"), "{err}");
+        let err = open("redis://:hunter2@127.0.0.1:1").await.unwrap_err();
+        let text = format!("{err} {:?}", std::error::Error::source(&err));
+        assert!(!text.contains("hunter2"), "{text}");
         assert!(open("postgres://x").await.is_err());
         assert!(open("redb://").await.is_err());
     }
