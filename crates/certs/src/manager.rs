@@ -26,6 +26,11 @@ use crate::{CertError, IssueError, Issuer, Loaded, StoredCert, load_or_create, n
 pub trait NamePolicy: Send + Sync + fmt::Debug {
     /// The host pattern that gives `name` (normalised) a certificate, if one matches.
     fn owner(&self, name: &str) -> Option<Owner>;
+    /// Every name a pattern without wildcards names: the names whose certificates are
+    /// renewed whether or not anyone asked for them.
+    fn explicit_names(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The host pattern a name's certificate comes from.
@@ -43,9 +48,24 @@ impl NamePolicy for portico_model::Routes {
     fn owner(&self, name: &str) -> Option<Owner> {
         let table = self.snapshot();
         let (pattern, _) = table.lookup(name)?;
-        let explicit = pattern.labels().all(|l| matches!(l, portico_model::PatternLabel::Literal(_)));
-        Some(Owner { pattern: pattern.to_string(), explicit })
+        Some(Owner { pattern: pattern.to_string(), explicit: literal(pattern) })
     }
+
+    fn explicit_names(&self) -> Vec<String> {
+        self.snapshot().iter().filter(|(p, _)| literal(p)).map(|(p, _)| p.to_string()).collect()
+    }
+}
+
+/// Whether a pattern has no wildcard label.
+fn literal(pattern: &portico_model::HostPattern) -> bool {
+    pattern.labels().all(|l| matches!(l, portico_model::PatternLabel::Literal(_)))
+}
+
+/// The one-label wildcard name that would cover `name` (`*.example.com` for
+/// `app.example.com`); none for a name of fewer than three labels.
+fn covering_wildcard(name: &str) -> Option<String> {
+    let (_, parent) = name.split_once('.')?;
+    parent.contains('.').then(|| format!("*.{parent}"))
 }
 
 /// Tunables of issuance and renewal.
@@ -343,6 +363,14 @@ impl Certs {
             }
             return Some(cached.loaded.clone());
         }
+        // A wildcard certificate in memory that covers the name (one the seed stored as
+        // `*.zone:latest`).
+        if let Some(wildcard) = covering_wildcard(name)
+            && let Some(cached) = self.cached_entry(&wildcard)
+            && cached.loaded.meta.covers(name)
+        {
+            return Some(cached.loaded.clone());
+        }
         let Some(owner) = self.policy.owner(name) else {
             tracing::debug!(name, "no host matches this name: serving the fallback certificate");
             return None;
@@ -431,6 +459,36 @@ impl Certs {
         }
     }
 
+    /// Takes on the certificate stored for `name` that Portico does not manage yet (one
+    /// the seed wrote as `<name>:latest`): records its state, so that it is renewed when due
+    /// by its real expiry (the seed's wildcard certificates carry a made-up one). Returns
+    /// whether there was one to take on.
+    pub(crate) async fn adopt(&self, name: &str) -> Result<bool, CertError> {
+        let Some(loaded) = self.stored(name).await? else { return Ok(false) };
+        let meta = &loaded.meta;
+        let state = CertState {
+            issuer: "imported".to_owned(),
+            not_after: meta.not_after,
+            issued: meta.not_before,
+            next_attempt: meta.renew_at(self.settings.renew_remaining_ratio),
+            ..CertState::default()
+        };
+        match self.store.create(Kind::Cert, name, &state.to_fields()).await {
+            Ok(()) => {
+                tracing::info!(name, not_after = meta.not_after, "took on a stored certificate");
+                Ok(true)
+            }
+            // Another node took it on first.
+            Err(portico_store::StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The policy's explicit names.
+    pub(crate) fn explicit_names(&self) -> Vec<String> {
+        self.policy.explicit_names()
+    }
+
     /// Re-reads `name` from the store into memory (another node renewed it).
     pub async fn reload(&self, name: &str) {
         match self.stored(name).await {
@@ -516,6 +574,14 @@ impl Certs {
             }
             if let Some(loaded) = self.stored(name).await? {
                 self.remember(name, loaded.clone());
+                return Ok(loaded);
+            }
+            // Then the stored wildcard certificate that covers it, as certmagic looks up.
+            if let Some(wildcard) = covering_wildcard(name)
+                && let Some(loaded) = self.stored(&wildcard).await?
+                && loaded.meta.covers(name)
+            {
+                self.remember(&wildcard, loaded.clone());
                 return Ok(loaded);
             }
         }

@@ -4,6 +4,7 @@
 //! under the store lock; certificates whose host is gone are not renewed and are removed once
 //! expired.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +30,22 @@ pub struct Sweep {
     pub removed: Vec<String>,
     /// Names under wildcard patterns that were due but unused since issued: not renewed.
     pub unused: Vec<String>,
+    /// Certificates of explicit hosts found in the store without Portico's record of them
+    /// (written by the seed), now managed.
+    pub adopted: Vec<String>,
 }
 
 /// Checks every managed certificate once.
 pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
     let mut done = Sweep::default();
+    // Certificates of explicit hosts stored without Portico's record (by the seed) are
+    // taken on first, so that they are renewed too.
+    let managed: HashSet<String> = certs.store().keys(Kind::Cert).await?.into_iter().collect();
+    for name in certs.explicit_names() {
+        if !managed.contains(&name) && certs.adopt(&name).await? {
+            done.adopted.push(name);
+        }
+    }
     for (name, fields) in certs.store().records(Kind::Cert).await? {
         let state = CertState::from_fields(&fields);
         let now = now_secs();

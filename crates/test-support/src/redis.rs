@@ -35,6 +35,21 @@ pub fn command(port: u16, line: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// Sends one command as a RESP array (any bytes in its arguments: PEM, JSON) and returns
+/// the raw reply.
+pub fn run(port: u16, args: &[&str]) -> std::io::Result<String> {
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = stream.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// One `redis-server` (or sentinel) process.
 struct Process {
     port: u16,
@@ -158,6 +173,20 @@ impl RedisServer {
     /// Runs one command (inline form) and returns the raw reply.
     pub fn command(&self, line: &str) -> String {
         command(self.port(), line).unwrap()
+    }
+
+    /// Runs one command given as its arguments; panics on an error reply.
+    pub fn run(&self, args: &[&str]) -> String {
+        let reply = run(self.port(), args).unwrap();
+        assert!(!reply.starts_with('-'), "{args:?}: {reply}");
+        reply
+    }
+
+    /// A string value (`GET`), if there is one.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let reply = self.run(&["GET", key]);
+        let (_, rest) = reply.split_once("\r\n")?;
+        rest.strip_suffix("\r\n").map(str::to_owned)
     }
 
     /// Kills the server with SIGKILL (clients see the connection drop and refusals).

@@ -3,12 +3,14 @@
 
 mod acme;
 mod api;
+mod cluster;
 mod connections;
 mod errors;
 mod https;
 mod lifecycle;
 mod lookup;
 mod routing;
+mod seed;
 mod streaming;
 mod websocket;
 
