@@ -68,6 +68,10 @@ fn covering_wildcard(name: &str) -> Option<String> {
     parent.contains('.').then(|| format!("*.{parent}"))
 }
 
+/// How long an issuance lease lives unless its holder refreshes it (it does, every third of
+/// this, while it issues).
+const ISSUE_LEASE_TTL: Duration = Duration::from_secs(10);
+
 /// Tunables of issuance and renewal.
 #[derive(Debug, Clone)]
 pub struct CertSettings {
@@ -597,7 +601,7 @@ impl Certs {
         }
         self.rate(budget, false)?;
         let lock = keys::issue_lock(name);
-        let lease_ttl = self.settings.issue_timeout + Duration::from_secs(30);
+        let lease_ttl = ISSUE_LEASE_TTL;
         let deadline = tokio::time::Instant::now() + self.settings.issue_timeout;
         let lease = loop {
             if let Some(lease) = self.store.acquire(&lock, lease_ttl).await.map_err(CertError::from)? {
@@ -616,7 +620,29 @@ impl Certs {
                 return Err(Refused::Busy);
             }
         };
+        // The lease lives a short while and is refreshed while the issuance runs: a node that
+        // dies mid-issuance holds up the others for one lease time at most.
+        let refresher = {
+            let (store, lease, name) = (self.store.clone(), lease.clone(), name.to_owned());
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ISSUE_LEASE_TTL / 3).await;
+                    match store.refresh(&lease, ISSUE_LEASE_TTL).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(
+                                name,
+                                "lost the issuance lease (the store was away too long); another node may issue too"
+                            );
+                            return;
+                        }
+                        Err(e) => tracing::debug!(name, error = %e, "cannot refresh the issuance lease; trying again"),
+                    }
+                }
+            }))
+        };
         let result = self.issue_locked(name, mode, budget, now).await;
+        drop(refresher);
         if result.is_ok() {
             self.hold(name, owner);
         }

@@ -198,6 +198,22 @@ impl Pebble {
         self.count("POST /sign-me-up")
     }
 
+    /// Freezes Pebble (SIGSTOP): requests to it wait until [`Pebble::resume`].
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// Lets a paused Pebble go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let child = self.pebble.as_ref().expect("pebble runs");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
     /// Stops Pebble (challtestsrv keeps running): the CA is down.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.pebble.take() {

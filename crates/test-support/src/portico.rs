@@ -296,7 +296,8 @@ impl Portico {
         Arc::try_unwrap(dir).unwrap_or_else(|_| panic!("another process still shares the data directory"))
     }
 
-    fn kill(&mut self) {
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use portico_test_support::client::{ApiClient, Proxy};
+use portico_test_support::pebble::{Options, Pebble};
 use portico_test_support::portico::ADMIN_PASSWORD;
-use portico_test_support::{Backend, Portico, RedisServer};
+use portico_test_support::{Backend, Portico, RedisServer, eventually, tls};
 use serde_json::json;
 
 use crate::BIN;
@@ -65,15 +66,15 @@ async fn nodes_ride_out_redis_going_away_and_catch_up_when_it_returns() {
     let (proxy_a, proxy_b) = (Proxy::h1(a.http), Proxy::h1(b.http));
     routed_everywhere(&[&proxy_b], "steady.example").await;
     // A certificate each node has in memory.
-    let first = portico_test_support::tls::peek(b.https, "steady.example").await;
+    let first = tls::peek(b.https, "steady.example").await;
     assert_eq!(first.names, ["steady.example"]);
-    assert_eq!(portico_test_support::tls::peek(a.https, "steady.example").await, first);
+    assert_eq!(tls::peek(a.https, "steady.example").await, first);
 
     redis.kill();
     for proxy in [&proxy_a, &proxy_b] {
         assert_eq!(proxy.get("steady.example", "/").await.status, StatusCode::OK);
     }
-    assert_eq!(portico_test_support::tls::peek(b.https, "steady.example").await, first);
+    assert_eq!(tls::peek(b.https, "steady.example").await, first);
     let body = json!({"host": "during.example", "ip": "127.0.0.1", "targetPort": backend.addr.port()});
     for (method, path, body) in
         [("POST", "/api/host", Some(body)), ("GET", "/api/host", None), ("DELETE", "/api/host/steady.example", None)]
@@ -112,10 +113,110 @@ async fn nodes_ride_out_redis_going_away_and_catch_up_when_it_returns() {
 /// Waits until every proxy routes `host` (answers 200).
 async fn routed_everywhere(proxies: &[&Proxy], host: &str) {
     for (i, proxy) in proxies.iter().enumerate() {
-        portico_test_support::eventually(Duration::from_secs(5), &format!("node {i} to route {host}"), || {
+        eventually(Duration::from_secs(5), &format!("node {i} to route {host}"), || {
             let proxy = (*proxy).clone();
             async move { (proxy.get(host, "/").await.status == StatusCode::OK).then_some(()) }
         })
         .await;
     }
+}
+
+/// Pebble; node A (`serve`) on the ports Pebble validates; node B (`proxy`) elsewhere; both
+/// on `redis`, issuing from Pebble.
+fn acme_nodes(redis: &RedisServer, extra: &[&str]) -> (Pebble, Portico, Portico) {
+    let store = on(&redis.url());
+    for _ in 0..5 {
+        let pebble = Pebble::start_anywhere(Options::default());
+        let mut settings = pebble.portico_settings();
+        settings.push(store.clone());
+        settings.extend(extra.iter().map(|s| (*s).to_owned()));
+        let a_settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        let Ok(a) = Portico::try_start(BIN, &a_settings) else { continue };
+        // B keeps the harness' own ports: Pebble reaches only A, which answers B's challenges
+        // from the store.
+        let b_settings: Vec<&str> = a_settings.iter().copied().filter(|s| !s.starts_with("proxy.http")).collect();
+        let b = Portico::start_role(BIN, "proxy", &b_settings);
+        return (pebble, a, b);
+    }
+    panic!("could not start two nodes beside Pebble");
+}
+
+async fn add_host(node: &Portico, name: &str, backend: &Backend) {
+    let api = ApiClient::new(node.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    let body = json!({"host": name, "ip": "127.0.0.1", "targetPort": backend.addr.port(), "forcessl": false});
+    let created = api.call("POST", "/api/host", Some(&token), Some(body)).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.raw);
+}
+
+/// Two nodes asked for the same new name at once make one ACME order between them, and
+/// both serve its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_asked_for_one_new_name_make_one_order() {
+    let redis = RedisServer::start();
+    let (pebble, a, b) = acme_nodes(&redis, &[]);
+    let backend = Backend::start("shared").await;
+    add_host(&a, "both.example.test", &backend).await;
+    routed_everywhere(&[&Proxy::h1(b.http)], "both.example.test").await;
+    let roots = tls::roots(&pebble.root().await);
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let addr = if i % 2 == 0 { a.https } else { b.https };
+        let client = Proxy::https(addr, roots.clone(), false);
+        tasks.push(tokio::spawn(async move { client.get("both.example.test", "/").await }));
+    }
+    for task in tasks {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    }
+    assert_eq!(pebble.orders(), 1, "one order for two nodes");
+    assert_eq!(tls::peek(a.https, "both.example.test").await, tls::peek(b.https, "both.example.test").await);
+
+    // B alone asked: B orders, and Pebble's validation, which reaches only A, is answered
+    // by A from the store.
+    add_host(&a, "only-b.example.test", &backend).await;
+    routed_everywhere(&[&Proxy::h1(b.http)], "only-b.example.test").await;
+    let answer = Proxy::https(b.https, roots, false).get("only-b.example.test", "/").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(pebble.orders(), 2);
+    let issued_by = |p: &Portico| {
+        p.logs()
+            .iter()
+            .any(|l| l["fields"]["message"] == "certificate issued" && l["fields"]["name"] == "only-b.example.test")
+    };
+    assert!(issued_by(&b) && !issued_by(&a), "B issued it");
+}
+
+/// A node killed with SIGKILL in the middle of an issuance: its lease runs out and another
+/// node completes the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_issuance_leaves_the_certificate_to_another() {
+    let redis = RedisServer::start();
+    let (pebble, a, mut b) = acme_nodes(&redis, &[]);
+    let backend = Backend::start("survivor").await;
+    add_host(&a, "orphan.example.test", &backend).await;
+    routed_everywhere(&[&Proxy::h1(b.http)], "orphan.example.test").await;
+    let roots = tls::roots(&pebble.root().await);
+
+    // B starts the issuance; once it has its order, Pebble is frozen, so B is surely in
+    // the middle of it when it dies.
+    let b_https = b.https;
+    let doomed =
+        tokio::spawn(async move { tls::connect(b_https, "orphan.example.test", tls::client_config(None, &[])).await });
+    eventually(Duration::from_secs(10), "node B to create its order", || async {
+        b.logs().iter().any(|l| l["fields"]["message"] == "ACME order created").then_some(())
+    })
+    .await;
+    pebble.pause();
+    b.kill();
+    let killed = Instant::now();
+    pebble.resume();
+    let _ = doomed.await;
+
+    // A waits for B's lease to run out, then issues.
+    let answer = Proxy::https(a.https, roots, false).get("orphan.example.test", "/").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(killed.elapsed() < Duration::from_secs(20), "took {:?}", killed.elapsed());
+    assert_eq!(pebble.orders(), 2, "B's abandoned order and A's");
+    assert_eq!(tls::peek(a.https, "orphan.example.test").await.names, ["orphan.example.test"]);
 }
