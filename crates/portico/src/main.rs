@@ -61,6 +61,20 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Copy everything (hosts, users, tokens, DNS providers, domains, certificates and their
+    /// state, the ACME account, the internal CA) from one store to another: embedded to
+    /// Redis or back. Stop the nodes writing to the source first.
+    Migrate {
+        /// The store to copy from (`redb://…`, `redis://…`, …); it must exist.
+        #[arg(long)]
+        from: String,
+        /// The store to copy into; it must be empty unless `--force`.
+        #[arg(long)]
+        to: String,
+        /// Copy into a store that holds something already (same keys are overwritten).
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -180,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(e) => Err(anyhow::Error::new(e).context("the store cannot be checked")),
             }
         }
+        Command::Migrate { from, to, force } => runtime()?.block_on(migrate(&from, &to, force)),
         Command::Host { command, config } => {
             let config = config.load()?;
             runtime()?.block_on(hosts::run(command, &config))
@@ -189,6 +204,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(users::run(command, &config))
         }
     }
+}
+
+/// `portico migrate`: copies, verifies, and says what it copied.
+async fn migrate(from: &str, to: &str, force: bool) -> anyhow::Result<()> {
+    let source = portico_store::open_existing(from).await.context("cannot open the store to copy from (--from)")?;
+    let target = portico_store::open(to).await.context("cannot open the store to copy into (--to)")?;
+    if !force && !portico_store::copy::is_empty(target.as_ref()).await.context("cannot read the target store")? {
+        anyhow::bail!(
+            "the target store is not empty: nothing was copied (--force copies into it, overwriting what has the same keys)"
+        );
+    }
+    let copied = portico_store::copy::copy(source.as_ref(), target.as_ref()).await.context("the copy failed")?;
+    println!("copied {copied}; every one of them is in the target");
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

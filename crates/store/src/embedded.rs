@@ -576,6 +576,22 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn blob_keys(&self) -> Result<Vec<String>, StoreError> {
+        self.blocking(move |inner| {
+            let txn = inner.db()?.begin_read().or_store()?;
+            let table = txn.open_table(BLOBS).or_store()?;
+            let mut keys = Vec::new();
+            for entry in table.iter().or_store()? {
+                let (key, value) = entry.or_store()?;
+                if decode(value.value()).0 == 0 {
+                    keys.push(key.value().to_owned());
+                }
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
     async fn count(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
         let key = key.to_owned();
         self.write(Vec::new(), move |txn, _revision, _events| {

@@ -14,6 +14,7 @@
 //! Records are maps of string fields, as the seed's Redis hashes are, so a record read from a
 //! seed deployment and one written by Portico look the same.
 
+pub mod copy;
 mod embedded;
 mod error;
 pub mod keys;
@@ -151,6 +152,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn put_blob(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
     /// Deletes a blob; returns whether it existed (and had not expired).
     async fn delete_blob(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// The key of every blob without a time to live (certificates, Portico's own), in key
+    /// order: for copying a whole store (`portico migrate`). Slow on a big store (on Redis a
+    /// `SCAN` of every master); nothing on a request's path uses it.
+    async fn blob_keys(&self) -> Result<Vec<String>, StoreError>;
 
     /// Adds one to the counter `key` and returns its new value. A counter that does not
     /// exist (or has expired) starts at 1 and lives for `window` from then. Not announced in

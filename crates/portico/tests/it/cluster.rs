@@ -220,3 +220,57 @@ async fn a_node_killed_mid_issuance_leaves_the_certificate_to_another() {
     assert_eq!(pebble.orders(), 2, "B's abandoned order and A's");
     assert_eq!(tls::peek(a.https, "orphan.example.test").await.names, ["orphan.example.test"]);
 }
+
+/// `portico migrate`: everything of an embedded store moves to Redis, where a node serves
+/// it as it was (hosts, users, the certificate and its CA), and back to a new embedded
+/// store; a target that holds something is refused unless `--force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_moves_everything_between_embedded_and_redis() {
+    let backend = Backend::start("moved").await;
+    let mut single = Portico::start(BIN, &[]);
+    single.add_host("moved.example", backend.addr, &[]);
+    let before = tls::peek(single.https, "moved.example").await;
+    assert_eq!(before.names, ["moved.example"]);
+    single.kill();
+    let embedded = format!("redb://{}", single.data_dir().join("portico.redb").display());
+
+    let redis = RedisServer::start();
+    redis.run(&["SET", "something", "else"]);
+    let migrate = |from: &str, to: &str, force: bool| {
+        let mut command = std::process::Command::new(BIN);
+        command.args(["migrate", "--from", from, "--to", to]);
+        if force {
+            command.arg("--force");
+        }
+        command.output().unwrap()
+    };
+    let refused = migrate(&embedded, &redis.url(), false);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"), "{refused:?}");
+    assert_eq!(redis.run(&["EXISTS", "proxy_Host"]), ":0\r\n", "nothing copied");
+    let done = migrate(&embedded, &redis.url(), true);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(said.contains("1 Host") && said.contains("1 User") && said.contains("1 Cert"), "{said}");
+
+    // A node on Redis serves what the single node had: the host, the same certificate, the
+    // admin's password.
+    let node = Portico::start_role(BIN, "serve", &[&on(&redis.url())]);
+    assert_eq!(Proxy::h1(node.http).get("moved.example", "/").await.status, StatusCode::OK);
+    assert_eq!(tls::peek(node.https, "moved.example").await, before);
+    ApiClient::new(node.api).login("admin", ADMIN_PASSWORD).await;
+    drop(node);
+
+    // And back, into a new embedded store.
+    let dir = tempfile::TempDir::new().unwrap();
+    let back = format!("redb://{}", dir.path().join("back.redb").display());
+    let done = migrate(&redis.url(), &back, false);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    // The node on Redis added its login token and a note that the certificate was served.
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(said.contains("1 Host") && said.contains("1 User") && said.contains("1 AuthToken"), "{said}");
+    use portico_store::Store;
+    let store = portico_store::open_existing(&back).await.unwrap();
+    assert_eq!(store.keys(portico_store::Kind::Host).await.unwrap(), ["moved.example"]);
+    assert!(store.blob("moved.example:latest").await.unwrap().is_some());
+}

@@ -128,6 +128,7 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
 
 /// The live connection, and how to find a new master for Sentinel.
 pub(crate) struct Link {
+    target: Target,
     conn: ArcSwap<Conn>,
     sentinel: Option<Sentinel>,
     push: UnboundedSender<PushInfo>,
@@ -181,7 +182,7 @@ impl Link {
             }
         };
         subscribe(&conn, channel).await?;
-        Ok(Self { conn: ArcSwap::from_pointee(conn), sentinel, push })
+        Ok(Self { target: target.clone(), conn: ArcSwap::from_pointee(conn), sentinel, push })
     }
 
     /// The current connection.
@@ -243,6 +244,57 @@ impl Link {
         sentinel.master.store(Arc::new(info.addr().clone()));
         self.conn.store(Arc::new(conn));
         true
+    }
+}
+
+impl Link {
+    /// Every key of Redis type `kind` (`string`, `hash`, …), by `SCAN` (never `KEYS`) on the
+    /// server, or on every master of a Cluster.
+    pub(crate) async fn scan(&self, kind: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        match &self.target {
+            Target::Cluster(nodes) => {
+                let listing: String = self.query("", redis::cmd("CLUSTER").arg("NODES")).await?;
+                for line in listing.lines() {
+                    let mut fields = line.split(' ');
+                    let (Some(_), Some(addr), Some(flags)) = (fields.next(), fields.next(), fields.next()) else {
+                        continue;
+                    };
+                    if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                        continue;
+                    }
+                    let addr = addr.split(['@', ',']).next().unwrap_or(addr);
+                    let Some((host, port)) = addr.rsplit_once(':') else { continue };
+                    let Ok(port) = port.parse() else { continue };
+                    let info = nodes[0].clone().set_addr(ConnectionAddr::Tcp(host.to_owned(), port));
+                    let client = redis::Client::open(info).map_err(backend)?;
+                    let mut conn = client.get_multiplexed_async_connection().await.map_err(backend)?;
+                    scan_node(&mut conn, kind, &mut keys).await?;
+                }
+            }
+            _ => scan_node(&mut self.conn(), kind, &mut keys).await?,
+        }
+        keys.sort_unstable();
+        Ok(keys)
+    }
+}
+
+/// `SCAN`s one server for keys of `kind`.
+async fn scan_node(conn: &mut impl ConnectionLike, kind: &str, keys: &mut Vec<String>) -> Result<(), StoreError> {
+    let mut cursor = 0u64;
+    loop {
+        let mut command = redis::cmd("SCAN");
+        command.arg(cursor).arg("COUNT").arg(1000).arg("TYPE").arg(kind);
+        let scanned = command.query_async(conn);
+        let (next, batch): (u64, Vec<String>) = match tokio::time::timeout(OP_TIMEOUT, scanned).await {
+            Ok(result) => result.map_err(backend)?,
+            Err(_) => return Err(backend(Timeout)),
+        };
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
     }
 }
 

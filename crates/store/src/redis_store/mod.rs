@@ -412,6 +412,22 @@ impl Store for RedisStore {
         Ok(ttl != -2)
     }
 
+    async fn blob_keys(&self) -> Result<Vec<String>, StoreError> {
+        let inner = &self.inner;
+        let strings = inner.link.scan("string").await?;
+        // Lasting ones only: leases, counters and challenge answers all have a time to live.
+        let lasting: Vec<_> = futures_util::stream::iter(strings)
+            .filter(|key| std::future::ready(key != VERSION_COUNTER))
+            .map(|key| async move {
+                let ttl: i64 = inner.query(cmd("PTTL").arg(&key)).await?;
+                Ok::<_, StoreError>((ttl == -1).then_some(key))
+            })
+            .buffered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(lasting.into_iter().flatten().collect())
+    }
+
     async fn count(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
         let window = (window.as_millis().max(1) as u64).to_string();
         self.inner.script(&scripts().count, key, &[window.as_bytes()]).await

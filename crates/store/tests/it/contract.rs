@@ -100,6 +100,17 @@ pub async fn blobs_and_ttl(store: Arc<dyn Store>) {
     assert_eq!(store.blob("cert/a.example").await.unwrap(), None);
 }
 
+/// Lasting blobs are listed; leases, counters and short-lived blobs are not.
+pub async fn blob_keys(store: Arc<dyn Store>) {
+    store.put_blob("b:latest", b"1", None).await.unwrap();
+    store.put_blob("a:latest", b"2", None).await.unwrap();
+    store.put_blob("a:challenge:t", b"3", Some(Duration::from_secs(60))).await.unwrap();
+    store.acquire("portico:issue:a", Duration::from_secs(60)).await.unwrap().unwrap();
+    store.count("portico:issue-rate:x:1", Duration::from_secs(60)).await.unwrap();
+    store.create(Kind::Host, "a", &fields(&[("ip", "1")])).await.unwrap();
+    assert_eq!(store.blob_keys().await.unwrap(), ["a:latest", "b:latest"]);
+}
+
 pub async fn lock_exclusivity_and_expiry(store: Arc<dyn Store>) {
     let ttl = Duration::from_millis(400);
     let first = store.acquire("issue/a.example", ttl).await.unwrap().expect("free lock");
@@ -233,6 +244,10 @@ macro_rules! contract_suite {
         #[tokio::test]
         async fn blobs_and_ttl() {
             contract::blobs_and_ttl(<$backend>::fresh().await.open().await).await
+        }
+        #[tokio::test]
+        async fn blob_keys() {
+            contract::blob_keys(<$backend>::fresh().await.open().await).await
         }
         #[tokio::test]
         async fn lock_exclusivity_and_expiry() {
