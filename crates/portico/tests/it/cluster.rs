@@ -269,7 +269,6 @@ async fn migrate_moves_everything_between_embedded_and_redis() {
     // The node on Redis added its login token and a note that the certificate was served.
     let said = String::from_utf8_lossy(&done.stdout);
     assert!(said.contains("1 Host") && said.contains("1 User") && said.contains("1 AuthToken"), "{said}");
-    use portico_store::Store;
     let store = portico_store::open_existing(&back).await.unwrap();
     assert_eq!(store.keys(portico_store::Kind::Host).await.unwrap(), ["moved.example"]);
     assert!(store.blob("moved.example:latest").await.unwrap().is_some());
