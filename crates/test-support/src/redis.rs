@@ -50,6 +50,26 @@ pub fn run(port: u16, args: &[&str]) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// Waits until every replica of the master on `port` has everything the master has (and
+/// it has at least one).
+pub fn wait_replicated(port: u16) {
+    let start = Instant::now();
+    loop {
+        let info = command(port, "INFO replication").unwrap_or_default();
+        let offset = info.lines().find_map(|l| l.strip_prefix("master_repl_offset:")).map(str::trim);
+        let replicas: Vec<&str> = info
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("offset="))
+            .filter_map(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")))
+            .collect();
+        if offset.is_some() && !replicas.is_empty() && replicas.iter().all(|r| Some(*r) == offset) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the replicas of {port} did not catch up: {info}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One `redis-server` (or sentinel) process.
 struct Process {
     port: u16,
@@ -307,6 +327,11 @@ impl RedisSentinel {
         command(self.master_port(), line).unwrap()
     }
 
+    /// Waits until the replica has everything the master has.
+    pub fn wait_replicated(&self) {
+        wait_replicated(self.master_port());
+    }
+
     /// Kills the first master with SIGKILL; the sentinels promote the replica.
     pub fn kill_master(&mut self) {
         self.master.kill();
@@ -399,6 +424,44 @@ impl RedisCluster {
     /// The nodes' ports (masters first, as created).
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// Waits until every master's replicas have everything it has.
+    pub fn wait_replicated(&self) {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            if command(node.port, "ROLE").is_ok_and(|r| r.contains("master")) {
+                wait_replicated(node.port);
+            }
+        }
+    }
+
+    /// Which node (an index into [`RedisCluster::ports`]) is the master of `key`'s slot.
+    pub fn master_of(&self, key: &str) -> usize {
+        let reply = run(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]).unwrap();
+        let slot: u16 = reply.trim_start_matches(':').trim().parse().unwrap();
+        let nodes = command(self.nodes[0].port, "CLUSTER NODES").unwrap();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.len() < 9 || !fields[2].contains("master") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((from, to)) => {
+                    from.parse::<u16>().is_ok_and(|f| f <= slot) && to.parse::<u16>().is_ok_and(|t| slot <= t)
+                }
+                None => range.parse::<u16>().is_ok_and(|s| s == slot),
+            });
+            if owns {
+                let port: u16 = fields[1]
+                    .split(['@', ','])
+                    .next()
+                    .and_then(|a| a.rsplit_once(':'))
+                    .and_then(|(_, p)| p.parse().ok())
+                    .unwrap();
+                return self.nodes.iter().position(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no master owns slot {slot}");
     }
 
     /// Kills node `i` with SIGKILL.

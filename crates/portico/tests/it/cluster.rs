@@ -7,7 +7,7 @@ use http::StatusCode;
 use portico_test_support::client::{ApiClient, Proxy};
 use portico_test_support::pebble::{Options, Pebble};
 use portico_test_support::portico::ADMIN_PASSWORD;
-use portico_test_support::{Backend, Portico, RedisServer, eventually, tls};
+use portico_test_support::{Backend, Portico, RedisCluster, RedisSentinel, RedisServer, eventually, tls};
 use serde_json::json;
 
 use crate::BIN;
@@ -272,4 +272,109 @@ async fn migrate_moves_everything_between_embedded_and_redis() {
     let store = portico_store::open_existing(&back).await.unwrap();
     assert_eq!(store.keys(portico_store::Kind::Host).await.unwrap(), ["moved.example"]);
     assert!(store.blob("moved.example:latest").await.unwrap().is_some());
+}
+
+/// Probes `host` on every proxy until `stop`, counting answers that were not 200.
+fn probe(proxies: Vec<Proxy>, host: &'static str, stop: tokio_util_stop::Stop) -> tokio::task::JoinHandle<(u32, u32)> {
+    tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, 0);
+        while !stop.is_set() {
+            for proxy in &proxies {
+                if proxy.get(host, "/").await.status == StatusCode::OK { ok += 1 } else { failed += 1 }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (ok, failed)
+    })
+}
+
+mod tokio_util_stop {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A flag that tells a probe to stop.
+    #[derive(Clone, Default)]
+    pub struct Stop(Arc<AtomicBool>);
+
+    impl Stop {
+        pub fn set(&self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+        pub fn is_set(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+}
+
+/// Writes a host through `api` until it works (the store is back), within `deadline`.
+async fn write_host_eventually(api: &ApiClient, token: &str, name: &str, backend: &Backend, deadline: Duration) {
+    let body = json!({"host": name, "ip": "127.0.0.1", "targetPort": backend.addr.port(), "forcessl": false});
+    eventually(deadline, &format!("the API to write {name} again"), || {
+        let (api, token, body) = (api.clone(), token.to_owned(), body.clone());
+        async move {
+            let reply = api.call("POST", "/api/host", Some(&token), Some(body)).await;
+            // A write that reached the store before its answer was lost is there already.
+            matches!(reply.status, StatusCode::OK | StatusCode::CONFLICT).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Sentinel: the master is killed; routing never stops, and writes resume once a replica
+/// is promoted, on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_keeps_routing_and_writes_resume() {
+    let mut sentinel = RedisSentinel::start();
+    let store = on(&sentinel.url());
+    let a = Portico::start_role(BIN, "serve", &[&store]);
+    let b = Portico::start_role(BIN, "proxy", &[&store]);
+    let backend = Backend::start("failover").await;
+    let api = ApiClient::new(a.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    write_host_eventually(&api, &token, "before.example", &backend, Duration::from_secs(2)).await;
+    let proxies = [Proxy::h1(a.http), Proxy::h1(b.http)];
+    routed_everywhere(&[&proxies[0], &proxies[1]], "before.example").await;
+    // Everything written so far is on the replica before the master dies.
+    sentinel.wait_replicated();
+
+    let stop = tokio_util_stop::Stop::default();
+    let probing = probe(proxies.to_vec(), "before.example", stop.clone());
+    let old = sentinel.master_port();
+    sentinel.kill_master();
+    write_host_eventually(&api, &token, "after.example", &backend, Duration::from_secs(30)).await;
+    assert_ne!(sentinel.master_port(), old, "a replica was promoted");
+    routed_everywhere(&[&proxies[0], &proxies[1]], "after.example").await;
+    stop.set();
+    let (ok, failed) = probing.await.unwrap();
+    assert_eq!(failed, 0, "routing stopped during the failover ({ok} answered)");
+    assert!(ok > 10);
+}
+
+/// Cluster: one master is killed; routing never stops, and writes resume once its replica
+/// takes over, on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_down_keeps_routing_and_writes_resume() {
+    let mut cluster = RedisCluster::start_with(1);
+    let store = on(&cluster.url());
+    let a = Portico::start_role(BIN, "serve", &[&store]);
+    let b = Portico::start_role(BIN, "proxy", &[&store]);
+    let backend = Backend::start("cluster").await;
+    let api = ApiClient::new(a.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    write_host_eventually(&api, &token, "before.example", &backend, Duration::from_secs(2)).await;
+    let proxies = [Proxy::h1(a.http), Proxy::h1(b.http)];
+    routed_everywhere(&[&proxies[0], &proxies[1]], "before.example").await;
+    cluster.wait_replicated();
+
+    let stop = tokio_util_stop::Stop::default();
+    let probing = probe(proxies.to_vec(), "before.example", stop.clone());
+    // The master holding the index of hosts.
+    let slot_owner = cluster.master_of("proxy_Host");
+    cluster.kill(slot_owner);
+    write_host_eventually(&api, &token, "after.example", &backend, Duration::from_secs(30)).await;
+    routed_everywhere(&[&proxies[0], &proxies[1]], "after.example").await;
+    stop.set();
+    let (ok, failed) = probing.await.unwrap();
+    assert_eq!(failed, 0, "routing stopped while the master was down ({ok} answered)");
+    assert!(ok > 10);
 }
