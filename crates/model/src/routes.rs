@@ -3,7 +3,7 @@
 //! when the hosts change. Keeping it in step with the store is the proxy crate's
 //! `routes::follow_store`; this module does no I/O.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -14,17 +14,18 @@ use crate::{Fields, Host, HostError, HostTable};
 #[derive(Debug, Default)]
 pub struct Routes {
     table: ArcSwap<HostTable<Arc<Host>>>,
-    /// A hash of the host records the table was last built from, to tell a rebuild that
-    /// changes nothing (the periodic resync, mostly) from one that does.
-    built_from: Mutex<Option<u64>>,
+    /// The hosts the table was built from, by record key: a change to one host is patched
+    /// in without reading the others again, and a full rebuild that changes nothing (the
+    /// periodic resync, mostly) leaves the table as it is. `None` until the first rebuild.
+    hosts: Mutex<Option<BTreeMap<String, Arc<Host>>>>,
 }
 
-/// What a [`Routes::rebuild`] did.
+/// What a [`Routes::rebuild`] or [`Routes::patch`] did.
 #[derive(Debug)]
 pub struct Rebuilt {
     /// Hosts in the table.
     pub hosts: usize,
-    /// Whether the records differed from those of the previous table (if not, the table was
+    /// Whether the hosts differed from those of the previous table (if not, the table was
     /// left as it was).
     pub changed: bool,
     /// Records that do not parse, left out, with why.
@@ -44,42 +45,98 @@ impl Routes {
 
     /// Replaces the table with one built from `hosts` (the next [`Routes::rebuild`] rebuilds).
     pub fn replace(&self, hosts: impl IntoIterator<Item = Host>) {
-        *self.built_from.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.swap(hosts);
+        *self.hosts.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.swap(hosts.into_iter().map(Arc::new));
     }
 
-    fn swap(&self, hosts: impl IntoIterator<Item = Host>) {
-        let table: HostTable<Arc<Host>> = hosts.into_iter().map(|h| (h.host.clone(), Arc::new(h))).collect();
+    fn swap(&self, hosts: impl IntoIterator<Item = Arc<Host>>) {
+        let table: HostTable<Arc<Host>> = hosts.into_iter().map(|h| (h.host.clone(), h)).collect();
         self.table.store(Arc::new(table));
     }
 
     /// Rebuilds the table from host records as the store holds them (key, fields), unless
-    /// they are the ones it was built from.
-    pub fn rebuild(&self, mut records: Vec<(String, Fields)>) -> Rebuilt {
-        records.sort_unstable();
-        let fingerprint = {
-            let mut hasher = DefaultHasher::new();
-            records.hash(&mut hasher);
-            hasher.finish()
-        };
-        let mut built_from = self.built_from.lock().unwrap_or_else(|e| e.into_inner());
-        if *built_from == Some(fingerprint) {
-            return Rebuilt { hosts: self.snapshot().len(), changed: false, skipped: Vec::new() };
-        }
+    /// they hold the hosts it was built from.
+    pub fn rebuild(&self, records: Vec<(String, Fields)>) -> Rebuilt {
         let mut skipped = Vec::new();
-        let hosts: Vec<Host> = records
+        let fresh: BTreeMap<String, Arc<Host>> = records
             .into_iter()
             .filter_map(|(key, fields)| match Host::from_fields(&fields) {
-                Ok(host) => Some(host),
+                Ok(host) => Some((key, Arc::new(host))),
                 Err(e) => {
                     skipped.push((key, e));
                     None
                 }
             })
             .collect();
-        let count = hosts.len();
-        self.swap(hosts);
-        *built_from = Some(fingerprint);
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = fresh.len();
+        if hosts.as_ref() == Some(&fresh) {
+            return Rebuilt { hosts: count, changed: false, skipped };
+        }
+        self.swap(fresh.values().cloned());
+        *hosts = Some(fresh);
         Rebuilt { hosts: count, changed: true, skipped }
+    }
+
+    /// Patches one host record into the table: `Some(fields)` as the store now holds it,
+    /// `None` when it is gone. `None` back when there is no full build to patch yet (the
+    /// caller rebuilds).
+    pub fn patch(&self, key: &str, record: Option<Fields>) -> Option<Rebuilt> {
+        let mut guard = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let hosts = guard.as_mut()?;
+        let mut skipped = Vec::new();
+        let host = record.and_then(|fields| match Host::from_fields(&fields) {
+            Ok(host) => Some(Arc::new(host)),
+            Err(e) => {
+                skipped.push((key.to_owned(), e));
+                None
+            }
+        });
+        // A record that no longer parses leaves the table, as a full rebuild leaves it out.
+        let changed = match host {
+            Some(host) => hosts.insert(key.to_owned(), host.clone()).is_none_or(|old| old != host),
+            None => hosts.remove(key).is_some(),
+        };
+        if changed {
+            self.swap(hosts.values().cloned());
+        }
+        Some(Rebuilt { hosts: hosts.len(), changed, skipped })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{HostPattern, Target};
+
+    fn record(name: &str, port: u16) -> (String, Fields) {
+        let host =
+            Host::new(HostPattern::parse(name).unwrap(), Target::new("127.0.0.1", port).unwrap(), false, false, "t", 0);
+        (name.to_owned(), host.to_fields())
+    }
+
+    #[test]
+    fn one_host_is_patched_in_and_out_without_the_others() {
+        let routes = Routes::new();
+        assert!(routes.patch("a.test", Some(record("a.test", 1).1)).is_none(), "nothing to patch before a build");
+        assert!(routes.rebuild(vec![record("a.test", 1)]).changed);
+        let before = routes.snapshot();
+
+        let same = routes.patch("a.test", Some(record("a.test", 1).1)).unwrap();
+        assert!(!same.changed);
+        assert!(Arc::ptr_eq(&before, &routes.snapshot()), "an unchanged host keeps the table");
+
+        let added = routes.patch("b.test", Some(record("b.test", 2).1)).unwrap();
+        assert!(added.changed && added.hosts == 2);
+        assert_eq!(routes.snapshot().lookup("b.test").unwrap().1.target.port(), 2);
+        assert!(routes.patch("a.test", None).unwrap().changed);
+        assert!(routes.snapshot().lookup("a.test").is_none());
+        assert!(!routes.patch("a.test", None).unwrap().changed, "gone already");
+
+        // A record that no longer parses leaves the table.
+        let mut broken = record("b.test", 2).1;
+        broken.insert("targetPort".into(), "not a port".into());
+        let skipped = routes.patch("b.test", Some(broken)).unwrap();
+        assert!(skipped.changed && skipped.skipped.len() == 1 && skipped.hosts == 0);
     }
 }

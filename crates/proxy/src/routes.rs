@@ -1,11 +1,12 @@
 //! Keeping the routing snapshot ([`Routes`], in `portico-model`) in step with the store.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use portico_model::{Rebuilt, Routes};
 use portico_store::{Change, Kind, Store, StoreError};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 /// How often the table is rebuilt even without change events, in case some were lost.
@@ -22,32 +23,100 @@ pub async fn reload(routes: &Routes, store: &dyn Store) -> Result<Rebuilt, Store
     Ok(rebuilt)
 }
 
-/// Keeps `routes` in step with the store until `shutdown`: rebuilds on every host change, on
-/// a resync signal, when events were lost, and every 30 seconds.
+/// Keeps `routes` in step with the store until `shutdown`: patches in each changed host
+/// (one record read each), and rebuilds from every host on a resync signal, when events
+/// were lost, and every 30 seconds.
 pub async fn follow_store(store: Arc<dyn Store>, routes: Arc<Routes>, shutdown: CancellationToken) {
     let mut changes = store.changes();
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     resync.tick().await;
     loop {
-        let due = tokio::select! {
+        let mut pending = Pending::default();
+        let open = tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = resync.tick() => true,
-            event = changes.recv() => match event {
-                Ok(Change::Record { kind: Kind::Host, .. } | Change::Resync) | Err(RecvError::Lagged(_)) => true,
-                Ok(_) => false,
-                Err(RecvError::Closed) => return,
-            },
+            _ = resync.tick() => { pending.full = true; true }
+            event = changes.recv() => pending.note(event),
         };
-        if !due {
-            continue;
+        if !open {
+            return;
         }
-        // One rebuild covers every event already queued.
-        while changes.try_recv().is_ok() {}
+        // One pass covers every event already queued.
+        loop {
+            match changes.try_recv() {
+                Ok(event) => pending.note(Ok(event)),
+                Err(TryRecvError::Lagged(n)) => pending.note(Err(RecvError::Lagged(n))),
+                Err(_) => break,
+            };
+        }
+        if !pending.full {
+            if pending.hosts.is_empty() {
+                continue;
+            }
+            match patch(&routes, store.as_ref(), &pending.hosts).await {
+                Ok(Some(rebuilt)) => {
+                    report(&rebuilt);
+                    continue;
+                }
+                // Nothing to patch yet: rebuild.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read changed hosts; routing with the previous table");
+                    continue;
+                }
+            }
+        }
         match reload(&routes, store.as_ref()).await {
-            Ok(Rebuilt { hosts, changed: true, .. }) => tracing::info!(hosts, "routing table rebuilt"),
-            Ok(Rebuilt { hosts, changed: false, .. }) => tracing::debug!(hosts, "hosts unchanged"),
+            Ok(rebuilt) => report(&rebuilt),
             Err(e) => tracing::warn!(error = %e, "cannot reload hosts; routing with the previous table"),
         }
+    }
+}
+
+/// What the events seen since the last pass ask for.
+#[derive(Default)]
+struct Pending {
+    /// A rebuild from every host.
+    full: bool,
+    /// The hosts to read again.
+    hosts: BTreeSet<String>,
+}
+
+impl Pending {
+    /// Notes one event; false when the feed has closed.
+    fn note(&mut self, event: Result<Change, RecvError>) -> bool {
+        match event {
+            Ok(Change::Record { kind: Kind::Host, key }) => {
+                self.hosts.insert(key);
+            }
+            Ok(Change::Resync) | Err(RecvError::Lagged(_)) => self.full = true,
+            Ok(_) => {}
+            Err(RecvError::Closed) => return false,
+        }
+        true
+    }
+}
+
+/// Reads the changed hosts and patches them in; `None` when there is no table to patch.
+async fn patch(routes: &Routes, store: &dyn Store, keys: &BTreeSet<String>) -> Result<Option<Rebuilt>, StoreError> {
+    let mut last = None;
+    let mut changed = false;
+    for key in keys {
+        let record = store.record(Kind::Host, key).await?;
+        let Some(rebuilt) = routes.patch(key, record) else { return Ok(None) };
+        for (key, error) in &rebuilt.skipped {
+            tracing::warn!(host = %key, error = %error, "skipping a host record that does not parse");
+        }
+        changed |= rebuilt.changed;
+        last = Some(rebuilt);
+    }
+    Ok(last.map(|r| Rebuilt { changed, ..r }))
+}
+
+fn report(rebuilt: &Rebuilt) {
+    if rebuilt.changed {
+        tracing::info!(hosts = rebuilt.hosts, "routing table rebuilt");
+    } else {
+        tracing::debug!(hosts = rebuilt.hosts, "hosts unchanged");
     }
 }
 
