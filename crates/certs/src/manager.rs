@@ -6,7 +6,7 @@
 //! hold. They are renewed only when used since they were issued. All of it is checked in
 //! memory before any store write, and refusals are logged once per name a minute.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -201,6 +201,9 @@ pub struct Certs {
     held: Mutex<HashMap<String, Held>>,
     /// When a refusal was last logged, per name.
     quiet: Mutex<HashMap<String, Instant>>,
+    /// Explicit names found without a stored certificate to take on: looked for once per
+    /// process, not at every sweep.
+    looked_for: Mutex<HashSet<String>>,
     fallback: Arc<Loaded>,
 }
 
@@ -232,6 +235,7 @@ impl Certs {
             started: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             quiet: Mutex::new(HashMap::new()),
+            looked_for: Mutex::default(),
             fallback,
         };
         for name in certs.store.keys(Kind::Cert).await? {
@@ -468,7 +472,13 @@ impl Certs {
     /// by its real expiry (the seed's wildcard certificates carry a made-up one). Returns
     /// whether there was one to take on.
     pub(crate) async fn adopt(&self, name: &str) -> Result<bool, CertError> {
-        let Some(loaded) = self.stored(name).await? else { return Ok(false) };
+        if self.looked_for.lock().unwrap_or_else(|e| e.into_inner()).contains(name) {
+            return Ok(false);
+        }
+        let Some(loaded) = self.stored(name).await? else {
+            self.looked_for.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned());
+            return Ok(false);
+        };
         let meta = &loaded.meta;
         let state = CertState {
             issuer: "imported".to_owned(),

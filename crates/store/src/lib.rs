@@ -101,7 +101,13 @@ impl Lease {
 ///   other processes' feeds as a specific event, or [`Change::Resync`] when the backend lost
 ///   track; lease writes and blobs with a time to live are announced nowhere;
 /// - every write of a record gives it a new [`Revision`]; [`Store::replace_if`] writes only
-///   if the record is still at the revision the caller read, else [`StoreError::Stale`].
+///   if the record is still at the revision the caller read, else [`StoreError::Stale`];
+/// - a write to one record is atomic; a record and its kind's index are kept so that no
+///   reader sees an index entry without its record ([`Store::keys`] and [`Store::records`]
+///   list only records that exist), and a write cut short leaves at worst an index entry
+///   without a record, removed at a later resync; a rename cut short leaves both names,
+///   never none (the embedded store does all of it in one transaction; Redis, where index and
+///   record may live in different Cluster slots, by ordering its commands).
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
     /// One record, if it exists.

@@ -83,9 +83,16 @@ type Body = BoxBody<Bytes, Infallible>;
 impl Backend {
     /// An HTTP backend named `name` (the name comes back in echo responses).
     pub async fn start(name: &str) -> Self {
+        Self::start_at(name, "127.0.0.1").await
+    }
+
+    /// Like [`Backend::start`], on the address `ip` (a test's own network namespace link,
+    /// see [`crate::netns`]).
+    pub async fn start_at(name: &str, ip: &str) -> Self {
         let counters = Counters::default();
         let state = Arc::new(State { name: name.into(), counters: counters.clone() });
-        Self::accepting(counters, move |stream| serve_http(state.clone(), TokioIo::new(stream))).await
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        Self::serving(listener, counters, move |stream| serve_http(state.clone(), TokioIo::new(stream)))
     }
 
     /// How many requests have reached this backend (HTTP backends only).
@@ -174,6 +181,14 @@ impl Backend {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serving(listener, counters, handle)
+    }
+
+    fn serving<F, Fut>(listener: TcpListener, counters: Counters, handle: F) -> Self
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             loop {

@@ -73,9 +73,25 @@ impl Portico {
     /// Like [`Portico::start_in`], under resource limits given as `prlimit` options
     /// (`--fsize=BYTES`: writes past that size fail, as on a full disk).
     pub fn start_limited(bin: impl AsRef<Path>, dir: TempDir, limits: &[&str], settings: &[&str]) -> Self {
-        let limits: Vec<String> = limits.iter().map(|l| (*l).to_owned()).collect();
-        Self::spawn_limited(bin.as_ref(), "serve", Arc::new(dir), settings, Some(ADMIN_PASSWORD), &limits)
+        // prlimit sets the limits and then executes Portico, which keeps its process id.
+        let wrapper: Vec<String> =
+            std::iter::once("prlimit").chain(limits.iter().copied()).chain(["--"]).map(str::to_owned).collect();
+        Self::spawn_wrapped(bin.as_ref(), "serve", Arc::new(dir), settings, Some(ADMIN_PASSWORD), &wrapper)
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `portico ROLE` in a new data directory through `wrapper` (a command and its
+    /// arguments that then run Portico: `ip netns exec NAME`).
+    pub fn start_wrapped(bin: impl AsRef<Path>, role: &str, wrapper: &[String], settings: &[&str]) -> Self {
+        Self::spawn_wrapped(
+            bin.as_ref(),
+            role,
+            Arc::new(TempDir::new().unwrap()),
+            settings,
+            Some(ADMIN_PASSWORD),
+            wrapper,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Changes a resource limit of the running process (`prlimit --pid` options, such as
@@ -103,25 +119,25 @@ impl Portico {
         settings: &[&str],
         admin_password: Option<&str>,
     ) -> Result<Self, String> {
-        Self::spawn_limited(bin, role, dir, settings, admin_password, &[])
+        Self::spawn_wrapped(bin, role, dir, settings, admin_password, &[])
     }
 
-    fn spawn_limited(
+    fn spawn_wrapped(
         bin: &Path,
         role: &str,
         dir: Arc<TempDir>,
         settings: &[&str],
         admin_password: Option<&str>,
-        limits: &[String],
+        wrapper: &[String],
     ) -> Result<Self, String> {
         let bin = bin.to_owned();
-        let mut command = if limits.is_empty() {
-            Command::new(&bin)
-        } else {
-            // prlimit sets the limits and then executes Portico, which keeps its process id.
-            let mut prlimit = Command::new("prlimit");
-            prlimit.args(limits).arg("--").arg(&bin);
-            prlimit
+        let mut command = match wrapper.split_first() {
+            None => Command::new(&bin),
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&bin);
+                command
+            }
         };
         command.arg(role).arg("--data-dir").arg(dir.path()).args([
             "--http",

@@ -92,8 +92,11 @@ impl Process {
     fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
         // A sentinel reads a config file that must come first.
-        cmd.args(&self.args)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--dir"])
+        cmd.args(&self.args);
+        if !self.args.iter().any(|a| a == "--bind") {
+            cmd.args(["--bind", "127.0.0.1"]);
+        }
+        cmd.args(["--port", &self.port.to_string(), "--dir"])
             .arg(&self.dir)
             .args(["--logfile", "redis.log", "--daemonize", "no", "--protected-mode", "no"])
             .stdin(Stdio::null())
@@ -175,8 +178,15 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server (no password).
     pub fn start() -> Self {
+        Self::start_bound(&[])
+    }
+
+    /// Starts a server listening on loopback and on the addresses `also` (the test's side
+    /// of a link to its own network namespace, see `netns`).
+    pub fn start_bound(also: &[&str]) -> Self {
         let dir = TempDir::new().unwrap();
-        let process = start_process(dir.path(), "server", &server_args(&[]));
+        let bind = std::iter::once("127.0.0.1").chain(also.iter().copied()).collect::<Vec<_>>().join(" ");
+        let process = start_process(dir.path(), "server", &server_args(&["--bind", &bind]));
         Self { _dir: dir, process }
     }
 

@@ -9,6 +9,7 @@ mod errors;
 mod https;
 mod lifecycle;
 mod lookup;
+mod partition;
 mod routing;
 mod seed;
 mod streaming;
