@@ -62,8 +62,8 @@ async fn propagation() {
     let changes = setting("CLUSTER_BENCH_CHANGES", 1000);
     let redis = RedisServer::start();
     let store = on(&redis.url());
-    let a = Portico::start_role(BIN, "serve", &[&store, "log.level=\"warn\""]);
-    let b = Portico::start_role(BIN, "proxy", &[&store, "log.level=\"warn\""]);
+    let a = Portico::start_role(BIN, "serve", &[&store, "log.access_log=false"]);
+    let b = Portico::start_role(BIN, "proxy", &[&store, "log.access_log=false"]);
     let backend = Backend::start("bench").await;
     let api = ApiClient::new(a.api);
     let token = api.login("admin", ADMIN_PASSWORD).await;
@@ -213,7 +213,7 @@ async fn startup() {
     );
 
     let started = Instant::now();
-    let p = Portico::start_role(BIN, "serve", &[&on(&redis.url()), "log.level=\"info\""]);
+    let p = Portico::start_role(BIN, "serve", &[&on(&redis.url()), "log.access_log=false"]);
     let listening = started.elapsed();
     let opened =
         p.logs().iter().find(|l| l["fields"]["message"] == "store opened").map(|l| l["fields"]["hosts"].clone());
