@@ -56,7 +56,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
     let routes = Arc::new(Routes::new());
     let hosts = routes::reload(&routes, store.as_ref()).await.context("cannot read hosts from the store")?.hosts;
-    tracing::info!(hosts, store = %config.store_url, "store opened");
+    tracing::info!(hosts, store = %portico_store::redact(&config.store_url), "store opened");
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();

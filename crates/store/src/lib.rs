@@ -239,8 +239,9 @@ impl<'a> Backend<'a> {
     }
 }
 
-/// The URL without a password (`redis://:secret@host` → `redis://***@host`).
-fn redact(url: &str) -> String {
+/// The URL without a password (`redis://:secret@host` → `redis://***@host`), for logs and
+/// messages.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
         _ => url.to_owned(),

@@ -108,7 +108,8 @@ impl Process {
             if let Ok(Some(_)) = child.try_wait() {
                 return false;
             }
-            if command(self.port, "PING").is_ok_and(|r| r.starts_with("+PONG")) {
+            // A server with a password answers, refusing: it is up.
+            if command(self.port, "PING").is_ok_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH")) {
                 self.child = Some(child);
                 return true;
             }
@@ -173,6 +174,8 @@ fn server_args(extra: &[&str]) -> Vec<String> {
 pub struct RedisServer {
     _dir: TempDir,
     process: Process,
+    /// The TLS port, for a server started with [`RedisServer::start_tls`].
+    tls_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -181,13 +184,57 @@ impl RedisServer {
         Self::start_bound(&[])
     }
 
+    /// Starts a server that requires `password` (`requirepass`); see
+    /// [`RedisServer::url_with_password`].
+    pub fn start_with_password(password: &str) -> Self {
+        let dir = TempDir::new().unwrap();
+        let process = start_process(dir.path(), "server", &server_args(&["--requirepass", password]));
+        Self { _dir: dir, process, tls_port: None }
+    }
+
+    /// The store URL with a password in it.
+    pub fn url_with_password(&self, password: &str) -> String {
+        format!("redis://:{password}@127.0.0.1:{}", self.port())
+    }
+
     /// Starts a server listening on loopback and on the addresses `also` (the test's side
     /// of a link to its own network namespace, see `netns`).
     pub fn start_bound(also: &[&str]) -> Self {
         let dir = TempDir::new().unwrap();
         let bind = std::iter::once("127.0.0.1").chain(also.iter().copied()).collect::<Vec<_>>().join(" ");
         let process = start_process(dir.path(), "server", &server_args(&["--bind", &bind]));
-        Self { _dir: dir, process }
+        Self { _dir: dir, process, tls_port: None }
+    }
+
+    /// Starts a server that also takes TLS connections (without client certificates) with
+    /// the certificate chain and key given as PEM; see [`RedisServer::tls_url`].
+    pub fn start_tls(chain_pem: &str, key_pem: &str) -> Self {
+        let dir = TempDir::new().unwrap();
+        let (chain, key) = (dir.path().join("chain.pem"), dir.path().join("key.pem"));
+        std::fs::write(&chain, chain_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        for _ in 0..20 {
+            let tls_port = pick_port();
+            let args = server_args(&[
+                "--tls-port",
+                &tls_port.to_string(),
+                "--tls-cert-file",
+                &chain.display().to_string(),
+                "--tls-key-file",
+                &key.display().to_string(),
+                "--tls-auth-clients",
+                "no",
+            ]);
+            if let Some(process) = Process::start(dir.path(), "server", &args, None) {
+                return Self { _dir: dir, process, tls_port: Some(tls_port) };
+            }
+        }
+        panic!("redis-server with TLS did not start on any of 20 ports");
+    }
+
+    /// The `rediss://` URL of a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port.expect("started with start_tls"))
     }
 
     /// Its port.

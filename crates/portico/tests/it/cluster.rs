@@ -378,3 +378,59 @@ async fn a_cluster_master_down_keeps_routing_and_writes_resume() {
     assert_eq!(failed, 0, "routing stopped while the master was down ({ok} answered)");
     assert!(ok > 10);
 }
+
+/// `rediss://`: a node talks to Redis over TLS, trusting the server's CA through
+/// `SSL_CERT_FILE` (the system's roots otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_redis_over_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let ca = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    let redis = RedisServer::start_tls(&leaf.pem(), &key.serialize_pem());
+    let dir = tempfile::TempDir::new().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+
+    let wrapper = ["env".to_owned(), format!("SSL_CERT_FILE={}", ca_file.display())];
+    let node = Portico::start_wrapped(BIN, "serve", &wrapper, &[&on(&redis.tls_url())]);
+    let backend = Backend::start("tls").await;
+    add_host(&node, "over-tls.example", &backend).await;
+    routed_everywhere(&[&Proxy::h1(node.http)], "over-tls.example").await;
+    assert_eq!(redis.run(&["SMEMBERS", "proxy_Host"]), "*1\r\n$16\r\nover-tls.example\r\n");
+
+    // Without the CA, the server's certificate is not trusted: the store does not open.
+    let untrusted = std::process::Command::new(BIN)
+        .args(["host", "ls", "--store", &redis.tls_url()])
+        .env("SSL_CERT_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+    let said = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(said.contains("cannot open the store") && said.contains("certificate"), "{said}");
+}
+
+/// A Redis password in the store URL works and is never logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_password_works_and_stays_out_of_the_logs() {
+    let password = "hunter2-redis-pass";
+    let redis = RedisServer::start_with_password(password);
+    let node = Portico::start_role(BIN, "serve", &[&on(&redis.url_with_password(password))]);
+    let backend = Backend::start("auth").await;
+    add_host(&node, "auth.example", &backend).await;
+    routed_everywhere(&[&Proxy::h1(node.http)], "auth.example").await;
+    let logs = serde_json::to_string(&node.logs()).unwrap();
+    assert!(logs.contains("redis://***@127.0.0.1"), "the store is named");
+    assert!(!logs.contains(password), "the password was logged");
+    // A wrong password: the store does not open, and the error does not repeat it.
+    let wrong = std::process::Command::new(BIN)
+        .args(["host", "ls", "--store", &redis.url_with_password("wrong-pass-123")])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && !said.contains("wrong-pass-123"), "{said}");
+}
