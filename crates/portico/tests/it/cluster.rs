@@ -17,12 +17,13 @@ fn on(url: &str) -> String {
     format!("store.url=\"{url}\"")
 }
 
-/// A host created through node A's API is routed by node C within a second of the write.
+/// Three nodes (`portico api` A, `portico proxy` B and C): a host created through A's API
+/// is routed by C within a second of the write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_created_on_one_node_is_routed_by_another_within_a_second() {
     let redis = RedisServer::start();
     let store = on(&redis.url());
-    let a = Portico::start_role(BIN, "serve", &[&store]);
+    let a = Portico::start_role(BIN, "api", &[&store]);
     let b = Portico::start_role(BIN, "proxy", &[&store]);
     let c = Portico::start_role(BIN, "proxy", &[&store]);
     let backend = Backend::start("one").await;
