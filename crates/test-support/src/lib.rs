@@ -13,6 +13,8 @@ pub mod backend;
 #[cfg(feature = "app")]
 pub mod client;
 #[cfg(feature = "app")]
+pub mod dns_fake;
+#[cfg(feature = "app")]
 pub mod netns;
 #[cfg(feature = "app")]
 pub mod pebble;

@@ -1,0 +1,206 @@
+//! DNS providers for ACME DNS-01: a [`DnsProvider`] trait and its clients.
+//!
+//! - [`Cloudflare`] (API v4): an API token (Bearer), or the legacy e-mail and global API key;
+//!   TXT content quoted; `success` checked.
+//! - [`DigitalOcean`] (API v2): a Bearer token; integer record ids; 204 on delete.
+//! - [`Porkbun`] (API v3): the keys in the JSON body; `status` checked; ids as numbers or
+//!   strings; records deleted by id, never by name and type (that would remove the other value
+//!   a wildcard order puts at the same name).
+//!
+//! Every client takes its base URL with the version path (so tests point it at a fake) and
+//! a timeout for each request. Errors keep the provider's own message.
+
+mod cloudflare;
+mod digitalocean;
+mod http;
+mod porkbun;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use cloudflare::{Auth as CloudflareAuth, Cloudflare};
+pub use digitalocean::DigitalOcean;
+pub use porkbun::Porkbun;
+
+/// A zone at a provider: its name and the provider's id for it (the name again where the
+/// provider has no other id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    /// `example.com`.
+    pub name: String,
+    /// The provider's id (Cloudflare's zone id; the name for DigitalOcean and Porkbun).
+    pub id: String,
+}
+
+/// A record a provider created, to delete by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordId(pub String);
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a provider call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DnsError {
+    /// The credentials were refused; the provider's message.
+    #[error("{provider} refused the credentials: {message}")]
+    Unauthorized {
+        /// The provider type.
+        provider: &'static str,
+        /// What it said.
+        message: String,
+    },
+    /// The provider answered with an error; its message.
+    #[error("{provider} answered {status}: {message}")]
+    Provider {
+        /// The provider type.
+        provider: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// What it said.
+        message: String,
+    },
+    /// The provider could not be reached, or did not answer in time.
+    #[error("cannot reach {provider}: {message}")]
+    Unreachable {
+        /// The provider type.
+        provider: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The provider's answer did not have the documented shape.
+    #[error("{provider} answered something unexpected: {message}")]
+    Unexpected {
+        /// The provider type.
+        provider: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// The stored provider record cannot make a client.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A DNS provider account, as ACME DNS-01 needs it.
+#[async_trait]
+pub trait DnsProvider: Send + Sync + fmt::Debug {
+    /// The provider type (`Cloudflare`, `DigitalOcean`, `PorkBun`).
+    fn kind(&self) -> &'static str;
+    /// Checks the credentials with the provider.
+    async fn verify(&self) -> Result<(), DnsError>;
+    /// Every zone of the account (every page).
+    async fn zones(&self) -> Result<Vec<Zone>, DnsError>;
+    /// The zone `name` is in: tries `name`, then each parent, as the provider knows them.
+    async fn zone_of(&self, name: &str) -> Result<Option<Zone>, DnsError> {
+        let zones = self.zones().await?;
+        Ok(enclosing(name, zones.iter().map(|z| z.name.as_str()))
+            .and_then(|found| zones.iter().find(|z| z.name == found).cloned()))
+    }
+    /// Creates a TXT record `fqdn` (`_acme-challenge.example.com`, no trailing dot) in
+    /// `zone` holding `value`; returns its id.
+    async fn create_txt(&self, zone: &Zone, fqdn: &str, value: &str) -> Result<RecordId, DnsError>;
+    /// Deletes a record by id.
+    async fn delete(&self, zone: &Zone, id: &RecordId) -> Result<(), DnsError>;
+}
+
+/// The longest of `zones` that `name` is in (itself, or a suffix at a label boundary).
+pub fn enclosing<'a>(name: &str, zones: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    zones
+        .into_iter()
+        .filter(|zone| name == *zone || name.strip_suffix(zone).is_some_and(|rest| rest.ends_with('.')))
+        .max_by_key(|zone| zone.len())
+}
+
+/// `name` and each of its parents with at least two labels, longest first.
+pub(crate) fn candidates(name: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(name), |n| n.split_once('.').map(|(_, rest)| rest)).filter(|n| n.contains('.'))
+}
+
+/// The part of `fqdn` before `zone` (`_acme-challenge` of `_acme-challenge.example.com`;
+/// empty at the apex).
+pub(crate) fn relative<'a>(fqdn: &'a str, zone: &str) -> &'a str {
+    if fqdn == zone {
+        return "";
+    }
+    fqdn.strip_suffix(zone).and_then(|rest| rest.strip_suffix('.')).unwrap_or(fqdn)
+}
+
+/// Where the providers' APIs are, and how long one request may take.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// Cloudflare's API with its version path.
+    pub cloudflare: String,
+    /// DigitalOcean's API (the client adds `/v2`).
+    pub digitalocean: String,
+    /// Porkbun's API with its version path.
+    pub porkbun: String,
+    /// The longest one request may take.
+    pub timeout: Duration,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Self {
+            cloudflare: "https://api.cloudflare.com/client/v4".into(),
+            digitalocean: "https://api.digitalocean.com".into(),
+            porkbun: "https://api.porkbun.com/api/json/v3".into(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A client for a stored provider record (the seed's `DnsProvider` fields: `dnsProvider`
+/// and the type's credential fields).
+pub fn client(fields: &BTreeMap<String, String>, endpoints: &Endpoints) -> Result<Box<dyn DnsProvider>, DnsError> {
+    let kind = fields.get("dnsProvider").map(String::as_str).unwrap_or_default();
+    let field = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
+    let missing = |what: &str| DnsError::Config(format!("the {kind} provider needs {what}"));
+    match kind.to_ascii_lowercase().as_str() {
+        "cloudflare" => {
+            let auth = match (field("token"), field("email"), field("apiKey")) {
+                (Some(token), _, _) => cloudflare::Auth::Token(token),
+                (None, Some(email), Some(key)) => cloudflare::Auth::GlobalKey { email, key },
+                _ => return Err(missing("token (or email and apiKey)")),
+            };
+            Ok(Box::new(Cloudflare::new(&endpoints.cloudflare, auth, endpoints.timeout)))
+        }
+        "digitalocean" => {
+            let token = field("token").ok_or_else(|| missing("token"))?;
+            Ok(Box::new(DigitalOcean::new(&endpoints.digitalocean, token, endpoints.timeout)))
+        }
+        "porkbun" => {
+            let (key, secret) =
+                field("apiKey").zip(field("secretApiKey")).ok_or_else(|| missing("apiKey and secretApiKey"))?;
+            Ok(Box::new(Porkbun::new(&endpoints.porkbun, key, secret, endpoints.timeout)))
+        }
+        _ => Err(DnsError::Config(format!("unknown DNS provider type {kind:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones_and_names() {
+        assert_eq!(
+            candidates("_acme-challenge.a.example.com").collect::<Vec<_>>(),
+            ["_acme-challenge.a.example.com", "a.example.com", "example.com"]
+        );
+        assert_eq!(
+            enclosing("x.dev.example.com", ["example.com", "dev.example.com", "ample.com"]),
+            Some("dev.example.com")
+        );
+        assert_eq!(enclosing("example.org", ["example.com"]), None);
+        assert_eq!(relative("_acme-challenge.example.com", "example.com"), "_acme-challenge");
+        assert_eq!(relative("_acme-challenge.dev.example.com", "example.com"), "_acme-challenge.dev");
+        assert_eq!(relative("example.com", "example.com"), "");
+    }
+}
