@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use crate::challenge::CHALLENGE_TTL;
-use crate::{CertError, IssueError, Issuer, StoredCert, load_or_create};
+use crate::{CertError, DnsAccount, IssueError, Issuer, Plan, Solver, StoredCert, load_or_create};
 
 /// The challenges Portico answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,39 @@ pub struct AcmeSettings {
     pub ca_roots: Vec<PathBuf>,
     /// The challenge tried first.
     pub challenge: Challenge,
+    /// DNS-01: the providers' APIs and where to watch for the records.
+    pub dns: DnsSettings,
+}
+
+/// How DNS-01 reaches the providers and checks that records are served.
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    /// The providers' APIs.
+    pub endpoints: portico_dns::Endpoints,
+    /// Servers (`ip:port`) that must serve the challenge records before the CA is told to
+    /// look; none: the zone's authoritative servers.
+    pub resolvers: Vec<std::net::SocketAddr>,
+    /// How long records may take to be served.
+    pub propagation_timeout: Duration,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            endpoints: portico_dns::Endpoints::default(),
+            resolvers: Vec::new(),
+            propagation_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What an order put out to answer its challenges, to take back afterwards.
+#[derive(Default)]
+struct Published {
+    /// Blobs in the store (HTTP-01 tokens, TLS-ALPN-01 digests).
+    blobs: Vec<String>,
+    /// TXT records at a DNS provider: the client, the zone, the id.
+    records: Vec<(Arc<dyn portico_dns::DnsProvider>, portico_dns::Zone, portico_dns::RecordId)>,
 }
 
 /// Issues certificates from an ACME CA.
@@ -181,34 +214,54 @@ impl AcmeIssuer {
             .await
     }
 
-    async fn order(&self, account: &Account, name: &str, challenge: Challenge) -> Result<StoredCert, IssueError> {
-        let identifiers = [Identifier::Dns(name.to_owned())];
+    async fn order(&self, account: &Account, plan: &Plan, challenge: Challenge) -> Result<StoredCert, IssueError> {
+        let name = plan.cert.as_str();
+        let identifiers: Vec<Identifier> = plan.sans.iter().map(|n| Identifier::Dns(n.clone())).collect();
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await.map_err(acme_error)?;
-        tracing::info!(name, order = order.url(), challenge = challenge.as_str(), "ACME order created");
-        let mut published = Vec::new();
-        let result = self.fulfil(&mut order, name, challenge, &mut published).await;
-        for key in published {
+        let shown = match plan.solver {
+            Solver::Http => challenge.as_str(),
+            Solver::Dns(_) => "dns-01",
+        };
+        tracing::info!(name, order = order.url(), challenge = shown, "ACME order created");
+        let mut published = Published::default();
+        let result = match &plan.solver {
+            Solver::Http => self.answer_http(&mut order, challenge, &mut published).await,
+            Solver::Dns(account) => self.answer_dns(&mut order, name, account, &mut published).await,
+        };
+        let result = match result {
+            Ok(()) => self.finish(&mut order, plan, challenge).await,
+            Err(e) => Err(e),
+        };
+        for key in published.blobs {
             if let Err(e) = self.store.delete_blob(&key).await {
                 tracing::debug!(name, error = %e, "cannot remove a challenge answer; it expires by itself");
+            }
+        }
+        for (dns, zone, id) in published.records {
+            match dns.delete(&zone, &id).await {
+                Ok(()) => tracing::info!(name, provider = dns.kind(), record = %id, "DNS-01 record removed"),
+                Err(e) => tracing::warn!(name, provider = dns.kind(), record = %id, error = %e,
+                    "cannot remove a DNS-01 record; remove it by hand"),
             }
         }
         result
     }
 
-    async fn fulfil(
+    /// HTTP-01 or TLS-ALPN-01: the answers go to the store, where any node finds them.
+    async fn answer_http(
         &self,
         order: &mut instant_acme::Order,
-        name: &str,
         challenge: Challenge,
-        published: &mut Vec<String>,
-    ) -> Result<StoredCert, IssueError> {
+        published: &mut Published,
+    ) -> Result<(), IssueError> {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
             let mut authz = authz.map_err(acme_error)?;
-            match authz.status {
-                AuthorizationStatus::Valid => continue,
-                AuthorizationStatus::Pending => {}
-                status => return Err(IssueError::local(format!("the authorization is {status:?}"))),
+            let Some(name) = pending_name(&authz)? else { continue };
+            if authz.wildcard {
+                return Err(IssueError::local(format!(
+                    "no DNS provider manages {name}: a wildcard certificate needs DNS-01 (add the provider and its domain)"
+                )));
             }
             let mut handle = authz
                 .challenge(challenge.acme())
@@ -216,24 +269,117 @@ impl AcmeIssuer {
             let key_authorization = handle.key_authorization();
             let (key, value) = match challenge {
                 Challenge::Http01 => {
-                    (keys::http01(name, &handle.token), key_authorization.as_str().as_bytes().to_vec())
+                    (keys::http01(&name, &handle.token), key_authorization.as_str().as_bytes().to_vec())
                 }
-                Challenge::TlsAlpn01 => (keys::tls_alpn01(name), key_authorization.digest().as_ref().to_vec()),
+                Challenge::TlsAlpn01 => (keys::tls_alpn01(&name), key_authorization.digest().as_ref().to_vec()),
             };
             self.store
                 .put_blob(&key, &value, Some(CHALLENGE_TTL))
                 .await
                 .map_err(|e| IssueError::local(e.to_string()))?;
-            published.push(key);
+            published.blobs.push(key);
             handle.set_ready().await.map_err(acme_error)?;
             tracing::info!(name, challenge = challenge.as_str(), "ACME challenge ready");
         }
+        Ok(())
+    }
+
+    /// DNS-01: every value is published before the CA is told to look (a wildcard and its
+    /// zone put two values at one name), and served by the servers that matter.
+    async fn answer_dns(
+        &self,
+        order: &mut instant_acme::Order,
+        name: &str,
+        account: &DnsAccount,
+        published: &mut Published,
+    ) -> Result<(), IssueError> {
+        let failed = |step: &str, e: &dyn std::fmt::Display| IssueError::local(format!("DNS-01, {step}: {e}"));
+        let dns: Arc<dyn portico_dns::DnsProvider> = Arc::from(
+            portico_dns::client(&account.provider, &self.settings.dns.endpoints).map_err(|e| failed("provider", &e))?,
+        );
+        // What the CA wants, per name.
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(acme_error)?;
+            let Some(base) = pending_name(&authz)? else { continue };
+            let handle = authz
+                .challenge(ChallengeType::Dns01)
+                .ok_or_else(|| IssueError::local("the CA offers no dns-01 challenge"))?;
+            wanted.push((format!("_acme-challenge.{base}"), handle.key_authorization().dns_value()));
+        }
+        let settings = &self.settings.dns;
+        let resolvers = if settings.resolvers.is_empty() {
+            portico_dns::lookup::system_resolvers()
+        } else {
+            settings.resolvers.clone()
+        };
+        // Publish: at the name an `_acme-challenge` CNAME points to, if any.
+        let mut targets: Vec<(String, Vec<String>)> = Vec::new();
+        for (record, value) in &wanted {
+            let target = portico_dns::lookup::follow_cname(&resolvers, record).await.unwrap_or_else(|_| record.clone());
+            if target != *record {
+                tracing::info!(name, from = record, to = target, "DNS-01 follows the CNAME delegation");
+            }
+            let zone = dns.zone_of(&target).await.map_err(|e| failed("finding the zone", &e))?.ok_or_else(|| {
+                failed("finding the zone", &format!("{} manages no zone that holds {target}", dns.kind()))
+            })?;
+            let id = dns.create_txt(&zone, &target, value).await.map_err(|e| failed("creating the TXT record", &e))?;
+            tracing::info!(name, provider = dns.kind(), record = target, id = %id, "DNS-01 record published");
+            published.records.push((dns.clone(), zone.clone(), id));
+            match targets.iter_mut().find(|(t, _)| *t == target) {
+                Some((_, values)) => values.push(value.clone()),
+                None => targets.push((target, vec![value.clone()])),
+            }
+        }
+        // Wait until the records are served where the CA will look.
+        for (target, values) in &targets {
+            let servers = if settings.resolvers.is_empty() {
+                let zone =
+                    published.records.iter().map(|(_, z, _)| z.name.clone()).find(|z| target.ends_with(z.as_str()));
+                portico_dns::lookup::authoritative(&resolvers, &zone.unwrap_or_else(|| account.domain.clone()))
+                    .await
+                    .map_err(|e| failed("finding the authoritative servers", &e))?
+            } else {
+                settings.resolvers.clone()
+            };
+            portico_dns::lookup::wait_for_txt(&servers, target, values, settings.propagation_timeout)
+                .await
+                .map_err(|e| failed("waiting for DNS", &e))?;
+        }
+        tracing::info!(name, records = wanted.len(), "DNS-01 records served; asking the CA to validate");
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(acme_error)?;
+            if authz.status != AuthorizationStatus::Pending {
+                continue;
+            }
+            let mut handle = authz
+                .challenge(ChallengeType::Dns01)
+                .ok_or_else(|| IssueError::local("the CA offers no dns-01 challenge"))?;
+            handle.set_ready().await.map_err(acme_error)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the order, finalizes it with a new key, and downloads the chain.
+    async fn finish(
+        &self,
+        order: &mut instant_acme::Order,
+        plan: &Plan,
+        challenge: Challenge,
+    ) -> Result<StoredCert, IssueError> {
+        let name = plan.cert.as_str();
         let status = order.poll_ready(&polling()).await.map_err(acme_error)?;
         if status != OrderStatus::Ready {
-            return Err(self.why_invalid(order, challenge).await);
+            let shown = match plan.solver {
+                Solver::Http => challenge.acme(),
+                Solver::Dns(_) => ChallengeType::Dns01,
+            };
+            return Err(self.why_invalid(order, shown).await);
         }
         let key = KeyPair::generate().map_err(|e| IssueError::local(format!("cannot make a key: {e}")))?;
-        let csr = CertificateParams::new(vec![name.to_owned()])
+        let csr = CertificateParams::new(plan.sans.clone())
             .and_then(|p| p.serialize_request(&key))
             .map_err(|e| IssueError::local(format!("cannot make the CSR: {e}")))?;
         order.finalize_csr(csr.der()).await.map_err(acme_error)?;
@@ -243,11 +389,10 @@ impl AcmeIssuer {
     }
 
     /// The problem of the challenge that failed, as the CA reports it.
-    async fn why_invalid(&self, order: &mut instant_acme::Order, challenge: Challenge) -> IssueError {
+    async fn why_invalid(&self, order: &mut instant_acme::Order, challenge: ChallengeType) -> IssueError {
         let mut authorizations = order.authorizations();
         while let Some(Ok(authz)) = authorizations.next().await {
-            let problem =
-                authz.challenges.iter().filter(|c| c.r#type == challenge.acme()).find_map(|c| c.error.clone());
+            let problem = authz.challenges.iter().filter(|c| c.r#type == challenge).find_map(|c| c.error.clone());
             if let Some(problem) = problem {
                 return acme_error(instant_acme::Error::Api(problem));
             }
@@ -276,18 +421,34 @@ impl Issuer for AcmeIssuer {
         }
     }
 
-    async fn issue(&self, name: &str) -> Result<StoredCert, IssueError> {
+    async fn issue(&self, plan: &Plan) -> Result<StoredCert, IssueError> {
         let account = self.account().await?;
         let first = self.settings.challenge;
-        match self.order(account, name, first).await {
+        match self.order(account, plan, first).await {
             Ok(cert) => Ok(cert),
+            // DNS-01 has no other challenge to fall back on.
+            Err(e) if matches!(plan.solver, Solver::Dns(_)) => Err(e),
             Err(e) => {
                 let second = first.other();
-                tracing::warn!(name, challenge = first.as_str(), error = %e,
+                tracing::warn!(name = plan.cert, challenge = first.as_str(), error = %e,
                     "ACME validation failed; trying {}", second.as_str());
-                self.order(account, name, second).await
+                self.order(account, plan, second).await
             }
         }
+    }
+}
+
+/// The DNS name an authorization is about while it is pending (for a wildcard, the name
+/// without `*.`); `None` once valid; an error in any other state.
+fn pending_name(authz: &instant_acme::AuthorizationState) -> Result<Option<String>, IssueError> {
+    match authz.status {
+        AuthorizationStatus::Valid => return Ok(None),
+        AuthorizationStatus::Pending => {}
+        status => return Err(IssueError::local(format!("the authorization is {status:?}"))),
+    }
+    match authz.identifier().identifier {
+        Identifier::Dns(name) => Ok(Some(name.clone())),
+        _ => Err(IssueError::local("the CA asks about an identifier that is not a DNS name")),
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
-use crate::{CertError, IssueError, Issuer, StoredCert, load_or_create};
+use crate::{CertError, IssueError, Issuer, Plan, StoredCert, load_or_create};
 
 /// The root as stored (`portico:internal-ca`).
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,13 +85,14 @@ impl Issuer for InternalCa {
         "internal"
     }
 
-    async fn issue(&self, name: &str) -> Result<StoredCert, IssueError> {
+    async fn issue(&self, plan: &Plan) -> Result<StoredCert, IssueError> {
+        let name = plan.cert.as_str();
         let root = self.root().await.map_err(|e| IssueError::local(e.to_string()))?;
         let failed = |e: rcgen::Error| IssueError::local(format!("the internal CA cannot sign: {e}"));
         let ca_key = KeyPair::from_pem(&root.key_pem).map_err(failed)?;
         let issuer = rcgen::Issuer::from_ca_cert_pem(&root.cert_pem, ca_key).map_err(failed)?;
         let key = KeyPair::generate().map_err(failed)?;
-        let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(failed)?;
+        let mut params = CertificateParams::new(plan.sans.clone()).map_err(failed)?;
         params.distinguished_name.push(DnType::CommonName, name);
         let now = OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(5);

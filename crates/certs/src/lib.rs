@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use portico_store::{Store, StoreError};
 
 pub use manager::{CertSettings, Certs, NamePolicy, Owner};
+pub use portico_dns::Endpoints as DnsEndpoints;
 pub use stored::{Loaded, Meta, StoredCert};
 
 /// Something went wrong with a certificate.
@@ -69,13 +70,63 @@ impl fmt::Display for IssueError {
 
 impl std::error::Error for IssueError {}
 
-/// Issues certificates for single names.
+/// What one issuance makes: the certificate's name (its key in the store: `<cert>:latest`,
+/// its `Cert` record, its lease), the names it covers, and how the CA is shown control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// `app.example.com`, or `*.example.com` for a wildcard.
+    pub cert: String,
+    /// The names it covers, `cert` first (`*.example.com` and `example.com`).
+    pub sans: Vec<String>,
+    /// How control of the names is shown.
+    pub solver: Solver,
+}
+
+impl Plan {
+    /// A certificate for one name, shown by HTTP-01 or TLS-ALPN-01.
+    pub fn single(name: &str) -> Self {
+        Self { cert: name.to_owned(), sans: vec![name.to_owned()], solver: Solver::Http }
+    }
+}
+
+/// How control of a plan's names is shown to the CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Solver {
+    /// HTTP-01 and TLS-ALPN-01 (the preferred first), answered by any node from the store.
+    Http,
+    /// DNS-01 through a DNS provider account.
+    Dns(DnsAccount),
+}
+
+/// A DNS provider account that manages a plan's zone: the seed's `DnsProvider` record and
+/// the `Domain` that links the zone to it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DnsAccount {
+    /// The provider record's id.
+    pub provider_id: String,
+    /// The provider record's fields (type and credentials).
+    pub provider: std::collections::BTreeMap<String, String>,
+    /// The managed domain the names are in.
+    pub domain: String,
+}
+
+impl fmt::Debug for DnsAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DnsAccount")
+            .field("provider_id", &self.provider_id)
+            .field("type", &self.provider.get("dnsProvider"))
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Issues certificates.
 #[async_trait]
 pub trait Issuer: Send + Sync + fmt::Debug {
     /// `acme` or `internal`, as `tls.issuer` names it.
     fn kind(&self) -> &'static str;
-    /// A certificate for `name`.
-    async fn issue(&self, name: &str) -> Result<StoredCert, IssueError>;
+    /// A certificate as `plan` says.
+    async fn issue(&self, plan: &Plan) -> Result<StoredCert, IssueError>;
 
     /// The CA's suggested renewal window for a certificate it issued (ACME Renewal
     /// Information, RFC 9773), as seconds since the epoch; `None` when the CA offers none.

@@ -20,16 +20,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::internal::make_fallback;
 use crate::status::CertState;
-use crate::{CertError, IssueError, Issuer, Loaded, StoredCert, load_or_create, now_secs};
+use crate::{CertError, DnsAccount, IssueError, Issuer, Loaded, Plan, Solver, StoredCert, load_or_create, now_secs};
 
 /// Decides which names may get a certificate: those a host pattern matches.
 pub trait NamePolicy: Send + Sync + fmt::Debug {
     /// The host pattern that gives `name` (normalised) a certificate, if one matches.
     fn owner(&self, name: &str) -> Option<Owner>;
-    /// Every name a pattern without wildcards names: the names whose certificates are
-    /// renewed whether or not anyone asked for them.
+    /// The certificate names renewed whether or not anyone asked for them: every name a
+    /// pattern without wildcards names, and every `*.zone` pattern (a wildcard certificate).
     fn explicit_names(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// Whether a host has exactly this pattern (`*.example.com`).
+    fn has_pattern(&self, _pattern: &str) -> bool {
+        false
     }
 }
 
@@ -52,8 +56,21 @@ impl NamePolicy for portico_model::Routes {
     }
 
     fn explicit_names(&self) -> Vec<String> {
-        self.snapshot().iter().filter(|(p, _)| literal(p)).map(|(p, _)| p.to_string()).collect()
+        self.snapshot().iter().filter(|(p, _)| literal(p) || one_wildcard(p)).map(|(p, _)| p.to_string()).collect()
     }
+
+    fn has_pattern(&self, pattern: &str) -> bool {
+        // A name only `pattern` (a `*.` one) can match best, unless a host names it.
+        let Some(parent) = pattern.strip_prefix("*.") else { return false };
+        self.snapshot().lookup(&format!("portico-probe--.{parent}")).is_some_and(|(p, _)| p.to_string() == pattern)
+    }
+}
+
+/// Whether a pattern is `*.` followed by literal labels: one wildcard certificate covers it.
+fn one_wildcard(pattern: &portico_model::HostPattern) -> bool {
+    let mut labels = pattern.labels();
+    matches!(labels.next(), Some(portico_model::PatternLabel::One))
+        && labels.all(|l| matches!(l, portico_model::PatternLabel::Literal(_)))
 }
 
 /// Whether a pattern has no wildcard label.
@@ -239,7 +256,7 @@ impl Certs {
             fallback,
         };
         for name in certs.store.keys(Kind::Cert).await? {
-            if let Some(owner) = certs.policy.owner(&name) {
+            if let Some(owner) = certs.owner(&name) {
                 certs.hold(&name, &owner);
             }
         }
@@ -258,7 +275,61 @@ impl Certs {
 
     /// The host pattern `name`'s certificate comes from.
     pub fn owner(&self, name: &str) -> Option<Owner> {
-        self.policy.owner(name)
+        let mut owner = self.policy.owner(name)?;
+        // A wildcard certificate (`*.zone`) belongs to that very pattern, and is renewed
+        // like an explicit host's.
+        if name.starts_with("*.") {
+            if owner.pattern != name {
+                return None;
+            }
+            owner.explicit = true;
+        }
+        Some(owner)
+    }
+
+    /// The certificate that covers `name`, which `owner` gives one: the wildcard `*.zone`
+    /// for a name under a `*.zone` host, and for `zone` itself when such a host exists, if a
+    /// DNS provider manages the zone; else the name's own.
+    async fn cert_for(&self, name: &str, owner: &Owner) -> Result<(String, Owner), CertError> {
+        let wildcard = match owner.pattern.strip_prefix("*.") {
+            Some(parent) if !parent.contains('*') && name.split_once('.').is_some_and(|(_, rest)| rest == parent) => {
+                Some(owner.pattern.clone())
+            }
+            _ if self.policy.has_pattern(&format!("*.{name}")) => Some(format!("*.{name}")),
+            _ => None,
+        };
+        if let Some(wildcard) = wildcard
+            && self.dns_account(&wildcard[2..]).await?.is_some()
+        {
+            return Ok((wildcard.clone(), Owner { pattern: wildcard, explicit: true }));
+        }
+        Ok((name.to_owned(), owner.clone()))
+    }
+
+    /// The DNS provider account that manages `zone` (the seed's `Domain` → `DnsProvider`
+    /// link: the longest managed domain `zone` is in).
+    pub async fn dns_account(&self, zone: &str) -> Result<Option<DnsAccount>, CertError> {
+        let domains = self.store.records(Kind::Domain).await?;
+        let Some(domain) = portico_dns::enclosing(zone, domains.iter().map(|(key, _)| key.as_str())) else {
+            return Ok(None);
+        };
+        let fields = domains.iter().find(|(key, _)| key == domain).map(|(_, f)| f);
+        let Some(provider_id) = fields.and_then(|f| f.get("dnsProvider_id")) else { return Ok(None) };
+        let Some(provider) = self.store.record(Kind::DnsProvider, provider_id).await? else { return Ok(None) };
+        Ok(Some(DnsAccount { provider_id: provider_id.clone(), provider, domain: domain.to_owned() }))
+    }
+
+    /// What an issuance of the certificate `cert` makes: a wildcard covers its zone too and
+    /// goes through the zone's DNS provider.
+    pub async fn plan(&self, cert: &str) -> Result<Plan, CertError> {
+        let Some(zone) = cert.strip_prefix("*.") else { return Ok(Plan::single(cert)) };
+        let solver = match self.dns_account(zone).await? {
+            Some(account) => Solver::Dns(account),
+            // Without one only an issuer that needs no challenge (the internal CA) can; the
+            // ACME issuer says why not.
+            None => Solver::Http,
+        };
+        Ok(Plan { cert: cert.to_owned(), sans: vec![cert.to_owned(), zone.to_owned()], solver })
     }
 
     /// The fallback certificate: self-signed, for no real name.
@@ -383,7 +454,19 @@ impl Certs {
             tracing::debug!(name, "no host matches this name: serving the fallback certificate");
             return None;
         };
-        match self.obtain(name, Mode::OnDemand, &owner).await {
+        let (cert, owner) = match self.cert_for(name, &owner).await {
+            Ok(planned) => planned,
+            Err(e) => {
+                tracing::warn!(name, error = %e, "cannot plan a certificate: serving the fallback certificate");
+                return None;
+            }
+        };
+        if cert != name
+            && let Some(cached) = self.cached_entry(&cert)
+        {
+            return Some(cached.loaded.clone());
+        }
+        match self.obtain(&cert, Mode::OnDemand, &owner).await {
             Ok(loaded) => Some(loaded),
             Err(e) => {
                 self.log_refusal(name, &e);
@@ -688,7 +771,8 @@ impl Certs {
         let verb = if mode == Mode::OnDemand { "issuing" } else { "renewing" };
         tracing::info!(name, issuer = self.issuer.kind(), "{verb} a certificate");
         let begun = Instant::now();
-        let issued = match tokio::time::timeout(self.settings.issue_timeout, self.issuer.issue(name)).await {
+        let plan = self.plan(name).await?;
+        let issued = match tokio::time::timeout(self.settings.issue_timeout, self.issuer.issue(&plan)).await {
             Ok(result) => result,
             Err(_) => Err(IssueError::local(format!("issuance took longer than {:?}", self.settings.issue_timeout))),
         };
@@ -748,6 +832,27 @@ impl Certs {
         self.settings.backoff_min.saturating_mul(factor).min(self.settings.backoff_max)
     }
 
+    /// Gets the wildcard certificate of the host pattern `pattern` (`*.zone`) when a DNS
+    /// provider manages its zone and there is none yet. Failures are recorded (backoff) and
+    /// logged; handshakes try again.
+    pub async fn prepare_wildcard(&self, pattern: &str) {
+        if self.cached(pattern).is_some() || matches!(self.stored(pattern).await, Ok(Some(_))) {
+            return;
+        }
+        match self.dns_account(&pattern[2..]).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(pattern, error = %e, "cannot look for the DNS provider of a wildcard host");
+                return;
+            }
+        }
+        let owner = Owner { pattern: pattern.to_owned(), explicit: true };
+        if let Err(e) = self.obtain(pattern, Mode::OnDemand, &owner).await {
+            self.log_refusal(pattern, &e);
+        }
+    }
+
     /// Follows the store's change feed: certificates another node issued or renewed replace
     /// the ones in memory. Runs until `shutdown`.
     pub async fn follow_store(self: Arc<Self>, shutdown: CancellationToken) {
@@ -767,7 +872,7 @@ impl Certs {
                     // Another node issued or removed a certificate of a name under a wildcard
                     // pattern: keep the caps in step (reading the store only when the reload
                     // above did not).
-                    let Some(owner) = self.policy.owner(name).filter(|o| !o.explicit) else { continue };
+                    let Some(owner) = self.owner(name).filter(|o| !o.explicit) else { continue };
                     let present = if cached {
                         Some(self.cached(name).is_some())
                     } else {
@@ -778,6 +883,12 @@ impl Certs {
                         Some(false) => self.unhold(name),
                         None => {}
                     }
+                }
+                // A new `*.zone` host: its wildcard certificate is made now, not at the first
+                // handshake (any node may start it; the lease makes it one order).
+                Ok(Change::Record { kind: Kind::Host, key }) if key.starts_with("*.") && !key[2..].contains('*') => {
+                    let certs = self.clone();
+                    tokio::spawn(async move { certs.prepare_wildcard(&key).await });
                 }
                 Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
                     let names: Vec<String> =

@@ -13,6 +13,7 @@
 mod cloudflare;
 mod digitalocean;
 mod http;
+pub mod lookup;
 mod porkbun;
 
 use std::collections::BTreeMap;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 /// Sections of the file; an environment variable `PORTICO_<SECTION>_<KEY>` sets `key` in
 /// `[section]`, any other `PORTICO_<KEY>` a top-level key.
-const SECTIONS: [&str; 6] = ["store", "proxy", "api", "tls", "metrics", "log"];
+const SECTIONS: [&str; 7] = ["store", "proxy", "api", "tls", "dns", "metrics", "log"];
 /// Duration keys for which 0 makes sense (no drain at shutdown); every other must be longer.
 const ZERO_DURATION_OK: [&str; 1] = ["proxy.shutdown_timeout"];
 /// What `log.level` takes, alone or as `target=level` in a comma-separated filter.
@@ -70,6 +70,8 @@ struct Raw {
     api: RawApi,
     #[serde(default)]
     tls: RawTls,
+    #[serde(default)]
+    dns: RawDns,
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
@@ -130,6 +132,17 @@ struct RawTls {
     max_pattern_issuances_per_minute: Option<usize>,
     max_certs_per_pattern: Option<usize>,
     max_certs_per_domain: Option<usize>,
+    dns_resolvers: Option<ListText>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    cloudflare_api: Option<String>,
+    digitalocean_api: Option<String>,
+    porkbun_api: Option<String>,
+    timeout: Option<DurationText>,
+    propagation_timeout: Option<DurationText>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +252,8 @@ pub struct TlsConfig {
     pub max_pattern_issuances_per_minute: usize,
     pub max_certs_per_pattern: usize,
     pub max_certs_per_domain: usize,
+    /// DNS-01: the providers' APIs, the servers to watch, how long to wait.
+    pub dns: portico_certs::acme::DnsSettings,
 }
 
 impl std::fmt::Debug for TlsConfig {
@@ -438,6 +453,48 @@ fn log_level(text: &str) -> Result<String, ConfigError> {
 }
 
 /// `api.trusted_proxies`: addresses (`127.0.0.1`) or networks (`10.0.0.0/8`).
+/// A duration key's value, `default` when unset; 0 only where it makes sense.
+fn duration(value: &Option<DurationText>, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    let parsed = value.as_ref().map_or(Ok(default), |d| d.parse(key))?;
+    if parsed.is_zero() && !ZERO_DURATION_OK.contains(&key) {
+        return Err(ConfigError::Value { key, message: "must be longer than 0".into() });
+    }
+    Ok(parsed)
+}
+
+/// DNS-01 settings: `tls.dns_resolvers` and `[dns]`.
+fn dns_settings(resolvers: Option<&ListText>, d: &RawDns) -> Result<portico_certs::acme::DnsSettings, ConfigError> {
+    let defaults = portico_certs::DnsEndpoints::default();
+    let url = |key: &'static str, value: &Option<String>, default: String| match value {
+        Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+            Ok(url.trim_end_matches('/').to_owned())
+        }
+        Some(url) => Err(ConfigError::Value { key, message: format!("{url:?} is not an http(s):// URL") }),
+        None => Ok(default),
+    };
+    let resolvers = resolvers
+        .map(ListText::items)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|item| {
+            item.parse::<SocketAddr>().map_err(|_| ConfigError::Value {
+                key: "tls.dns_resolvers",
+                message: format!("{item:?} is not an address like 1.1.1.1:53"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(portico_certs::acme::DnsSettings {
+        endpoints: portico_certs::DnsEndpoints {
+            cloudflare: url("dns.cloudflare_api", &d.cloudflare_api, defaults.cloudflare)?,
+            digitalocean: url("dns.digitalocean_api", &d.digitalocean_api, defaults.digitalocean)?,
+            porkbun: url("dns.porkbun_api", &d.porkbun_api, defaults.porkbun)?,
+            timeout: duration(&d.timeout, "dns.timeout", defaults.timeout)?,
+        },
+        resolvers,
+        propagation_timeout: duration(&d.propagation_timeout, "dns.propagation_timeout", Duration::from_secs(120))?,
+    })
+}
+
 fn trusted_proxies(list: Option<&ListText>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
     let items = list.map(ListText::items).unwrap_or_default();
     items
@@ -462,13 +519,6 @@ impl TryFrom<Raw> for Config {
         let http = addr("proxy.http", raw.proxy.http.as_deref(), "0.0.0.0:80")?;
         let https = addr("proxy.https", raw.proxy.https.as_deref(), "0.0.0.0:443")?;
         let defaults = ProxyConfig::default();
-        let duration = |value: &Option<DurationText>, key: &'static str, default| {
-            let parsed = value.as_ref().map_or(Ok(default), |d| d.parse(key))?;
-            if parsed.is_zero() && !ZERO_DURATION_OK.contains(&key) {
-                return Err(ConfigError::Value { key, message: "must be longer than 0".into() });
-            }
-            Ok(parsed)
-        };
         let p = &raw.proxy;
         let max_header_bytes = p.max_header_bytes.unwrap_or(defaults.max_header_bytes);
         if max_header_bytes < 8192 {
@@ -582,6 +632,7 @@ impl TryFrom<Raw> for Config {
                 "tls.max_certs_per_domain",
                 limits.max_certs_per_domain,
             )?,
+            dns: dns_settings(t.dns_resolvers.as_ref(), &raw.dns)?,
         };
         let log_format = choice(
             "log.format",

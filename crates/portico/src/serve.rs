@@ -204,6 +204,7 @@ fn issuer(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<dyn Issu
                 eab: tls.acme_eab.as_ref().map(|(kid, hmac_key)| Eab { kid: kid.clone(), hmac_key: hmac_key.clone() }),
                 ca_roots: tls.acme_ca_roots.clone(),
                 challenge: tls.challenge,
+                dns: tls.dns.clone(),
             };
             Arc::new(AcmeIssuer::new(store, settings).context("invalid [tls] settings")?)
         }

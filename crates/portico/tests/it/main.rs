@@ -5,6 +5,7 @@ mod acme;
 mod api;
 mod cluster;
 mod connections;
+mod dns01;
 mod errors;
 mod https;
 mod lifecycle;
