@@ -1,17 +1,20 @@
 //! `/api/dns` and `/api/dns/domain`: DNS provider accounts and the zones they manage.
 //!
-//! This version keeps the data model and its CRUD; the calls to the providers themselves
-//! (credential checks, domain sync, DNS-01) come with the DNS-01 issue. Credentials are stored
-//! and never returned, logged or echoed in errors.
+//! Credentials are checked with the provider before they are stored, on creation and on
+//! change (a refusal is a 422 with
+//! the provider's complaint; nothing is stored), and never returned, logged or echoed in
+//! errors. A provider's zones become `Domain` records when it is added, when asked
+//! (`POST /api/dns/domain/refresh/{id}`), and periodically ([`sync_all`]).
 
 use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
+use portico_dns::{DnsError, DnsProvider};
 use portico_model::Hostname;
 use portico_model::dns::{PROVIDERS, ProviderType, SECRET_FIELDS, provider_type, zone_of};
-use portico_store::{Fields, Kind, Revision, StoreError};
+use portico_store::{Fields, Kind, Revision, Store, StoreError};
 use serde_json::{Map, Value, json};
 
 use crate::auth::{self, Caller};
@@ -118,11 +121,108 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
     let id = auth::new_token()?[..16].to_owned();
     let mut fields =
         new_record(&caller.username, [("id", id.clone()), ("name", name), ("dnsProvider", provider.name.to_owned())]);
+    let first_credential = credentials.first().map(|(key, _)| *key).unwrap_or("dnsProvider");
     for (key, value) in credentials {
         fields.insert(key.to_owned(), value);
     }
+    let dns = client(&api, &fields, first_credential)?;
+    dns.verify().await.map_err(|e| dns_error(e, first_credential))?;
     api.store.create(Kind::DnsProvider, &id, &fields).await?;
-    Ok(with_message(format!("\"{id}\" added."), provider_json(&fields)))
+    let mut out = provider_json(&fields);
+    match sync(api.store.as_ref(), &id, dns.as_ref(), &caller.username).await {
+        Ok(synced) => {
+            out.insert("domains".into(), json!(synced.domains));
+        }
+        // The provider is stored; its domains come at the next sync.
+        Err(e) => tracing::warn!(provider = %id, error = %e, "cannot list the new provider's domains yet"),
+    }
+    Ok(with_message(format!("\"{id}\" added."), out))
+}
+
+/// A client for a provider record; a record that cannot make one is a 422 on `field`.
+fn client(api: &Api, fields: &Fields, field: &'static str) -> Result<Box<dyn DnsProvider>, ApiError> {
+    portico_dns::client(fields, &api.settings.dns).map_err(|e| dns_error(e, field))
+}
+
+/// A provider's error for the API: refused credentials are the caller's to fix (422 on the
+/// credential field, with the provider's words); anything else is the provider's (424).
+fn dns_error(e: DnsError, field: &'static str) -> ApiError {
+    match e {
+        DnsError::Unauthorized { .. } | DnsError::Config(_) => {
+            ApiError::Validation(vec![FieldError::new(field, e.to_string())])
+        }
+        other => ApiError::DnsApi(other.to_string()),
+    }
+}
+
+/// What a domain sync did.
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// The provider's zones now linked to it.
+    pub domains: Vec<String>,
+    /// Zones linked now that were not.
+    pub added: Vec<String>,
+    /// Zones no longer at the provider, unlinked.
+    pub removed: Vec<String>,
+    /// Zones another provider manages already (left with it).
+    pub taken: Vec<String>,
+}
+
+/// Links the provider's zones as `Domain` records (those another provider has stay with
+/// it) and unlinks its domains the provider no longer has.
+pub async fn sync(store: &dyn Store, id: &str, dns: &dyn DnsProvider, by: &str) -> Result<Synced, ApiError> {
+    let zones = dns.zones().await.map_err(|e| ApiError::DnsApi(e.to_string()))?;
+    let existing = store.records(Kind::Domain).await?;
+    let mut synced = Synced::default();
+    for zone in &zones {
+        match existing.iter().find(|(d, _)| *d == zone.name) {
+            Some((_, record)) if record.get("dnsProvider_id").map(String::as_str) != Some(id) => {
+                synced.taken.push(zone.name.clone());
+                continue;
+            }
+            Some(_) => {}
+            None => {
+                let fields = new_record(
+                    by,
+                    [("domain", zone.name.clone()), ("dnsProvider_id", id.to_owned()), ("zoneId", zone.id.clone())],
+                );
+                match store.create(Kind::Domain, &zone.name, &fields).await {
+                    Ok(()) => synced.added.push(zone.name.clone()),
+                    // Linked meanwhile by another sync.
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        synced.domains.push(zone.name.clone());
+    }
+    for (domain, record) in &existing {
+        if record.get("dnsProvider_id").map(String::as_str) == Some(id) && !zones.iter().any(|z| z.name == *domain) {
+            store.delete(Kind::Domain, domain).await?;
+            synced.removed.push(domain.clone());
+        }
+    }
+    if !synced.added.is_empty() || !synced.removed.is_empty() {
+        tracing::info!(provider = id, added = ?synced.added, removed = ?synced.removed, "DNS provider's domains synced");
+    }
+    Ok(synced)
+}
+
+/// Syncs every provider's domains (the API role runs it periodically). A provider that
+/// fails is logged and skipped.
+pub async fn sync_all(store: &dyn Store, endpoints: &portico_dns::Endpoints) -> Result<(), StoreError> {
+    for (id, fields) in store.records(Kind::DnsProvider).await? {
+        let synced = match portico_dns::client(&fields, endpoints) {
+            Ok(dns) => sync(store, &id, dns.as_ref(), "portico").await.map(|_| ()),
+            Err(e) => Err(ApiError::DnsApi(e.to_string())),
+        };
+        match synced {
+            Ok(()) => {}
+            Err(ApiError::Store(e)) => return Err(e),
+            Err(e) => tracing::warn!(provider = %id, error = %e, "cannot sync a DNS provider's domains"),
+        }
+    }
+    Ok(())
 }
 
 async fn stored_provider(api: &Api, id: &str) -> Result<Fields, ApiError> {
@@ -175,6 +275,16 @@ pub async fn update(
     body: JsonObject,
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
     caller.require_admin()?;
+    // New credentials are checked with the provider before anything is written.
+    let current = stored_provider(&api, &id).await?;
+    let kind = current.get("dnsProvider").and_then(|k| provider_type(k));
+    let changed: Vec<&'static str> =
+        kind.map_or(&[][..], |p| p.credentials).iter().map(|(k, _)| *k).filter(|k| body.0.contains_key(*k)).collect();
+    if let Some(first) = changed.first() {
+        let mut candidate = current.clone();
+        apply(&body, &mut candidate)?;
+        client(&api, &candidate, first)?.verify().await.map_err(|e| dns_error(e, first))?;
+    }
     let (etag, fields) = conditional::update(
         api.store.as_ref(),
         Kind::DnsProvider,
@@ -334,13 +444,13 @@ pub async fn delete_domain(
     Ok(with_message(format!("{domain} deleted"), public(&fields)))
 }
 
-/// `POST /api/dns/domain/refresh/{id}`: needs the provider clients of the DNS-01 issue.
+/// `POST /api/dns/domain/refresh/{id}` (admin): links the provider's zones as domains now.
 #[utoipa::path(
     post,
     path = "/api/dns/domain/refresh/{id}",
     tag = "dns",
     params(("id" = String, Path)),
-    responses(doc::AuthErrors, doc::Missing, doc::NotYet),
+    responses((status = 200, description = "The provider's domains now, and what changed"), doc::AuthErrors, doc::Missing),
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn refresh_domains(
@@ -349,6 +459,11 @@ pub async fn refresh_domains(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    stored_provider(&api, &id).await?;
-    Err(ApiError::Unavailable("syncing domains from DNS providers is not in this version yet"))
+    let fields = stored_provider(&api, &id).await?;
+    let dns = client(&api, &fields, "dnsProvider")?;
+    let synced = sync(api.store.as_ref(), &id, dns.as_ref(), &caller.username).await?;
+    Ok(Json(json!({
+        "message": format!("\"{id}\" domains refreshed."),
+        "results": {"domains": synced.domains, "added": synced.added, "removed": synced.removed, "taken": synced.taken},
+    })))
 }

@@ -79,6 +79,9 @@ pub enum ApiError {
     /// A certificate authority (or another service this route needs) failed.
     #[error("{0}")]
     Upstream(String),
+    /// A DNS provider's API failed (not a refusal of the credentials); its message.
+    #[error("DNS API Error {0}")]
+    DnsApi(String),
     /// The store failed.
     #[error("the store is unavailable")]
     Store(#[source] StoreError),
@@ -131,6 +134,8 @@ impl ApiError {
             Self::MethodNotAllowed => ("MethodNotAllowed", StatusCode::METHOD_NOT_ALLOWED),
             Self::Unavailable(_) => ("NotImplemented", StatusCode::NOT_IMPLEMENTED),
             Self::Upstream(_) => ("UpstreamError", StatusCode::BAD_GATEWAY),
+            // The seed's name and status for a provider's failure.
+            Self::DnsApi(_) => ("OtherDnsApiError", StatusCode::FAILED_DEPENDENCY),
             Self::Store(_) => ("StoreUnavailable", StatusCode::SERVICE_UNAVAILABLE),
             Self::Internal(_) => ("InternalError", StatusCode::INTERNAL_SERVER_ERROR),
         }

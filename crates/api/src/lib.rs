@@ -28,6 +28,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use dns::{Synced, sync as sync_dns_provider, sync_all as sync_dns_domains};
 pub use error::ApiError;
 pub use state::{Api, ApiSettings, ApiState};
 

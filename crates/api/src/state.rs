@@ -21,11 +21,17 @@ pub struct ApiSettings {
     /// Proxies in front of the API whose `X-Forwarded-For` names the client (for the login
     /// rate limit); from anyone else the header is ignored.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The DNS providers' APIs (credential checks, domain sync).
+    pub dns: portico_dns::Endpoints,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
-        Self { session_ttl: Duration::from_secs(24 * 3600), trusted_proxies: Vec::new() }
+        Self {
+            session_ttl: Duration::from_secs(24 * 3600),
+            trusted_proxies: Vec::new(),
+            dns: portico_dns::Endpoints::default(),
+        }
     }
 }
 

@@ -91,9 +91,14 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
         portico_api::auth::bootstrap_admin(store.as_ref(), &config.data_dir, admin_password)
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
-        let settings = ApiSettings { session_ttl: config.session_ttl, trusted_proxies: config.trusted_proxies.clone() };
+        let settings = ApiSettings {
+            session_ttl: config.session_ttl,
+            trusted_proxies: config.trusted_proxies.clone(),
+            dns: config.tls.dns.endpoints.clone(),
+        };
         let state = ApiState::new(store.clone(), routes.clone(), settings, Some(certs.clone()));
         tasks.spawn(portico_certs::renew::run(certs.clone(), config.tls.renew_interval, shutdown.clone()));
+        tasks.spawn(sync_dns_domains(store.clone(), config.tls.dns.endpoints.clone(), shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await
             .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
@@ -193,6 +198,25 @@ fn default_max_connections(fd_limit: u64) -> usize {
 }
 
 /// The issuer `tls.issuer` names.
+/// How often every DNS provider's zones are synced to `Domain` records.
+const DNS_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Syncs every DNS provider's domains every [`DNS_SYNC_EVERY`] (the first time a minute after
+/// start), until `shutdown`.
+async fn sync_dns_domains(store: Arc<dyn Store>, endpoints: portico_certs::DnsEndpoints, shutdown: CancellationToken) {
+    let mut next = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep_until(next) => {}
+        }
+        if let Err(e) = portico_api::sync_dns_domains(store.as_ref(), &endpoints).await {
+            tracing::warn!(error = %e, "cannot sync DNS providers' domains; trying again later");
+        }
+        next = tokio::time::Instant::now() + DNS_SYNC_EVERY;
+    }
+}
+
 fn issuer(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<dyn Issuer>> {
     let tls = &config.tls;
     Ok(match tls.issuer {

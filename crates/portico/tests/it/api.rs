@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use portico_test_support::client::{ApiClient, Proxy};
+use portico_test_support::dns_fake::{self, FakeDns, Provider};
 use portico_test_support::portico::ADMIN_PASSWORD;
 use portico_test_support::{Backend, Portico, eventually};
 use serde_json::{Value, json};
@@ -485,7 +486,10 @@ async fn cli_manages_users() {
 /// and no log line contains any of them.
 #[tokio::test]
 async fn secrets_never_leave() {
-    let p = portico(&[]);
+    // Provider credentials are checked with the provider: a fake of Porkbun's API, whose
+    // secret key is the planted secret.
+    let fake = FakeDns::start(Provider::Porkbun, &["planted.test"]).await;
+    let p = portico(&[&format!("dns.porkbun_api=\"{}\"", fake.base())]);
     let (api, root) = admin(&p).await;
     let r = Some(root.as_str());
     let user_password = "planted-user-password-7";
@@ -494,13 +498,13 @@ async fn secrets_never_leave() {
     let made = api.call("POST", "/api/token", r, Some(json!({"name": "planted"}))).await;
     let api_token = made.json["token"].as_str().unwrap().to_owned();
     api.call("POST", "/api/host", r, Some(json!({"host": "s.test", "ip": "127.0.0.1", "targetPort": 80}))).await;
-    let dns_secret = "planted-porkbun-secret-9";
+    let (dns_key, dns_secret) = (dns_fake::PORKBUN_KEY, dns_fake::PORKBUN_SECRET);
     let dns = api
         .call(
             "POST",
             "/api/dns",
             r,
-            Some(json!({"name": "pb", "dnsProvider": "PorkBun", "apiKey": "planted-pk-8", "secretApiKey": dns_secret})),
+            Some(json!({"name": "pb", "dnsProvider": "PorkBun", "apiKey": dns_key, "secretApiKey": dns_secret})),
         )
         .await;
     let dns_id = dns.json["id"].as_str().unwrap().to_owned();
@@ -523,11 +527,10 @@ async fn secrets_never_leave() {
         api_token.as_str(),
         stored.as_str(),
         dns_secret,
-        "planted-pk-8",
+        dns_key,
         private_key.as_str(),
     ];
-    let planted_dns =
-        json!({"name": "x", "dnsProvider": "PorkBun", "apiKey": "planted-pk-8", "secretApiKey": dns_secret});
+    let planted_dns = json!({"name": "x", "dnsProvider": "PorkBun", "apiKey": dns_key, "secretApiKey": dns_secret});
     // Bodies for the writes: they leave the planted data in place, and those that must fail
     // still echo their input nowhere. Routes not named here are called without a body.
     let write_bodies: Vec<(&str, &str, Value)> = vec![
@@ -605,7 +608,9 @@ async fn secrets_never_leave() {
 
 #[tokio::test]
 async fn dns_providers_and_domains() {
-    let p = portico(&[]);
+    // A fake of Cloudflare's API, which has one zone.
+    let fake = FakeDns::start(Provider::Cloudflare, &["synced.test"]).await;
+    let p = portico(&[&format!("dns.cloudflare_api=\"{}\"", fake.base())]);
     let (api, root) = admin(&p).await;
     let r = Some(root.as_str());
     let types = api.call("OPTIONS", "/api/dns", r, None).await;
@@ -615,7 +620,17 @@ async fn dns_providers_and_domains() {
     assert_eq!(names, vec!["Cloudflare", "DigitalOcean", "PorkBun"]);
     assert!(types.json["results"][2]["fields"]["secretApiKey"]["isPrivate"].as_bool().unwrap());
 
-    let secret = "cf-planted-token-123";
+    // Credentials the provider refuses: 422 with its complaint, and nothing stored.
+    let refused = api
+        .call("POST", "/api/dns", r, Some(json!({"name": "bad", "dnsProvider": "Cloudflare", "token": "wrong-token"})))
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.raw);
+    assert_eq!(refused.json["keys"][0]["key"], "token");
+    assert!(refused.raw.contains("Authentication error"), "the provider's complaint: {}", refused.raw);
+    assert!(!refused.raw.contains("wrong-token"));
+    assert_eq!(api.call("GET", "/api/dns", r, None).await.json["results"], json!([]));
+
+    let secret = dns_fake::CLOUDFLARE_TOKEN;
     let made = api
         .call("POST", "/api/dns", r, Some(json!({"name": "main", "dnsProvider": "Cloudflare", "token": secret})))
         .await;
@@ -623,6 +638,12 @@ async fn dns_providers_and_domains() {
     let id = made.json["id"].as_str().unwrap().to_owned();
     assert_eq!(id.len(), 16);
     assert_eq!(made.json["message"], format!("\"{id}\" added."));
+    // Its zones are linked as domains at once.
+    assert_eq!(made.json["domains"], json!(["synced.test"]));
+    assert_eq!(
+        api.call("GET", "/api/dns/domain/x.synced.test", r, None).await.json["results"][0]["dnsProvider_id"],
+        id
+    );
     let missing =
         api.call("POST", "/api/dns", r, Some(json!({"name": "pb", "dnsProvider": "PorkBun", "apiKey": "pk1"}))).await;
     assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -635,11 +656,16 @@ async fn dns_providers_and_domains() {
     assert_eq!(detail.json["results"][0]["displayName"], "CloudFlare");
     let one = api.call("GET", &format!("/api/dns/{id}"), r, None).await;
     assert_eq!(one.json["results"]["name"], "main");
-    let renamed = api
+    // A new token is checked too: one the provider refuses changes nothing.
+    let rotated = api
         .call("PUT", &format!("/api/dns/{id}"), r, Some(json!({"name": "primary", "token": "rotated-token-456"})))
         .await;
+    assert_eq!(rotated.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", rotated.raw);
+    assert_eq!(api.call("GET", &format!("/api/dns/{id}"), r, None).await.json["results"]["name"], "main");
+    let renamed =
+        api.call("PUT", &format!("/api/dns/{id}"), r, Some(json!({"name": "primary", "token": secret}))).await;
     assert_eq!(renamed.json["name"], "primary");
-    for reply in [&made, &detail, &one, &renamed] {
+    for reply in [&made, &detail, &one, &renamed, &rotated] {
         assert!(!reply.raw.contains(secret) && !reply.raw.contains("rotated-token-456"), "{}", reply.raw);
     }
 
@@ -661,8 +687,18 @@ async fn dns_providers_and_domains() {
     let found = api.call("GET", "/api/dns/domain/a.b.example.test", r, None).await;
     assert_eq!(found.json["results"][0]["domain"], "example.test");
     assert_eq!(api.call("GET", "/api/dns/domain/example.org", r, None).await.status, StatusCode::NOT_FOUND);
+    // A refresh links what the provider has and unlinks what it no longer has; a domain
+    // linked by hand to a zone the provider does not have is the provider's no longer.
     let refresh = api.call("POST", &format!("/api/dns/domain/refresh/{id}"), r, None).await;
-    assert_eq!(refresh.status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(refresh.status, StatusCode::OK, "{}", refresh.raw);
+    assert_eq!(refresh.json["results"]["domains"], json!(["synced.test"]));
+    assert_eq!(refresh.json["results"]["removed"], json!(["example.test"]));
+    fake.set_down(true);
+    let down = api.call("POST", &format!("/api/dns/domain/refresh/{id}"), r, None).await;
+    assert_eq!(down.status, StatusCode::FAILED_DEPENDENCY, "{}", down.raw);
+    assert_eq!(down.json["name"], "OtherDnsApiError");
+    assert!(down.raw.contains("service temporarily unavailable"), "{}", down.raw);
+    fake.set_down(false);
 
     // Users may read, not write.
     api.call("POST", "/api/user", r, Some(json!({"username": "gina", "password": "gina-password"}))).await;
@@ -775,11 +811,12 @@ async fn host_updates_are_compare_and_set() {
 /// bring the provider back.
 #[tokio::test]
 async fn dns_provider_updates_are_compare_and_set() {
-    let p = portico(&[]);
+    let fake = FakeDns::start(Provider::Cloudflare, &[]).await;
+    let p = portico(&[&format!("dns.cloudflare_api=\"{}\"", fake.base())]);
     let (api, root) = admin(&p).await;
     let r = Some(root.as_str());
-    let made =
-        api.call("POST", "/api/dns", r, Some(json!({"name": "a", "dnsProvider": "Cloudflare", "token": "t1"}))).await;
+    let body = json!({"name": "a", "dnsProvider": "Cloudflare", "token": dns_fake::CLOUDFLARE_TOKEN});
+    let made = api.call("POST", "/api/dns", r, Some(body)).await;
     let id = made.json["id"].as_str().unwrap().to_owned();
     let path = format!("/api/dns/{id}");
     let tag = api.call("GET", &path, r, None).await.headers["etag"].to_str().unwrap().to_owned();
