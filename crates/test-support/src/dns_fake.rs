@@ -16,8 +16,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+use crate::pebble::challtestsrv;
 
 /// Which API a fake speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,19 +265,6 @@ async fn handle(
         }
     }
     Ok(response)
-}
-
-/// One call to challtestsrv's management API.
-async fn challtestsrv(port: u16, path: &str, body: Value) {
-    let body = body.to_string();
-    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return };
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(request.as_bytes()).await;
-    let mut sink = Vec::new();
-    let _ = stream.read_to_end(&mut sink).await;
 }
 
 fn outage(provider: Provider) -> Response<Body> {

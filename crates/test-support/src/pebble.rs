@@ -198,6 +198,13 @@ impl Pebble {
         self.count("POST /sign-me-up")
     }
 
+    /// Makes challtestsrv answer `host` with a CNAME to `target`.
+    pub async fn set_cname(&self, host: &str, target: &str) {
+        let body = serde_json::json!({"host": format!("{host}."), "target": format!("{target}.")});
+        let answer = challtestsrv(self.ports.chall, "/set-cname", body).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "set-cname: {answer}");
+    }
+
     /// Freezes Pebble (SIGSTOP): requests to it wait until [`Pebble::resume`].
     pub fn pause(&self) {
         self.signal(rustix::process::Signal::STOP);
@@ -265,6 +272,22 @@ impl Drop for Pebble {
             let _ = child.wait();
         }
     }
+}
+
+/// One call to the management API of the challtestsrv on `port`; the raw answer (empty if
+/// it could not be reached).
+pub async fn challtestsrv(port: u16, path: &str, body: serde_json::Value) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return String::new() };
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer).await;
+    answer
 }
 
 /// Copies a child's output, line by line, into `log`.

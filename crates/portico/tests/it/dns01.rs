@@ -112,3 +112,77 @@ async fn wildcard_through_digitalocean() {
 async fn wildcard_through_porkbun() {
     wildcard_through(Provider::Porkbun).await
 }
+
+/// The provider fails in the middle of an order (the second TXT record): the first record
+/// is removed, the failure and its backoff are recorded with the provider's message, the
+/// process goes on, and other names still get certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_failing_mid_order_cleans_up_and_backs_off() {
+    let backend = Backend::start("wild").await;
+    let (pebble, fake, p) = setup(Provider::DigitalOcean, &["zone.test"]).await;
+    let api = ApiClient::new(p.api);
+    let token = add_provider(&api, Provider::DigitalOcean, "zone.test").await;
+    fake.fail_creates_after(1);
+    add_host(&api, &token, "*.zone.test", &backend).await;
+    let state = eventually(Duration::from_secs(20), "the failure to be recorded", || {
+        let (api, token) = (api.clone(), token.clone());
+        async move {
+            let status = api.call("GET", "/api/cert/%2A.zone.test", Some(&token), None).await;
+            (status.json["results"]["failures"].as_u64() >= Some(1)).then_some(status.json)
+        }
+    })
+    .await;
+    let error = state["results"]["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        error.contains("creating the TXT record") && error.contains("Server was unable to give you a response"),
+        "{state}"
+    );
+    assert!(
+        state["results"]["next_attempt"].as_u64() > state["results"]["last_attempt"].as_u64(),
+        "a backoff: {state}"
+    );
+    eventually(Duration::from_secs(5), "the first record to be removed", || async {
+        fake.records().is_empty().then_some(())
+    })
+    .await;
+    // Names under it get the fallback meanwhile; an explicit host still gets its certificate.
+    assert_eq!(tls::peek(p.https, "a.zone.test").await.names, ["portico.invalid"]);
+    add_host(&api, &token, "plain.test", &backend).await;
+    let roots = tls::roots(&pebble.root().await);
+    let answer = Proxy::https(p.https, roots, false).get("plain.test", "/").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+}
+
+/// `_acme-challenge.zone.test` delegated by a CNAME to another zone the provider manages:
+/// the record goes where the CNAME points, and Pebble, following it, validates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cname_delegation_is_followed() {
+    let backend = Backend::start("wild").await;
+    let (pebble, fake, p) = setup(Provider::Cloudflare, &["zone.test", "acme-delegate.test"]).await;
+    pebble.set_cname("_acme-challenge.zone.test", "zone-test.acme-delegate.test").await;
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    let mut body = json!({"name": "cf", "dnsProvider": "Cloudflare"});
+    for (field, value) in Provider::Cloudflare.credentials() {
+        body[field] = value.into();
+    }
+    assert_eq!(api.call("POST", "/api/dns", Some(&token), Some(body)).await.status, StatusCode::OK);
+    add_host(&api, &token, "*.zone.test", &backend).await;
+    let roots = tls::roots(&pebble.root().await);
+    eventually(Duration::from_secs(30), "the wildcard certificate", || {
+        let client = Proxy::https(p.https, roots.clone(), false);
+        async move { (client.get("x.zone.test", "/").await.status == StatusCode::OK).then_some(()) }
+    })
+    .await;
+    let logs = p.logs();
+    let published: Vec<&str> = logs
+        .iter()
+        .filter(|l| l["fields"]["message"] == "DNS-01 record published")
+        .filter_map(|l| l["fields"]["record"].as_str())
+        .collect();
+    assert_eq!(published, ["zone-test.acme-delegate.test", "zone-test.acme-delegate.test"]);
+    eventually(Duration::from_secs(5), "the records to be removed", || async {
+        fake.records().is_empty().then_some(())
+    })
+    .await;
+}
