@@ -17,6 +17,11 @@ use crate::BIN;
 /// Pebble, a fake of `provider` holding `zones` and publishing to Pebble's DNS, and Portico
 /// issuing from Pebble with the fake as the provider's API.
 async fn setup(provider: Provider, zones: &[&str]) -> (Pebble, FakeDns, Portico) {
+    setup_with(provider, zones, &[]).await
+}
+
+/// [`setup`] with extra Portico settings.
+async fn setup_with(provider: Provider, zones: &[&str], extra: &[&str]) -> (Pebble, FakeDns, Portico) {
     let fake = FakeDns::start(provider, zones).await;
     let key = match provider {
         Provider::Cloudflare => "cloudflare_api",
@@ -30,6 +35,7 @@ async fn setup(provider: Provider, zones: &[&str]) -> (Pebble, FakeDns, Portico)
         settings.push(format!("dns.{key}=\"{}\"", fake.base()));
         settings.push(format!("tls.dns_resolvers=[\"127.0.0.1:{}\"]", pebble.ports.dns));
         settings.push("dns.propagation_timeout=\"20s\"".to_owned());
+        settings.extend(extra.iter().map(|s| s.to_string()));
         let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
         if let Ok(p) = Portico::try_start(BIN, &settings) {
             return (pebble, fake, p);
@@ -185,4 +191,47 @@ async fn a_cname_delegation_is_followed() {
         fake.records().is_empty().then_some(())
     })
     .await;
+}
+
+/// A seed wildcard certificate (`*.zone:latest` with the seed's made-up `expiry`), near its
+/// real end: taken on and renewed through DNS-01, and the new one served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_wildcard_certificate_is_renewed_through_dns01() {
+    let backend = Backend::start("wild").await;
+    let (pebble, fake, p) = setup_with(Provider::Cloudflare, &["zone.test"], &["tls.renew_interval=\"300ms\""]).await;
+    let api = ApiClient::new(p.api);
+    let token = add_provider(&api, Provider::Cloudflare, "zone.test").await;
+    // As the Node app stored it: a day left of 90, and the made-up `expiry`.
+    let mut params = rcgen::CertificateParams::new(vec!["*.zone.test".to_owned(), "zone.test".to_owned()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(89);
+    params.not_after = now + time::Duration::days(1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let seed = params.self_signed(&key).unwrap();
+    let stored = json!({"fullchain_pem": seed.pem(), "cert_pem": seed.pem(), "privkey_pem": key.serialize_pem(),
+        "expiry": 4_120_307_657u64});
+    {
+        use portico_store::Store;
+        let store = portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap();
+        store.put_blob("*.zone.test:latest", stored.to_string().as_bytes(), None).await.unwrap();
+    }
+    add_host(&api, &token, "*.zone.test", &backend).await;
+    let roots = tls::roots(&pebble.root().await);
+    // The seed's certificate is served (as it is) until the renewed one replaces it.
+    let https = p.https;
+    let served = eventually(Duration::from_secs(30), "the renewed wildcard certificate", || async move {
+        let served = tls::peek(https, "x.zone.test").await;
+        served.issuer.contains("Pebble").then_some(served)
+    })
+    .await;
+    let answer = Proxy::https(p.https, roots, false).get("x.zone.test", "/").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(served.names, ["*.zone.test", "zone.test"]);
+    assert!(served.issuer.contains("Pebble"), "the renewed one: {}", served.issuer);
+    assert_eq!(pebble.orders(), 1);
+    eventually(Duration::from_secs(5), "the records to be removed", || async {
+        fake.records().is_empty().then_some(())
+    })
+    .await;
+    assert!(p.logs().iter().any(|l| l["fields"]["message"] == "took on a stored certificate"));
 }
