@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
-use portico_model::{Host, HostPattern, HostTable, Hostname, PatternLabel, Target};
+use portico_model::{Host, HostPattern, Hostname, PatternLabel, Target};
 use portico_store::{Kind, Revision, StoreError};
 use serde_json::{Map, Value, json};
 
@@ -238,8 +238,9 @@ pub async fn lookup_tree(State(api): State<Api>, caller: Caller) -> Result<Json<
 }
 
 /// `PUT /api/host/{item}/renew`: issues new certificates now for the host's names: the name
-/// itself for an exact pattern, and every name already holding a certificate under a wildcard
-/// pattern (the others get theirs on their first HTTPS request).
+/// itself for an exact pattern; the wildcard certificate for a `*.zone` pattern whose zone a
+/// DNS provider manages; else every name already holding a certificate under the pattern
+/// (the others get theirs on their first HTTPS request).
 #[utoipa::path(
     put,
     path = "/api/host/{item}/renew",
@@ -257,13 +258,10 @@ pub async fn renew(State(api): State<Api>, _caller: Caller, Path(item): Path<Str
     let Some(certs) = &api.certs else {
         return Err(ApiError::Unavailable("this process does not manage certificates"));
     };
-    let mut names = Vec::new();
-    if host.host.labels().all(|l| matches!(l, PatternLabel::Literal(_))) {
-        names.push(host.host.to_string());
-    } else {
-        let only: HostTable<()> = [(host.host.clone(), ())].into_iter().collect();
-        names.extend(api.store.keys(Kind::Cert).await?.into_iter().filter(|n| only.lookup(n).is_some()));
-    }
+    let names = certs.certificates_of(&host.host).await.map_err(|e| match e {
+        portico_certs::CertError::Store(e) => ApiError::Store(e),
+        other => ApiError::Upstream(other.to_string()),
+    })?;
     let mut results = Vec::new();
     let mut failures = Vec::new();
     for name in names {

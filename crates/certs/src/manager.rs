@@ -319,6 +319,21 @@ impl Certs {
         Ok(Some(DnsAccount { provider_id: provider_id.clone(), provider, domain: domain.to_owned() }))
     }
 
+    /// The certificates a host pattern owns: an exact name's own; a `*.zone` pattern's
+    /// wildcard certificate when a DNS provider manages the zone; otherwise the certificates
+    /// of the names under it that have one.
+    pub async fn certificates_of(&self, pattern: &portico_model::HostPattern) -> Result<Vec<String>, CertError> {
+        let text = pattern.to_string();
+        if literal(pattern) {
+            return Ok(vec![text]);
+        }
+        if one_wildcard(pattern) && self.dns_account(&text[2..]).await?.is_some() {
+            return Ok(vec![text]);
+        }
+        let only: portico_model::HostTable<()> = [(pattern.clone(), ())].into_iter().collect();
+        Ok(self.store.keys(Kind::Cert).await?.into_iter().filter(|name| only.lookup(name).is_some()).collect())
+    }
+
     /// What an issuance of the certificate `cert` makes: a wildcard covers its zone too and
     /// goes through the zone's DNS provider.
     pub async fn plan(&self, cert: &str) -> Result<Plan, CertError> {
@@ -541,6 +556,12 @@ impl Certs {
             return Ok(None);
         };
         match StoredCert::from_json(&bytes).and_then(|s| s.load()) {
+            // Served only for names it covers (a seed deployment may hold one under the
+            // wrong key).
+            Ok(loaded) if !loaded.meta.covers(name) => {
+                tracing::warn!(name, names = ?loaded.meta.names, "the certificate stored for this name does not cover it; it is not served");
+                Ok(None)
+            }
             Ok(loaded) if loaded.meta.not_after > now_secs() => Ok(Some(Arc::new(loaded))),
             Ok(_) => Ok(None),
             Err(e) => {

@@ -310,3 +310,24 @@ async fn the_issuance_budget_is_shared_by_every_process_on_the_store() {
     }
     assert_eq!(issued, 3, "one budget for the cluster, not one per process");
 }
+
+/// A certificate stored under a name it does not cover (as a seed deployment may hold one)
+/// is never served for that name: the name gets its own.
+#[tokio::test]
+async fn a_stored_certificate_is_served_only_for_names_it_covers() {
+    let backend = Backend::start("covers").await;
+    let p = portico(&[]);
+    let other = rcgen::generate_simple_self_signed(vec!["other.example.test".to_owned()]).unwrap();
+    let planted = json!({"fullchain_pem": other.cert.pem(), "privkey_pem": other.signing_key.serialize_pem(),
+        "cert_pem": other.cert.pem(), "expiry": 4120307657u64});
+    {
+        use portico_store::Store;
+        let store = portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap();
+        let key = portico_store::keys::cert_latest("mine.example.test");
+        store.put_blob(&key, planted.to_string().as_bytes(), None).await.unwrap();
+    }
+    p.add_host("mine.example.test", backend.addr, &[]);
+    let served = tls::peek(p.https, "mine.example.test").await;
+    assert_eq!(served.names, vec!["mine.example.test"], "its own, not the planted one for another name");
+    assert!(!served.issuer.contains("rcgen"), "{}", served.issuer);
+}
