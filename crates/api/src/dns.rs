@@ -35,7 +35,8 @@ fn credential_specs(p: &ProviderType) -> Map<String, Value> {
     p.credentials
         .iter()
         .map(|(key, display)| {
-            let spec = json!({"type": "string", "isRequired": true, "isPrivate": true, "displayName": display});
+            let private = SECRET_FIELDS.contains(key);
+            let spec = json!({"type": "string", "isRequired": true, "isPrivate": private, "displayName": display});
             ((*key).to_owned(), spec)
         })
         .collect()

@@ -6,6 +6,7 @@
 //! - [`Porkbun`] (API v3): the keys in the JSON body; `status` checked; ids as numbers or
 //!   strings; records deleted by id, never by name and type (that would remove the other value
 //!   a wildcard order puts at the same name).
+//! - [`Rfc2136`]: dynamic updates signed with TSIG, for BIND, Knot, PowerDNS, Technitium.
 //!
 //! Every client takes its base URL with the version path (so tests point it at a fake) and
 //! a timeout for each request. Errors keep the provider's own message.
@@ -15,6 +16,7 @@ mod digitalocean;
 mod http;
 pub mod lookup;
 mod porkbun;
+mod rfc2136;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +27,7 @@ use async_trait::async_trait;
 pub use cloudflare::{Auth as CloudflareAuth, Cloudflare};
 pub use digitalocean::DigitalOcean;
 pub use porkbun::Porkbun;
+pub use rfc2136::Rfc2136;
 
 /// A zone at a provider: its name and the provider's id for it (the name again where the
 /// provider has no other id).
@@ -180,6 +183,17 @@ pub fn client(fields: &BTreeMap<String, String>, endpoints: &Endpoints) -> Resul
             let (key, secret) =
                 field("apiKey").zip(field("secretApiKey")).ok_or_else(|| missing("apiKey and secretApiKey"))?;
             Ok(Box::new(Porkbun::new(&endpoints.porkbun, key, secret, endpoints.timeout)))
+        }
+        "rfc2136" => {
+            let get = |name: &str| field(name).ok_or_else(|| missing("server, keyName, algorithm, secret and zones"));
+            Ok(Box::new(Rfc2136::new(
+                &get("server")?,
+                &get("keyName")?,
+                &get("algorithm")?,
+                &get("secret")?,
+                &get("zones")?,
+                endpoints.timeout.min(Duration::from_secs(10)),
+            )?))
         }
         _ => Err(DnsError::Config(format!("unknown DNS provider type {kind:?}"))),
     }

@@ -11,12 +11,13 @@ pub struct ProviderType {
     pub name: &'static str,
     /// The seed UI's display name.
     pub display_name: &'static str,
-    /// Credential fields: stored name and display name. Secrets, never shown.
+    /// Credential fields: stored name and display name. Those in [`SECRET_FIELDS`] are
+    /// never shown.
     pub credentials: &'static [(&'static str, &'static str)],
 }
 
 /// Every provider type.
-pub const PROVIDERS: [ProviderType; 3] = [
+pub const PROVIDERS: [ProviderType; 4] = [
     ProviderType { name: "Cloudflare", display_name: "CloudFlare", credentials: &[("token", "API Token")] },
     ProviderType { name: "DigitalOcean", display_name: "DigitalOcean", credentials: &[("token", "API Token")] },
     ProviderType {
@@ -24,10 +25,23 @@ pub const PROVIDERS: [ProviderType; 3] = [
         display_name: "PorkBun",
         credentials: &[("apiKey", "API Key"), ("secretApiKey", "Secret API Key")],
     },
+    // RFC 2136 dynamic updates with TSIG (BIND, Knot, PowerDNS, Technitium): the protocol
+    // cannot list zones, so the account names them.
+    ProviderType {
+        name: "RFC2136",
+        display_name: "RFC 2136 (BIND, Knot, PowerDNS)",
+        credentials: &[
+            ("server", "Server (ip:port)"),
+            ("keyName", "TSIG key name"),
+            ("algorithm", "TSIG algorithm (hmac-sha256)"),
+            ("secret", "TSIG secret (base64)"),
+            ("zones", "Zones (comma-separated)"),
+        ],
+    },
 ];
 
-/// Every credential field name of every provider type: never shown.
-pub const SECRET_FIELDS: [&str; 3] = ["token", "apiKey", "secretApiKey"];
+/// The credential fields that are secrets: never shown.
+pub const SECRET_FIELDS: [&str; 4] = ["token", "apiKey", "secretApiKey", "secret"];
 
 /// The provider type stored as `name`.
 pub fn provider_type(name: &str) -> Option<&'static ProviderType> {

@@ -15,6 +15,8 @@ pub mod client;
 #[cfg(feature = "app")]
 pub mod dns_fake;
 #[cfg(feature = "app")]
+pub mod knot;
+#[cfg(feature = "app")]
 pub mod netns;
 #[cfg(feature = "app")]
 pub mod pebble;

@@ -49,6 +49,8 @@ pub struct Options {
     pub validity_secs: Option<u64>,
     /// Require External Account Binding, with the one key [`EAB_KID`] / [`EAB_HMAC_KEY`].
     pub require_eab: bool,
+    /// The DNS server Pebble asks (challtestsrv's by default), such as a test's Knot.
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 /// The EAB key id Pebble accepts when [`Options::require_eab`] is set.
@@ -113,7 +115,11 @@ impl Pebble {
         let mut pebble = Command::new("pebble")
             .arg("-config")
             .arg(&config_path)
-            .args(["-dnsserver", &format!("127.0.0.1:{}", ports.dns), "-strict=false"])
+            .args([
+                "-dnsserver",
+                &options.dns_server.map_or(format!("127.0.0.1:{}", ports.dns), |a| a.to_string()),
+                "-strict=false",
+            ])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0")

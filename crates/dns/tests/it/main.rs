@@ -176,3 +176,48 @@ fn a_record_without_credentials_is_refused() {
     let err = portico_dns::client(&fields, &Endpoints::default()).unwrap_err();
     assert!(err.to_string().contains("apiKey and secretApiKey"), "{err}");
 }
+
+/// RFC 2136 against a real Knot DNS: the key is checked, two values at one name, each
+/// deleted by value, the zones as the account names them.
+mod rfc2136 {
+    use super::*;
+    use portico_test_support::knot::{self, Knot};
+
+    fn client(knot: &Knot, secret: &str) -> Box<dyn DnsProvider> {
+        let mut fields: BTreeMap<String, String> =
+            knot.provider_fields("zone.test, dev.zone.test").into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        fields.insert("secret".into(), secret.into());
+        fields.insert("dnsProvider".into(), "RFC2136".into());
+        portico_dns::client(&fields, &Endpoints { timeout: Duration::from_secs(2), ..Endpoints::default() }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn updates_signed_with_tsig() {
+        let knot = Knot::start(&["zone.test", "dev.zone.test"]);
+        let dns = client(&knot, knot::SECRET);
+        dns.verify().await.unwrap();
+        assert_eq!(dns.zone_of("_acme-challenge.a.dev.zone.test").await.unwrap().unwrap().name, "dev.zone.test");
+        let zone = dns.zone_of("_acme-challenge.zone.test").await.unwrap().unwrap();
+        let name = "_acme-challenge.zone.test";
+        let first = dns.create_txt(&zone, name, "value-one").await.unwrap();
+        let second = dns.create_txt(&zone, name, "value-two").await.unwrap();
+        let mut served = portico_dns::lookup::txt(knot.addr, name).await.unwrap();
+        served.sort();
+        assert_eq!(served, ["value-one", "value-two"]);
+        dns.delete(&zone, &first).await.unwrap();
+        assert_eq!(portico_dns::lookup::txt(knot.addr, name).await.unwrap(), ["value-two"]);
+        dns.delete(&zone, &second).await.unwrap();
+        assert!(portico_dns::lookup::txt(knot.addr, name).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_is_refused_and_changes_nothing() {
+        let knot = Knot::start(&["zone.test", "dev.zone.test"]);
+        let wrong = client(&knot, "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC13cm9uZy0=");
+        let err = wrong.verify().await.unwrap_err();
+        assert!(matches!(err, DnsError::Unauthorized { .. }), "{err}");
+        let zone = Zone { name: "zone.test".into(), id: "zone.test".into() };
+        assert!(wrong.create_txt(&zone, "_acme-challenge.zone.test", "sneaky").await.is_err());
+        assert!(portico_dns::lookup::txt(knot.addr, "_acme-challenge.zone.test").await.unwrap().is_empty());
+    }
+}

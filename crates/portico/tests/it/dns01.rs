@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::StatusCode;
 use portico_test_support::client::{ApiClient, Proxy};
 use portico_test_support::dns_fake::{FakeDns, Provider};
+use portico_test_support::knot::{self, Knot};
 use portico_test_support::pebble::{Options, Pebble};
 use portico_test_support::portico::ADMIN_PASSWORD;
 use portico_test_support::{Backend, Portico, eventually, tls};
@@ -57,6 +58,16 @@ async fn add_provider(api: &ApiClient, provider: Provider, domain: &str) -> Stri
     // The provider's zones are linked as domains when it is added.
     assert_eq!(created.json["domains"], json!([domain]), "{}", created.raw);
     token
+}
+
+/// Waits until an HTTPS request for `name`, verified against Pebble's roots, is answered.
+async fn served_over_https(p: &Portico, pebble: &Pebble, name: &str) {
+    let roots = tls::roots(&pebble.root().await);
+    eventually(Duration::from_secs(30), &format!("a certificate for {name}"), || {
+        let client = Proxy::https(p.https, roots.clone(), false);
+        async move { (client.get(name, "/").await.status == StatusCode::OK).then_some(()) }
+    })
+    .await;
 }
 
 async fn add_host(api: &ApiClient, token: &str, host: &str, backend: &Backend) -> Value {
@@ -174,12 +185,7 @@ async fn a_cname_delegation_is_followed() {
     }
     assert_eq!(api.call("POST", "/api/dns", Some(&token), Some(body)).await.status, StatusCode::OK);
     add_host(&api, &token, "*.zone.test", &backend).await;
-    let roots = tls::roots(&pebble.root().await);
-    eventually(Duration::from_secs(30), "the wildcard certificate", || {
-        let client = Proxy::https(p.https, roots.clone(), false);
-        async move { (client.get("x.zone.test", "/").await.status == StatusCode::OK).then_some(()) }
-    })
-    .await;
+    served_over_https(&p, &pebble, "x.zone.test").await;
     let logs = p.logs();
     let published: Vec<&str> = logs
         .iter()
@@ -234,4 +240,48 @@ async fn a_seed_wildcard_certificate_is_renewed_through_dns01() {
     })
     .await;
     assert!(p.logs().iter().any(|l| l["fields"]["message"] == "took on a stored certificate"));
+}
+
+/// RFC 2136: a real Knot DNS, authoritative for the zone, takes the TSIG-signed updates,
+/// and Pebble asks it for the records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_through_rfc2136_with_knot() {
+    let backend = Backend::start("wild").await;
+    let knot = Knot::start(&["zone.test"]);
+    let mut started = None;
+    for _ in 0..5 {
+        let pebble = Pebble::start_anywhere(Options { dns_server: Some(knot.addr), ..Options::default() });
+        let mut settings = pebble.portico_settings();
+        settings.push(format!("tls.dns_resolvers=[\"{}\"]", knot.addr));
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        if let Ok(p) = Portico::try_start(BIN, &settings) {
+            started = Some((pebble, p));
+            break;
+        }
+    }
+    let (pebble, p) = started.expect("Portico beside Pebble");
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    let mut body = json!({"name": "knot", "dnsProvider": "RFC2136"});
+    for (field, value) in knot.provider_fields("zone.test") {
+        body[field] = value.into();
+    }
+    let created = api.call("POST", "/api/dns", Some(&token), Some(body.clone())).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.raw);
+    assert_eq!(created.json["domains"], json!(["zone.test"]));
+    assert!(!created.raw.contains(knot::SECRET));
+    // A wrong secret is refused before anything is stored.
+    body["secret"] = "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC13cm9uZy0=".into();
+    let refused = api.call("POST", "/api/dns", Some(&token), Some(body)).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.raw);
+    assert!(refused.raw.contains("TSIG"), "{}", refused.raw);
+
+    add_host(&api, &token, "*.zone.test", &backend).await;
+    served_over_https(&p, &pebble, "x.zone.test").await;
+    assert_eq!(tls::peek(p.https, "x.zone.test").await.names, ["*.zone.test", "zone.test"]);
+    assert_eq!(pebble.orders(), 1);
+    eventually(Duration::from_secs(5), "the records to be removed", || async {
+        portico_dns::lookup::txt(knot.addr, "_acme-challenge.zone.test").await.unwrap().is_empty().then_some(())
+    })
+    .await;
 }
