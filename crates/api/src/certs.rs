@@ -37,14 +37,26 @@ pub async fn get(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::NotFound { kind: "Cert", key: host.clone() };
-    let name = HostPattern::parse(&host).map_err(|_| not_found())?;
-    let blob = api.store.blob(&keys::cert_latest(name.as_str())).await?;
-    let state = api.store.record(Kind::Cert, name.as_str()).await?.map(|f| CertState::from_fields(&f));
+    let asked = HostPattern::parse(&host).map_err(|_| not_found())?;
+    let mut name = asked.as_str().to_owned();
+    let mut blob = api.store.blob(&keys::cert_latest(&name)).await?;
+    let mut state = api.store.record(Kind::Cert, &name).await?.map(|f| CertState::from_fields(&f));
+    // A name under a wildcard certificate (`*.zone`): that certificate's status.
+    if blob.is_none()
+        && state.is_none()
+        && let Some((_, parent)) = name.split_once('.')
+        && parent.contains('.')
+    {
+        let wildcard = format!("*.{parent}");
+        blob = api.store.blob(&keys::cert_latest(&wildcard)).await?;
+        state = api.store.record(Kind::Cert, &wildcard).await?.map(|f| CertState::from_fields(&f));
+        name = wildcard;
+    }
     if blob.is_none() && state.is_none() {
         return Err(not_found());
     }
     let mut out = Map::new();
-    out.insert("host".into(), json!(name.as_str()));
+    out.insert("host".into(), json!(name));
     let stored = match &blob {
         Some(bytes) => {
             let stored: Value =
@@ -73,6 +85,10 @@ pub async fn get(
         out.insert("failures".into(), json!(state.failures));
         out.insert("last_error".into(), text(&state.last_error));
         out.insert("last_error_type".into(), text(&state.last_error_type));
+        // Where an issuance is: planned, ordered, records published, waiting for DNS,
+        // validating, finalizing; issued or failed (with the step it failed at).
+        out.insert("step".into(), text(&state.step));
+        out.insert("failed_step".into(), text(&state.failed_step));
     }
     if query.get("include_private_key").is_some_and(|v| v == "true") {
         caller.require_admin()?;

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use crate::challenge::CHALLENGE_TTL;
-use crate::{CertError, DnsAccount, IssueError, Issuer, Plan, Solver, StoredCert, load_or_create};
+use crate::{CertError, DnsAccount, IssueError, Issuer, Plan, Progress, Solver, Step, StoredCert, load_or_create};
 
 /// The challenges Portico answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +214,13 @@ impl AcmeIssuer {
             .await
     }
 
-    async fn order(&self, account: &Account, plan: &Plan, challenge: Challenge) -> Result<StoredCert, IssueError> {
+    async fn order(
+        &self,
+        account: &Account,
+        plan: &Plan,
+        challenge: Challenge,
+        progress: &dyn Progress,
+    ) -> Result<StoredCert, IssueError> {
         let name = plan.cert.as_str();
         let identifiers: Vec<Identifier> = plan.sans.iter().map(|n| Identifier::Dns(n.clone())).collect();
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await.map_err(acme_error)?;
@@ -223,13 +229,17 @@ impl AcmeIssuer {
             Solver::Dns(_) => "dns-01",
         };
         tracing::info!(name, order = order.url(), challenge = shown, "ACME order created");
+        progress.step(Step::Ordered).await;
         let mut published = Published::default();
         let result = match &plan.solver {
             Solver::Http => self.answer_http(&mut order, challenge, &mut published).await,
-            Solver::Dns(account) => self.answer_dns(&mut order, name, account, &mut published).await,
+            Solver::Dns(account) => self.answer_dns(&mut order, name, account, &mut published, progress).await,
         };
         let result = match result {
-            Ok(()) => self.finish(&mut order, plan, challenge).await,
+            Ok(()) => {
+                progress.step(Step::Validating).await;
+                self.finish(&mut order, plan, challenge, progress).await
+            }
             Err(e) => Err(e),
         };
         for key in published.blobs {
@@ -292,6 +302,7 @@ impl AcmeIssuer {
         name: &str,
         account: &DnsAccount,
         published: &mut Published,
+        progress: &dyn Progress,
     ) -> Result<(), IssueError> {
         let failed = |step: &str, e: &dyn std::fmt::Display| IssueError::local(format!("DNS-01, {step}: {e}"));
         let dns: Arc<dyn portico_dns::DnsProvider> = Arc::from(
@@ -332,6 +343,8 @@ impl AcmeIssuer {
                 None => targets.push((target, vec![value.clone()])),
             }
         }
+        progress.step(Step::RecordsPublished).await;
+        progress.step(Step::WaitingForDns).await;
         // Wait until the records are served where the CA will look.
         for (target, values) in &targets {
             let servers = if settings.resolvers.is_empty() {
@@ -368,6 +381,7 @@ impl AcmeIssuer {
         order: &mut instant_acme::Order,
         plan: &Plan,
         challenge: Challenge,
+        progress: &dyn Progress,
     ) -> Result<StoredCert, IssueError> {
         let name = plan.cert.as_str();
         let status = order.poll_ready(&polling()).await.map_err(acme_error)?;
@@ -378,6 +392,7 @@ impl AcmeIssuer {
             };
             return Err(self.why_invalid(order, shown).await);
         }
+        progress.step(Step::Finalizing).await;
         let key = KeyPair::generate().map_err(|e| IssueError::local(format!("cannot make a key: {e}")))?;
         let csr = CertificateParams::new(plan.sans.clone())
             .and_then(|p| p.serialize_request(&key))
@@ -421,10 +436,10 @@ impl Issuer for AcmeIssuer {
         }
     }
 
-    async fn issue(&self, plan: &Plan) -> Result<StoredCert, IssueError> {
+    async fn issue(&self, plan: &Plan, progress: &dyn Progress) -> Result<StoredCert, IssueError> {
         let account = self.account().await?;
         let first = self.settings.challenge;
-        match self.order(account, plan, first).await {
+        match self.order(account, plan, first, progress).await {
             Ok(cert) => Ok(cert),
             // DNS-01 has no other challenge to fall back on.
             Err(e) if matches!(plan.solver, Solver::Dns(_)) => Err(e),
@@ -432,7 +447,7 @@ impl Issuer for AcmeIssuer {
                 let second = first.other();
                 tracing::warn!(name = plan.cert, challenge = first.as_str(), error = %e,
                     "ACME validation failed; trying {}", second.as_str());
-                self.order(account, plan, second).await
+                self.order(account, plan, second, progress).await
             }
         }
     }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
-use crate::{CertError, IssueError, Issuer, Plan, StoredCert, load_or_create};
+use crate::{CertError, IssueError, Issuer, Plan, Progress, StoredCert, load_or_create};
 
 /// The root as stored (`portico:internal-ca`).
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,7 +85,7 @@ impl Issuer for InternalCa {
         "internal"
     }
 
-    async fn issue(&self, plan: &Plan) -> Result<StoredCert, IssueError> {
+    async fn issue(&self, plan: &Plan, _progress: &dyn Progress) -> Result<StoredCert, IssueError> {
         let name = plan.cert.as_str();
         let root = self.root().await.map_err(|e| IssueError::local(e.to_string()))?;
         let failed = |e: rcgen::Error| IssueError::local(format!("the internal CA cannot sign: {e}"));

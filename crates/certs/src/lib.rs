@@ -120,13 +120,59 @@ impl fmt::Debug for DnsAccount {
     }
 }
 
+/// Where an issuance is, for the API's status (`GET /api/cert/:host`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Chosen: the certificate, its names, its solver.
+    Planned,
+    /// The order is placed.
+    Ordered,
+    /// DNS-01 records are at the provider.
+    RecordsPublished,
+    /// Waiting until the records are served.
+    WaitingForDns,
+    /// The CA is validating.
+    Validating,
+    /// The CA is signing.
+    Finalizing,
+}
+
+impl Step {
+    /// Its name in the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Planned => "planned",
+            Self::Ordered => "ordered",
+            Self::RecordsPublished => "records published",
+            Self::WaitingForDns => "waiting for DNS",
+            Self::Validating => "validating",
+            Self::Finalizing => "finalizing",
+        }
+    }
+}
+
+/// Told each step an issuance reaches.
+#[async_trait]
+pub trait Progress: Send + Sync {
+    /// The issuance reached `step`.
+    async fn step(&self, step: Step);
+}
+
+/// Progress nobody follows.
+pub struct NoProgress;
+
+#[async_trait]
+impl Progress for NoProgress {
+    async fn step(&self, _step: Step) {}
+}
+
 /// Issues certificates.
 #[async_trait]
 pub trait Issuer: Send + Sync + fmt::Debug {
     /// `acme` or `internal`, as `tls.issuer` names it.
     fn kind(&self) -> &'static str;
-    /// A certificate as `plan` says.
-    async fn issue(&self, plan: &Plan) -> Result<StoredCert, IssueError>;
+    /// A certificate as `plan` says, telling `progress` each step it reaches.
+    async fn issue(&self, plan: &Plan, progress: &dyn Progress) -> Result<StoredCert, IssueError>;
 
     /// The CA's suggested renewal window for a certificate it issued (ACME Renewal
     /// Information, RFC 9773), as seconds since the epoch; `None` when the CA offers none.

@@ -20,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::internal::make_fallback;
 use crate::status::CertState;
-use crate::{CertError, DnsAccount, IssueError, Issuer, Loaded, Plan, Solver, StoredCert, load_or_create, now_secs};
+use crate::{
+    CertError, DnsAccount, IssueError, Issuer, Loaded, Plan, Progress, Solver, Step, StoredCert, load_or_create,
+    now_secs,
+};
 
 /// Decides which names may get a certificate: those a host pattern matches.
 pub trait NamePolicy: Send + Sync + fmt::Debug {
@@ -793,7 +796,11 @@ impl Certs {
         tracing::info!(name, issuer = self.issuer.kind(), "{verb} a certificate");
         let begun = Instant::now();
         let plan = self.plan(name).await?;
-        let issued = match tokio::time::timeout(self.settings.issue_timeout, self.issuer.issue(&plan)).await {
+        let progress =
+            Recorder { store: self.store.clone(), name: name.to_owned(), reached: Mutex::new(Step::Planned) };
+        progress.step(Step::Planned).await;
+        let issued = match tokio::time::timeout(self.settings.issue_timeout, self.issuer.issue(&plan, &progress)).await
+        {
             Ok(result) => result,
             Err(_) => Err(IssueError::local(format!("issuance took longer than {:?}", self.settings.issue_timeout))),
         };
@@ -814,6 +821,7 @@ impl Certs {
                     issued: now,
                     last_attempt: now,
                     next_attempt: loaded.meta.renew_at(self.settings.renew_remaining_ratio) - jitter,
+                    step: "issued".into(),
                     ..CertState::default()
                 };
                 self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
@@ -831,12 +839,15 @@ impl Certs {
             Err(e) => {
                 let failures = state.failures.saturating_add(1);
                 let backoff = self.backoff(failures);
+                let failed_step = progress.reached().as_str().to_owned();
                 let next = CertState {
                     last_attempt: now,
                     next_attempt: now + backoff.as_secs() as i64,
                     failures,
                     last_error_type: e.problem.clone().unwrap_or_default(),
                     last_error: e.detail.clone(),
+                    step: "failed".into(),
+                    failed_step,
                     ..state
                 };
                 self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
@@ -921,6 +932,40 @@ impl Certs {
                 Ok(_) => {}
                 Err(RecvError::Closed) => return,
             }
+        }
+    }
+}
+
+/// Records the steps an issuance reaches in the name's `Cert` record, for the API.
+struct Recorder {
+    store: Arc<dyn Store>,
+    name: String,
+    reached: Mutex<Step>,
+}
+
+impl Recorder {
+    fn reached(&self) -> Step {
+        *self.reached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl Progress for Recorder {
+    async fn step(&self, step: Step) {
+        *self.reached.lock().unwrap_or_else(|e| e.into_inner()) = step;
+        let written = async {
+            let mut state = self
+                .store
+                .record(Kind::Cert, &self.name)
+                .await?
+                .map(|f| CertState::from_fields(&f))
+                .unwrap_or_default();
+            state.step = step.as_str().to_owned();
+            self.store.put(Kind::Cert, &self.name, &state.to_fields()).await
+        };
+        // The status is a courtesy: an issuance does not fail for it.
+        if let Err(e) = written.await {
+            tracing::debug!(name = self.name, error = %e, "cannot record an issuance step");
         }
     }
 }

@@ -26,6 +26,12 @@ pub struct CertState {
     pub last_error: String,
     /// When the CA's renewal information (ARI) was last asked for.
     pub ari_checked: i64,
+    /// Where the issuance under way is (`planned`, `records published`, `waiting for DNS`,
+    /// `validating`, …), `issued` after a success, `failed` after a failure; empty before
+    /// the first attempt.
+    pub step: String,
+    /// After a failure, the step it failed at.
+    pub failed_step: String,
 }
 
 impl CertState {
@@ -43,6 +49,8 @@ impl CertState {
             last_error_type: text("last_error_type"),
             last_error: text("last_error"),
             ari_checked: number("ari_checked"),
+            step: text("step"),
+            failed_step: text("failed_step"),
         }
     }
 
@@ -58,6 +66,8 @@ impl CertState {
             ("last_error_type", self.last_error_type.clone()),
             ("last_error", self.last_error.clone()),
             ("ari_checked", self.ari_checked.to_string()),
+            ("step", self.step.clone()),
+            ("failed_step", self.failed_step.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -86,6 +96,8 @@ mod tests {
             last_error_type: "urn:ietf:params:acme:error:connection".into(),
             last_error: "refused".into(),
             ari_checked: 3,
+            step: "failed".into(),
+            failed_step: "validating".into(),
         };
         assert_eq!(CertState::from_fields(&state.to_fields()), state);
         assert!(state.backing_off(6));

@@ -104,6 +104,11 @@ async fn wildcard_through(provider: Provider) {
     assert_eq!(tls::peek(p.https, "other.zone.test").await, served);
     assert_eq!(Proxy::https(p.https, roots, false).get("zone.test", "/").await.status, StatusCode::OK);
     assert_eq!(pebble.orders(), 1, "one order for the wildcard and its zone");
+    // The status of any name under it is the wildcard's.
+    let status = api.call("GET", "/api/cert/anything.zone.test", Some(&token), None).await;
+    assert_eq!(status.json["results"]["host"], "*.zone.test", "{}", status.raw);
+    assert_eq!(status.json["results"]["step"], "issued", "{}", status.raw);
+    assert_eq!(status.json["results"]["names"], json!(["*.zone.test", "zone.test"]), "{}", status.raw);
     eventually(Duration::from_secs(5), "the TXT records to be removed", || async {
         fake.records().is_empty().then_some(())
     })
@@ -158,6 +163,8 @@ async fn a_provider_failing_mid_order_cleans_up_and_backs_off() {
         state["results"]["next_attempt"].as_u64() > state["results"]["last_attempt"].as_u64(),
         "a backoff: {state}"
     );
+    assert_eq!(state["results"]["step"], "failed", "{state}");
+    assert_eq!(state["results"]["failed_step"], "ordered", "it failed before the records were all published: {state}");
     eventually(Duration::from_secs(5), "the first record to be removed", || async {
         fake.records().is_empty().then_some(())
     })
