@@ -23,8 +23,8 @@ use rustls::pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use crate::challenge::CHALLENGE_TTL;
-use crate::{CertError, DnsAccount, IssueError, Issuer, Plan, Progress, Solver, Step, StoredCert, load_or_create};
+use crate::solve::{DnsSolver, Solver, StoreSolver, Wanted};
+use crate::{CertError, IssueError, Issuer, Plan, Progress, SolverKind, Step, StoredCert, load_or_create};
 
 /// The challenges Portico answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub enum Challenge {
 }
 
 impl Challenge {
-    fn acme(self) -> ChallengeType {
+    pub(crate) fn acme(self) -> ChallengeType {
         match self {
             Self::Http01 => ChallengeType::Http01,
             Self::TlsAlpn01 => ChallengeType::TlsAlpn01,
@@ -111,15 +111,6 @@ impl Default for DnsSettings {
             propagation_timeout: Duration::from_secs(120),
         }
     }
-}
-
-/// What an order put out to answer its challenges, to take back afterwards.
-#[derive(Default)]
-struct Published {
-    /// Blobs in the store (HTTP-01 tokens, TLS-ALPN-01 digests).
-    blobs: Vec<String>,
-    /// TXT records at a DNS provider: the client, the zone, the id.
-    records: Vec<(Arc<dyn portico_dns::DnsProvider>, portico_dns::Zone, portico_dns::RecordId)>,
 }
 
 /// Issues certificates from an ACME CA.
@@ -222,145 +213,47 @@ impl AcmeIssuer {
         progress: &dyn Progress,
     ) -> Result<StoredCert, IssueError> {
         let name = plan.cert.as_str();
+        let solver: Box<dyn Solver> = match &plan.solver {
+            SolverKind::Http => Box::new(StoreSolver::new(self.store.clone(), challenge)),
+            SolverKind::Dns(account) => Box::new(DnsSolver::new(account, &self.settings.dns)?),
+        };
         let identifiers: Vec<Identifier> = plan.sans.iter().map(|n| Identifier::Dns(n.clone())).collect();
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await.map_err(acme_error)?;
-        let shown = match plan.solver {
-            Solver::Http => challenge.as_str(),
-            Solver::Dns(_) => "dns-01",
-        };
-        tracing::info!(name, order = order.url(), challenge = shown, "ACME order created");
+        tracing::info!(name, order = order.url(), challenge = solver.label(), "ACME order created");
         progress.step(Step::Ordered).await;
-        let mut published = Published::default();
-        let result = match &plan.solver {
-            Solver::Http => self.answer_http(&mut order, challenge, &mut published).await,
-            Solver::Dns(account) => self.answer_dns(&mut order, name, account, &mut published, progress).await,
-        };
-        let result = match result {
-            Ok(()) => {
-                progress.step(Step::Validating).await;
-                self.finish(&mut order, plan, challenge, progress).await
-            }
+        let result = match self.validate(&mut order, solver.as_ref(), progress).await {
+            Ok(()) => self.finish(&mut order, plan, solver.challenge(), progress).await,
             Err(e) => Err(e),
         };
-        for key in published.blobs {
-            if let Err(e) = self.store.delete_blob(&key).await {
-                tracing::debug!(name, error = %e, "cannot remove a challenge answer; it expires by itself");
-            }
-        }
-        for (dns, zone, id) in published.records {
-            match dns.delete(&zone, &id).await {
-                Ok(()) => tracing::info!(name, provider = dns.kind(), record = %id, "DNS-01 record removed"),
-                Err(e) => tracing::warn!(name, provider = dns.kind(), record = %id, error = %e,
-                    "cannot remove a DNS-01 record; remove it by hand"),
-            }
-        }
+        solver.clean_up(name).await;
         result
     }
 
-    /// HTTP-01 or TLS-ALPN-01: the answers go to the store, where any node finds them.
-    async fn answer_http(
+    /// Has `solver` put out the answers to every pending authorization, then tells the CA to
+    /// look.
+    async fn validate(
         &self,
         order: &mut instant_acme::Order,
-        challenge: Challenge,
-        published: &mut Published,
+        solver: &dyn Solver,
+        progress: &dyn Progress,
     ) -> Result<(), IssueError> {
+        let kind = solver.challenge();
+        let mut wanted = Vec::new();
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
             let mut authz = authz.map_err(acme_error)?;
             let Some(name) = pending_name(&authz)? else { continue };
-            if authz.wildcard {
+            if authz.wildcard && kind != ChallengeType::Dns01 {
                 return Err(IssueError::local(format!(
                     "no DNS provider manages {name}: a wildcard certificate needs DNS-01 (add the provider and its domain)"
                 )));
             }
-            let mut handle = authz
-                .challenge(challenge.acme())
-                .ok_or_else(|| IssueError::local(format!("the CA offers no {} challenge", challenge.as_str())))?;
-            let key_authorization = handle.key_authorization();
-            let (key, value) = match challenge {
-                Challenge::Http01 => {
-                    (keys::http01(&name, &handle.token), key_authorization.as_str().as_bytes().to_vec())
-                }
-                Challenge::TlsAlpn01 => (keys::tls_alpn01(&name), key_authorization.digest().as_ref().to_vec()),
-            };
-            self.store
-                .put_blob(&key, &value, Some(CHALLENGE_TTL))
-                .await
-                .map_err(|e| IssueError::local(e.to_string()))?;
-            published.blobs.push(key);
-            handle.set_ready().await.map_err(acme_error)?;
-            tracing::info!(name, challenge = challenge.as_str(), "ACME challenge ready");
-        }
-        Ok(())
-    }
-
-    /// DNS-01: every value is published before the CA is told to look (a wildcard and its
-    /// zone put two values at one name), and served by the servers that matter.
-    async fn answer_dns(
-        &self,
-        order: &mut instant_acme::Order,
-        name: &str,
-        account: &DnsAccount,
-        published: &mut Published,
-        progress: &dyn Progress,
-    ) -> Result<(), IssueError> {
-        let failed = |step: &str, e: &dyn std::fmt::Display| IssueError::local(format!("DNS-01, {step}: {e}"));
-        let dns: Arc<dyn portico_dns::DnsProvider> = Arc::from(
-            portico_dns::client(&account.provider, &self.settings.dns.endpoints).map_err(|e| failed("provider", &e))?,
-        );
-        // What the CA wants, per name.
-        let mut wanted: Vec<(String, String)> = Vec::new();
-        let mut authorizations = order.authorizations();
-        while let Some(authz) = authorizations.next().await {
-            let mut authz = authz.map_err(acme_error)?;
-            let Some(base) = pending_name(&authz)? else { continue };
             let handle = authz
-                .challenge(ChallengeType::Dns01)
-                .ok_or_else(|| IssueError::local("the CA offers no dns-01 challenge"))?;
-            wanted.push((format!("_acme-challenge.{base}"), handle.key_authorization().dns_value()));
+                .challenge(kind.clone())
+                .ok_or_else(|| IssueError::local(format!("the CA offers no {} challenge", solver.label())))?;
+            wanted.push(Wanted { name, token: handle.token.clone(), key_authorization: handle.key_authorization() });
         }
-        let settings = &self.settings.dns;
-        let resolvers = if settings.resolvers.is_empty() {
-            portico_dns::lookup::system_resolvers()
-        } else {
-            settings.resolvers.clone()
-        };
-        // Publish: at the name an `_acme-challenge` CNAME points to, if any.
-        let mut targets: Vec<(String, Vec<String>)> = Vec::new();
-        for (record, value) in &wanted {
-            let target = portico_dns::lookup::follow_cname(&resolvers, record).await.unwrap_or_else(|_| record.clone());
-            if target != *record {
-                tracing::info!(name, from = record, to = target, "DNS-01 follows the CNAME delegation");
-            }
-            let zone = dns.zone_of(&target).await.map_err(|e| failed("finding the zone", &e))?.ok_or_else(|| {
-                failed("finding the zone", &format!("{} manages no zone that holds {target}", dns.kind()))
-            })?;
-            let id = dns.create_txt(&zone, &target, value).await.map_err(|e| failed("creating the TXT record", &e))?;
-            tracing::info!(name, provider = dns.kind(), record = target, id = %id, "DNS-01 record published");
-            published.records.push((dns.clone(), zone.clone(), id));
-            match targets.iter_mut().find(|(t, _)| *t == target) {
-                Some((_, values)) => values.push(value.clone()),
-                None => targets.push((target, vec![value.clone()])),
-            }
-        }
-        progress.step(Step::RecordsPublished).await;
-        progress.step(Step::WaitingForDns).await;
-        // Wait until the records are served where the CA will look.
-        for (target, values) in &targets {
-            let servers = if settings.resolvers.is_empty() {
-                let zone =
-                    published.records.iter().map(|(_, z, _)| z.name.clone()).find(|z| target.ends_with(z.as_str()));
-                portico_dns::lookup::authoritative(&resolvers, &zone.unwrap_or_else(|| account.domain.clone()))
-                    .await
-                    .map_err(|e| failed("finding the authoritative servers", &e))?
-            } else {
-                settings.resolvers.clone()
-            };
-            portico_dns::lookup::wait_for_txt(&servers, target, values, settings.propagation_timeout)
-                .await
-                .map_err(|e| failed("waiting for DNS", &e))?;
-        }
-        tracing::info!(name, records = wanted.len(), "DNS-01 records served; asking the CA to validate");
+        solver.present(&wanted, progress).await?;
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
             let mut authz = authz.map_err(acme_error)?;
@@ -368,10 +261,11 @@ impl AcmeIssuer {
                 continue;
             }
             let mut handle = authz
-                .challenge(ChallengeType::Dns01)
-                .ok_or_else(|| IssueError::local("the CA offers no dns-01 challenge"))?;
+                .challenge(kind.clone())
+                .ok_or_else(|| IssueError::local(format!("the CA offers no {} challenge", solver.label())))?;
             handle.set_ready().await.map_err(acme_error)?;
         }
+        progress.step(Step::Validating).await;
         Ok(())
     }
 
@@ -380,17 +274,13 @@ impl AcmeIssuer {
         &self,
         order: &mut instant_acme::Order,
         plan: &Plan,
-        challenge: Challenge,
+        challenge: ChallengeType,
         progress: &dyn Progress,
     ) -> Result<StoredCert, IssueError> {
         let name = plan.cert.as_str();
         let status = order.poll_ready(&polling()).await.map_err(acme_error)?;
         if status != OrderStatus::Ready {
-            let shown = match plan.solver {
-                Solver::Http => challenge.acme(),
-                Solver::Dns(_) => ChallengeType::Dns01,
-            };
-            return Err(self.why_invalid(order, shown).await);
+            return Err(self.why_invalid(order, challenge).await);
         }
         progress.step(Step::Finalizing).await;
         let key = KeyPair::generate().map_err(|e| IssueError::local(format!("cannot make a key: {e}")))?;
@@ -442,7 +332,7 @@ impl Issuer for AcmeIssuer {
         match self.order(account, plan, first, progress).await {
             Ok(cert) => Ok(cert),
             // DNS-01 has no other challenge to fall back on.
-            Err(e) if matches!(plan.solver, Solver::Dns(_)) => Err(e),
+            Err(e) if matches!(plan.solver, SolverKind::Dns(_)) => Err(e),
             Err(e) => {
                 let second = first.other();
                 tracing::warn!(name = plan.cert, challenge = first.as_str(), error = %e,

@@ -16,6 +16,7 @@ pub mod challenge;
 pub mod internal;
 mod manager;
 pub mod renew;
+mod solve;
 pub mod status;
 pub mod stored;
 
@@ -79,19 +80,20 @@ pub struct Plan {
     /// The names it covers, `cert` first (`*.example.com` and `example.com`).
     pub sans: Vec<String>,
     /// How control of the names is shown.
-    pub solver: Solver,
+    pub solver: SolverKind,
 }
 
 impl Plan {
     /// A certificate for one name, shown by HTTP-01 or TLS-ALPN-01.
     pub fn single(name: &str) -> Self {
-        Self { cert: name.to_owned(), sans: vec![name.to_owned()], solver: Solver::Http }
+        Self { cert: name.to_owned(), sans: vec![name.to_owned()], solver: SolverKind::Http }
     }
 }
 
-/// How control of a plan's names is shown to the CA.
+/// How control of a plan's names is shown to the CA (the ACME issuer turns it into a
+/// solver that puts the answers out through the store or a DNS provider).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Solver {
+pub enum SolverKind {
     /// HTTP-01 and TLS-ALPN-01 (the preferred first), answered by any node from the store.
     Http,
     /// DNS-01 through a DNS provider account.

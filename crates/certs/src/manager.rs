@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::internal::make_fallback;
 use crate::status::CertState;
 use crate::{
-    CertError, DnsAccount, IssueError, Issuer, Loaded, Plan, Progress, Solver, Step, StoredCert, load_or_create,
+    CertError, DnsAccount, IssueError, Issuer, Loaded, Plan, Progress, SolverKind, Step, StoredCert, load_or_create,
     now_secs,
 };
 
@@ -342,10 +342,10 @@ impl Certs {
     pub async fn plan(&self, cert: &str) -> Result<Plan, CertError> {
         let Some(zone) = cert.strip_prefix("*.") else { return Ok(Plan::single(cert)) };
         let solver = match self.dns_account(zone).await? {
-            Some(account) => Solver::Dns(account),
+            Some(account) => SolverKind::Dns(account),
             // Without one only an issuer that needs no challenge (the internal CA) can; the
             // ACME issuer says why not.
-            None => Solver::Http,
+            None => SolverKind::Http,
         };
         Ok(Plan { cert: cert.to_owned(), sans: vec![cert.to_owned(), zone.to_owned()], solver })
     }

@@ -256,11 +256,20 @@ impl Pebble {
 /// Pebble, and `bin serve` pointed at it with its listeners on the ports Pebble validates
 /// (another block of ports when one is taken), with `extra` settings on top.
 pub fn with_portico(bin: impl AsRef<std::path::Path>, options: Options, extra: &[&str]) -> (Pebble, Portico) {
+    with_portico_for(bin, options, |_| extra.iter().map(|s| (*s).to_owned()).collect())
+}
+
+/// Like [`with_portico`], with extra settings that depend on the Pebble started (its ports).
+pub fn with_portico_for(
+    bin: impl AsRef<std::path::Path>,
+    options: Options,
+    extra: impl Fn(&Pebble) -> Vec<String>,
+) -> (Pebble, Portico) {
     let mut errors = Vec::new();
     for _ in 0..5 {
         let pebble = Pebble::start_anywhere(options);
         let mut settings = pebble.portico_settings();
-        settings.extend(extra.iter().map(|s| (*s).to_owned()));
+        settings.extend(extra(&pebble));
         let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
         match Portico::try_start(bin.as_ref(), &settings) {
             Ok(p) => return (pebble, p),

@@ -8,7 +8,7 @@ use http::StatusCode;
 use portico_test_support::client::{ApiClient, Proxy};
 use portico_test_support::dns_fake::{FakeDns, Provider};
 use portico_test_support::knot::{self, Knot};
-use portico_test_support::pebble::{Options, Pebble};
+use portico_test_support::pebble::{self, Options, Pebble};
 use portico_test_support::portico::ADMIN_PASSWORD;
 use portico_test_support::{Backend, Portico, eventually, tls};
 use serde_json::{Value, json};
@@ -29,20 +29,17 @@ async fn setup_with(provider: Provider, zones: &[&str], extra: &[&str]) -> (Pebb
         Provider::DigitalOcean => "digitalocean_api",
         Provider::Porkbun => "porkbun_api",
     };
-    for _ in 0..5 {
-        let pebble = Pebble::start_anywhere(Options::default());
+    let (pebble, p) = pebble::with_portico_for(BIN, Options::default(), |pebble| {
         fake.publish_to(pebble.ports.chall);
-        let mut settings = pebble.portico_settings();
-        settings.push(format!("dns.{key}=\"{}\"", fake.base()));
-        settings.push(format!("tls.dns_resolvers=[\"127.0.0.1:{}\"]", pebble.ports.dns));
-        settings.push("dns.propagation_timeout=\"20s\"".to_owned());
+        let mut settings = vec![
+            format!("dns.{key}=\"{}\"", fake.base()),
+            format!("tls.dns_resolvers=[\"127.0.0.1:{}\"]", pebble.ports.dns),
+            "dns.propagation_timeout=\"20s\"".to_owned(),
+        ];
         settings.extend(extra.iter().map(|s| s.to_string()));
-        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
-        if let Ok(p) = Portico::try_start(BIN, &settings) {
-            return (pebble, fake, p);
-        }
-    }
-    panic!("could not start Portico beside Pebble");
+        settings
+    });
+    (pebble, fake, p)
 }
 
 /// Adds the provider account through the API, which links its zone; returns the admin's
@@ -255,18 +252,9 @@ async fn a_seed_wildcard_certificate_is_renewed_through_dns01() {
 async fn wildcard_through_rfc2136_with_knot() {
     let backend = Backend::start("wild").await;
     let knot = Knot::start(&["zone.test"]);
-    let mut started = None;
-    for _ in 0..5 {
-        let pebble = Pebble::start_anywhere(Options { dns_server: Some(knot.addr), ..Options::default() });
-        let mut settings = pebble.portico_settings();
-        settings.push(format!("tls.dns_resolvers=[\"{}\"]", knot.addr));
-        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
-        if let Ok(p) = Portico::try_start(BIN, &settings) {
-            started = Some((pebble, p));
-            break;
-        }
-    }
-    let (pebble, p) = started.expect("Portico beside Pebble");
+    let options = Options { dns_server: Some(knot.addr), ..Options::default() };
+    let (pebble, p) =
+        pebble::with_portico_for(BIN, options, |_| vec![format!("tls.dns_resolvers=[\"{}\"]", knot.addr)]);
     let api = ApiClient::new(p.api);
     let token = api.login("admin", ADMIN_PASSWORD).await;
     let mut body = json!({"name": "knot", "dnsProvider": "RFC2136"});
