@@ -116,6 +116,7 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
             }
         }
     }
+    let propagation = propagation_timeout(&body, &mut errors);
     let (Some(name), Some(provider), true) = (name, provider, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
@@ -125,6 +126,9 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
     let first_credential = credentials.first().map(|(key, _)| *key).unwrap_or("dnsProvider");
     for (key, value) in credentials {
         fields.insert(key.to_owned(), value);
+    }
+    if let Some(seconds) = propagation {
+        fields.insert(PROPAGATION.into(), seconds.to_string());
     }
     let dns = client(&api, &fields, first_credential)?;
     dns.verify().await.map_err(|e| dns_error(e, first_credential))?;
@@ -307,9 +311,34 @@ pub async fn update(
     Ok((etag, with_message(format!("\"{id}\" updated."), out)))
 }
 
+/// The optional field that says how long this provider's records take to be served, in
+/// seconds (DNS-01 waits that long at most, instead of `dns.propagation_timeout`).
+const PROPAGATION: &str = "propagationTimeout";
+
+/// `propagationTimeout`, if given: whole seconds, 1 to 3600, as a number or a string.
+fn propagation_timeout(body: &JsonObject, errors: &mut Vec<FieldError>) -> Option<u64> {
+    let value = body.0.get(PROPAGATION)?;
+    let seconds = match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Null => return None,
+        _ => None,
+    };
+    match seconds {
+        Some(s @ 1..=3600) => Some(s),
+        _ => {
+            errors.push(FieldError::new(PROPAGATION, "propagationTimeout must be a number of seconds from 1 to 3600."));
+            None
+        }
+    }
+}
+
 /// Applies an update's fields to a provider record; every bad field is one entry of the 422.
 fn apply(body: &JsonObject, fields: &mut Fields) -> Result<(), ApiError> {
     let mut errors = Vec::new();
+    if let Some(seconds) = propagation_timeout(body, &mut errors) {
+        fields.insert(PROPAGATION.into(), seconds.to_string());
+    }
     if let Some(name) = body.string("name", &mut errors) {
         fields.insert("name".into(), name);
     }

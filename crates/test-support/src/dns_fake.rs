@@ -156,6 +156,12 @@ impl FakeDns {
         self.state.lock().unwrap().challtestsrv = Some(port);
     }
 
+    /// Stops publishing TXT records anywhere (as a provider whose changes take long to be
+    /// served).
+    pub fn publish_nowhere(&self) {
+        self.state.lock().unwrap().challtestsrv = None;
+    }
+
     /// Lets `n` more creates succeed, then fails every later one as the provider fails.
     pub fn fail_creates_after(&self, n: usize) {
         self.state.lock().unwrap().creates_left = Some(n);

@@ -117,30 +117,38 @@ async fn wildcard_through(provider: Provider) {
     assert_eq!((creates.count(), deletes.count()), (2, 2), "two TXT values, each deleted by id: {requests:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wildcard_through_cloudflare() {
-    wildcard_through(Provider::Cloudflare).await
+/// One test per SaaS provider for a scenario.
+macro_rules! per_provider {
+    ($scenario:ident: $($test:ident => $provider:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                $scenario(Provider::$provider).await
+            }
+        )+
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wildcard_through_digitalocean() {
-    wildcard_through(Provider::DigitalOcean).await
-}
+per_provider!(wildcard_through:
+    wildcard_through_cloudflare => Cloudflare,
+    wildcard_through_digitalocean => DigitalOcean,
+    wildcard_through_porkbun => Porkbun,
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wildcard_through_porkbun() {
-    wildcard_through(Provider::Porkbun).await
-}
+per_provider!(a_provider_failing_mid_order_cleans_up_and_backs_off:
+    cloudflare_failing_mid_order => Cloudflare,
+    digitalocean_failing_mid_order => DigitalOcean,
+    porkbun_failing_mid_order => Porkbun,
+);
 
 /// The provider fails in the middle of an order (the second TXT record): the first record
 /// is removed, the failure and its backoff are recorded with the provider's message, the
 /// process goes on, and other names still get certificates.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_failing_mid_order_cleans_up_and_backs_off() {
+async fn a_provider_failing_mid_order_cleans_up_and_backs_off(provider: Provider) {
     let backend = Backend::start("wild").await;
-    let (pebble, fake, p) = setup(Provider::DigitalOcean, &["zone.test"]).await;
+    let (pebble, fake, p) = setup(provider, &["zone.test"]).await;
     let api = ApiClient::new(p.api);
-    let token = add_provider(&api, Provider::DigitalOcean, "zone.test").await;
+    let token = add_provider(&api, provider, "zone.test").await;
     fake.fail_creates_after(1);
     add_host(&api, &token, "*.zone.test", &backend).await;
     let state = eventually(Duration::from_secs(20), "the failure to be recorded", || {
@@ -152,10 +160,13 @@ async fn a_provider_failing_mid_order_cleans_up_and_backs_off() {
     })
     .await;
     let error = state["results"]["last_error"].as_str().unwrap_or_default().to_owned();
-    assert!(
-        error.contains("creating the TXT record") && error.contains("Server was unable to give you a response"),
-        "{state}"
-    );
+    let said = match provider {
+        Provider::Cloudflare => "An internal error has occurred.",
+        Provider::DigitalOcean => "Server was unable to give you a response",
+        Provider::Porkbun => "503 Service Temporarily Unavailable",
+    };
+    assert!(error.contains("creating the TXT record") && error.contains(said), "{state}");
+
     assert!(
         state["results"]["next_attempt"].as_u64() > state["results"]["last_attempt"].as_u64(),
         "a backoff: {state}"
@@ -172,6 +183,43 @@ async fn a_provider_failing_mid_order_cleans_up_and_backs_off() {
     let roots = tls::roots(&pebble.root().await);
     let answer = Proxy::https(p.https, roots, false).get("plain.test", "/").await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+}
+
+/// Records that are never served: the order gives up after the provider's own propagation
+/// timeout (`propagationTimeout`, one second here, not the global twenty), cleans up, and
+/// says it failed waiting for DNS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_never_served_give_up_after_the_providers_propagation_timeout() {
+    let backend = Backend::start("wild").await;
+    let (_pebble, fake, p) = setup(Provider::Cloudflare, &["zone.test"]).await;
+    fake.publish_nowhere();
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    let mut body = json!({"name": "slow", "dnsProvider": "Cloudflare", "propagationTimeout": "x"});
+    for (field, value) in Provider::Cloudflare.credentials() {
+        body[field] = value.into();
+    }
+    let bad = api.call("POST", "/api/dns", Some(&token), Some(body.clone())).await;
+    assert_eq!(bad.json["keys"][0]["key"], "propagationTimeout", "{}", bad.raw);
+    body["propagationTimeout"] = 1.into();
+    assert_eq!(api.call("POST", "/api/dns", Some(&token), Some(body)).await.status, StatusCode::OK);
+    let created = std::time::Instant::now();
+    add_host(&api, &token, "*.zone.test", &backend).await;
+    let state = eventually(Duration::from_secs(15), "the order to give up", || {
+        let (api, token) = (api.clone(), token.clone());
+        async move {
+            let status = api.call("GET", "/api/cert/%2A.zone.test", Some(&token), None).await;
+            (status.json["results"]["step"] == "failed").then_some(status.json)
+        }
+    })
+    .await;
+    assert!(created.elapsed() < Duration::from_secs(10), "gave up after {:?}", created.elapsed());
+    assert_eq!(state["results"]["failed_step"], "waiting for DNS", "{state}");
+    assert!(state["results"]["last_error"].as_str().unwrap().contains("within 1s"), "{state}");
+    eventually(Duration::from_secs(5), "the records to be removed", || async {
+        fake.records().is_empty().then_some(())
+    })
+    .await;
 }
 
 /// `_acme-challenge.zone.test` delegated by a CNAME to another zone the provider manages:
