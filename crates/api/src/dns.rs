@@ -109,7 +109,19 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
         found
     });
     let mut credentials = Vec::new();
-    if let Some(p) = provider {
+    let global_key = provider.is_some_and(|p| p.name == "Cloudflare") && !body.0.contains_key("token");
+    if global_key {
+        // Cloudflare's legacy alternative to an API token: the account e-mail and the
+        // Global API Key.
+        for key in ["email", "apiKey"] {
+            if let Some(value) = body.string(key, &mut errors) {
+                credentials.push((key, value));
+            }
+        }
+        if credentials.len() < 2 && !errors.iter().any(|e| e.key == "email" || e.key == "apiKey") {
+            errors.push(FieldError::new("token", "token is required (or email and apiKey, the Global API Key)."));
+        }
+    } else if let Some(p) = provider {
         for (key, _) in p.credentials {
             if let Some(value) = body.required(key, &mut errors) {
                 credentials.push((*key, value));

@@ -632,6 +632,16 @@ async fn dns_providers_and_domains() {
     assert!(!refused.raw.contains("wrong-token"));
     assert_eq!(api.call("GET", "/api/dns", r, None).await.json["results"], json!([]));
 
+    // Cloudflare's legacy e-mail and Global API Key instead of a token.
+    let legacy = json!({"name": "legacy", "dnsProvider": "Cloudflare", "email": dns_fake::CLOUDFLARE_EMAIL, "apiKey": dns_fake::CLOUDFLARE_GLOBAL_KEY});
+    let legacy = api.call("POST", "/api/dns", r, Some(legacy)).await;
+    assert_eq!(legacy.status, StatusCode::OK, "{}", legacy.raw);
+    assert!(!legacy.raw.contains(dns_fake::CLOUDFLARE_GLOBAL_KEY));
+    let legacy_id = legacy.json["id"].as_str().unwrap().to_owned();
+    assert_eq!(api.call("DELETE", &format!("/api/dns/{legacy_id}"), r, None).await.status, StatusCode::OK);
+    let neither = api.call("POST", "/api/dns", r, Some(json!({"name": "x", "dnsProvider": "Cloudflare"}))).await;
+    assert_eq!(neither.json["keys"][0]["key"], "token", "{}", neither.raw);
+
     let secret = dns_fake::CLOUDFLARE_TOKEN;
     let made = api
         .call("POST", "/api/dns", r, Some(json!({"name": "main", "dnsProvider": "Cloudflare", "token": secret})))
