@@ -156,7 +156,7 @@ struct RawMetrics {
 struct RawLog {
     level: Option<String>,
     format: Option<String>,
-    access_log: Option<bool>,
+    access_log: Option<toml::Value>,
 }
 
 /// A duration as `"30s"`, `"1m 30s"`, `"500ms"`, or a number of seconds.
@@ -453,6 +453,28 @@ fn log_level(text: &str) -> Result<String, ConfigError> {
 }
 
 /// `api.trusted_proxies`: addresses (`127.0.0.1`) or networks (`10.0.0.0/8`).
+/// `log.access_log`: `true` (through the application log), `false`, or one of `"off"`,
+/// `"log"`, `"common"`, `"json"`.
+fn access_log(value: Option<&toml::Value>) -> Result<portico_proxy::AccessLog, ConfigError> {
+    use portico_proxy::AccessLog;
+    let refused = |found: String| ConfigError::Value {
+        key: "log.access_log",
+        message: format!("{found} is not one of true, false, \"off\", \"log\", \"common\", \"json\""),
+    };
+    match value {
+        None | Some(toml::Value::Boolean(true)) => Ok(AccessLog::Log),
+        Some(toml::Value::Boolean(false)) => Ok(AccessLog::Off),
+        Some(toml::Value::String(s)) => match s.as_str() {
+            "off" | "false" => Ok(AccessLog::Off),
+            "log" | "on" | "true" => Ok(AccessLog::Log),
+            "common" | "combined" => Ok(AccessLog::Common),
+            "json" => Ok(AccessLog::Json),
+            other => Err(refused(format!("{other:?}"))),
+        },
+        Some(other) => Err(refused(format!("a {}", other.type_str()))),
+    }
+}
+
 /// A duration key's value, `default` when unset; 0 only where it makes sense.
 fn duration(value: &Option<DurationText>, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
     let parsed = value.as_ref().map_or(Ok(default), |d| d.parse(key))?;
@@ -558,7 +580,7 @@ impl TryFrom<Raw> for Config {
             target_tls_verify: p.target_tls_verify.unwrap_or(defaults.target_tls_verify),
             shutdown_timeout: duration(&p.shutdown_timeout, "proxy.shutdown_timeout", defaults.shutdown_timeout)?,
             handshake_timeout: duration(&p.handshake_timeout, "proxy.handshake_timeout", defaults.handshake_timeout)?,
-            access_log: raw.log.access_log.unwrap_or(true),
+            access_log: access_log(raw.log.access_log.as_ref())?,
         };
         let issuer = choice(
             "tls.issuer",
@@ -750,7 +772,7 @@ mod tests {
             ),
             ("[proxy]\nmax_header_bytes = \"big\"\n", "proxy.max_header_bytes: expected a positive integer"),
             ("[proxy]\nupstream_timeout = true\n", "proxy.upstream_timeout: expected a duration"),
-            ("[log]\naccess_log = \"yes\"\n", "log.access_log: expected true or false"),
+            ("[log]\naccess_log = \"yes\"\n", "log.access_log: \"yes\" is not one of"),
             ("bogus = 1\n", "unknown key bogus"),
             ("[metrics]\nlisten = 9\n", "metrics.listen: expected a string"),
         ];
@@ -813,7 +835,7 @@ mod tests {
 
         let c = load(Some(file), &env, &[("proxy.http", ":7070"), ("log.access_log", "false")]).unwrap();
         assert_eq!(c.http, "0.0.0.0:7070".parse().unwrap());
-        assert!(!c.proxy.access_log);
+        assert_eq!(c.proxy.access_log, portico_proxy::AccessLog::Off);
 
         let c = load(None, &[("PORTICO_DATA_DIR", "/d"), ("PORTICO_STORE_URL", "redb:///x.redb")], &[]).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/d"));

@@ -54,9 +54,21 @@ pub async fn handle(
     peer: SocketAddr,
     conn: Arc<Conn>,
 ) -> Result<Response<LoggedBody>, Infallible> {
-    let request_id = format!("{:016x}", fastrand::u64(..));
+    // The client's request id when it sent a usable one (a load balancer in front keeps its
+    // id through to the target), else a new one.
+    let request_id = request
+        .headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| valid_request_id(id))
+        .map_or_else(|| format!("{:016x}", fastrand::u64(..)), str::to_owned);
     let authority = authority(&request);
+    let text_header =
+        |name: http::header::HeaderName| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mut entry = AccessEntry {
+        agent: text_header(http::header::USER_AGENT),
+        referer: text_header(http::header::REFERER),
+        version: request.version(),
         request_id: request_id.clone(),
         peer,
         method: request.method().clone(),
@@ -65,7 +77,7 @@ pub async fn handle(
         status: 0,
         target: None,
         started: Instant::now(),
-        enabled: shared.config.access_log,
+        format: shared.config.access_log,
     };
     let routed = match authority {
         Ok(authority) => route(&shared, request, authority.as_deref(), peer, &conn, &mut entry).await,
@@ -86,6 +98,13 @@ pub async fn handle(
     }
     entry.status = response.status().as_u16();
     Ok(response.map(|body| LoggedBody::new(body, entry)))
+}
+
+/// Whether a client's `X-Request-Id` is kept: 1 to 128 characters of letters, digits,
+/// `-`, `_`, `.`, `:` (nothing that could break a log line or a header).
+fn valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 async fn route(

@@ -53,8 +53,21 @@ pub struct ProxyConfig {
     pub shutdown_timeout: Duration,
     /// One deadline for a whole TLS handshake, certificate issuance included.
     pub handshake_timeout: Duration,
-    /// Emit one access-log line per request (tracing target `portico::access`).
-    pub access_log: bool,
+    /// The access log: one line per request, in this format.
+    pub access_log: AccessLog,
+}
+
+/// How requests are logged (`log.access_log`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    /// Not at all.
+    Off,
+    /// Through the application log (tracing target `portico::access`, in `log.format`).
+    Log,
+    /// The combined log format (Apache and nginx's), one line per request on standard output.
+    Common,
+    /// One JSON object per request on standard output.
+    Json,
 }
 
 impl Default for ProxyConfig {
@@ -73,7 +86,7 @@ impl Default for ProxyConfig {
             target_tls_verify: false,
             shutdown_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(30),
-            access_log: true,
+            access_log: AccessLog::Log,
         }
     }
 }

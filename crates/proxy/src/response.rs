@@ -137,8 +137,14 @@ pub struct AccessEntry {
     pub target: Option<String>,
     /// When the request arrived.
     pub started: Instant,
-    /// Whether to write the line at all.
-    pub enabled: bool,
+    /// The request's `User-Agent` and `Referer`, for the combined format.
+    pub agent: Option<String>,
+    /// See [`AccessEntry::agent`].
+    pub referer: Option<String>,
+    /// The protocol (`HTTP/1.1`, `HTTP/2.0`).
+    pub version: http::Version,
+    /// How to write the line.
+    pub format: crate::AccessLog,
 }
 
 /// A response body that counts what it sends and logs the request once it ends or is
@@ -157,24 +163,67 @@ impl LoggedBody {
 
     fn finish(&mut self) {
         let Some(e) = self.entry.take() else { return };
-        if !e.enabled {
-            return;
+        // Milliseconds to the microsecond: `0.413`, not `0.41329700000000004`.
+        let duration_ms = (e.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        match e.format {
+            crate::AccessLog::Off => {}
+            crate::AccessLog::Log => tracing::info!(
+                target: "portico::access",
+                request_id = %e.request_id,
+                peer = %e.peer,
+                method = %e.method,
+                host = %e.host,
+                path = %e.path,
+                status = e.status,
+                bytes = self.bytes,
+                duration_ms,
+                target = e.target.as_deref().unwrap_or("-"),
+                "request"
+            ),
+            crate::AccessLog::Common => {
+                // host peer - - [time] "METHOD path VERSION" status bytes "referer" "agent"
+                let quoted = |s: &Option<String>| s.as_deref().unwrap_or("-").replace(['"', '\\', '\n'], "_");
+                println!(
+                    "{} {} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\"",
+                    e.host,
+                    e.peer.ip(),
+                    clf_time(std::time::SystemTime::now()),
+                    e.method,
+                    e.path.replace(['"', '\n'], "_"),
+                    e.version,
+                    e.status,
+                    self.bytes,
+                    quoted(&e.referer),
+                    quoted(&e.agent),
+                );
+            }
+            crate::AccessLog::Json => {
+                let line = serde_json::json!({
+                    "time": clf_time(std::time::SystemTime::now()),
+                    "request_id": e.request_id,
+                    "peer": e.peer.to_string(),
+                    "method": e.method.as_str(),
+                    "host": e.host,
+                    "path": e.path,
+                    "protocol": format!("{:?}", e.version),
+                    "status": e.status,
+                    "bytes": self.bytes,
+                    "duration_ms": duration_ms,
+                    "target": e.target,
+                    "referer": e.referer,
+                    "user_agent": e.agent,
+                });
+                println!("{line}");
+            }
         }
-        tracing::info!(
-            target: "portico::access",
-            request_id = %e.request_id,
-            peer = %e.peer,
-            method = %e.method,
-            host = %e.host,
-            path = %e.path,
-            status = e.status,
-            bytes = self.bytes,
-            // Milliseconds to the microsecond: `0.413`, not `0.41329700000000004`.
-            duration_ms = (e.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0,
-            target = e.target.as_deref().unwrap_or("-"),
-            "request"
-        );
     }
+}
+
+/// A time as the combined log format writes it: `10/Oct/2000:13:55:36 +0000` (UTC).
+fn clf_time(at: std::time::SystemTime) -> String {
+    let t = time::OffsetDateTime::from(at);
+    let month = t.month().to_string();
+    format!("{:02}/{}/{}:{:02}:{:02}:{:02} +0000", t.day(), &month[..3], t.year(), t.hour(), t.minute(), t.second())
 }
 
 impl Body for LoggedBody {

@@ -27,6 +27,7 @@ pub struct Portico {
     pub api: SocketAddr,
     listeners: HashMap<String, SocketAddr>,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    output: Arc<Mutex<Vec<String>>>,
 }
 
 /// The listeners each role announces.
@@ -156,13 +157,22 @@ impl Portico {
         for s in settings {
             command.args(["--set", s]);
         }
-        command.env_remove("PORTICO_CONFIG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        command.env_remove("PORTICO_CONFIG").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         match admin_password {
             Some(password) => command.env("PORTICO_ADMIN_PASSWORD", password),
             None => command.env_remove("PORTICO_ADMIN_PASSWORD"),
         };
         let mut child = command.spawn().expect("portico starts");
         let stderr = child.stderr.take().unwrap();
+        // Standard output: the access log in the `common` and `json` formats.
+        let stdout = child.stdout.take().unwrap();
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let lines = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let sink = logs.clone();
@@ -194,7 +204,13 @@ impl Portico {
         let http = listeners.get("http").copied().unwrap_or(unspecified);
         let https = listeners.get("https").copied().unwrap_or(unspecified);
         let api = listeners.get("api").copied().unwrap_or(unspecified);
-        Ok(Self { bin, dir, child: Some(child), http, https, api, listeners, logs })
+        Ok(Self { bin, dir, child: Some(child), http, https, api, listeners, logs, output })
+    }
+
+    /// The lines written to standard output so far (the access log in the `common` and
+    /// `json` formats).
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
     }
 
     /// The address of a listener this process announced (`http`, `https`, `api`).
