@@ -89,6 +89,8 @@ pub struct AcmeSettings {
     pub challenge: Challenge,
     /// DNS-01: the providers' APIs and where to watch for the records.
     pub dns: DnsSettings,
+    /// Where orders are counted.
+    pub metrics: Arc<portico_metrics::Metrics>,
 }
 
 /// How DNS-01 reaches the providers and checks that records are served.
@@ -226,6 +228,7 @@ impl AcmeIssuer {
             Err(e) => Err(e),
         };
         solver.clean_up(name).await;
+        self.settings.metrics.order(result.is_ok(), solver.label());
         result
     }
 

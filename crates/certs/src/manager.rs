@@ -114,6 +114,8 @@ pub struct CertSettings {
     /// Certificates held at once for names under wildcard patterns in one registered domain
     /// (Let's Encrypt issues 50 new certificates per registered domain a week).
     pub max_certs_per_domain: usize,
+    /// Where decisions, certificates' state and jobs are counted.
+    pub metrics: Arc<portico_metrics::Metrics>,
 }
 
 impl Default for CertSettings {
@@ -127,6 +129,7 @@ impl Default for CertSettings {
             max_pattern_issuances_per_minute: 20,
             max_certs_per_pattern: 20,
             max_certs_per_domain: 50,
+            metrics: Arc::new(portico_metrics::Metrics::new()),
         }
     }
 }
@@ -144,6 +147,19 @@ enum Refused {
     Busy,
     #[error(transparent)]
     Failed(#[from] CertError),
+}
+
+impl Refused {
+    /// The decision's label in `portico_certificate_decisions_total`.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Backoff(_) => "backoff",
+            Self::RateLimited(_) => "rate_limited",
+            Self::Capped(_) => "capped",
+            Self::Busy => "busy",
+            Self::Failed(_) => "failed",
+        }
+    }
 }
 
 /// How an issuance was asked for.
@@ -458,6 +474,7 @@ impl Certs {
             if !cached.used.swap(true, Ordering::Relaxed) {
                 self.mark_used(name);
             }
+            self.settings.metrics.decision("memory");
             return Some(cached.loaded.clone());
         }
         // A wildcard certificate in memory that covers the name (one the seed stored as
@@ -466,10 +483,12 @@ impl Certs {
             && let Some(cached) = self.cached_entry(&wildcard)
             && cached.loaded.meta.covers(name)
         {
+            self.settings.metrics.decision("memory");
             return Some(cached.loaded.clone());
         }
         let Some(owner) = self.policy.owner(name) else {
             tracing::debug!(name, "no host matches this name: serving the fallback certificate");
+            self.settings.metrics.decision("unknown_name");
             return None;
         };
         let (cert, owner) = match self.cert_for(name, &owner).await {
@@ -482,11 +501,13 @@ impl Certs {
         if cert != name
             && let Some(cached) = self.cached_entry(&cert)
         {
+            self.settings.metrics.decision("memory");
             return Some(cached.loaded.clone());
         }
         match self.obtain(&cert, Mode::OnDemand, &owner).await {
             Ok(loaded) => Some(loaded),
             Err(e) => {
+                self.settings.metrics.decision(e.label());
                 self.log_refusal(name, &e);
                 None
             }
@@ -550,6 +571,7 @@ impl Certs {
         self.store.delete(Kind::Cert, name).await?;
         self.forget(name);
         self.unhold(name);
+        self.settings.metrics.forget_certificate(name);
         Ok(())
     }
 
@@ -603,6 +625,11 @@ impl Certs {
             Err(portico_store::StoreError::Conflict { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<portico_metrics::Metrics> {
+        &self.settings.metrics
     }
 
     /// The policy's explicit names.
@@ -695,6 +722,7 @@ impl Certs {
             }
             if let Some(loaded) = self.stored(name).await? {
                 self.remember(name, loaded.clone());
+                self.settings.metrics.decision("store");
                 return Ok(loaded);
             }
             // Then the stored wildcard certificate that covers it, as certmagic looks up.
@@ -703,6 +731,7 @@ impl Certs {
                 && loaded.meta.covers(name)
             {
                 self.remember(&wildcard, loaded.clone());
+                self.settings.metrics.decision("store");
                 return Ok(loaded);
             }
         }
@@ -825,6 +854,10 @@ impl Certs {
                     ..CertState::default()
                 };
                 self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
+                self.settings.metrics.certificate(name, next.not_after, next.next_attempt, next.failures);
+                if mode == Mode::OnDemand {
+                    self.settings.metrics.decision("issued");
+                }
                 self.remember(name, loaded.clone());
                 tracing::info!(
                     name,
@@ -851,6 +884,7 @@ impl Certs {
                     ..state
                 };
                 self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
+                self.settings.metrics.certificate(name, next.not_after, next.next_attempt, next.failures);
                 tracing::warn!(name, issuer = self.issuer.kind(), failures, retry_in_s = backoff.as_secs(),
                     error = %e, "certificate {} failed", if mode == Mode::OnDemand { "issuance" } else { "renewal" });
                 Err(Refused::Failed(e.into()))

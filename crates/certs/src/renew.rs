@@ -48,6 +48,7 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
     }
     for (name, fields) in certs.store().records(Kind::Cert).await? {
         let state = CertState::from_fields(&fields);
+        certs.metrics().certificate(&name, state.not_after, state.next_attempt, state.failures);
         let now = now_secs();
         let Some(owner) = certs.owner(&name) else {
             if state.not_after <= now {
@@ -88,7 +89,12 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
 /// Sweeps every `interval` until `shutdown`.
 pub async fn run(certs: Arc<Certs>, interval: Duration, shutdown: CancellationToken) {
     loop {
-        if let Err(e) = sweep(&certs).await {
+        let started = std::time::Instant::now();
+        let swept = sweep(&certs).await;
+        // A sweep that ran but could not renew something still ran; its failures show per
+        // certificate.
+        certs.metrics().job("renewal", swept.is_ok(), started.elapsed().as_secs_f64());
+        if let Err(e) = swept {
             tracing::warn!(error = %e, "the renewal sweep failed; it runs again at the next interval");
         }
         tokio::select! {

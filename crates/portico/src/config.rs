@@ -581,6 +581,8 @@ impl TryFrom<Raw> for Config {
             shutdown_timeout: duration(&p.shutdown_timeout, "proxy.shutdown_timeout", defaults.shutdown_timeout)?,
             handshake_timeout: duration(&p.handshake_timeout, "proxy.handshake_timeout", defaults.handshake_timeout)?,
             access_log: access_log(raw.log.access_log.as_ref())?,
+            // `portico serve` puts its one registry here.
+            metrics: Default::default(),
         };
         let issuer = choice(
             "tls.issuer",

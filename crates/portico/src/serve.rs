@@ -13,6 +13,7 @@ use portico_api::{ApiSettings, ApiState, lookup};
 use portico_certs::acme::{AcmeIssuer, AcmeSettings, Eab};
 use portico_certs::internal::InternalCa;
 use portico_certs::{CertSettings, Certs, Issuer};
+use portico_metrics::{MeteredStore, Metrics};
 use portico_proxy::server::{self, ConnectionCap, Limits};
 use portico_proxy::{HttpListener, Routes, routes};
 use portico_store::Store;
@@ -53,18 +54,37 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     let fd_limit = raise_fd_limit();
     config.proxy.max_connections = config.max_connections.unwrap_or_else(|| default_max_connections(fd_limit));
     tracing::info!(fd_limit, max_connections = config.proxy.max_connections, "connection limits");
+    // One registry for the whole process, passed to every part that records.
+    let metrics = Arc::new(Metrics::new());
+    let mut config = config;
+    config.proxy.metrics = metrics.clone();
     let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
+    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
     let routes = Arc::new(Routes::new());
     let hosts = routes::reload(&routes, store.as_ref()).await.context("cannot read hosts from the store")?.hosts;
+    metrics.routes_hosts.set(hosts as i64);
     tracing::info!(hosts, store = %portico_store::redact(&config.store_url), "store opened");
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(routes::follow_store(store.clone(), routes.clone(), shutdown.clone()));
+    tasks.spawn(routes::follow_store(store.clone(), routes.clone(), metrics.clone(), shutdown.clone()));
+    if let Some(addr) = config.metrics_listen {
+        // A port already taken stops the start, with the key named.
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+        tracing::info!(addr = %listener.local_addr()?, listener = "metrics", "listening");
+        tasks.spawn(serve_metrics(listener, metrics.clone(), shutdown.clone()));
+    }
 
-    let certs = Certs::new(store.clone(), issuer(&config, store.clone())?, routes.clone(), cert_settings(&config))
-        .await
-        .context("cannot set up certificates")?;
+    let certs = Certs::new(
+        store.clone(),
+        issuer(&config, store.clone(), &metrics)?,
+        routes.clone(),
+        cert_settings(&config, &metrics),
+    )
+    .await
+    .context("cannot set up certificates")?;
     tasks.spawn(certs.clone().follow_store(shutdown.clone()));
 
     let mut ready = Vec::new();
@@ -98,7 +118,12 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
         };
         let state = ApiState::new(store.clone(), routes.clone(), settings, Some(certs.clone()));
         tasks.spawn(portico_certs::renew::run(certs.clone(), config.tls.renew_interval, shutdown.clone()));
-        tasks.spawn(sync_dns_domains(store.clone(), config.tls.dns.endpoints.clone(), shutdown.clone()));
+        tasks.spawn(sync_dns_domains(
+            store.clone(),
+            config.tls.dns.endpoints.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await
             .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
@@ -198,26 +223,52 @@ fn default_max_connections(fd_limit: u64) -> usize {
 }
 
 /// The issuer `tls.issuer` names.
+/// Serves `GET /metrics` (Prometheus' text format) until `shutdown`.
+async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.encode())
+            }
+        }),
+    );
+    let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "the metrics listener stopped");
+    }
+}
+
 /// How often every DNS provider's zones are synced to `Domain` records.
 const DNS_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Syncs every DNS provider's domains every [`DNS_SYNC_EVERY`] (the first time a minute after
 /// start), until `shutdown`.
-async fn sync_dns_domains(store: Arc<dyn Store>, endpoints: portico_certs::DnsEndpoints, shutdown: CancellationToken) {
+async fn sync_dns_domains(
+    store: Arc<dyn Store>,
+    endpoints: portico_certs::DnsEndpoints,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let mut next = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep_until(next) => {}
         }
-        if let Err(e) = portico_api::sync_dns_domains(store.as_ref(), &endpoints).await {
+        let started = std::time::Instant::now();
+        let synced = portico_api::sync_dns_domains(store.as_ref(), &endpoints).await;
+        metrics.job("dns_sync", synced.is_ok(), started.elapsed().as_secs_f64());
+        if let Err(e) = synced {
             tracing::warn!(error = %e, "cannot sync DNS providers' domains; trying again later");
         }
         next = tokio::time::Instant::now() + DNS_SYNC_EVERY;
     }
 }
 
-fn issuer(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<dyn Issuer>> {
+fn issuer(config: &Config, store: Arc<dyn Store>, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn Issuer>> {
     let tls = &config.tls;
     Ok(match tls.issuer {
         config::Issuer::Internal => Arc::new(InternalCa::new(store, tls.internal_lifetime)),
@@ -229,14 +280,16 @@ fn issuer(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<dyn Issu
                 ca_roots: tls.acme_ca_roots.clone(),
                 challenge: tls.challenge,
                 dns: tls.dns.clone(),
+                metrics: metrics.clone(),
             };
             Arc::new(AcmeIssuer::new(store, settings).context("invalid [tls] settings")?)
         }
     })
 }
 
-fn cert_settings(config: &Config) -> CertSettings {
+fn cert_settings(config: &Config, metrics: &Arc<Metrics>) -> CertSettings {
     CertSettings {
+        metrics: metrics.clone(),
         renew_remaining_ratio: config.tls.renew_remaining_ratio,
         issue_timeout: config.tls.issue_timeout,
         max_issuances_per_minute: config.tls.max_issuances_per_minute,

@@ -131,11 +131,13 @@ impl Upstream {
         add_forwarded(&mut parts.headers, origin);
 
         let sent = self.client.request(Request::from_parts(parts, body));
+        let asked = std::time::Instant::now();
         let mut response = match tokio::time::timeout(self.config.upstream_timeout, sent).await {
             Err(_) => return Err(ProxyError::TargetTimeout),
             Ok(Err(e)) => return Err(classify(e)),
             Ok(Ok(response)) => response,
         };
+        self.config.metrics.upstream_duration.observe(asked.elapsed().as_secs_f64());
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // A switch nobody asked for would hand the connection to the target unseen.
@@ -145,7 +147,11 @@ impl Upstream {
             let target_upgrade = hyper::upgrade::on(&mut response);
             let shutdown = self.shutdown.clone();
             let idle = self.config.tunnel_idle_timeout;
-            self.tunnels.spawn(tunnel(client_upgrade, target_upgrade, idle, shutdown));
+            let open = portico_metrics::Open::new(&self.config.metrics.tunnels_open);
+            self.tunnels.spawn(async move {
+                tunnel(client_upgrade, target_upgrade, idle, shutdown).await;
+                drop(open);
+            });
             return Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()));
         }
         strip_hop_by_hop(response.headers_mut());

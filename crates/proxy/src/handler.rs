@@ -78,6 +78,8 @@ pub async fn handle(
         target: None,
         started: Instant::now(),
         format: shared.config.access_log,
+        pattern: None,
+        metrics: shared.config.metrics.clone(),
     };
     let routed = match authority {
         Ok(authority) => route(&shared, request, authority.as_deref(), peer, &conn, &mut entry).await,
@@ -138,7 +140,13 @@ async fn route(
         Conn::Tls(_) => {}
     }
     let table = shared.routes.snapshot();
-    let (_, host) = table.lookup(name.as_str()).ok_or(ProxyError::UnknownHost)?;
+    let (pattern, host) = table.lookup(name.as_str()).ok_or(ProxyError::UnknownHost)?;
+    entry.pattern = Some(pattern.to_string());
+    if let Some(length) =
+        request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
+    {
+        shared.config.metrics.request_bytes.inc_by(length);
+    }
     if scheme == Scheme::Http && host.forcessl {
         let port = match shared.config.https_port {
             443 => String::new(),

@@ -55,6 +55,8 @@ pub struct ProxyConfig {
     pub handshake_timeout: Duration,
     /// The access log: one line per request, in this format.
     pub access_log: AccessLog,
+    /// Where requests, connections, handshakes and tunnels are counted.
+    pub metrics: std::sync::Arc<portico_metrics::Metrics>,
 }
 
 /// How requests are logged (`log.access_log`).
@@ -87,6 +89,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(30),
             access_log: AccessLog::Log,
+            metrics: std::sync::Arc::new(portico_metrics::Metrics::new()),
         }
     }
 }

@@ -121,6 +121,7 @@ impl HttpListener {
         server::accept_loop(&self.listener, &cap, &shutdown, limits.shutdown_timeout, move |stream, peer, watch| {
             let (shared, tls, builder) = (shared.clone(), tls.clone(), builder.clone());
             async move {
+                let _open = portico_metrics::Open::new(&shared.config.metrics.connections_open);
                 let (io, conn) = match tls {
                     None => (Either::Left(stream), Conn::Plain),
                     Some(tls) => {
@@ -156,6 +157,7 @@ async fn handshake(
     watch: &Watch,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Conn)> {
     let accepted = std::time::Instant::now();
+    let metrics = config.metrics.clone();
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let hello_by = tokio::time::Instant::now() + config.header_read_timeout.min(config.handshake_timeout);
     let hello = tokio::time::timeout_at(hello_by, LazyConfigAcceptor::new(Acceptor::default(), stream));
@@ -164,10 +166,12 @@ async fn handshake(
             Ok(Ok(start)) => start,
             Ok(Err(e)) => {
                 tracing::debug!(peer = %peer, error = %e, "no TLS ClientHello");
+                metrics.handshake(Some("no_client_hello"));
                 return None;
             }
             Err(_) => {
                 tracing::debug!(peer = %peer, "no TLS ClientHello in time");
+                metrics.handshake(Some("timeout"));
                 return None;
             }
         },
@@ -196,19 +200,25 @@ async fn handshake(
         let resolve = tls.certs.resolve(sni.as_deref());
         let Ok(resolved) = tokio::time::timeout_at(deadline, resolve).await else {
             tracing::info!(peer = %peer, sni = sni.as_deref(), "TLS handshake deadline passed while getting a certificate");
+            metrics.handshake(Some("timeout"));
             return None;
         };
         let key = resolved.as_ref().unwrap_or_else(|| tls.certs.fallback()).key.clone();
         (tls.serving(key, &[b"h2", b"http/1.1"]), Conn::Tls(resolved))
     };
     match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
-        Ok(Ok(stream)) => Some((stream, conn)),
+        Ok(Ok(stream)) => {
+            metrics.handshake(None);
+            Some((stream, conn))
+        }
         Ok(Err(e)) => {
             tracing::debug!(peer = %peer, sni = sni.as_deref(), error = %e, "TLS handshake failed");
+            metrics.handshake(Some("error"));
             None
         }
         Err(_) => {
             tracing::debug!(peer = %peer, sni = sni.as_deref(), "TLS handshake deadline passed");
+            metrics.handshake(Some("timeout"));
             None
         }
     }

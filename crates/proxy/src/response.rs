@@ -145,6 +145,10 @@ pub struct AccessEntry {
     pub version: http::Version,
     /// How to write the line.
     pub format: crate::AccessLog,
+    /// The host pattern that routed the request, for the metrics (`-` when none did).
+    pub pattern: Option<String>,
+    /// Where the outcome is counted, from the same record the access log writes.
+    pub metrics: std::sync::Arc<portico_metrics::Metrics>,
 }
 
 /// A response body that counts what it sends and logs the request once it ends or is
@@ -163,8 +167,11 @@ impl LoggedBody {
 
     fn finish(&mut self) {
         let Some(e) = self.entry.take() else { return };
+        let elapsed = e.started.elapsed().as_secs_f64();
+        let protocol = format!("{:?}", e.version);
+        e.metrics.request(e.pattern.as_deref().unwrap_or("-"), e.status, &protocol, elapsed, self.bytes);
         // Milliseconds to the microsecond: `0.413`, not `0.41329700000000004`.
-        let duration_ms = (e.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        let duration_ms = (elapsed * 1_000_000.0).round() / 1000.0;
         match e.format {
             crate::AccessLog::Off => {}
             crate::AccessLog::Log => tracing::info!(

@@ -28,7 +28,12 @@ pub async fn reload(routes: &Routes, store: &dyn Store) -> Result<Rebuilt, Store
 /// Keeps `routes` in step with the store until `shutdown`: patches in each changed host
 /// (one record read each), and rebuilds from every host on a resync signal, when events
 /// were lost, and every 5 minutes.
-pub async fn follow_store(store: Arc<dyn Store>, routes: Arc<Routes>, shutdown: CancellationToken) {
+pub async fn follow_store(
+    store: Arc<dyn Store>,
+    routes: Arc<Routes>,
+    metrics: Arc<portico_metrics::Metrics>,
+    shutdown: CancellationToken,
+) {
     let mut changes = store.changes();
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     resync.tick().await;
@@ -50,6 +55,12 @@ pub async fn follow_store(store: Arc<dyn Store>, routes: Arc<Routes>, shutdown: 
                 Err(_) => break,
             };
         }
+        let started = std::time::Instant::now();
+        let report = |rebuilt: &Rebuilt| {
+            metrics.routes_hosts.set(rebuilt.hosts as i64);
+            metrics.routes_rebuild.observe(started.elapsed().as_secs_f64());
+            report(rebuilt);
+        };
         if !pending.full {
             if pending.hosts.is_empty() {
                 continue;

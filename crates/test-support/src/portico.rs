@@ -179,7 +179,9 @@ impl Portico {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    // Not a log line: an error printed before exiting, say.
                     eprintln!("portico: {line}");
+                    sink.lock().unwrap().push(serde_json::json!({ "raw": line }));
                     continue;
                 };
                 let fields = &value["fields"];

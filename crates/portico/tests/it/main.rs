@@ -11,6 +11,7 @@ mod https;
 mod lifecycle;
 mod logs;
 mod lookup;
+mod metrics;
 mod partition;
 mod routing;
 mod seed;

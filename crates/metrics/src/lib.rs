@@ -1,0 +1,357 @@
+//! Portico's metrics, in Prometheus' text format (`GET /metrics` on `[metrics] listen`).
+//!
+//! One [`Metrics`] is made at start and passed to every part that records (the proxy, the
+//! certificates, the routing table, the store through [`MeteredStore`], the background
+//! jobs): no global registry. The proxy records requests from the same outcome record that
+//! writes the access log, so the two never disagree.
+//!
+//! Every metric is named `portico_…`; the dashboard and alert rules in `deploy/` use these
+//! names, and a test checks they all exist.
+
+mod store;
+
+use std::fmt;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub use store::MeteredStore;
+
+/// Labels of a request: the host pattern that routed it (`-` when none did), the status
+/// class (`2xx` … `5xx`), the protocol (`HTTP/1.1`, `HTTP/2.0`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The host pattern.
+    pub host: String,
+    /// `2xx`, `3xx`, `4xx`, `5xx`.
+    pub status: String,
+    /// The HTTP version.
+    pub protocol: String,
+}
+
+/// One label: `result`, `reason`, `decision`, `op` and the like.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct One {
+    /// Its name is the metric's documented label.
+    pub label: String,
+}
+
+/// A certificate's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    /// `app.example.com`, `*.example.com`.
+    pub name: String,
+}
+
+/// An ACME order's outcome and challenge type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrderLabels {
+    /// `valid` or `failed`.
+    pub result: String,
+    /// `http-01`, `tls-alpn-01`, `dns-01`.
+    pub challenge: String,
+}
+
+/// A store operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// `record`, `records`, `write`, `blob`, `lease`, …
+    pub op: String,
+}
+
+/// A background job's run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    /// `renewal`, `dns_sync`.
+    pub job: String,
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
+/// A background job.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobName {
+    /// `renewal`, `dns_sync`.
+    pub job: String,
+}
+
+/// A TLS handshake's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `ok` or `failed`.
+    pub result: String,
+    /// Why it failed (`timeout`, `error`), or `none`.
+    pub reason: String,
+}
+
+/// An on-demand certificate decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `memory`, `store`, `issued`, `unknown_name`, `backoff`, `rate_limited`, `capped`,
+    /// `busy`, `failed`.
+    pub decision: String,
+}
+
+/// Seconds buckets from 0.5 ms to about 65 s.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// Every metric Portico records.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// `portico_http_requests_total{host, status, protocol}`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `portico_http_request_duration_seconds{protocol}`: from the request head to the last
+    /// byte of the response.
+    pub request_duration: Family<One, Histogram, fn() -> Histogram>,
+    /// `portico_upstream_response_seconds`: from forwarding to the target's response head.
+    pub upstream_duration: Histogram,
+    /// `portico_http_response_bytes_total`: response body bytes sent.
+    pub response_bytes: Counter,
+    /// `portico_http_request_bytes_total`: request body bytes received (as declared).
+    pub request_bytes: Counter,
+    /// `portico_connections_open`: client connections open now.
+    pub connections_open: Gauge,
+    /// `portico_tunnels_open`: upgraded connections (WebSocket) being relayed now.
+    pub tunnels_open: Gauge,
+    /// `portico_tls_handshakes_total{result, reason}`.
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    /// `portico_certificate_not_after_seconds{name}`: the certificate's end, Unix seconds.
+    pub cert_not_after: Family<CertLabels, Gauge>,
+    /// `portico_certificate_next_renewal_seconds{name}`: when it is due, Unix seconds.
+    pub cert_next_renewal: Family<CertLabels, Gauge>,
+    /// `portico_certificate_failures{name}`: consecutive failed attempts.
+    pub cert_failures: Family<CertLabels, Gauge>,
+    /// `portico_acme_orders_total{result, challenge}`.
+    pub acme_orders: Family<OrderLabels, Counter>,
+    /// `portico_certificate_decisions_total{decision}`: what a handshake's name got.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// `portico_routes_hosts`: patterns in the routing table.
+    pub routes_hosts: Gauge,
+    /// `portico_routes_rebuild_seconds`: reading hosts and swapping the table.
+    pub routes_rebuild: Histogram,
+    /// `portico_store_operation_seconds{op}`.
+    pub store_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
+    /// `portico_store_errors_total{op}`.
+    pub store_errors: Family<OpLabels, Counter>,
+    /// `portico_job_runs_total{job, result}`.
+    pub job_runs: Family<JobLabels, Counter>,
+    /// `portico_job_duration_seconds{job}`.
+    pub job_duration: Family<JobName, Histogram, fn() -> Histogram>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric, registered, at zero.
+    pub fn new() -> Self {
+        let m = Self {
+            registry: Mutex::new(Registry::default()),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(seconds),
+            upstream_duration: seconds(),
+            response_bytes: Counter::default(),
+            request_bytes: Counter::default(),
+            connections_open: Gauge::default(),
+            tunnels_open: Gauge::default(),
+            handshakes: Family::default(),
+            cert_not_after: Family::default(),
+            cert_next_renewal: Family::default(),
+            cert_failures: Family::default(),
+            acme_orders: Family::default(),
+            decisions: Family::default(),
+            routes_hosts: Gauge::default(),
+            routes_rebuild: seconds(),
+            store_seconds: Family::new_with_constructor(seconds),
+            store_errors: Family::default(),
+            job_runs: Family::default(),
+            job_duration: Family::new_with_constructor(seconds),
+        };
+        {
+            let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
+            r.register(
+                "portico_http_requests",
+                "Requests answered, by host pattern, status class and protocol",
+                m.requests.clone(),
+            );
+            r.register(
+                "portico_http_request_duration_seconds",
+                "Time from a request's head to its response's last byte",
+                m.request_duration.clone(),
+            );
+            r.register(
+                "portico_upstream_response_seconds",
+                "Time from forwarding a request to the target's response head",
+                m.upstream_duration.clone(),
+            );
+            r.register("portico_http_response_bytes", "Response body bytes sent to clients", m.response_bytes.clone());
+            r.register(
+                "portico_http_request_bytes",
+                "Request body bytes clients declared (Content-Length)",
+                m.request_bytes.clone(),
+            );
+            r.register("portico_connections_open", "Client connections open now", m.connections_open.clone());
+            r.register("portico_tunnels_open", "Upgraded connections (WebSocket) relayed now", m.tunnels_open.clone());
+            r.register("portico_tls_handshakes", "TLS handshakes, by result and failure reason", m.handshakes.clone());
+            r.register(
+                "portico_certificate_not_after_seconds",
+                "When each certificate expires (Unix time)",
+                m.cert_not_after.clone(),
+            );
+            r.register(
+                "portico_certificate_next_renewal_seconds",
+                "When each certificate is next tried (Unix time)",
+                m.cert_next_renewal.clone(),
+            );
+            r.register(
+                "portico_certificate_failures",
+                "Consecutive failed attempts per certificate",
+                m.cert_failures.clone(),
+            );
+            r.register("portico_acme_orders", "ACME orders, by result and challenge type", m.acme_orders.clone());
+            r.register(
+                "portico_certificate_decisions",
+                "What a TLS handshake's name got: from memory, the store, a new certificate, or the fallback and why",
+                m.decisions.clone(),
+            );
+            r.register("portico_routes_hosts", "Host patterns in the routing table", m.routes_hosts.clone());
+            r.register(
+                "portico_routes_rebuild_seconds",
+                "Time to rebuild or patch the routing table",
+                m.routes_rebuild.clone(),
+            );
+            r.register(
+                "portico_store_operation_seconds",
+                "Store operations' latency, by operation",
+                m.store_seconds.clone(),
+            );
+            r.register("portico_store_errors", "Store operations that failed, by operation", m.store_errors.clone());
+            r.register("portico_job_runs", "Background job runs, by job and result", m.job_runs.clone());
+            r.register("portico_job_duration_seconds", "Background job run time, by job", m.job_duration.clone());
+        }
+        m
+    }
+
+    /// Every metric in Prometheus' text format (0.0.4).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        out
+    }
+
+    /// Counts one request's outcome.
+    pub fn request(&self, host: &str, status: u16, protocol: &str, seconds: f64, bytes: u64) {
+        let status = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let labels = RequestLabels { host: host.to_owned(), status: status.to_owned(), protocol: protocol.to_owned() };
+        self.requests.get_or_create(&labels).inc();
+        self.request_duration.get_or_create(&One { label: protocol.to_owned() }).observe(seconds);
+        self.response_bytes.inc_by(bytes);
+    }
+
+    /// Counts one TLS handshake.
+    pub fn handshake(&self, failure: Option<&str>) {
+        let labels = match failure {
+            None => HandshakeLabels { result: "ok".into(), reason: "none".into() },
+            Some(reason) => HandshakeLabels { result: "failed".into(), reason: reason.to_owned() },
+        };
+        self.handshakes.get_or_create(&labels).inc();
+    }
+
+    /// Counts one on-demand decision.
+    pub fn decision(&self, decision: &str) {
+        self.decisions.get_or_create(&DecisionLabels { decision: decision.to_owned() }).inc();
+    }
+
+    /// Counts one ACME order.
+    pub fn order(&self, ok: bool, challenge: &str) {
+        let result = if ok { "valid" } else { "failed" };
+        self.acme_orders.get_or_create(&OrderLabels { result: result.into(), challenge: challenge.to_owned() }).inc();
+    }
+
+    /// Sets a certificate's gauges.
+    pub fn certificate(&self, name: &str, not_after: i64, next_attempt: i64, failures: u32) {
+        let labels = CertLabels { name: name.to_owned() };
+        if not_after > 0 {
+            self.cert_not_after.get_or_create(&labels).set(not_after);
+        }
+        self.cert_next_renewal.get_or_create(&labels).set(next_attempt);
+        self.cert_failures.get_or_create(&labels).set(i64::from(failures));
+    }
+
+    /// Forgets a certificate that is gone.
+    pub fn forget_certificate(&self, name: &str) {
+        let labels = CertLabels { name: name.to_owned() };
+        self.cert_not_after.remove(&labels);
+        self.cert_next_renewal.remove(&labels);
+        self.cert_failures.remove(&labels);
+    }
+
+    /// Counts one run of a background job.
+    pub fn job(&self, job: &str, ok: bool, seconds: f64) {
+        let result = if ok { "ok" } else { "failed" };
+        self.job_runs.get_or_create(&JobLabels { job: job.to_owned(), result: result.into() }).inc();
+        self.job_duration.get_or_create(&JobName { job: job.to_owned() }).observe(seconds);
+    }
+}
+
+/// Adds one to a gauge until dropped (an open connection, a tunnel).
+pub struct Open(Gauge);
+
+impl Open {
+    /// Counts one more in `gauge`.
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format_has_every_family() {
+        let m = Metrics::new();
+        m.request("*.example.com", 204, "HTTP/1.1", 0.01, 10);
+        m.handshake(Some("timeout"));
+        let text = m.encode();
+        assert!(
+            text.contains("portico_http_requests_total{host=\"*.example.com\",status=\"2xx\",protocol=\"HTTP/1.1\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("portico_tls_handshakes_total{result=\"failed\",reason=\"timeout\"} 1"), "{text}");
+        assert!(text.contains("# TYPE portico_routes_hosts gauge"), "{text}");
+        let _open = Open::new(&m.connections_open);
+        assert!(m.encode().contains("portico_connections_open 1"));
+    }
+}

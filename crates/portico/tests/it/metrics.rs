@@ -1,0 +1,105 @@
+//! `/metrics` after real traffic, an issuance and a failed renewal, read with a Prometheus
+//! text-format parser: the values a user would look at.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::StatusCode;
+use portico_test_support::client::Proxy;
+use portico_test_support::pebble::{self, Options};
+use portico_test_support::{Backend, Portico, eventually, tls};
+use prometheus_parse::{Scrape, Value};
+
+use crate::BIN;
+
+/// The metrics as parsed: every sample's value, by name and labels (`name{a="1",b="2"}`,
+/// labels sorted), histograms as their count.
+async fn scrape(p: &Portico) -> BTreeMap<String, f64> {
+    let addr = p.listener("metrics").expect("a metrics listener");
+    let answer = Proxy::h1(addr).get("localhost", "/metrics").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let text = answer.text();
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format");
+    scrape
+        .samples
+        .into_iter()
+        .map(|s| {
+            let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            labels.sort();
+            let value = match s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+                Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+                Value::Summary(_) => f64::NAN,
+            };
+            (format!("{}{{{}}}", s.metric, labels.join(",")), value)
+        })
+        .collect()
+}
+
+fn value(metrics: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *metrics.get(key).unwrap_or_else(|| panic!("no {key} in {:#?}", metrics.keys().collect::<Vec<_>>()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_traffic_an_issuance_and_a_failed_renewal() {
+    let backend = Backend::start("metered").await;
+    let settings = ["metrics.listen=\"127.0.0.1:0\"", "tls.renew_remaining_ratio=0.9", "tls.renew_interval=\"300ms\""];
+    let (mut pebble, p) =
+        pebble::with_portico(BIN, Options { validity_secs: Some(30), ..Options::default() }, &settings);
+    p.add_host("app.example.test", backend.addr, &[]);
+    let plain = Proxy::h1(p.http);
+    for _ in 0..3 {
+        assert_eq!(plain.get("app.example.test", "/").await.status, StatusCode::OK);
+    }
+    assert_eq!(plain.get("nobody.example.test", "/").await.status, StatusCode::NOT_FOUND);
+    let roots = tls::roots(&pebble.root().await);
+    assert_eq!(Proxy::https(p.https, roots, true).get("app.example.test", "/").await.status, StatusCode::OK);
+    let issued = tls::peek(p.https, "app.example.test").await;
+
+    let m = scrape(&p).await;
+    assert!(
+        value(&m, r#"portico_http_requests_total{host="app.example.test",protocol="HTTP/1.1",status="2xx"}"#) >= 3.0
+    );
+    assert_eq!(value(&m, r#"portico_http_requests_total{host="-",protocol="HTTP/1.1",status="4xx"}"#), 1.0);
+    assert_eq!(
+        value(&m, r#"portico_http_requests_total{host="app.example.test",protocol="HTTP/2.0",status="2xx"}"#),
+        1.0
+    );
+    assert!(value(&m, r#"portico_http_response_bytes_total{}"#) > 0.0);
+    assert!(value(&m, r#"portico_upstream_response_seconds{}"#) >= 4.0, "a histogram's count");
+    assert_eq!(value(&m, r#"portico_acme_orders_total{challenge="http-01",result="valid"}"#), 1.0);
+    assert_eq!(value(&m, r#"portico_certificate_decisions_total{decision="issued"}"#), 1.0);
+    assert!(value(&m, r#"portico_certificate_decisions_total{decision="memory"}"#) >= 1.0);
+    assert_eq!(value(&m, r#"portico_certificate_not_after_seconds{name="app.example.test"}"#), issued.not_after as f64);
+    assert!(value(&m, r#"portico_tls_handshakes_total{reason="none",result="ok"}"#) >= 2.0);
+    assert_eq!(value(&m, r#"portico_routes_hosts{}"#), 1.0);
+    assert!(value(&m, r#"portico_store_operation_seconds{op="record"}"#) > 0.0);
+    assert!(m.contains_key(r#"portico_connections_open{}"#));
+
+    // The CA goes away: the renewal, due at once, fails, and the metrics say so.
+    pebble.stop();
+    let failed = eventually(Duration::from_secs(15), "a failed renewal in the metrics", || {
+        let p = &p;
+        async move {
+            let m = scrape(p).await;
+            let failures = m.get(r#"portico_certificate_failures{name="app.example.test"}"#).copied().unwrap_or(0.0);
+            (failures >= 1.0).then_some(m)
+        }
+    })
+    .await;
+    assert!(value(&failed, r#"portico_job_runs_total{job="renewal",result="ok"}"#) >= 1.0);
+    assert!(
+        value(&failed, r#"portico_certificate_next_renewal_seconds{name="app.example.test"}"#)
+            > portico_certs::now_secs() as f64,
+        "the next attempt is after a backoff"
+    );
+}
+
+/// A metrics port already taken stops the start, naming the key.
+#[tokio::test]
+async fn a_taken_metrics_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let setting = format!("metrics.listen=\"{}\"", taken.local_addr().unwrap());
+    let err = Portico::try_start(BIN, &[&setting]).err().expect("it does not start");
+    assert!(err.contains("metrics.listen"), "{err}");
+}
