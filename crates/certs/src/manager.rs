@@ -854,7 +854,7 @@ impl Certs {
                     ..CertState::default()
                 };
                 self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
-                self.settings.metrics.certificate(name, next.not_after, next.next_attempt, next.failures);
+                self.settings.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
                 if mode == Mode::OnDemand {
                     self.settings.metrics.decision("issued");
                 }
@@ -884,7 +884,7 @@ impl Certs {
                     ..state
                 };
                 self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
-                self.settings.metrics.certificate(name, next.not_after, next.next_attempt, next.failures);
+                self.settings.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
                 tracing::warn!(name, issuer = self.issuer.kind(), failures, retry_in_s = backoff.as_secs(),
                     error = %e, "certificate {} failed", if mode == Mode::OnDemand { "issuance" } else { "renewal" });
                 Err(Refused::Failed(e.into()))

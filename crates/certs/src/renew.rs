@@ -48,7 +48,7 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
     }
     for (name, fields) in certs.store().records(Kind::Cert).await? {
         let state = CertState::from_fields(&fields);
-        certs.metrics().certificate(&name, state.not_after, state.next_attempt, state.failures);
+        certs.metrics().certificate(&name, state.issued, state.not_after, state.next_attempt, state.failures);
         let now = now_secs();
         let Some(owner) = certs.owner(&name) else {
             if state.not_after <= now {

@@ -124,6 +124,8 @@ pub struct Metrics {
     pub handshakes: Family<HandshakeLabels, Counter>,
     /// `portico_certificate_not_after_seconds{name}`: the certificate's end, Unix seconds.
     pub cert_not_after: Family<CertLabels, Gauge>,
+    /// `portico_certificate_issued_seconds{name}`: when it was issued (its lifetime's start).
+    pub cert_issued: Family<CertLabels, Gauge>,
     /// `portico_certificate_next_renewal_seconds{name}`: when it is due, Unix seconds.
     pub cert_next_renewal: Family<CertLabels, Gauge>,
     /// `portico_certificate_failures{name}`: consecutive failed attempts.
@@ -172,6 +174,7 @@ impl Metrics {
             tunnels_open: Gauge::default(),
             handshakes: Family::default(),
             cert_not_after: Family::default(),
+            cert_issued: Family::default(),
             cert_next_renewal: Family::default(),
             cert_failures: Family::default(),
             acme_orders: Family::default(),
@@ -213,6 +216,11 @@ impl Metrics {
                 "portico_certificate_not_after_seconds",
                 "When each certificate expires (Unix time)",
                 m.cert_not_after.clone(),
+            );
+            r.register(
+                "portico_certificate_issued_seconds",
+                "When each certificate was issued (Unix time)",
+                m.cert_issued.clone(),
             );
             r.register(
                 "portico_certificate_next_renewal_seconds",
@@ -292,11 +300,14 @@ impl Metrics {
         self.acme_orders.get_or_create(&OrderLabels { result: result.into(), challenge: challenge.to_owned() }).inc();
     }
 
-    /// Sets a certificate's gauges.
-    pub fn certificate(&self, name: &str, not_after: i64, next_attempt: i64, failures: u32) {
+    /// Sets a certificate's gauges (times in Unix seconds; 0: unknown).
+    pub fn certificate(&self, name: &str, issued: i64, not_after: i64, next_attempt: i64, failures: u32) {
         let labels = CertLabels { name: name.to_owned() };
         if not_after > 0 {
             self.cert_not_after.get_or_create(&labels).set(not_after);
+        }
+        if issued > 0 {
+            self.cert_issued.get_or_create(&labels).set(issued);
         }
         self.cert_next_renewal.get_or_create(&labels).set(next_attempt);
         self.cert_failures.get_or_create(&labels).set(i64::from(failures));
@@ -306,6 +317,7 @@ impl Metrics {
     pub fn forget_certificate(&self, name: &str) {
         let labels = CertLabels { name: name.to_owned() };
         self.cert_not_after.remove(&labels);
+        self.cert_issued.remove(&labels);
         self.cert_next_renewal.remove(&labels);
         self.cert_failures.remove(&labels);
     }
@@ -353,5 +365,85 @@ mod tests {
         assert!(text.contains("# TYPE portico_routes_hosts gauge"), "{text}");
         let _open = Open::new(&m.connections_open);
         assert!(m.encode().contains("portico_connections_open 1"));
+    }
+}
+
+#[cfg(test)]
+mod deploy {
+    use std::collections::BTreeSet;
+
+    use super::Metrics;
+
+    /// Every sample name the registry can produce: each family's, and a histogram's
+    /// `_bucket`, `_sum` and `_count`.
+    fn known() -> BTreeSet<String> {
+        // A family shows only once it has a sample: give each one.
+        let m = Metrics::new();
+        m.request("a.test", 200, "HTTP/1.1", 0.1, 1);
+        m.handshake(None);
+        m.certificate("a.test", 1, 2, 3, 0);
+        m.order(true, "http-01");
+        m.decision("memory");
+        m.job("renewal", true, 0.1);
+        let op = super::OpLabels { op: "record".into() };
+        m.store_seconds.get_or_create(&op).observe(0.001);
+        m.store_errors.get_or_create(&op).inc();
+        let text = m.encode();
+        let mut names = BTreeSet::new();
+        for line in text.lines() {
+            let mut words = line.split(' ');
+            if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+                (words.next(), words.next(), words.next(), words.next())
+            {
+                names.insert(name.to_owned());
+                if kind == "histogram" {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        names.insert(format!("{name}{suffix}"));
+                    }
+                }
+                if kind == "counter" && !name.ends_with("_total") {
+                    names.insert(format!("{name}_total"));
+                }
+            }
+        }
+        names
+    }
+
+    /// The `portico_…` names a text uses.
+    fn used(text: &str) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while let Some(at) = text[i..].find("portico_") {
+            let start = i + at;
+            let end = start + bytes[start..].iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
+            names.insert(text[start..end].to_owned());
+            i = end;
+        }
+        names
+    }
+
+    #[test]
+    fn the_dashboard_and_the_alert_rules_use_only_metrics_that_exist() {
+        let known = known();
+        assert!(known.contains("portico_http_requests_total"), "{known:?}");
+        for (file, text) in [
+            ("deploy/grafana-dashboard.json", include_str!("../../../deploy/grafana-dashboard.json")),
+            ("deploy/prometheus-rules.yml", include_str!("../../../deploy/prometheus-rules.yml")),
+        ] {
+            let used = used(text);
+            assert!(used.len() >= 4, "{file} uses hardly any metric: {used:?}");
+            let unknown: Vec<&String> = used.difference(&known).collect();
+            assert!(unknown.is_empty(), "{file} names metrics that do not exist: {unknown:?}");
+        }
+        // The dashboard is JSON Grafana can import: a title and panels with queries.
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../deploy/grafana-dashboard.json")).expect("JSON");
+        assert_eq!(dashboard["title"], "Portico");
+        assert!(
+            dashboard["panels"]
+                .as_array()
+                .is_some_and(|p| p.len() >= 10 && p.iter().all(|p| p["targets"][0]["expr"].is_string()))
+        );
     }
 }
