@@ -140,6 +140,8 @@ pub struct Metrics {
     pub routes_rebuild: Histogram,
     /// `portico_store_operation_seconds{op}`.
     pub store_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
+    /// `portico_store_memory_bytes`: memory the store's server uses (Redis), read every 15 s.
+    pub store_memory: Gauge,
     /// `portico_store_errors_total{op}`.
     pub store_errors: Family<OpLabels, Counter>,
     /// `portico_job_runs_total{job, result}`.
@@ -183,6 +185,7 @@ impl Metrics {
             routes_rebuild: seconds(),
             store_seconds: Family::new_with_constructor(seconds),
             store_errors: Family::default(),
+            store_memory: Gauge::default(),
             job_runs: Family::default(),
             job_duration: Family::new_with_constructor(seconds),
         };
@@ -250,6 +253,11 @@ impl Metrics {
                 m.store_seconds.clone(),
             );
             r.register("portico_store_errors", "Store operations that failed, by operation", m.store_errors.clone());
+            r.register(
+                "portico_store_memory_bytes",
+                "Memory the store's server uses (Redis used_memory)",
+                m.store_memory.clone(),
+            );
             r.register("portico_job_runs", "Background job runs, by job and result", m.job_runs.clone());
             r.register("portico_job_duration_seconds", "Background job run time, by job", m.job_duration.clone());
         }

@@ -92,6 +92,9 @@ impl Store for MeteredStore {
     async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
         self.timed("lease", self.inner.release(lease)).await
     }
+    async fn memory_used(&self) -> Result<Option<u64>, StoreError> {
+        self.timed("info", self.inner.memory_used()).await
+    }
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.inner.changes()
     }

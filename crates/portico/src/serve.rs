@@ -68,6 +68,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(routes::follow_store(store.clone(), routes.clone(), metrics.clone(), shutdown.clone()));
+    tasks.spawn(watch_store_memory(store.clone(), metrics.clone(), shutdown.clone()));
     if let Some(addr) = config.metrics_listen {
         // A port already taken stops the start, with the key named.
         let listener = tokio::net::TcpListener::bind(addr)
@@ -238,6 +239,24 @@ async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>,
     let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
     if let Err(e) = served {
         tracing::warn!(error = %e, "the metrics listener stopped");
+    }
+}
+
+/// Reads the store server's memory (Redis) into `portico_store_memory_bytes` every 15 s;
+/// returns at once for a store that has none to report.
+async fn watch_store_memory(store: Arc<dyn Store>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    loop {
+        match store.memory_used().await {
+            Ok(Some(bytes)) => {
+                metrics.store_memory.set(bytes as i64);
+            }
+            Ok(None) => return,
+            Err(e) => tracing::debug!(error = %e, "cannot read the store's memory use"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
+        }
     }
 }
 

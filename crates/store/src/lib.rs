@@ -176,6 +176,13 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Gives a lease back; false if it had already expired or been taken over.
     async fn release(&self, lease: &Lease) -> Result<bool, StoreError>;
 
+    /// How much memory the store's server uses, in bytes, where it says (Redis: `INFO
+    /// memory`'s `used_memory` of the server that answers; in a Cluster, one master's);
+    /// `None` for the embedded store.
+    async fn memory_used(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     /// A receiver of this store's change feed.
     fn changes(&self) -> broadcast::Receiver<Change>;
     /// Whether the store answers.

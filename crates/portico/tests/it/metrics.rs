@@ -103,3 +103,13 @@ async fn a_taken_metrics_port_is_a_clear_error() {
     let err = Portico::try_start(BIN, &[&setting]).err().expect("it does not start");
     assert!(err.contains("metrics.listen"), "{err}");
 }
+
+/// On Redis, the store server's memory is in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_memory_is_reported() {
+    let redis = portico_test_support::RedisServer::start();
+    let store = format!("store.url=\"{}\"", redis.url());
+    let p = Portico::start_role(BIN, "serve", &[&store, "metrics.listen=\"127.0.0.1:0\""]);
+    let m = scrape(&p).await;
+    assert!(value(&m, "portico_store_memory_bytes{}") > 100_000.0, "Redis uses some memory");
+}
