@@ -101,6 +101,7 @@ struct RawProxy {
     target_tls_verify: Option<bool>,
     shutdown_timeout: Option<DurationText>,
     handshake_timeout: Option<DurationText>,
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,6 +279,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `proxy.max_connections` as configured; `None`: derived from the fd limit at start.
     pub max_connections: Option<usize>,
+    /// Worker threads of the runtime (`proxy.workers`; default: one per CPU).
+    pub workers: Option<usize>,
     pub api_listen: SocketAddr,
     pub lookup_socket: Option<PathBuf>,
     pub lookup_socket_mode: u32,
@@ -668,6 +671,10 @@ impl TryFrom<Raw> for Config {
             http,
             https,
             max_connections: raw.proxy.max_connections,
+            workers: match raw.proxy.workers {
+                Some(0) => return Err(ConfigError::Value { key: "proxy.workers", message: "must be at least 1".into() }),
+                workers => workers,
+            },
             proxy,
             api_listen: addr("api.listen", raw.api.listen.as_deref(), "127.0.0.1:3000")?,
             lookup_socket: raw.api.lookup_socket,
@@ -777,6 +784,7 @@ mod tests {
             ("[log]\naccess_log = \"yes\"\n", "log.access_log: \"yes\" is not one of"),
             ("bogus = 1\n", "unknown key bogus"),
             ("[metrics]\nlisten = 9\n", "metrics.listen: expected a string"),
+            ("[proxy]\nworkers = 0\n", "proxy.workers: must be at least 1"),
         ];
         for (file, expected) in cases {
             let e = load(Some(file), &[], &[]).unwrap_err().to_string();

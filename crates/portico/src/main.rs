@@ -159,7 +159,12 @@ fn main() -> ExitCode {
 fn serve(args: ConfigArgs, role: serve::Role) -> anyhow::Result<()> {
     let config = args.load()?;
     init_logging(&config)?;
-    runtime()?.block_on(serve::run(config, role))
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.workers {
+        builder.worker_threads(workers);
+    }
+    let runtime = builder.enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(serve::run(config, role))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
