@@ -270,7 +270,6 @@ impl std::fmt::Debug for TlsConfig {
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // metrics are read by the role that comes with a later issue.
 pub struct Config {
     pub data_dir: PathBuf,
     pub store_url: String,
@@ -672,7 +671,9 @@ impl TryFrom<Raw> for Config {
             https,
             max_connections: raw.proxy.max_connections,
             workers: match raw.proxy.workers {
-                Some(0) => return Err(ConfigError::Value { key: "proxy.workers", message: "must be at least 1".into() }),
+                Some(0) => {
+                    return Err(ConfigError::Value { key: "proxy.workers", message: "must be at least 1".into() });
+                }
                 workers => workers,
             },
             proxy,
