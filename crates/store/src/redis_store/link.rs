@@ -129,6 +129,8 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
 /// The live connection, and how to find a new master for Sentinel.
 pub(crate) struct Link {
     target: Target,
+    /// The change channel, subscribed again on a new Sentinel master.
+    channel: String,
     conn: ArcSwap<Conn>,
     sentinel: Option<Sentinel>,
     push: UnboundedSender<PushInfo>,
@@ -182,7 +184,13 @@ impl Link {
             }
         };
         subscribe(&conn, channel).await?;
-        Ok(Self { target: target.clone(), conn: ArcSwap::from_pointee(conn), sentinel, push })
+        Ok(Self {
+            target: target.clone(),
+            channel: channel.to_owned(),
+            conn: ArcSwap::from_pointee(conn),
+            sentinel,
+            push,
+        })
     }
 
     /// The current connection.
@@ -192,7 +200,7 @@ impl Link {
 
     /// Runs `f` on the connection within [`OP_TIMEOUT`]. A failure that may mean the master
     /// moved makes a Sentinel link look for it again (for the next call).
-    pub(crate) async fn run<T, F, Fut>(&self, channel: &str, f: F) -> Result<T, StoreError>
+    pub(crate) async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
@@ -205,20 +213,20 @@ impl Link {
             let lost = source.downcast_ref::<Timeout>().is_some()
                 || source.downcast_ref::<RedisError>().is_some_and(moved_or_gone);
             if lost {
-                self.find_master(channel).await;
+                self.find_master().await;
             }
         }
         result
     }
 
     /// Runs one command.
-    pub(crate) async fn query<T: FromRedisValue>(&self, channel: &str, cmd: &Cmd) -> Result<T, StoreError> {
-        self.run(channel, |mut conn| async move { cmd.query_async(&mut conn).await }).await
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        self.run(|mut conn| async move { cmd.query_async(&mut conn).await }).await
     }
 
     /// Asks the sentinels for the master again, at most every [`RESOLVE_EVERY`]; switches
     /// to it (and subscribes there) when it moved. Returns whether it switched.
-    pub(crate) async fn find_master(&self, channel: &str) -> bool {
+    pub(crate) async fn find_master(&self) -> bool {
         let Some(sentinel) = &self.sentinel else { return false };
         {
             let mut last = sentinel.last_resolve.lock().unwrap_or_else(|e| e.into_inner());
@@ -237,7 +245,7 @@ impl Link {
         let Ok(Ok(conn)) = tokio::time::timeout(OP_TIMEOUT, node(info.clone(), &self.push)).await else {
             return false;
         };
-        if subscribe(&conn, channel).await.is_err() {
+        if subscribe(&conn, &self.channel).await.is_err() {
             return false;
         }
         tracing::warn!(master = %info.addr(), "the Redis master moved (Sentinel failover); using the new one");
@@ -254,7 +262,7 @@ impl Link {
         let mut keys = Vec::new();
         match &self.target {
             Target::Cluster(nodes) => {
-                let listing: String = self.query("", redis::cmd("CLUSTER").arg("NODES")).await?;
+                let listing: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
                 for line in listing.lines() {
                     let mut fields = line.split(' ');
                     let (Some(_), Some(addr), Some(flags)) = (fields.next(), fields.next(), fields.next()) else {

@@ -208,8 +208,8 @@ impl RedisStore {
         let previous = std::mem::take(&mut *self.inner.dangling.lock().unwrap_or_else(|e| e.into_inner()));
         let mut removed = 0;
         for (kind, key) in found.intersection(&previous) {
-            // Still without its record: remove the entry (if the record appeared meanwhile,
-            // the next resync lists it again from its own write's SADD... so check once more).
+            // Dangling at both passes: check once more right before removing it (a create
+            // of the same key in the instant between the two commands is not guarded).
             if !self.inner.query::<bool>(cmd("EXISTS").arg(kind.record_key(key))).await? {
                 self.inner.query::<()>(cmd("SREM").arg(kind.index_key()).arg(key)).await?;
                 removed += 1;
@@ -226,12 +226,12 @@ impl RedisStore {
 
 impl Inner {
     async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
-        self.link.query(EVENTS_CHANNEL, command).await
+        self.link.query(command).await
     }
 
     async fn script<T: FromRedisValue>(&self, script: &Script, key: &str, args: &[&[u8]]) -> Result<T, StoreError> {
         self.link
-            .run(EVENTS_CHANNEL, |mut conn| async move {
+            .run(|mut conn| async move {
                 let mut invocation = script.key(key);
                 for arg in args {
                     invocation.arg(*arg);
@@ -584,7 +584,7 @@ async fn follow(weak: Weak<Inner>, mut pushed: mpsc::UnboundedReceiver<PushInfo>
                         if !std::mem::replace(&mut lost, true) {
                             tracing::warn!(store = %inner.url, error = %e, "Redis does not answer; serving what is in memory");
                         }
-                        inner.link.find_master(EVENTS_CHANNEL).await;
+                        inner.link.find_master().await;
                     }
                 }
             }
