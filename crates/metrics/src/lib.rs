@@ -11,7 +11,7 @@
 mod store;
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,22 +23,23 @@ use prometheus_client::registry::Registry;
 pub use store::MeteredStore;
 
 /// Labels of a request: the host pattern that routed it (`-` when none did), the status
-/// class (`2xx` … `5xx`), the protocol (`HTTP/1.1`, `HTTP/2.0`).
+/// class (`2xx` … `5xx`), the protocol (`HTTP/1.1`, `HTTP/2.0`). Built for every request
+/// without allocating: the pattern is shared with the routing table.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The host pattern.
-    pub host: String,
+    pub host: Arc<str>,
     /// `2xx`, `3xx`, `4xx`, `5xx`.
-    pub status: String,
+    pub status: &'static str,
     /// The HTTP version.
-    pub protocol: String,
+    pub protocol: &'static str,
 }
 
-/// One label: `result`, `reason`, `decision`, `op` and the like.
+/// A request's protocol.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct One {
-    /// Its name is the metric's documented label.
-    pub label: String,
+pub struct ProtocolLabels {
+    /// The HTTP version.
+    pub protocol: &'static str,
 }
 
 /// A certificate's name.
@@ -105,11 +106,13 @@ fn seconds() -> Histogram {
 /// Every metric Portico records.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// The host label of requests no pattern routed.
+    unrouted: Arc<str>,
     /// `portico_http_requests_total{host, status, protocol}`.
     pub requests: Family<RequestLabels, Counter>,
     /// `portico_http_request_duration_seconds{protocol}`: from the request head to the last
     /// byte of the response.
-    pub request_duration: Family<One, Histogram, fn() -> Histogram>,
+    pub request_duration: Family<ProtocolLabels, Histogram, fn() -> Histogram>,
     /// `portico_upstream_response_seconds`: from forwarding to the target's response head.
     pub upstream_duration: Histogram,
     /// `portico_http_response_bytes_total`: response body bytes sent.
@@ -167,6 +170,7 @@ impl Metrics {
     pub fn new() -> Self {
         let m = Self {
             registry: Mutex::new(Registry::default()),
+            unrouted: Arc::from("-"),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(seconds),
             upstream_duration: seconds(),
@@ -273,8 +277,8 @@ impl Metrics {
         out
     }
 
-    /// Counts one request's outcome.
-    pub fn request(&self, host: &str, status: u16, protocol: &str, seconds: f64, bytes: u64) {
+    /// Counts one request's outcome: `host` the pattern that routed it (none: `-`).
+    pub fn request(&self, host: Option<&Arc<str>>, status: u16, protocol: &'static str, seconds: f64, bytes: u64) {
         let status = match status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -282,9 +286,9 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        let labels = RequestLabels { host: host.to_owned(), status: status.to_owned(), protocol: protocol.to_owned() };
-        self.requests.get_or_create(&labels).inc();
-        self.request_duration.get_or_create(&One { label: protocol.to_owned() }).observe(seconds);
+        let host = host.unwrap_or(&self.unrouted).clone();
+        self.requests.get_or_create(&RequestLabels { host, status, protocol }).inc();
+        self.request_duration.get_or_create(&ProtocolLabels { protocol }).observe(seconds);
         self.response_bytes.inc_by(bytes);
     }
 
@@ -362,7 +366,7 @@ mod tests {
     #[test]
     fn the_text_format_has_every_family() {
         let m = Metrics::new();
-        m.request("*.example.com", 204, "HTTP/1.1", 0.01, 10);
+        m.request(Some(&Arc::from("*.example.com")), 204, "HTTP/1.1", 0.01, 10);
         m.handshake(Some("timeout"));
         let text = m.encode();
         assert!(
@@ -387,7 +391,7 @@ mod deploy {
     fn known() -> BTreeSet<String> {
         // A family shows only once it has a sample: give each one.
         let m = Metrics::new();
-        m.request("a.test", 200, "HTTP/1.1", 0.1, 1);
+        m.request(Some(&std::sync::Arc::from("a.test")), 200, "HTTP/1.1", 0.1, 1);
         m.handshake(None);
         m.certificate("a.test", 1, 2, 3, 0);
         m.order(true, "http-01");

@@ -130,7 +130,7 @@ impl<'a> PatternLabel<'a> {
 /// `api.*.example.com`, `payments.**` or `**`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct HostPattern(Box<str>);
+pub struct HostPattern(std::sync::Arc<str>);
 
 impl HostPattern {
     /// Normalises and validates a pattern.
@@ -143,12 +143,18 @@ impl HostPattern {
                 _ => check_label(label)?,
             }
         }
-        Ok(Self(text.into_boxed_str()))
+        Ok(Self(text.into()))
     }
 
     /// The pattern as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The pattern as shared text: a reference, not a copy (the proxy labels every request's
+    /// metrics with it).
+    pub fn shared(&self) -> std::sync::Arc<str> {
+        self.0.clone()
     }
 
     /// The labels from left to right.
@@ -205,13 +211,13 @@ impl TryFrom<String> for HostPattern {
 
 impl From<HostPattern> for String {
     fn from(p: HostPattern) -> Self {
-        p.0.into()
+        p.0.as_ref().to_owned()
     }
 }
 
 impl From<Hostname> for HostPattern {
     fn from(name: Hostname) -> Self {
-        Self(name.0)
+        Self(name.0.into())
     }
 }
 

@@ -141,7 +141,7 @@ async fn route(
     }
     let table = shared.routes.snapshot();
     let (pattern, host) = table.lookup(name.as_str()).ok_or(ProxyError::UnknownHost)?;
-    entry.pattern = Some(pattern.to_string());
+    entry.pattern = Some(pattern.shared());
     if let Some(length) =
         request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
     {

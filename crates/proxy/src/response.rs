@@ -146,7 +146,7 @@ pub struct AccessEntry {
     /// How to write the line.
     pub format: crate::AccessLog,
     /// The host pattern that routed the request, for the metrics (`-` when none did).
-    pub pattern: Option<String>,
+    pub pattern: Option<std::sync::Arc<str>>,
     /// Where the outcome is counted, from the same record the access log writes.
     pub metrics: std::sync::Arc<portico_metrics::Metrics>,
 }
@@ -168,8 +168,8 @@ impl LoggedBody {
     fn finish(&mut self) {
         let Some(e) = self.entry.take() else { return };
         let elapsed = e.started.elapsed().as_secs_f64();
-        let protocol = format!("{:?}", e.version);
-        e.metrics.request(e.pattern.as_deref().unwrap_or("-"), e.status, &protocol, elapsed, self.bytes);
+        let protocol = protocol(e.version);
+        e.metrics.request(e.pattern.as_ref(), e.status, protocol, elapsed, self.bytes);
         // Milliseconds to the microsecond: `0.413`, not `0.41329700000000004`.
         let duration_ms = (elapsed * 1_000_000.0).round() / 1000.0;
         match e.format {
@@ -191,13 +191,13 @@ impl LoggedBody {
                 // host peer - - [time] "METHOD path VERSION" status bytes "referer" "agent"
                 let quoted = |s: &Option<String>| s.as_deref().unwrap_or("-").replace(['"', '\\', '\n'], "_");
                 println!(
-                    "{} {} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\"",
+                    "{} {} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\"",
                     e.host,
                     e.peer.ip(),
                     clf_time(std::time::SystemTime::now()),
                     e.method,
                     e.path.replace(['"', '\n'], "_"),
-                    e.version,
+                    protocol,
                     e.status,
                     self.bytes,
                     quoted(&e.referer),
@@ -212,7 +212,7 @@ impl LoggedBody {
                     "method": e.method.as_str(),
                     "host": e.host,
                     "path": e.path,
-                    "protocol": format!("{:?}", e.version),
+                    "protocol": protocol,
                     "status": e.status,
                     "bytes": self.bytes,
                     "duration_ms": duration_ms,
@@ -223,6 +223,18 @@ impl LoggedBody {
                 println!("{line}");
             }
         }
+    }
+}
+
+/// An HTTP version as logs and metrics name it.
+fn protocol(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP",
     }
 }
 

@@ -167,8 +167,11 @@ async fn a_restart_reuses_the_stored_account_and_certificates() {
 #[tokio::test]
 async fn a_certificate_whose_host_is_gone_is_not_renewed_and_is_removed_after_expiry() {
     let backend = Backend::start("gone").await;
-    let settings = ["tls.renew_remaining_ratio=0.5", "tls.renew_interval=\"200ms\""];
-    let (pebble, p) = setup(Options { validity_secs: Some(3), ..Options::default() }, &settings);
+    // Renewal would be due 3.8 s after issuance, expiry at 4 s: the host is removed long
+    // before either, even on a loaded machine (at a ratio of 0.5 it was due after 1.5 s, and
+    // a slow `host rm` let one renewal through).
+    let settings = ["tls.renew_remaining_ratio=0.05", "tls.renew_interval=\"200ms\""];
+    let (pebble, p) = setup(Options { validity_secs: Some(4), ..Options::default() }, &settings);
     p.add_host("gone.example.test", backend.addr, &[]);
     let roots = tls::roots(&pebble.root().await);
     assert_eq!(Proxy::https(p.https, roots, false).get("gone.example.test", "/").await.status, StatusCode::OK);
