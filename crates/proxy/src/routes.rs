@@ -56,7 +56,7 @@ pub async fn follow_store(
             };
         }
         let started = std::time::Instant::now();
-        let report = |rebuilt: &Rebuilt| {
+        let record = |rebuilt: &Rebuilt| {
             metrics.routes_hosts.set(rebuilt.hosts as i64);
             metrics.routes_rebuild.observe(started.elapsed().as_secs_f64());
             report(rebuilt);
@@ -67,7 +67,7 @@ pub async fn follow_store(
             }
             match patch(&routes, store.as_ref(), &pending.hosts).await {
                 Ok(Some(rebuilt)) => {
-                    report(&rebuilt);
+                    record(&rebuilt);
                     continue;
                 }
                 // Nothing to patch yet: rebuild.
@@ -79,7 +79,7 @@ pub async fn follow_store(
             }
         }
         match reload(&routes, store.as_ref()).await {
-            Ok(rebuilt) => report(&rebuilt),
+            Ok(rebuilt) => record(&rebuilt),
             Err(e) => tracing::warn!(error = %e, "cannot reload hosts; routing with the previous table"),
         }
     }
