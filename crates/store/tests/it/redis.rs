@@ -157,9 +157,10 @@ async fn a_create_cut_short_is_invisible_and_repaired() {
     assert_eq!(members(&redis.command("SMEMBERS proxy_Host")), ["half.example", "real.example"]);
 }
 
-/// A rename cut short after writing the new record keeps both: nothing is lost.
+/// A rename moves the record and its index entry: the old key and member are gone, the
+/// new ones hold the new fields, and the version moves on.
 #[tokio::test]
-async fn a_rename_keeps_the_record_under_one_name_or_both() {
+async fn a_rename_moves_the_record_and_its_index_entry() {
     let redis = RedisServer::start();
     let store = RedisStore::open(&redis.url()).await.unwrap();
     store.create(Kind::Host, "old.example", &fields(&[("ip", "1")])).await.unwrap();
@@ -169,4 +170,6 @@ async fn a_rename_keeps_the_record_under_one_name_or_both() {
     assert!(after > before);
     assert_eq!(members(&redis.command("SMEMBERS proxy_Host")), ["new.example"]);
     assert_eq!(redis.command("EXISTS proxy_Host_old.example"), ":0\r\n");
+    let moved = store.record(Kind::Host, "new.example").await.unwrap().unwrap();
+    assert_eq!(moved.get("ip").map(String::as_str), Some("2"));
 }
