@@ -63,8 +63,11 @@ pub async fn handle(
         .filter(|id| valid_request_id(id))
         .map_or_else(|| format!("{:016x}", fastrand::u64(..)), str::to_owned);
     let authority = authority(&request);
-    let text_header =
-        |name: http::header::HeaderName| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let format = shared.config.access_log;
+    let text_header = |name: http::header::HeaderName| {
+        let value = request.headers().get(name).filter(|_| format.names_client_headers())?;
+        value.to_str().ok().map(str::to_owned)
+    };
     let mut entry = AccessEntry {
         agent: text_header(http::header::USER_AGENT),
         referer: text_header(http::header::REFERER),
@@ -77,7 +80,7 @@ pub async fn handle(
         status: 0,
         target: None,
         started: Instant::now(),
-        format: shared.config.access_log,
+        format,
         pattern: None,
         metrics: shared.config.metrics.clone(),
     };

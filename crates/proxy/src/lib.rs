@@ -72,6 +72,14 @@ pub enum AccessLog {
     Json,
 }
 
+impl AccessLog {
+    /// Whether a line names the client's `User-Agent` and `Referer` (only these formats do,
+    /// so only they copy them out of each request).
+    pub fn names_client_headers(self) -> bool {
+        matches!(self, Self::Common | Self::Json)
+    }
+}
+
 impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
