@@ -44,10 +44,8 @@ pub async fn get(
     // A name under a wildcard certificate (`*.zone`): that certificate's status.
     if blob.is_none()
         && state.is_none()
-        && let Some((_, parent)) = name.split_once('.')
-        && parent.contains('.')
+        && let Some(wildcard) = portico_certs::covering_wildcard(&name)
     {
-        let wildcard = format!("*.{parent}");
         blob = api.store.blob(&keys::cert_latest(&wildcard)).await?;
         state = api.store.record(Kind::Cert, &wildcard).await?.map(|f| CertState::from_fields(&f));
         name = wildcard;

@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use http::HeaderMap;
 use portico_dns::{DnsError, DnsProvider};
 use portico_model::Hostname;
-use portico_model::dns::{PROVIDERS, ProviderType, SECRET_FIELDS, provider_type, zone_of};
+use portico_model::dns::{PROVIDERS, ProviderType, SECRET_FIELDS, provider_type};
 use portico_store::{Fields, Kind, Revision, Store, StoreError};
 use serde_json::{Map, Value, json};
 
@@ -459,10 +459,13 @@ pub async fn find_domain(
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::NotFound { kind: "Domain", key: name.clone() };
     let host = Hostname::parse(&name).map_err(|_| not_found())?;
-    let domains = api.store.records(Kind::Domain).await?;
-    let zone = zone_of(&host, domains.iter().map(|(d, _)| d.as_str())).ok_or_else(not_found)?;
-    let record = domains.iter().find(|(d, _)| d == zone).map(|(_, f)| f).ok_or_else(not_found)?;
-    Ok(Json(json!({ "results": [public(record)] })))
+    // The longest managed domain the name is in: its own record, else its parents'.
+    for zone in portico_dns::parents(host.as_str()) {
+        if let Some(record) = api.store.record(Kind::Domain, zone).await? {
+            return Ok(Json(json!({ "results": [public(&record)] })));
+        }
+    }
+    Err(not_found())
 }
 
 /// `DELETE /api/dns/domain/{domain}` (admin).

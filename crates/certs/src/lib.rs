@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use portico_store::{Store, StoreError};
 
-pub use manager::{CertSettings, Certs, NamePolicy, Owner};
+pub use manager::{CertSettings, Certs, NamePolicy, Owner, covering_wildcard};
 pub use portico_dns::Endpoints as DnsEndpoints;
 pub use stored::{Loaded, Meta, StoredCert};
 

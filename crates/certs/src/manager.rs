@@ -83,7 +83,7 @@ fn literal(pattern: &portico_model::HostPattern) -> bool {
 
 /// The one-label wildcard name that would cover `name` (`*.example.com` for
 /// `app.example.com`); none for a name of fewer than three labels.
-fn covering_wildcard(name: &str) -> Option<String> {
+pub fn covering_wildcard(name: &str) -> Option<String> {
     let (_, parent) = name.split_once('.')?;
     parent.contains('.').then(|| format!("*.{parent}"))
 }
@@ -326,16 +326,17 @@ impl Certs {
     }
 
     /// The DNS provider account that manages `zone` (the seed's `Domain` → `DnsProvider`
-    /// link: the longest managed domain `zone` is in).
+    /// link: the longest managed domain `zone` is in). Reads the domain records `zone` could
+    /// be in, longest first, not all of them: a handshake for a name under a wildcard host
+    /// asks this.
     pub async fn dns_account(&self, zone: &str) -> Result<Option<DnsAccount>, CertError> {
-        let domains = self.store.records(Kind::Domain).await?;
-        let Some(domain) = portico_dns::enclosing(zone, domains.iter().map(|(key, _)| key.as_str())) else {
-            return Ok(None);
-        };
-        let fields = domains.iter().find(|(key, _)| key == domain).map(|(_, f)| f);
-        let Some(provider_id) = fields.and_then(|f| f.get("dnsProvider_id")) else { return Ok(None) };
-        let Some(provider) = self.store.record(Kind::DnsProvider, provider_id).await? else { return Ok(None) };
-        Ok(Some(DnsAccount { provider_id: provider_id.clone(), provider, domain: domain.to_owned() }))
+        for domain in portico_dns::parents(zone) {
+            let Some(fields) = self.store.record(Kind::Domain, domain).await? else { continue };
+            let Some(provider_id) = fields.get("dnsProvider_id") else { return Ok(None) };
+            let Some(provider) = self.store.record(Kind::DnsProvider, provider_id).await? else { return Ok(None) };
+            return Ok(Some(DnsAccount { provider_id: provider_id.clone(), provider, domain: domain.to_owned() }));
+        }
+        Ok(None)
     }
 
     /// The certificates a host pattern owns: an exact name's own; a `*.zone` pattern's

@@ -122,9 +122,15 @@ pub fn enclosing<'a>(name: &str, zones: impl IntoIterator<Item = &'a str>) -> Op
         .max_by_key(|zone| zone.len())
 }
 
+/// `name` and each of its parents, longest first (`a.example.com`, `example.com`, `com`):
+/// the zones `name` can be in, which [`enclosing`] picks among.
+pub fn parents(name: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(name), |n| n.split_once('.').map(|(_, rest)| rest))
+}
+
 /// `name` and each of its parents with at least two labels, longest first.
 pub(crate) fn candidates(name: &str) -> impl Iterator<Item = &str> {
-    std::iter::successors(Some(name), |n| n.split_once('.').map(|(_, rest)| rest)).filter(|n| n.contains('.'))
+    parents(name).filter(|n| n.contains('.'))
 }
 
 /// The part of `fqdn` before `zone` (`_acme-challenge` of `_acme-challenge.example.com`;
@@ -214,6 +220,15 @@ mod tests {
             Some("dev.example.com")
         );
         assert_eq!(enclosing("example.org", ["example.com"]), None);
+        let managed = ["example.com", "dev.example.com", "ample.com"];
+        assert_eq!(enclosing("a.b.example.com", managed), Some("example.com"));
+        assert_eq!(enclosing("example.com", managed), Some("example.com"));
+        assert_eq!(enclosing("ample.com", managed), Some("ample.com"));
+        // Looking the parents up one by one, longest first, finds the same zone.
+        let first = |name| parents(name).find(|p| managed.contains(p));
+        assert_eq!(first("x.dev.example.com"), Some("dev.example.com"));
+        assert_eq!(first("a.b.example.com"), Some("example.com"));
+        assert_eq!(first("other.org"), None);
         assert_eq!(relative("_acme-challenge.example.com", "example.com"), "_acme-challenge");
         assert_eq!(relative("_acme-challenge.dev.example.com", "example.com"), "_acme-challenge.dev");
         assert_eq!(relative("example.com", "example.com"), "");
