@@ -321,32 +321,54 @@ async fn write_host_eventually(api: &ApiClient, token: &str, name: &str, backend
     .await;
 }
 
+/// Two nodes on `store` (one serving the API, one proxy only) that route `before.example`.
+struct TwoNodes {
+    _nodes: [Portico; 2],
+    backend: Backend,
+    api: ApiClient,
+    token: String,
+    proxies: [Proxy; 2],
+}
+
+impl TwoNodes {
+    async fn start(store: &str) -> Self {
+        let store = on(store);
+        let a = Portico::start_role(BIN, "serve", &[&store]);
+        let b = Portico::start_role(BIN, "proxy", &[&store]);
+        let backend = Backend::start("outage").await;
+        let api = ApiClient::new(a.api);
+        let token = api.login("admin", ADMIN_PASSWORD).await;
+        write_host_eventually(&api, &token, "before.example", &backend, Duration::from_secs(2)).await;
+        let proxies = [Proxy::h1(a.http), Proxy::h1(b.http)];
+        routed_everywhere(&[&proxies[0], &proxies[1]], "before.example").await;
+        Self { _nodes: [a, b], backend, api, token, proxies }
+    }
+
+    /// Probes `before.example` on both nodes while `outage` happens, until a host written
+    /// after it routes everywhere. Returns how many probes were answered and how many
+    /// failed.
+    async fn route_through(&self, outage: impl FnOnce()) -> (u32, u32) {
+        let stop = tokio_util_stop::Stop::default();
+        let probing = probe(self.proxies.to_vec(), "before.example", stop.clone());
+        outage();
+        write_host_eventually(&self.api, &self.token, "after.example", &self.backend, Duration::from_secs(30)).await;
+        routed_everywhere(&[&self.proxies[0], &self.proxies[1]], "after.example").await;
+        stop.set();
+        probing.await.unwrap()
+    }
+}
+
 /// Sentinel: the master is killed; routing never stops, and writes resume once a replica
 /// is promoted, on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_keeps_routing_and_writes_resume() {
     let mut sentinel = RedisSentinel::start();
-    let store = on(&sentinel.url());
-    let a = Portico::start_role(BIN, "serve", &[&store]);
-    let b = Portico::start_role(BIN, "proxy", &[&store]);
-    let backend = Backend::start("failover").await;
-    let api = ApiClient::new(a.api);
-    let token = api.login("admin", ADMIN_PASSWORD).await;
-    write_host_eventually(&api, &token, "before.example", &backend, Duration::from_secs(2)).await;
-    let proxies = [Proxy::h1(a.http), Proxy::h1(b.http)];
-    routed_everywhere(&[&proxies[0], &proxies[1]], "before.example").await;
+    let nodes = TwoNodes::start(&sentinel.url()).await;
     // Everything written so far is on the replica before the master dies.
     sentinel.wait_replicated();
-
-    let stop = tokio_util_stop::Stop::default();
-    let probing = probe(proxies.to_vec(), "before.example", stop.clone());
     let old = sentinel.master_port();
-    sentinel.kill_master();
-    write_host_eventually(&api, &token, "after.example", &backend, Duration::from_secs(30)).await;
+    let (ok, failed) = nodes.route_through(|| sentinel.kill_master()).await;
     assert_ne!(sentinel.master_port(), old, "a replica was promoted");
-    routed_everywhere(&[&proxies[0], &proxies[1]], "after.example").await;
-    stop.set();
-    let (ok, failed) = probing.await.unwrap();
     assert_eq!(failed, 0, "routing stopped during the failover ({ok} answered)");
     assert!(ok > 10);
 }
@@ -356,26 +378,11 @@ async fn a_sentinel_failover_keeps_routing_and_writes_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_master_down_keeps_routing_and_writes_resume() {
     let mut cluster = RedisCluster::start_with(1);
-    let store = on(&cluster.url());
-    let a = Portico::start_role(BIN, "serve", &[&store]);
-    let b = Portico::start_role(BIN, "proxy", &[&store]);
-    let backend = Backend::start("cluster").await;
-    let api = ApiClient::new(a.api);
-    let token = api.login("admin", ADMIN_PASSWORD).await;
-    write_host_eventually(&api, &token, "before.example", &backend, Duration::from_secs(2)).await;
-    let proxies = [Proxy::h1(a.http), Proxy::h1(b.http)];
-    routed_everywhere(&[&proxies[0], &proxies[1]], "before.example").await;
+    let nodes = TwoNodes::start(&cluster.url()).await;
     cluster.wait_replicated();
-
-    let stop = tokio_util_stop::Stop::default();
-    let probing = probe(proxies.to_vec(), "before.example", stop.clone());
     // The master holding the index of hosts.
     let slot_owner = cluster.master_of("proxy_Host");
-    cluster.kill(slot_owner);
-    write_host_eventually(&api, &token, "after.example", &backend, Duration::from_secs(30)).await;
-    routed_everywhere(&[&proxies[0], &proxies[1]], "after.example").await;
-    stop.set();
-    let (ok, failed) = probing.await.unwrap();
+    let (ok, failed) = nodes.route_through(|| cluster.kill(slot_owner)).await;
     assert_eq!(failed, 0, "routing stopped while the master was down ({ok} answered)");
     assert!(ok > 10);
 }
