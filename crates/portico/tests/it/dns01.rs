@@ -46,15 +46,25 @@ async fn setup_with(provider: Provider, zones: &[&str], extra: &[&str]) -> (Pebb
 /// token.
 async fn add_provider(api: &ApiClient, provider: Provider, domain: &str) -> String {
     let token = api.login("admin", ADMIN_PASSWORD).await;
-    let mut body = json!({"name": format!("test {}", provider.kind()), "dnsProvider": provider.kind()});
-    for (field, value) in provider.credentials() {
-        body[field] = value.into();
-    }
+    let body = provider_body(provider, json!({}));
     let created = api.call("POST", "/api/dns", Some(&token), Some(body)).await;
     assert_eq!(created.status, StatusCode::OK, "{}", created.raw);
     // The provider's zones are linked as domains when it is added.
     assert_eq!(created.json["domains"], json!([domain]), "{}", created.raw);
     token
+}
+
+/// The API body that adds an account of `provider` with the fake's credentials, and the
+/// fields of `extra`.
+fn provider_body(provider: Provider, extra: Value) -> Value {
+    let mut body = json!({"name": format!("test {}", provider.kind()), "dnsProvider": provider.kind()});
+    for (field, value) in provider.credentials() {
+        body[field] = value.into();
+    }
+    for (field, value) in extra.as_object().into_iter().flatten() {
+        body[field] = value.clone();
+    }
+    body
 }
 
 /// Waits until an HTTPS request for `name`, verified against Pebble's roots, is answered.
@@ -195,10 +205,7 @@ async fn records_never_served_give_up_after_the_providers_propagation_timeout() 
     fake.publish_nowhere();
     let api = ApiClient::new(p.api);
     let token = api.login("admin", ADMIN_PASSWORD).await;
-    let mut body = json!({"name": "slow", "dnsProvider": "Cloudflare", "propagationTimeout": "x"});
-    for (field, value) in Provider::Cloudflare.credentials() {
-        body[field] = value.into();
-    }
+    let mut body = provider_body(Provider::Cloudflare, json!({"propagationTimeout": "x"}));
     let bad = api.call("POST", "/api/dns", Some(&token), Some(body.clone())).await;
     assert_eq!(bad.json["keys"][0]["key"], "propagationTimeout", "{}", bad.raw);
     body["propagationTimeout"] = 1.into();
@@ -231,10 +238,7 @@ async fn a_cname_delegation_is_followed() {
     pebble.set_cname("_acme-challenge.zone.test", "zone-test.acme-delegate.test").await;
     let api = ApiClient::new(p.api);
     let token = api.login("admin", ADMIN_PASSWORD).await;
-    let mut body = json!({"name": "cf", "dnsProvider": "Cloudflare"});
-    for (field, value) in Provider::Cloudflare.credentials() {
-        body[field] = value.into();
-    }
+    let body = provider_body(Provider::Cloudflare, json!({}));
     assert_eq!(api.call("POST", "/api/dns", Some(&token), Some(body)).await.status, StatusCode::OK);
     add_host(&api, &token, "*.zone.test", &backend).await;
     served_over_https(&p, &pebble, "x.zone.test").await;
