@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::name::{HostPattern, Hostname, NameError};
 
@@ -48,6 +49,8 @@ impl HostError {
 pub struct Target {
     ip: String,
     port: u16,
+    /// `ip:port` (IPv6 in brackets), made once and shared: every proxied request names it.
+    authority: Arc<str>,
 }
 
 impl Target {
@@ -68,7 +71,8 @@ impl Target {
                 .map_err(|e: NameError| HostError::invalid("ip", format!("not an IP address or host name: {e}")))?
                 .to_string(),
         };
-        Ok(Self { ip, port })
+        let authority = if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") };
+        Ok(Self { ip, port, authority: authority.into() })
     }
 
     /// The address or name, without brackets.
@@ -82,18 +86,19 @@ impl Target {
     }
 
     /// `host:port` as used in a URI authority (IPv6 in brackets).
-    pub fn authority(&self) -> String {
-        if self.ip.contains(':') {
-            format!("[{}]:{}", self.ip, self.port)
-        } else {
-            format!("{}:{}", self.ip, self.port)
-        }
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// The same as shared text: a reference, not a copy.
+    pub fn shared_authority(&self) -> Arc<str> {
+        self.authority.clone()
     }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.authority())
+        f.pad(&self.authority)
     }
 }
 

@@ -9,19 +9,18 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use portico_model::Host;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ProxyConfig;
+use crate::pool::{Lease, Pool, Returning};
 use crate::response::{BoxError, ProxyBody, ProxyError};
 
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1), besides
@@ -76,10 +75,10 @@ pub struct Origin<'a> {
     pub request_id: &'a str,
 }
 
-/// The pooled upstream client shared by every connection.
+/// The upstream client shared by every connection.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    pool: Arc<Pool>,
     config: Arc<ProxyConfig>,
     tunnels: TaskTracker,
     shutdown: CancellationToken,
@@ -89,22 +88,19 @@ impl Upstream {
     /// A client for `config`; tunnels it starts are tracked by `tunnels` and end at
     /// `shutdown`.
     pub fn new(config: Arc<ProxyConfig>, tunnels: TaskTracker, shutdown: CancellationToken) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.upstream_connect_timeout));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let https = if config.target_tls_verify {
-            builder.with_webpki_roots().https_or_http().enable_http1().wrap_connector(http)
+        let mut tls = if config.target_tls_verify {
+            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("ring supports TLS 1.2 and 1.3")
+                .with_root_certificates(roots)
+                .with_no_client_auth()
         } else {
-            builder.with_tls_config(insecure::client_config()).https_or_http().enable_http1().wrap_connector(http)
+            insecure::client_config()
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.upstream_idle_timeout)
-            .set_host(false)
-            .build(https);
-        Self { client, config, tunnels, shutdown }
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let pool = Pool::new(tls, config.upstream_connect_timeout, config.upstream_idle_timeout);
+        Self { pool, config, tunnels, shutdown }
     }
 
     /// Sends `request` to `host`'s target and returns its response, streaming both bodies.
@@ -118,10 +114,11 @@ impl Upstream {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
 
-        let scheme = if host.targetssl { "https" } else { "http" };
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = Uri::try_from(format!("{scheme}://{}{path}", host.target.authority()))
-            .map_err(|e| ProxyError::TargetUnreachable(e.into()))?;
+        // Origin form: the connection already goes to the target.
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            let path = parts.uri.path_and_query().cloned();
+            parts.uri = Uri::from(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
+        }
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         if let Some(protocol) = &upgrade {
@@ -130,12 +127,11 @@ impl Upstream {
         }
         add_forwarded(&mut parts.headers, origin);
 
-        let sent = self.client.request(Request::from_parts(parts, body));
         let asked = std::time::Instant::now();
-        let mut response = match tokio::time::timeout(self.config.upstream_timeout, sent).await {
+        let sent = self.send(Request::from_parts(parts, body), &host.target, host.targetssl);
+        let (mut response, lease) = match tokio::time::timeout(self.config.upstream_timeout, sent).await {
             Err(_) => return Err(ProxyError::TargetTimeout),
-            Ok(Err(e)) => return Err(classify(e)),
-            Ok(Ok(response)) => response,
+            Ok(result) => result?,
         };
         self.config.metrics.upstream_duration.observe(asked.elapsed().as_secs_f64());
 
@@ -152,13 +148,39 @@ impl Upstream {
                 tunnel(client_upgrade, target_upgrade, idle, shutdown).await;
                 drop(open);
             });
+            // The connection is the tunnel's now: `lease` is dropped, never parked.
+            drop(lease);
             return Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()));
         }
         strip_hop_by_hop(response.headers_mut());
         // The client's connection is ours, not the target's: an HTTP/1.0 target must not turn
         // it into an HTTP/1.0 one that closes after every response.
         *response.version_mut() = Version::HTTP_11;
-        Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+        Ok(response.map(|b| Returning::new(b, lease).map_err(BoxError::from).boxed_unsync()))
+    }
+
+    /// Sends `request` on a pooled connection to `target`, or on a new one when a reused
+    /// connection turns out closed before the request was written (the target may close an
+    /// idle connection just as it is taken).
+    async fn send(
+        &self,
+        mut request: Request<Incoming>,
+        target: &portico_model::Target,
+        tls: bool,
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        let mut lease = self.pool.checkout(target, tls).await?;
+        loop {
+            match lease.sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, lease)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if lease.reused => {
+                        request = unsent;
+                        lease = self.pool.connect(target, tls).await?;
+                    }
+                    _ => return Err(classify(e.into_error())),
+                },
+            }
+        }
     }
 }
 
@@ -216,24 +238,20 @@ fn add_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>) {
     set(headers, header::HOST, origin.authority);
 }
 
-/// Connection failures are 502 unless they timed out (504). hyper-util reports a connect
-/// timeout as an `io::Error` of kind `TimedOut` in the error's source chain. A failure to
-/// read the client's own request body (bad chunked encoding, cut short) is the client's: 400.
-fn classify(error: hyper_util::client::legacy::Error) -> ProxyError {
+/// A failure once the request was handed to the target's connection: 502, or 504 when an
+/// I/O operation timed out. A failure to read the client's own request body (bad chunked
+/// encoding, cut short) is the client's: 400.
+fn classify(error: hyper::Error) -> ProxyError {
     let chain = || std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| e.source());
     let timed_out =
         chain().filter_map(|e| e.downcast_ref::<std::io::Error>()).any(|io| io.kind() == std::io::ErrorKind::TimedOut);
-    // The client's body is hyper's `Incoming`: its read error sits under the client's "user
-    // body" error as another `hyper::Error`.
-    let client_body = chain()
-        .filter_map(|e| e.downcast_ref::<hyper::Error>())
-        .any(|e| e.is_user() && std::error::Error::source(e).is_some_and(|s| s.is::<hyper::Error>()));
+    // The client's body is hyper's `Incoming`: its read error is the source of the client's
+    // "user body" error, and another `hyper::Error`.
+    let client_body = error.is_user() && std::error::Error::source(&error).is_some_and(|s| s.is::<hyper::Error>());
     if client_body {
         ProxyError::BadRequestBody(error.into())
     } else if timed_out {
         ProxyError::TargetTimeout
-    } else if error.is_connect() {
-        ProxyError::TargetUnreachable(error.into())
     } else {
         ProxyError::TargetFailed(error.into())
     }

@@ -157,7 +157,7 @@ async fn route(
         };
         return Ok(redirect(&format!("https://{name}{port}{}", entry.path)));
     }
-    entry.target = Some(host.target.authority());
+    entry.target = Some(host.target.shared_authority());
     let origin = Origin { peer, scheme, authority, request_id: &entry.request_id };
     shared.upstream.forward(request, host, &origin).await
 }

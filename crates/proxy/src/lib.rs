@@ -12,6 +12,7 @@
 pub mod forward;
 pub mod handler;
 pub mod listener;
+pub mod pool;
 pub mod response;
 pub mod routes;
 pub mod server;

@@ -134,7 +134,7 @@ pub struct AccessEntry {
     /// Response status.
     pub status: u16,
     /// The target (`ip:port`) if the request was forwarded.
-    pub target: Option<String>,
+    pub target: Option<std::sync::Arc<str>>,
     /// When the request arrived.
     pub started: Instant,
     /// The request's `User-Agent` and `Referer`, for the combined format.
@@ -216,7 +216,7 @@ impl LoggedBody {
                     "status": e.status,
                     "bytes": self.bytes,
                     "duration_ms": duration_ms,
-                    "target": e.target,
+                    "target": e.target.as_deref(),
                     "referer": e.referer,
                     "user_agent": e.agent,
                 });

@@ -16,6 +16,7 @@ mod partition;
 mod routing;
 mod seed;
 mod streaming;
+mod upstream;
 mod websocket;
 
 use portico_test_support::Portico;

@@ -1,0 +1,114 @@
+//! Connections to targets: kept open and reused between requests, closed when idle, and a
+//! target that closes them costs no request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use portico_test_support::client::Proxy;
+use portico_test_support::eventually;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::portico;
+
+/// A target that counts the connections it accepts and those the proxy closed, and answers
+/// every `GET` with `ok` (and, when `one_per_connection`, closes the connection after the
+/// first answer without saying so, as a target with a short keep-alive timeout does).
+struct Counting {
+    addr: std::net::SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    /// Connections that ended (the proxy closed them, or this target did).
+    ended: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Counting {
+    async fn start(one_per_connection: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let counters = (accepted.clone(), ended.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counters.0.fetch_add(1, Ordering::SeqCst);
+                let ended = counters.1.clone();
+                tokio::spawn(async move {
+                    serve(stream, one_per_connection).await;
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self { addr, accepted, ended, task }
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Answers request heads (no bodies) until the other side closes.
+async fn serve(mut stream: TcpStream, one_per_connection: bool) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                return;
+            }
+            if one_per_connection {
+                return;
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn target_connections_are_reused_and_closed_when_idle() {
+    let target = Counting::start(false).await;
+    let p = portico(&["proxy.upstream_idle_timeout=\"1s\""]);
+    p.add_host("pooled.test", target.addr, &[]);
+    let client = Proxy::h1(p.http);
+    for i in 0..20 {
+        let answer = client.get("pooled.test", &format!("/{i}")).await;
+        assert_eq!((answer.status, answer.text().as_str()), (StatusCode::OK, "ok"), "request {i}");
+    }
+    let last = Instant::now();
+    assert_eq!(target.accepted.load(Ordering::SeqCst), 1, "twenty requests one after another share one connection");
+    // Closed once idle for a second (the pool is swept twice per idle timeout).
+    eventually(Duration::from_secs(5), "the idle target connection is closed", || async {
+        (target.ended.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    assert!(last.elapsed() >= Duration::from_secs(1), "closed before it was idle for the timeout");
+    // A request after that opens a new one.
+    assert_eq!(client.get("pooled.test", "/again").await.status, StatusCode::OK);
+    assert_eq!(target.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_target_that_closes_kept_connections_costs_no_request() {
+    let target = Counting::start(true).await;
+    let p = portico(&[]);
+    p.add_host("closing.test", target.addr, &[]);
+    let client = Proxy::h1(p.http);
+    for i in 0..30 {
+        let answer = client.get("closing.test", &format!("/{i}")).await;
+        assert_eq!((answer.status, answer.text().as_str()), (StatusCode::OK, "ok"), "request {i}");
+        // The target has closed the connection the proxy kept: the next request finds it
+        // closed, or fails to send on it and goes on a new one.
+        eventually(Duration::from_secs(5), "the target closed its connection", || async {
+            (target.ended.load(Ordering::SeqCst) == i + 1).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(target.accepted.load(Ordering::SeqCst), 30);
+}
