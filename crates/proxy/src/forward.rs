@@ -1,7 +1,6 @@
 //! Forwarding a request to its target: the pooled upstream client, header rewriting,
 //! streamed bodies and upgrade tunnels.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ProxyConfig;
+use crate::handler::Client;
 use crate::pool::{Lease, Pool, Returning};
 use crate::response::{BoxError, ProxyBody, ProxyError};
 
@@ -65,14 +65,14 @@ impl Scheme {
 /// What the forwarder needs to know about the request beyond the request itself.
 #[derive(Debug)]
 pub struct Origin<'a> {
-    /// The client's address.
-    pub peer: SocketAddr,
+    /// The client.
+    pub client: &'a Client,
     /// The scheme the client used.
     pub scheme: Scheme,
     /// The authority the client asked for, as sent (`Host` or `:authority`, port included).
     pub authority: &'a str,
     /// This request's id.
-    pub request_id: &'a str,
+    pub request_id: &'a HeaderValue,
 }
 
 /// The upstream client shared by every connection.
@@ -205,37 +205,54 @@ fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    let hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name == header::UPGRADE;
+    // Most requests carry none: one pass over the names instead of a lookup for each.
+    if !headers.keys().any(hop) {
+        return;
+    }
+    let named: Vec<&str> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_str())))
+        .cloned()
+        .collect();
+    for name in &doomed {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
 }
 
 /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Real-IP`,
 /// `X-Request-Id`, and `Host`: the routed authority.
 fn add_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>) {
-    let peer_ip = origin.peer.ip().to_canonical().to_string();
+    let ip = &origin.client.ip;
     let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
-    let chain = if prior.is_empty() { peer_ip.clone() } else { format!("{}, {peer_ip}", prior.join(", ")) };
-    let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(name, value);
-        }
+    let chain = if prior.is_empty() {
+        Some(ip.clone())
+    } else {
+        HeaderValue::from_str(&format!("{}, {}", prior.join(", "), ip.to_str().unwrap_or("-"))).ok()
     };
-    set(headers, X_FORWARDED_FOR, &chain);
-    set(headers, X_FORWARDED_PROTO, origin.scheme.as_str());
-    set(headers, X_FORWARDED_HOST, origin.authority);
-    set(headers, X_REAL_IP, &peer_ip);
-    set(headers, X_REQUEST_ID, origin.request_id);
-    // The authority the request was routed by, whatever `Host` the client sent beside it.
-    set(headers, header::HOST, origin.authority);
+    // The authority the request was routed by, whatever `Host` the client sent beside it:
+    // usually that `Host`, shared rather than copied.
+    let host = match headers.get(header::HOST) {
+        Some(host) if host.as_bytes() == origin.authority.as_bytes() => Some(host.clone()),
+        _ => HeaderValue::from_str(origin.authority).ok(),
+    };
+    if let Some(chain) = chain {
+        headers.insert(X_FORWARDED_FOR, chain);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(origin.scheme.as_str()));
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(X_REAL_IP, ip.clone());
+    headers.insert(X_REQUEST_ID, origin.request_id.clone());
 }
 
 /// A failure once the request was handed to the target's connection: 502, or 504 when an
@@ -425,12 +442,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.1"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.2"));
-        let origin = Origin {
-            peer: "[::ffff:192.0.2.7]:5555".parse().unwrap(),
-            scheme: Scheme::Http,
-            authority: "app.example:8080",
-            request_id: "abc",
-        };
+        let client = Client::new("[::ffff:192.0.2.7]:5555".parse().unwrap(), crate::handler::Conn::Plain);
+        let id = HeaderValue::from_static("abc");
+        let origin = Origin { client: &client, scheme: Scheme::Http, authority: "app.example:8080", request_id: &id };
         add_forwarded(&mut h, &origin);
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.1, 198.51.100.2, 192.0.2.7");
         assert_eq!(h[&X_REAL_IP], "192.0.2.7");

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use portico_certs::challenge::{HTTP01_PREFIX, http01_answer};
@@ -29,6 +30,26 @@ pub struct Shared {
     pub certs: Option<Arc<Certs>>,
 }
 
+/// Who a request's connection is from and how it is secured: made once per connection.
+#[derive(Debug)]
+pub struct Client {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The peer's IP address as the forwarded headers write it.
+    pub ip: HeaderValue,
+    /// Plain or TLS.
+    pub conn: Conn,
+}
+
+impl Client {
+    /// The client at `peer` on `conn`.
+    pub fn new(peer: SocketAddr, conn: Conn) -> Self {
+        let ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string());
+        // An IP address is always a valid header value.
+        Self { peer, ip: ip.unwrap_or(HeaderValue::from_static("-")), conn }
+    }
+}
+
 /// What a request's connection is.
 #[derive(Debug, Clone)]
 pub enum Conn {
@@ -51,17 +72,16 @@ impl Conn {
 pub async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
-    peer: SocketAddr,
-    conn: Arc<Conn>,
+    client: Arc<Client>,
 ) -> Result<Response<LoggedBody>, Infallible> {
     // The client's request id when it sent a usable one (a load balancer in front keeps its
     // id through to the target), else a new one.
     let request_id = request
         .headers()
         .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| valid_request_id(id))
-        .map_or_else(|| format!("{:016x}", fastrand::u64(..)), str::to_owned);
+        .filter(|id| valid_request_id(id.as_bytes()))
+        .cloned()
+        .unwrap_or_else(new_request_id);
     let authority = authority(&request);
     let format = shared.config.access_log;
     let text_header = |name: http::header::HeaderName| {
@@ -72,11 +92,11 @@ pub async fn handle(
         agent: text_header(http::header::USER_AGENT),
         referer: text_header(http::header::REFERER),
         version: request.version(),
-        request_id: request_id.clone(),
-        peer,
+        request_id,
+        peer: client.peer,
         method: request.method().clone(),
         host: authority.as_ref().ok().and_then(Clone::clone).unwrap_or_else(|| "-".to_owned()),
-        path: request.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        path: request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
         status: 0,
         target: None,
         started: Instant::now(),
@@ -85,39 +105,49 @@ pub async fn handle(
         metrics: shared.config.metrics.clone(),
     };
     let routed = match authority {
-        Ok(authority) => route(&shared, request, authority.as_deref(), peer, &conn, &mut entry).await,
+        Ok(authority) => route(&shared, request, authority.as_deref(), &client, &mut entry).await,
         Err(refused) => Err(refused),
     };
     let mut response = routed.unwrap_or_else(|error| {
         let status = error.status();
+        let id = entry.id();
         if status.is_server_error() {
-            tracing::warn!(request_id = %request_id, host = %entry.host, upstream = entry.target.as_deref(),
+            tracing::warn!(request_id = %id, host = %entry.host, upstream = entry.target.as_deref(),
                 error = %chain(&error), "request failed");
         } else {
-            tracing::debug!(request_id = %request_id, host = %entry.host, error = %chain(&error), "request refused");
+            tracing::debug!(request_id = %id, host = %entry.host, error = %chain(&error), "request refused");
         }
-        error.page(&request_id)
+        error.page(id)
     });
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(X_REQUEST_ID, value);
-    }
+    response.headers_mut().insert(X_REQUEST_ID, entry.request_id.clone());
     entry.status = response.status().as_u16();
     Ok(response.map(|body| LoggedBody::new(body, entry)))
 }
 
+/// A new request id: 16 hexadecimal digits.
+fn new_request_id() -> HeaderValue {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let n = fastrand::u64(..);
+    let mut id = [0u8; 16];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = DIGITS[usize::try_from((n >> (60 - 4 * i)) & 0xf).unwrap_or(0)];
+    }
+    // Hexadecimal digits are always a valid header value.
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
+}
+
 /// Whether a client's `X-Request-Id` is kept: 1 to 128 characters of letters, digits,
 /// `-`, `_`, `.`, `:` (nothing that could break a log line or a header).
-fn valid_request_id(id: &str) -> bool {
+fn valid_request_id(id: &[u8]) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && id.iter().copied().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 async fn route(
     shared: &Shared,
     request: Request<Incoming>,
     authority: Option<&str>,
-    peer: SocketAddr,
-    conn: &Conn,
+    client: &Client,
     entry: &mut AccessEntry,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // Requests about the proxy itself, not for a host: answered here, never forwarded.
@@ -130,13 +160,13 @@ async fn route(
     let authority = authority.ok_or(ProxyError::MissingHost)?;
     let name = Hostname::from_authority(authority).map_err(ProxyError::InvalidHost)?;
     entry.host = name.to_string();
-    let scheme = conn.scheme();
-    match conn {
+    let scheme = client.conn.scheme();
+    match &client.conn {
         Conn::Tls(cert) if !cert.as_ref().is_some_and(|c| c.meta.covers(name.as_str())) => {
             return Err(ProxyError::Misdirected);
         }
         Conn::Plain => {
-            if let Some(answer) = acme_http01(shared, &name, &entry.path).await {
+            if let Some(answer) = acme_http01(shared, &name, entry.path.as_str()).await {
                 return Ok(text(answer));
             }
         }
@@ -158,7 +188,7 @@ async fn route(
         return Ok(redirect(&format!("https://{name}{port}{}", entry.path)));
     }
     entry.target = Some(host.target.shared_authority());
-    let origin = Origin { peer, scheme, authority, request_id: &entry.request_id };
+    let origin = Origin { client, scheme, authority, request_id: &entry.request_id };
     shared.upstream.forward(request, host, &origin).await
 }
 

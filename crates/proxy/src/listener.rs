@@ -27,7 +27,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use crate::ProxyConfig;
 use crate::forward::Upstream;
-use crate::handler::{Conn, Shared, handle};
+use crate::handler::{Client, Conn, Shared, handle};
 use crate::routes::Routes;
 use crate::server::{self, ConnectionCap, Watch};
 
@@ -132,8 +132,8 @@ impl HttpListener {
                         (Either::Right(Box::new(stream)), conn)
                     }
                 };
-                let conn = Arc::new(conn);
-                let service = service_fn(move |request| handle(shared.clone(), request, peer, conn.clone()));
+                let client = Arc::new(Client::new(peer, conn));
+                let service = service_fn(move |request| handle(shared.clone(), request, client.clone()));
                 server::drive(&builder, TokioIo::new(io), service, &limits, watch).await;
             }
         })

@@ -121,8 +121,8 @@ fn full(text: String) -> ProxyBody {
 /// What the access-log line says about a request; filled in as the request goes.
 #[derive(Debug)]
 pub struct AccessEntry {
-    /// Request id, also sent as `X-Request-Id`.
-    pub request_id: String,
+    /// Request id, also sent as `X-Request-Id` (visible ASCII: the client's only when valid).
+    pub request_id: HeaderValue,
     /// Client address.
     pub peer: std::net::SocketAddr,
     /// Request method.
@@ -130,7 +130,7 @@ pub struct AccessEntry {
     /// Host as normalised, or as sent if it did not normalise.
     pub host: String,
     /// Path and query.
-    pub path: String,
+    pub path: http::uri::PathAndQuery,
     /// Response status.
     pub status: u16,
     /// The target (`ip:port`) if the request was forwarded.
@@ -149,6 +149,13 @@ pub struct AccessEntry {
     pub pattern: Option<std::sync::Arc<str>>,
     /// Where the outcome is counted, from the same record the access log writes.
     pub metrics: std::sync::Arc<portico_metrics::Metrics>,
+}
+
+impl AccessEntry {
+    /// The request id as text.
+    pub fn id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
 }
 
 /// A response body that counts what it sends and logs the request once it ends or is
@@ -176,7 +183,7 @@ impl LoggedBody {
             crate::AccessLog::Off => {}
             crate::AccessLog::Log => tracing::info!(
                 target: "portico::access",
-                request_id = %e.request_id,
+                request_id = %e.id(),
                 peer = %e.peer,
                 method = %e.method,
                 host = %e.host,
@@ -196,7 +203,7 @@ impl LoggedBody {
                     e.peer.ip(),
                     clf_time(std::time::SystemTime::now()),
                     e.method,
-                    e.path.replace(['"', '\n'], "_"),
+                    e.path.as_str().replace(['"', '\n'], "_"),
                     protocol,
                     e.status,
                     self.bytes,
@@ -207,11 +214,11 @@ impl LoggedBody {
             crate::AccessLog::Json => {
                 let line = serde_json::json!({
                     "time": clf_time(std::time::SystemTime::now()),
-                    "request_id": e.request_id,
+                    "request_id": e.id(),
                     "peer": e.peer.to_string(),
                     "method": e.method.as_str(),
                     "host": e.host,
-                    "path": e.path,
+                    "path": e.path.as_str(),
                     "protocol": protocol,
                     "status": e.status,
                     "bytes": self.bytes,
