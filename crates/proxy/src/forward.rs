@@ -25,7 +25,7 @@ use crate::response::{BoxError, ProxyBody, ProxyError};
 
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1), besides
 /// those the `Connection` header names.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
