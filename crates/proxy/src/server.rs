@@ -15,12 +15,13 @@
 
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -229,31 +230,59 @@ where
         })
     };
     let mut connection = pin!(builder.serve_connection_with_upgrades(io, counted));
+    let gate = Arc::new(Gate::default());
+    let gate_waker = Waker::from(gate.clone());
     let mut closing = false;
     loop {
         let wake = activity.next_check(limits);
-        tokio::select! {
-            ended = connection.as_mut() => {
+        let open = !closing;
+        let signals = async {
+            tokio::select! {
+                () = watch.cut.cancelled() => Signal::Cut,
+                () = watch.shutdown.cancelled(), if open => Signal::Shutdown,
+                () = watch.cap.inner.pressure.notified(), if open => Signal::Pressure,
+                () = tokio::time::sleep_until(wake.into()) => Signal::Timer,
+            }
+        };
+        let mut signals = pin!(signals);
+        // The connection is polled at every wake-up; the watchdog's futures only when one of
+        // them woke the task (and once to start), not at each of the connection's.
+        gate.fired.store(true, Ordering::Release);
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Err(ended));
+            }
+            gate.parent.register(cx.waker());
+            if gate.fired.swap(false, Ordering::AcqRel)
+                && let Poll::Ready(signal) = signals.as_mut().poll(&mut Context::from_waker(&gate_waker))
+            {
+                return Poll::Ready(Ok(signal));
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Err(ended) => {
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = watch.cut.cancelled() => return,
-            () = watch.shutdown.cancelled(), if !closing => {
+            Ok(Signal::Cut) => return,
+            Ok(Signal::Shutdown) => {
                 if activity.served() == 0 {
                     return;
                 }
                 GracefulConnection::graceful_shutdown(connection.as_mut());
                 closing = true;
             }
-            () = watch.cap.inner.pressure.notified(), if !closing => {
+            Ok(Signal::Pressure) => {
                 if activity.in_flight() == 0 && activity.idle_since().elapsed() >= PRESSURE_GRACE {
                     tracing::debug!("closing an idle connection: the connection limit is reached");
                     return;
                 }
             }
-            () = tokio::time::sleep_until(wake.into()) => {
+            Ok(Signal::Timer) => {
                 if activity.write_stalled(limits) {
                     tracing::debug!(timeout = ?limits.send_timeout, "closing a connection whose client stopped reading");
                     return;
@@ -268,6 +297,36 @@ where
                 }
             }
         }
+    }
+}
+
+/// What woke a connection's watchdog.
+enum Signal {
+    /// The shutdown deadline passed.
+    Cut,
+    /// Shutdown began.
+    Shutdown,
+    /// The connection cap was reached.
+    Pressure,
+    /// A limit may have run out.
+    Timer,
+}
+
+/// Wakes the connection task for the watchdog's futures and notes that it was them.
+#[derive(Debug, Default)]
+struct Gate {
+    fired: AtomicBool,
+    parent: AtomicWaker,
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.parent.wake();
     }
 }
 
