@@ -128,8 +128,14 @@ impl Upstream {
         add_forwarded(&mut parts.headers, origin);
 
         let asked = std::time::Instant::now();
-        let sent = self.send(Request::from_parts(parts, body), &host.target, host.targetssl);
-        let (mut response, lease) = match tokio::time::timeout(self.config.upstream_timeout, sent).await {
+        // Built inside the call, not bound first: a future held in a variable and then moved
+        // into `timeout` takes room twice in this one's state.
+        let (mut response, lease) = match tokio::time::timeout(
+            self.config.upstream_timeout,
+            self.send(Request::from_parts(parts, body), &host.target, host.targetssl),
+        )
+        .await
+        {
             Err(_) => return Err(ProxyError::TargetTimeout),
             Ok(result) => result?,
         };
@@ -175,7 +181,7 @@ impl Upstream {
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if lease.reused => {
                         request = unsent;
-                        lease = self.pool.connect(target, tls).await?;
+                        lease = Box::pin(self.pool.connect(target, tls)).await?;
                     }
                     _ => return Err(classify(e.into_error())),
                 },

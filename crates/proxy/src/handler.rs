@@ -166,7 +166,8 @@ async fn route(
             return Err(ProxyError::Misdirected);
         }
         Conn::Plain => {
-            if let Some(answer) = acme_http01(shared, &name, entry.path.as_str()).await {
+            // Boxed: a store read, rare, and large beside the rest of a request's future.
+            if let Some(answer) = Box::pin(acme_http01(shared, &name, entry.path.as_str())).await {
                 return Ok(text(answer));
             }
         }

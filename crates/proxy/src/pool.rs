@@ -92,7 +92,9 @@ impl Pool {
                 return Ok(self.lease(sender, target, tls, true));
             }
         }
-        self.connect(target, tls).await
+        // Boxed: opening a connection (TLS included) is a large future, and rare once the pool
+        // is warm; inline, every request's future would carry its room.
+        Box::pin(self.connect(target, tls)).await
     }
 
     /// A new connection to `target`.

@@ -21,6 +21,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -225,8 +226,10 @@ where
         let activity = activity.clone();
         service_fn(move |request| {
             let guard = activity.begin();
-            let response = service.call(request);
-            async move { response.await.map(|r| r.map(|body| Tracked { inner: body, guard, handed: false })) }
+            // `map`, not an async block: the block would hold the handler's future twice.
+            service
+                .call(request)
+                .map(move |response| response.map(|r| r.map(|body| Tracked { inner: body, guard, handed: false })))
         })
     };
     let mut connection = pin!(builder.serve_connection_with_upgrades(io, counted));
