@@ -103,9 +103,17 @@ fn seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
 }
 
+/// The protocols requests are labelled with.
+const PROTOCOLS: [&str; 3] = ["HTTP/1.1", "HTTP/2.0", "HTTP/1.0"];
+
 /// Every metric Portico records.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// Whether requests are counted: only when something can read them (a metrics listener).
+    per_request: bool,
+    /// `request_duration`'s histogram for each protocol, once one was seen: observed without
+    /// the family's lock and hashing.
+    durations: [std::sync::OnceLock<Histogram>; PROTOCOLS.len()],
     /// The host label of requests no pattern routed.
     unrouted: Arc<str>,
     /// `portico_http_requests_total{host, status, protocol}`.
@@ -170,6 +178,8 @@ impl Metrics {
     pub fn new() -> Self {
         let m = Self {
             registry: Mutex::new(Registry::default()),
+            per_request: true,
+            durations: Default::default(),
             unrouted: Arc::from("-"),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(seconds),
@@ -277,8 +287,19 @@ impl Metrics {
         out
     }
 
+    /// The same metrics, counting requests only when `on`: without a metrics listener nobody
+    /// reads them, and the data plane is spared their cost (certificate, store and job
+    /// metrics are kept either way).
+    pub fn counting_requests(mut self, on: bool) -> Self {
+        self.per_request = on;
+        self
+    }
+
     /// Counts one request's outcome: `host` the pattern that routed it (none: `-`).
     pub fn request(&self, host: Option<&Arc<str>>, status: u16, protocol: &'static str, seconds: f64, bytes: u64) {
+        if !self.per_request {
+            return;
+        }
         let status = match status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -288,8 +309,26 @@ impl Metrics {
         };
         let host = host.unwrap_or(&self.unrouted).clone();
         self.requests.get_or_create(&RequestLabels { host, status, protocol }).inc();
-        self.request_duration.get_or_create(&ProtocolLabels { protocol }).observe(seconds);
+        let family = || self.request_duration.get_or_create(&ProtocolLabels { protocol }).clone();
+        match PROTOCOLS.iter().position(|p| *p == protocol) {
+            Some(i) => self.durations[i].get_or_init(family).observe(seconds),
+            None => family().observe(seconds),
+        }
         self.response_bytes.inc_by(bytes);
+    }
+
+    /// Counts the time a target took to send its response head.
+    pub fn upstream(&self, seconds: f64) {
+        if self.per_request {
+            self.upstream_duration.observe(seconds);
+        }
+    }
+
+    /// Counts a request body's declared length.
+    pub fn request_body(&self, bytes: u64) {
+        if self.per_request {
+            self.request_bytes.inc_by(bytes);
+        }
     }
 
     /// Counts one TLS handshake.

@@ -55,7 +55,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     config.proxy.max_connections = config.max_connections.unwrap_or_else(|| default_max_connections(fd_limit));
     tracing::info!(fd_limit, max_connections = config.proxy.max_connections, "connection limits");
     // One registry for the whole process, passed to every part that records.
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new().counting_requests(config.metrics_listen.is_some()));
     let mut config = config;
     config.proxy.metrics = metrics.clone();
     let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;

@@ -139,7 +139,7 @@ impl Upstream {
             Err(_) => return Err(ProxyError::TargetTimeout),
             Ok(result) => result?,
         };
-        self.config.metrics.upstream_duration.observe(asked.elapsed().as_secs_f64());
+        self.config.metrics.upstream(asked.elapsed().as_secs_f64());
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // A switch nobody asked for would hand the connection to the target unseen.

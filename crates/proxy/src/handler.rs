@@ -179,7 +179,7 @@ async fn route(
     if let Some(length) =
         request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
     {
-        shared.config.metrics.request_bytes.inc_by(length);
+        shared.config.metrics.request_body(length);
     }
     if scheme == Scheme::Http && host.forcessl {
         let port = match shared.config.https_port {
