@@ -24,8 +24,9 @@ use crate::pool::{Lease, Pool, Returning};
 use crate::response::{BoxError, ProxyBody, ProxyError};
 
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1), besides
-/// those the `Connection` header names.
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// those the `Connection` header names; and `Upgrade`, which the forwarder sets again for the
+/// one upgrade it tunnels (WebSocket). `Connection` comes first.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -34,6 +35,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -211,26 +213,53 @@ fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name == header::UPGRADE;
-    // Most requests carry none: one pass over the names instead of a lookup for each.
-    if !headers.keys().any(hop) {
-        return;
+    // Which fixed names are present: one pass over the names, no lookups (most requests
+    // carry none of them; most responses only `Connection`).
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = hop_index(name.as_str()) {
+            present[i] = true;
+        }
     }
-    let named: Vec<&str> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_str())))
-        .cloned()
-        .collect();
-    for name in &doomed {
-        headers.remove(name);
+    if present[0] {
+        let listed: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+        let tokens = listed.iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim);
+        for token in tokens {
+            // A fixed name goes below; a token that is no header name matches nothing.
+            let lower;
+            let token = if token.bytes().any(|b| b.is_ascii_uppercase()) {
+                lower = token.to_ascii_lowercase();
+                lower.as_str()
+            } else {
+                token
+            };
+            if hop_index(token).is_none() {
+                headers.remove(token);
+            }
+        }
     }
+    for (hop, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(hop);
+        }
+    }
+}
+
+/// Where a (lower-case) header name is in [`HOP_BY_HOP`]: a match, cheaper than comparing
+/// with each.
+fn hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
 }
 
 /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Real-IP`,
@@ -428,6 +457,14 @@ pub mod insecure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_index_names_each_hop_by_hop_header() {
+        for (i, hop) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(hop.as_str()), Some(i));
+        }
+        assert_eq!(hop_index("x-keep"), None);
+    }
 
     #[test]
     fn hop_by_hop_headers_and_connection_named_ones_go() {
