@@ -149,6 +149,9 @@ pub struct Metrics {
     pub routes_hosts: Gauge,
     /// `portico_routes_rebuild_seconds`: reading hosts and swapping the table.
     pub routes_rebuild: Histogram,
+    /// `portico_routes_change_delay_seconds`: from this process hearing of a change (the
+    /// store's change feed) to the routing table that includes it.
+    pub routes_change_delay: Histogram,
     /// `portico_store_operation_seconds{op}`.
     pub store_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
     /// `portico_store_memory_bytes`: memory the store's server uses (Redis), read every 15 s.
@@ -197,6 +200,7 @@ impl Metrics {
             decisions: Family::default(),
             routes_hosts: Gauge::default(),
             routes_rebuild: seconds(),
+            routes_change_delay: seconds(),
             store_seconds: Family::new_with_constructor(seconds),
             store_errors: Family::default(),
             store_memory: Gauge::default(),
@@ -260,6 +264,11 @@ impl Metrics {
                 "portico_routes_rebuild_seconds",
                 "Time to rebuild or patch the routing table",
                 m.routes_rebuild.clone(),
+            );
+            r.register(
+                "portico_routes_change_delay_seconds",
+                "Time from hearing of a host change to routing by it",
+                m.routes_change_delay.clone(),
             );
             r.register(
                 "portico_store_operation_seconds",

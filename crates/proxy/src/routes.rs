@@ -39,10 +39,11 @@ pub async fn follow_store(
     resync.tick().await;
     loop {
         let mut pending = Pending::default();
+        let mut heard = None;
         let open = tokio::select! {
             () = shutdown.cancelled() => return,
             _ = resync.tick() => { pending.full = true; true }
-            event = changes.recv() => pending.note(event),
+            event = changes.recv() => { heard = Some(std::time::Instant::now()); pending.note(event) }
         };
         if !open {
             return;
@@ -59,6 +60,9 @@ pub async fn follow_store(
         let record = |rebuilt: &Rebuilt| {
             metrics.routes_hosts.set(rebuilt.hosts as i64);
             metrics.routes_rebuild.observe(started.elapsed().as_secs_f64());
+            if let Some(heard) = heard {
+                metrics.routes_change_delay.observe(heard.elapsed().as_secs_f64());
+            }
             report(rebuilt);
         };
         if !pending.full {

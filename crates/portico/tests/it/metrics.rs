@@ -36,6 +36,14 @@ async fn scrape(p: &Portico) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// One unlabelled sample as the text says it (the parser folds a histogram's `_sum` away).
+async fn raw_sample(p: &Portico, name: &str) -> f64 {
+    let addr = p.listener("metrics").expect("a metrics listener");
+    let text = Proxy::h1(addr).get("localhost", "/metrics").await.text();
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}"));
+    line[name.len()..].trim().parse().unwrap()
+}
+
 fn value(metrics: &BTreeMap<String, f64>, key: &str) -> f64 {
     *metrics.get(key).unwrap_or_else(|| panic!("no {key} in {:#?}", metrics.keys().collect::<Vec<_>>()))
 }
@@ -73,6 +81,10 @@ async fn metrics_after_traffic_an_issuance_and_a_failed_renewal() {
     assert_eq!(value(&m, r#"portico_certificate_not_after_seconds{name="app.example.test"}"#), issued.not_after as f64);
     assert!(value(&m, r#"portico_tls_handshakes_total{reason="none",result="ok"}"#) >= 2.0);
     assert_eq!(value(&m, r#"portico_routes_hosts{}"#), 1.0);
+    // Adding the host was a change heard from the store and routed by soon after.
+    assert!(value(&m, r#"portico_routes_change_delay_seconds{}"#) >= 1.0, "a histogram's count");
+    let delay_sum = raw_sample(&p, "portico_routes_change_delay_seconds_sum").await;
+    assert!(delay_sum > 0.0 && delay_sum < 5.0, "change-to-routed delays add up to {delay_sum} s");
     assert!(value(&m, r#"portico_store_operation_seconds{op="record"}"#) > 0.0);
     assert!(m.contains_key(r#"portico_connections_open{}"#));
 
