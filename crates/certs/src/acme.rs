@@ -163,7 +163,12 @@ impl AcmeIssuer {
                 roots.add(cert).map_err(|e| IssueError::local(format!("{}: {e}", path.display())))?;
             }
         }
-        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let tls =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| IssueError::local(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         let connector =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

@@ -57,7 +57,7 @@ impl StoredCert {
         let meta = Meta::of(&chain[0])?;
         let key = PrivateKeyDer::from_pem_slice(self.privkey_pem.as_bytes())
             .map_err(|e| CertError::Invalid(format!("the private key's PEM does not parse: {e}")))?;
-        let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
             .map_err(|e| CertError::Invalid(format!("the private key is not usable: {e}")))?;
         Ok(Loaded { key: Arc::new(CertifiedKey::new(chain, signing)), meta })
     }

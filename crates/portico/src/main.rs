@@ -152,6 +152,10 @@ fn toml_string(value: &str) -> String {
 }
 
 fn main() -> ExitCode {
+    // Two rustls providers are built in (aws-lc-rs for the listeners, *ring* for clients):
+    // whatever builds a TLS configuration without naming one (a library's HTTP client) gets
+    // *ring*, instead of a panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -79,11 +79,13 @@ impl HttpListener {
         routes: Arc<Routes>,
         certs: Arc<Certs>,
     ) -> std::io::Result<Self> {
-        let base = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        let mut base = ServerConfig::builder_with_provider(Arc::new(portico_certs::server_provider()))
             .with_safe_default_protocol_versions()
             .map_err(std::io::Error::other)?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Single(certs.fallback().key.clone())));
+        // The suite by the provider's order (AES-128-GCM first), not the client's.
+        base.ignore_client_order = true;
         let tls = Arc::new(Tls { certs: certs.clone(), base });
         Self::bind_with(addr, config, routes, Some(certs), Some(tls)).await
     }

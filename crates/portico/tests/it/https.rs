@@ -331,3 +331,39 @@ async fn a_stored_certificate_is_served_only_for_names_it_covers() {
     assert_eq!(served.names, vec!["mine.example.test"], "its own, not the planted one for another name");
     assert!(!served.issuer.contains("rcgen"), "{}", served.issuer);
 }
+
+/// A client that prefers the hybrid post-quantum key exchange (as browsers do) gets it; one
+/// without it gets X25519. Either way the server picks AES-128-GCM with SHA-256 over the client's first
+/// choice (AES-256 with SHA-384, as OpenSSL clients order them): its key schedule costs less.
+#[tokio::test]
+async fn handshakes_use_post_quantum_key_exchange_when_the_client_prefers_it_and_aes_128() {
+    let backend = Backend::start("pq").await;
+    let p = portico(&[]);
+    p.add_host("pq.example.test", backend.addr, &[]);
+    let roots = trusted(&p);
+    let client = |provider: rustls::crypto::CryptoProvider| {
+        let mut provider = provider;
+        // The client's own order: AES-256 first, as OpenSSL 3 sends it.
+        provider.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+        provider.kx_groups.sort_by_key(|g| g.name() != rustls::NamedGroup::X25519MLKEM768);
+        std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth(),
+        )
+    };
+    for (provider, group) in [
+        (rustls::crypto::aws_lc_rs::default_provider(), rustls::NamedGroup::X25519MLKEM768),
+        (rustls::crypto::ring::default_provider(), rustls::NamedGroup::X25519),
+    ] {
+        let stream = tls::connect(p.https, "pq.example.test", client(provider)).await.expect("handshake");
+        let (_, conn) = stream.get_ref();
+        assert_eq!(conn.negotiated_key_exchange_group().map(|g| g.name()), Some(group));
+        assert_eq!(
+            conn.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+    }
+}
