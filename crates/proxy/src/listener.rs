@@ -86,6 +86,9 @@ impl HttpListener {
             .with_cert_resolver(Arc::new(Single(certs.fallback().key.clone())));
         // The suite by the provider's order (AES-128-GCM first), not the client's.
         base.ignore_client_order = true;
+        // Stateless session tickets (keys rotated every 6 hours): any number of clients can
+        // resume, where the default in-memory session cache keeps 256.
+        base.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(std::io::Error::other)?;
         let tls = Arc::new(Tls { certs: certs.clone(), base });
         Self::bind_with(addr, config, routes, Some(certs), Some(tls)).await
     }

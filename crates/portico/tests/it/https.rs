@@ -10,6 +10,7 @@ use portico_test_support::portico::ADMIN_PASSWORD;
 use portico_test_support::{Backend, Portico, eventually, tls};
 use rustls::RootCertStore;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{BIN, portico};
@@ -366,4 +367,30 @@ async fn handshakes_use_post_quantum_key_exchange_when_the_client_prefers_it_and
             Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
         );
     }
+}
+
+/// A client resumes its TLS session on its next connection, even after 300 other clients
+/// made sessions of their own in between (more than an in-memory session cache keeps).
+#[tokio::test]
+async fn sessions_resume_after_many_other_clients() {
+    let backend = Backend::start("resume").await;
+    let p = portico(&[]);
+    p.add_host("resume.example.test", backend.addr, &[]);
+    let roots = trusted(&p);
+    let returning = tls::client_config(Some(roots.clone()), &[]);
+    let mut first = tls::connect(p.https, "resume.example.test", returning.clone()).await.unwrap();
+    assert_eq!(first.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    // TLS 1.3 hands the session over after the handshake: read a response to take it.
+    first.write_all(b"GET / HTTP/1.1\r\nHost: resume.example.test\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    first.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    for _ in 0..300 {
+        // Each a new client: a configuration of its own, so a session store of its own.
+        let other = tls::client_config(Some(roots.clone()), &[]);
+        let stream = tls::connect(p.https, "resume.example.test", other).await.unwrap();
+        assert_eq!(stream.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    }
+    let again = tls::connect(p.https, "resume.example.test", returning).await.unwrap();
+    assert_eq!(again.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
 }
