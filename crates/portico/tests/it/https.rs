@@ -334,8 +334,9 @@ async fn a_stored_certificate_is_served_only_for_names_it_covers() {
 }
 
 /// A client that prefers the hybrid post-quantum key exchange (as browsers do) gets it; one
-/// without it gets X25519. Either way the server picks AES-128-GCM with SHA-256 over the client's first
-/// choice (AES-256 with SHA-384, as OpenSSL clients order them): its key schedule costs less.
+/// without it gets X25519. Either way the server picks AES-128-GCM with SHA-256 over the
+/// client's first choice (AES-256 with SHA-384, as OpenSSL clients order them): its key
+/// schedule costs less.
 #[tokio::test]
 async fn handshakes_use_post_quantum_key_exchange_when_the_client_prefers_it_and_aes_128() {
     let backend = Backend::start("pq").await;
