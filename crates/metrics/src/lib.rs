@@ -149,8 +149,9 @@ pub struct Metrics {
     pub routes_hosts: Gauge,
     /// `portico_routes_rebuild_seconds`: reading hosts and swapping the table.
     pub routes_rebuild: Histogram,
-    /// `portico_routes_change_delay_seconds`: from this process hearing of a change (the
-    /// store's change feed) to the routing table that includes it.
+    /// `portico_routes_change_delay_seconds`: from a host's write (its `updated_on`, by the
+    /// writer's clock, on any node) to the routing table that includes it; from when this
+    /// process heard of the change for deletions and writes without a fresh stamp.
     pub routes_change_delay: Histogram,
     /// `portico_store_operation_seconds{op}`.
     pub store_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
@@ -267,7 +268,7 @@ impl Metrics {
             );
             r.register(
                 "portico_routes_change_delay_seconds",
-                "Time from hearing of a host change to routing by it",
+                "Time from a host's write to routing by it",
                 m.routes_change_delay.clone(),
             );
             r.register(

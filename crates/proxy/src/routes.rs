@@ -14,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 /// rebuild reads every host: on Redis with 100,000 hosts, about a second of its time.
 const RESYNC_EVERY: Duration = Duration::from_secs(300);
 
+/// A changed record's `updated_on` older than this is no stamp of the change at hand (a raw
+/// write that did not set it): the delay is counted from when this node heard instead.
+const STAMP_TRUSTED_MS: u64 = 60_000;
+
 /// Rebuilds `routes` from the store's hosts, unless they are the ones it was built from.
 /// Records that do not parse are skipped with a warning; on a store error the current table
 /// stays.
@@ -57,11 +61,19 @@ pub async fn follow_store(
             };
         }
         let started = std::time::Instant::now();
-        let record = |rebuilt: &Rebuilt| {
+        // `written`: when the earliest of the patched records was written, by its writer's
+        // clock (any node's), when it says so.
+        let record = |rebuilt: &Rebuilt, written: Option<u64>| {
             metrics.routes_hosts.set(rebuilt.hosts as i64);
             metrics.routes_rebuild.observe(started.elapsed().as_secs_f64());
             if let Some(heard) = heard {
-                metrics.routes_change_delay.observe(heard.elapsed().as_secs_f64());
+                let since_write = written.and_then(|at| portico_store::now_ms().checked_sub(at));
+                let delay = match since_write {
+                    Some(ms) if ms < STAMP_TRUSTED_MS => std::time::Duration::from_millis(ms),
+                    // Deleted, or written without a fresh stamp: from when this node heard.
+                    _ => heard.elapsed(),
+                };
+                metrics.routes_change_delay.observe(delay.as_secs_f64());
             }
             report(rebuilt);
         };
@@ -70,8 +82,8 @@ pub async fn follow_store(
                 continue;
             }
             match patch(&routes, store.as_ref(), &pending.hosts).await {
-                Ok(Some(rebuilt)) => {
-                    record(&rebuilt);
+                Ok(Some((rebuilt, written))) => {
+                    record(&rebuilt, written);
                     continue;
                 }
                 // Nothing to patch yet: rebuild.
@@ -83,7 +95,7 @@ pub async fn follow_store(
             }
         }
         match reload(&routes, store.as_ref()).await {
-            Ok(rebuilt) => record(&rebuilt),
+            Ok(rebuilt) => record(&rebuilt, None),
             Err(e) => tracing::warn!(error = %e, "cannot reload hosts; routing with the previous table"),
         }
     }
@@ -114,11 +126,21 @@ impl Pending {
 }
 
 /// Reads the changed hosts and patches them in; `None` when there is no table to patch.
-async fn patch(routes: &Routes, store: &dyn Store, keys: &BTreeSet<String>) -> Result<Option<Rebuilt>, StoreError> {
+/// Also says when the earliest of them was written (`updated_on`, milliseconds), if any
+/// says.
+async fn patch(
+    routes: &Routes,
+    store: &dyn Store,
+    keys: &BTreeSet<String>,
+) -> Result<Option<(Rebuilt, Option<u64>)>, StoreError> {
     let mut last = None;
     let mut changed = false;
+    let mut written: Option<u64> = None;
     for key in keys {
         let record = store.record(Kind::Host, key).await?;
+        if let Some(at) = record.as_ref().and_then(|r| r.get("updated_on")?.parse().ok()) {
+            written = Some(written.map_or(at, |w| w.min(at)));
+        }
         let Some(rebuilt) = routes.patch(key, record) else { return Ok(None) };
         for (key, error) in &rebuilt.skipped {
             tracing::warn!(host = %key, error = %error, "skipping a host record that does not parse");
@@ -126,7 +148,7 @@ async fn patch(routes: &Routes, store: &dyn Store, keys: &BTreeSet<String>) -> R
         changed |= rebuilt.changed;
         last = Some(rebuilt);
     }
-    Ok(last.map(|r| Rebuilt { changed, ..r }))
+    Ok(last.map(|r| (Rebuilt { changed, ..r }, written)))
 }
 
 fn report(rebuilt: &Rebuilt) {
@@ -169,5 +191,30 @@ mod tests {
         moved.insert("targetPort".into(), "81".into());
         store.put(Kind::Host, "a.test", &moved).await.unwrap();
         assert_eq!(summary(reload(&routes, store.as_ref()).await.unwrap()), (1, true));
+    }
+
+    #[tokio::test]
+    async fn a_patch_says_when_the_earliest_changed_host_was_written() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = portico_store::open(&format!("redb://{}", dir.path().join("s.redb").display())).await.unwrap();
+        let routes = Routes::new();
+        reload(&routes, store.as_ref()).await.unwrap();
+        for (name, written) in [("a.test", 5_000), ("b.test", 3_000)] {
+            let host = Host::new(
+                HostPattern::parse(name).unwrap(),
+                Target::new("127.0.0.1", 80).unwrap(),
+                false,
+                false,
+                "t",
+                written,
+            );
+            store.create(Kind::Host, name, &host.to_fields()).await.unwrap();
+        }
+        let keys: BTreeSet<String> = ["a.test".to_owned(), "b.test".to_owned(), "gone.test".to_owned()].into();
+        let (rebuilt, written) = patch(&routes, store.as_ref(), &keys).await.unwrap().expect("a table to patch");
+        assert_eq!((rebuilt.hosts, rebuilt.changed, written), (2, true, Some(3_000)));
+        // A deleted host says nothing of when.
+        let gone: BTreeSet<String> = ["gone.test".to_owned()].into();
+        assert_eq!(patch(&routes, store.as_ref(), &gone).await.unwrap().expect("a table").1, None);
     }
 }
