@@ -31,6 +31,12 @@ use crate::response::ProxyError;
 /// about 470 instructions per request here.
 type Parked = [HashMap<Arc<str>, Vec<Idle>, foldhash::fast::RandomState>; 2];
 
+/// Idle connections kept per target at most; beyond, a connection whose response ended is
+/// closed. A burst opens as many connections as it has requests in flight; afterwards this
+/// many stay for the next one, and the rest give their file descriptors back at once rather
+/// than after the idle timeout.
+pub const MAX_IDLE_PER_TARGET: usize = 256;
+
 #[derive(Debug)]
 struct Idle {
     sender: SendRequest<Incoming>,
@@ -132,6 +138,7 @@ impl Pool {
         let mut parked = self.parked();
         let map = &mut parked[usize::from(lease.tls)];
         match map.get_mut(&lease.authority) {
+            Some(list) if list.len() >= MAX_IDLE_PER_TARGET => {}
             Some(list) => list.push(idle),
             None => {
                 map.insert(lease.authority, vec![idle]);

@@ -1,5 +1,5 @@
-//! Connections to targets: kept open and reused between requests, closed when idle, and a
-//! target that closes them costs no request.
+//! Connections to targets: kept open and reused between requests, closed when idle or
+//! beyond the number kept per target, and a target that closes them costs no request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,8 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::portico;
 
 /// A target that counts the connections it accepts and those the proxy closed, and answers
-/// every `GET` with `ok` (and, when `one_per_connection`, closes the connection after the
-/// first answer without saying so, as a target with a short keep-alive timeout does).
+/// every `GET` with `ok` after `delay` (and, when `one_per_connection`, closes the connection
+/// after the first answer without saying so, as a target with a short keep-alive timeout
+/// does).
 struct Counting {
     addr: std::net::SocketAddr,
     accepted: Arc<AtomicUsize>,
@@ -25,7 +26,7 @@ struct Counting {
 }
 
 impl Counting {
-    async fn start(one_per_connection: bool) -> Self {
+    async fn start(one_per_connection: bool, delay: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (accepted, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -35,7 +36,7 @@ impl Counting {
                 counters.0.fetch_add(1, Ordering::SeqCst);
                 let ended = counters.1.clone();
                 tokio::spawn(async move {
-                    serve(stream, one_per_connection).await;
+                    serve(stream, one_per_connection, delay).await;
                     ended.fetch_add(1, Ordering::SeqCst);
                 });
             }
@@ -51,12 +52,13 @@ impl Drop for Counting {
 }
 
 /// Answers request heads (no bodies) until the other side closes.
-async fn serve(mut stream: TcpStream, one_per_connection: bool) {
+async fn serve(mut stream: TcpStream, one_per_connection: bool, delay: Duration) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             buf.drain(..end + 4);
+            tokio::time::sleep(delay).await;
             if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
                 return;
             }
@@ -73,7 +75,7 @@ async fn serve(mut stream: TcpStream, one_per_connection: bool) {
 
 #[tokio::test]
 async fn target_connections_are_reused_and_closed_when_idle() {
-    let target = Counting::start(false).await;
+    let target = Counting::start(false, Duration::ZERO).await;
     let p = portico(&["proxy.upstream_idle_timeout=\"1s\""]);
     p.add_host("pooled.test", target.addr, &[]);
     let client = Proxy::h1(p.http);
@@ -96,7 +98,7 @@ async fn target_connections_are_reused_and_closed_when_idle() {
 
 #[tokio::test]
 async fn a_target_that_closes_kept_connections_costs_no_request() {
-    let target = Counting::start(true).await;
+    let target = Counting::start(true, Duration::ZERO).await;
     let p = portico(&[]);
     p.add_host("closing.test", target.addr, &[]);
     let client = Proxy::h1(p.http);
@@ -111,4 +113,28 @@ async fn a_target_that_closes_kept_connections_costs_no_request() {
         .await;
     }
     assert_eq!(target.accepted.load(Ordering::SeqCst), 30);
+}
+
+#[tokio::test]
+async fn after_a_burst_only_so_many_target_connections_stay_open() {
+    let target = Counting::start(false, Duration::from_millis(1500)).await;
+    let p = portico(&[]);
+    p.add_host("burst.test", target.addr, &[]);
+    let burst = 300;
+    let requests = (0..burst).map(|i| {
+        let client = Proxy::h1(p.http);
+        async move { client.get("burst.test", &format!("/{i}")).await.status }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    // Each request held its connection for 1.5 s: nearly all were in flight together.
+    let kept = portico_proxy::pool::MAX_IDLE_PER_TARGET;
+    let opened = target.accepted.load(Ordering::SeqCst);
+    assert!(opened > kept, "{opened} connections in flight together, not more than the {kept} kept");
+    // Those beyond the number kept are closed now, not after the 90 s idle timeout.
+    eventually(Duration::from_secs(5), "connections beyond those kept are closed", || async {
+        (target.ended.load(Ordering::SeqCst) >= opened - kept).then_some(())
+    })
+    .await;
+    assert_eq!(opened - target.ended.load(Ordering::SeqCst), kept, "the kept ones stay open");
 }
