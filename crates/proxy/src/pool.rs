@@ -86,21 +86,35 @@ impl Pool {
     /// A connection to `target` ready for a request: an idle one when there is one still
     /// open, else a new one.
     pub async fn checkout(self: &Arc<Self>, target: &Target, tls: bool) -> Result<Lease, ProxyError> {
-        loop {
+        let mut busy = Vec::new();
+        let found = loop {
             let idle = self.parked()[usize::from(tls)].get_mut(target.authority()).and_then(Vec::pop);
-            let Some(Idle { mut sender, since }) = idle else { break };
+            let Some(Idle { mut sender, since }) = idle else { break None };
             if sender.is_closed() || since.elapsed() >= self.idle_timeout {
                 continue;
             }
-            // Parked at the end of a response: hyper makes it ready for the next at once,
-            // unless the target closed it.
-            if sender.ready().await.is_ok() {
-                return Ok(self.lease(sender, target, tls, true));
+            // Parked at the end of a response, it is ready at once; unless it is still sending
+            // the request's body (the target answered before reading it all): then it goes
+            // back to wait for its turn, and this request takes another.
+            match std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await {
+                Poll::Ready(Ok(())) => break Some(sender),
+                Poll::Ready(Err(_)) => {}
+                Poll::Pending => busy.push(Idle { sender, since }),
+            }
+        };
+        if !busy.is_empty() {
+            let mut parked = self.parked();
+            // At the front: the next request looks at the most recently parked ones first.
+            if let Some(list) = parked[usize::from(tls)].get_mut(target.authority()) {
+                list.splice(0..0, busy);
             }
         }
-        // Boxed: opening a connection (TLS included) is a large future, and rare once the pool
-        // is warm; inline, every request's future would carry its room.
-        Box::pin(self.connect(target, tls)).await
+        match found {
+            Some(sender) => Ok(self.lease(sender, target, tls, true)),
+            // Boxed: opening a connection (TLS included) is a large future, and rare once the
+            // pool is warm; inline, every request's future would carry its room.
+            None => Box::pin(self.connect(target, tls)).await,
+        }
     }
 
     /// A new connection to `target`.

@@ -14,7 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::portico;
 
 /// A target that counts the connections it accepts and those the proxy closed, and answers
-/// every `GET` with `ok` after `delay` (and, when `one_per_connection`, closes the connection
+/// every `GET` with `ok` after `delay`, and every `POST` at once with `413` without reading
+/// its body (and, when `one_per_connection`, closes the connection
 /// after the first answer without saying so, as a target with a short keep-alive timeout
 /// does).
 struct Counting {
@@ -57,9 +58,15 @@ async fn serve(mut stream: TcpStream, one_per_connection: bool, delay: Duration)
     let mut chunk = [0u8; 4096];
     loop {
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let post = buf.starts_with(b"POST");
             buf.drain(..end + 4);
-            tokio::time::sleep(delay).await;
-            if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+            let answer: &[u8] = if post {
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n"
+            } else {
+                tokio::time::sleep(delay).await;
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            };
+            if stream.write_all(answer).await.is_err() {
                 return;
             }
             if one_per_connection {
@@ -137,4 +144,22 @@ async fn after_a_burst_only_so_many_target_connections_stay_open() {
     })
     .await;
     assert_eq!(opened - target.ended.load(Ordering::SeqCst), kept, "the kept ones stay open");
+}
+
+#[tokio::test]
+async fn a_connection_still_sending_an_early_answered_upload_is_not_waited_for() {
+    let target = Counting::start(false, Duration::ZERO).await;
+    let p = portico(&["proxy.upstream_timeout=\"3s\""]);
+    p.add_host("early.test", target.addr, &[]);
+    // An upload the target refuses before reading it; the client goes on sending, slowly.
+    let mut upload = TcpStream::connect(p.http).await.unwrap();
+    upload.write_all(b"POST /up HTTP/1.1\r\nHost: early.test\r\nContent-Length: 1000000\r\n\r\nxxxx").await.unwrap();
+    let mut head = [0u8; 12];
+    upload.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
+    // The target connection is still carrying that body; the next request takes another.
+    let answer = Proxy::h1(p.http).get("early.test", "/next").await;
+    assert_eq!((answer.status, answer.text().as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(target.accepted.load(Ordering::SeqCst), 2);
+    drop(upload);
 }
