@@ -1,10 +1,10 @@
 //! Connections to targets, kept open between requests: hyper's connection-level HTTP/1.1
 //! client under Portico's own pool.
 //!
-//! A request takes the most recently parked connection to its target (or opens one), and its
-//! response body parks the connection again once the target has sent all of it. Nothing else
-//! runs per request: no task to wait for the connection to become idle, no pool key built and
-//! hashed per request beyond one lookup by the target's authority. A connection whose
+//! Each connection has a task that drives it. A request takes the most recently parked
+//! connection to its target that is ready (or opens one), and its response body parks the
+//! connection again once the target has sent all of it. Nothing is spawned per request, and
+//! the pool is found by one hash lookup of the target's authority. A connection whose
 //! response was not read to the end, or that was upgraded, is not parked: hyper closes it.
 
 use std::collections::HashMap;
