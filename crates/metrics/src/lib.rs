@@ -305,6 +305,11 @@ impl Metrics {
         self
     }
 
+    /// Whether requests are counted (see [`Metrics::counting_requests`]).
+    pub fn counts_requests(&self) -> bool {
+        self.per_request
+    }
+
     /// Counts one request's outcome: `host` the pattern that routed it (none: `-`).
     pub fn request(&self, host: Option<&Arc<str>>, status: u16, protocol: &'static str, seconds: f64, bytes: u64) {
         if !self.per_request {

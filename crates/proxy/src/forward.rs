@@ -129,7 +129,7 @@ impl Upstream {
         }
         add_forwarded(&mut parts.headers, origin);
 
-        let asked = std::time::Instant::now();
+        let asked = self.config.metrics.counts_requests().then(std::time::Instant::now);
         // Built inside the call, not bound first: a future held in a variable and then moved
         // into `timeout` takes room twice in this one's state.
         let (mut response, lease) = match tokio::time::timeout(
@@ -141,7 +141,9 @@ impl Upstream {
             Err(_) => return Err(ProxyError::TargetTimeout),
             Ok(result) => result?,
         };
-        self.config.metrics.upstream(asked.elapsed().as_secs_f64());
+        if let Some(asked) = asked {
+            self.config.metrics.upstream(asked.elapsed().as_secs_f64());
+        }
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // A switch nobody asked for would hand the connection to the target unseen.

@@ -174,6 +174,10 @@ impl LoggedBody {
 
     fn finish(&mut self) {
         let Some(e) = self.entry.take() else { return };
+        // Nothing reads the outcome: neither metrics nor a log line (no clock read either).
+        if e.format == crate::AccessLog::Off && !e.metrics.counts_requests() {
+            return;
+        }
         let elapsed = e.started.elapsed().as_secs_f64();
         let protocol = protocol(e.version);
         e.metrics.request(e.pattern.as_ref(), e.status, protocol, elapsed, self.bytes);

@@ -343,7 +343,8 @@ struct Activity {
     idle_since_ms: AtomicU64,
     /// Response frames handed to hyper whose bodies hyper has not asked for more since.
     handed: AtomicUsize,
-    /// When hyper last asked any response body for more, in milliseconds since `opened`.
+    /// When a response frame was last handed to hyper (it had asked for it), in milliseconds
+    /// since `opened`.
     written_ms: AtomicU64,
 }
 
@@ -455,9 +456,11 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self.taken();
         let this = &mut *self;
         let activity = &this.guard.0;
-        activity.written_ms.fetch_max(activity.now_ms(), Ordering::AcqRel);
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
+            // Handed now, when hyper asked: a stall counts from here (the clock is read only
+            // for frames handed, not for every ask).
+            activity.written_ms.fetch_max(activity.now_ms(), Ordering::AcqRel);
             this.handed = true;
             activity.handed.fetch_add(1, Ordering::AcqRel);
         }
