@@ -242,3 +242,19 @@ async fn acme_http01(shared: &Shared, name: &Hostname, path: &str) -> Option<Str
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_request_ids_are_sixteen_hex_digits_and_differ() {
+        let ids: Vec<String> = (0..100).map(|_| new_request_id().to_str().unwrap().to_owned()).collect();
+        for id in &ids {
+            assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{id}");
+            assert!(valid_request_id(id.as_bytes()), "a new id is one a client may send back");
+        }
+        let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
+}
