@@ -63,9 +63,7 @@ impl NamePolicy for portico_model::Routes {
     }
 
     fn has_pattern(&self, pattern: &str) -> bool {
-        // A name only `pattern` (a `*.` one) can match best, unless a host names it.
-        let Some(parent) = pattern.strip_prefix("*.") else { return false };
-        self.snapshot().lookup(&format!("portico-probe--.{parent}")).is_some_and(|(p, _)| p.to_string() == pattern)
+        portico_model::HostPattern::parse(pattern).is_ok_and(|p| self.snapshot().get(&p).is_some())
     }
 }
 

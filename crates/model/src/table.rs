@@ -122,6 +122,25 @@ impl<T> HostTable<T> {
         Some((pattern, value))
     }
 
+    /// The value of exactly this pattern, if the table holds it (no matching: `*.a.com`
+    /// finds only `*.a.com`).
+    pub fn get(&self, pattern: &HostPattern) -> Option<&T> {
+        let mut node = 0u32;
+        for label in pattern.labels().rev() {
+            let n = self.nodes[node as usize];
+            node = match label {
+                PatternLabel::Literal(text) => *self.edges.get(&EdgeRef { parent: node, label: text })?,
+                PatternLabel::One => n.one,
+                PatternLabel::Many => n.many,
+            };
+            if node == NONE {
+                return None;
+            }
+        }
+        let entry = self.nodes[node as usize].entry;
+        (entry != NONE).then(|| &self.entries[entry as usize].1)
+    }
+
     /// How many patterns the table holds.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -283,6 +302,17 @@ mod tests {
     fn find(table: &HostTable<()>, name: &str) -> Option<String> {
         let name = Hostname::parse(name).ok()?;
         table.lookup(name.as_str()).map(|(p, _)| p.to_string())
+    }
+
+    #[test]
+    fn get_finds_exactly_the_pattern_given() {
+        let t = table(&["*.a.com", "portico-probe--.a.com", "x.*.b.com", "**.c.com"]);
+        let get = |p: &str| t.get(&HostPattern::parse(p).unwrap()).is_some();
+        assert!(get("*.a.com"), "a more specific host beside it does not hide it");
+        assert!(get("portico-probe--.a.com") && get("x.*.b.com") && get("**.c.com"));
+        for absent in ["a.com", "**.a.com", "*.*.a.com", "y.a.com", "*.b.com", "*.c.com"] {
+            assert!(!get(absent), "{absent}");
+        }
     }
 
     /// The seed's own unit-test table (`host_lookup.test.js`), with matching now
