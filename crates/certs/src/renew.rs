@@ -89,11 +89,9 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
 /// Sweeps every `interval` until `shutdown`.
 pub async fn run(certs: Arc<Certs>, interval: Duration, shutdown: CancellationToken) {
     loop {
-        let started = std::time::Instant::now();
-        let swept = sweep(&certs).await;
         // A sweep that ran but could not renew something still ran; its failures show per
         // certificate.
-        certs.metrics().job("renewal", swept.is_ok(), started.elapsed().as_secs_f64());
+        let swept = certs.metrics().run_job("renewal", sweep(&certs)).await;
         if let Err(e) = swept {
             tracing::warn!(error = %e, "the renewal sweep failed; it runs again at the next interval");
         }

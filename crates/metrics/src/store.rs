@@ -23,10 +23,14 @@ impl MeteredStore {
         Self { inner, metrics }
     }
 
-    async fn timed<T>(&self, op: &str, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = call.await;
-        let labels = OpLabels { op: op.to_owned() };
+        let labels = OpLabels { op };
         self.metrics.store_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
         if result.is_err() {
             self.metrics.store_errors.get_or_create(&labels).inc();

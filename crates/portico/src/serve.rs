@@ -277,9 +277,7 @@ async fn sync_dns_domains(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep_until(next) => {}
         }
-        let started = std::time::Instant::now();
-        let synced = portico_api::sync_dns_domains(store.as_ref(), &endpoints).await;
-        metrics.job("dns_sync", synced.is_ok(), started.elapsed().as_secs_f64());
+        let synced = metrics.run_job("dns_sync", portico_api::sync_dns_domains(store.as_ref(), &endpoints)).await;
         if let Err(e) = synced {
             tracing::warn!(error = %e, "cannot sync DNS providers' domains; trying again later");
         }

@@ -162,7 +162,7 @@ async fn handshake(
     watch: &Watch,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Conn)> {
     let accepted = std::time::Instant::now();
-    let metrics = config.metrics.clone();
+    let metrics = &config.metrics;
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let hello_by = tokio::time::Instant::now() + config.header_read_timeout.min(config.handshake_timeout);
     let hello = tokio::time::timeout_at(hello_by, LazyConfigAcceptor::new(Acceptor::default(), stream));
