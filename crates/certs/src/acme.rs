@@ -157,18 +157,13 @@ impl AcmeIssuer {
     }
 
     fn http_client(&self) -> Result<Box<dyn instant_acme::HttpClient>, IssueError> {
-        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let mut roots = rustls::RootCertStore::empty();
         for path in &self.settings.ca_roots {
             for cert in read_roots(path).map_err(|e| IssueError::local(e.to_string()))? {
                 roots.add(cert).map_err(|e| IssueError::local(format!("{}: {e}", path.display())))?;
             }
         }
-        let tls =
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| IssueError::local(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let tls = portico_dns::client_tls(roots);
         let connector =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

@@ -28,6 +28,7 @@ use portico_store::{Store, StoreError};
 
 pub use manager::{CertSettings, Certs, NamePolicy, Owner, covering_wildcard};
 pub use portico_dns::Endpoints as DnsEndpoints;
+pub use portico_dns::client_tls;
 pub use stored::{Loaded, Meta, StoredCert};
 
 /// Something went wrong with a certificate.

@@ -31,21 +31,25 @@ pub(crate) struct Answer {
     pub text: String,
 }
 
+/// The TLS configuration of Portico's clients (DNS provider APIs, the ACME server, targets
+/// whose certificates are checked): *ring*, trusting the web PKI's roots and `extra`.
+pub fn client_tls(extra: rustls::RootCertStore) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    roots.roots.extend(extra.roots);
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 impl Http {
     pub(crate) fn new(provider: &'static str, base: &str, timeout: Duration) -> Self {
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        let tls =
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let connector = match tls {
-            Ok(tls) => builder.with_tls_config(tls),
-            Err(_) => builder.with_webpki_roots(),
-        }
-        .https_or_http()
-        .enable_http1()
-        .build();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_tls(rustls::RootCertStore::empty()))
+            .https_or_http()
+            .enable_http1()
+            .build();
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         Self { provider, base: base.trim_end_matches('/').to_owned(), client, timeout }
     }

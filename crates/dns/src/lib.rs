@@ -26,6 +26,7 @@ use async_trait::async_trait;
 
 pub use cloudflare::{Auth as CloudflareAuth, Cloudflare};
 pub use digitalocean::DigitalOcean;
+pub use http::client_tls;
 pub use porkbun::Porkbun;
 pub use rfc2136::Rfc2136;
 

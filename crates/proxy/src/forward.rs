@@ -91,12 +91,7 @@ impl Upstream {
     /// `shutdown`.
     pub fn new(config: Arc<ProxyConfig>, tunnels: TaskTracker, shutdown: CancellationToken) -> Self {
         let mut tls = if config.target_tls_verify {
-            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports TLS 1.2 and 1.3")
-                .with_root_certificates(roots)
-                .with_no_client_auth()
+            portico_certs::client_tls(rustls::RootCertStore::empty())
         } else {
             insecure::client_config()
         };
