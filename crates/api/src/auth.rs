@@ -36,9 +36,14 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the caller is an admin.
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
     /// Fails with 403 unless the caller is an admin.
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.role == Role::Admin { Ok(()) } else { Err(ApiError::Forbidden("this action needs the admin role")) }
+        if self.is_admin() { Ok(()) } else { Err(ApiError::Forbidden("this action needs the admin role")) }
     }
 }
 

@@ -1,5 +1,5 @@
-//! `GET /api/cert/{host}`: certificate metadata; the private key only by an explicit,
-//! logged, admin-only export (`?include_private_key=true`).
+//! `GET /api/cert/{host}`: certificate metadata, and the stored PEMs at the top level as the
+//! seed answers them; the private key to admins only, every export logged.
 //!
 //! Certificates are read from the store in lua-resty-auto-ssl's layout (`<name>:latest`), so
 //! certificates carried over from a seed deployment show up here too.
@@ -19,15 +19,15 @@ use crate::error::ApiError;
 use crate::openapi as doc;
 use crate::state::Api;
 
-/// `GET /api/cert/{host}[?include_private_key=true]`: the stored certificate's metadata and
+/// `GET /api/cert/{host}[?include_private_key=true|false]`: the stored certificate's metadata and
 /// Portico's state for the name (attempts, backoff, last error). A name whose issuance keeps
 /// failing has state but no certificate; it is shown with `status: "none"`.
 #[utoipa::path(
     get,
     path = "/api/cert/{host}",
     tag = "certs",
-    params(("host" = String, Path, description = "A host name"), ("include_private_key" = Option<bool>, Query, description = "Admins only: include the private key (logged)")),
-    responses((status = 200, body = doc::Item<doc::Cert>), doc::AuthErrors, doc::Missing),
+    params(("host" = String, Path, description = "A host name"), ("include_private_key" = Option<bool>, Query, description = "`true`: the private key (admins only, else 403); `false`: never. Unset: for admins (as the seed's UI asks). Every export is logged")),
+    responses((status = 200, body = doc::CertAnswer), doc::AuthErrors, doc::Missing),
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn get(
@@ -88,13 +88,36 @@ pub async fn get(
         out.insert("step".into(), text(&state.step));
         out.insert("failed_step".into(), text(&state.failed_step));
     }
-    if query.get("include_private_key").is_some_and(|v| v == "true") {
-        caller.require_admin()?;
-        let key = stored.as_ref().and_then(|s| s.get("privkey_pem")).cloned().unwrap_or(Value::Null);
-        tracing::warn!(username = %caller.username, host = %name, "private key exported through the API");
-        out.insert("privkey_pem".into(), key);
+    // The seed answers the stored JSON itself (`cert_pem`, `fullchain_pem`, `privkey_pem`,
+    // `expiry`), and its UI downloads those fields: they are at the top level too.
+    let export_key = match query.get("include_private_key").map(String::as_str) {
+        Some("true") => {
+            caller.require_admin()?;
+            true
+        }
+        Some(_) => false,
+        // A plain request, as the seed's UI makes: the key for admins only.
+        None => caller.is_admin(),
+    };
+    let mut answer = Map::new();
+    if let Some(Value::Object(stored)) = &stored {
+        for (field, value) in stored {
+            if field != "privkey_pem" {
+                answer.insert(field.clone(), value.clone());
+            }
+        }
     }
-    Ok(Json(json!({ "item": host, "results": out })))
+    if export_key {
+        let key = stored.as_ref().and_then(|s| s.get("privkey_pem")).cloned().unwrap_or(Value::Null);
+        if !key.is_null() {
+            tracing::warn!(username = %caller.username, host = %name, "private key exported through the API");
+        }
+        out.insert("privkey_pem".into(), key.clone());
+        answer.insert("privkey_pem".into(), key);
+    }
+    answer.insert("item".into(), json!(host));
+    answer.insert("results".into(), Value::Object(out));
+    Ok(Json(Value::Object(answer)))
 }
 
 /// Names, issuer, validity (milliseconds) and status of the first certificate of a PEM chain.

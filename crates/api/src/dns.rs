@@ -12,8 +12,8 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
 use portico_dns::{DnsError, DnsProvider};
-use portico_model::Hostname;
 use portico_model::dns::{PROVIDERS, ProviderType, SECRET_FIELDS, provider_type};
+use portico_model::{HostPattern, Hostname};
 use portico_store::{Fields, Kind, Revision, Store, StoreError};
 use serde_json::{Map, Value, json};
 
@@ -27,7 +27,25 @@ use crate::state::Api;
 use crate::users::listing;
 
 fn info(p: &ProviderType) -> Value {
-    json!({ "name": p.name, "displayName": p.display_name, "fields": credential_specs(p) })
+    let mut out = display(p);
+    out.insert("name".into(), json!(p.name));
+    Value::Object(out)
+}
+
+/// How a UI shows a provider type: its names, icon and credential fields (the seed's
+/// `displayName`, `displayIconUni`, `displayIconHtml` as an SVG `data:` URL, `fields`).
+fn display(p: &ProviderType) -> Map<String, Value> {
+    let initial = p.display_name.get(..1).unwrap_or("?");
+    let icon = format!(
+        "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E%3Ccircle cx='16' cy='16' r='16' fill='%23{}'/%3E%3Ctext x='16' y='22' font-size='17' font-family='sans-serif' text-anchor='middle' fill='white'%3E{initial}%3C/text%3E%3C/svg%3E",
+        p.color
+    );
+    let mut out = Map::new();
+    out.insert("displayName".into(), json!(p.display_name));
+    out.insert("displayIconUni".into(), json!(p.glyph));
+    out.insert("displayIconHtml".into(), json!(icon));
+    out.insert("fields".into(), Value::Object(credential_specs(p)));
+    out
 }
 
 /// The credential fields of a provider type, as the seed's UI reads them.
@@ -46,10 +64,56 @@ fn credential_specs(p: &ProviderType) -> Map<String, Value> {
 fn provider_json(fields: &Fields) -> Map<String, Value> {
     let mut out = public(fields);
     if let Some(p) = fields.get("dnsProvider").and_then(|n| provider_type(n)) {
-        out.insert("displayName".into(), json!(p.display_name));
-        out.insert("fields".into(), Value::Object(credential_specs(p)));
+        out.extend(display(p));
     }
     out
+}
+
+/// Every DNS zone and provider, read once, to show what relates hosts, zones and providers:
+/// a provider's `domains`, a zone's `provider`, a host's `domain` (the zone it is in).
+pub(crate) struct Zones {
+    domains: Vec<(String, Fields)>,
+    providers: HashMap<String, Fields>,
+}
+
+impl Zones {
+    pub(crate) async fn load(store: &dyn Store) -> Result<Self, StoreError> {
+        let domains = store.records(Kind::Domain).await?;
+        let providers = store.records(Kind::DnsProvider).await?.into_iter().collect();
+        Ok(Self { domains, providers })
+    }
+
+    /// A provider with its zones.
+    fn provider(&self, id: &str, fields: &Fields) -> Map<String, Value> {
+        let mut out = provider_json(fields);
+        let domains = self
+            .domains
+            .iter()
+            .filter(|(_, d)| d.get("dnsProvider_id").is_some_and(|p| p == id))
+            .map(|(_, d)| Value::Object(public(d)))
+            .collect();
+        out.insert("domains".into(), Value::Array(domains));
+        out
+    }
+
+    /// A zone with its provider.
+    fn zone(&self, fields: &Fields) -> Value {
+        let mut out = public(fields);
+        let provider = fields.get("dnsProvider_id").and_then(|id| self.providers.get(id));
+        out.insert("provider".into(), provider.map_or(Value::Null, |p| Value::Object(provider_json(p))));
+        Value::Object(out)
+    }
+
+    /// The managed zone a host name or pattern is in (the longest), with its provider. For a
+    /// pattern, the zone of the part after its last wildcard label (`*.a.example.com` and
+    /// `api.*.example.com` are in `example.com`'s zone when that is the managed one).
+    pub(crate) fn zone_of(&self, pattern: &str) -> Option<Value> {
+        let fixed = pattern.rfind("*.").map_or(pattern, |at| &pattern[at + 2..]);
+        portico_dns::parents(fixed).find_map(|zone| {
+            let at = self.domains.binary_search_by(|(key, _)| key.as_str().cmp(zone)).ok()?;
+            Some(self.zone(&self.domains[at].1))
+        })
+    }
 }
 
 /// Every field but credentials.
@@ -83,7 +147,12 @@ pub async fn list(
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    listing(&api, Kind::DnsProvider, &query, |f| Some(Value::Object(provider_json(f)))).await
+    let zones = Zones::load(api.store.as_ref()).await?;
+    listing(&api, Kind::DnsProvider, &query, |f| {
+        let id = f.get("id")?;
+        Some(Value::Object(zones.provider(id, f)))
+    })
+    .await
 }
 
 /// `POST /api/dns {name, dnsProvider, token | apiKey + secretApiKey}` (admin).
@@ -268,7 +337,8 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let (fields, revision) = stored_provider_at(&api, &id).await?;
-    Ok((etag(revision), Json(json!({ "item": id, "results": provider_json(&fields) }))))
+    let zones = Zones::load(api.store.as_ref()).await?;
+    Ok((etag(revision), Json(json!({ "item": id, "results": zones.provider(&id, &fields) }))))
 }
 
 /// `PUT /api/dns/{id} {name?, credentials?}` (admin).
@@ -404,7 +474,8 @@ pub async fn list_domains(
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    listing(&api, Kind::Domain, &query, |f| Some(Value::Object(public(f)))).await
+    let zones = Zones::load(api.store.as_ref()).await?;
+    listing(&api, Kind::Domain, &query, |f| Some(zones.zone(f))).await
 }
 
 /// `POST /api/dns/domain {domain, dnsProvider_id, zoneId?}` (admin).
@@ -458,14 +529,11 @@ pub async fn find_domain(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::NotFound { kind: "Domain", key: name.clone() };
-    let host = Hostname::parse(&name).map_err(|_| not_found())?;
-    // The longest managed domain the name is in: its own record, else its parents'.
-    for zone in portico_dns::parents(host.as_str()) {
-        if let Some(record) = api.store.record(Kind::Domain, zone).await? {
-            return Ok(Json(json!({ "results": [public(&record)] })));
-        }
-    }
-    Err(not_found())
+    // A name or a host pattern (the seed's UI asks for `*.example.com`).
+    let pattern = HostPattern::parse(&name).map_err(|_| not_found())?;
+    let zones = Zones::load(api.store.as_ref()).await?;
+    let zone = zones.zone_of(pattern.as_str()).ok_or_else(not_found)?;
+    Ok(Json(json!({ "results": [zone] })))
 }
 
 /// `DELETE /api/dns/domain/{domain}` (admin).

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
 use crate::conditional::{self, etag};
+use crate::dns::Zones;
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
 use crate::json::with_message;
@@ -44,7 +45,16 @@ pub async fn list(
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    listing(&api, Kind::Host, &query, |f| Host::from_fields(f).ok().map(|h| Value::Object(h.to_json()))).await
+    let zones = Zones::load(api.store.as_ref()).await?;
+    listing(&api, Kind::Host, &query, |f| Host::from_fields(f).ok().map(|h| host_json(&h, &zones))).await
+}
+
+/// A host as the API shows it, with the seed's `domain` relation: the managed DNS zone it is
+/// in, with that zone's provider (`null` when it is in none).
+fn host_json(host: &Host, zones: &Zones) -> Value {
+    let mut out = host.to_json();
+    out.insert("domain".into(), zones.zone_of(host.host.as_str()).unwrap_or(Value::Null));
+    Value::Object(out)
 }
 
 /// `POST /api/host {host, ip, targetPort, forcessl?, targetssl?}`.
@@ -97,7 +107,8 @@ pub async fn get(
     Path(item): Path<String>,
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let (_, host, revision) = stored(&api, &item).await?;
-    Ok((etag(revision), Json(json!({ "item": item, "results": host.to_json() }))))
+    let zones = Zones::load(api.store.as_ref()).await?;
+    Ok((etag(revision), Json(json!({ "item": item, "results": host_json(&host, &zones) }))))
 }
 
 /// `PUT /api/host/{item}`: partial update; a new `host` renames it.

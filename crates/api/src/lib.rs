@@ -66,12 +66,39 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 }
 
 /// Every route of the API, and `/api/openapi.json`.
+///
+/// A path with a trailing slash is the path without it (`POST /api/user/` is `POST
+/// /api/user`), as in the seed (Express), whose UI sends both forms.
 pub fn router(api: Api) -> Router {
     let (routes, doc) = documented().split_for_parts();
     let doc = Arc::new(doc);
-    routes
+    let routes = routes
         .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(api)
+        .with_state(api);
+    // Routing happens inside a `Router`, so the path is trimmed by a service in front of it.
+    Router::new().fallback_service(tower::ServiceExt::map_request(routes, without_trailing_slash))
+}
+
+/// The request with its path's trailing slashes removed (but for `/` itself).
+fn without_trailing_slash<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let uri = request.uri();
+    let path = uri.path();
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.len() == path.len() || trimmed.is_empty() {
+        return request;
+    }
+    let rebuilt = match uri.query() {
+        Some(query) => format!("{trimmed}?{query}"),
+        None => trimmed.to_owned(),
+    };
+    if let Ok(path_and_query) = http::uri::PathAndQuery::try_from(rebuilt) {
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
 }

@@ -326,6 +326,8 @@ pub struct Host {
     target_port: u16,
     forcessl: bool,
     targetssl: bool,
+    /// When read: the managed DNS zone the host is in, with its provider (`null`: none).
+    domain: Option<Domain>,
     #[serde(flatten)]
     bookkeeping: Bookkeeping,
 }
@@ -376,20 +378,34 @@ pub struct DnsProvider {
     name: String,
     #[serde(rename = "dnsProvider")]
     dns_provider: String,
-    #[serde(rename = "displayName")]
-    display_name: String,
-    fields: std::collections::BTreeMap<String, CredentialField>,
+    #[serde(flatten)]
+    display: ProviderDisplay,
+    /// The zones it manages.
+    domains: Vec<Domain>,
     #[serde(flatten)]
     bookkeeping: Bookkeeping,
+}
+
+/// How a UI shows a provider type.
+#[derive(Serialize, ToSchema)]
+pub struct ProviderDisplay {
+    #[serde(rename = "displayName")]
+    display_name: String,
+    /// A Font Awesome glyph (an HTML character reference), as the seed's UI shows it.
+    #[serde(rename = "displayIconUni")]
+    display_icon_uni: String,
+    /// An icon: an SVG `data:` URL.
+    #[serde(rename = "displayIconHtml")]
+    display_icon_html: String,
+    fields: std::collections::BTreeMap<String, CredentialField>,
 }
 
 /// A provider type.
 #[derive(Serialize, ToSchema)]
 pub struct DnsProviderType {
     name: String,
-    #[serde(rename = "displayName")]
-    display_name: String,
-    fields: std::collections::BTreeMap<String, CredentialField>,
+    #[serde(flatten)]
+    display: ProviderDisplay,
 }
 
 /// A credential field, as the seed's UI reads it.
@@ -422,6 +438,9 @@ pub struct Domain {
     dns_provider_id: String,
     #[serde(rename = "zoneId")]
     zone_id: Option<String>,
+    /// When read: the provider that manages it (a DNS provider without its `domains`).
+    #[schema(value_type = Option<Object>)]
+    provider: Option<serde_json::Value>,
     #[serde(flatten)]
     bookkeeping: Bookkeeping,
 }
@@ -454,8 +473,22 @@ pub struct Cert {
     last_error: Option<String>,
     cert_pem: Option<String>,
     fullchain_pem: Option<String>,
-    /// Only with `?include_private_key=true`, for admins; every export is logged.
+    /// Admins only (see [`CertAnswer`]); every export is logged.
     privkey_pem: Option<String>,
+}
+
+/// `GET /api/cert/{host}`: Portico's view under `results`, and the stored certificate's own
+/// fields at the top level, as the seed answers them (its UI downloads them from there).
+#[derive(Serialize, ToSchema)]
+pub struct CertAnswer {
+    item: String,
+    results: Cert,
+    cert_pem: Option<String>,
+    fullchain_pem: Option<String>,
+    /// For admins, unless `include_private_key=false`; every export is logged.
+    privkey_pem: Option<String>,
+    /// The certificate's expiry as stored (seconds since the epoch).
+    expiry: Option<i64>,
 }
 
 /// `{status: "ok"}`.

@@ -12,16 +12,34 @@ pub struct ProviderType {
     /// Credential fields: stored name and display name. Those in [`SECRET_FIELDS`] are
     /// never shown.
     pub credentials: &'static [(&'static str, &'static str)],
+    /// The colour of its icon in a UI (RGB hex, no `#`).
+    pub color: &'static str,
+    /// Its Font Awesome glyph, as the seed's UI shows it (an HTML character reference).
+    pub glyph: &'static str,
 }
 
 /// Every provider type.
 pub const PROVIDERS: [ProviderType; 4] = [
-    ProviderType { name: "Cloudflare", display_name: "CloudFlare", credentials: &[("token", "API Token")] },
-    ProviderType { name: "DigitalOcean", display_name: "DigitalOcean", credentials: &[("token", "API Token")] },
+    ProviderType {
+        name: "Cloudflare",
+        display_name: "CloudFlare",
+        credentials: &[("token", "API Token")],
+        color: "f38020",
+        glyph: "&#xe07d;",
+    },
+    ProviderType {
+        name: "DigitalOcean",
+        display_name: "DigitalOcean",
+        credentials: &[("token", "API Token")],
+        color: "0080ff",
+        glyph: "&#xf391;",
+    },
     ProviderType {
         name: "PorkBun",
         display_name: "PorkBun",
         credentials: &[("apiKey", "API Key"), ("secretApiKey", "Secret API Key")],
+        color: "ef7878",
+        glyph: "&#xf0ac;",
     },
     // RFC 2136 dynamic updates with TSIG (BIND, Knot, PowerDNS, Technitium): the protocol
     // cannot list zones, so the account names them.
@@ -35,6 +53,8 @@ pub const PROVIDERS: [ProviderType; 4] = [
             ("secret", "TSIG secret (base64)"),
             ("zones", "Zones (comma-separated)"),
         ],
+        color: "4a5568",
+        glyph: "&#xf233;",
     },
 ];
 

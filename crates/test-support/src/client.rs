@@ -160,13 +160,13 @@ impl ApiClient {
         self.raw(method, path, &headers, body).await
     }
 
-    /// Sends a request with exactly these headers and body text.
+    /// Sends a request with these headers and body text (JSON unless a `content-type` is given).
     pub async fn raw(&self, method: &str, path: &str, headers: &[(&str, String)], body: String) -> Reply {
         let mut request = Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        if !body.is_empty() {
+        if !body.is_empty() && !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
             request = request.header("content-type", "application/json");
         }
         let body = http_body_util::Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed();

@@ -15,6 +15,7 @@ mod metrics;
 mod partition;
 mod routing;
 mod seed;
+mod seed_ui;
 mod streaming;
 mod upstream;
 mod websocket;
