@@ -52,7 +52,14 @@ impl FromRequestParts<Api> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, ApiError> {
         let token = presented_token(parts).ok_or(ApiError::LoginFailed)?;
-        let token_key = token_key(token);
+        Caller::of_token_key(api, token_key(token)).await
+    }
+}
+
+impl Caller {
+    /// The holder of the token with this store key, if the token is valid (not revoked, not
+    /// expired, its user still there); else `LoginFailed`.
+    pub async fn of_token_key(api: &Api, token_key: String) -> Result<Caller, ApiError> {
         let record = api.store.record(Kind::AuthToken, &token_key).await?.ok_or(ApiError::LoginFailed)?;
         let valid = record.get("is_valid").is_none_or(|v| v == "true");
         if !valid || expires_on(&record) <= portico_store::now_ms() {

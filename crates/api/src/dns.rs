@@ -61,7 +61,7 @@ fn credential_specs(p: &ProviderType) -> Map<String, Value> {
 }
 
 /// A provider as the API shows it: public fields and its type's info, never credentials.
-fn provider_json(fields: &Fields) -> Map<String, Value> {
+pub(crate) fn provider_json(fields: &Fields) -> Map<String, Value> {
     let mut out = public(fields);
     if let Some(p) = fields.get("dnsProvider").and_then(|n| provider_type(n)) {
         out.extend(display(p));
@@ -117,7 +117,7 @@ impl Zones {
 }
 
 /// Every field but credentials.
-fn public(fields: &Fields) -> Map<String, Value> {
+pub(crate) fn public(fields: &Fields) -> Map<String, Value> {
     record_json(fields, &SECRET_FIELDS)
 }
 

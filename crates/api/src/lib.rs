@@ -14,6 +14,7 @@ pub mod error;
 mod health;
 mod hosts;
 mod json;
+mod live;
 pub mod lookup;
 pub mod openapi;
 mod session;
@@ -58,6 +59,7 @@ fn documented() -> OpenApiRouter<Api> {
         .routes(routes!(hosts::lookup))
         .routes(routes!(hosts::get, hosts::update, hosts::delete))
         .routes(routes!(hosts::renew))
+        .routes(routes!(live::events))
 }
 
 /// The OpenAPI document of every route (also served at `/api/openapi.json`).
@@ -76,9 +78,10 @@ pub fn router(api: Api) -> Router {
         .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(api);
+        .with_state(api.clone());
     // Routing happens inside a `Router`, so the path is trimmed by a service in front of it.
-    Router::new().fallback_service(tower::ServiceExt::map_request(routes, without_trailing_slash))
+    let routes = tower::ServiceExt::map_request(routes, without_trailing_slash);
+    Router::new().fallback_service(tower::Layer::layer(&live::socket_io(api), routes))
 }
 
 /// The request with its path's trailing slashes removed (but for `/` itself).

@@ -50,6 +50,8 @@ pub struct ApiState {
     pub listeners_ready: AtomicBool,
     /// Certificates, for renewals asked through the API (`None`: not managed here).
     pub certs: Option<Arc<Certs>>,
+    /// Model events for live UIs.
+    pub feed: crate::live::Feed,
 }
 
 impl ApiState {
@@ -63,6 +65,7 @@ impl ApiState {
             limiter: LoginLimiter::new(Duration::from_secs(300), 5, 20),
             listeners_ready: AtomicBool::new(false),
             certs,
+            feed: crate::live::Feed::default(),
         })
     }
 }

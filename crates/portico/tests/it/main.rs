@@ -9,6 +9,7 @@ mod dns01;
 mod errors;
 mod https;
 mod lifecycle;
+mod live;
 mod logs;
 mod lookup;
 mod metrics;

@@ -1,0 +1,282 @@
+//! Live changes for UIs: the store's change feed as the seed's model events, topic
+//! `model:<Model>:<create|update|remove>:<key>` with the record as the API shows it, for
+//! hosts, DNS providers and domains. Served two ways, to holders of a valid token only:
+//! socket.io at `/socket.io/` (event `P2PSub`, `{topic, data}`, as the seed's UI expects), and
+//! server-sent events at `GET /api/events`.
+//!
+//! Changes made by any process reach every process's feed (a specific event, or a resync
+//! that is diffed against what was last seen), so every node's listeners see every change.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use portico_model::Host;
+use portico_store::{Change, Fields, Kind, Store, StoreError};
+use serde_json::{Value, json};
+use socketioxide::extract::{Data, SocketRef};
+use socketioxide::handler::ConnectHandler;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Caller, token_key};
+use crate::error::ApiError;
+use crate::state::Api;
+
+/// The kinds whose changes are announced.
+const ANNOUNCED: [Kind; 3] = [Kind::Host, Kind::DnsProvider, Kind::Domain];
+/// How often a listener's token is checked again, besides when the token's record changes
+/// (its expiry passes without a write).
+const TOKEN_RECHECK: Duration = Duration::from_secs(60);
+/// Events a slow listener may fall behind by before it misses some (it is then told to
+/// reload: a `resync` event).
+const BACKLOG: usize = 1024;
+
+/// What the feed announces.
+#[derive(Debug)]
+pub enum Event {
+    /// A record was created, updated or removed: the seed's `{topic, data}`.
+    Model(Value),
+    /// An auth token's record changed (its key): listeners holding it check it again.
+    Token(String),
+}
+
+/// The model-event feed of one process: started with its first listener.
+#[derive(Debug)]
+pub struct Feed {
+    sender: broadcast::Sender<Arc<Event>>,
+    started: OnceLock<()>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self { sender: broadcast::channel(BACKLOG).0, started: OnceLock::new() }
+    }
+}
+
+impl Feed {
+    /// A new listener (starts the feed if it is the first).
+    pub fn subscribe(&self, store: &Arc<dyn Store>) -> broadcast::Receiver<Arc<Event>> {
+        let receiver = self.sender.subscribe();
+        self.started.get_or_init(|| {
+            tokio::spawn(run(store.clone(), self.sender.clone()));
+        });
+        receiver
+    }
+}
+
+/// A record as the API shows it, for an event's `data`.
+fn render(kind: Kind, fields: &Fields) -> Option<Value> {
+    match kind {
+        Kind::Host => Host::from_fields(fields).ok().map(|h| Value::Object(h.to_json())),
+        Kind::DnsProvider => Some(Value::Object(crate::dns::provider_json(fields))),
+        Kind::Domain => Some(Value::Object(crate::dns::public(fields))),
+        _ => None,
+    }
+}
+
+type Seen = HashMap<(Kind, String), Value>;
+
+/// Follows the store's changes, turning them into events, until the process ends.
+async fn run(store: Arc<dyn Store>, sender: broadcast::Sender<Arc<Event>>) {
+    let mut changes = store.changes();
+    let mut seen = Seen::new();
+    // What is there now is the baseline: only what changes after it is announced.
+    resync(store.as_ref(), &mut seen, None).await;
+    loop {
+        match changes.recv().await {
+            Ok(Change::Record { kind: Kind::AuthToken, key }) => {
+                let _ = sender.send(Arc::new(Event::Token(key)));
+            }
+            Ok(Change::Record { kind, key }) if ANNOUNCED.contains(&kind) => {
+                if let Err(e) = refresh(store.as_ref(), &mut seen, &sender, kind, key).await {
+                    tracing::warn!(error = %e, "live feed: cannot read a changed record; re-reading everything");
+                    resync(store.as_ref(), &mut seen, Some(&sender)).await;
+                }
+            }
+            Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                resync(store.as_ref(), &mut seen, Some(&sender)).await;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Announces what became of one record since it was last seen.
+async fn refresh(
+    store: &dyn Store,
+    seen: &mut Seen,
+    sender: &broadcast::Sender<Arc<Event>>,
+    kind: Kind,
+    key: String,
+) -> Result<(), StoreError> {
+    let now = store.record(kind, &key).await?.and_then(|f| render(kind, &f));
+    announce(seen, sender, kind, key, now);
+    Ok(())
+}
+
+fn announce(seen: &mut Seen, sender: &broadcast::Sender<Arc<Event>>, kind: Kind, key: String, now: Option<Value>) {
+    let slot = (kind, key);
+    let (action, data) = match (now, seen.get(&slot)) {
+        (Some(now), Some(before)) if &now == before => return,
+        (Some(now), before) => {
+            let action = if before.is_some() { "update" } else { "create" };
+            seen.insert(slot.clone(), now.clone());
+            (action, now)
+        }
+        (None, Some(_)) => ("remove", seen.remove(&slot).unwrap_or_default()),
+        (None, None) => return,
+    };
+    let topic = format!("model:{}:{action}:{}", slot.0.name(), slot.1);
+    let _ = sender.send(Arc::new(Event::Model(json!({ "topic": topic, "data": data }))));
+}
+
+/// Re-reads every announced kind (retrying while the store is unavailable) and, with a
+/// sender, announces the differences.
+async fn resync(store: &dyn Store, seen: &mut Seen, sender: Option<&broadcast::Sender<Arc<Event>>>) {
+    loop {
+        match read_all(store).await {
+            Ok(now) => {
+                let Some(sender) = sender else {
+                    *seen = now;
+                    return;
+                };
+                let gone: Vec<(Kind, String)> = seen.keys().filter(|k| !now.contains_key(*k)).cloned().collect();
+                for (kind, key) in gone {
+                    announce(seen, sender, kind, key, None);
+                }
+                for ((kind, key), value) in now {
+                    announce(seen, sender, kind, key, Some(value));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "live feed: the store is unavailable; trying again");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+async fn read_all(store: &dyn Store) -> Result<Seen, StoreError> {
+    let mut all = Seen::new();
+    for kind in ANNOUNCED {
+        for (key, fields) in store.records(kind).await? {
+            if let Some(value) = render(kind, &fields) {
+                all.insert((kind, key), value);
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Hands model events to `deliver` while the token stays valid and `deliver` accepts them
+/// (it returns `false` once its listener is gone). A listener that fell behind gets a
+/// `{topic: "resync"}` event: reload.
+async fn follow(api: Api, token_key: String, mut deliver: impl FnMut(&Value) -> bool) {
+    let mut events = api.feed.subscribe(&api.store);
+    let mut recheck = tokio::time::interval(TOKEN_RECHECK);
+    recheck.tick().await;
+    loop {
+        let check = tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => match event.as_ref() {
+                    Event::Model(payload) => {
+                        if !deliver(payload) {
+                            return;
+                        }
+                        false
+                    }
+                    Event::Token(key) => *key == token_key,
+                },
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if !deliver(&json!({ "topic": "resync", "data": {} })) {
+                        return;
+                    }
+                    false
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = recheck.tick() => true,
+        };
+        if check && matches!(Caller::of_token_key(&api, token_key.clone()).await, Err(ApiError::LoginFailed)) {
+            return;
+        }
+    }
+}
+
+/// `GET /api/events`: model events as server-sent events (`event: P2PSub`, data
+/// `{topic, data}`), until the token is revoked or expires.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = "events",
+    responses((status = 200, content_type = "text/event-stream", description = "Server-sent events: `event: P2PSub`, `data: {topic, data}`; topic `model:<Host|DnsProvider|Domain>:<create|update|remove>:<key>`, or `resync` when the listener fell behind"), crate::openapi::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
+pub async fn events(
+    State(api): State<Api>,
+    caller: Caller,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Value>(BACKLOG);
+    tokio::spawn(follow(api, caller.token_key, move |payload| tx.try_send(payload.clone()).is_ok()));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let payload = rx.recv().await?;
+        Some((Ok(SseEvent::default().event("P2PSub").data(payload.to_string())), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// The socket.io service at `/socket.io/` (Engine.IO 4, as socket.io 4's client speaks):
+/// a client authenticates with `{auth: {token}}` in its handshake, as the seed's UI does, and
+/// receives every model event as `P2PSub`. What clients emit is not relayed (in the seed any
+/// client could forge model events for every other one).
+pub fn socket_io(api: Api) -> socketioxide::layer::SocketIoLayer {
+    let (layer, io) = socketioxide::SocketIo::builder().with_state(api).build_layer();
+    io.ns("/", on_connect.with(authenticate));
+    layer
+}
+
+#[derive(Debug)]
+struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoginFailed")
+    }
+}
+
+/// Connect middleware: a valid token in the handshake's `auth.token`, else `connect_error`.
+async fn authenticate(
+    socket: SocketRef,
+    Data(auth): Data<Value>,
+    socketioxide::extract::State(api): socketioxide::extract::State<Api>,
+) -> Result<(), Refused> {
+    let token = auth.get("token").and_then(Value::as_str).filter(|t| !t.is_empty()).ok_or(Refused)?;
+    let caller = Caller::of_token_key(&api, token_key(token)).await.map_err(|_| Refused)?;
+    socket.extensions.insert(caller.token_key);
+    Ok(())
+}
+
+async fn on_connect(socket: SocketRef, socketioxide::extract::State(api): socketioxide::extract::State<Api>) {
+    let Some(token_key) = socket.extensions.get::<String>() else {
+        return;
+    };
+    let gone = CancellationToken::new();
+    let on_gone = gone.clone();
+    socket.on_disconnect(move || async move { on_gone.cancel() });
+    let sender = socket.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = follow(api, token_key, move |payload| sender.emit("P2PSub", payload).is_ok()) => {
+                // The token went: so does the socket.
+                let _ = socket.disconnect();
+            }
+            () = gone.cancelled() => {}
+        }
+    });
+}
