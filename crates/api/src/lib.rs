@@ -3,7 +3,8 @@
 //! hashed expiring tokens, roles, a login rate limit, secrets never in responses.
 //!
 //! Routes: `/api/auth/{login,logout}`, `/api/user…`, `/api/token…`, `/api/host…`, `/api/dns…`, `/api/cert/{host}`,
-//! `/healthz`, `/readyz`, and the OpenAPI 3.1 document at `/api/openapi.json`. Every `/api` route but login needs a token in the `auth-token`
+//! `/healthz`, `/readyz`, live events (`/api/events`, socket.io at `/socket.io/`), the OpenAPI
+//! 3.1 document at `/api/openapi.json`, and the web UI at `/`. Every `/api` route but login needs a token in the `auth-token`
 //! header or `Authorization: Bearer`.
 
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod lookup;
 pub mod openapi;
 mod session;
 pub mod state;
+mod ui;
 mod users;
 
 use std::sync::Arc;
@@ -76,6 +78,7 @@ pub fn router(api: Api) -> Router {
     let doc = Arc::new(doc);
     let routes = routes
         .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .merge(ui::routes())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(api.clone());

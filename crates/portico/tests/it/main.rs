@@ -18,6 +18,7 @@ mod routing;
 mod seed;
 mod seed_ui;
 mod streaming;
+mod ui;
 mod upstream;
 mod websocket;
 

@@ -1,0 +1,238 @@
+// Portico's web UI in Debian's chromium (playwright-core drives it; no browser is downloaded).
+// Started by the Rust test `ui::the_web_ui_end_to_end`, which starts Portico, a backend and
+// a fake DNS provider, and passes them in the environment:
+//   TEST_API       the API's base URL (the UI is at `/`)
+//   TEST_PASSWORD  the admin's password
+//   TEST_PROXY     the proxy's plain-HTTP address (ip:port)
+//   BACKEND_PORT      a backend on 127.0.0.1 that answers JSON naming itself `BACKEND_NAME`
+//   BACKEND_NAME
+//   TEST_PORTICO_BIN, TEST_DATA_DIR  to change a host through the CLI
+//   ARTIFACTS         where screenshots go
+//   CHROMIUM          the browser (default /usr/bin/chromium)
+// Prints each step; exits 1 at the first step that fails, or if the page logged an error.
+import { chromium } from 'playwright-core';
+import { execFile } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import http from 'node:http';
+import { promisify } from 'node:util';
+
+const env = process.env;
+const base = env.TEST_API;
+const artifacts = env.ARTIFACTS;
+mkdirSync(artifacts, { recursive: true });
+const WAIT = 5000;
+
+const browser = await chromium.launch({
+  executablePath: env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+});
+const context = await browser.newContext({ viewport: { width: 1200, height: 850 } });
+const page = await context.newPage();
+const problems = [];
+page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+page.on('dialog', (d) => d.accept());
+
+let shot = 0;
+async function step(name, body) {
+  process.stdout.write(`step: ${name}\n`);
+  try {
+    await body();
+  } catch (error) {
+    await page.screenshot({ path: `${artifacts}/failed-${name.replace(/\W+/g, '-')}.png`, fullPage: true }).catch(() => {});
+    process.stdout.write(`FAILED: ${name}: ${error.stack || error}\n`);
+    await browser.close();
+    process.exit(1);
+  }
+  shot += 1;
+  await page.screenshot({ path: `${artifacts}/${String(shot).padStart(2, '0')}-${name.replace(/\W+/g, '-')}.png`, fullPage: true });
+}
+
+function expect(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+/** GET through the proxy with a Host header: {status, body}. */
+function viaProxy(host) {
+  const [ip, port] = env.TEST_PROXY.split(':');
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: ip, port: Number(port), path: '/', headers: { host } }, (res) => {
+      let body = '';
+      res.on('data', (c) => { body += c; });
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function eventually(what, probe) {
+  const start = Date.now();
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() - start > WAIT) throw new Error(`${what}: not within ${WAIT} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Follows a link of the navigation bar and waits for its page. */
+async function go(link, heading) {
+  await page.getByRole('link', { name: link, exact: true }).click();
+  await page.getByRole('heading', { name: heading, exact: true }).waitFor({ timeout: WAIT });
+}
+
+let token = null;
+
+await step('sign in with the keyboard', async () => {
+  const response = await page.goto(base + '/');
+  const policy = response.headers()['content-security-policy'] || '';
+  expect(policy.includes("script-src 'self'") && policy.includes("frame-ancestors 'none'"), `CSP: ${policy}`);
+  await page.getByLabel('User name').focus();
+  await page.keyboard.type('admin');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type(env.TEST_PASSWORD);
+  await page.keyboard.press('Enter');
+  await page.getByRole('heading', { name: 'Overview' }).waitFor({ timeout: WAIT });
+  token = await page.evaluate(() => localStorage.getItem('portico.token'));
+  expect(token && token.length >= 32, 'a token in localStorage');
+  expect(!page.url().includes(token), 'the token is not in the URL');
+  expect((await context.cookies()).length === 0, 'no cookies');
+});
+
+await step('a wrong password is refused', async () => {
+  const other = await context.newPage();
+  await other.goto(base + '/');
+  await other.evaluate(() => localStorage.removeItem('portico.token'));
+  await other.reload();
+  await other.getByLabel('User name').fill('admin');
+  await other.getByLabel('Password').fill('not-the-password');
+  await other.getByRole('button', { name: 'Sign in' }).click();
+  await other.getByRole('alert').waitFor({ timeout: WAIT });
+  await other.evaluate((t) => localStorage.setItem('portico.token', t), token);
+  await other.close();
+});
+
+await step('add a host and see it routed', async () => {
+  await go('Hosts', 'Hosts');
+  const form = page.getByRole('form', { name: 'Add a host' });
+  await form.getByLabel('Host name or pattern').fill('ui.example.test');
+  await form.getByLabel('Target address').fill('127.0.0.1');
+  await form.getByLabel('Target port').fill(env.BACKEND_PORT);
+  await form.getByLabel('Redirect HTTP to HTTPS').uncheck();
+  await form.getByRole('button', { name: 'Add host' }).click();
+  await page.getByRole('table', { name: 'Hosts' }).getByText('ui.example.test').waitFor({ timeout: WAIT });
+  const answer = await eventually('the new host routed', async () => {
+    const got = await viaProxy('ui.example.test');
+    return got.status === 200 ? got : null;
+  });
+  expect(JSON.parse(answer.body).backend === env.BACKEND_NAME, `routed to the backend: ${answer.body}`);
+});
+
+await step('a bad host shows the field error', async () => {
+  const form = page.getByRole('form', { name: 'Add a host' });
+  await form.getByLabel('Host name or pattern').fill('bad host!');
+  await form.getByLabel('Target address').fill('127.0.0.1');
+  await form.getByRole('button', { name: 'Add host' }).click();
+  await form.getByRole('alert').first().waitFor({ timeout: WAIT });
+  await form.getByLabel('Host name or pattern').fill('');
+});
+
+await step('certificate details of a host', async () => {
+  await page.getByRole('button', { name: 'Certificate of ui.example.test', exact: true }).click();
+  await page.getByText(/No certificate yet|Status/).first().waitFor({ timeout: WAIT });
+});
+
+await step('pattern tester', async () => {
+  await go('Pattern tester', 'Pattern tester');
+  await page.getByLabel('Name').fill('ui.example.test');
+  await page.getByRole('button', { name: 'Test', exact: true }).click();
+  const result = page.locator('#tester-result');
+  await result.getByText('ui.example.test', { exact: true }).nth(1).waitFor({ timeout: WAIT });
+  expect((await result.textContent()).includes(`http://127.0.0.1:${env.BACKEND_PORT}`), 'the target is shown');
+  await page.getByLabel('Name').fill('nothing.other.test');
+  await page.getByRole('button', { name: 'Test', exact: true }).click();
+  await result.getByText('no host: 404').waitFor({ timeout: WAIT });
+});
+
+await step('a DNS provider with bad credentials shows its complaint', async () => {
+  await go('DNS', 'DNS providers');
+  const form = page.getByRole('form', { name: 'Add a DNS provider' });
+  await form.getByLabel('Name').fill('production');
+  await form.getByLabel('Provider').selectOption('Cloudflare');
+  await form.getByLabel('API Token').fill('wrong-token');
+  expect(await form.getByLabel('API Token').getAttribute('type') === 'password', 'the token is typed hidden');
+  await form.getByRole('button', { name: 'Add provider' }).click();
+  const complaint = form.getByRole('alert').first();
+  await complaint.waitFor({ timeout: WAIT });
+  const text = await complaint.textContent();
+  expect(/Authentication error/i.test(text), `the provider's complaint: ${text}`);
+  expect(!text.includes('wrong-token'), 'the secret is not repeated');
+  await page.getByText('No DNS providers yet.').waitFor();
+});
+
+await step('add a user', async () => {
+  await go('Users', 'Users');
+  const form = page.getByRole('form', { name: 'Add a user' });
+  await form.getByLabel('User name').fill('uma');
+  await form.getByLabel('Password').fill('uma-password-1');
+  await form.getByRole('button', { name: 'Add user' }).click();
+  await page.getByRole('table', { name: 'Users' }).getByRole('cell', { name: 'uma', exact: true }).waitFor({ timeout: WAIT });
+});
+
+await step('create an API token', async () => {
+  await go('API tokens', 'API tokens');
+  const form = page.getByRole('form', { name: 'Create an API token' });
+  await form.getByLabel('Name').fill('deploy');
+  await form.getByRole('button', { name: 'Create token' }).click();
+  const secret = await page.locator('#token-value').textContent({ timeout: WAIT });
+  expect(/^[0-9a-f]{64}$/.test(secret), `the token is shown once: ${secret}`);
+  await page.getByRole('table', { name: 'API tokens' }).getByText('deploy').waitFor();
+  const works = await page.evaluate(async (t) => (await fetch('/api/user/me', { headers: { 'auth-token': t } })).status, secret);
+  expect(works === 200, `the new token works: ${works}`);
+});
+
+await step('a change made through the CLI appears without a reload', async () => {
+  await go('Hosts', 'Hosts');
+  await page.getByRole('table', { name: 'Hosts' }).getByText('ui.example.test').waitFor();
+  const marker = await page.evaluate(() => { window.__noReload = true; return true; });
+  await promisify(execFile)(env.TEST_PORTICO_BIN, ['host', 'add', 'cli.example.test', '--ip', '127.0.0.1', '--port', env.BACKEND_PORT,
+    '--data-dir', env.TEST_DATA_DIR]);
+  await page.getByRole('table', { name: 'Hosts' }).getByText('cli.example.test').waitFor({ timeout: WAIT });
+  expect(marker && await page.evaluate(() => window.__noReload === true), 'the page was not reloaded');
+});
+
+await step('overview', async () => {
+  await go('Overview', 'Overview');
+  await page.getByText(/3 hosts|2 hosts/).waitFor({ timeout: WAIT });
+});
+
+await step('readable at 375 px wide', async () => {
+  await page.setViewportSize({ width: 375, height: 800 });
+  await go('Hosts', 'Hosts');
+  await page.getByRole('table', { name: 'Hosts' }).getByText('cli.example.test').waitFor();
+  const width = await page.evaluate(() => document.documentElement.scrollWidth);
+  expect(width <= 375, `no sideways scrolling at 375 px: the page is ${width} px wide`);
+  await page.setViewportSize({ width: 1200, height: 850 });
+});
+
+await step('sign out revokes the token', async () => {
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByRole('heading', { name: 'Sign in to Portico' }).waitFor({ timeout: WAIT });
+  const status = await page.evaluate(async (t) => (await fetch('/api/user/me', { headers: { 'auth-token': t } })).status, token);
+  expect(status === 401, `the old token is revoked: ${status}`);
+  expect(await page.evaluate(() => localStorage.getItem('portico.token')) === null, 'the token is forgotten');
+});
+
+await browser.close();
+// The browser logs every 4xx answer as a failed load: the refusals these steps ask for (a
+// revoked token, fields the API rejects, a host without a certificate yet). Anything else
+// the page logged is a bug.
+const expected = /Failed to load resource: the server responded with a status of (401|404|422)/;
+const unexpected = problems.filter((p) => !expected.test(p));
+if (unexpected.length) {
+  process.stdout.write(`FAILED: the page logged errors:\n${unexpected.join('\n')}\n`);
+  process.exit(1);
+}
+process.stdout.write('all steps passed\n');

@@ -1,0 +1,473 @@
+// Portico's web UI: a small client of the documented API (docs/api.md), nothing else. The
+// token lives in localStorage and goes in the `auth-token` header; never in a URL or a cookie.
+// Every value from the server reaches the page as text (no HTML is built from data).
+'use strict';
+
+const TOKEN = 'portico.token';
+const main = () => document.getElementById('main');
+let me = null;
+let live = null;
+
+// ---------- helpers ----------
+
+/** An element: h('tr', {class: 'x', onclick: fn}, child, 'text', ...). */
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+    else if (value === true) el.setAttribute(key, '');
+    else el.setAttribute(key, String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+function notice(text) {
+  if (!text) return;
+  const line = h('p', {}, text);
+  document.getElementById('notice').append(line);
+  setTimeout(() => line.remove(), 4000);
+}
+
+function when(ms) {
+  if (!ms) return '—';
+  return new Date(Number(ms)).toISOString().replace('T', ' ').slice(0, 16) + ' UTC';
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.message) || `HTTP ${status}`);
+    this.status = status;
+    this.body = body || {};
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { 'auth-token': localStorage.getItem(TOKEN) || '' };
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const res = await fetch('/api/' + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (res.status === 401 && path !== 'auth/login') {
+    signedOut();
+    throw new ApiError(401, data);
+  }
+  if (!res.ok) throw new ApiError(res.status, data);
+  return data;
+}
+
+const enc = (s) => encodeURIComponent(s);
+
+/** Shows an API error on a form: per-field messages where the API names the field. */
+function showErrors(form, error) {
+  form.querySelectorAll('.field-error, .form-error').forEach((e) => e.remove());
+  const keys = (error.body && error.body.keys) || [];
+  for (const { key, message } of keys) {
+    const input = form.querySelector(`[name="${CSS.escape(key)}"]`);
+    const note = h('span', { class: 'field-error', role: 'alert' }, message);
+    if (input) {
+      input.setAttribute('aria-invalid', 'true');
+      input.closest('label').append(note);
+    }
+  }
+  if (!keys.length || keys.some(({ key }) => !form.querySelector(`[name="${CSS.escape(key)}"]`))) {
+    form.append(h('p', { class: 'form-error error', role: 'alert' }, error.message));
+  }
+}
+
+function clearErrors(form) {
+  form.querySelectorAll('.field-error, .form-error').forEach((e) => e.remove());
+  form.querySelectorAll('[aria-invalid]').forEach((e) => e.removeAttribute('aria-invalid'));
+}
+
+function field(label, name, attrs) {
+  return h('label', {}, label, h('input', { name, ...attrs }));
+}
+
+function check(label, name, checked) {
+  return h('label', { class: 'check' }, h('input', { type: 'checkbox', name, checked }), label);
+}
+
+function page(title, ...content) {
+  document.title = `${title} · Portico`;
+  main().replaceChildren(h('h1', { tabindex: '-1' }, title), ...content);
+}
+
+// ---------- sign in and out ----------
+
+function signInPage(message) {
+  document.getElementById('bar').hidden = true;
+  document.title = 'Sign in · Portico';
+  const form = h('form', { 'aria-label': 'Sign in' },
+    field('User name', 'username', { autocomplete: 'username', required: true }),
+    field('Password', 'password', { type: 'password', autocomplete: 'current-password', required: true }),
+    h('button', { class: 'primary', type: 'submit' }, 'Sign in'));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const data = Object.fromEntries(new FormData(form));
+    try {
+      const answer = await api('POST', 'auth/login', data);
+      localStorage.setItem(TOKEN, answer.token);
+      await start();
+    } catch (error) {
+      showErrors(form, error);
+    }
+  });
+  main().replaceChildren(h('section', { class: 'card signin' }, h('h1', {}, 'Sign in to Portico'),
+    message ? h('p', { class: 'muted' }, message) : null, form));
+  form.querySelector('input').focus();
+}
+
+function signedOut(message) {
+  localStorage.removeItem(TOKEN);
+  me = null;
+  if (live) live.abort();
+  live = null;
+  signInPage(message || 'Your session ended. Sign in again.');
+}
+
+async function signOut() {
+  try { await api('POST', 'auth/logout'); } catch { /* the token is gone either way */ }
+  signedOut('Signed out.');
+}
+
+// ---------- live updates: server-sent events read with fetch (the token in a header) ----------
+
+function follow() {
+  if (live) live.abort();
+  live = new AbortController();
+  const signal = live.signal;
+  (async () => {
+    while (!signal.aborted) {
+      try {
+        const res = await fetch('/api/events', { headers: { 'auth-token': localStorage.getItem(TOKEN) || '' }, signal });
+        if (res.status === 401) return signedOut();
+        const reader = res.body.getReader();
+        const decoder = new TextDecoder();
+        let text = '';
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          text += decoder.decode(value, { stream: true });
+          let end;
+          while ((end = text.indexOf('\n\n')) >= 0) {
+            const block = text.slice(0, end);
+            text = text.slice(end + 2);
+            const line = block.split('\n').find((l) => l.startsWith('data: '));
+            if (line) changed(JSON.parse(line.slice(6)));
+          }
+        }
+      } catch (error) {
+        if (signal.aborted) return;
+      }
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  })();
+}
+
+/** The pages that show what the events are about, redrawn when something changes. */
+const LIVE = new Set(['overview', 'hosts', 'dns']);
+let refreshTimer = null;
+function changed(event) {
+  const [, model, action, key] = (event.topic || '').split(':');
+  if (model && key) notice(`${model} ${key} ${action === 'remove' ? 'removed' : action + 'd'}`);
+  if (!LIVE.has(currentPage()) && event.topic !== 'resync') return;
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => route(true), 150);
+}
+
+// ---------- pages ----------
+
+async function overviewPage() {
+  const hosts = (await api('GET', 'host?detail=true')).results;
+  const exact = hosts.filter((x) => !x.host.includes('*')).slice(0, 100);
+  const wild = hosts.filter((x) => x.host.includes('*'));
+  const certs = (await Promise.all([...exact, ...wild].map((x) =>
+    api('GET', `cert/${enc(x.host)}?include_private_key=false`).then((c) => c.results).catch(() => null))))
+    .filter(Boolean);
+  const unique = [...new Map(certs.map((c) => [c.host, c])).values()];
+  const expiring = unique.filter((c) => c.not_after).sort((a, b) => a.not_after - b.not_after).slice(0, 10);
+  const failing = unique.filter((c) => c.failures > 0);
+  page('Overview',
+    h('section', { class: 'card' },
+      h('p', {}, `${hosts.length} host${hosts.length === 1 ? '' : 's'}, ${unique.length} certificate${unique.length === 1 ? '' : 's'} known.`)),
+    h('section', { class: 'card', 'aria-labelledby': 'exp' }, h('h2', { id: 'exp' }, 'Certificates expiring soonest'),
+      expiring.length ? h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Expires'), h('th', {}, 'Issuer'))),
+        h('tbody', {}, expiring.map((c) => h('tr', {}, h('td', {}, c.host), h('td', {}, when(c.not_after)), h('td', {}, c.issued_by || c.issuer || '—')))))
+        : h('p', { class: 'muted' }, 'No certificates yet.')),
+    h('section', { class: 'card', 'aria-labelledby': 'fail' }, h('h2', { id: 'fail' }, 'Failing renewals'),
+      failing.length ? h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Failures'), h('th', {}, 'Last error'), h('th', {}, 'Next attempt'))),
+        h('tbody', {}, failing.map((c) => h('tr', {}, h('td', {}, c.host), h('td', {}, c.failures), h('td', { class: 'error' }, c.last_error || '—'), h('td', {}, when(c.next_attempt))))))
+        : h('p', { class: 'muted' }, 'None.')));
+}
+
+function hostForm(host, done) {
+  const editing = Boolean(host);
+  const form = h('form', { class: 'grid', 'aria-label': editing ? `Edit ${host.host}` : 'Add a host' },
+    field('Host name or pattern', 'host', { value: host ? host.host : '', placeholder: 'app.example.com, *.example.com', required: true }),
+    field('Target address', 'ip', { value: host ? host.ip : '', placeholder: '10.0.0.5', required: true }),
+    field('Target port', 'targetPort', { type: 'number', min: 1, max: 65535, value: host ? host.targetPort : 80, required: true }),
+    check('Redirect HTTP to HTTPS', 'forcessl', host ? host.forcessl : true),
+    check('HTTPS to the target', 'targetssl', host ? host.targetssl : false),
+    h('div', { class: 'actions' },
+      h('button', { class: 'primary', type: 'submit' }, editing ? 'Save' : 'Add host'),
+      editing ? h('button', { type: 'button', onclick: () => done() }, 'Cancel') : null));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const f = new FormData(form);
+    const body = { host: f.get('host'), ip: f.get('ip'), targetPort: Number(f.get('targetPort')), forcessl: f.has('forcessl'), targetssl: f.has('targetssl') };
+    try {
+      const answer = editing ? await api('PUT', `host/${enc(host.host)}`, body) : await api('POST', 'host', body);
+      notice(answer.message || 'Saved.');
+      done();
+    } catch (error) {
+      showErrors(form, error);
+    }
+  });
+  return form;
+}
+
+async function certDetails(name, into) {
+  into.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
+  try {
+    const c = (await api('GET', `cert/${enc(name)}?include_private_key=false`)).results;
+    into.replaceChildren(h('dl', { class: 'kv' },
+      h('dt', {}, 'Certificate'), h('dd', {}, c.host),
+      h('dt', {}, 'Status'), h('dd', {}, c.status),
+      h('dt', {}, 'Issuance step'), h('dd', {}, c.step || '—'),
+      h('dt', {}, 'Expires'), h('dd', {}, when(c.not_after)),
+      h('dt', {}, 'Next attempt'), h('dd', {}, when(c.next_attempt)),
+      h('dt', {}, 'Failures'), h('dd', {}, c.failures ?? 0),
+      h('dt', {}, 'Last error'), h('dd', { class: c.last_error ? 'error' : '' }, c.last_error || '—')));
+  } catch (error) {
+    into.replaceChildren(h('p', { class: 'muted' }, error.status === 404 ? 'No certificate yet: one is issued on the first HTTPS request.' : error.message));
+  }
+}
+
+let hostSearch = '';
+async function hostsPage() {
+  const hosts = (await api('GET', 'host?detail=true')).results;
+  const search = h('input', { type: 'search', name: 'search', placeholder: 'Search hosts', value: hostSearch });
+  const editor = h('div');
+  const rows = h('tbody');
+  const render = () => {
+    hostSearch = search.value;
+    const q = search.value.trim().toLowerCase();
+    rows.replaceChildren(...hosts.filter((x) => !q || x.host.includes(q) || String(x.ip).includes(q)).map((x) => {
+      const detail = h('td', { colspan: 5 });
+      const detailRow = h('tr', { hidden: true }, detail);
+      const row = h('tr', {},
+        h('td', {}, h('a', { href: `${x.forcessl ? 'https' : 'http'}://${x.host.replace(/^\*+\./, 'www.')}`, rel: 'noreferrer', target: '_blank' }, x.host),
+          x.domain && x.domain.provider ? h('div', { class: 'muted' }, `DNS: ${x.domain.provider.displayName} – ${x.domain.provider.name}`) : null),
+        h('td', {}, `${x.targetssl ? 'https' : 'http'}://${x.ip}:${x.targetPort}`),
+        h('td', { class: 'wide' }, x.forcessl ? h('span', { class: 'badge ok' }, 'HTTPS only') : h('span', { class: 'badge' }, 'HTTP and HTTPS')),
+        h('td', { class: 'wide' }, when(x.updated_on)),
+        h('td', {}, h('div', { class: 'actions' },
+          h('button', { type: 'button', 'aria-label': `Certificate of ${x.host}`, onclick: () => { detailRow.hidden = !detailRow.hidden; if (!detailRow.hidden) certDetails(x.host, detail); } }, 'Certificate'),
+          h('button', { type: 'button', 'aria-label': `Renew the certificate of ${x.host}`, onclick: async () => {
+            try { notice((await api('PUT', `host/${enc(x.host)}/renew`)).message); certDetails(x.host, detail); detailRow.hidden = false; } catch (e) { notice(e.message); }
+          } }, 'Renew'),
+          h('button', { type: 'button', 'aria-label': `Edit ${x.host}`, onclick: () => { editor.replaceChildren(h('section', { class: 'card' }, h('h2', {}, `Edit ${x.host}`), hostForm(x, () => route(true)))); editor.querySelector('input').focus(); } }, 'Edit'),
+          h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${x.host}`, onclick: async () => {
+            if (!confirm(`Delete ${x.host}?`)) return;
+            try { notice((await api('DELETE', `host/${enc(x.host)}`)).message); route(true); } catch (e) { notice(e.message); }
+          } }, 'Delete'))));
+      return [row, detailRow];
+    }).flat());
+  };
+  search.addEventListener('input', render);
+  render();
+  page('Hosts', editor,
+    h('section', { class: 'card' }, h('h2', {}, 'Add a host'), hostForm(null, () => route(true))),
+    h('section', { class: 'card' },
+      h('label', {}, 'Search', search),
+      h('table', { 'aria-label': 'Hosts' }, h('thead', {}, h('tr', {}, h('th', {}, 'Host'), h('th', {}, 'Target'), h('th', { class: 'wide' }, 'Incoming'), h('th', { class: 'wide' }, 'Updated'), h('th', {}, 'Actions'))), rows),
+      hosts.length ? null : h('p', { class: 'muted' }, 'No hosts yet.')));
+}
+
+function testerPage() {
+  const out = h('div', { 'aria-live': 'polite' });
+  const form = h('form', { class: 'grid', 'aria-label': 'Pattern tester' },
+    field('Name', 'name', { placeholder: 'x.y.example.com', required: true }),
+    h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Test')));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const name = new FormData(form).get('name').trim();
+    const found = await api('GET', `host/lookup/${enc(name)}`);
+    let cert = null;
+    try { cert = (await api('GET', `cert/${enc(name)}?include_private_key=false`)).results; } catch { cert = null; }
+    const host = found.results;
+    out.replaceChildren(h('dl', { class: 'kv', id: 'tester-result' },
+      h('dt', {}, 'Name'), h('dd', {}, name),
+      h('dt', {}, 'Answered by'), h('dd', {}, host ? host.host : 'no host: 404'),
+      h('dt', {}, 'Target'), h('dd', {}, host ? `${host.targetssl ? 'https' : 'http'}://${host.ip}:${host.targetPort}` : '—'),
+      h('dt', {}, 'Certificate'), h('dd', {}, cert ? `${cert.host} (${cert.status}${cert.not_after ? ', until ' + when(cert.not_after) : ''})` : host ? 'none yet: issued on the first HTTPS request' : '—')));
+  });
+  page('Pattern tester', h('section', { class: 'card' },
+    h('p', { class: 'muted' }, 'Which host answers a name, and which certificate covers it.'), form, out));
+}
+
+async function dnsPage() {
+  const [providers, types] = await Promise.all([api('GET', 'dns?detail=true'), api('OPTIONS', 'dns')]);
+  const creds = h('div', { class: 'grid' });
+  const select = h('select', { name: 'dnsProvider', required: true },
+    h('option', { value: '' }, 'Choose a provider'),
+    types.results.map((t) => h('option', { value: t.name }, t.displayName)));
+  const showFields = () => {
+    const type = types.results.find((t) => t.name === select.value);
+    creds.replaceChildren(...Object.entries(type ? type.fields : {}).map(([key, spec]) =>
+      field(spec.displayName, key, { type: spec.isPrivate ? 'password' : 'text', autocomplete: 'off', required: true })));
+  };
+  select.addEventListener('change', showFields);
+  const form = h('form', { class: 'grid', 'aria-label': 'Add a DNS provider' },
+    field('Name', 'name', { required: true, placeholder: 'production' }),
+    h('label', {}, 'Provider', select), creds,
+    h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Add provider')));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const body = Object.fromEntries(new FormData(form));
+    try {
+      notice((await api('POST', 'dns', body)).message);
+      route(true);
+    } catch (error) {
+      showErrors(form, error);
+    }
+  });
+  page('DNS providers',
+    h('section', { class: 'card' }, h('h2', {}, 'Add a DNS provider'),
+      h('p', { class: 'muted' }, 'Credentials are checked with the provider, then stored; they are never shown again.'), form),
+    h('section', { class: 'card' }, h('h2', {}, 'Providers'),
+      providers.results.length ? h('table', { 'aria-label': 'DNS providers' },
+        h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Provider'), h('th', {}, 'Zones'), h('th', {}, 'Actions'))),
+        h('tbody', {}, providers.results.map((p) => h('tr', {},
+          h('td', {}, p.name),
+          h('td', {}, h('img', { src: p.displayIconHtml, alt: '', width: 20, height: 20 }), ' ', p.displayName),
+          h('td', {}, (p.domains || []).map((d) => h('span', { class: 'badge' }, d.domain))),
+          h('td', {}, h('div', { class: 'actions' },
+            h('button', { type: 'button', 'aria-label': `Refresh the zones of ${p.name}`, onclick: async () => {
+              try { await api('POST', `dns/domain/refresh/${enc(p.id)}`); route(true); } catch (e) { notice(e.message); }
+            } }, 'Refresh zones'),
+            h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${p.name}`, onclick: async () => {
+              if (!confirm(`Delete ${p.name} and its zones?`)) return;
+              try { notice((await api('DELETE', `dns/${enc(p.id)}`)).message); route(true); } catch (e) { notice(e.message); }
+            } }, 'Delete')))))))
+        : h('p', { class: 'muted' }, 'No DNS providers yet.')));
+}
+
+async function usersPage() {
+  if (!me || me.role !== 'admin') return page('Users', h('p', {}, 'Only admins manage users.'));
+  const users = (await api('GET', 'user?detail=true')).results;
+  const form = h('form', { class: 'grid', 'aria-label': 'Add a user' },
+    field('User name', 'username', { required: true, autocomplete: 'off' }),
+    field('Password', 'password', { type: 'password', required: true, autocomplete: 'new-password' }),
+    check('Admin', 'admin', false),
+    h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Add user')));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const f = new FormData(form);
+    try {
+      notice((await api('POST', 'user', { username: f.get('username'), password: f.get('password'), role: f.has('admin') ? 'admin' : 'user' })).message);
+      route(true);
+    } catch (error) {
+      showErrors(form, error);
+    }
+  });
+  page('Users',
+    h('section', { class: 'card' }, h('h2', {}, 'Add a user'), form),
+    h('section', { class: 'card' }, h('table', { 'aria-label': 'Users' },
+      h('thead', {}, h('tr', {}, h('th', {}, 'User'), h('th', {}, 'Role'), h('th', { class: 'wide' }, 'Created'), h('th', {}, 'Actions'))),
+      h('tbody', {}, users.map((u) => h('tr', {},
+        h('td', {}, u.username), h('td', {}, u.role), h('td', { class: 'wide' }, when(u.created_on)),
+        h('td', {}, u.username === me.username ? h('span', { class: 'muted' }, 'you') : h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${u.username}`, onclick: async () => {
+          if (!confirm(`Delete ${u.username}?`)) return;
+          try { notice((await api('DELETE', `user/${enc(u.username)}`)).message); route(true); } catch (e) { notice(e.message); }
+        } }, 'Delete'))))))));
+}
+
+async function tokensPage() {
+  const tokens = (await api('GET', 'token')).results;
+  const shown = h('div', { 'aria-live': 'polite' });
+  const form = h('form', { class: 'grid', 'aria-label': 'Create an API token' },
+    field('Name', 'name', { required: true, placeholder: 'deploy script' }),
+    field('Valid for (days)', 'days', { type: 'number', min: 1, value: 90 }),
+    h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Create token')));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const f = new FormData(form);
+    try {
+      const made = await api('POST', 'token', { name: f.get('name'), days: Number(f.get('days')) });
+      await tokensPage();
+      const into = document.getElementById('new-token');
+      into.replaceChildren(h('p', {}, 'Copy it now: it is not shown again.'), h('p', { class: 'secret', id: 'token-value' }, made.token));
+    } catch (error) {
+      showErrors(form, error);
+    }
+  });
+  page('API tokens',
+    h('section', { class: 'card' }, h('h2', {}, 'Create an API token'), form, h('div', { id: 'new-token' }, shown)),
+    h('section', { class: 'card' }, tokens.length ? h('table', { 'aria-label': 'API tokens' },
+      h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', { class: 'wide' }, 'Created'), h('th', {}, 'Expires'), h('th', {}, 'Actions'))),
+      h('tbody', {}, tokens.map((t) => h('tr', {},
+        h('td', {}, t.name), h('td', { class: 'wide' }, when(t.created_on)), h('td', {}, when(t.expires_on)),
+        h('td', {}, h('button', { type: 'button', class: 'danger', 'aria-label': `Revoke ${t.name}`, onclick: async () => {
+          try { notice((await api('DELETE', `token/${enc(t.id)}`)).message); route(true); } catch (e) { notice(e.message); }
+        } }, 'Revoke'))))))
+      : h('p', { class: 'muted' }, 'No API tokens.')));
+}
+
+// ---------- routing ----------
+
+const PAGES = { overview: overviewPage, hosts: hostsPage, tester: testerPage, dns: dnsPage, users: usersPage, tokens: tokensPage };
+
+function currentPage() {
+  const name = (location.hash.replace(/^#\//, '') || 'overview').split('/')[0];
+  return PAGES[name] ? name : 'overview';
+}
+
+async function route(refresh) {
+  if (!me) return;
+  const name = currentPage();
+  const show = PAGES[name];
+  // A live refresh does not take away what someone is typing or editing.
+  if (refresh && main().querySelector('form input:focus, form select:focus, form[aria-label^="Edit "]')) return;
+  for (const a of document.querySelectorAll('.bar nav a')) {
+    if (a.getAttribute('href') === `#/${name}`) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  try {
+    await show();
+    if (!refresh) main().querySelector('h1').focus();
+  } catch (error) {
+    if (error.status !== 401) page('Error', h('p', { class: 'error' }, error.message));
+  }
+}
+
+async function start() {
+  if (!localStorage.getItem(TOKEN)) return signInPage();
+  try {
+    me = await api('GET', 'user/me');
+  } catch {
+    return;
+  }
+  document.getElementById('bar').hidden = false;
+  document.getElementById('who').textContent = me.username;
+  for (const a of document.querySelectorAll('[data-admin]')) a.hidden = me.role !== 'admin';
+  follow();
+  await route(false);
+}
+
+window.addEventListener('hashchange', () => route(false));
+document.addEventListener('DOMContentLoaded', () => {
+  document.getElementById('signout').addEventListener('click', signOut);
+  start();
+});
