@@ -71,13 +71,14 @@ pub(crate) fn provider_json(fields: &Fields) -> Map<String, Value> {
 
 /// Every DNS zone and provider, read once, to show what relates hosts, zones and providers:
 /// a provider's `domains`, a zone's `provider`, a host's `domain` (the zone it is in).
-pub(crate) struct Zones {
+pub struct Zones {
     domains: Vec<(String, Fields)>,
     providers: HashMap<String, Fields>,
 }
 
 impl Zones {
-    pub(crate) async fn load(store: &dyn Store) -> Result<Self, StoreError> {
+    /// Reads every zone and provider.
+    pub async fn load(store: &dyn Store) -> Result<Self, StoreError> {
         let domains = store.records(Kind::Domain).await?;
         let providers = store.records(Kind::DnsProvider).await?.into_iter().collect();
         Ok(Self { domains, providers })
@@ -107,7 +108,7 @@ impl Zones {
     /// The managed zone a host name or pattern is in (the longest), with its provider. For a
     /// pattern, the zone of the part after its last wildcard label (`*.a.example.com` and
     /// `api.*.example.com` are in `example.com`'s zone when that is the managed one).
-    pub(crate) fn zone_of(&self, pattern: &str) -> Option<Value> {
+    pub fn zone_of(&self, pattern: &str) -> Option<Value> {
         let fixed = pattern.rfind("*.").map_or(pattern, |at| &pattern[at + 2..]);
         portico_dns::parents(fixed).find_map(|zone| {
             let at = self.domains.binary_search_by(|(key, _)| key.as_str().cmp(zone)).ok()?;

@@ -51,7 +51,7 @@ pub async fn list(
 
 /// A host as the API shows it, with the seed's `domain` relation: the managed DNS zone it is
 /// in, with that zone's provider (`null` when it is in none).
-fn host_json(host: &Host, zones: &Zones) -> Value {
+pub fn host_json(host: &Host, zones: &Zones) -> Value {
     let mut out = host.to_json();
     out.insert("domain".into(), zones.zone_of(host.host.as_str()).unwrap_or(Value::Null));
     Value::Object(out)

@@ -31,8 +31,9 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use dns::{Synced, sync as sync_dns_provider, sync_all as sync_dns_domains};
+pub use dns::{Synced, Zones, sync as sync_dns_provider, sync_all as sync_dns_domains};
 pub use error::ApiError;
+pub use hosts::host_json;
 pub use state::{Api, ApiSettings, ApiState};
 
 /// Every route of the API with its OpenAPI entry. Routes are only ever added here, through
@@ -84,7 +85,8 @@ pub fn router(api: Api) -> Router {
         .with_state(api.clone());
     // Routing happens inside a `Router`, so the path is trimmed by a service in front of it.
     let routes = tower::ServiceExt::map_request(routes, without_trailing_slash);
-    Router::new().fallback_service(tower::Layer::layer(&live::socket_io(api), routes))
+    // The client script is the one `/socket.io/` path that is not socket.io's own.
+    ui::socket_io_client().fallback_service(tower::Layer::layer(&live::socket_io(api), routes))
 }
 
 /// The request with its path's trailing slashes removed (but for `/` itself).

@@ -13,6 +13,10 @@ use axum::routing::get;
 const INDEX: &str = include_str!("../ui/index.html");
 const SCRIPT: &str = include_str!("../ui/app.js");
 const STYLE: &str = include_str!("../ui/app.css");
+/// socket.io's browser client (the npm package `socket.io-client`, at the version
+/// `browser/package-lock.json` pins; MIT), which socket.io servers serve at
+/// `/socket.io/socket.io.js` and the seed's pages load from there.
+const SOCKET_IO_CLIENT: &str = include_str!("../ui/vendor/socket.io.min.js");
 
 /// The policy every UI response carries.
 pub const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
@@ -36,4 +40,10 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/ui/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+}
+
+/// `/socket.io/socket.io.js`: the client script, as a socket.io server serves it.
+pub fn socket_io_client<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/socket.io/socket.io.js", get(|| async { asset("text/javascript; charset=utf-8", SOCKET_IO_CLIENT) }))
 }

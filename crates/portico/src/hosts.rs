@@ -64,10 +64,12 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
         HostCommand::Ls { json } => {
             let records = store.records(Kind::Host).await.context("cannot list hosts")?;
             if json {
-                // The API's form, with typed values; records that do not parse as they are.
+                // The API's form, with typed values and the `domain` relation; records that do
+                // not parse as they are.
+                let zones = portico_api::Zones::load(store.as_ref()).await.context("cannot read the DNS zones")?;
                 for (_, fields) in &records {
                     match Host::from_fields(fields) {
-                        Ok(host) => println!("{}", serde_json::Value::Object(host.to_json())),
+                        Ok(host) => println!("{}", portico_api::host_json(&host, &zones)),
                         Err(_) => println!("{}", serde_json::to_string(fields)?),
                     }
                 }

@@ -181,6 +181,35 @@ impl ApiClient {
         }
     }
 
+    /// Sends `GET path` with `token` and hands the body's text over as it arrives (for a
+    /// stream such as `/api/events`); the status and headers come at once. The stream is
+    /// read until the server ends it or the receiver is dropped.
+    pub async fn stream(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, http::HeaderMap, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let mut request = Request::get(format!("http://{}{path}", self.addr));
+        if let Some(token) = token {
+            request = request.header("auth-token", token);
+        }
+        let body = http_body_util::Full::new(Bytes::new()).map_err(|never| match never {}).boxed();
+        let response = self.client.request(request.body(body).unwrap()).await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut body = response.into_body();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data()
+                    && tx.send(String::from_utf8_lossy(&data).into_owned()).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        (status, headers, rx)
+    }
+
     /// Logs in; returns the token.
     pub async fn login(&self, username: &str, password: &str) -> String {
         let reply = self

@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::BodyExt;
 use portico_test_support::client::ApiClient;
 use portico_test_support::portico::ADMIN_PASSWORD;
 use portico_test_support::{Portico, RedisServer};
@@ -84,15 +82,14 @@ struct EventStream {
 
 impl EventStream {
     async fn open(api: SocketAddr, token: &str) -> Self {
-        let (status, body) = sse(api, Some(token)).await;
+        let (status, headers, mut chunks) = ApiClient::new(api).stream("/api/events", Some(token)).await;
         assert_eq!(status, StatusCode::OK);
-        let mut body = body.unwrap();
+        assert_eq!(headers["content-type"], "text/event-stream");
         let (tx, events) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut text = String::new();
-            while let Some(Ok(frame)) = body.frame().await {
-                let Ok(data) = frame.into_data() else { continue };
-                text.push_str(&String::from_utf8_lossy(&data));
+            while let Some(chunk) = chunks.recv().await {
+                text.push_str(&chunk);
                 while let Some(end) = text.find("\n\n") {
                     let block: String = text.drain(..end + 2).collect();
                     if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
@@ -119,24 +116,8 @@ impl EventStream {
     }
 }
 
-type SseBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
-
-async fn sse(api: SocketAddr, token: Option<&str>) -> (StatusCode, Option<SseBody>) {
-    let stream = tokio::net::TcpStream::connect(api).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    let mut request = http::Request::get("/api/events").header("host", api.to_string());
-    if let Some(token) = token {
-        request = request.header("auth-token", token);
-    }
-    let response = sender.send_request(request.body(http_body_util::Empty::<Bytes>::new()).unwrap()).await.unwrap();
-    let status = response.status();
-    if status == StatusCode::OK {
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        (status, Some(response.into_body().boxed()))
-    } else {
-        (status, None)
-    }
+async fn sse_status(api: SocketAddr, token: Option<&str>) -> StatusCode {
+    ApiClient::new(api).stream("/api/events", token).await.0
 }
 
 fn host(name: &str, port: u16) -> Value {
@@ -178,8 +159,8 @@ async fn the_seed_ui_socket_io_client_sees_host_changes() {
 async fn server_sent_events_follow_changes_until_the_token_goes() {
     let p = portico(&[]);
     let api = ApiClient::new(p.api);
-    assert_eq!(sse(p.api, None).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(sse(p.api, Some("not-a-token")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(sse_status(p.api, None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(sse_status(p.api, Some("not-a-token")).await, StatusCode::UNAUTHORIZED);
     let token = api.login("admin", ADMIN_PASSWORD).await;
     let mut events = EventStream::open(p.api, &token).await;
     let t = Some(token.as_str());
@@ -207,4 +188,19 @@ async fn changes_made_on_one_node_reach_listeners_on_another() {
     assert_eq!(written.status, StatusCode::OK, "{}", written.raw);
     assert_eq!(socket.topic("model:Host:create:far.example.test").await["targetPort"], 7000);
     assert_eq!(events.topic("model:Host:create:far.example.test").await.unwrap()["targetPort"], 7000);
+}
+
+/// The seed's pages load `/socket.io/socket.io.js` from the server, as socket.io servers
+/// serve it: the client of the version the browser tests' lockfile pins, byte for byte.
+#[tokio::test]
+async fn the_socket_io_client_script_is_served() {
+    let p = portico(&[]);
+    let api = ApiClient::new(p.api);
+    let script = api.call("GET", "/socket.io/socket.io.js", None, None).await;
+    assert_eq!(script.status, StatusCode::OK);
+    assert_eq!(script.headers["content-type"], "text/javascript; charset=utf-8");
+    let installed = browser_dir().join("node_modules/socket.io-client/dist/socket.io.min.js");
+    let installed = std::fs::read_to_string(&installed).expect("`npm ci` in browser/");
+    assert!(script.raw == installed, "the served client is socket.io-client's own");
+    assert!(script.raw.starts_with("/*!\n * Socket.IO v4."), "with its licence banner");
 }

@@ -34,9 +34,17 @@ async fn paths_with_a_trailing_slash_are_the_paths_without_it() {
     let p = portico(&[&format!("dns.cloudflare_api=\"{}\"", fake.base())]);
     let (api, root) = admin(&p).await;
 
-    let added =
-        seed(&api, "POST", "user/", &root, Some(json!({"username": "sam", "password": "sam-password-1"}))).await;
+    // The Users page's form, as `formAJAX` serialises it: a hidden `delete` and the repeated
+    // password come along.
+    let form =
+        json!({"delete": "false", "username": "sam", "password": "sam-password-1", "passwordMatch": "sam-password-1"});
+    let added = seed(&api, "POST", "user/", &root, Some(form)).await;
     assert_eq!(added.status, StatusCode::OK, "{}", added.raw);
+    assert!(!added.raw.contains("sam-password-1"));
+    // Its per-row password change, then the user's own login with it.
+    let changed = seed(&api, "PUT", "user/password/sam", &root, Some(json!({"password": "sam-password-2"}))).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.raw);
+    api.login("sam", "sam-password-2").await;
     let users = seed(&api, "GET", "user/?detail=true", &root, None).await;
     assert_eq!(users.status, StatusCode::OK, "{}", users.raw);
     let names: Vec<&str> =
