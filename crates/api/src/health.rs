@@ -34,3 +34,18 @@ pub async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Value>) {
     let status = if store && listeners { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({ "store": store, "listeners": listeners })))
 }
+
+/// `GET /api/stats`: this process's request count, for the UI's request rate (sample it
+/// twice). `requests_total` is `null` unless the process proxies and counts requests (a
+/// metrics listener is configured); in a cluster each node counts its own.
+#[utoipa::path(
+    get,
+    path = "/api/stats",
+    tag = "health",
+    responses((status = 200, body = doc::Results<doc::Stats>), doc::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
+pub async fn stats(State(api): State<Api>, _caller: crate::auth::Caller) -> Json<Value> {
+    let requests = api.settings.requests.as_ref().map(|count| (count.0)());
+    Json(json!({ "results": { "requests_total": requests, "at": portico_store::now_ms(), "started": api.started } }))
+}

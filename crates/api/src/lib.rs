@@ -34,7 +34,7 @@ use utoipa_axum::routes;
 pub use dns::{Synced, Zones, sync as sync_dns_provider, sync_all as sync_dns_domains};
 pub use error::ApiError;
 pub use hosts::host_json;
-pub use state::{Api, ApiSettings, ApiState};
+pub use state::{Api, ApiSettings, ApiState, RequestCounter};
 
 /// Every route of the API with its OpenAPI entry. Routes are only ever added here, through
 /// `routes!`, which registers a handler together with its `#[utoipa::path]` description.
@@ -63,6 +63,7 @@ fn documented() -> OpenApiRouter<Api> {
         .routes(routes!(hosts::get, hosts::update, hosts::delete))
         .routes(routes!(hosts::renew))
         .routes(routes!(live::events))
+        .routes(routes!(health::stats))
 }
 
 /// The OpenAPI document of every route (also served at `/api/openapi.json`).

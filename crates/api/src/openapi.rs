@@ -491,6 +491,18 @@ pub struct CertAnswer {
     expiry: Option<i64>,
 }
 
+/// This process's request count (`GET /api/stats`); times in milliseconds since the epoch.
+#[derive(Serialize, ToSchema)]
+pub struct Stats {
+    /// Requests proxied by this process since it started; `null` unless it proxies and
+    /// counts them (a metrics listener is configured).
+    requests_total: Option<u64>,
+    /// When this answer was made.
+    at: u64,
+    /// When the process started.
+    started: u64,
+}
+
 /// `{status: "ok"}`.
 #[derive(Serialize, ToSchema)]
 pub struct Alive {

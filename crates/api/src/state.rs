@@ -23,6 +23,19 @@ pub struct ApiSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The DNS providers' APIs (credential checks, domain sync).
     pub dns: portico_dns::Endpoints,
+    /// This process's count of proxied requests, when it proxies and counts them (a metrics
+    /// listener is configured): `GET /api/stats` shows it.
+    pub requests: Option<RequestCounter>,
+}
+
+/// Reads a count of requests answered.
+#[derive(Clone)]
+pub struct RequestCounter(pub Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for RequestCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RequestCounter({})", (self.0)())
+    }
 }
 
 impl Default for ApiSettings {
@@ -31,6 +44,7 @@ impl Default for ApiSettings {
             session_ttl: Duration::from_secs(24 * 3600),
             trusted_proxies: Vec::new(),
             dns: portico_dns::Endpoints::default(),
+            requests: None,
         }
     }
 }
@@ -52,6 +66,8 @@ pub struct ApiState {
     pub certs: Option<Arc<Certs>>,
     /// Model events for live UIs.
     pub feed: crate::live::Feed,
+    /// When this process started (milliseconds since the epoch).
+    pub started: u64,
 }
 
 impl ApiState {
@@ -66,6 +82,7 @@ impl ApiState {
             listeners_ready: AtomicBool::new(false),
             certs,
             feed: crate::live::Feed::default(),
+            started: portico_store::now_ms(),
         })
     }
 }

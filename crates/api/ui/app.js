@@ -194,9 +194,11 @@ async function overviewPage() {
   const unique = [...new Map(certs.map((c) => [c.host, c])).values()];
   const expiring = unique.filter((c) => c.not_after).sort((a, b) => a.not_after - b.not_after).slice(0, 10);
   const failing = unique.filter((c) => c.failures > 0);
+  const rate = h('p', { id: 'request-rate' }, '…');
   page('Overview',
     h('section', { class: 'card' },
-      h('p', {}, `${hosts.length} host${hosts.length === 1 ? '' : 's'}, ${unique.length} certificate${unique.length === 1 ? '' : 's'} known.`)),
+      h('p', {}, `${hosts.length} host${hosts.length === 1 ? '' : 's'}, ${unique.length} certificate${unique.length === 1 ? '' : 's'} known.`),
+      rate),
     h('section', { class: 'card', 'aria-labelledby': 'exp' }, h('h2', { id: 'exp' }, 'Certificates expiring soonest'),
       expiring.length ? h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Expires'), h('th', {}, 'Issuer'))),
         h('tbody', {}, expiring.map((c) => h('tr', {}, h('td', {}, c.host), h('td', {}, when(c.not_after)), h('td', {}, c.issued_by || c.issuer || '—')))))
@@ -205,6 +207,30 @@ async function overviewPage() {
       failing.length ? h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Failures'), h('th', {}, 'Last error'), h('th', {}, 'Next attempt'))),
         h('tbody', {}, failing.map((c) => h('tr', {}, h('td', {}, c.host), h('td', {}, c.failures), h('td', { class: 'error' }, c.last_error || '—'), h('td', {}, when(c.next_attempt))))))
         : h('p', { class: 'muted' }, 'None.')));
+  watchRate(rate);
+}
+
+/** Samples `GET /api/stats` every 2 s while the overview shows, for this node's request rate. */
+let rateTimer = null;
+function watchRate(into) {
+  clearTimeout(rateTimer);
+  let last = null;
+  const sample = async () => {
+    if (!into.isConnected) return;
+    try {
+      const now = (await api('GET', 'stats')).results;
+      if (now.requests_total === null) {
+        into.textContent = 'Request rate: turn on metrics (metrics.listen) on the node that serves this page to see it.';
+        return;
+      }
+      const perSecond = last ? ((now.requests_total - last.requests_total) * 1000) / Math.max(1, now.at - last.at) : null;
+      into.textContent = `${now.requests_total} requests answered by this node since it started` +
+        (perSecond === null ? '.' : `; ${perSecond.toFixed(1)} requests/s now.`);
+      last = now;
+    } catch { /* shown again at the next sample */ }
+    rateTimer = setTimeout(sample, 2000);
+  };
+  sample();
 }
 
 function hostForm(host, done) {

@@ -109,6 +109,8 @@ const PROTOCOLS: [&str; 3] = ["HTTP/1.1", "HTTP/2.0", "HTTP/1.0"];
 /// Every metric Portico records.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// Requests counted, all labels together (for the API's overview).
+    served: std::sync::atomic::AtomicU64,
     /// Whether requests are counted: only when something can read them (a metrics listener).
     per_request: bool,
     /// `request_duration`'s histogram for each protocol, once one was seen: observed without
@@ -182,6 +184,7 @@ impl Metrics {
     pub fn new() -> Self {
         let m = Self {
             registry: Mutex::new(Registry::default()),
+            served: std::sync::atomic::AtomicU64::new(0),
             per_request: true,
             durations: Default::default(),
             unrouted: Arc::from("-"),
@@ -330,6 +333,12 @@ impl Metrics {
             None => family().observe(seconds),
         }
         self.response_bytes.inc_by(bytes);
+        self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Requests counted so far (none unless [`Metrics::counts_requests`]).
+    pub fn requests_served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts the time a target took to send its response head.

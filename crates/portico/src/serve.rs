@@ -116,6 +116,12 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
             session_ttl: config.session_ttl,
             trusted_proxies: config.trusted_proxies.clone(),
             dns: config.tls.dns.endpoints.clone(),
+            // The overview's request rate: this process's own requests, when it proxies and
+            // counts them.
+            requests: (role.proxy() && metrics.counts_requests()).then(|| {
+                let metrics = metrics.clone();
+                portico_api::RequestCounter(Arc::new(move || metrics.requests_served()))
+            }),
         };
         let state = ApiState::new(store.clone(), routes.clone(), settings, Some(certs.clone()));
         tasks.spawn(portico_certs::renew::run(certs.clone(), config.tls.renew_interval, shutdown.clone()));

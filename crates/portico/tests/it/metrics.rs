@@ -125,3 +125,37 @@ async fn redis_memory_is_reported() {
     let m = scrape(&p).await;
     assert!(value(&m, "portico_store_memory_bytes{}") > 100_000.0, "Redis uses some memory");
 }
+
+/// `GET /api/stats` (the UI's request rate): this node's proxied requests when it counts
+/// them, `null` without a metrics listener.
+#[tokio::test]
+async fn the_api_reports_the_request_count_when_metrics_are_on() {
+    use portico_test_support::client::ApiClient;
+    let backend = Backend::start("counted").await;
+    for (settings, counted) in [(&["metrics.listen=\"127.0.0.1:0\""][..], true), (&[][..], false)] {
+        let p = Portico::start(BIN, settings);
+        p.add_host("counted.test", backend.addr, &[]);
+        let api = ApiClient::new(p.api);
+        let token = api.login("admin", portico_test_support::portico::ADMIN_PASSWORD).await;
+        let proxy = Proxy::h1(p.http);
+        for _ in 0..3 {
+            assert_eq!(proxy.get("counted.test", "/").await.status, StatusCode::OK);
+        }
+        let stats = api.call("GET", "/api/stats", Some(&token), None).await;
+        assert_eq!(stats.status, StatusCode::OK, "{}", stats.raw);
+        if counted {
+            let total = eventually(Duration::from_secs(5), "three requests counted", || {
+                let (api, token) = (api.clone(), token.clone());
+                async move {
+                    let stats = api.call("GET", "/api/stats", Some(&token), None).await;
+                    stats.json["results"]["requests_total"].as_u64().filter(|n| *n >= 3)
+                }
+            })
+            .await;
+            assert_eq!(total, 3, "only proxied requests count");
+        } else {
+            assert_eq!(stats.json["results"]["requests_total"], serde_json::Value::Null, "{}", stats.raw);
+        }
+        assert!(stats.json["results"]["at"].as_u64() >= stats.json["results"]["started"].as_u64());
+    }
+}

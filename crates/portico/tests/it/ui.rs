@@ -13,7 +13,9 @@ use crate::BIN;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_ui_end_to_end() {
     let fake = FakeDns::start(Provider::Cloudflare, &["ui.test"]).await;
-    let p = Portico::start(BIN, &[&format!("dns.cloudflare_api=\"{}\"", fake.base())]);
+    // Metrics on: the overview shows the request rate.
+    let p =
+        Portico::start(BIN, &[&format!("dns.cloudflare_api=\"{}\"", fake.base()), "metrics.listen=\"127.0.0.1:0\""]);
     let backend = Backend::start("ui-backend").await;
     let browser = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../browser");
     let artifacts = browser.join("artifacts");
