@@ -85,6 +85,19 @@ function clearErrors(form) {
   form.querySelectorAll('[aria-invalid]').forEach((e) => e.removeAttribute('aria-invalid'));
 }
 
+/** Runs `action` with the form's data when it is submitted; an API error shows on the form. */
+function onSubmit(form, action) {
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    try {
+      await action(new FormData(form));
+    } catch (error) {
+      showErrors(form, error);
+    }
+  });
+}
+
 function field(label, name, attrs) {
   return h('label', {}, label, h('input', { name, ...attrs }));
 }
@@ -107,17 +120,10 @@ function signInPage(message) {
     field('User name', 'username', { autocomplete: 'username', required: true }),
     field('Password', 'password', { type: 'password', autocomplete: 'current-password', required: true }),
     h('button', { class: 'primary', type: 'submit' }, 'Sign in'));
-  form.addEventListener('submit', async (event) => {
-    event.preventDefault();
-    clearErrors(form);
-    const data = Object.fromEntries(new FormData(form));
-    try {
-      const answer = await api('POST', 'auth/login', data);
-      localStorage.setItem(TOKEN, answer.token);
-      await start();
-    } catch (error) {
-      showErrors(form, error);
-    }
+  onSubmit(form, async (f) => {
+    const answer = await api('POST', 'auth/login', Object.fromEntries(f));
+    localStorage.setItem(TOKEN, answer.token);
+    await start();
   });
   main().replaceChildren(h('section', { class: 'card signin' }, h('h1', {}, 'Sign in to Portico'),
     message ? h('p', { class: 'muted' }, message) : null, form));
@@ -244,18 +250,11 @@ function hostForm(host, done) {
     h('div', { class: 'actions' },
       h('button', { class: 'primary', type: 'submit' }, editing ? 'Save' : 'Add host'),
       editing ? h('button', { type: 'button', onclick: () => done() }, 'Cancel') : null));
-  form.addEventListener('submit', async (event) => {
-    event.preventDefault();
-    clearErrors(form);
-    const f = new FormData(form);
+  onSubmit(form, async (f) => {
     const body = { host: f.get('host'), ip: f.get('ip'), targetPort: Number(f.get('targetPort')), forcessl: f.has('forcessl'), targetssl: f.has('targetssl') };
-    try {
-      const answer = editing ? await api('PUT', `host/${enc(host.host)}`, body) : await api('POST', 'host', body);
-      notice(answer.message || 'Saved.');
-      done();
-    } catch (error) {
-      showErrors(form, error);
-    }
+    const answer = editing ? await api('PUT', `host/${enc(host.host)}`, body) : await api('POST', 'host', body);
+    notice(answer.message || 'Saved.');
+    done();
   });
   return form;
 }
@@ -356,16 +355,10 @@ async function dnsPage() {
     field('Name', 'name', { required: true, placeholder: 'production' }),
     h('label', {}, 'Provider', select), creds,
     h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Add provider')));
-  form.addEventListener('submit', async (event) => {
-    event.preventDefault();
-    clearErrors(form);
-    const body = Object.fromEntries(new FormData(form));
-    try {
-      notice((await api('POST', 'dns', body)).message);
-      route(true);
-    } catch (error) {
-      showErrors(form, error);
-    }
+  onSubmit(form, async (f) => {
+    const body = Object.fromEntries(f);
+    notice((await api('POST', 'dns', body)).message);
+    route(true);
   });
   page('DNS providers',
     h('section', { class: 'card' }, h('h2', {}, 'Add a DNS provider'),
@@ -396,16 +389,9 @@ async function usersPage() {
     field('Password', 'password', { type: 'password', required: true, autocomplete: 'new-password' }),
     check('Admin', 'admin', false),
     h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Add user')));
-  form.addEventListener('submit', async (event) => {
-    event.preventDefault();
-    clearErrors(form);
-    const f = new FormData(form);
-    try {
-      notice((await api('POST', 'user', { username: f.get('username'), password: f.get('password'), role: f.has('admin') ? 'admin' : 'user' })).message);
-      route(true);
-    } catch (error) {
-      showErrors(form, error);
-    }
+  onSubmit(form, async (f) => {
+    notice((await api('POST', 'user', { username: f.get('username'), password: f.get('password'), role: f.has('admin') ? 'admin' : 'user' })).message);
+    route(true);
   });
   page('Users',
     h('section', { class: 'card' }, h('h2', {}, 'Add a user'), form),
@@ -426,18 +412,11 @@ async function tokensPage() {
     field('Name', 'name', { required: true, placeholder: 'deploy script' }),
     field('Valid for (days)', 'days', { type: 'number', min: 1, value: 90 }),
     h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Create token')));
-  form.addEventListener('submit', async (event) => {
-    event.preventDefault();
-    clearErrors(form);
-    const f = new FormData(form);
-    try {
-      const made = await api('POST', 'token', { name: f.get('name'), days: Number(f.get('days')) });
-      await tokensPage();
-      const into = document.getElementById('new-token');
-      into.replaceChildren(h('p', {}, 'Copy it now: it is not shown again.'), h('p', { class: 'secret', id: 'token-value' }, made.token));
-    } catch (error) {
-      showErrors(form, error);
-    }
+  onSubmit(form, async (f) => {
+    const made = await api('POST', 'token', { name: f.get('name'), days: Number(f.get('days')) });
+    await tokensPage();
+    const into = document.getElementById('new-token');
+    into.replaceChildren(h('p', {}, 'Copy it now: it is not shown again.'), h('p', { class: 'secret', id: 'token-value' }, made.token));
   });
   page('API tokens',
     h('section', { class: 'card' }, h('h2', {}, 'Create an API token'), form, h('div', { id: 'new-token' }, shown)),

@@ -10,13 +10,7 @@ use portico_test_support::portico::ADMIN_PASSWORD;
 use portico_test_support::{Backend, Portico, eventually};
 use serde_json::{Value, json};
 
-use crate::{BIN, portico};
-
-async fn admin(p: &Portico) -> (ApiClient, String) {
-    let api = ApiClient::new(p.api);
-    let token = api.login("admin", ADMIN_PASSWORD).await;
-    (api, token)
-}
+use crate::{BIN, admin, portico};
 
 #[tokio::test]
 async fn first_start_creates_an_admin_with_a_random_password() {

@@ -27,6 +27,13 @@ use portico_test_support::Portico;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_portico");
 
+/// An API client for `p`, and the admin's token.
+pub async fn admin(p: &Portico) -> (portico_test_support::client::ApiClient, String) {
+    let api = portico_test_support::client::ApiClient::new(p.api);
+    let token = api.login("admin", portico_test_support::portico::ADMIN_PASSWORD).await;
+    (api, token)
+}
+
 /// A fresh `portico serve` with extra `--set` settings.
 pub fn portico(settings: &[&str]) -> Portico {
     Portico::start(BIN, settings)

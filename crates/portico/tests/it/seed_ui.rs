@@ -5,12 +5,11 @@
 use http::StatusCode;
 use portico_test_support::client::{ApiClient, Reply};
 use portico_test_support::dns_fake::{self, FakeDns, Provider};
-use portico_test_support::portico::ADMIN_PASSWORD;
-use portico_test_support::{Portico, eventually};
+use portico_test_support::eventually;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use crate::portico;
+use crate::{admin, portico};
 
 /// What the seed's `app.api.*` sends: `/api/` + the page's path, its token, JSON.
 async fn seed(api: &ApiClient, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
@@ -18,12 +17,6 @@ async fn seed(api: &ApiClient, method: &str, path: &str, token: &str, body: Opti
     headers.push(("content-type", "application/json; charset=utf-8".to_owned()));
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     api.raw(method, &format!("/api/{path}"), &headers, body).await
-}
-
-async fn admin(p: &Portico) -> (ApiClient, String) {
-    let api = ApiClient::new(p.api);
-    let token = api.login("admin", ADMIN_PASSWORD).await;
-    (api, token)
 }
 
 /// The Users page (`user/?detail=true`, `user/`), adding a DNS provider (`dns/`) and hosts
