@@ -284,6 +284,15 @@ impl Portico {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The first log line with this message, waiting up to five seconds for it.
+    pub async fn logged(&self, message: &str) -> serde_json::Value {
+        crate::eventually(Duration::from_secs(5), message, || {
+            let logs = self.logs();
+            async move { logs.into_iter().find(|l| l["fields"]["message"] == message) }
+        })
+        .await
+    }
+
     /// The access-log entries' fields so far.
     pub fn access_log(&self) -> Vec<serde_json::Value> {
         self.logs().into_iter().filter(|l| l["target"] == "portico::access").map(|l| l["fields"].clone()).collect()

@@ -776,11 +776,7 @@ async fn certificate_metadata_and_logged_key_export() {
     assert!(!denied.raw.contains("PRIVATE KEY"));
     let exported = api.call("GET", "/api/cert/app.example.test?include_private_key=true", Some(&root), None).await;
     assert_eq!(exported.json["results"]["privkey_pem"], key_pem);
-    let logged = eventually(Duration::from_secs(5), "the export to be logged", || {
-        let logs = p.logs();
-        async move { logs.into_iter().find(|l| l["fields"]["message"] == "private key exported through the API") }
-    })
-    .await;
+    let logged = p.logged("private key exported through the API").await;
     assert_eq!(logged["fields"]["username"], "admin");
     assert!(!logged.to_string().contains("PRIVATE KEY"));
 

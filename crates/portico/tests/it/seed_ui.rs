@@ -5,9 +5,7 @@
 use http::StatusCode;
 use portico_test_support::client::{ApiClient, Reply};
 use portico_test_support::dns_fake::{self, FakeDns, Provider};
-use portico_test_support::eventually;
 use serde_json::{Value, json};
-use std::time::Duration;
 
 use crate::{admin, portico};
 
@@ -86,11 +84,7 @@ async fn certificate_downloads_read_the_seed_fields() {
     assert_eq!(data.json["expiry"], 4_102_444_800u64);
     // Portico's own view is still there.
     assert_eq!(data.json["results"]["names"], json!(["dl.example.test"]));
-    let logged = eventually(Duration::from_secs(5), "the export to be logged", || {
-        let logs = p.logs();
-        async move { logs.into_iter().find(|l| l["fields"]["message"] == "private key exported through the API") }
-    })
-    .await;
+    let logged = p.logged("private key exported through the API").await;
     assert_eq!(logged["fields"]["host"], "dl.example.test");
     assert!(!logged.to_string().contains("PRIVATE KEY"));
 
