@@ -230,7 +230,7 @@ function watchRate(into) {
         return;
       }
       const perSecond = last ? ((now.requests_total - last.requests_total) * 1000) / Math.max(1, now.at - last.at) : null;
-      into.textContent = `${now.requests_total} requests answered by this node since it started` +
+      into.textContent = `${now.requests_total} request${now.requests_total === 1 ? '' : 's'} answered by this node since it started` +
         (perSecond === null ? '.' : `; ${perSecond.toFixed(1)} requests/s now.`);
       last = now;
     } catch { /* shown again at the next sample */ }
