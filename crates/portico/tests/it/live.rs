@@ -138,6 +138,8 @@ async fn the_seed_ui_socket_io_client_sees_host_changes() {
 
     let mut socket = SeedSocket::connect(p.api, &token);
     socket.next("connect").await;
+    // socket.io starts with long-polling and moves to a WebSocket on the same port.
+    socket.next("websocket").await;
     assert_eq!(api.call("POST", "/api/host", t, Some(host("live.example.test", 8080))).await.status, StatusCode::OK);
     let created = socket.topic("model:Host:create:live.example.test").await;
     assert_eq!(created["host"], "live.example.test");
