@@ -259,10 +259,15 @@ function hostForm(host, done) {
   return form;
 }
 
+/** Issuance steps after which nothing moves until the next attempt. */
+const SETTLED = new Set(['', 'issued', 'failed']);
+
 async function certDetails(name, into) {
-  into.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
+  if (!into.firstChild) into.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
   try {
     const c = (await api('GET', `cert/${enc(name)}?include_private_key=false`)).results;
+    // An issuance under way: its progress is followed while the details show.
+    if (!SETTLED.has(c.step || '')) setTimeout(() => { if (into.isConnected && !into.closest('[hidden]')) certDetails(name, into); }, 1000);
     into.replaceChildren(h('dl', { class: 'kv' },
       h('dt', {}, 'Certificate'), h('dd', {}, c.host),
       h('dt', {}, 'Status'), h('dd', {}, c.status),
