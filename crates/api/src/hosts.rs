@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
-use portico_model::{Host, HostPattern, Hostname, PatternLabel, Target};
+use portico_model::{Balance, HealthCheck, Host, HostPattern, Hostname, PatternLabel, Target};
 use portico_store::{Kind, Revision, StoreError};
 use serde_json::{Map, Value, json};
 
@@ -69,22 +69,25 @@ pub fn host_json(host: &Host, zones: &Zones) -> Value {
 pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     let mut errors = Vec::new();
     let pattern = body.required("host", &mut errors).and_then(|h| parse_pattern(&h, &mut errors));
-    let ip = body.required("ip", &mut errors);
-    let port = body.port("targetPort", &mut errors);
-    if port.is_none() && !errors.iter().any(|e| e.key == "targetPort") {
-        errors.push(FieldError::new("targetPort", "targetPort is required."));
+    // `targets`, or the seed's `ip` + `targetPort` for a single one.
+    if !body.0.contains_key("targets") {
+        for key in ["ip", "targetPort"] {
+            if body.0.get(key).is_none_or(Value::is_null) {
+                errors.push(FieldError::new(key, format!("{key} is required.")));
+            }
+        }
     }
-    let target = match (&ip, port) {
-        (Some(ip), Some(port)) => parse_target(ip, port, &mut errors),
-        _ => None,
-    };
     let forcessl = body.flag("forcessl", &mut errors).unwrap_or(true);
     let targetssl = body.flag("targetssl", &mut errors).unwrap_or(false);
-    let (Some(pattern), Some(target), true) = (pattern, target, errors.is_empty()) else {
+    // The first target comes from `targets` or `ip`/`targetPort`, applied below.
+    let unset = Target::new("127.0.0.1", 1).map_err(|_| ApiError::Internal("a placeholder target"))?;
+    let placeholder = HostPattern::parse("placeholder.invalid").map_err(|_| ApiError::Internal("a placeholder"))?;
+    let now = portico_store::now_ms() as i64;
+    let mut host = Host::new(pattern.clone().unwrap_or(placeholder), unset, forcessl, targetssl, &caller.username, now);
+    apply_policy(&body, &mut host, &mut errors);
+    let (Some(pattern), true) = (pattern, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
-    let now = portico_store::now_ms() as i64;
-    let host = Host::new(pattern.clone(), target, forcessl, targetssl, &caller.username, now);
     api.store
         .create(Kind::Host, pattern.as_str(), &host.to_fields())
         .await
@@ -108,7 +111,15 @@ pub async fn get(
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let (_, host, revision) = stored(&api, &item).await?;
     let zones = Zones::load(api.store.as_ref()).await?;
-    Ok((etag(revision), Json(json!({ "item": item, "results": host_json(&host, &zones) }))))
+    let mut shown = host_json(&host, &zones);
+    // Each target's health as this process sees it (when it proxies), for hosts whose
+    // health is followed: several targets, or active checks.
+    if let (Some(report), Value::Object(fields)) = (&api.settings.target_health, &mut shown)
+        && (host.targets.len() > 1 || host.health_check.is_some())
+    {
+        fields.insert("targets".into(), Value::Array((report.0)(&host)));
+    }
+    Ok((etag(revision), Json(json!({ "item": item, "results": shown }))))
 }
 
 /// `PUT /api/host/{item}`: partial update; a new `host` renames it.
@@ -153,20 +164,20 @@ pub async fn update(
     Ok((etag, with_message(format!("\"{item}\" updated."), fields)))
 }
 
+/// Applies an update's fields (the API's JSON names: `host`, `ip`, `targetPort`, `targets`,
+/// `balance`, `healthCheck`, `forcessl`, `targetssl`) to `host`, as `PUT /api/host/{item}`
+/// does; the command line uses it too. Every bad field is one entry of the error.
+pub fn apply_update(fields: serde_json::Map<String, Value>, host: &mut Host) -> Result<(), ApiError> {
+    apply(&JsonObject(fields), host)
+}
+
 /// Applies an update's fields to `host`; every bad field is one entry of the 422.
 fn apply(body: &JsonObject, host: &mut Host) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     if let Some(pattern) = body.string("host", &mut errors).and_then(|h| parse_pattern(&h, &mut errors)) {
         host.host = pattern;
     }
-    let ip = body.string("ip", &mut errors);
-    let port = body.port("targetPort", &mut errors);
-    if ip.is_some() || port.is_some() {
-        let ip = ip.unwrap_or_else(|| host.target.ip().to_owned());
-        if let Some(target) = parse_target(&ip, port.unwrap_or(host.target.port()), &mut errors) {
-            host.target = target;
-        }
-    }
+    apply_policy(body, host, &mut errors);
     if let Some(v) = body.flag("forcessl", &mut errors) {
         host.forcessl = v;
     }
@@ -177,6 +188,49 @@ fn apply(body: &JsonObject, host: &mut Host) -> Result<(), ApiError> {
         return Err(ApiError::Validation(errors));
     }
     Ok(())
+}
+
+/// Applies `targets`, the seed's `ip`/`targetPort` (the first target), `balance` and
+/// `healthCheck` (`null` removes it) from a create or an update to `host`.
+fn apply_policy(body: &JsonObject, host: &mut Host, errors: &mut Vec<FieldError>) {
+    fn refused(errors: &mut Vec<FieldError>, e: &portico_model::HostError) {
+        errors.push(FieldError::new(e.field(), format!("{e}.")));
+    }
+    if let Some(list) = body.0.get("targets") {
+        match portico_model::upstream::parse_targets(list) {
+            Ok(list) => host.targets = list,
+            Err(e) => refused(errors, &e),
+        }
+    }
+    let ip = body.string("ip", errors);
+    let port = body.port("targetPort", errors);
+    if ip.is_some() || port.is_some() {
+        let ip = ip.unwrap_or_else(|| host.target().ip().to_owned());
+        let port = port.unwrap_or(host.target().port());
+        if let Some(target) = parse_target(&ip, port, errors) {
+            if body.0.contains_key("targets") && &target != host.target() {
+                errors.push(FieldError::new("ip", "ip and targetPort are the first of targets: they differ."));
+            } else {
+                host.set_first_target(target);
+            }
+        }
+    }
+    match body.0.get("balance") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(name)) => match Balance::parse(name) {
+            Ok(b) => host.balance = b,
+            Err(e) => refused(errors, &e),
+        },
+        Some(_) => errors.push(FieldError::new("balance", "balance is not string type.")),
+    }
+    match body.0.get("healthCheck") {
+        None => {}
+        Some(Value::Null) => host.health_check = None,
+        Some(check) => match HealthCheck::parse(check) {
+            Ok(check) => host.health_check = Some(check),
+            Err(e) => refused(errors, &e),
+        },
+    }
 }
 
 /// `DELETE /api/host/{item}`.

@@ -296,14 +296,62 @@ pub struct RevokedToken {
 #[derive(Serialize, ToSchema)]
 pub struct NewHost {
     host: String,
-    /// IPv4, IPv6 or a hostname.
-    ip: String,
+    /// IPv4, IPv6 or a hostname: the (first) target. Required without `targets`.
+    ip: Option<String>,
+    /// Required without `targets`.
     #[serde(rename = "targetPort")]
-    target_port: Port,
+    target_port: Option<Port>,
+    #[serde(flatten)]
+    policy: HostPolicy,
     /// Redirect plain HTTP to HTTPS (default true).
     forcessl: Option<Flag>,
     /// Speak TLS to the target (default false).
     targetssl: Option<Flag>,
+}
+
+/// Where a host's traffic goes and how it is shared.
+#[derive(Serialize, ToSchema)]
+pub struct HostPolicy {
+    /// Every target (1 to 64); `ip`/`targetPort` are always the first.
+    targets: Option<Vec<TargetEntry>>,
+    /// `round_robin` (default), `least_conn`, `ip_hash` or `first`.
+    balance: Option<String>,
+    /// Active health checks of the targets (`null` removes them).
+    #[serde(rename = "healthCheck")]
+    health_check: Option<HealthCheckSpec>,
+}
+
+/// One target.
+#[derive(Serialize, ToSchema)]
+pub struct TargetEntry {
+    ip: String,
+    port: u16,
+    /// 1 to 100 (default 1).
+    weight: Option<u16>,
+    /// `GET /api/host/{item}` only: this node's view, `healthy`, `ejected` (failed
+    /// connections; tried again after a back-off of at most 30 s), `down` (failing its
+    /// health checks) or `unknown` (no traffic yet).
+    health: Option<String>,
+    /// With `health`: failures in a row.
+    failures: Option<u32>,
+    /// With `health`: the last failure.
+    last_error: Option<String>,
+}
+
+/// `GET path` every `interval`; `unhealthy` failures in a row take a target out, `healthy`
+/// passes put it back.
+#[derive(Serialize, ToSchema)]
+pub struct HealthCheckSpec {
+    /// A path starting with `/`.
+    path: String,
+    /// A duration such as `"5s"` (1 s to 1 h; default 5 s).
+    interval: Option<String>,
+    /// The status a healthy target answers (default 200).
+    expect: Option<u16>,
+    /// Default 3.
+    unhealthy: Option<u32>,
+    /// Default 2.
+    healthy: Option<u32>,
 }
 
 /// A partial update: any of the fields; a new `host` renames.
@@ -313,6 +361,8 @@ pub struct HostUpdate {
     ip: Option<String>,
     #[serde(rename = "targetPort")]
     target_port: Option<Port>,
+    #[serde(flatten)]
+    policy: HostPolicy,
     forcessl: Option<Flag>,
     targetssl: Option<Flag>,
 }
@@ -326,6 +376,11 @@ pub struct Host {
     target_port: u16,
     forcessl: bool,
     targetssl: bool,
+    /// Every target; the first is `ip`/`targetPort`.
+    targets: Vec<TargetEntry>,
+    balance: String,
+    #[serde(rename = "healthCheck")]
+    health_check: Option<HealthCheckSpec>,
     /// When read: the managed DNS zone the host is in, with its provider (`null`: none).
     domain: Option<Domain>,
     #[serde(flatten)]

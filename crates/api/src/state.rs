@@ -26,6 +26,22 @@ pub struct ApiSettings {
     /// This process's count of proxied requests, when it proxies and counts them (a metrics
     /// listener is configured): `GET /api/stats` shows it.
     pub requests: Option<RequestCounter>,
+    /// This process's view of a host's targets' health, when it proxies: `GET
+    /// /api/host/{item}` shows it.
+    pub target_health: Option<HealthReport>,
+}
+
+/// Makes the health report of a host's targets.
+pub type ReportHealth = dyn Fn(&portico_model::Host) -> Vec<serde_json::Value> + Send + Sync;
+
+/// Each of a host's targets with its health, as JSON.
+#[derive(Clone)]
+pub struct HealthReport(pub Arc<ReportHealth>);
+
+impl std::fmt::Debug for HealthReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HealthReport")
+    }
 }
 
 /// Reads a count of requests answered.
@@ -45,6 +61,7 @@ impl Default for ApiSettings {
             trusted_proxies: Vec::new(),
             dns: portico_dns::Endpoints::default(),
             requests: None,
+            target_health: None,
         }
     }
 }

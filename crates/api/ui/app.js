@@ -282,8 +282,11 @@ async function certDetails(name, into) {
 }
 
 let hostSearch = '';
+/** Redraws the current page's data in place (set by pages whose forms must survive it). */
+let redraw = null;
+
 async function hostsPage() {
-  const hosts = (await api('GET', 'host?detail=true')).results;
+  let hosts = (await api('GET', 'host?detail=true')).results;
   const search = h('input', { type: 'search', name: 'search', placeholder: 'Search hosts', value: hostSearch });
   const editor = h('div');
   const rows = h('tbody');
@@ -304,22 +307,29 @@ async function hostsPage() {
           h('button', { type: 'button', 'aria-label': `Renew the certificate of ${x.host}`, onclick: async () => {
             try { notice((await api('PUT', `host/${enc(x.host)}/renew`)).message); certDetails(x.host, detail); detailRow.hidden = false; } catch (e) { notice(e.message); }
           } }, 'Renew'),
-          h('button', { type: 'button', 'aria-label': `Edit ${x.host}`, onclick: () => { editor.replaceChildren(h('section', { class: 'card' }, h('h2', {}, `Edit ${x.host}`), hostForm(x, () => route(true)))); editor.querySelector('input').focus(); } }, 'Edit'),
+          h('button', { type: 'button', 'aria-label': `Edit ${x.host}`, onclick: () => { editor.replaceChildren(h('section', { class: 'card' }, h('h2', {}, `Edit ${x.host}`), hostForm(x, () => { editor.replaceChildren(); redraw(); }))); editor.querySelector('input').focus(); } }, 'Edit'),
           h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${x.host}`, onclick: async () => {
             if (!confirm(`Delete ${x.host}?`)) return;
-            try { notice((await api('DELETE', `host/${enc(x.host)}`)).message); route(true); } catch (e) { notice(e.message); }
+            try { notice((await api('DELETE', `host/${enc(x.host)}`)).message); redraw(); } catch (e) { notice(e.message); }
           } }, 'Delete'))));
       return [row, detailRow];
     }).flat());
+    empty.hidden = hosts.length > 0;
   };
+  const empty = h('p', { class: 'muted' }, 'No hosts yet.');
   search.addEventListener('input', render);
-  render();
+  const adding = hostForm(null, () => { adding.reset(); redraw(); });
   page('Hosts', editor,
-    h('section', { class: 'card' }, h('h2', {}, 'Add a host'), hostForm(null, () => route(true))),
+    h('section', { class: 'card' }, h('h2', {}, 'Add a host'), adding),
     h('section', { class: 'card' },
       h('label', {}, 'Search', search),
       h('table', { 'aria-label': 'Hosts' }, h('thead', {}, h('tr', {}, h('th', {}, 'Host'), h('th', {}, 'Target'), h('th', { class: 'wide' }, 'Incoming'), h('th', { class: 'wide' }, 'Updated'), h('th', {}, 'Actions'))), rows),
-      hosts.length ? null : h('p', { class: 'muted' }, 'No hosts yet.')));
+      empty));
+  render();
+  redraw = async () => {
+    hosts = (await api('GET', 'host?detail=true')).results;
+    render();
+  };
 }
 
 function testerPage() {
@@ -363,27 +373,32 @@ async function dnsPage() {
   onSubmit(form, async (f) => {
     const body = Object.fromEntries(f);
     notice((await api('POST', 'dns', body)).message);
-    route(true);
+    form.reset();
+    showFields();
+    redraw();
   });
+  const list = h('div');
+  const draw = (providers) => list.replaceChildren(providers.length ? h('table', { 'aria-label': 'DNS providers' },
+    h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Provider'), h('th', {}, 'Zones'), h('th', {}, 'Actions'))),
+    h('tbody', {}, providers.map((p) => h('tr', {},
+      h('td', {}, p.name),
+      h('td', {}, h('img', { src: p.displayIconHtml, alt: '', width: 20, height: 20 }), ' ', p.displayName),
+      h('td', {}, (p.domains || []).map((d) => h('span', { class: 'badge' }, d.domain))),
+      h('td', {}, h('div', { class: 'actions' },
+        h('button', { type: 'button', 'aria-label': `Refresh the zones of ${p.name}`, onclick: async () => {
+          try { await api('POST', `dns/domain/refresh/${enc(p.id)}`); redraw(); } catch (e) { notice(e.message); }
+        } }, 'Refresh zones'),
+        h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${p.name}`, onclick: async () => {
+          if (!confirm(`Delete ${p.name} and its zones?`)) return;
+          try { notice((await api('DELETE', `dns/${enc(p.id)}`)).message); redraw(); } catch (e) { notice(e.message); }
+        } }, 'Delete')))))))
+    : h('p', { class: 'muted' }, 'No DNS providers yet.'));
+  draw(providers.results);
   page('DNS providers',
     h('section', { class: 'card' }, h('h2', {}, 'Add a DNS provider'),
       h('p', { class: 'muted' }, 'Credentials are checked with the provider, then stored; they are never shown again.'), form),
-    h('section', { class: 'card' }, h('h2', {}, 'Providers'),
-      providers.results.length ? h('table', { 'aria-label': 'DNS providers' },
-        h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Provider'), h('th', {}, 'Zones'), h('th', {}, 'Actions'))),
-        h('tbody', {}, providers.results.map((p) => h('tr', {},
-          h('td', {}, p.name),
-          h('td', {}, h('img', { src: p.displayIconHtml, alt: '', width: 20, height: 20 }), ' ', p.displayName),
-          h('td', {}, (p.domains || []).map((d) => h('span', { class: 'badge' }, d.domain))),
-          h('td', {}, h('div', { class: 'actions' },
-            h('button', { type: 'button', 'aria-label': `Refresh the zones of ${p.name}`, onclick: async () => {
-              try { await api('POST', `dns/domain/refresh/${enc(p.id)}`); route(true); } catch (e) { notice(e.message); }
-            } }, 'Refresh zones'),
-            h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${p.name}`, onclick: async () => {
-              if (!confirm(`Delete ${p.name} and its zones?`)) return;
-              try { notice((await api('DELETE', `dns/${enc(p.id)}`)).message); route(true); } catch (e) { notice(e.message); }
-            } }, 'Delete')))))))
-        : h('p', { class: 'muted' }, 'No DNS providers yet.')));
+    h('section', { class: 'card' }, h('h2', {}, 'Providers'), list));
+  redraw = async () => draw((await api('GET', 'dns?detail=true')).results);
 }
 
 async function usersPage() {
@@ -448,8 +463,13 @@ async function route(refresh) {
   if (!me) return;
   const name = currentPage();
   const show = PAGES[name];
-  // A live refresh does not take away what someone is typing or editing.
-  if (refresh && main().querySelector('form input:focus, form select:focus, form[aria-label^="Edit "]')) return;
+  // A live refresh redraws the page's data in place when it can: forms keep what is typed.
+  if (refresh && redraw) {
+    try { await redraw(); } catch { /* the next change redraws again */ }
+    return;
+  }
+  if (refresh && main().querySelector('form input:focus, form select:focus')) return;
+  redraw = null;
   for (const a of document.querySelectorAll('.bar nav a')) {
     if (a.getAttribute('href') === `#/${name}`) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::name::{HostPattern, Hostname, NameError};
+use crate::upstream::{Balance, HealthCheck, Upstream, parse_targets};
 
 /// A record as the store keeps it: field name to string value.
 pub type Fields = BTreeMap<String, String>;
@@ -107,8 +108,12 @@ impl fmt::Display for Target {
 pub struct Host {
     /// The host pattern this record serves.
     pub host: HostPattern,
-    /// Where requests go.
-    pub target: Target,
+    /// Where requests go: never empty. The first is the seed's `ip`/`targetPort`.
+    pub targets: Vec<Upstream>,
+    /// How requests are shared among the targets.
+    pub balance: Balance,
+    /// Active health checks of the targets, if any.
+    pub health_check: Option<HealthCheck>,
     /// Redirect plain HTTP to HTTPS.
     pub forcessl: bool,
     /// Speak TLS to the target.
@@ -125,8 +130,27 @@ pub struct Host {
     pub extra: Fields,
 }
 
-const KNOWN: [&str; 9] =
-    ["host", "ip", "targetPort", "forcessl", "targetssl", "created_by", "created_on", "updated_by", "updated_on"];
+const KNOWN: [&str; 12] = [
+    "host",
+    "ip",
+    "targetPort",
+    "targets",
+    "balance",
+    "healthCheck",
+    "forcessl",
+    "targetssl",
+    "created_by",
+    "created_on",
+    "updated_by",
+    "updated_on",
+];
+
+/// Whether a field a host record may carry from elsewhere (the seed's later versions keep
+/// basic-auth passwords and SSO secrets in the host) is a secret: never shown.
+pub fn is_secret_field(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token", "key", "credential", "basicauth"].iter().any(|word| name.contains(word))
+}
 
 impl Host {
     /// A new host record, created by `created_by` at `now_ms`, with the seed's bookkeeping
@@ -141,7 +165,9 @@ impl Host {
     ) -> Self {
         Self {
             host,
-            target,
+            targets: vec![Upstream::new(target)],
+            balance: Balance::default(),
+            health_check: None,
             forcessl,
             targetssl,
             created_by: created_by.to_owned(),
@@ -152,12 +178,24 @@ impl Host {
         }
     }
 
+    /// The first target: the seed's `ip`/`targetPort`.
+    pub fn target(&self) -> &Target {
+        &self.targets[0].target
+    }
+
+    /// Makes `target` the first target (what a seed client's `ip`/`targetPort` change means),
+    /// keeping the first entry's weight; an entry further down for the same target is dropped.
+    pub fn set_first_target(&mut self, target: Target) {
+        put_first(&mut self.targets, target);
+    }
+
     /// The host as the API (and `portico host ls --json`) shows it: the seed's fields, with
-    /// numbers and booleans as JSON numbers and booleans.
+    /// numbers and booleans as JSON numbers and booleans; `targets` and `balance` always,
+    /// `healthCheck` when set. Secret fields a record may carry are never shown.
     pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
         use serde_json::Value;
         let mut out = serde_json::Map::new();
-        for (k, v) in &self.extra {
+        for (k, v) in self.extra.iter().filter(|(k, _)| !is_secret_field(k)) {
             let value = match v.as_str() {
                 "true" => Value::Bool(true),
                 "false" => Value::Bool(false),
@@ -167,8 +205,13 @@ impl Host {
             out.insert(k.clone(), value);
         }
         out.insert("host".into(), Value::from(self.host.as_str()));
-        out.insert("ip".into(), Value::from(self.target.ip()));
-        out.insert("targetPort".into(), Value::from(self.target.port()));
+        out.insert("ip".into(), Value::from(self.target().ip()));
+        out.insert("targetPort".into(), Value::from(self.target().port()));
+        out.insert("targets".into(), Value::Array(self.targets.iter().map(Upstream::to_json).collect()));
+        out.insert("balance".into(), Value::from(self.balance.as_str()));
+        if let Some(check) = &self.health_check {
+            out.insert("healthCheck".into(), check.to_json());
+        }
         out.insert("forcessl".into(), Value::Bool(self.forcessl));
         out.insert("targetssl".into(), Value::Bool(self.targetssl));
         out.insert("created_by".into(), Value::from(self.created_by.as_str()));
@@ -187,11 +230,31 @@ impl Host {
         let port = parse_port(port)?;
         let ip = text("ip").ok_or(HostError::Missing("ip"))?;
         let target = Target::new(ip, port)?;
+        // `targets` as JSON text; the seed's `ip`/`targetPort` are its first entry (a seed
+        // client that changed them changed the first target).
+        let mut targets = match text("targets") {
+            Some(list) => {
+                let list: serde_json::Value =
+                    serde_json::from_str(list).map_err(|_| HostError::invalid("targets", "is not JSON"))?;
+                parse_targets(&list)?
+            }
+            None => vec![Upstream::new(target.clone())],
+        };
+        put_first(&mut targets, target);
+        let balance = text("balance").map_or(Ok(Balance::default()), Balance::parse)?;
+        let health_check = match text("healthCheck") {
+            Some(check) => Some(HealthCheck::parse(
+                &serde_json::from_str(check).map_err(|_| HostError::invalid("healthCheck", "is not JSON"))?,
+            )?),
+            None => None,
+        };
         let flag = |name: &'static str, default: bool| text(name).map_or(Ok(default), |v| parse_flag(name, v));
         let time = |name: &'static str| text(name).and_then(|v| v.trim().parse::<f64>().ok()).map_or(0, |v| v as i64);
         Ok(Self {
             host,
-            target,
+            targets,
+            balance,
+            health_check,
             forcessl: flag("forcessl", true)?,
             targetssl: flag("targetssl", false)?,
             created_by: text("created_by").unwrap_or_default().to_owned(),
@@ -211,8 +274,20 @@ impl Host {
         let mut fields = self.extra.clone();
         let mut put = |k: &str, v: String| fields.insert(k.to_owned(), v);
         put("host", self.host.to_string());
-        put("ip", self.target.ip().to_owned());
-        put("targetPort", self.target.port().to_string());
+        put("ip", self.target().ip().to_owned());
+        put("targetPort", self.target().port().to_string());
+        // Written only when they say more than `ip`/`targetPort` and the defaults do, so a
+        // seed host's record stays exactly the seed's.
+        if self.targets.len() > 1 || self.targets[0].weight != 1 {
+            let list: Vec<serde_json::Value> = self.targets.iter().map(Upstream::to_json).collect();
+            put("targets", serde_json::Value::Array(list).to_string());
+        }
+        if self.balance != Balance::default() {
+            put("balance", self.balance.as_str().to_owned());
+        }
+        if let Some(check) = &self.health_check {
+            put("healthCheck", check.to_json().to_string());
+        }
         put("forcessl", self.forcessl.to_string());
         put("targetssl", self.targetssl.to_string());
         put("created_by", self.created_by.clone());
@@ -221,6 +296,19 @@ impl Host {
         put("updated_on", self.updated_on.to_string());
         fields
     }
+}
+
+/// Puts `target` in the first entry of a non-empty list (keeping that entry's weight) and
+/// drops any later entry for the same target.
+fn put_first(targets: &mut Vec<Upstream>, target: Target) {
+    targets[0].target = target;
+    let mut first = true;
+    let kept = targets[0].target.clone();
+    targets.retain(|u| {
+        let keep = first || u.target != kept;
+        first = false;
+        keep
+    });
 }
 
 /// A port from its text form (`"8080"`), 1–65535.
@@ -266,7 +354,8 @@ mod tests {
     fn seed_hash_round_trips() {
         let host = Host::from_fields(&seed_hash()).unwrap();
         assert_eq!(host.host.as_str(), "app.example.com");
-        assert_eq!(host.target.authority(), "10.0.0.5:8080");
+        assert_eq!(host.target().authority(), "10.0.0.5:8080");
+        assert_eq!(host.targets.len(), 1);
         assert!(host.forcessl && !host.targetssl);
         assert_eq!(host.created_on, 1_735_689_600_000);
         assert_eq!(host.extra.get("is_wildcard").map(String::as_str), Some("false"));

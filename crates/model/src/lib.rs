@@ -16,10 +16,12 @@ pub mod record;
 pub mod report;
 mod routes;
 mod table;
+pub mod upstream;
 
-pub use host::{Fields, Host, HostError, Target, parse_port};
+pub use host::{Fields, Host, HostError, Target, is_secret_field, parse_port};
 pub use name::{HostPattern, Hostname, NameError, PatternLabel};
 pub use routes::{Rebuilt, Routes};
 pub use table::HostTable;
 #[cfg(feature = "reference-matcher")]
 pub use table::reference;
+pub use upstream::{Balance, HealthCheck, Upstream};

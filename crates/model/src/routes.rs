@@ -128,7 +128,7 @@ mod tests {
 
         let added = routes.patch("b.test", Some(record("b.test", 2).1)).unwrap();
         assert!(added.changed && added.hosts == 2);
-        assert_eq!(routes.snapshot().lookup("b.test").unwrap().1.target.port(), 2);
+        assert_eq!(routes.snapshot().lookup("b.test").unwrap().1.target().port(), 2);
         assert!(routes.patch("a.test", None).unwrap().changed);
         assert!(routes.snapshot().lookup("a.test").is_none());
         assert!(!routes.patch("a.test", None).unwrap().changed, "gone already");

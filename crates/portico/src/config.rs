@@ -585,6 +585,7 @@ impl TryFrom<Raw> for Config {
             access_log: access_log(raw.log.access_log.as_ref())?,
             // `portico serve` puts its one registry here.
             metrics: Default::default(),
+            health: Default::default(),
         };
         let issuer = choice(
             "tls.issuer",

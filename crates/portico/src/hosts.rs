@@ -1,5 +1,6 @@
-//! `portico host add|ls|rm`: hosts managed directly in the store. The embedded store may be
-//! open in `portico serve` at the same time; the server picks the change up within a second.
+//! `portico host add|update|ls|rm`: hosts managed directly in the store. The embedded store
+//! may be open in `portico serve` at the same time; the server picks the change up within a
+//! second. Fields are checked by the same code as the API's.
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
@@ -16,18 +17,45 @@ pub enum HostCommand {
     Add {
         /// Host name or pattern.
         name: String,
-        /// Target IPv4 or IPv6 address or host name.
-        #[arg(long)]
-        ip: String,
+        /// Target IPv4 or IPv6 address or host name (or give `--target`).
+        #[arg(long, required_unless_present = "target")]
+        ip: Option<String>,
         /// Target port.
-        #[arg(long)]
-        port: u16,
+        #[arg(long, required_unless_present = "target")]
+        port: Option<u16>,
+        #[command(flatten)]
+        policy: PolicyArgs,
         /// Redirect plain HTTP to HTTPS.
         #[arg(long)]
         forcessl: bool,
         /// Speak TLS to the target.
         #[arg(long)]
         targetssl: bool,
+    },
+    /// Change a host: only what is given changes.
+    Update {
+        /// Host name or pattern, as added.
+        name: String,
+        /// Rename it.
+        #[arg(long)]
+        rename: Option<String>,
+        /// The first target's address.
+        #[arg(long)]
+        ip: Option<String>,
+        /// The first target's port.
+        #[arg(long)]
+        port: Option<u16>,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Stop the active health checks.
+        #[arg(long, conflicts_with = "health_check")]
+        no_health_check: bool,
+        /// Redirect plain HTTP to HTTPS: true or false.
+        #[arg(long)]
+        forcessl: Option<bool>,
+        /// Speak TLS to the target: true or false.
+        #[arg(long)]
+        targetssl: Option<bool>,
     },
     /// List hosts.
     Ls {
@@ -42,6 +70,77 @@ pub enum HostCommand {
     },
 }
 
+/// Several targets, balancing and health checks (`add` and `update`).
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    /// A target, `IP:PORT` or `IP:PORT@WEIGHT` (`[::1]:8080@2`); repeat for several. Given
+    /// to `update`, the list replaces the host's.
+    #[arg(long = "target", value_name = "IP:PORT[@WEIGHT]")]
+    target: Vec<String>,
+    /// How requests are shared: round_robin, least_conn, ip_hash or first.
+    #[arg(long)]
+    balance: Option<String>,
+    /// Check the targets with `GET PATH` (active health checks).
+    #[arg(long, value_name = "PATH")]
+    health_check: Option<String>,
+    /// Time between checks (`5s` by default).
+    #[arg(long, requires = "health_check", value_name = "DURATION")]
+    health_interval: Option<String>,
+    /// The status a healthy target answers (200 by default).
+    #[arg(long, requires = "health_check", value_name = "STATUS")]
+    health_expect: Option<u16>,
+}
+
+impl PolicyArgs {
+    /// The API's JSON fields for these flags.
+    fn fields(&self, out: &mut serde_json::Map<String, serde_json::Value>) -> anyhow::Result<()> {
+        use serde_json::json;
+        if !self.target.is_empty() {
+            let list = self.target.iter().map(|t| target_json(t)).collect::<anyhow::Result<Vec<_>>>()?;
+            out.insert("targets".into(), serde_json::Value::Array(list));
+        }
+        if let Some(balance) = &self.balance {
+            out.insert("balance".into(), json!(balance));
+        }
+        if let Some(path) = &self.health_check {
+            let mut check = json!({ "path": path });
+            if let Some(interval) = &self.health_interval {
+                check["interval"] = json!(interval);
+            }
+            if let Some(expect) = self.health_expect {
+                check["expect"] = json!(expect);
+            }
+            out.insert("healthCheck".into(), check);
+        }
+        Ok(())
+    }
+}
+
+/// `IP:PORT[@WEIGHT]` as the API's `{ip, port, weight}`.
+fn target_json(text: &str) -> anyhow::Result<serde_json::Value> {
+    let (address, weight) = match text.rsplit_once('@') {
+        Some((address, weight)) => {
+            (address, Some(weight.parse::<u16>().with_context(|| format!("weight in {text:?}"))?))
+        }
+        None => (text, None),
+    };
+    let (ip, port) = address.rsplit_once(':').with_context(|| format!("{text:?} is not IP:PORT"))?;
+    let port: u16 = port.parse().with_context(|| format!("port in {text:?}"))?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    Ok(serde_json::json!({ "ip": ip, "port": port, "weight": weight.unwrap_or(1) }))
+}
+
+/// Applies API fields to a host, with the API's checks; refusals as one error.
+fn apply(fields: serde_json::Map<String, serde_json::Value>, host: &mut Host) -> anyhow::Result<()> {
+    portico_api::apply_host_update(fields, host).map_err(|e| match e {
+        portico_api::ApiError::Validation(errors) => {
+            let lines: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.key, e.message)).collect();
+            anyhow::anyhow!("{}", lines.join("\n"))
+        }
+        e => anyhow::anyhow!("{e}"),
+    })
+}
+
 /// Runs one host subcommand against the configured store.
 pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
     // Only `add` may start a new store: `ls` and `rm` on a mistyped path are errors.
@@ -51,14 +150,63 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
     };
     let store = store.context("cannot open the store")?;
     match command {
-        HostCommand::Add { name, ip, port, forcessl, targetssl } => {
+        HostCommand::Add { name, ip, port, policy, forcessl, targetssl } => {
             let pattern = HostPattern::parse(&name).with_context(|| format!("host {name:?}"))?;
-            let target = Target::new(&ip, port).context("target")?;
-            let host = Host::new(pattern.clone(), target, forcessl, targetssl, "cli", portico_store::now_ms() as i64);
+            let placeholder = Target::new("127.0.0.1", 1).context("target")?;
+            let mut host =
+                Host::new(pattern.clone(), placeholder, forcessl, targetssl, "cli", portico_store::now_ms() as i64);
+            let mut fields = serde_json::Map::new();
+            if let (Some(ip), Some(port)) = (ip, port) {
+                fields.insert("ip".into(), ip.into());
+                fields.insert("targetPort".into(), port.into());
+            }
+            policy.fields(&mut fields)?;
+            apply(fields, &mut host)?;
             match store.create(Kind::Host, pattern.as_str(), &host.to_fields()).await {
-                Ok(()) => println!("added {pattern} -> {}", host.target),
+                Ok(()) => println!("added {pattern} -> {}", targets_text(&host)),
                 Err(StoreError::Conflict { .. }) => bail!("host {pattern} already exists"),
                 Err(e) => return Err(e).context("cannot add the host"),
+            }
+        }
+        HostCommand::Update { name, rename, ip, port, policy, no_health_check, forcessl, targetssl } => {
+            use serde_json::json;
+            let pattern = HostPattern::parse(&name).with_context(|| format!("host {name:?}"))?;
+            let mut fields = serde_json::Map::new();
+            let mut put = |key: &str, value: serde_json::Value| fields.insert(key.to_owned(), value);
+            if let Some(rename) = rename {
+                put("host", json!(rename));
+            }
+            if let Some(ip) = ip {
+                put("ip", json!(ip));
+            }
+            if let Some(port) = port {
+                put("targetPort", json!(port));
+            }
+            if no_health_check {
+                put("healthCheck", serde_json::Value::Null);
+            }
+            if let Some(v) = forcessl {
+                put("forcessl", json!(v));
+            }
+            if let Some(v) = targetssl {
+                put("targetssl", json!(v));
+            }
+            policy.fields(&mut fields)?;
+            let (stored, revision) = store
+                .record_at(Kind::Host, pattern.as_str())
+                .await
+                .context("cannot read the host")?
+                .with_context(|| format!("no host {pattern}"))?;
+            let mut host = Host::from_fields(&stored).with_context(|| format!("host {pattern} does not parse"))?;
+            apply(fields, &mut host)?;
+            host.updated_by = "cli".to_owned();
+            host.updated_on = portico_store::now_ms() as i64;
+            let key = host.host.to_string();
+            match store.replace_if(Kind::Host, pattern.as_str(), &key, &host.to_fields(), revision).await {
+                Ok(_) => println!("updated {key} -> {}", targets_text(&host)),
+                Err(StoreError::Stale { .. }) => bail!("host {pattern} changed meanwhile: run the command again"),
+                Err(StoreError::Conflict { .. }) => bail!("host {key} already exists"),
+                Err(e) => return Err(e).context("cannot update the host"),
             }
         }
         HostCommand::Ls { json } => {
@@ -77,7 +225,7 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
                 println!("{:<40} {:<28} {:<9} TARGETSSL", "HOST", "TARGET", "FORCESSL");
                 for (key, fields) in &records {
                     match Host::from_fields(fields) {
-                        Ok(h) => println!("{:<40} {:<28} {:<9} {}", h.host, h.target, h.forcessl, h.targetssl),
+                        Ok(h) => println!("{:<40} {:<28} {:<9} {}", h.host, targets_text(&h), h.forcessl, h.targetssl),
                         Err(e) => println!("{key:<40} (unreadable: {e})"),
                     }
                 }
@@ -92,4 +240,17 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `10.0.0.1:80, 10.0.0.2:80 (round_robin)`, or the one target.
+fn targets_text(host: &Host) -> String {
+    if host.targets.len() == 1 {
+        return host.target().to_string();
+    }
+    let list: Vec<String> = host
+        .targets
+        .iter()
+        .map(|u| if u.weight == 1 { u.target.to_string() } else { format!("{}@{}", u.target, u.weight) })
+        .collect();
+    format!("{} ({})", list.join(", "), host.balance)
 }

@@ -105,6 +105,8 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
         ready.push(("http", http.local_addr()?));
         ready.push(("https", https_addr));
         tasks.spawn(http.serve(cap, shutdown.clone()));
+        // Hosts' active health checks, shared by both listeners through `proxy.health`.
+        tasks.spawn(portico_proxy::checks::run(routes.clone(), config.proxy.clone(), shutdown.clone()));
     }
     let mut api = None;
     if role.api() {
@@ -121,6 +123,10 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
             requests: (role.proxy() && metrics.counts_requests()).then(|| {
                 let metrics = metrics.clone();
                 portico_api::RequestCounter(Arc::new(move || metrics.requests_served()))
+            }),
+            target_health: role.proxy().then(|| {
+                let health = config.proxy.health.clone();
+                portico_api::HealthReport(Arc::new(move |host| health.report(host)))
             }),
         };
         let state = ApiState::new(store.clone(), routes.clone(), settings, Some(certs.clone()));

@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ProxyConfig;
+use crate::balance::{Choice, Health};
 use crate::handler::Client;
 use crate::pool::{Lease, Pool, Returning};
-use crate::response::{BoxError, ProxyBody, ProxyError};
+use crate::response::{BoxError, ProxyBody, ProxyError, chain};
 
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1), besides
 /// those the `Connection` header names; and `Upgrade`, which the forwarder sets again for the
@@ -81,6 +82,7 @@ pub struct Origin<'a> {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pool: Arc<Pool>,
+    health: Arc<Health>,
     config: Arc<ProxyConfig>,
     tunnels: TaskTracker,
     shutdown: CancellationToken,
@@ -90,22 +92,26 @@ impl Upstream {
     /// A client for `config`; tunnels it starts are tracked by `tunnels` and end at
     /// `shutdown`.
     pub fn new(config: Arc<ProxyConfig>, tunnels: TaskTracker, shutdown: CancellationToken) -> Self {
-        let mut tls = if config.target_tls_verify {
-            portico_certs::client_tls(rustls::RootCertStore::empty())
-        } else {
-            insecure::client_config()
-        };
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let pool = Pool::new(tls, config.upstream_connect_timeout, config.upstream_idle_timeout);
-        Self { pool, config, tunnels, shutdown }
+        let pool = Pool::new(target_tls(&config), config.upstream_connect_timeout, config.upstream_idle_timeout);
+        Self { pool, health: config.health.clone(), config, tunnels, shutdown }
     }
 
-    /// Sends `request` to `host`'s target and returns its response, streaming both bodies.
+    /// What this process knows of targets' health.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Sends `request` to `host`'s chosen target and returns its response, streaming both
+    /// bodies. When the connection to the target cannot be made (nothing was sent), the
+    /// request goes once to another target of the host, if it has one that is up; `target`
+    /// names the target the request went to.
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
-        host: &Host,
+        routed: Routed<'_>,
+        mut choice: Choice,
         origin: &Origin<'_>,
+        target: &mut Option<Arc<str>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let upgrade = upgrade_protocol(&request);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
@@ -129,13 +135,17 @@ impl Upstream {
         // into `timeout` takes room twice in this one's state.
         let (mut response, lease) = match tokio::time::timeout(
             self.config.upstream_timeout,
-            self.send(Request::from_parts(parts, body), &host.target, host.targetssl),
+            self.send(Request::from_parts(parts, body), routed, &mut choice, origin.client.peer.ip(), target),
         )
         .await
         {
-            Err(_) => return Err(ProxyError::TargetTimeout),
+            Err(_) => {
+                self.health.failed(&choice, "no answer in time");
+                return Err(ProxyError::TargetTimeout);
+            }
             Ok(result) => result?,
         };
+        self.health.succeeded(&choice);
         if let Some(asked) = asked {
             self.config.metrics.upstream(asked.elapsed().as_secs_f64());
         }
@@ -164,29 +174,79 @@ impl Upstream {
         Ok(response.map(|b| Returning::new(b, lease).map_err(BoxError::from).boxed_unsync()))
     }
 
-    /// Sends `request` on a pooled connection to `target`, or on a new one when a reused
-    /// connection turns out closed before the request was written (the target may close an
-    /// idle connection just as it is taken).
+    /// Sends `request` on a pooled connection to the chosen target, or on a new one when a
+    /// reused connection turns out closed before the request was written (the target may
+    /// close an idle connection just as it is taken). A connection that cannot be opened
+    /// ejects the target and, when the host has another one up, the request goes there.
     async fn send(
         &self,
         mut request: Request<Incoming>,
-        target: &portico_model::Target,
-        tls: bool,
+        routed: Routed<'_>,
+        choice: &mut Choice,
+        client: std::net::IpAddr,
+        target: &mut Option<Arc<str>>,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        let mut lease = self.pool.checkout(target, tls).await?;
+        let host = routed.host;
+        let tls = host.targetssl;
+        let mut lease = match self.pool.checkout(choice.target(host), tls).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                self.health.failed(choice, &chain(&e));
+                if !choice.has_alternative() {
+                    return Err(e);
+                }
+                // Nothing was sent: another target is as good, whatever the method.
+                let Ok(other) = self.health.choose(routed.pattern, host, client, Some(choice.index)) else {
+                    return Err(e);
+                };
+                *choice = other;
+                *target = Some(choice.target(host).shared_authority());
+                Box::pin(self.pool.checkout(choice.target(host), tls)).await.inspect_err(|e| {
+                    self.health.failed(choice, &chain(e));
+                })?
+            }
+        };
+        lease.hold = Health::in_flight(choice);
         loop {
             match lease.sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, lease)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if lease.reused => {
                         request = unsent;
-                        lease = Box::pin(self.pool.connect(target, tls)).await?;
+                        let hold = lease.hold.take();
+                        lease = Box::pin(self.pool.connect(choice.target(host), tls)).await?;
+                        lease.hold = hold;
                     }
-                    _ => return Err(classify(e.into_error())),
+                    _ => {
+                        let error = classify(e.into_error());
+                        self.health.failed(choice, &chain(&error));
+                        return Err(error);
+                    }
                 },
             }
         }
     }
+}
+
+/// The TLS client configuration for targets (`targetssl` hosts): verified or not, as
+/// `proxy.target_tls_verify` says; HTTP/1.1 only.
+pub(crate) fn target_tls(config: &ProxyConfig) -> rustls::ClientConfig {
+    let mut tls = if config.target_tls_verify {
+        portico_certs::client_tls(rustls::RootCertStore::empty())
+    } else {
+        insecure::client_config()
+    };
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tls
+}
+
+/// A request's host and the pattern that routed it.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'a> {
+    /// The pattern, as shared text (the balancer is kept per pattern).
+    pub pattern: &'a Arc<str>,
+    /// The host.
+    pub host: &'a Host,
 }
 
 /// The `Upgrade` protocol of an HTTP/1.1 WebSocket upgrade request (`Connection: upgrade` +

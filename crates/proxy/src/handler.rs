@@ -13,7 +13,7 @@ use portico_certs::{Certs, Loaded};
 use portico_model::Hostname;
 
 use crate::ProxyConfig;
-use crate::forward::{Origin, Scheme, Upstream, X_REQUEST_ID};
+use crate::forward::{Origin, Routed, Scheme, Upstream, X_REQUEST_ID};
 use crate::response::{ALLOWED_METHODS, AccessEntry, LoggedBody, ProxyBody, ProxyError, chain, redirect, text};
 use crate::routes::Routes;
 
@@ -188,9 +188,17 @@ async fn route(
         };
         return Ok(redirect(&format!("https://{name}{port}{}", entry.path)));
     }
-    entry.target = Some(host.target.shared_authority());
+    // Choose a target: the host's only one, or by its policy among those up.
+    let pattern = entry.pattern.clone().unwrap_or_else(|| pattern.shared());
+    let choice = shared
+        .upstream
+        .health()
+        .choose(&pattern, host, client.peer.ip(), None)
+        .map_err(|_| ProxyError::AllTargetsDown)?;
+    entry.target = Some(choice.target(host).shared_authority());
     let origin = Origin { client, scheme, authority, request_id: &entry.request_id };
-    shared.upstream.forward(request, host, &origin).await
+    let routed = Routed { pattern: &pattern, host };
+    shared.upstream.forward(request, routed, choice, &origin, &mut entry.target).await
 }
 
 /// The authority a request is for: the request target's (HTTP/2 `:authority`, or an HTTP/1

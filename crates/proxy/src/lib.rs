@@ -9,6 +9,8 @@
 //! The request path never awaits the store: [`Routes`] is an in-memory snapshot that
 //! [`routes::follow_store`] rebuilds and swaps whole when hosts change.
 
+pub mod balance;
+pub mod checks;
 pub mod forward;
 pub mod handler;
 pub mod listener;
@@ -58,6 +60,9 @@ pub struct ProxyConfig {
     pub access_log: AccessLog,
     /// Where requests, connections, handshakes and tunnels are counted.
     pub metrics: std::sync::Arc<portico_metrics::Metrics>,
+    /// What the process knows of targets' health: shared by its listeners, its active
+    /// checks and the API.
+    pub health: std::sync::Arc<balance::Health>,
 }
 
 /// How requests are logged (`log.access_log`).
@@ -99,6 +104,7 @@ impl Default for ProxyConfig {
             handshake_timeout: Duration::from_secs(30),
             access_log: AccessLog::Log,
             metrics: std::sync::Arc::new(portico_metrics::Metrics::new()),
+            health: std::sync::Arc::default(),
         }
     }
 }

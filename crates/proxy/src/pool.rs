@@ -26,6 +26,9 @@ use tokio_util::either::Either;
 
 use crate::response::ProxyError;
 
+/// A connection to a target: plain TCP, or TLS over it.
+pub type Io = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
 /// Idle connections by target authority; one map for plain HTTP, one for TLS. Hashed with
 /// foldhash: the keys are the operator's own targets, not an attacker's, and SipHash cost
 /// about 470 instructions per request here.
@@ -63,6 +66,8 @@ pub struct Lease {
     authority: Arc<str>,
     tls: bool,
     pool: Weak<Pool>,
+    /// The request counted in progress at its target until the lease ends.
+    pub hold: Option<crate::balance::InFlight>,
 }
 
 impl Pool {
@@ -117,17 +122,23 @@ impl Pool {
         }
     }
 
+    /// A new TCP connection to `target`, with TLS on it when `tls` (not yet timed: callers
+    /// bound it).
+    pub async fn open(&self, target: &Target, tls: bool) -> Result<Io, ProxyError> {
+        let tcp = TcpStream::connect((target.ip(), target.port())).await.map_err(unreachable)?;
+        let _ = tcp.set_nodelay(true);
+        Ok(if tls {
+            let name = ServerName::try_from(target.ip().to_owned()).map_err(unreachable)?;
+            Either::Right(self.tls.connect(name, tcp).await.map_err(unreachable)?)
+        } else {
+            Either::Left(tcp)
+        })
+    }
+
     /// A new connection to `target`.
     pub async fn connect(self: &Arc<Self>, target: &Target, tls: bool) -> Result<Lease, ProxyError> {
         let open = async {
-            let tcp = TcpStream::connect((target.ip(), target.port())).await.map_err(unreachable)?;
-            let _ = tcp.set_nodelay(true);
-            let io = if tls {
-                let name = ServerName::try_from(target.ip().to_owned()).map_err(unreachable)?;
-                Either::Right(self.tls.connect(name, tcp).await.map_err(unreachable)?)
-            } else {
-                Either::Left(tcp)
-            };
+            let io = self.open(target, tls).await?;
             let (sender, connection) = http1::handshake(TokioIo::new(io)).await.map_err(unreachable)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.with_upgrades().await {
@@ -144,7 +155,7 @@ impl Pool {
     }
 
     fn lease(self: &Arc<Self>, sender: SendRequest<Incoming>, target: &Target, tls: bool, reused: bool) -> Lease {
-        Lease { sender, reused, authority: target.shared_authority(), tls, pool: Arc::downgrade(self) }
+        Lease { sender, reused, authority: target.shared_authority(), tls, pool: Arc::downgrade(self), hold: None }
     }
 
     fn park(&self, lease: Lease) {

@@ -49,6 +49,10 @@ pub enum ProxyError {
     /// The target did not answer in time.
     #[error("the target did not answer in time")]
     TargetTimeout,
+    /// Every target of the host is down (ejected after failures, or failing its health
+    /// checks): answered at once, nothing is tried.
+    #[error("every target of this host is down; try again shortly")]
+    AllTargetsDown,
     /// The host is not covered by the certificate this TLS connection was set up with (the
     /// client reused a connection for another name, or sent no or another SNI).
     #[error("this connection's certificate does not cover the requested host")]
@@ -64,7 +68,7 @@ impl ProxyError {
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnknownHost => StatusCode::NOT_FOUND,
-            Self::TargetUnreachable(_) | Self::TargetFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::TargetUnreachable(_) | Self::TargetFailed(_) | Self::AllTargetsDown => StatusCode::BAD_GATEWAY,
             Self::TargetTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }

@@ -64,6 +64,8 @@ struct Counters {
     hits: Arc<AtomicU64>,
     /// `/download/` responses being sent now.
     sending: Arc<AtomicU64>,
+    /// The status `/healthz` answers (0: 200).
+    health: Arc<std::sync::atomic::AtomicU16>,
 }
 
 /// What every connection of an HTTP backend shares.
@@ -89,10 +91,25 @@ impl Backend {
     /// Like [`Backend::start`], on the address `ip` (a test's own network namespace link,
     /// see [`crate::netns`]).
     pub async fn start_at(name: &str, ip: &str) -> Self {
+        Self::start_on(name, SocketAddr::from(((ip.parse::<std::net::IpAddr>().unwrap()), 0))).await
+    }
+
+    /// Like [`Backend::start`], on exactly `addr` (a backend started again where one was
+    /// dropped).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Self {
         let counters = Counters::default();
         let state = Arc::new(State { name: name.into(), counters: counters.clone() });
-        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+        let socket = socket.unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
+        let listener = socket.listen(1024).unwrap();
         Self::serving(listener, counters, move |stream| serve_http(state.clone(), TokioIo::new(stream)))
+    }
+
+    /// Makes `/healthz` answer `status`.
+    pub fn set_health(&self, status: u16) {
+        self.counters.health.store(status, Ordering::SeqCst);
     }
 
     /// How many requests have reached this backend (HTTP backends only).
@@ -190,10 +207,18 @@ impl Backend {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let addr = listener.local_addr().unwrap();
+        // Connections are this task's: dropping the backend ends them too, as a killed
+        // process would.
         let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                tokio::spawn(handle(stream));
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        connections.spawn(handle(stream));
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
             }
         });
         Self { addr, task, counters }
@@ -226,6 +251,15 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
                 })
                 .boxed(),
         ));
+    }
+    if path == "/healthz" {
+        let status = match state.counters.health.load(Ordering::SeqCst) {
+            0 => 200,
+            status => status,
+        };
+        let mut response = Response::new(text(format!("health {status}")));
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        return Ok(response);
     }
     if let Some(ms) = path.strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;

@@ -305,8 +305,17 @@ impl Portico {
 
     /// Peak resident memory of the process so far, in bytes (`VmHWM`).
     pub fn peak_rss(&self) -> u64 {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// Resident memory of the process now, in bytes (`VmRSS`).
+    pub fn rss(&self) -> u64 {
+        self.status_bytes("VmRSS:")
+    }
+
+    fn status_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
         let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         kib * 1024
     }

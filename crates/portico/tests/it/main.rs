@@ -3,6 +3,7 @@
 
 mod acme;
 mod api;
+mod balance;
 mod cluster;
 mod connections;
 mod dns01;

@@ -1,0 +1,125 @@
+//! Active health checks: for every target of a host with a `healthCheck`, `GET path` every
+//! `interval` on a new connection; `unhealthy` failures in a row mark the target down (no
+//! request goes to it), `healthy` passes in a row mark it up again. The set of checks follows
+//! the routing table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use portico_model::{HealthCheck, Routes, Target};
+use tokio_util::sync::CancellationToken;
+
+use crate::ProxyConfig;
+use crate::pool::Pool;
+
+/// How often the routing table is looked at for new or removed checks.
+const FOLLOW: Duration = Duration::from_secs(1);
+
+type Key = (Arc<str>, bool, HealthCheck);
+
+/// Runs the checks the routing table asks for until `shutdown`.
+pub async fn run(routes: Arc<Routes>, config: ProxyConfig, shutdown: CancellationToken) {
+    let pool =
+        Pool::new(crate::forward::target_tls(&config), config.upstream_connect_timeout, config.upstream_idle_timeout);
+    let health = config.health.clone();
+    let mut running: HashMap<Key, CancellationToken> = HashMap::new();
+    let mut seen = None;
+    loop {
+        let table = routes.snapshot();
+        if seen.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &table)) {
+            let mut wanted: HashMap<Key, Target> = HashMap::new();
+            for (_, host) in table.iter() {
+                let Some(check) = &host.health_check else { continue };
+                for upstream in &host.targets {
+                    let key = (upstream.target.shared_authority(), host.targetssl, check.clone());
+                    wanted.insert(key, upstream.target.clone());
+                }
+            }
+            running.retain(|key, stop| {
+                let keep = wanted.contains_key(key);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            for (key, target) in wanted {
+                if running.contains_key(&key) {
+                    continue;
+                }
+                let stop = shutdown.child_token();
+                running.insert(key.clone(), stop.clone());
+                let (pool, health) = (pool.clone(), health.clone());
+                tokio::spawn(async move {
+                    let (_, tls, check) = key;
+                    tokio::select! {
+                        () = probe(&pool, &health, &target, tls, &check) => {}
+                        () = stop.cancelled() => {}
+                    }
+                    // Checks removed: what they said no longer holds.
+                    health.checked(&target, tls, false, None);
+                });
+            }
+            seen = Some(table);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(FOLLOW) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Checks `target` every `check.interval`, for ever.
+async fn probe(pool: &Arc<Pool>, health: &crate::balance::Health, target: &Target, tls: bool, check: &HealthCheck) {
+    let (mut passed, mut failed) = (0u32, 0u32);
+    let mut down = false;
+    let mut tick = tokio::time::interval(check.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let outcome = tokio::time::timeout(check.interval.min(Duration::from_secs(10)), once(pool, target, tls, check))
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".to_owned()));
+        match outcome {
+            Ok(()) => {
+                passed += 1;
+                failed = 0;
+                if down && passed >= check.healthy {
+                    down = false;
+                    tracing::info!(target = %target, "target passes its health checks again");
+                    health.checked(target, tls, false, None);
+                }
+            }
+            Err(error) => {
+                failed += 1;
+                passed = 0;
+                if !down && failed >= check.unhealthy {
+                    down = true;
+                    tracing::warn!(target = %target, %error, "target fails its health checks: no traffic until it passes");
+                }
+                health.checked(target, tls, down, Some(format!("health check: {error}")));
+            }
+        }
+    }
+}
+
+/// One check: the status the target answers `GET path` with, on a new connection.
+async fn once(pool: &Arc<Pool>, target: &Target, tls: bool, check: &HealthCheck) -> Result<(), String> {
+    let io = pool.open(target, tls).await.map_err(|e| crate::response::chain(&e))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = Request::get(check.path.as_str())
+        .header(header::HOST, target.authority())
+        .header(header::USER_AGENT, "portico-health-check")
+        .header(header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    if status == check.expect { Ok(()) } else { Err(format!("answered {status}, expected {}", check.expect)) }
+}
