@@ -510,6 +510,12 @@ async fn secrets_never_leave() {
         let cert =
             json!({"fullchain_pem": key_pem.cert.pem(), "cert_pem": key_pem.cert.pem(), "privkey_pem": private_key});
         store.put_blob(&portico_store::keys::cert_latest("s.test"), cert.to_string().as_bytes(), None).await.unwrap();
+        // A host as the seed's later versions write it: its basic-auth password and SSO
+        // secret in the record.
+        let mut host = store.record(portico_store::Kind::Host, "s.test").await.unwrap().unwrap();
+        host.insert("basicauth_password".into(), "planted-basic-auth-9".into());
+        host.insert("sso_client_secret".into(), "planted-sso-secret-9".into());
+        store.replace(portico_store::Kind::Host, "s.test", "s.test", &host).await.unwrap();
         store.record(portico_store::Kind::User, "frank").await.unwrap().unwrap()["password"].clone()
     };
     api.call("POST", "/api/dns/domain", r, Some(json!({"domain": "s.test", "dnsProvider_id": dns_id}))).await;
@@ -523,6 +529,8 @@ async fn secrets_never_leave() {
         dns_secret,
         dns_key,
         private_key.as_str(),
+        "planted-basic-auth-9",
+        "planted-sso-secret-9",
     ];
     let planted_dns = json!({"name": "x", "dnsProvider": "PorkBun", "apiKey": dns_key, "secretApiKey": dns_secret});
     // Bodies for the writes: they leave the planted data in place, and those that must fail
