@@ -66,7 +66,8 @@ pub fn host_json(host: &Host, zones: &Zones) -> Value {
     responses((status = 200, body = doc::Written<doc::Host>), doc::AuthErrors, doc::InputErrors, doc::Taken),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+pub async fn create(State(api): State<Api>, caller: Caller, mut body: JsonObject) -> Result<Json<Value>, ApiError> {
+    hash_basic_auth(&mut body.0).await?;
     let mut errors = Vec::new();
     let pattern = body.required("host", &mut errors).and_then(|h| parse_pattern(&h, &mut errors));
     // `targets`, or the seed's `ip` + `targetPort` for a single one.
@@ -140,8 +141,9 @@ pub async fn update(
     caller: Caller,
     Path(item): Path<String>,
     headers: HeaderMap,
-    body: JsonObject,
+    mut body: JsonObject,
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
+    hash_basic_auth(&mut body.0).await?;
     let (etag, host) = conditional::update(
         api.store.as_ref(),
         Kind::Host,
@@ -231,6 +233,31 @@ fn apply_policy(body: &JsonObject, host: &mut Host, errors: &mut Vec<FieldError>
             Err(e) => refused(errors, &e),
         },
     }
+    for e in host.access.apply(&body.0) {
+        refused(errors, &e);
+    }
+}
+
+/// Hashes the passwords of `basicAuth` entries (Argon2id, off the async threads), so what
+/// is applied and stored holds hashes only. An entry may give a `hash` itself (an Argon2 or
+/// a seed's bcrypt hash) instead of a `password`.
+pub async fn hash_basic_auth(fields: &mut serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    let Some(Value::Array(users)) = fields.get_mut("basicAuth") else { return Ok(()) };
+    for user in users.iter_mut() {
+        let Some(entry) = user.as_object_mut() else { continue };
+        let Some(password) = entry.remove("password") else { continue };
+        let Some(password) = password.as_str().filter(|p| !p.is_empty()) else {
+            return Err(ApiError::Validation(vec![FieldError::new(
+                "basicAuth",
+                "basicAuth: a password must be text.",
+            )]));
+        };
+        if let Some(problem) = portico_model::record::password_problem(password) {
+            return Err(ApiError::Validation(vec![FieldError::new("basicAuth", format!("basicAuth: {problem}"))]));
+        }
+        entry.insert("hash".into(), Value::String(crate::auth::hash_password(password.to_owned()).await?));
+    }
+    Ok(())
 }
 
 /// `DELETE /api/host/{item}`.

@@ -319,6 +319,46 @@ pub struct HostPolicy {
     /// Active health checks of the targets (`null` removes them).
     #[serde(rename = "healthCheck")]
     health_check: Option<HealthCheckSpec>,
+    /// Users who may pass: `{username, password}` (stored hashed; shown as `{username}`
+    /// only); `{username}` alone keeps that user's password.
+    #[serde(rename = "basicAuth")]
+    basic_auth: Option<Vec<BasicAuthUser>>,
+    /// Only these addresses or networks may pass.
+    allow: Option<Vec<String>>,
+    /// These may not (deny wins).
+    deny: Option<Vec<String>>,
+    /// An authentication service asked about every request.
+    #[serde(rename = "forwardAuth")]
+    forward_auth: Option<ForwardAuthSpec>,
+    /// Requests per client address.
+    #[serde(rename = "rateLimit")]
+    rate_limit: Option<RateLimitSpec>,
+}
+
+/// A basic-auth user.
+#[derive(Serialize, ToSchema)]
+pub struct BasicAuthUser {
+    username: String,
+    /// Written only: 8 characters at least; never shown.
+    password: Option<String>,
+}
+
+/// `{url, copyHeaders}`.
+#[derive(Serialize, ToSchema)]
+pub struct ForwardAuthSpec {
+    /// An `http://` or `https://` URL.
+    url: String,
+    /// Headers of the service's 2xx answer set on the request.
+    #[serde(rename = "copyHeaders")]
+    copy_headers: Option<Vec<String>>,
+}
+
+/// A token bucket per client address.
+#[derive(Serialize, ToSchema)]
+pub struct RateLimitSpec {
+    #[serde(rename = "perSecond")]
+    per_second: f64,
+    burst: Option<u32>,
 }
 
 /// One target.
@@ -376,11 +416,10 @@ pub struct Host {
     target_port: u16,
     forcessl: bool,
     targetssl: bool,
-    /// Every target; the first is `ip`/`targetPort`.
-    targets: Vec<TargetEntry>,
-    balance: String,
-    #[serde(rename = "healthCheck")]
-    health_check: Option<HealthCheckSpec>,
+    /// `targets` (every target; the first is `ip`/`targetPort`) and `balance` always; the
+    /// rest when set.
+    #[serde(flatten)]
+    policy: HostPolicy,
     /// When read: the managed DNS zone the host is in, with its provider (`null`: none).
     domain: Option<Domain>,
     #[serde(flatten)]

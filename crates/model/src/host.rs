@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::access::Access;
 use crate::name::{HostPattern, Hostname, NameError};
 use crate::upstream::{Balance, HealthCheck, Upstream, parse_targets};
 
@@ -114,6 +115,8 @@ pub struct Host {
     pub balance: Balance,
     /// Active health checks of the targets, if any.
     pub health_check: Option<HealthCheck>,
+    /// Who may reach it.
+    pub access: Access,
     /// Redirect plain HTTP to HTTPS.
     pub forcessl: bool,
     /// Speak TLS to the target.
@@ -130,7 +133,12 @@ pub struct Host {
     pub extra: Fields,
 }
 
-const KNOWN: [&str; 12] = [
+const KNOWN: [&str; 17] = [
+    "basicAuth",
+    "allow",
+    "deny",
+    "forwardAuth",
+    "rateLimit",
     "host",
     "ip",
     "targetPort",
@@ -168,6 +176,7 @@ impl Host {
             targets: vec![Upstream::new(target)],
             balance: Balance::default(),
             health_check: None,
+            access: Access::default(),
             forcessl,
             targetssl,
             created_by: created_by.to_owned(),
@@ -212,6 +221,7 @@ impl Host {
         if let Some(check) = &self.health_check {
             out.insert("healthCheck".into(), check.to_json());
         }
+        self.access.to_json(&mut out);
         out.insert("forcessl".into(), Value::Bool(self.forcessl));
         out.insert("targetssl".into(), Value::Bool(self.targetssl));
         out.insert("created_by".into(), Value::from(self.created_by.as_str()));
@@ -248,6 +258,7 @@ impl Host {
             )?),
             None => None,
         };
+        let access = Access::from_fields(|name| fields.get(name).cloned())?;
         let flag = |name: &'static str, default: bool| text(name).map_or(Ok(default), |v| parse_flag(name, v));
         let time = |name: &'static str| text(name).and_then(|v| v.trim().parse::<f64>().ok()).map_or(0, |v| v as i64);
         Ok(Self {
@@ -255,6 +266,7 @@ impl Host {
             targets,
             balance,
             health_check,
+            access,
             forcessl: flag("forcessl", true)?,
             targetssl: flag("targetssl", false)?,
             created_by: text("created_by").unwrap_or_default().to_owned(),
@@ -287,6 +299,9 @@ impl Host {
         }
         if let Some(check) = &self.health_check {
             put("healthCheck", check.to_json().to_string());
+        }
+        for (field, value) in self.access.to_fields() {
+            put(field, value);
         }
         put("forcessl", self.forcessl.to_string());
         put("targetssl", self.targetssl.to_string());

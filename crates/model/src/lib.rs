@@ -9,6 +9,7 @@
 //! - [`record`]: the seed's record bookkeeping, users and roles.
 //! - [`dns`]: DNS provider types and the zone rule.
 
+pub mod access;
 pub mod dns;
 mod host;
 mod name;
@@ -18,6 +19,7 @@ mod routes;
 mod table;
 pub mod upstream;
 
+pub use access::Access;
 pub use host::{Fields, Host, HostError, Target, is_secret_field, parse_port};
 pub use name::{HostPattern, Hostname, NameError, PatternLabel};
 pub use routes::{Rebuilt, Routes};

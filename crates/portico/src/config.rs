@@ -102,6 +102,8 @@ struct RawProxy {
     shutdown_timeout: Option<DurationText>,
     handshake_timeout: Option<DurationText>,
     workers: Option<usize>,
+    trusted_proxies: Option<ListText>,
+    proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -519,14 +521,14 @@ fn dns_settings(resolvers: Option<&ListText>, d: &RawDns) -> Result<portico_cert
     })
 }
 
-fn trusted_proxies(list: Option<&ListText>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+fn trusted_proxies(list: Option<&ListText>, key: &'static str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
     let items = list.map(ListText::items).unwrap_or_default();
     items
         .iter()
         .map(|item| {
             item.parse::<ipnet::IpNet>().or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).map_err(
                 |_| ConfigError::Value {
-                    key: "api.trusted_proxies",
+                    key,
                     message: format!("{item:?} is not an address or a network like 10.0.0.0/8"),
                 },
             )
@@ -586,6 +588,9 @@ impl TryFrom<Raw> for Config {
             // `portico serve` puts its one registry here.
             metrics: Default::default(),
             health: Default::default(),
+            access: Default::default(),
+            trusted_proxies: trusted_proxies(p.trusted_proxies.as_ref(), "proxy.trusted_proxies")?,
+            proxy_protocol: p.proxy_protocol.unwrap_or(false),
         };
         let issuer = choice(
             "tls.issuer",
@@ -692,7 +697,7 @@ impl TryFrom<Raw> for Config {
                 .map(|a| addr("api.lookup_listen", Some(a), ""))
                 .transpose()?,
             session_ttl: duration(&raw.api.session_ttl, "api.session_ttl", Duration::from_secs(24 * 3600))?,
-            trusted_proxies: trusted_proxies(raw.api.trusted_proxies.as_ref())?,
+            trusted_proxies: trusted_proxies(raw.api.trusted_proxies.as_ref(), "api.trusted_proxies")?,
             tls,
             metrics_listen: raw.metrics.listen.as_deref().map(|m| addr("metrics.listen", Some(m), "")).transpose()?,
             log_level: log_level(raw.log.level.as_deref().unwrap_or("info"))?,

@@ -89,6 +89,25 @@ pub struct PolicyArgs {
     /// The status a healthy target answers (200 by default).
     #[arg(long, requires = "health_check", value_name = "STATUS")]
     health_expect: Option<u16>,
+    /// A user who may pass, `USER:PASSWORD` (stored as an Argon2id hash); repeat for
+    /// several. Given to `update`, the list replaces the host's.
+    #[arg(long = "basic-auth", value_name = "USER:PASSWORD")]
+    basic_auth: Vec<String>,
+    /// Only these addresses or networks may pass (`10.0.0.0/8`); repeat for several.
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<String>,
+    /// These may not (deny wins over allow); repeat for several.
+    #[arg(long, value_name = "CIDR")]
+    deny: Vec<String>,
+    /// Requests per second per client address, with an optional burst: `5` or `5:20`.
+    #[arg(long, value_name = "PER_SECOND[:BURST]")]
+    rate_limit: Option<String>,
+    /// Ask this authentication service (Authelia, oauth2-proxy) about every request.
+    #[arg(long, value_name = "URL")]
+    forward_auth: Option<String>,
+    /// A header of the service's answer copied onto the request; repeat for several.
+    #[arg(long = "forward-auth-header", requires = "forward_auth", value_name = "NAME")]
+    forward_auth_headers: Vec<String>,
 }
 
 impl PolicyArgs {
@@ -112,6 +131,40 @@ impl PolicyArgs {
             }
             out.insert("healthCheck".into(), check);
         }
+        if !self.basic_auth.is_empty() {
+            let users = self
+                .basic_auth
+                .iter()
+                .map(|u| {
+                    let (user, password) = u.split_once(':').with_context(|| format!("{u:?} is not USER:PASSWORD"))?;
+                    Ok(json!({ "username": user, "password": password }))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            out.insert("basicAuth".into(), serde_json::Value::Array(users));
+        }
+        if !self.allow.is_empty() {
+            out.insert("allow".into(), json!(self.allow));
+        }
+        if !self.deny.is_empty() {
+            out.insert("deny".into(), json!(self.deny));
+        }
+        if let Some(limit) = &self.rate_limit {
+            let (rate, burst) = match limit.split_once(':') {
+                Some((rate, burst)) => {
+                    (rate, Some(burst.parse::<u64>().with_context(|| format!("burst in {limit:?}"))?))
+                }
+                None => (limit.as_str(), None),
+            };
+            let rate: f64 = rate.parse().with_context(|| format!("{limit:?} is not PER_SECOND[:BURST]"))?;
+            let mut spec = json!({ "perSecond": rate });
+            if let Some(burst) = burst {
+                spec["burst"] = json!(burst);
+            }
+            out.insert("rateLimit".into(), spec);
+        }
+        if let Some(url) = &self.forward_auth {
+            out.insert("forwardAuth".into(), json!({ "url": url, "copyHeaders": self.forward_auth_headers }));
+        }
         Ok(())
     }
 }
@@ -130,9 +183,14 @@ fn target_json(text: &str) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({ "ip": ip, "port": port, "weight": weight.unwrap_or(1) }))
 }
 
-/// Applies API fields to a host, with the API's checks; refusals as one error.
-fn apply(fields: serde_json::Map<String, serde_json::Value>, host: &mut Host) -> anyhow::Result<()> {
-    portico_api::apply_host_update(fields, host).map_err(|e| match e {
+/// Applies API fields to a host, with the API's checks (passwords hashed first); refusals
+/// as one error.
+async fn apply(mut fields: serde_json::Map<String, serde_json::Value>, host: &mut Host) -> anyhow::Result<()> {
+    let result = match portico_api::hash_basic_auth(&mut fields).await {
+        Ok(()) => portico_api::apply_host_update(fields, host),
+        Err(e) => Err(e),
+    };
+    result.map_err(|e| match e {
         portico_api::ApiError::Validation(errors) => {
             let lines: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.key, e.message)).collect();
             anyhow::anyhow!("{}", lines.join("\n"))
@@ -161,7 +219,7 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
                 fields.insert("targetPort".into(), port.into());
             }
             policy.fields(&mut fields)?;
-            apply(fields, &mut host)?;
+            apply(fields, &mut host).await?;
             match store.create(Kind::Host, pattern.as_str(), &host.to_fields()).await {
                 Ok(()) => println!("added {pattern} -> {}", targets_text(&host)),
                 Err(StoreError::Conflict { .. }) => bail!("host {pattern} already exists"),
@@ -198,7 +256,7 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
                 .context("cannot read the host")?
                 .with_context(|| format!("no host {pattern}"))?;
             let mut host = Host::from_fields(&stored).with_context(|| format!("host {pattern} does not parse"))?;
-            apply(fields, &mut host)?;
+            apply(fields, &mut host).await?;
             host.updated_by = "cli".to_owned();
             host.updated_on = portico_store::now_ms() as i64;
             let key = host.host.to_string();

@@ -42,7 +42,7 @@ enum Command {
     /// Manage proxied hosts in the store.
     Host {
         #[command(subcommand)]
-        command: hosts::HostCommand,
+        command: Box<hosts::HostCommand>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -212,7 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { from, to, force } => runtime()?.block_on(migrate(&from, &to, force)),
         Command::Host { command, config } => {
             let config = config.load()?;
-            runtime()?.block_on(hosts::run(command, &config))
+            runtime()?.block_on(hosts::run(*command, &config))
         }
         Command::User { command, config } => {
             let config = config.load()?;

@@ -76,6 +76,9 @@ pub struct Origin<'a> {
     pub authority: &'a str,
     /// This request's id.
     pub request_id: &'a HeaderValue,
+    /// The client's address when it is not the peer's (read from a trusted proxy's
+    /// `X-Forwarded-For` or a PROXY protocol header): what `X-Real-IP` says.
+    pub real_ip: Option<HeaderValue>,
 }
 
 /// The upstream client shared by every connection.
@@ -99,6 +102,11 @@ impl Upstream {
     /// What this process knows of targets' health.
     pub fn health(&self) -> &Arc<Health> {
         &self.health
+    }
+
+    /// Opens connections to targets (and to forward-auth services).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// Sends `request` to `host`'s chosen target and returns its response, streaming both
@@ -343,7 +351,7 @@ fn add_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>) {
         headers.insert(X_FORWARDED_HOST, host.clone());
         headers.insert(header::HOST, host);
     }
-    headers.insert(X_REAL_IP, ip.clone());
+    headers.insert(X_REAL_IP, origin.real_ip.clone().unwrap_or_else(|| ip.clone()));
     headers.insert(X_REQUEST_ID, origin.request_id.clone());
 }
 
@@ -544,7 +552,13 @@ mod tests {
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.2"));
         let client = Client::new("[::ffff:192.0.2.7]:5555".parse().unwrap(), crate::handler::Conn::Plain);
         let id = HeaderValue::from_static("abc");
-        let origin = Origin { client: &client, scheme: Scheme::Http, authority: "app.example:8080", request_id: &id };
+        let origin = Origin {
+            client: &client,
+            scheme: Scheme::Http,
+            authority: "app.example:8080",
+            request_id: &id,
+            real_ip: None,
+        };
         add_forwarded(&mut h, &origin);
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.1, 198.51.100.2, 192.0.2.7");
         assert_eq!(h[&X_REAL_IP], "192.0.2.7");

@@ -13,6 +13,7 @@ use portico_certs::{Certs, Loaded};
 use portico_model::Hostname;
 
 use crate::ProxyConfig;
+use crate::access::{self, Asking, Verdict};
 use crate::forward::{Origin, Routed, Scheme, Upstream, X_REQUEST_ID};
 use crate::response::{ALLOWED_METHODS, AccessEntry, LoggedBody, ProxyBody, ProxyError, chain, redirect, text};
 use crate::routes::Routes;
@@ -145,7 +146,7 @@ fn valid_request_id(id: &[u8]) -> bool {
 
 async fn route(
     shared: &Shared,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     authority: Option<&str>,
     client: &Client,
     entry: &mut AccessEntry,
@@ -188,15 +189,47 @@ async fn route(
         };
         return Ok(redirect(&format!("https://{name}{port}{}", entry.path)));
     }
-    // Choose a target: the host's only one, or by its policy among those up.
     let pattern = entry.pattern.clone().unwrap_or_else(|| pattern.shared());
-    let choice = shared
-        .upstream
-        .health()
-        .choose(&pattern, host, client.peer.ip(), None)
-        .map_err(|_| ProxyError::AllTargetsDown)?;
+    // The client: the peer, or whom a trusted proxy in front says it forwards.
+    let config = &shared.config;
+    let client_ip = if config.trusted_proxies.is_empty() {
+        client.peer.ip()
+    } else {
+        access::client_address(client.peer.ip(), request.headers(), &config.trusted_proxies)
+    };
+    // Access: the host's address lists, rate limit, basic auth and forward auth.
+    if !host.access.is_open() {
+        let (mut parts, body) = request.into_parts();
+        let asking = Asking {
+            pattern: &pattern,
+            client: client_ip,
+            parts: &parts,
+            scheme,
+            authority,
+            pool: shared.upstream.pool(),
+            timeout: config.upstream_timeout,
+            request_id: entry.request_id.to_str().unwrap_or("-"),
+        };
+        match Box::pin(config.access.check(host, &asking)).await {
+            Verdict::Answer(answer) => return Ok(answer),
+            Verdict::Pass(headers) => {
+                // What the service vouches for replaces whatever the client sent.
+                for (name, value) in headers {
+                    match value {
+                        Some(value) => parts.headers.insert(name, value),
+                        None => parts.headers.remove(name),
+                    };
+                }
+            }
+        }
+        request = Request::from_parts(parts, body);
+    }
+    // Choose a target: the host's only one, or by its policy among those up.
+    let choice =
+        shared.upstream.health().choose(&pattern, host, client_ip, None).map_err(|_| ProxyError::AllTargetsDown)?;
     entry.target = Some(choice.target(host).shared_authority());
-    let origin = Origin { client, scheme, authority, request_id: &entry.request_id };
+    let real_ip = (client_ip != client.peer.ip()).then(|| HeaderValue::from_str(&client_ip.to_string()).ok()).flatten();
+    let origin = Origin { client, scheme, authority, request_id: &entry.request_id, real_ip };
     let routed = Routed { pattern: &pattern, host };
     shared.upstream.forward(request, routed, choice, &origin, &mut entry.target).await
 }

@@ -9,12 +9,14 @@
 //! The request path never awaits the store: [`Routes`] is an in-memory snapshot that
 //! [`routes::follow_store`] rebuilds and swaps whole when hosts change.
 
+pub mod access;
 pub mod balance;
 pub mod checks;
 pub mod forward;
 pub mod handler;
 pub mod listener;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod response;
 pub mod routes;
 pub mod server;
@@ -63,6 +65,15 @@ pub struct ProxyConfig {
     /// What the process knows of targets' health: shared by its listeners, its active
     /// checks and the API.
     pub health: std::sync::Arc<balance::Health>,
+    /// Hosts' access policies' state (rate-limit buckets, verified passwords), shared by
+    /// the listeners.
+    pub access: std::sync::Arc<access::Guard>,
+    /// Proxies in front of Portico (addresses or networks): from them, the client's address
+    /// is read from `X-Forwarded-For` (for access lists, rate limits and `ip_hash`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), which gives the
+    /// client's address (a load balancer in front that speaks it).
+    pub proxy_protocol: bool,
 }
 
 /// How requests are logged (`log.access_log`).
@@ -105,6 +116,9 @@ impl Default for ProxyConfig {
             access_log: AccessLog::Log,
             metrics: std::sync::Arc::new(portico_metrics::Metrics::new()),
             health: std::sync::Arc::default(),
+            access: std::sync::Arc::default(),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }

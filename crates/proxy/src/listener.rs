@@ -28,6 +28,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::ProxyConfig;
 use crate::forward::Upstream;
 use crate::handler::{Client, Conn, Shared, handle};
+use crate::proxy_protocol;
 use crate::routes::Routes;
 use crate::server::{self, ConnectionCap, Watch};
 
@@ -123,25 +124,49 @@ impl HttpListener {
         let builder = Arc::new(server::builder(&limits, config.max_header_bytes));
         let shared = self.shared.clone();
         let tls = self.tls.clone();
-        server::accept_loop(&self.listener, &cap, &shutdown, limits.shutdown_timeout, move |stream, peer, watch| {
-            let (shared, tls, builder) = (shared.clone(), tls.clone(), builder.clone());
-            async move {
-                let _open = portico_metrics::Open::new(&shared.config.metrics.connections_open);
-                let (io, conn) = match tls {
-                    None => (Either::Left(stream), Conn::Plain),
-                    Some(tls) => {
-                        let hello = handshake(&tls, stream, peer, &shared.config, &watch);
-                        let Some((stream, conn)) = hello.await else {
-                            return;
-                        };
-                        (Either::Right(Box::new(stream)), conn)
-                    }
-                };
-                let client = Arc::new(Client::new(peer, conn));
-                let service = service_fn(move |request| handle(shared.clone(), request, client.clone()));
-                server::drive(&builder, TokioIo::new(io), service, &limits, watch).await;
-            }
-        })
+        server::accept_loop(
+            &self.listener,
+            &cap,
+            &shutdown,
+            limits.shutdown_timeout,
+            move |mut stream, peer, watch| {
+                let (shared, tls, builder) = (shared.clone(), tls.clone(), builder.clone());
+                async move {
+                    let _open = portico_metrics::Open::new(&shared.config.metrics.connections_open);
+                    // Behind a balancer that speaks the PROXY protocol, the client is the one
+                    // its header names (within the header-read deadline).
+                    let peer = if shared.config.proxy_protocol {
+                        let read = tokio::time::timeout(limits.header_read_timeout, proxy_protocol::read(&mut stream));
+                        match read.await {
+                            Ok(Ok(client)) => client.unwrap_or(peer),
+                            Ok(Err(e)) => {
+                                tracing::debug!(peer = %peer, error = %e, "no PROXY protocol header");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(peer = %peer, "no PROXY protocol header in time");
+                                return;
+                            }
+                        }
+                    } else {
+                        peer
+                    };
+                    let (io, conn) = match tls {
+                        None => (Either::Left(stream), Conn::Plain),
+                        Some(tls) => {
+                            let hello = handshake(&tls, stream, peer, &shared.config, &watch);
+                            let Some((stream, conn)) = hello.await else {
+                                return;
+                            };
+                            (Either::Right(Box::new(stream)), conn)
+                        }
+                    };
+                    let client = Arc::new(Client::new(peer, conn));
+                    let service = service_fn(move |request| handle(shared.clone(), request, client.clone()));
+                    server::drive(&builder, TokioIo::new(io), service, &limits, watch).await;
+                }
+            },
+        )
         .await;
         drop(self.listener);
         self.tunnel_shutdown.cancel();

@@ -77,22 +77,27 @@ impl ProxyError {
     /// A small HTML page for the client; internals stay in the log.
     pub fn page(&self, request_id: &str) -> Response<ProxyBody> {
         let status = self.status();
-        let reason = status.canonical_reason().unwrap_or("Error");
-        let html = format!(
-            "<!doctype html>\n<html><head><title>{code} {reason}</title></head>\n<body>\n<h1>{code} {reason}</h1>\n\
-             <p>{what}.</p>\n<hr><p>portico &middot; request id {request_id}</p>\n</body></html>\n",
-            code = status.as_u16(),
-            what = self,
-        );
-        let mut response = Response::new(full(html));
-        *response.status_mut() = status;
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let mut response = page(status, &self.to_string(), request_id);
         if status == StatusCode::METHOD_NOT_ALLOWED {
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
         }
         response
     }
+}
+
+/// A small HTML page for the client: the status, what happened, the request id.
+pub fn page(status: StatusCode, what: &str, request_id: &str) -> Response<ProxyBody> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let html = format!(
+        "<!doctype html>\n<html><head><title>{code} {reason}</title></head>\n<body>\n<h1>{code} {reason}</h1>\n\
+         <p>{what}.</p>\n<hr><p>portico &middot; request id {request_id}</p>\n</body></html>\n",
+        code = status.as_u16(),
+    );
+    let mut response = Response::new(full(html));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// The methods the proxy forwards (any other but `CONNECT` is forwarded too; this is what

@@ -1,6 +1,7 @@
 //! End to end: real clients → `portico serve` (the real binary) → real backends on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod access;
 mod acme;
 mod api;
 mod balance;

@@ -1,0 +1,372 @@
+//! Who may reach a host: `basicAuth`, `allow`/`deny` lists, `forwardAuth` (an
+//! authentication service asked about every request) and `rateLimit` (per client address).
+//! Plain values, their stored string form and their API form; the proxy enforces them.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::{Map, Value, json};
+
+use crate::host::HostError;
+
+/// A host's access policy; empty (the default) lets everyone in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// Users who may pass, with their password hashes (Argon2id, or a seed's bcrypt).
+    pub basic_auth: Vec<BasicUser>,
+    /// Only these addresses may pass (when not empty).
+    pub allow: Vec<IpNet>,
+    /// These may not (deny wins over allow).
+    pub deny: Vec<IpNet>,
+    /// An authentication service that decides about each request.
+    pub forward_auth: Option<ForwardAuth>,
+    /// Requests per client address.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A basic-auth user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicUser {
+    /// The user name.
+    pub username: String,
+    /// The password's hash (a PHC string, or a bcrypt `$2b$…` hash).
+    pub hash: String,
+}
+
+/// A forward-auth service: `url` is asked with the request's method, URI and headers; a 2xx
+/// lets the request through with `copy_headers` copied from its answer onto the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAuth {
+    /// `http://` or `https://` URL of the service.
+    pub url: String,
+    /// Headers of the service's 2xx answer copied onto the request (`Remote-User`, …).
+    pub copy_headers: Vec<String>,
+}
+
+/// A token bucket per client address: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Requests per second, on average (0.01 to 100,000).
+    pub per_second: f64,
+    /// The bucket's size: requests allowed at once (1 to 100,000).
+    pub burst: u32,
+}
+
+impl Eq for RateLimit {}
+
+/// The fields an access policy is stored in (each JSON text in the host's record).
+pub const FIELDS: [&str; 5] = ["basicAuth", "allow", "deny", "forwardAuth", "rateLimit"];
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> HostError {
+    HostError::Invalid { field, reason: reason.into() }
+}
+
+impl Access {
+    /// Whether it lets everyone in, unlimited.
+    pub fn is_open(&self) -> bool {
+        *self == Access::default()
+    }
+
+    /// Whether `client` may pass the address lists (deny wins; an empty allow list allows all).
+    pub fn admits(&self, client: IpAddr) -> bool {
+        let client = canonical(client);
+        if self.deny.iter().any(|net| net.contains(&client)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&client))
+    }
+
+    /// Reads the stored form (the record's fields, JSON text each).
+    pub fn from_fields(text: impl Fn(&str) -> Option<String>) -> Result<Self, HostError> {
+        let json = |field: &'static str| -> Result<Option<Value>, HostError> {
+            text(field).map(|t| serde_json::from_str(&t).map_err(|_| invalid(field, "is not JSON"))).transpose()
+        };
+        let mut access = Access::default();
+        if let Some(Value::Array(users)) = json("basicAuth")? {
+            for user in users {
+                let username = user.get("username").and_then(Value::as_str).unwrap_or_default();
+                let hash = user.get("hash").and_then(Value::as_str).unwrap_or_default();
+                access.basic_auth.push(BasicUser { username: username.to_owned(), hash: hash.to_owned() });
+            }
+        }
+        if let Some(list) = json("allow")? {
+            access.allow = parse_nets("allow", &list)?;
+        }
+        if let Some(list) = json("deny")? {
+            access.deny = parse_nets("deny", &list)?;
+        }
+        if let Some(spec) = json("forwardAuth")? {
+            access.forward_auth = Some(ForwardAuth::parse(&spec)?);
+        }
+        if let Some(spec) = json("rateLimit")? {
+            access.rate_limit = Some(RateLimit::parse(&spec)?);
+        }
+        Ok(access)
+    }
+
+    /// The stored form: `(field, JSON text)` for each part that is set.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if !self.basic_auth.is_empty() {
+            let users: Vec<Value> =
+                self.basic_auth.iter().map(|u| json!({"username": u.username, "hash": u.hash})).collect();
+            out.push(("basicAuth", Value::Array(users).to_string()));
+        }
+        let nets = |list: &[IpNet]| Value::Array(list.iter().map(|n| json!(n.to_string())).collect()).to_string();
+        if !self.allow.is_empty() {
+            out.push(("allow", nets(&self.allow)));
+        }
+        if !self.deny.is_empty() {
+            out.push(("deny", nets(&self.deny)));
+        }
+        if let Some(auth) = &self.forward_auth {
+            out.push(("forwardAuth", auth.to_json().to_string()));
+        }
+        if let Some(limit) = &self.rate_limit {
+            out.push(("rateLimit", limit.to_json().to_string()));
+        }
+        out
+    }
+
+    /// The API form: user names only (never a password or hash), lists, specs.
+    pub fn to_json(&self, out: &mut Map<String, Value>) {
+        if !self.basic_auth.is_empty() {
+            let users: Vec<Value> = self.basic_auth.iter().map(|u| json!({"username": u.username})).collect();
+            out.insert("basicAuth".into(), Value::Array(users));
+        }
+        let nets = |list: &[IpNet]| Value::Array(list.iter().map(|n| json!(n.to_string())).collect());
+        if !self.allow.is_empty() {
+            out.insert("allow".into(), nets(&self.allow));
+        }
+        if !self.deny.is_empty() {
+            out.insert("deny".into(), nets(&self.deny));
+        }
+        if let Some(auth) = &self.forward_auth {
+            out.insert("forwardAuth".into(), auth.to_json());
+        }
+        if let Some(limit) = &self.rate_limit {
+            out.insert("rateLimit".into(), limit.to_json());
+        }
+    }
+
+    /// Applies the API's fields (`null` or `[]` clears one). `basicAuth` entries are
+    /// `{username, hash}` here (the API hashes passwords before), or `{username}` alone to
+    /// keep that user's current hash.
+    pub fn apply(&mut self, body: &Map<String, Value>) -> Vec<HostError> {
+        let mut errors = Vec::new();
+        if let Some(users) = body.get("basicAuth") {
+            match self.users(users) {
+                Ok(users) => self.basic_auth = users,
+                Err(e) => errors.push(e),
+            }
+        }
+        for field in ["allow", "deny"] {
+            let Some(list) = body.get(field) else { continue };
+            let parsed = if list.is_null() {
+                Ok(Vec::new())
+            } else {
+                parse_nets(if field == "allow" { "allow" } else { "deny" }, list)
+            };
+            match parsed {
+                Ok(nets) if field == "allow" => self.allow = nets,
+                Ok(nets) => self.deny = nets,
+                Err(e) => errors.push(e),
+            }
+        }
+        match body.get("forwardAuth") {
+            None => {}
+            Some(Value::Null) => self.forward_auth = None,
+            Some(spec) => match ForwardAuth::parse(spec) {
+                Ok(auth) => self.forward_auth = Some(auth),
+                Err(e) => errors.push(e),
+            },
+        }
+        match body.get("rateLimit") {
+            None => {}
+            Some(Value::Null) => self.rate_limit = None,
+            Some(spec) => match RateLimit::parse(spec) {
+                Ok(limit) => self.rate_limit = Some(limit),
+                Err(e) => errors.push(e),
+            },
+        }
+        errors
+    }
+
+    fn users(&self, value: &Value) -> Result<Vec<BasicUser>, HostError> {
+        if value.is_null() {
+            return Ok(Vec::new());
+        }
+        let list = value.as_array().ok_or_else(|| invalid("basicAuth", "must be a list of {username, password}"))?;
+        if list.len() > 1000 {
+            return Err(invalid("basicAuth", "has more than 1000 users"));
+        }
+        let mut users: Vec<BasicUser> = Vec::with_capacity(list.len());
+        for item in list {
+            let username = item.get("username").and_then(Value::as_str).unwrap_or_default();
+            if username.is_empty()
+                || username.len() > 200
+                || username.contains(':')
+                || username.chars().any(char::is_control)
+            {
+                return Err(invalid("basicAuth", "every user needs a username: 1 to 200 characters, no ':'"));
+            }
+            if users.iter().any(|u| u.username == username) {
+                return Err(invalid("basicAuth", format!("{username} is listed twice")));
+            }
+            let hash = match item.get("hash").and_then(Value::as_str) {
+                Some(hash) if is_password_hash(hash) => hash.to_owned(),
+                Some(_) => {
+                    return Err(invalid("basicAuth", format!("{username}: the hash is not an Argon2 or bcrypt hash")));
+                }
+                None => match self.basic_auth.iter().find(|u| u.username == username) {
+                    Some(existing) => existing.hash.clone(),
+                    None => return Err(invalid("basicAuth", format!("{username} needs a password"))),
+                },
+            };
+            users.push(BasicUser { username: username.to_owned(), hash });
+        }
+        Ok(users)
+    }
+}
+
+/// An Argon2 PHC string or a bcrypt hash.
+pub fn is_password_hash(text: &str) -> bool {
+    text.starts_with("$argon2") || text.starts_with("$2a$") || text.starts_with("$2b$") || text.starts_with("$2y$")
+}
+
+/// An IPv4 address inside IPv6 (`::ffff:10.0.0.1`) as the IPv4 address lists name it.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A list of addresses (`10.0.0.1`) and networks (`10.0.0.0/8`).
+pub fn parse_nets(field: &'static str, value: &Value) -> Result<Vec<IpNet>, HostError> {
+    let list = value.as_array().ok_or_else(|| invalid(field, "must be a list of addresses and networks"))?;
+    list.iter()
+        .map(|item| {
+            let text = item.as_str().ok_or_else(|| invalid(field, "must be a list of addresses and networks"))?;
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| invalid(field, format!("{text:?} is not an address or a network (10.0.0.0/8)")))
+        })
+        .collect()
+}
+
+impl ForwardAuth {
+    fn parse(value: &Value) -> Result<Self, HostError> {
+        let bad = |reason: &str| invalid("forwardAuth", reason);
+        let url = value.get("url").and_then(Value::as_str).ok_or_else(|| bad("url is required"))?;
+        let uri: http::Uri = url.parse().map_err(|_| bad("url is not a URL"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(bad("url must be an http:// or https:// URL"));
+        }
+        let copy_headers = match value.get("copyHeaders") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|h| {
+                    h.as_str()
+                        .filter(|h| http::HeaderName::from_bytes(h.as_bytes()).is_ok())
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad("copyHeaders must be a list of header names"))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(bad("copyHeaders must be a list of header names")),
+        };
+        Ok(Self { url: url.to_owned(), copy_headers })
+    }
+
+    fn to_json(&self) -> Value {
+        json!({ "url": self.url, "copyHeaders": self.copy_headers })
+    }
+}
+
+impl RateLimit {
+    fn parse(value: &Value) -> Result<Self, HostError> {
+        let bad = |reason: &str| invalid("rateLimit", reason);
+        let per_second = value
+            .get("perSecond")
+            .and_then(Value::as_f64)
+            .filter(|r| (0.01..=100_000.0).contains(r))
+            .ok_or_else(|| bad("perSecond must be a number from 0.01 to 100000"))?;
+        let burst = match value.get("burst") {
+            None | Some(Value::Null) => (per_second.ceil() as u32).max(1),
+            Some(b) => b
+                .as_u64()
+                .filter(|b| (1..=100_000).contains(b))
+                .ok_or_else(|| bad("burst must be a whole number from 1 to 100000"))? as u32,
+        };
+        Ok(Self { per_second, burst })
+    }
+
+    fn to_json(self) -> Value {
+        json!({ "perSecond": self.per_second, "burst": self.burst })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn deny_wins_and_an_empty_allow_list_allows_all() {
+        let mut access = Access::default();
+        assert!(access.apply(&body(json!({"allow": ["10.0.0.0/8", "192.0.2.7"], "deny": ["10.9.0.0/16"]}))).is_empty());
+        assert!(access.admits("10.1.2.3".parse().unwrap()));
+        assert!(access.admits("192.0.2.7".parse().unwrap()));
+        assert!(access.admits("::ffff:10.1.2.3".parse().unwrap()), "IPv4 in IPv6 is the IPv4 address");
+        assert!(!access.admits("10.9.1.1".parse().unwrap()), "deny wins");
+        assert!(!access.admits("172.16.0.1".parse().unwrap()));
+        let mut open = Access::default();
+        open.apply(&body(json!({"deny": ["172.16.0.0/12"]})));
+        assert!(open.admits("8.8.8.8".parse().unwrap()));
+        assert!(!open.admits("172.16.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn stored_and_shown_forms() {
+        let mut access = Access::default();
+        let hash = crate::record::hash_password("pw-123456").unwrap();
+        let errors = access.apply(&body(json!({
+            "basicAuth": [{"username": "ann", "hash": hash}],
+            "forwardAuth": {"url": "http://127.0.0.1:9091/api/verify", "copyHeaders": ["Remote-User"]},
+            "rateLimit": {"perSecond": 5, "burst": 10},
+        })));
+        assert!(errors.is_empty(), "{errors:?}");
+        let fields: std::collections::BTreeMap<&str, String> = access.to_fields().into_iter().collect();
+        let back = Access::from_fields(|f| fields.get(f).cloned()).unwrap();
+        assert_eq!(back, access);
+        let mut shown = Map::new();
+        access.to_json(&mut shown);
+        assert_eq!(shown["basicAuth"], json!([{"username": "ann"}]));
+        assert!(!Value::Object(shown).to_string().contains("argon2"));
+        // A user listed without a password keeps the hash.
+        assert!(access.apply(&body(json!({"basicAuth": [{"username": "ann"}]}))).is_empty());
+        assert_eq!(access.basic_auth[0].hash, back.basic_auth[0].hash);
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        for (input, field) in [
+            (json!({"allow": ["10.0.0.0/33"]}), "allow"),
+            (json!({"deny": "10.0.0.1"}), "deny"),
+            (json!({"basicAuth": [{"username": "bob"}]}), "basicAuth"),
+            (json!({"basicAuth": [{"username": "a:b", "hash": "$2b$10$x"}]}), "basicAuth"),
+            (json!({"basicAuth": [{"username": "bob", "hash": "plain"}]}), "basicAuth"),
+            (json!({"forwardAuth": {"url": "ftp://x"}}), "forwardAuth"),
+            (json!({"forwardAuth": {"url": "http://a", "copyHeaders": ["bad header"]}}), "forwardAuth"),
+            (json!({"rateLimit": {"perSecond": 0}}), "rateLimit"),
+            (json!({"rateLimit": {"perSecond": 1, "burst": 0}}), "rateLimit"),
+        ] {
+            let errors = Access::default().apply(&body(input.clone()));
+            assert_eq!(errors.first().map(HostError::field), Some(field), "{input}");
+        }
+    }
+}
