@@ -282,6 +282,17 @@ async function certDetails(name, into) {
 }
 
 let hostSearch = '';
+/** What guards a host, in a few words each. */
+function policies(host) {
+  const out = [];
+  if (host.healthCheck) out.push(`checked ${host.healthCheck.path}`);
+  if (host.basicAuth) out.push('password');
+  if (host.allow || host.deny) out.push('address list');
+  if (host.rateLimit) out.push(`≤ ${host.rateLimit.perSecond}/s`);
+  if (host.forwardAuth) out.push('forward auth');
+  return out;
+}
+
 /** Redraws the current page's data in place (set by pages whose forms must survive it). */
 let redraw = null;
 
@@ -299,7 +310,10 @@ async function hostsPage() {
       const row = h('tr', {},
         h('td', {}, h('a', { href: `${x.forcessl ? 'https' : 'http'}://${x.host.replace(/^\*+\./, 'www.')}`, rel: 'noreferrer', target: '_blank' }, x.host),
           x.domain && x.domain.provider ? h('div', { class: 'muted' }, `DNS: ${x.domain.provider.displayName} – ${x.domain.provider.name}`) : null),
-        h('td', {}, `${x.targetssl ? 'https' : 'http'}://${x.ip}:${x.targetPort}`),
+        h('td', {}, (x.targets || [{ ip: x.ip, port: x.targetPort, weight: 1 }]).map((t) =>
+          h('div', {}, `${x.targetssl ? 'https' : 'http'}://${t.ip.includes(':') ? `[${t.ip}]` : t.ip}:${t.port}${t.weight > 1 ? ` ×${t.weight}` : ''}`)),
+          x.targets && x.targets.length > 1 ? h('div', { class: 'muted' }, x.balance.replace('_', ' ')) : null,
+          policies(x).map((p) => h('span', { class: 'badge' }, p))),
         h('td', { class: 'wide' }, x.forcessl ? h('span', { class: 'badge ok' }, 'HTTPS only') : h('span', { class: 'badge' }, 'HTTP and HTTPS')),
         h('td', { class: 'wide' }, when(x.updated_on)),
         h('td', {}, h('div', { class: 'actions' },

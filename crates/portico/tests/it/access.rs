@@ -118,6 +118,29 @@ async fn basic_auth_right_wrong_and_missing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(get(&p, "auth.test", "/", &[("authorization", &right)]).await.0, StatusCode::OK);
+    // A seed-style bcrypt hash, as the seed's later versions stored basic-auth users.
+    let seed_hash = bcrypt::hash("old-password-1", 4).unwrap();
+    let put = api
+        .call(
+            "PUT",
+            "/api/host/auth.test",
+            Some(&token),
+            Some(json!({"basicAuth": [{"username": "old", "hash": seed_hash}]})),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.raw);
+    assert!(!put.raw.contains("$2b$"), "{}", put.raw);
+    let old = basic("old", "old-password-1");
+    let start = Instant::now();
+    while get(&p, "auth.test", "/", &[("authorization", &old)]).await.0 != StatusCode::OK {
+        assert!(start.elapsed() < Duration::from_secs(5), "the bcrypt user not let in");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get(&p, "auth.test", "/", &[("authorization", &right)]).await.0,
+        StatusCode::UNAUTHORIZED,
+        "ann was replaced"
+    );
     let short = api
         .call(
             "PUT",
