@@ -229,6 +229,21 @@ impl Health {
         Some(InFlight(health.clone()))
     }
 
+    /// Forgets what no host of `table` uses any more: balancers of patterns that are gone or
+    /// now have one target and no checks, and the health of targets no remaining host lists.
+    pub fn prune(&self, table: &portico_model::HostTable<Arc<Host>>) {
+        let mut used: std::collections::HashSet<TargetKey> = std::collections::HashSet::new();
+        let mut patterns: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for (pattern, host) in table.iter() {
+            if host.targets.len() > 1 || host.health_check.is_some() {
+                patterns.insert(pattern.as_str());
+                used.extend(host.targets.iter().map(|u| (u.target.shared_authority(), host.targetssl)));
+            }
+        }
+        lock(&self.balancers).retain(|pattern, _| patterns.contains(pattern.as_ref()));
+        lock(&self.targets).retain(|key, _| used.contains(key));
+    }
+
     /// Records an active check's verdict.
     pub fn checked(&self, target: &Target, tls: bool, down: bool, error: Option<String>) {
         let health = self.target(target, tls);
@@ -404,6 +419,21 @@ mod tests {
         assert_eq!(health.choose(&pattern, &h, client, None).unwrap().index, 1, "one trial at a time");
         health.succeeded(&trial);
         assert_eq!(health.choose(&pattern, &h, client, None).unwrap().index, 0, "back after the trial");
+    }
+
+    #[test]
+    fn what_no_host_uses_is_forgotten() {
+        let health = Health::default();
+        let h = host(&[1, 1], Balance::RoundRobin);
+        picks(&health, &h, 2);
+        assert_eq!(health.balancers.lock().unwrap().len(), 1);
+        assert_eq!(health.targets.lock().unwrap().len(), 2);
+        let kept: portico_model::HostTable<Arc<Host>> = [(h.host.clone(), Arc::new(h.clone()))].into_iter().collect();
+        health.prune(&kept);
+        assert_eq!(health.targets.lock().unwrap().len(), 2, "a host in the table keeps its state");
+        health.prune(&portico_model::HostTable::default());
+        assert!(health.balancers.lock().unwrap().is_empty());
+        assert!(health.targets.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Active health checks: for every target of a host with a `healthCheck`, `GET path` every
 //! `interval` on a new connection; `unhealthy` failures in a row mark the target down (no
 //! request goes to it), `healthy` passes in a row mark it up again. The set of checks follows
-//! the routing table.
+//! the routing table, and so does what the process remembers of targets' health.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,6 +64,8 @@ pub async fn run(routes: Arc<Routes>, config: ProxyConfig, shutdown: Cancellatio
                     health.checked(&target, tls, false, None);
                 });
             }
+            // What the table no longer names is forgotten (health, balancers).
+            health.prune(&table);
             seen = Some(table);
         }
         tokio::select! {
