@@ -223,7 +223,14 @@ pub async fn events(
     caller: Caller,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Value>(BACKLOG);
-    tokio::spawn(follow(api, caller.token_key, move |payload| tx.try_send(payload.clone()).is_ok()));
+    let gone = tx.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = follow(api, caller.token_key, move |payload| tx.try_send(payload.clone()).is_ok()) => {}
+            // The client went away while nothing happened.
+            () = gone.closed() => {}
+        }
+    });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let payload = rx.recv().await?;
         Some((Ok(SseEvent::default().event("P2PSub").data(payload.to_string())), rx))

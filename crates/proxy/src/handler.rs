@@ -144,6 +144,9 @@ fn valid_request_id(id: &[u8]) -> bool {
         && id.iter().copied().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// The request's phases, in order: normalise the host → look up → ACME HTTP-01 answer →
+/// `forcessl` redirect → the client's address → access (hosts with a policy) → choose a
+/// target → forward. The caller observes the outcome (access log, metrics) from `entry`.
 async fn route(
     shared: &Shared,
     mut request: Request<Incoming>,
