@@ -6,6 +6,7 @@
 //   TEST_PROXY     the proxy's plain-HTTP address (ip:port)
 //   BACKEND_PORT      a backend on 127.0.0.1 that answers JSON naming itself `BACKEND_NAME`
 //   BACKEND_NAME
+//   BACKEND2_PORT     a second backend, for a host with two targets
 //   TEST_PORTICO_BIN, TEST_DATA_DIR  to change a host through the CLI
 //   ARTIFACTS         where screenshots go
 //   CHROMIUM          the browser (default /usr/bin/chromium)
@@ -139,6 +140,33 @@ await step('a bad host shows the field error', async () => {
   await form.getByLabel('Host name or pattern').fill('');
 });
 
+await step('a host with two targets and a policy', async () => {
+  const form = page.getByRole('form', { name: 'Add a host' });
+  await form.getByLabel('Host name or pattern').fill('pair.ui.test');
+  await form.getByLabel('Target address').fill('127.0.0.1');
+  await form.getByLabel('Target port').fill(env.BACKEND_PORT);
+  await form.getByLabel('More targets').fill(`127.0.0.1:${env.BACKEND2_PORT}@2`);
+  await form.getByLabel('Load balancing').selectOption('least_conn');
+  await form.getByLabel('Redirect HTTP to HTTPS').uncheck();
+  await form.getByRole('button', { name: 'Add host' }).click();
+  const row = page.getByRole('row').filter({ hasText: 'pair.ui.test' });
+  await row.getByText(`http://127.0.0.1:${env.BACKEND2_PORT} ×2`).waitFor({ timeout: WAIT });
+  await row.getByText('least conn').waitFor();
+  const names = new Set();
+  for (let i = 0; i < 6; i++) {
+    const got = await eventually('the pair routed', async () => {
+      const answer = await viaProxy('pair.ui.test');
+      return answer.status === 200 ? answer : null;
+    });
+    names.add(JSON.parse(got.body).backend);
+  }
+  expect(names.size === 2, `both targets answered: ${[...names]}`);
+  await page.getByRole('button', { name: 'Certificate of pair.ui.test', exact: true }).click();
+  const targets = page.getByRole('list', { name: 'Targets of pair.ui.test' });
+  await targets.getByText('healthy').first().waitFor({ timeout: WAIT });
+  expect(await targets.getByRole('listitem').count() === 2, 'each target with its health');
+});
+
 await step('certificate details of a host', async () => {
   await page.getByRole('button', { name: 'Certificate of ui.example.test', exact: true }).click();
   await page.getByText(/No certificate yet|Status/).first().waitFor({ timeout: WAIT });
@@ -205,7 +233,7 @@ await step('a change made through the CLI appears without a reload', async () =>
 
 await step('overview', async () => {
   await go('Overview', 'Overview');
-  await page.getByText('2 hosts').waitFor({ timeout: WAIT });
+  await page.getByText('3 hosts').waitFor({ timeout: WAIT });
   // The request through the proxy above was counted (the test runs with metrics on).
   const rate = page.locator('#request-rate');
   await rate.getByText(/requests\/s now/).waitFor({ timeout: WAIT });

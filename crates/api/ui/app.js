@@ -239,19 +239,42 @@ function watchRate(into) {
   sample();
 }
 
+/** `ip:port` or `ip:port@weight` per line, as the API's `targets` entries. */
+function parseTargets(text) {
+  return text.split('\n').map((l) => l.trim()).filter(Boolean).map((line) => {
+    const [address, weight] = line.split('@');
+    const at = address.lastIndexOf(':');
+    const ip = address.slice(0, at).replace(/^\[|\]$/g, '');
+    return { ip, port: Number(address.slice(at + 1)), weight: weight ? Number(weight) : 1 };
+  });
+}
+
 function hostForm(host, done) {
   const editing = Boolean(host);
+  const others = host && host.targets ? host.targets.slice(1) : [];
+  const balance = h('select', { name: 'balance' },
+    [['round_robin', 'In turn (round robin)'], ['least_conn', 'Least busy'], ['ip_hash', 'Same client, same target'], ['first', 'First that is up (standbys)']]
+      .map(([value, label]) => h('option', { value, selected: host && host.balance === value }, label)));
   const form = h('form', { class: 'grid', 'aria-label': editing ? `Edit ${host.host}` : 'Add a host' },
     field('Host name or pattern', 'host', { value: host ? host.host : '', placeholder: 'app.example.com, *.example.com', required: true }),
     field('Target address', 'ip', { value: host ? host.ip : '', placeholder: '10.0.0.5', required: true }),
     field('Target port', 'targetPort', { type: 'number', min: 1, max: 65535, value: host ? host.targetPort : 80, required: true }),
+    h('label', {}, 'More targets (ip:port or ip:port@weight, one per line)',
+      h('textarea', { name: 'targets', rows: 2, placeholder: '10.0.0.6:80' }, others.map((t) => `${t.ip.includes(':') ? `[${t.ip}]` : t.ip}:${t.port}${t.weight > 1 ? `@${t.weight}` : ''}`).join('\n'))),
+    h('label', {}, 'Load balancing', balance),
     check('Redirect HTTP to HTTPS', 'forcessl', host ? host.forcessl : true),
     check('HTTPS to the target', 'targetssl', host ? host.targetssl : false),
     h('div', { class: 'actions' },
       h('button', { class: 'primary', type: 'submit' }, editing ? 'Save' : 'Add host'),
       editing ? h('button', { type: 'button', onclick: () => done() }, 'Cancel') : null));
   onSubmit(form, async (f) => {
-    const body = { host: f.get('host'), ip: f.get('ip'), targetPort: Number(f.get('targetPort')), forcessl: f.has('forcessl'), targetssl: f.has('targetssl') };
+    const body = { host: f.get('host'), ip: f.get('ip'), targetPort: Number(f.get('targetPort')), forcessl: f.has('forcessl'), targetssl: f.has('targetssl'), balance: f.get('balance') };
+    const more = parseTargets(f.get('targets') || '');
+    // The first target is the address and port above; the list replaces the host's.
+    if (more.length || others.length) {
+      const first = editing && host.targets ? { ...host.targets[0], ip: body.ip, port: body.targetPort } : { ip: body.ip, port: body.targetPort, weight: 1 };
+      body.targets = [first, ...more];
+    }
     const answer = editing ? await api('PUT', `host/${enc(host.host)}`, body) : await api('POST', 'host', body);
     notice(answer.message || 'Saved.');
     done();
@@ -262,8 +285,22 @@ function hostForm(host, done) {
 /** Issuance steps after which nothing moves until the next attempt. */
 const SETTLED = new Set(['', 'issued', 'failed']);
 
+/** Each target's health as the answering node sees it (hosts with several targets or checks). */
+async function targetHealth(name) {
+  try {
+    const host = (await api('GET', `host/${enc(name)}`)).results;
+    const watched = host.targets && host.targets.some((t) => t.health);
+    return watched ? h('ul', { class: 'targets', 'aria-label': `Targets of ${name}` }, host.targets.map((t) =>
+      h('li', {}, `${t.ip}:${t.port} `, h('span', { class: `badge ${t.health === 'healthy' ? 'ok' : t.health === 'unknown' ? '' : 'bad'}` }, t.health),
+        t.last_error ? h('span', { class: 'muted' }, ` ${t.last_error}`) : null))) : null;
+  } catch {
+    return null;
+  }
+}
+
 async function certDetails(name, into) {
   if (!into.firstChild) into.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
+  const health = await targetHealth(name);
   try {
     const c = (await api('GET', `cert/${enc(name)}?include_private_key=false`)).results;
     // An issuance under way: its progress is followed while the details show.
@@ -275,9 +312,9 @@ async function certDetails(name, into) {
       h('dt', {}, 'Expires'), h('dd', {}, when(c.not_after)),
       h('dt', {}, 'Next attempt'), h('dd', {}, when(c.next_attempt)),
       h('dt', {}, 'Failures'), h('dd', {}, c.failures ?? 0),
-      h('dt', {}, 'Last error'), h('dd', { class: c.last_error ? 'error' : '' }, c.last_error || '—')));
+      h('dt', {}, 'Last error'), h('dd', { class: c.last_error ? 'error' : '' }, c.last_error || '—')), health);
   } catch (error) {
-    into.replaceChildren(h('p', { class: 'muted' }, error.status === 404 ? 'No certificate yet: one is issued on the first HTTPS request.' : error.message));
+    into.replaceChildren(h('p', { class: 'muted' }, error.status === 404 ? 'No certificate yet: one is issued on the first HTTPS request.' : error.message), health);
   }
 }
 

@@ -172,9 +172,11 @@ impl Health {
             Balance::LeastConn => {
                 let load = |i: usize| {
                     let busy = u64::from(balancer.health[i].in_flight.load(Ordering::Relaxed));
-                    // Fewest in progress per unit of weight; ties go to the earlier target.
-                    (busy * 1000 / u64::from(balancer.targets[i].weight), i)
+                    // Fewest in progress per unit of weight.
+                    busy * 1000 / u64::from(balancer.targets[i].weight)
                 };
+                // Ties go round: the scan starts one further each time, and the first
+                // least-loaded target in it wins.
                 let start = balancer.next.fetch_add(1, Ordering::Relaxed);
                 (0..n).map(|k| (start + k) % n).filter(|&i| usable(i)).min_by_key(|&i| load(i))
             }
@@ -434,6 +436,15 @@ mod tests {
         health.prune(&portico_model::HostTable::default());
         assert!(health.balancers.lock().unwrap().is_empty());
         assert!(health.targets.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn least_conn_shares_ties_in_turn() {
+        let health = Health::default();
+        let h = host(&[1, 1, 1], Balance::LeastConn);
+        let mut chosen = picks(&health, &h, 6);
+        chosen.sort_unstable();
+        assert_eq!(chosen, [0, 0, 1, 1, 2, 2], "idle targets take turns");
     }
 
     #[test]

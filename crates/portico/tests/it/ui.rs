@@ -17,12 +17,14 @@ async fn the_web_ui_end_to_end() {
     let p =
         Portico::start(BIN, &[&format!("dns.cloudflare_api=\"{}\"", fake.base()), "metrics.listen=\"127.0.0.1:0\""]);
     let backend = Backend::start("ui-backend").await;
+    let second = Backend::start("ui-backend-2").await;
     let browser = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../browser");
     let artifacts = browser.join("artifacts");
     let _ = std::fs::remove_dir_all(&artifacts);
     let run = tokio::task::spawn_blocking({
         let (api, http, data_dir) = (p.api, p.http, p.data_dir().to_owned());
         let port = backend.addr.port().to_string();
+        let port2 = second.addr.port().to_string();
         let browser = browser.clone();
         let artifacts = artifacts.clone();
         move || {
@@ -33,6 +35,7 @@ async fn the_web_ui_end_to_end() {
                 .env("TEST_PROXY", http.to_string())
                 .env("BACKEND_PORT", port)
                 .env("BACKEND_NAME", "ui-backend")
+                .env("BACKEND2_PORT", port2)
                 .env("TEST_PORTICO_BIN", BIN)
                 .env("TEST_DATA_DIR", data_dir)
                 .env("ARTIFACTS", &artifacts)
@@ -45,5 +48,5 @@ async fn the_web_ui_end_to_end() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("all steps passed"), "{stdout}");
     let shots = std::fs::read_dir(&artifacts).unwrap().count();
-    assert!(shots >= 12, "a screenshot per step: {shots}");
+    assert!(shots >= 14, "a screenshot per step: {shots}");
 }
