@@ -54,11 +54,11 @@ function expect(condition, message) {
   if (!condition) throw new Error(message);
 }
 
-/** GET through the proxy with a Host header: {status, body}. */
-function viaProxy(host) {
+/** GET through the proxy with a Host header (and more headers): {status, body}. */
+function viaProxy(host, headers = {}) {
   const [ip, port] = env.TEST_PROXY.split(':');
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: ip, port: Number(port), path: '/', headers: { host } }, (res) => {
+    const req = http.request({ host: ip, port: Number(port), path: '/', headers: { host, ...headers } }, (res) => {
       let body = '';
       res.on('data', (c) => { body += c; });
       res.on('end', () => resolve({ status: res.statusCode, body }));
@@ -165,6 +165,29 @@ await step('a host with two targets and a policy', async () => {
   const targets = page.getByRole('list', { name: 'Targets of pair.ui.test' });
   await targets.getByText('healthy').first().waitFor({ timeout: WAIT });
   expect(await targets.getByRole('listitem').count() === 2, 'each target with its health');
+});
+
+await step('a password on a host', async () => {
+  await page.getByRole('button', { name: 'Edit ui.example.test', exact: true }).click();
+  const form = page.getByRole('form', { name: 'Edit ui.example.test' });
+  await form.getByText('Access control').click();
+  await form.getByLabel('Users').fill('ann:short');
+  await form.getByRole('button', { name: 'Save' }).click();
+  const refused = await form.getByRole('alert').first().textContent({ timeout: WAIT });
+  expect(/too short/.test(refused), `the API's complaint on the field: ${refused}`);
+  await form.getByLabel('Users').fill('ann:ann-password-1');
+  await form.getByRole('button', { name: 'Save' }).click();
+  await form.waitFor({ state: 'detached', timeout: WAIT });
+  await eventually('the password asked for', async () => (await viaProxy('ui.example.test')).status === 401);
+  const auth = `Basic ${Buffer.from('ann:ann-password-1').toString('base64')}`;
+  expect((await viaProxy('ui.example.test', { authorization: auth })).status === 200, 'the password lets in');
+  const row = page.getByRole('row').filter({ hasText: 'ui.example.test' }).first();
+  await row.getByText('password').waitFor({ timeout: WAIT });
+  // The edit form shows the user, never the password.
+  await page.getByRole('button', { name: 'Edit ui.example.test', exact: true }).click();
+  const again = page.getByRole('form', { name: 'Edit ui.example.test' });
+  expect(await again.getByLabel('Users').inputValue() === 'ann', 'only the user name comes back');
+  await again.getByRole('button', { name: 'Cancel' }).click();
 });
 
 await step('certificate details of a host', async () => {

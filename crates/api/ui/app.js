@@ -63,21 +63,23 @@ async function api(method, path, body) {
 
 const enc = (s) => encodeURIComponent(s);
 
+/** Form fields named otherwise than the API's fields. */
+const FIELD_OF = { basicAuth: 'users', rateLimit: 'perSecond' };
+
 /** Shows an API error on a form: per-field messages where the API names the field. */
 function showErrors(form, error) {
   form.querySelectorAll('.field-error, .form-error').forEach((e) => e.remove());
   const keys = (error.body && error.body.keys) || [];
   for (const { key, message } of keys) {
-    const input = form.querySelector(`[name="${CSS.escape(key)}"]`);
-    const note = h('span', { class: 'field-error', role: 'alert' }, message);
+    const input = form.querySelector(`[name="${CSS.escape(FIELD_OF[key] || key)}"]`);
     if (input) {
       input.setAttribute('aria-invalid', 'true');
-      input.closest('label').append(note);
+      input.closest('label').append(h('span', { class: 'field-error', role: 'alert' }, message));
+    } else {
+      form.append(h('p', { class: 'form-error error', role: 'alert' }, message));
     }
   }
-  if (!keys.length || keys.some(({ key }) => !form.querySelector(`[name="${CSS.escape(key)}"]`))) {
-    form.append(h('p', { class: 'form-error error', role: 'alert' }, error.message));
-  }
+  if (!keys.length) form.append(h('p', { class: 'form-error error', role: 'alert' }, error.message));
 }
 
 function clearErrors(form) {
@@ -249,6 +251,45 @@ function parseTargets(text) {
   });
 }
 
+/** The access-control part of the host form: who may reach the host. */
+function accessFields(host) {
+  const a = host || {};
+  const lines = (list) => (list || []).join('\n');
+  return h('details', { class: 'access', open: Boolean(a.basicAuth || a.allow || a.deny || a.rateLimit || a.forwardAuth) },
+    h('summary', {}, 'Access control'),
+    h('div', { class: 'grid' },
+      h('label', {}, 'Users (user:password per line; a user alone keeps its password)',
+        h('textarea', { name: 'users', rows: 2, autocomplete: 'off' }, (a.basicAuth || []).map((u) => u.username).join('\n'))),
+      h('label', {}, 'Allowed addresses (one per line, 10.0.0.0/8)', h('textarea', { name: 'allow', rows: 2 }, lines(a.allow))),
+      h('label', {}, 'Denied addresses', h('textarea', { name: 'deny', rows: 2 }, lines(a.deny))),
+      field('Requests per second per client', 'perSecond', { type: 'number', min: 0.01, step: 'any', value: a.rateLimit ? a.rateLimit.perSecond : '' }),
+      field('Burst', 'burst', { type: 'number', min: 1, value: a.rateLimit ? a.rateLimit.burst : '' }),
+      field('Forward auth URL', 'forwardAuth', { type: 'url', placeholder: 'http://127.0.0.1:9091/api/verify', value: a.forwardAuth ? a.forwardAuth.url : '' }),
+      field('Headers to copy from it (comma-separated)', 'copyHeaders', { value: a.forwardAuth ? a.forwardAuth.copyHeaders.join(', ') : '' })));
+}
+
+/** The API fields the access-control part of the form says (only what changed or is set). */
+function accessBody(f, host) {
+  const a = host || {};
+  const out = {};
+  const list = (name) => (f.get(name) || '').split('\n').map((l) => l.trim()).filter(Boolean);
+  const users = list('users').map((line) => {
+    const at = line.indexOf(':');
+    return at < 0 ? { username: line } : { username: line.slice(0, at), password: line.slice(at + 1) };
+  });
+  if (users.length || a.basicAuth) out.basicAuth = users;
+  for (const name of ['allow', 'deny']) {
+    if (list(name).length || a[name]) out[name] = list(name);
+  }
+  const perSecond = f.get('perSecond');
+  if (perSecond) out.rateLimit = { perSecond: Number(perSecond), ...(f.get('burst') ? { burst: Number(f.get('burst')) } : {}) };
+  else if (a.rateLimit) out.rateLimit = null;
+  const url = (f.get('forwardAuth') || '').trim();
+  if (url) out.forwardAuth = { url, copyHeaders: (f.get('copyHeaders') || '').split(',').map((h) => h.trim()).filter(Boolean) };
+  else if (a.forwardAuth) out.forwardAuth = null;
+  return out;
+}
+
 function hostForm(host, done) {
   const editing = Boolean(host);
   const others = host && host.targets ? host.targets.slice(1) : [];
@@ -262,6 +303,7 @@ function hostForm(host, done) {
     h('label', {}, 'More targets (ip:port or ip:port@weight, one per line)',
       h('textarea', { name: 'targets', rows: 2, placeholder: '10.0.0.6:80' }, others.map((t) => `${t.ip.includes(':') ? `[${t.ip}]` : t.ip}:${t.port}${t.weight > 1 ? `@${t.weight}` : ''}`).join('\n'))),
     h('label', {}, 'Load balancing', balance),
+    accessFields(host),
     check('Redirect HTTP to HTTPS', 'forcessl', host ? host.forcessl : true),
     check('HTTPS to the target', 'targetssl', host ? host.targetssl : false),
     h('div', { class: 'actions' },
@@ -269,6 +311,7 @@ function hostForm(host, done) {
       editing ? h('button', { type: 'button', onclick: () => done() }, 'Cancel') : null));
   onSubmit(form, async (f) => {
     const body = { host: f.get('host'), ip: f.get('ip'), targetPort: Number(f.get('targetPort')), forcessl: f.has('forcessl'), targetssl: f.has('targetssl'), balance: f.get('balance') };
+    Object.assign(body, accessBody(f, host));
     const more = parseTargets(f.get('targets') || '');
     // The first target is the address and port above; the list replaces the host's.
     if (more.length || others.length) {
