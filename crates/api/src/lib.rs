@@ -3,7 +3,7 @@
 //! hashed expiring tokens, roles, a login rate limit, secrets never in responses.
 //!
 //! Routes: `/api/auth/{login,logout}`, `/api/user…`, `/api/token…`, `/api/host…`, `/api/dns…`, `/api/cert/{host}`,
-//! `/healthz`, `/readyz`, live events (`/api/events`, socket.io at `/socket.io/`), the OpenAPI
+//! `/healthz`, `/readyz`, `/api/stats`, live events (`/api/events`, socket.io at `/socket.io/`), the OpenAPI
 //! 3.1 document at `/api/openapi.json`, and the web UI at `/`. Every `/api` route but login needs a token in the `auth-token`
 //! header or `Authorization: Bearer`.
 
