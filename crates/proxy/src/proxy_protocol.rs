@@ -22,11 +22,22 @@ const V2_MAX_PAYLOAD: usize = 4096;
 /// `UNKNOWN`). An error when the connection does not start with a valid header.
 pub async fn read(stream: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
     let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("PROXY protocol: {what}"));
+    // A v1 header usually arrives whole in the first packet: seen with `peek`, it is taken
+    // with one read of exactly its length.
+    let mut seen = [0u8; V1_MAX];
+    let available = stream.peek(&mut seen).await?;
+    if seen[..available].starts_with(b"PROXY ")
+        && let Some(end) = seen[..available].windows(2).position(|w| w == b"\r\n")
+    {
+        let mut header = vec![0u8; end + 2];
+        stream.read_exact(&mut header).await?;
+        return addresses(&header);
+    }
     let mut header = vec![0u8; 1];
     stream.read_exact(&mut header).await?;
     match header[0] {
         b'P' => {
-            // v1: text up to CRLF, read a byte at a time to take nothing more.
+            // v1 split across packets: up to CRLF, a byte at a time to take nothing more.
             let mut byte = [0u8; 1];
             while !header.ends_with(b"\r\n") {
                 if header.len() >= V1_MAX {
@@ -48,7 +59,13 @@ pub async fn read(stream: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
         }
         _ => return Err(invalid("the connection does not start with a PROXY header")),
     }
-    match HeaderResult::parse(&header) {
+    addresses(&header)
+}
+
+/// The client's address a whole header names (`None`: it names none).
+fn addresses(header: &[u8]) -> io::Result<Option<SocketAddr>> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("PROXY protocol: {what}"));
+    match HeaderResult::parse(header) {
         HeaderResult::V1(Ok(h)) => Ok(match h.addresses {
             v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
             v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),

@@ -218,6 +218,18 @@ async fn the_proxy_protocol_names_the_client() {
     let v2 = raw(p.http, &v2_header([192, 0, 2, 9], 5001), "pp.test").await;
     assert!(v2.starts_with("HTTP/1.1 200"), "{v2}");
     assert!(v2.contains("\"x-real-ip\":[\"192.0.2.9\"]"), "{v2}");
+    // A v1 header that arrives in two pieces.
+    let mut stream = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    stream.write_all(b"PROXY TCP4 192.0.2.").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+        .write_all(b"77 127.0.0.1 5000 80\r\nGET / HTTP/1.1\r\nHost: pp.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut split = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut split)).await;
+    assert!(split.starts_with("HTTP/1.1 200"), "{split}");
+    assert!(split.contains("\"x-real-ip\":[\"192.0.2.77\"]"), "{split}");
     let outside = raw(p.http, b"PROXY TCP4 198.51.100.7 127.0.0.1 5000 80\r\n", "pp.test").await;
     assert!(outside.starts_with("HTTP/1.1 403"), "{outside}");
     // A connection without the header is closed unanswered.
