@@ -154,6 +154,16 @@ impl Health {
         let balancer = self.balancer(pattern, host);
         let now = self.now_ms();
         let n = balancer.targets.len();
+        if n == 1 {
+            // One target (with checks): as nginx does with a lone server, failed connections
+            // never take it out (there is nothing else to send to); only its checks do.
+            let down = tried.is_some() || balancer.health[0].checked_down.load(Ordering::Acquire);
+            return if down {
+                Err(AllDown)
+            } else {
+                Ok(Choice { index: 0, health: Some(balancer.health[0].clone()), balancer: Some(balancer) })
+            };
+        }
         let usable = |i: usize| Some(i) != tried && balancer.health[i].available(now);
         let index = match balancer.balance {
             Balance::First => (0..n).find(|&i| usable(i)),
@@ -208,10 +218,14 @@ impl Health {
     pub fn failed(&self, choice: &Choice, error: &str) {
         let Some(health) = &choice.health else { return };
         let failures = health.failures.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        *lock(&health.last_error) = Some(error.to_owned());
+        if !choice.has_alternative() {
+            // A lone target is never ejected (see `choose`).
+            return;
+        }
         let backoff = FIRST_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(5)).min(MAX_BACKOFF);
         health.ejected_until.store(self.now_ms() + backoff.as_millis() as u64, Ordering::Release);
         health.trial.store(false, Ordering::Release);
-        *lock(&health.last_error) = Some(error.to_owned());
     }
 
     /// The chosen target answered.
@@ -436,6 +450,25 @@ mod tests {
         health.prune(&portico_model::HostTable::default());
         assert!(health.balancers.lock().unwrap().is_empty());
         assert!(health.targets.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_lone_target_is_only_taken_out_by_its_checks() {
+        let health = Health::default();
+        let mut h = host(&[1], Balance::RoundRobin);
+        h.health_check = Some(portico_model::HealthCheck::parse(&serde_json::json!({"path": "/"})).unwrap());
+        let pattern: Arc<str> = "a.test".into();
+        let client = IpAddr::from([10, 0, 0, 1]);
+        let choice = health.choose(&pattern, &h, client, None).unwrap();
+        health.failed(&choice, "refused");
+        assert!(
+            health.choose(&pattern, &h, client, None).is_ok(),
+            "a failed connection does not eject the only target"
+        );
+        assert_eq!(health.report(&h)[0]["health"], "healthy");
+        assert_eq!(health.report(&h)[0]["last_error"], "refused");
+        health.checked(&h.targets[0].target, false, true, Some("503".into()));
+        assert!(health.choose(&pattern, &h, client, None).is_err(), "its checks do");
     }
 
     #[test]
