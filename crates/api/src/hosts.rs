@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
-use portico_model::{Balance, HealthCheck, Host, HostPattern, Hostname, PatternLabel, Target};
+use portico_model::{Host, HostPattern, Hostname, PatternLabel, Target};
 use portico_store::{Kind, Revision, StoreError};
 use serde_json::{Map, Value, json};
 
@@ -116,7 +116,7 @@ pub async fn get(
     // Each target's health as this process sees it (when it proxies), for hosts whose
     // health is followed: several targets, or active checks.
     if let (Some(report), Value::Object(fields)) = (&api.settings.target_health, &mut shown)
-        && (host.targets.len() > 1 || host.health_check.is_some())
+        && host.health_followed()
     {
         fields.insert("targets".into(), Value::Array((report.0)(&host)));
     }
@@ -192,17 +192,12 @@ fn apply(body: &JsonObject, host: &mut Host) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Applies `targets`, the seed's `ip`/`targetPort` (the first target), `balance` and
-/// `healthCheck` (`null` removes it) from a create or an update to `host`.
+/// Applies `targets`, `balance`, `healthCheck` and the access fields
+/// ([`Host::apply_policy`]), then the seed's `ip`/`targetPort` (the first target), from a
+/// create or an update to `host`.
 fn apply_policy(body: &JsonObject, host: &mut Host, errors: &mut Vec<FieldError>) {
-    fn refused(errors: &mut Vec<FieldError>, e: &portico_model::HostError) {
+    for e in host.apply_policy(&body.0) {
         errors.push(FieldError::new(e.field(), format!("{e}.")));
-    }
-    if let Some(list) = body.0.get("targets") {
-        match portico_model::upstream::parse_targets(list) {
-            Ok(list) => host.targets = list,
-            Err(e) => refused(errors, &e),
-        }
     }
     let ip = body.string("ip", errors);
     let port = body.port("targetPort", errors);
@@ -216,25 +211,6 @@ fn apply_policy(body: &JsonObject, host: &mut Host, errors: &mut Vec<FieldError>
                 host.set_first_target(target);
             }
         }
-    }
-    match body.0.get("balance") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(name)) => match Balance::parse(name) {
-            Ok(b) => host.balance = b,
-            Err(e) => refused(errors, &e),
-        },
-        Some(_) => errors.push(FieldError::new("balance", "balance is not string type.")),
-    }
-    match body.0.get("healthCheck") {
-        None => {}
-        Some(Value::Null) => host.health_check = None,
-        Some(check) => match HealthCheck::parse(check) {
-            Ok(check) => host.health_check = Some(check),
-            Err(e) => refused(errors, &e),
-        },
-    }
-    for e in host.access.apply(&body.0) {
-        refused(errors, &e);
     }
 }
 

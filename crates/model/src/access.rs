@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::{Map, Value, json};
 
-use crate::host::HostError;
+use crate::host::{HostError, Target};
 
 /// A host's access policy; empty (the default) lets everyone in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,8 +39,17 @@ pub struct BasicUser {
 pub struct ForwardAuth {
     /// `http://` or `https://` URL of the service.
     pub url: String,
-    /// Headers of the service's 2xx answer copied onto the request (`Remote-User`, …).
+    /// Headers of the service's 2xx answer copied onto the request (`Remote-User`, …), as
+    /// given.
     pub copy_headers: Vec<String>,
+    /// The same, as header names (read once, not per request).
+    pub header_names: Vec<http::HeaderName>,
+    /// Where the service is, and whether it speaks TLS (`https://`).
+    pub target: Target,
+    /// Whether the URL is `https://`.
+    pub tls: bool,
+    /// The URL's path and query, the request target sent to the service.
+    pub path: String,
 }
 
 /// A token bucket per client address: `burst` requests at once, refilled at `per_second`.
@@ -154,79 +163,76 @@ impl Access {
     /// keep that user's current hash.
     pub fn apply(&mut self, body: &Map<String, Value>) -> Vec<HostError> {
         let mut errors = Vec::new();
-        if let Some(users) = body.get("basicAuth") {
-            match self.users(users) {
-                Ok(users) => self.basic_auth = users,
-                Err(e) => errors.push(e),
-            }
-        }
-        for field in ["allow", "deny"] {
-            let Some(list) = body.get(field) else { continue };
-            let parsed = if list.is_null() {
-                Ok(Vec::new())
-            } else {
-                parse_nets(if field == "allow" { "allow" } else { "deny" }, list)
-            };
-            match parsed {
-                Ok(nets) if field == "allow" => self.allow = nets,
-                Ok(nets) => self.deny = nets,
-                Err(e) => errors.push(e),
-            }
-        }
-        match body.get("forwardAuth") {
-            None => {}
-            Some(Value::Null) => self.forward_auth = None,
-            Some(spec) => match ForwardAuth::parse(spec) {
-                Ok(auth) => self.forward_auth = Some(auth),
-                Err(e) => errors.push(e),
-            },
-        }
-        match body.get("rateLimit") {
-            None => {}
-            Some(Value::Null) => self.rate_limit = None,
-            Some(spec) => match RateLimit::parse(spec) {
-                Ok(limit) => self.rate_limit = Some(limit),
-                Err(e) => errors.push(e),
-            },
-        }
+        let current = self.basic_auth.clone();
+        apply_field(body, "basicAuth", &mut self.basic_auth, |v| users(&current, v), &mut errors);
+        apply_field(body, "allow", &mut self.allow, |v| parse_nets("allow", v), &mut errors);
+        apply_field(body, "deny", &mut self.deny, |v| parse_nets("deny", v), &mut errors);
+        apply_field(body, "forwardAuth", &mut self.forward_auth, or_null(ForwardAuth::parse), &mut errors);
+        apply_field(body, "rateLimit", &mut self.rate_limit, or_null(RateLimit::parse), &mut errors);
         errors
     }
+}
 
-    fn users(&self, value: &Value) -> Result<Vec<BasicUser>, HostError> {
-        if value.is_null() {
-            return Ok(Vec::new());
+/// Applies one field of an update to `slot`: nothing when the body lacks the field, else
+/// what `parse` makes of its value (a refusal goes to `errors`, and the slot stays).
+pub(crate) fn apply_field<T>(
+    body: &Map<String, Value>,
+    key: &str,
+    slot: &mut T,
+    parse: impl FnOnce(&Value) -> Result<T, HostError>,
+    errors: &mut Vec<HostError>,
+) {
+    if let Some(value) = body.get(key) {
+        match parse(value) {
+            Ok(parsed) => *slot = parsed,
+            Err(e) => errors.push(e),
         }
-        let list = value.as_array().ok_or_else(|| invalid("basicAuth", "must be a list of {username, password}"))?;
-        if list.len() > 1000 {
-            return Err(invalid("basicAuth", "has more than 1000 users"));
-        }
-        let mut users: Vec<BasicUser> = Vec::with_capacity(list.len());
-        for item in list {
-            let username = item.get("username").and_then(Value::as_str).unwrap_or_default();
-            if username.is_empty()
-                || username.len() > 200
-                || username.contains(':')
-                || username.chars().any(char::is_control)
-            {
-                return Err(invalid("basicAuth", "every user needs a username: 1 to 200 characters, no ':'"));
-            }
-            if users.iter().any(|u| u.username == username) {
-                return Err(invalid("basicAuth", format!("{username} is listed twice")));
-            }
-            let hash = match item.get("hash").and_then(Value::as_str) {
-                Some(hash) if is_password_hash(hash) => hash.to_owned(),
-                Some(_) => {
-                    return Err(invalid("basicAuth", format!("{username}: the hash is not an Argon2 or bcrypt hash")));
-                }
-                None => match self.basic_auth.iter().find(|u| u.username == username) {
-                    Some(existing) => existing.hash.clone(),
-                    None => return Err(invalid("basicAuth", format!("{username} needs a password"))),
-                },
-            };
-            users.push(BasicUser { username: username.to_owned(), hash });
-        }
-        Ok(users)
     }
+}
+
+/// `parse` for a field that `null` removes.
+pub(crate) fn or_null<T>(
+    parse: impl FnOnce(&Value) -> Result<T, HostError>,
+) -> impl FnOnce(&Value) -> Result<Option<T>, HostError> {
+    move |value| if value.is_null() { Ok(None) } else { parse(value).map(Some) }
+}
+
+/// `basicAuth` entries, `{username, hash}` or `{username}` keeping that user's hash in
+/// `current`; `null` is none.
+fn users(current: &[BasicUser], value: &Value) -> Result<Vec<BasicUser>, HostError> {
+    if value.is_null() {
+        return Ok(Vec::new());
+    }
+    let list = value.as_array().ok_or_else(|| invalid("basicAuth", "must be a list of {username, password}"))?;
+    if list.len() > 1000 {
+        return Err(invalid("basicAuth", "has more than 1000 users"));
+    }
+    let mut users: Vec<BasicUser> = Vec::with_capacity(list.len());
+    for item in list {
+        let username = item.get("username").and_then(Value::as_str).unwrap_or_default();
+        if username.is_empty()
+            || username.len() > 200
+            || username.contains(':')
+            || username.chars().any(char::is_control)
+        {
+            return Err(invalid("basicAuth", "every user needs a username: 1 to 200 characters, no ':'"));
+        }
+        if users.iter().any(|u| u.username == username) {
+            return Err(invalid("basicAuth", format!("{username} is listed twice")));
+        }
+        let hash = match item.get("hash").and_then(Value::as_str) {
+            Some(hash) if is_password_hash(hash) => hash.to_owned(),
+            Some(_) => {
+                return Err(invalid("basicAuth", format!("{username}: the hash is not an Argon2 or bcrypt hash")));
+            }
+            None => match current.iter().find(|u| u.username == username) {
+                Some(existing) => existing.hash.clone(),
+                None => return Err(invalid("basicAuth", format!("{username} needs a password"))),
+            },
+        };
+        users.push(BasicUser { username: username.to_owned(), hash });
+    }
+    Ok(users)
 }
 
 /// An Argon2 PHC string or a bcrypt hash.
@@ -244,6 +250,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// A list of addresses (`10.0.0.1`) and networks (`10.0.0.0/8`).
 pub fn parse_nets(field: &'static str, value: &Value) -> Result<Vec<IpNet>, HostError> {
+    if value.is_null() {
+        return Ok(Vec::new());
+    }
     let list = value.as_array().ok_or_else(|| invalid(field, "must be a list of addresses and networks"))?;
     list.iter()
         .map(|item| {
@@ -263,20 +272,24 @@ impl ForwardAuth {
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(bad("url must be an http:// or https:// URL"));
         }
-        let copy_headers = match value.get("copyHeaders") {
+        let tls = uri.scheme_str() == Some("https");
+        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let target = Target::new(host, uri.port_u16().unwrap_or(if tls { 443 } else { 80 }))
+            .map_err(|e| bad(&format!("url: {e}")))?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let not_names = || bad("copyHeaders must be a list of header names");
+        let copy_headers: Vec<String> = match value.get("copyHeaders") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(list)) => list
-                .iter()
-                .map(|h| {
-                    h.as_str()
-                        .filter(|h| http::HeaderName::from_bytes(h.as_bytes()).is_ok())
-                        .map(str::to_owned)
-                        .ok_or_else(|| bad("copyHeaders must be a list of header names"))
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(bad("copyHeaders must be a list of header names")),
+            Some(Value::Array(list)) => {
+                list.iter().map(|h| h.as_str().map(str::to_owned).ok_or_else(not_names)).collect::<Result<_, _>>()?
+            }
+            Some(_) => return Err(not_names()),
         };
-        Ok(Self { url: url.to_owned(), copy_headers })
+        let header_names = copy_headers
+            .iter()
+            .map(|h| http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| not_names()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { url: url.to_owned(), copy_headers, header_names, target, tls, path })
     }
 
     fn to_json(&self) -> Value {

@@ -187,6 +187,31 @@ impl Host {
         }
     }
 
+    /// Applies an update's policy fields, with the API's names: `targets`, `balance` (`null`
+    /// keeps it), `healthCheck` (`null` removes it) and the access fields (see
+    /// [`Access::apply`]). Each refusal names its field; the fields it refuses stay as they
+    /// were.
+    pub fn apply_policy(&mut self, body: &serde_json::Map<String, serde_json::Value>) -> Vec<HostError> {
+        use crate::access::{apply_field, or_null};
+        let mut errors = Vec::new();
+        apply_field(body, "targets", &mut self.targets, parse_targets, &mut errors);
+        let balance = self.balance;
+        let policy = |value: &serde_json::Value| match value {
+            serde_json::Value::Null => Ok(balance),
+            value => Balance::parse(value.as_str().unwrap_or_default()),
+        };
+        apply_field(body, "balance", &mut self.balance, policy, &mut errors);
+        apply_field(body, "healthCheck", &mut self.health_check, or_null(HealthCheck::parse), &mut errors);
+        errors.extend(self.access.apply(body));
+        errors
+    }
+
+    /// Whether its targets' health is followed (several targets, or active checks): a host
+    /// with one target and no checks sends every request to it and keeps no state.
+    pub fn health_followed(&self) -> bool {
+        self.targets.len() > 1 || self.health_check.is_some()
+    }
+
     /// The first target: the seed's `ip`/`targetPort`.
     pub fn target(&self) -> &Target {
         &self.targets[0].target

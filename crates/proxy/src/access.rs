@@ -14,11 +14,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
+use portico_model::Host;
 use portico_model::access::{BasicUser, ForwardAuth, RateLimit};
-use portico_model::{Host, Target};
 use sha2::{Digest, Sha256};
 
-use crate::forward::Scheme;
+use crate::forward::{Scheme, strip_hop_by_hop};
 use crate::pool::Pool;
 use crate::response::{BoxError, ProxyBody, page};
 
@@ -211,24 +211,19 @@ impl Guard {
 
 /// One forward-auth request, on a new connection.
 async fn ask(auth: &ForwardAuth, asking: &Asking<'_>) -> Result<Verdict, BoxError> {
-    let url: http::Uri = auth.url.parse()?;
-    let tls = url.scheme_str() == Some("https");
-    let host = url.host().ok_or("the forward-auth URL has no host")?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let target = Target::new(host, url.port_u16().unwrap_or(if tls { 443 } else { 80 }))?;
-    let io = asking.pool.open(&target, tls).await?;
+    let io = asking.pool.open(&auth.target, auth.tls).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(connection);
     let parts = asking.parts;
-    let path = url.path_and_query().map_or("/", |p| p.as_str());
-    let mut request = Request::builder().method(parts.method.clone()).uri(path);
+    let mut request = Request::builder().method(parts.method.clone()).uri(auth.path.as_str());
     let headers = request.headers_mut().ok_or("a request without headers")?;
-    for (name, value) in &parts.headers {
-        if !is_hop_or_body(name) {
-            headers.append(name.clone(), value.clone());
-        }
+    // The request's own headers, but for the connection's and the body's (there is none).
+    headers.extend(parts.headers.iter().map(|(name, value)| (name.clone(), value.clone())));
+    strip_hop_by_hop(headers);
+    for name in [header::CONTENT_LENGTH, header::EXPECT] {
+        headers.remove(name);
     }
-    headers.insert(header::HOST, HeaderValue::from_str(target.authority())?);
+    headers.insert(header::HOST, HeaderValue::from_str(auth.target.authority())?);
     let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     headers.insert("x-forwarded-method", HeaderValue::from_str(parts.method.as_str())?);
     headers.insert("x-forwarded-uri", HeaderValue::from_str(uri)?);
@@ -238,39 +233,13 @@ async fn ask(auth: &ForwardAuth, asking: &Asking<'_>) -> Result<Verdict, BoxErro
     let request = request.body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await?;
     if response.status().is_success() {
-        let copied = auth
-            .copy_headers
-            .iter()
-            .filter_map(|name| {
-                let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
-                let value = response.headers().get(&name).cloned();
-                Some((name, value))
-            })
-            .collect();
+        let copied =
+            auth.header_names.iter().map(|name| (name.clone(), response.headers().get(name).cloned())).collect();
         return Ok(Verdict::Pass(copied));
     }
     let (mut head, body) = response.into_parts();
-    head.headers.remove(header::CONNECTION);
-    head.headers.remove(header::TRANSFER_ENCODING);
-    head.headers.remove("keep-alive");
+    strip_hop_by_hop(&mut head.headers);
     Ok(Verdict::Answer(Response::from_parts(head, body.map_err(BoxError::from).boxed_unsync())))
-}
-
-/// Headers that are the connection's or the body's, not the request's meaning.
-fn is_hop_or_body(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "host"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-            | "expect"
-    )
 }
 
 /// `Authorization: Basic` user name and password.

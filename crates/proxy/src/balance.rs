@@ -148,7 +148,7 @@ impl Health {
         client: IpAddr,
         tried: Option<usize>,
     ) -> Result<Choice, AllDown> {
-        if host.targets.len() == 1 && host.health_check.is_none() {
+        if !host.health_followed() {
             return if tried.is_some() { Err(AllDown) } else { Ok(Choice { index: 0, health: None, balancer: None }) };
         }
         let balancer = self.balancer(pattern, host);
@@ -167,16 +167,16 @@ impl Health {
         let usable = |i: usize| Some(i) != tried && balancer.health[i].available(now);
         let index = match balancer.balance {
             Balance::First => (0..n).find(|&i| usable(i)),
-            Balance::RoundRobin => {
-                let start = balancer.next.fetch_add(1, Ordering::Relaxed);
+            // The weighted schedule, from the next turn or from the client's own place.
+            Balance::RoundRobin | Balance::IpHash => {
                 let len = balancer.schedule.len();
-                (0..len).map(|k| balancer.schedule[(start + k) % len]).find(|&i| usable(i))
-            }
-            Balance::IpHash => {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                client.hash(&mut hasher);
-                let start = usize::try_from(hasher.finish() % balancer.schedule.len() as u64).unwrap_or(0);
-                let len = balancer.schedule.len();
+                let start = if balancer.balance == Balance::IpHash {
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    client.hash(&mut hasher);
+                    usize::try_from(hasher.finish() % len as u64).unwrap_or(0)
+                } else {
+                    balancer.next.fetch_add(1, Ordering::Relaxed)
+                };
                 (0..len).map(|k| balancer.schedule[(start + k) % len]).find(|&i| usable(i))
             }
             Balance::LeastConn => {
@@ -251,7 +251,7 @@ impl Health {
         let mut used: std::collections::HashSet<TargetKey> = std::collections::HashSet::new();
         let mut patterns: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for (pattern, host) in table.iter() {
-            if host.targets.len() > 1 || host.health_check.is_some() {
+            if host.health_followed() {
                 patterns.insert(pattern.as_str());
                 used.extend(host.targets.iter().map(|u| (u.target.shared_authority(), host.targetssl)));
             }

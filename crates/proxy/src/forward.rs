@@ -277,7 +277,7 @@ fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Which fixed names are present: one pass over the names, no lookups (most requests
     // carry none of them; most responses only `Connection`).
     let mut present = [false; HOP_BY_HOP.len()];
