@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 use portico_model::Host;
 use portico_model::access::{BasicUser, ForwardAuth, RateLimit};
@@ -211,9 +210,7 @@ impl Guard {
 
 /// One forward-auth request, on a new connection.
 async fn ask(auth: &ForwardAuth, asking: &Asking<'_>) -> Result<Verdict, BoxError> {
-    let io = asking.pool.open(&auth.target, auth.tls).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    tokio::spawn(connection);
+    let mut sender = asking.pool.one_off(&auth.target, auth.tls).await?;
     let parts = asking.parts;
     let mut request = Request::builder().method(parts.method.clone()).uri(auth.path.as_str());
     let headers = request.headers_mut().ok_or("a request without headers")?;

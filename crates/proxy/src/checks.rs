@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use portico_model::{HealthCheck, Routes, Target};
 use tokio_util::sync::CancellationToken;
 
@@ -111,10 +110,7 @@ async fn probe(pool: &Arc<Pool>, health: &crate::balance::Health, target: &Targe
 
 /// One check: the status the target answers `GET path` with, on a new connection.
 async fn once(pool: &Arc<Pool>, target: &Target, tls: bool, check: &HealthCheck) -> Result<(), String> {
-    let io = pool.open(target, tls).await.map_err(|e| crate::response::chain(&e))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
+    let mut sender = pool.one_off(target, tls).await.map_err(|e| crate::response::chain(&e))?;
     let request = Request::get(check.path.as_str())
         .header(header::HOST, target.authority())
         .header(header::USER_AGENT, "portico-health-check")

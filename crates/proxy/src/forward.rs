@@ -184,8 +184,9 @@ impl Upstream {
 
     /// Sends `request` on a pooled connection to the chosen target, or on a new one when a
     /// reused connection turns out closed before the request was written (the target may
-    /// close an idle connection just as it is taken). A connection that cannot be opened
-    /// ejects the target and, when the host has another one up, the request goes there.
+    /// close an idle connection just as it is taken). A connection that cannot be opened,
+    /// the first or that new one, ejects the target and, when the host has another one up,
+    /// the request goes there.
     async fn send(
         &self,
         mut request: Request<Incoming>,
@@ -196,34 +197,37 @@ impl Upstream {
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         let host = routed.host;
         let tls = host.targetssl;
-        let mut lease = match self.pool.checkout(choice.target(host), tls).await {
-            Ok(lease) => lease,
-            Err(e) => {
-                self.health.failed(choice, &chain(&e));
-                if !choice.has_alternative() {
-                    return Err(e);
-                }
-                // Nothing was sent: another target is as good, whatever the method.
-                let Ok(other) = self.health.choose(routed.pattern, host, client, Some(choice.index)) else {
-                    return Err(e);
-                };
-                *choice = other;
-                *target = Some(choice.target(host).shared_authority());
-                Box::pin(self.pool.checkout(choice.target(host), tls)).await.inspect_err(|e| {
-                    self.health.failed(choice, &chain(e));
-                })?
-            }
-        };
-        lease.hold = Health::in_flight(choice);
+        // Nothing of the request reached a target until it is written, whatever the method:
+        // a connection that cannot be opened sends it once to another target of the host, and
+        // a kept connection found closed sends it once on a new connection.
+        let (mut moved, mut fresh) = (false, false);
         loop {
+            let opened = if fresh {
+                Box::pin(self.pool.connect(choice.target(host), tls)).await
+            } else {
+                self.pool.checkout(choice.target(host), tls).await
+            };
+            let mut lease = match opened {
+                Ok(lease) => lease,
+                Err(e) => {
+                    self.health.failed(choice, &chain(&e));
+                    let other = (!moved && choice.has_alternative())
+                        .then(|| self.health.choose(routed.pattern, host, client, Some(choice.index)).ok())
+                        .flatten();
+                    let Some(other) = other else { return Err(e) };
+                    *choice = other;
+                    *target = Some(choice.target(host).shared_authority());
+                    (moved, fresh) = (true, false);
+                    continue;
+                }
+            };
+            lease.hold = Health::in_flight(choice);
             match lease.sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, lease)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if lease.reused => {
                         request = unsent;
-                        let hold = lease.hold.take();
-                        lease = Box::pin(self.pool.connect(choice.target(host), tls)).await?;
-                        lease.hold = hold;
+                        fresh = true;
                     }
                     _ => {
                         let error = classify(e.into_error());

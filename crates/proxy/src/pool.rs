@@ -27,7 +27,7 @@ use tokio_util::either::Either;
 use crate::response::ProxyError;
 
 /// A connection to a target: plain TCP, or TLS over it.
-pub type Io = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+type Io = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Idle connections by target authority; one map for plain HTTP, one for TLS. Hashed with
 /// foldhash: the keys are the operator's own targets, not an attacker's, and SipHash cost
@@ -124,7 +124,7 @@ impl Pool {
 
     /// A new TCP connection to `target`, with TLS on it when `tls` (not yet timed: callers
     /// bound it).
-    pub async fn open(&self, target: &Target, tls: bool) -> Result<Io, ProxyError> {
+    async fn open(&self, target: &Target, tls: bool) -> Result<Io, ProxyError> {
         let tcp = TcpStream::connect((target.ip(), target.port())).await.map_err(unreachable)?;
         let _ = tcp.set_nodelay(true);
         Ok(if tls {
@@ -133,6 +133,19 @@ impl Pool {
         } else {
             Either::Left(tcp)
         })
+    }
+
+    /// A connection of its own for one request Portico itself makes (a health check, a
+    /// forward-auth question): not pooled, closed when the sender is dropped.
+    pub async fn one_off(
+        &self,
+        target: &Target,
+        tls: bool,
+    ) -> Result<SendRequest<http_body_util::Empty<Bytes>>, ProxyError> {
+        let io = self.open(target, tls).await?;
+        let (sender, connection) = http1::handshake(TokioIo::new(io)).await.map_err(unreachable)?;
+        tokio::spawn(connection);
+        Ok(sender)
     }
 
     /// A new connection to `target`.

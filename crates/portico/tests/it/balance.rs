@@ -161,6 +161,61 @@ async fn a_dead_target_is_ejected_at_once_and_taken_back_when_it_returns() {
     assert_eq!(host.json["results"]["targets"][1]["health"], "healthy");
 }
 
+/// A target killed while requests run at it: only the requests it was answering at that
+/// moment may fail (one per client here); every request started after that is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_killed_under_load_costs_at_most_the_requests_in_flight() {
+    const CLIENTS: usize = 4;
+    let p = portico(&[]);
+    let (api, token) = admin(&p).await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    add(&api, &token, "load.test", &[(&a, 1), (&b, 1)], json!({})).await;
+    routed(&p, "load.test").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (proxy, stop) = (Proxy::h1(p.http), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let started = Instant::now();
+                // Each request takes 20 ms at its target: some are always in flight.
+                let status = proxy.get("load.test", "/sleep/20").await.status;
+                seen.push((started, status));
+            }
+            seen
+        }));
+    }
+    // Both targets busy, then b is killed, connections and all.
+    let start = Instant::now();
+    while b.hits() < 20 || a.hits() < 20 {
+        assert!(start.elapsed() < Duration::from_secs(10), "load did not reach both targets");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(b);
+    let killed = Instant::now();
+    let after = a.hits();
+    while a.hits() < after + 100 {
+        assert!(killed.elapsed() < Duration::from_secs(10), "a did not take the load");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut failed_in_flight = 0;
+    let mut total = 0;
+    for client in clients {
+        for (started, status) in client.await.unwrap() {
+            total += 1;
+            if status != StatusCode::OK {
+                assert!(started < killed, "a request started after the kill failed: {status}");
+                failed_in_flight += 1;
+            }
+        }
+    }
+    assert!(failed_in_flight <= CLIENTS, "{failed_in_flight} of {total} failed: more than were in flight");
+    eprintln!("{total} requests, {failed_in_flight} in flight at the kill failed");
+}
+
 #[tokio::test]
 async fn active_checks_take_a_failing_target_out_and_put_it_back() {
     let p = portico(&[]);
