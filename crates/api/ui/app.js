@@ -241,9 +241,14 @@ function watchRate(into) {
   sample();
 }
 
+/** The non-empty lines of a textarea's text, trimmed. */
+function textLines(text) {
+  return (text || '').split('\n').map((l) => l.trim()).filter(Boolean);
+}
+
 /** `ip:port` or `ip:port@weight` per line, as the API's `targets` entries. */
 function parseTargets(text) {
-  return text.split('\n').map((l) => l.trim()).filter(Boolean).map((line) => {
+  return textLines(text).map((line) => {
     const [address, weight] = line.split('@');
     const at = address.lastIndexOf(':');
     const ip = address.slice(0, at).replace(/^\[|\]$/g, '');
@@ -272,7 +277,7 @@ function accessFields(host) {
 function accessBody(f, host) {
   const a = host || {};
   const out = {};
-  const list = (name) => (f.get(name) || '').split('\n').map((l) => l.trim()).filter(Boolean);
+  const list = (name) => textLines(f.get(name));
   const users = list('users').map((line) => {
     const at = line.indexOf(':');
     return at < 0 ? { username: line } : { username: line.slice(0, at), password: line.slice(at + 1) };

@@ -505,7 +505,7 @@ async fn secrets_never_leave() {
     let key_pem = rcgen::generate_simple_self_signed(vec!["s.test".to_owned()]).unwrap();
     let private_key = key_pem.signing_key.serialize_pem();
     let stored = {
-        let store = portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap();
+        let store = crate::store_of(&p).await;
         use portico_store::Store;
         let cert =
             json!({"fullchain_pem": key_pem.cert.pem(), "cert_pem": key_pem.cert.pem(), "privkey_pem": private_key});
@@ -762,7 +762,7 @@ async fn certificate_metadata_and_logged_key_export() {
     let key_pem = cert.signing_key.serialize_pem();
     let stored = json!({"fullchain_pem": cert.cert.pem(), "cert_pem": cert.cert.pem(), "privkey_pem": key_pem, "expiry": 4_102_444_800u64});
     {
-        let store = portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap();
+        let store = crate::store_of(&p).await;
         use portico_store::Store;
         let blob = stored.to_string();
         store.put_blob(&portico_store::keys::cert_latest("app.example.test"), blob.as_bytes(), None).await.unwrap();

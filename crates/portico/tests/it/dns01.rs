@@ -274,7 +274,7 @@ async fn a_seed_wildcard_certificate_is_renewed_through_dns01() {
         "expiry": 4_120_307_657u64});
     {
         use portico_store::Store;
-        let store = portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap();
+        let store = crate::store_of(&p).await;
         store.put_blob("*.zone.test:latest", stored.to_string().as_bytes(), None).await.unwrap();
     }
     add_host(&api, &token, "*.zone.test", &backend).await;

@@ -204,7 +204,7 @@ async fn certificates_from_a_seed_deployment_are_served_as_they_are() {
     });
     {
         use portico_store::Store;
-        let store = portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap();
+        let store = crate::store_of(&p).await;
         let key = portico_store::keys::cert_latest("seed.example.test");
         store.put_blob(&key, seed.to_string().as_bytes(), None).await.unwrap();
     }
@@ -323,7 +323,7 @@ async fn a_stored_certificate_is_served_only_for_names_it_covers() {
         "cert_pem": other.cert.pem(), "expiry": 4120307657u64});
     {
         use portico_store::Store;
-        let store = portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap();
+        let store = crate::store_of(&p).await;
         let key = portico_store::keys::cert_latest("mine.example.test");
         store.put_blob(&key, planted.to_string().as_bytes(), None).await.unwrap();
     }

@@ -36,6 +36,11 @@ pub async fn admin(p: &Portico) -> (portico_test_support::client::ApiClient, Str
     (api, token)
 }
 
+/// The embedded store of a running `p` (opened beside it, as `portico host add` does).
+pub async fn store_of(p: &Portico) -> portico_store::EmbeddedStore {
+    portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap()
+}
+
 /// A fresh `portico serve` with extra `--set` settings.
 pub fn portico(settings: &[&str]) -> Portico {
     Portico::start(BIN, settings)

@@ -71,7 +71,7 @@ async fn certificate_downloads_read_the_seed_fields() {
     let chain = format!("{}{}", cert.cert.pem(), cert.cert.pem());
     let stored = json!({"fullchain_pem": chain, "cert_pem": cert.cert.pem(), "privkey_pem": key_pem, "expiry": 4_102_444_800u64});
     {
-        let store = portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap();
+        let store = crate::store_of(&p).await;
         use portico_store::Store;
         let blob = stored.to_string();
         store.put_blob(&portico_store::keys::cert_latest("dl.example.test"), blob.as_bytes(), None).await.unwrap();
