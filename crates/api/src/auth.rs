@@ -5,16 +5,16 @@
 //! - Tokens: 256 random bits, shown once, stored only as their SHA-256 (the record key), with
 //!   an expiry. Session tokens come from login and end with logout or a password change.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use http::HeaderMap;
 use http::request::Parts;
 use ipnet::IpNet;
+use portico_model::limiter::FailureLimiter;
 use portico_model::record;
 use portico_store::{Fields, Kind, Store};
 use sha2::{Digest, Sha256};
@@ -184,23 +184,10 @@ pub async fn check_credentials(user: Option<&Fields>, password: String) -> (bool
 static STAND_IN: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
 
 /// The client's address: the peer's, or, when the peer is one of the `trusted` proxies, the
-/// nearest address in `X-Forwarded-For` that is not (the right-most one; anything left of it
-/// was written by the client and proves nothing).
-pub fn client_address(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    let peer = peer.ip().to_canonical();
-    if !is_trusted(&peer) {
-        return peer;
-    }
-    let forwarded: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-        .map(|ip| ip.to_canonical())
-        .collect();
-    forwarded.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer)
+/// nearest address in `X-Forwarded-For` that is not (`portico_model::access::client_address`);
+/// a header that cannot be read there is a 400, never the proxy taken for the client.
+pub fn client_address(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Result<IpAddr, ApiError> {
+    portico_model::access::client_address(peer.ip(), headers, trusted).map_err(|e| ApiError::Malformed(e.to_string()))
 }
 
 /// Hashes a password with Argon2id (on a blocking thread: it is deliberately slow).
@@ -222,95 +209,31 @@ pub fn check_password(password: &str) -> Result<(), FieldError> {
     record::password_problem(password).map_or(Ok(()), |problem| Err(FieldError::new("password", problem)))
 }
 
-/// Keys (addresses and user names) the limiter remembers at most; past it, the keys with a
-/// single failure are forgotten first, so a flood of new addresses or names cannot wipe out a
-/// lockout.
-const LIMITER_KEYS: usize = 100_000;
-/// How long a successful login from an address exempts that user there from a lockout of
-/// the user name.
-const KNOWN_ADDRESS_TTL: Duration = Duration::from_secs(30 * 86_400);
-
-/// Failed logins per client address and per user name, over a sliding window.
-///
-/// A user name that is locked out stays usable from addresses it logged in from before, so
-/// an attacker guessing a password cannot lock its owner out.
+/// Failed logins per client address and per user name: the model's limiter, with the user
+/// name as its scope.
 #[derive(Debug)]
-pub struct LoginLimiter {
-    window: Duration,
-    per_user: usize,
-    per_address: usize,
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
-    /// `(user name, address)` pairs that logged in, and when.
-    known: Mutex<HashMap<(String, IpAddr), Instant>>,
-}
+pub struct LoginLimiter(FailureLimiter);
 
 impl LoginLimiter {
     /// At most `per_user` failures per user name and `per_address` per client address within
     /// `window`.
     pub fn new(window: Duration, per_user: usize, per_address: usize) -> Self {
-        Self { window, per_user, per_address, failures: Mutex::new(HashMap::new()), known: Mutex::new(HashMap::new()) }
-    }
-
-    fn known(&self, address: IpAddr, username: &str) -> bool {
-        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known.get(&(username.to_owned(), address)).is_some_and(|at| at.elapsed() < KNOWN_ADDRESS_TTL)
+        Self(FailureLimiter::new(window, per_user, per_address))
     }
 
     /// Records a successful login: `username` is not locked out from `address` from now on.
     pub fn succeeded(&self, address: IpAddr, username: &str) {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if known.len() >= LIMITER_KEYS {
-            known.retain(|_, at| at.elapsed() < KNOWN_ADDRESS_TTL);
-        }
-        if known.len() < LIMITER_KEYS {
-            known.insert((username.to_owned(), address), Instant::now());
-        }
+        self.0.succeeded(address, username);
     }
 
     /// `Err(TooManyRequests)` if either key is over its limit.
     pub fn check(&self, address: IpAddr, username: &str) -> Result<(), ApiError> {
-        let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let mut wait = 0;
-        let mut keys = vec![(format!("ip:{address}"), self.per_address)];
-        if !self.known(address, username) {
-            keys.push((format!("user:{username}"), self.per_user));
-        }
-        for (key, limit) in keys {
-            if let Some(times) = failures.get_mut(&key) {
-                while times.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
-                    times.pop_front();
-                }
-                if times.len() >= limit
-                    && let Some(oldest) = times.front()
-                {
-                    wait = wait.max((self.window - now.duration_since(*oldest)).as_secs() + 1);
-                }
-            }
-        }
-        if wait > 0 { Err(ApiError::TooManyRequests(wait)) } else { Ok(()) }
+        self.0.check(address, username).map_err(ApiError::TooManyRequests)
     }
 
     /// Records a failed login.
     pub fn failed(&self, address: IpAddr, username: &str) {
-        let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= LIMITER_KEYS {
-            // Bounded memory under a flood of distinct addresses or names: forget what has
-            // expired, then keys with a single failure; repeated failures (lockouts) stay.
-            let window = self.window;
-            failures.retain(|_, times| {
-                times.retain(|t| now.duration_since(*t) < window);
-                times.len() > 1
-            });
-        }
-        for key in [format!("ip:{address}"), format!("user:{username}")] {
-            if let Some(times) = failures.get_mut(&key) {
-                times.push_back(now);
-            } else if failures.len() < LIMITER_KEYS {
-                failures.insert(key, VecDeque::from([now]));
-            }
-        }
+        self.0.failed(address, username);
     }
 }
 
@@ -393,48 +316,14 @@ mod tests {
     }
 
     #[test]
-    fn limiter_counts_per_user_and_address() {
+    fn the_login_limiter_answers_429_with_the_wait() {
         let l = LoginLimiter::new(Duration::from_secs(60), 3, 5);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
         for _ in 0..3 {
             l.check(a, "alice").unwrap();
             l.failed(a, "alice");
         }
-        assert!(matches!(l.check(b, "alice"), Err(ApiError::TooManyRequests(s)) if s > 0 && s <= 61));
-        l.check(a, "bob").unwrap();
-        l.failed(a, "bob");
-        l.failed(a, "carol");
-        assert!(l.check(a, "dave").is_err(), "per-address limit");
-        l.check(b, "dave").unwrap();
-    }
-
-    #[test]
-    fn a_locked_out_name_still_logs_in_from_an_address_it_used_before() {
-        let l = LoginLimiter::new(Duration::from_secs(60), 3, 100);
-        let home: IpAddr = "192.0.2.1".parse().unwrap();
-        let attacker: IpAddr = "198.51.100.9".parse().unwrap();
-        l.succeeded(home, "alice");
-        for _ in 0..3 {
-            l.failed(attacker, "alice");
-        }
-        assert!(l.check(attacker, "alice").is_err());
-        assert!(l.check("203.0.113.5".parse().unwrap(), "alice").is_err(), "a new address is locked out");
-        l.check(home, "alice").unwrap();
-    }
-
-    #[test]
-    fn a_flood_of_new_addresses_does_not_lift_a_lockout() {
-        let l = LoginLimiter::new(Duration::from_secs(60), 3, 100);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        for _ in 0..3 {
-            l.failed(a, "alice");
-        }
-        for i in 0..(LIMITER_KEYS as u32 + 10) {
-            l.failed(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)), "x");
-        }
-        assert!(l.check(a, "alice").is_err(), "alice is still locked out");
-        assert!(l.failures.lock().unwrap().len() <= LIMITER_KEYS);
+        assert!(matches!(l.check(a, "alice"), Err(ApiError::TooManyRequests(s)) if s > 0 && s <= 61));
     }
 
     #[test]
@@ -444,11 +333,18 @@ mod tests {
         h.append("x-forwarded-for", "6.6.6.6, 203.0.113.7".parse().unwrap());
         h.append("x-forwarded-for", "10.1.1.1".parse().unwrap());
         let via_proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        assert_eq!(client_address(via_proxy, &h, &trusted), "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(client_address(via_proxy, &h, &trusted).unwrap(), "203.0.113.7".parse::<IpAddr>().unwrap());
         let direct: SocketAddr = "192.0.2.4:5000".parse().unwrap();
-        assert_eq!(client_address(direct, &h, &trusted), "192.0.2.4".parse::<IpAddr>().unwrap());
-        assert_eq!(client_address(via_proxy, &h, &[]), "127.0.0.1".parse::<IpAddr>().unwrap(), "nothing trusted");
-        assert_eq!(client_address(via_proxy, &HeaderMap::new(), &trusted), "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(client_address(direct, &h, &trusted).unwrap(), "192.0.2.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_address(via_proxy, &h, &[]).unwrap(),
+            "127.0.0.1".parse::<IpAddr>().unwrap(),
+            "nothing trusted"
+        );
+        assert_eq!(
+            client_address(via_proxy, &HeaderMap::new(), &trusted).unwrap(),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[tokio::test]

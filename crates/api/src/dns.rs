@@ -119,7 +119,7 @@ impl Zones {
 
 /// Every field but credentials.
 pub(crate) fn public(fields: &Fields) -> Map<String, Value> {
-    record_json(fields, &SECRET_FIELDS)
+    record_json(fields)
 }
 
 /// `OPTIONS /api/dns`: the provider types and their credential fields.

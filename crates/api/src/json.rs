@@ -15,11 +15,14 @@ pub fn new_record<'a>(created_by: &str, fields: impl IntoIterator<Item = (&'a st
     portico_model::record::new_record(created_by, portico_store::now_ms(), fields)
 }
 
-/// A stored record as the API shows it: every field but `hidden`, timestamps as numbers.
-pub fn record_json(fields: &portico_store::Fields, hidden: &[&str]) -> Map<String, Value> {
+/// A stored record as the API shows it: every field but secrets, timestamps as numbers.
+/// A secret is any field whose name says it is one (`portico_model::is_secret_field`:
+/// passwords, tokens, keys, secrets), whatever else wrote it there, not only the fields
+/// Portico itself fills.
+pub fn record_json(fields: &portico_store::Fields) -> Map<String, Value> {
     fields
         .iter()
-        .filter(|(k, _)| !hidden.contains(&k.as_str()))
+        .filter(|(k, _)| !portico_model::is_secret_field(k))
         .map(|(k, v)| {
             let value = match k.as_str() {
                 "created_on" | "updated_on" => {

@@ -20,7 +20,11 @@ use tokio_util::task::TaskTracker;
 /// Longest request a connection may send; a client that sends more is cut off.
 const MAX_REQUEST: usize = 64 * 1024;
 /// How long a connection may stay silent.
-const IDLE: Duration = Duration::from_secs(600);
+const IDLE: Duration = Duration::from_secs(60);
+/// Connections open at once; past it, new ones are closed as soon as they are accepted (the
+/// service asks for no credentials, so idle connections must not eat the process's file
+/// descriptors, which the proxy and the API need).
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// Binds the Unix socket at `path` with permissions `mode`, replacing a stale socket file
 /// (a path that holds anything else is refused).
@@ -53,6 +57,8 @@ pub enum Endpoint {
 /// Answers lookups on `endpoint` from `routes` until `shutdown`.
 pub async fn serve(endpoint: Endpoint, routes: Arc<Routes>, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut refused_at: Option<std::time::Instant> = None;
     loop {
         let accepted = match &endpoint {
             Endpoint::Unix(listener, _) => tokio::select! {
@@ -66,8 +72,20 @@ pub async fn serve(endpoint: Endpoint, routes: Arc<Routes>, shutdown: Cancellati
         };
         match accepted {
             Ok(stream) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // Dropped at once; said at most once a minute.
+                    if refused_at.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                        tracing::warn!(
+                            limit = MAX_CONNECTIONS,
+                            "lookup service: too many connections; closing new ones"
+                        );
+                        refused_at = Some(std::time::Instant::now());
+                    }
+                    continue;
+                };
                 let (routes, shutdown) = (routes.clone(), shutdown.clone());
                 connections.spawn(async move {
+                    let _slot = slot;
                     tokio::select! {
                         () = shutdown.cancelled() => {}
                         () = answer(stream, &routes) => {}
@@ -131,13 +149,19 @@ async fn answer(mut stream: impl AsyncRead + AsyncWrite + Unpin, routes: &Routes
     }
 }
 
-/// The answer to one request: the matched host's fields as strings, or `{}`.
+/// The answer to one request: the matched host's fields as strings, or `{}`; never a
+/// secret one (basic-auth hashes, a seed's SSO secret): the service asks for no credentials.
 fn reply(request: &Value, routes: &Routes) -> String {
     let found = request
         .get("domain")
         .and_then(Value::as_str)
         .and_then(|d| Hostname::parse(d).ok())
         .and_then(|name| routes.snapshot().lookup(name.as_str()).map(|(_, host)| host.to_fields()));
-    let object: Map<String, Value> = found.into_iter().flatten().map(|(k, v)| (k, Value::String(v))).collect();
+    let object: Map<String, Value> = found
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !portico_model::is_secret_field(k))
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
     Value::Object(object).to_string()
 }

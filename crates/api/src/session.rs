@@ -36,7 +36,7 @@ pub async fn login(
     let mut ignored = Vec::new();
     let username = body.string("username", &mut ignored).unwrap_or_default();
     let password = body.string("password", &mut ignored).unwrap_or_default();
-    let address = auth::client_address(peer, &headers, &api.settings.trusted_proxies);
+    let address = auth::client_address(peer, &headers, &api.settings.trusted_proxies)?;
     api.limiter.check(address, &username)?;
     let user = match username.is_empty() {
         true => None,

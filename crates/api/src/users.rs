@@ -43,7 +43,7 @@ pub async fn listing(
 
 /// A user as the API shows it: every stored field but the password hash, and the role.
 pub fn user_json(fields: &Fields) -> Value {
-    let mut out = record_json(fields, &["password"]);
+    let mut out = record_json(fields);
     out.insert("role".to_owned(), json!(Role::of(fields).as_str()));
     Value::Object(out)
 }

@@ -91,7 +91,13 @@ impl Access {
             text(field).map(|t| serde_json::from_str(&t).map_err(|_| invalid(field, "is not JSON"))).transpose()
         };
         let mut access = Access::default();
-        if let Some(Value::Array(users)) = json("basicAuth")? {
+        let users = match json("basicAuth")? {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(users)) => users,
+            // Anything else would be no protection at all: refused, so the host is not routed.
+            Some(_) => return Err(invalid("basicAuth", "must be a list of users")),
+        };
+        {
             for user in users {
                 let username = user.get("username").and_then(Value::as_str).unwrap_or_default();
                 let hash = user.get("hash").and_then(Value::as_str).unwrap_or_default();
@@ -221,10 +227,10 @@ fn users(current: &[BasicUser], value: &Value) -> Result<Vec<BasicUser>, HostErr
             return Err(invalid("basicAuth", format!("{username} is listed twice")));
         }
         let hash = match item.get("hash").and_then(Value::as_str) {
-            Some(hash) if is_password_hash(hash) => hash.to_owned(),
-            Some(_) => {
-                return Err(invalid("basicAuth", format!("{username}: the hash is not an Argon2 or bcrypt hash")));
-            }
+            Some(hash) => match crate::record::hash_problem(hash) {
+                None => hash.to_owned(),
+                Some(problem) => return Err(invalid("basicAuth", format!("{username}: the hash {problem}"))),
+            },
             None => match current.iter().find(|u| u.username == username) {
                 Some(existing) => existing.hash.clone(),
                 None => return Err(invalid("basicAuth", format!("{username} needs a password"))),
@@ -235,9 +241,42 @@ fn users(current: &[BasicUser], value: &Value) -> Result<Vec<BasicUser>, HostErr
     Ok(users)
 }
 
-/// An Argon2 PHC string or a bcrypt hash.
-pub fn is_password_hash(text: &str) -> bool {
-    text.starts_with("$argon2") || text.starts_with("$2a$") || text.starts_with("$2b$") || text.starts_with("$2y$")
+/// An `X-Forwarded-For` that cannot be read where it matters: an entry that is not an
+/// address stands between the trusted proxies and the first untrusted address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("X-Forwarded-For has an entry that is not an address")]
+pub struct UnreadableForwardedFor;
+
+/// The client's address: the peer's, unless the peer is one of the `trusted` proxies; then
+/// `X-Forwarded-For` is walked from the right (the entries trusted proxies appended), skipping
+/// trusted addresses, and the first untrusted one is the client. Entries left of it were
+/// written by the client and prove nothing, so they are never read. When every entry is
+/// trusted, the leftmost is the client (an internal one); with no header, the peer.
+///
+/// An entry that is not an address (garbage, `1.2.3.4:80`, non-ASCII) met before any
+/// untrusted address ends the walk with an error: taking the proxy itself as the client
+/// would let anyone pass an `allow` list written for the proxy's network.
+pub fn client_address(
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[IpNet],
+) -> Result<IpAddr, UnreadableForwardedFor> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer = canonical(peer);
+    if !is_trusted(&peer) {
+        return Ok(peer);
+    }
+    let values: Vec<&[u8]> = headers.get_all("x-forwarded-for").iter().map(http::HeaderValue::as_bytes).collect();
+    let mut leftmost = None;
+    for entry in values.iter().rev().flat_map(|value| value.split(|b| *b == b',').rev()) {
+        let text = std::str::from_utf8(entry).map_err(|_| UnreadableForwardedFor)?.trim();
+        let ip = canonical(text.parse::<IpAddr>().map_err(|_| UnreadableForwardedFor)?);
+        if !is_trusted(&ip) {
+            return Ok(ip);
+        }
+        leftmost = Some(ip);
+    }
+    Ok(leftmost.unwrap_or(peer))
 }
 
 /// An IPv4 address inside IPv6 (`::ffff:10.0.0.1`) as the IPv4 address lists name it.
@@ -341,6 +380,50 @@ mod tests {
         open.apply(&body(json!({"deny": ["172.16.0.0/12"]})));
         assert!(open.admits("8.8.8.8".parse().unwrap()));
         assert!(!open.admits("172.16.0.1".parse().unwrap()));
+    }
+
+    fn xff(values: &[&[u8]]) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", http::HeaderValue::from_bytes(value).unwrap());
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_says_otherwise() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer = ip("203.0.113.9");
+        let proxy = ip("10.0.0.2");
+        assert_eq!(client_address(peer, &xff(&[b"198.51.100.1"]), &trusted), Ok(peer), "an untrusted peer's header");
+        assert_eq!(client_address(proxy, &xff(&[b"198.51.100.1"]), &trusted), Ok(ip("198.51.100.1")));
+        // From the right, skipping trusted hops; what the client wrote on the left is not read.
+        let hops = xff(&[b"1.2.3.4, 198.51.100.1, 10.0.0.7"]);
+        assert_eq!(client_address(proxy, &hops, &trusted), Ok(ip("198.51.100.1")));
+        // Several header lines are one list, in order.
+        let lines = xff(&[b"1.2.3.4", b"198.51.100.1", b"10.0.0.7"]);
+        assert_eq!(client_address(proxy, &lines, &trusted), Ok(ip("198.51.100.1")));
+        assert_eq!(client_address(proxy, &xff(&[b"10.0.0.5"]), &trusted), Ok(ip("10.0.0.5")), "all trusted");
+        assert_eq!(client_address(proxy, &xff(&[b"::ffff:198.51.100.1"]), &trusted), Ok(ip("198.51.100.1")));
+        assert_eq!(client_address(proxy, &http::HeaderMap::new(), &trusted), Ok(proxy), "no header");
+    }
+
+    #[test]
+    fn a_forged_forwarded_for_never_makes_the_proxy_the_client() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
+        let proxy = ip("127.0.0.1");
+        // Garbage left of the real client is never read.
+        for value in [&b"garbage, 203.0.113.9"[..], b"1.2.3.4:80, 203.0.113.9", b"\xc3\xa9, 203.0.113.9"] {
+            assert_eq!(client_address(proxy, &xff(&[value]), &trusted), Ok(ip("203.0.113.9")), "{value:?}");
+        }
+        // Garbage where the trusted proxy's own entry should be: no address can be believed.
+        for value in [&b"garbage"[..], b"1.2.3.4:80", b"\xc3\xa9", b"203.0.113.9, garbage", b"", b"127.0.0.2, x"] {
+            assert_eq!(client_address(proxy, &xff(&[value]), &trusted), Err(UnreadableForwardedFor), "{value:?}");
+        }
     }
 
     #[test]

@@ -153,6 +153,17 @@ const KNOWN: [&str; 17] = [
     "updated_on",
 ];
 
+/// Access settings of the seed's later versions (field-name prefixes), which Portico does not
+/// enforce.
+const SEED_ACCESS: [&str; 5] = ["ip_allow", "ip_deny", "basicauth_", "ratelimit_", "sso_"];
+
+/// The first of the seed's access settings `fields` turns on, if any (a value that is empty,
+/// `false`, `0` or an empty list turns nothing on).
+fn seed_access_field(fields: &Fields) -> Option<&'static str> {
+    let off = |v: &str| matches!(v.trim(), "" | "false" | "0" | "null" | "[]" | "{}" | "__NONE__");
+    SEED_ACCESS.into_iter().find(|prefix| fields.iter().any(|(k, v)| k.starts_with(prefix) && !off(v)))
+}
+
 /// Whether a field a host record may carry from elsewhere (the seed's later versions keep
 /// basic-auth passwords and SSO secrets in the host) is a secret: never shown.
 pub fn is_secret_field(name: &str) -> bool {
@@ -284,6 +295,14 @@ impl Host {
             None => None,
         };
         let access = Access::from_fields(|name| fields.get(name).cloned())?;
+        if let Some(field) = seed_access_field(fields) {
+            return Err(HostError::invalid(
+                field,
+                "is an access setting of the seed's later versions that Portico does not enforce: the host is \
+                 not routed (rather than served open) until it is removed or replaced by allow, deny, \
+                 basicAuth, rateLimit or forwardAuth",
+            ));
+        }
         let flag = |name: &'static str, default: bool| text(name).map_or(Ok(default), |v| parse_flag(name, v));
         let time = |name: &'static str| text(name).and_then(|v| v.trim().parse::<f64>().ok()).map_or(0, |v| v as i64);
         Ok(Self {
@@ -370,6 +389,30 @@ fn parse_flag(field: &'static str, text: &str) -> Result<bool, HostError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seed_access_settings_portico_does_not_enforce_keep_the_host_closed() {
+        assert!(Host::from_fields(&seed_hash()).is_ok());
+        for (field, value) in [
+            ("ip_deny", "203.0.113.0/24"),
+            ("ip_allow", "[\"10.0.0.0/8\"]"),
+            ("basicauth_user", "ann"),
+            ("basicauth_password", "secret"),
+            ("ratelimit_rps", "10"),
+            ("sso_enabled", "true"),
+            ("basicAuth", "{\"username\": \"ann\", \"hash\": \"x\"}"),
+        ] {
+            let mut fields = seed_hash();
+            fields.insert(field.into(), value.into());
+            assert!(Host::from_fields(&fields).is_err(), "{field}={value} would be served open");
+        }
+        // Settings that turn nothing on are harmless.
+        let mut fields = seed_hash();
+        fields.insert("ip_deny".into(), "".into());
+        fields.insert("sso_enabled".into(), "false".into());
+        fields.insert("ratelimit_rps".into(), "0".into());
+        assert!(Host::from_fields(&fields).is_ok());
+    }
 
     fn seed_hash() -> Fields {
         [

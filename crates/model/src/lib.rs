@@ -12,6 +12,7 @@
 pub mod access;
 pub mod dns;
 mod host;
+pub mod limiter;
 mod name;
 pub mod record;
 pub mod report;

@@ -69,9 +69,57 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
     Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string())
 }
 
+/// The most memory (KiB) an Argon2 hash Portico verifies may ask for: 64 MiB (Portico's own
+/// hashes use 19 MiB).
+pub const ARGON2_MAX_MEMORY_KIB: u32 = 64 * 1024;
+/// The most passes an Argon2 hash may ask for.
+pub const ARGON2_MAX_PASSES: u32 = 10;
+/// The most work (memory in KiB × passes) an Argon2 hash may ask for: about three times
+/// Portico's own (19 MiB × 2), some tens of milliseconds.
+pub const ARGON2_MAX_WORK: u64 = 128 * 1024;
+/// The most lanes an Argon2 hash may ask for.
+pub const ARGON2_MAX_LANES: u32 = 8;
+/// The highest bcrypt cost accepted (the seed's bcryptjs used 10; 12 takes about 0.25 s).
+pub const BCRYPT_MAX_COST: u32 = 12;
+
+/// Why a password hash given to Portico (a basic-auth user's, a seed's) is refused: not an
+/// Argon2 PHC string or a bcrypt hash, or costlier to check than the bounds above. A hash
+/// that costs a gigabyte or seconds to check would let one unauthenticated request do so.
+pub fn hash_problem(hash: &str) -> Option<String> {
+    if let Some(rest) = ["$2a$", "$2b$", "$2y$"].iter().find_map(|p| hash.strip_prefix(p)) {
+        let cost = rest.get(..2).and_then(|c| c.parse::<u32>().ok());
+        return match cost {
+            Some(cost) if (4..=BCRYPT_MAX_COST).contains(&cost) && rest.as_bytes().get(2) == Some(&b'$') => None,
+            Some(cost) if cost > BCRYPT_MAX_COST => Some(format!("bcrypt cost {cost} is over {BCRYPT_MAX_COST}")),
+            _ => Some("is not a valid bcrypt hash".to_owned()),
+        };
+    }
+    if !hash.starts_with("$argon2") {
+        return Some("is not an Argon2 or bcrypt hash".to_owned());
+    }
+    let Ok(parsed) = PasswordHash::new(hash) else { return Some("is not a valid Argon2 hash".to_owned()) };
+    let Ok(params) = argon2::Params::try_from(&parsed) else {
+        return Some("has invalid Argon2 parameters".to_owned());
+    };
+    let (m, t, p) = (params.m_cost(), params.t_cost(), params.p_cost());
+    if m > ARGON2_MAX_MEMORY_KIB || t > ARGON2_MAX_PASSES || p > ARGON2_MAX_LANES {
+        return Some(format!(
+            "Argon2 m={m},t={t},p={p} is over the bounds m={ARGON2_MAX_MEMORY_KIB},t={ARGON2_MAX_PASSES},p={ARGON2_MAX_LANES}"
+        ));
+    }
+    if u64::from(m) * u64::from(t) > ARGON2_MAX_WORK {
+        return Some(format!("Argon2 m={m} with t={t} is over the work bound m×t={ARGON2_MAX_WORK}"));
+    }
+    None
+}
+
 /// Whether `password` matches `hash` (an Argon2 PHC string, or a seed bcrypt hash), and
-/// whether the hash should be replaced by a fresh Argon2id one (bcrypt: yes). Slow on purpose.
+/// whether the hash should be replaced by a fresh Argon2id one (bcrypt: yes). Slow on purpose,
+/// within bounds: a hash over them ([`hash_problem`]) never matches and costs nothing.
 pub fn verify_password(password: &str, hash: &str) -> (bool, bool) {
+    if hash_problem(hash).is_some() {
+        return (false, false);
+    }
     if hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$") {
         let ok = bcrypt::verify(password.as_bytes(), hash).unwrap_or(false);
         return (ok, ok);
@@ -101,6 +149,31 @@ pub fn token_of(token: &Fields, username: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_costlier_than_the_bounds_are_refused_and_never_checked() {
+        let own = hash_password("right password").unwrap();
+        assert_eq!(hash_problem(&own), None, "Portico's own hashes are within bounds");
+        let bcrypt10 = "$2b$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
+        assert_eq!(hash_problem(bcrypt10), None);
+        for (hash, what) in [
+            ("$argon2id$v=19$m=1048576,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", "1 GiB"),
+            ("$argon2id$v=19$m=19456,t=300000,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", "300,000 passes"),
+            ("$argon2id$v=19$m=65536,t=8,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", "64 MiB × 8"),
+            ("$2b$16$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy", "bcrypt 16"),
+            ("plain", "not a hash"),
+            ("$2b$xx$abc", "not bcrypt"),
+        ] {
+            assert!(hash_problem(hash).is_some(), "{what}");
+            assert_eq!(verify_password("x", hash), (false, false), "{what}");
+        }
+        // A cheap hash over one bound is not checked at all: its right password fails too.
+        let params = argon2::Params::new(8, ARGON2_MAX_PASSES + 1, 1, None).unwrap();
+        let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let over = argon.hash_password(b"right password").unwrap().to_string();
+        assert!(hash_problem(&over).is_some());
+        assert_eq!(verify_password("right password", &over), (false, false));
+    }
 
     #[test]
     fn bookkeeping_and_roles() {

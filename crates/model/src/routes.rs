@@ -60,7 +60,7 @@ impl Routes {
         let mut skipped = Vec::new();
         let fresh: BTreeMap<String, Arc<Host>> = records
             .into_iter()
-            .filter_map(|(key, fields)| match Host::from_fields(&fields) {
+            .filter_map(|(key, fields)| match routed(&key, &fields) {
                 Ok(host) => Some((key, Arc::new(host))),
                 Err(e) => {
                     skipped.push((key, e));
@@ -85,7 +85,7 @@ impl Routes {
         let mut guard = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         let hosts = guard.as_mut()?;
         let mut skipped = Vec::new();
-        let host = record.and_then(|fields| match Host::from_fields(&fields) {
+        let host = record.and_then(|fields| match routed(key, &fields) {
             Ok(host) => Some(Arc::new(host)),
             Err(e) => {
                 skipped.push((key.to_owned(), e));
@@ -104,6 +104,19 @@ impl Routes {
     }
 }
 
+/// The host a record routes, when it parses and its own `host` field names the pattern its
+/// key does: a record stored under one key must not take over another host's name.
+fn routed(key: &str, fields: &Fields) -> Result<Host, HostError> {
+    let host = Host::from_fields(fields)?;
+    match crate::HostPattern::parse(key) {
+        Ok(keyed) if keyed == host.host => Ok(host),
+        _ => Err(HostError::Invalid {
+            field: "host",
+            reason: format!("{} is not the pattern the record is stored under", host.host),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +126,21 @@ mod tests {
         let host =
             Host::new(HostPattern::parse(name).unwrap(), Target::new("127.0.0.1", port).unwrap(), false, false, "t", 0);
         (name.to_owned(), host.to_fields())
+    }
+
+    #[test]
+    fn a_record_under_another_key_takes_over_no_name() {
+        let routes = Routes::new();
+        let (_, known) = record("known1.test", 1);
+        let (_, impostor) = record("known1.test", 2);
+        let rebuilt = routes.rebuild(vec![("known1.test".into(), known), ("zzz.test".into(), impostor.clone())]);
+        assert_eq!(rebuilt.skipped.len(), 1, "{:?}", rebuilt.skipped);
+        assert_eq!(routes.snapshot().lookup("known1.test").unwrap().1.target().port(), 1);
+        assert!(routes.patch("zzz.test", Some(impostor)).unwrap().skipped.len() == 1);
+        assert_eq!(routes.snapshot().lookup("known1.test").unwrap().1.target().port(), 1);
+        // The seed's keys are as written: a key in capitals is still its host.
+        let (_, upper) = record("upper.test", 3);
+        assert!(routes.patch("Upper.TEST", Some(upper)).unwrap().skipped.is_empty());
     }
 
     #[test]

@@ -104,6 +104,7 @@ struct RawProxy {
     workers: Option<usize>,
     trusted_proxies: Option<ListText>,
     proxy_protocol: Option<bool>,
+    proxy_protocol_from: Option<ListText>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -553,6 +554,21 @@ impl TryFrom<Raw> for Config {
         if p.max_connections == Some(0) {
             return Err(ConfigError::Value { key: "proxy.max_connections", message: "must be at least 1".into() });
         }
+        let trusted = trusted_proxies(p.trusted_proxies.as_ref(), "proxy.trusted_proxies")?;
+        let proxy_protocol = p.proxy_protocol.unwrap_or(false);
+        let proxy_protocol_from = match &p.proxy_protocol_from {
+            Some(list) => trusted_proxies(Some(list), "proxy.proxy_protocol_from")?,
+            None => trusted.clone(),
+        };
+        if proxy_protocol && proxy_protocol_from.is_empty() {
+            // Anyone could otherwise name any client address in a header of their own.
+            return Err(ConfigError::Value {
+                key: "proxy.proxy_protocol",
+                message: "needs the balancers it is accepted from, in proxy.proxy_protocol_from or \
+                          proxy.trusted_proxies"
+                    .into(),
+            });
+        }
         let proxy = ProxyConfig {
             https_port: https.port(),
             header_read_timeout: duration(
@@ -589,8 +605,9 @@ impl TryFrom<Raw> for Config {
             metrics: Default::default(),
             health: Default::default(),
             access: Default::default(),
-            trusted_proxies: trusted_proxies(p.trusted_proxies.as_ref(), "proxy.trusted_proxies")?,
-            proxy_protocol: p.proxy_protocol.unwrap_or(false),
+            trusted_proxies: trusted,
+            proxy_protocol,
+            proxy_protocol_from,
         };
         let issuer = choice(
             "tls.issuer",
@@ -762,6 +779,18 @@ mod tests {
         assert_eq!(c.proxy.idle_timeout, Duration::from_secs(5));
         let e = load(None, &[], &[("proxy.max_connections", "0")]).unwrap_err().to_string();
         assert!(e.contains("proxy.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn the_proxy_protocol_is_accepted_only_from_named_balancers() {
+        let e = load(None, &[], &[("proxy.proxy_protocol", "true")]).unwrap_err().to_string();
+        assert!(e.contains("proxy.proxy_protocol") && e.contains("proxy_protocol_from"), "{e}");
+        let c = load(None, &[], &[("proxy.proxy_protocol", "true"), ("proxy.trusted_proxies", "[\"10.0.0.0/8\"]")])
+            .unwrap();
+        assert_eq!(c.proxy.proxy_protocol_from, c.proxy.trusted_proxies, "the trusted proxies by default");
+        let c = load(None, &[], &[("proxy.proxy_protocol", "true"), ("proxy.proxy_protocol_from", "[\"192.0.2.1\"]")])
+            .unwrap();
+        assert_eq!(c.proxy.proxy_protocol_from, ["192.0.2.1/32".parse::<ipnet::IpNet>().unwrap()]);
     }
 
     #[test]

@@ -63,8 +63,10 @@ pub async fn run(routes: Arc<Routes>, config: ProxyConfig, shutdown: Cancellatio
                     health.checked(&target, tls, false, None);
                 });
             }
-            // What the table no longer names is forgotten (health, balancers).
+            // What the table no longer names is forgotten (health, balancers, rate limits).
             health.prune(&table);
+            let patterns: std::collections::HashSet<&str> = table.iter().map(|(p, _)| p.as_str()).collect();
+            config.access.retain_hosts(|pattern| patterns.contains(pattern));
             seen = Some(table);
         }
         tokio::select! {

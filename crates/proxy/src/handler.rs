@@ -13,7 +13,7 @@ use portico_certs::{Certs, Loaded};
 use portico_model::Hostname;
 
 use crate::ProxyConfig;
-use crate::access::{self, Asking, Verdict};
+use crate::access::{Asking, Verdict};
 use crate::forward::{Origin, Routed, Scheme, Upstream, X_REQUEST_ID};
 use crate::response::{ALLOWED_METHODS, AccessEntry, LoggedBody, ProxyBody, ProxyError, chain, redirect, text};
 use crate::routes::Routes;
@@ -198,7 +198,8 @@ async fn route(
     let client_ip = if config.trusted_proxies.is_empty() {
         client.peer.ip()
     } else {
-        access::client_address(client.peer.ip(), request.headers(), &config.trusted_proxies)
+        portico_model::access::client_address(client.peer.ip(), request.headers(), &config.trusted_proxies)
+            .map_err(ProxyError::UnreadableForwardedFor)?
     };
     // Access: the host's address lists, rate limit, basic auth and forward auth.
     if !host.access.is_open() {

@@ -71,9 +71,12 @@ pub struct ProxyConfig {
     /// Proxies in front of Portico (addresses or networks): from them, the client's address
     /// is read from `X-Forwarded-For` (for access lists, rate limits and `ip_hash`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Every connection starts with a PROXY protocol header (v1 or v2), which gives the
-    /// client's address (a load balancer in front that speaks it).
+    /// Connections from `proxy_protocol_from` start with a PROXY protocol header (v1 or v2),
+    /// which gives the client's address (a load balancer in front that speaks it).
     pub proxy_protocol: bool,
+    /// The balancers a PROXY protocol header is accepted from; anyone else's connection is
+    /// served as it is, and closed if it starts with such a header.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 /// How requests are logged (`log.access_log`).
@@ -119,6 +122,7 @@ impl Default for ProxyConfig {
             access: std::sync::Arc::default(),
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }

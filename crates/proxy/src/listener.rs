@@ -135,7 +135,11 @@ impl HttpListener {
                     let _open = portico_metrics::Open::new(&shared.config.metrics.connections_open);
                     // Behind a balancer that speaks the PROXY protocol, the client is the one
                     // its header names (within the header-read deadline).
-                    let peer = if shared.config.proxy_protocol {
+                    // Only the balancers listed may name the client; anyone else sending a
+                    // header is cut off rather than believed or parsed as HTTP.
+                    let peer = if !shared.config.proxy_protocol {
+                        peer
+                    } else if shared.config.proxy_protocol_from.iter().any(|net| net.contains(&peer.ip())) {
                         let read = tokio::time::timeout(limits.header_read_timeout, proxy_protocol::read(&mut stream));
                         match read.await {
                             Ok(Ok(client)) => client.unwrap_or(peer),
@@ -149,6 +153,11 @@ impl HttpListener {
                             }
                         }
                     } else {
+                        let sent = tokio::time::timeout(limits.header_read_timeout, proxy_protocol::starts_with_header(&stream));
+                        if !matches!(sent.await, Ok(Ok(false))) {
+                            tracing::debug!(peer = %peer, "a PROXY protocol header from a peer not allowed to send one");
+                            return;
+                        }
                         peer
                     };
                     let (io, conn) = match tls {

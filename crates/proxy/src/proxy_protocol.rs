@@ -17,6 +17,20 @@ const V2_FIXED: usize = 16;
 /// The most address and TLV bytes accepted after it.
 const V2_MAX_PAYLOAD: usize = 4096;
 
+/// v2's signature, the first twelve bytes of every v2 header.
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Whether the connection opens with what looks like a PROXY protocol header (seen with
+/// `peek`, nothing is taken). `false` when it opens with anything else, HTTP or TLS; waits
+/// for the first bytes.
+pub async fn starts_with_header(stream: &TcpStream) -> io::Result<bool> {
+    let mut seen = [0u8; V2_SIGNATURE.len()];
+    let available = stream.peek(&mut seen).await?;
+    let seen = &seen[..available];
+    // "PROXY " is no HTTP method; no HTTP request or TLS record starts with "\r\n\r\n\0".
+    Ok(seen.starts_with(b"PROXY ") || (available >= 5 && V2_SIGNATURE.starts_with(seen)))
+}
+
 /// Reads the header at the start of `stream`: the client's address, or `None` when the
 /// sender says it has none (a v2 `LOCAL` command, as in a balancer's own health check, or v1
 /// `UNKNOWN`). An error when the connection does not start with a valid header.

@@ -34,6 +34,10 @@ pub enum ProxyError {
     /// shorter than its `Content-Length`).
     #[error("the request body is malformed or incomplete")]
     BadRequestBody(#[source] BoxError),
+    /// A trusted proxy's `X-Forwarded-For` has an entry that is not an address where the
+    /// client's should be: whom the request is from cannot be known.
+    #[error("the X-Forwarded-For header cannot be read")]
+    UnreadableForwardedFor(#[source] portico_model::access::UnreadableForwardedFor),
     /// The host is not a valid name.
     #[error("invalid host name")]
     InvalidHost(#[source] portico_model::NameError),
@@ -63,9 +67,11 @@ impl ProxyError {
     /// The status this error maps to: the one place errors meet the wire.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingHost | Self::InvalidHost(_) | Self::AmbiguousHost | Self::BadRequestBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MissingHost
+            | Self::InvalidHost(_)
+            | Self::AmbiguousHost
+            | Self::BadRequestBody(_)
+            | Self::UnreadableForwardedFor(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnknownHost => StatusCode::NOT_FOUND,
             Self::TargetUnreachable(_) | Self::TargetFailed(_) | Self::AllTargetsDown => StatusCode::BAD_GATEWAY,

@@ -155,6 +155,45 @@ async fn basic_auth_right_wrong_and_missing() {
 }
 
 #[tokio::test]
+async fn password_guessing_is_limited_per_address_and_costly_hashes_are_refused() {
+    // Clients behind a trusted proxy, so the test can speak from many addresses.
+    let p = portico(&["proxy.trusted_proxies=[\"127.0.0.1\"]"]);
+    let (api, token) = admin(&p).await;
+    let backend = Backend::start("guarded").await;
+    let policy = json!({"basicAuth": [{"username": "ann", "password": "ann-password-1"}]});
+    host(&api, &token, &p, "guess.test", &backend, policy).await;
+    let guesser = [("x-forwarded-for", "198.51.100.7")];
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let guess = basic(if i % 3 == 0 { "nobody" } else { "ann" }, &format!("guess-{i}"));
+        let headers = [guesser[0], ("authorization", guess.as_str())];
+        let (status, headers, _) = get(&p, "guess.test", "/", &headers).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=61).contains(&wait), "{wait}");
+        }
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(statuses, [[401; 10].as_slice(), &[429, 429]].concat(), "ten guesses a minute, then 429");
+    // Another client with the right password is not held up.
+    let right = basic("ann", "ann-password-1");
+    let other = [("x-forwarded-for", "192.0.2.20"), ("authorization", right.as_str())];
+    assert_eq!(get(&p, "guess.test", "/", &other).await.0, StatusCode::OK);
+
+    // A hash that would cost a gigabyte or minutes per request cannot be stored.
+    for hash in [
+        "$argon2id$v=19$m=1048576,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        "$argon2id$v=19$m=19456,t=300000,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        "$2b$16$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy",
+    ] {
+        let body = json!({"basicAuth": [{"username": "eve", "hash": hash}]});
+        let refused = api.call("PUT", "/api/host/guess.test", Some(&token), Some(body)).await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{hash}: {}", refused.raw);
+        assert_eq!(refused.json["keys"][0]["key"], "basicAuth");
+    }
+}
+
+#[tokio::test]
 async fn allow_and_deny_by_the_address_a_trusted_proxy_names() {
     let backend = Backend::start("lists").await;
     let policy = json!({"allow": ["192.0.2.0/24"], "deny": ["192.0.2.66"]});
@@ -184,11 +223,56 @@ async fn allow_and_deny_by_the_address_a_trusted_proxy_names() {
     assert_eq!(get(&q, "lists.test", "/", &[("x-forwarded-for", "192.0.2.10")]).await.0, StatusCode::FORBIDDEN);
 }
 
+#[tokio::test]
+async fn an_unreadable_forwarded_for_never_makes_the_trusted_proxy_the_client() {
+    let backend = Backend::start("forged").await;
+    let p = portico(&["proxy.trusted_proxies=[\"127.0.0.1\"]"]);
+    let (api, token) = admin(&p).await;
+    // An allow list for the proxy's own network, a deny list for an outside one.
+    host(&api, &token, &p, "inside.test", &backend, json!({"allow": ["127.0.0.0/8"]})).await;
+    host(&api, &token, &p, "outside.test", &backend, json!({"deny": ["203.0.113.0/24"]})).await;
+    host(&api, &token, &p, "open.test", &backend, json!({})).await;
+    for forged in ["garbage, 203.0.113.9", "1.2.3.4:80, 203.0.113.9"] {
+        let headers = [("x-forwarded-for", forged)];
+        // The client is the address the trusted proxy appended, whatever is left of it.
+        assert_eq!(get(&p, "inside.test", "/", &headers).await.0, StatusCode::FORBIDDEN, "{forged}: allow bypassed");
+        assert_eq!(get(&p, "outside.test", "/", &headers).await.0, StatusCode::FORBIDDEN, "{forged}: deny bypassed");
+        let (status, _, body) = get(&p, "open.test", "/", &headers).await;
+        assert_eq!(status, StatusCode::OK);
+        let echo: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echo["headers"]["x-real-ip"][0], "203.0.113.9", "{forged}");
+    }
+    // Bytes that are not ASCII (a raw request: no client library sends them).
+    let mut stream = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: inside.test\r\nX-Forwarded-For: \xc3\xa9t\xc3\xa9, 203.0.113.9\r\nConnection: close\r\n\r\n";
+    stream.write_all(request).await.unwrap();
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "non-ASCII left of the client: {answer}");
+    // Where the trusted proxy's own entry should be there is none to believe: 400.
+    for unreadable in ["garbage", "1.2.3.4:80", "203.0.113.9, nonsense"] {
+        let headers = [("x-forwarded-for", unreadable)];
+        assert_eq!(get(&p, "inside.test", "/", &headers).await.0, StatusCode::BAD_REQUEST, "{unreadable}");
+        assert_eq!(get(&p, "open.test", "/", &headers).await.0, StatusCode::BAD_REQUEST, "{unreadable}");
+    }
+}
+
 /// A PROXY protocol v1 or v2 header, then an HTTP request, on one raw connection.
 async fn raw(addr: SocketAddr, header: &[u8], name: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(header).await.unwrap();
-    stream.write_all(format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    raw_from([127, 0, 0, 1], addr, header, name).await
+}
+
+/// The same from a chosen loopback address.
+async fn raw_from(from: [u8; 4], addr: SocketAddr, header: &[u8], name: &str) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let mut bytes = header.to_vec();
+    bytes.extend_from_slice(format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes());
+    // One write; a server that closes on seeing the header may reset the connection.
+    if stream.write_all(&bytes).await.is_err() {
+        return String::new();
+    }
     let mut answer = String::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await;
     answer
@@ -209,7 +293,8 @@ fn v2_header(client: [u8; 4], port: u16) -> Vec<u8> {
 #[tokio::test]
 async fn the_proxy_protocol_names_the_client() {
     let backend = Backend::start("pp").await;
-    let p = portico(&["proxy.proxy_protocol=true"]);
+    // Only the balancer on 127.0.0.1 may send the header.
+    let p = portico(&["proxy.proxy_protocol=true", "proxy.proxy_protocol_from=[\"127.0.0.1\"]"]);
     let (api, token) = admin(&p).await;
     host(&api, &token, &p, "pp.test", &backend, json!({"allow": ["192.0.2.0/24"]})).await;
     let v1 = raw(p.http, b"PROXY TCP4 192.0.2.5 127.0.0.1 5000 80\r\n", "pp.test").await;
@@ -235,6 +320,15 @@ async fn the_proxy_protocol_names_the_client() {
     // A connection without the header is closed unanswered.
     let bare = raw(p.http, b"", "pp.test").await;
     assert_eq!(bare, "", "no PROXY header: nothing is answered");
+
+    // Anyone else may not name a client: its header closes the connection unanswered, and
+    // without one it is served as the address it is.
+    let forged = raw_from([127, 0, 0, 2], p.http, b"PROXY TCP4 192.0.2.5 127.0.0.1 5000 80\r\n", "pp.test").await;
+    assert_eq!(forged, "", "a v1 header from a peer not listed is not believed");
+    let forged = raw_from([127, 0, 0, 2], p.http, &v2_header([192, 0, 2, 9], 5001), "pp.test").await;
+    assert_eq!(forged, "", "a v2 header from a peer not listed is not believed");
+    let direct = raw_from([127, 0, 0, 2], p.http, b"", "pp.test").await;
+    assert!(direct.starts_with("HTTP/1.1 403"), "served as 127.0.0.2, outside the allow list: {direct}");
 }
 
 /// A small authentication service, as Authelia's: `Cookie: session=good` passes with

@@ -55,3 +55,73 @@ async fn lookups_answer_the_matching_host_as_the_seed_stores_it() {
     write.write_all(br#"{"domain":"tcp.example.test"}"#).await.unwrap();
     assert_eq!(line(&mut reader).await["host"], "*.example.test");
 }
+
+/// The service asks for no credentials: it never answers a secret field, and idle
+/// connections beyond its cap are closed instead of holding the process's descriptors.
+#[tokio::test]
+async fn lookups_answer_no_secret_and_idle_connections_are_capped() {
+    let backend = Backend::start("b").await;
+    let p = portico(&["api.lookup_listen=\"127.0.0.1:0\""]);
+    p.add_host("guarded.test", backend.addr, &["--basic-auth", "ann:planted-password-1"]);
+    {
+        // Secret fields another tool wrote into the host record.
+        use portico_store::Store;
+        let store = crate::store_of(&p).await;
+        let mut host = store.record(portico_store::Kind::Host, "guarded.test").await.unwrap().unwrap();
+        host.insert("upstream_api_key".into(), "planted-api-key-9".into());
+        host.insert("notify_token".into(), "planted-token-9".into());
+        // A plain field written with them, to see when the change is routed.
+        host.insert("planted".into(), "yes".into());
+        store.replace(portico_store::Kind::Host, "guarded.test", "guarded.test", &host).await.unwrap();
+    }
+    let tcp = p.logs().into_iter().find(|l| l["fields"]["listener"] == "lookup").unwrap();
+    let addr = tcp["fields"]["addr"].as_str().unwrap().to_owned();
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    // Wait until the planted record is the one routed.
+    let start = std::time::Instant::now();
+    let found = loop {
+        write.write_all(b"{\"domain\":\"guarded.test\"}\n").await.unwrap();
+        let found = line(&mut reader).await;
+        if found["planted"] == "yes" {
+            break found;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{found}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let text = found.to_string();
+    for secret in ["planted-api-key-9", "planted-token-9", "argon2", "basicAuth", "upstream_api_key"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert_eq!(found["ip"], "127.0.0.1", "the rest is answered: {text}");
+
+    // Fill every slot with idle connections: the next is closed at once, the API stays up.
+    let mut held = Vec::new();
+    for _ in 0..portico_api::lookup::MAX_CONNECTIONS - 1 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    over.write_all(b"{\"domain\":\"guarded.test\"}\n").await.ok();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut over, &mut rest));
+    assert!(read.await.is_ok(), "closed, not left waiting");
+    assert!(rest.is_empty(), "nothing answered past the cap");
+    let health = portico_test_support::client::ApiClient::new(p.api).call("GET", "/healthz", None, None).await;
+    assert_eq!(health.status, http::StatusCode::OK);
+    // Slots come back when connections close.
+    drop(held);
+    let start = std::time::Instant::now();
+    loop {
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        write.write_all(b"{\"domain\":\"guarded.test\"}\n").await.unwrap();
+        let mut text = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut text)).await;
+        if text.contains("guarded.test") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "slots not given back");
+    }
+}
