@@ -82,12 +82,19 @@ pub enum ApiError {
     /// A DNS provider's API failed (not a refusal of the credentials); its message.
     #[error("DNS API Error {0}")]
     DnsApi(String),
-    /// The store failed.
-    #[error("the store is unavailable")]
+    /// The store failed (or lost its identity: `StoreIdentityLost`, with what to do).
+    #[error("{}", store_message(.0))]
     Store(#[source] StoreError),
     /// Something else went wrong inside.
     #[error("internal error")]
     Internal(&'static str),
+}
+
+fn store_message(e: &StoreError) -> String {
+    match e {
+        StoreError::IdentityLost => e.to_string(),
+        _ => "the store is unavailable".to_owned(),
+    }
 }
 
 fn summary(errors: &[FieldError]) -> String {
@@ -136,6 +143,7 @@ impl ApiError {
             Self::Upstream(_) => ("UpstreamError", StatusCode::BAD_GATEWAY),
             // The seed's name and status for a provider's failure.
             Self::DnsApi(_) => ("OtherDnsApiError", StatusCode::FAILED_DEPENDENCY),
+            Self::Store(StoreError::IdentityLost) => ("StoreIdentityLost", StatusCode::SERVICE_UNAVAILABLE),
             Self::Store(_) => ("StoreUnavailable", StatusCode::SERVICE_UNAVAILABLE),
             Self::Internal(_) => ("InternalError", StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -146,6 +154,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (name, status) = self.name_and_status();
         match &self {
+            // Said once, when it was found, by the store.
+            Self::Store(StoreError::IdentityLost) => {}
             Self::Store(e) => tracing::error!(error = %chain(e), "store error in an API request"),
             Self::Internal(what) => tracing::error!(what, "internal error in an API request"),
             _ => {}

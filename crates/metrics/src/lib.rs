@@ -161,6 +161,9 @@ pub struct Metrics {
     pub store_memory: Gauge,
     /// `portico_store_errors_total{op}`.
     pub store_errors: Family<OpLabels, Counter>,
+    /// `portico_store_identity_lost`: 1 while the store lost its identity marker (wiped or
+    /// replaced) and is not followed.
+    pub store_identity_lost: Gauge,
     /// `portico_job_runs_total{job, result}`.
     pub job_runs: Family<JobLabels, Counter>,
     /// `portico_job_duration_seconds{job}`.
@@ -208,6 +211,7 @@ impl Metrics {
             store_seconds: Family::new_with_constructor(seconds),
             store_errors: Family::default(),
             store_memory: Gauge::default(),
+            store_identity_lost: Gauge::default(),
             job_runs: Family::default(),
             job_duration: Family::new_with_constructor(seconds),
         };
@@ -284,6 +288,11 @@ impl Metrics {
                 "portico_store_memory_bytes",
                 "Memory the store's server uses (Redis used_memory)",
                 m.store_memory.clone(),
+            );
+            r.register(
+                "portico_store_identity_lost",
+                "1 while the store lost its identity marker (wiped or replaced) and is not followed",
+                m.store_identity_lost.clone(),
             );
             r.register("portico_job_runs", "Background job runs, by job and result", m.job_runs.clone());
             r.register("portico_job_duration_seconds", "Background job run time, by job", m.job_duration.clone());

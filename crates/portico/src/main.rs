@@ -91,6 +91,11 @@ enum StoreCommand {
     /// on it first: the check holds the writer lock). Exits 0 when sound; 1 when it was
     /// damaged (redb repairs what it can: compare with a backup) or cannot be read.
     Check,
+    /// Accept the store as it is now, after it lost its identity (a Redis without
+    /// persistence restarted empty, `FLUSHALL`, another store put in its place): writes a new
+    /// identity marker that every running node accepts, and this data directory remembers.
+    /// What the store lost stays lost: restore a backup instead to get it back.
+    Adopt,
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,6 +213,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 Err(e) => Err(anyhow::Error::new(e).context("the store cannot be checked")),
             }
+        }
+        Command::Store { command: StoreCommand::Adopt, config } => {
+            let config = config.load()?;
+            runtime()?.block_on(async {
+                let store = portico_store::open_existing(&config.store_url).await.context("cannot open the store")?;
+                portico_store::identity::adopt(store.as_ref(), Some(&config.data_dir))
+                    .await
+                    .context("cannot write the store's new identity")?;
+                println!("the store is adopted as it is now: running nodes follow it again within seconds");
+                anyhow::Ok(())
+            })
         }
         Command::Migrate { from, to, force } => runtime()?.block_on(migrate(&from, &to, force)),
         Command::Host { command, config } => {

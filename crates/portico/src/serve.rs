@@ -16,7 +16,7 @@ use portico_certs::{CertSettings, Certs, Issuer};
 use portico_metrics::{MeteredStore, Metrics};
 use portico_proxy::server::{self, ConnectionCap, Limits};
 use portico_proxy::{HttpListener, Routes, routes};
-use portico_store::Store;
+use portico_store::{IdentifiedStore, Store};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -60,13 +60,24 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     config.proxy.metrics = metrics.clone();
     let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
+    // A store that lost its identity (wiped, replaced) is not followed: see `identity`.
+    let identified = Arc::new(
+        IdentifiedStore::establish(store, Some(&config.data_dir))
+            .await
+            .context("cannot read or write the store's identity")?,
+    );
+    metrics.store_identity_lost.set(i64::from(identified.is_lost()));
+    let store: Arc<dyn Store> = identified.clone();
     let routes = Arc::new(Routes::new());
-    let hosts = routes::reload(&routes, store.as_ref()).await.context("cannot read hosts from the store")?.hosts;
-    metrics.routes_hosts.set(hosts as i64);
-    tracing::info!(hosts, store = %portico_store::redact(&config.store_url), "store opened");
+    if !identified.is_lost() {
+        let hosts = routes::reload(&routes, store.as_ref()).await.context("cannot read hosts from the store")?.hosts;
+        metrics.routes_hosts.set(hosts as i64);
+    }
+    tracing::info!(hosts = routes.snapshot().len(), store = %portico_store::redact(&config.store_url), "store opened");
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    tasks.spawn(watch_identity(identified.clone(), routes.clone(), metrics.clone(), shutdown.clone()));
     tasks.spawn(routes::follow_store(store.clone(), routes.clone(), metrics.clone(), shutdown.clone()));
     tasks.spawn(watch_store_memory(store.clone(), metrics.clone(), shutdown.clone()));
     if let Some(addr) = config.metrics_listen {
@@ -111,9 +122,12 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     let mut api = None;
     if role.api() {
         let admin_password = std::env::var("PORTICO_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
-        portico_api::auth::bootstrap_admin(store.as_ref(), &config.data_dir, admin_password)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
+        // Never a new admin in a store that was wiped: its old admin comes back with a backup.
+        if !identified.is_lost() {
+            portico_api::auth::bootstrap_admin(store.as_ref(), &config.data_dir, admin_password)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
+        }
         let settings = ApiSettings {
             session_ttl: config.session_ttl,
             trusted_proxies: config.trusted_proxies.clone(),
@@ -256,6 +270,41 @@ async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>,
 
 /// Reads the store server's memory (Redis) into `portico_store_memory_bytes` every 15 s;
 /// returns at once for a store that has none to report.
+/// How often the store's identity marker is read.
+const IDENTITY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads the store's identity marker every [`IDENTITY_EVERY`]: keeps the metric in step, and
+/// when the identity comes back (a backup restored, the store adopted) rebuilds the routes
+/// from it.
+async fn watch_identity(
+    store: Arc<IdentifiedStore>,
+    routes: Arc<Routes>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(IDENTITY_EVERY) => {}
+        }
+        let was_lost = store.is_lost();
+        match store.verify().await {
+            Ok(intact) => {
+                metrics.store_identity_lost.set(i64::from(!intact));
+                if intact && was_lost {
+                    match routes::reload(&routes, store.as_ref()).await {
+                        Ok(rebuilt) => {
+                            metrics.routes_hosts.set(rebuilt.hosts as i64);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot reload hosts; the next resync will"),
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the store's identity"),
+        }
+    }
+}
+
 async fn watch_store_memory(store: Arc<dyn Store>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     loop {
         match store.memory_used().await {
@@ -333,7 +382,12 @@ fn cert_settings(config: &Config, metrics: &Arc<Metrics>) -> CertSettings {
 pub async fn internal_root(config: &Config) -> anyhow::Result<String> {
     // Exporting from a mistyped path must not make a store and a root nobody uses.
     let store = portico_store::open_existing(&config.store_url).await.context("cannot open the store")?;
-    let ca = InternalCa::new(store, config.tls.internal_lifetime);
+    // Never a new root in a store that lost its identity: clients trust the old one.
+    let store = IdentifiedStore::establish(store, Some(&config.data_dir)).await?;
+    if store.is_lost() {
+        anyhow::bail!(portico_store::StoreError::IdentityLost);
+    }
+    let ca = InternalCa::new(Arc::new(store), config.tls.internal_lifetime);
     Ok(ca.root_pem().await?)
 }
 

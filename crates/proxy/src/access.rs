@@ -1,5 +1,6 @@
 //! The access phase: a host's `allow`/`deny` lists, `rateLimit`, `basicAuth` and
-//! `forwardAuth`, in that order, for the client's address as [`client_address`] finds it.
+//! `forwardAuth`, in that order, for the client's address as
+//! [`client_address`](portico_model::access::client_address) finds it.
 //! A host without a policy never gets here.
 
 use std::collections::HashMap;

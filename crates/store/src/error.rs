@@ -76,6 +76,13 @@ pub enum StoreError {
         /// Why not.
         why: &'static str,
     },
+    /// The store lost the identity marker Portico wrote in it, or carries another one: it was
+    /// wiped (a Redis without persistence restarted empty, `FLUSHALL`) or replaced. Nothing
+    /// is read from it or written to it until a backup is restored or it is adopted.
+    #[error(
+        "the store lost its identity (it was wiped or replaced): restore a backup, or run `portico store adopt` to accept the store as it is now"
+    )]
+    IdentityLost,
     /// The file is damaged.
     #[error("the store file {} is damaged ({detail}); run `portico store check` and restore it from a backup if that cannot repair it", path.display())]
     Damaged {

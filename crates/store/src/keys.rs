@@ -119,6 +119,16 @@ pub fn users_lock() -> String {
     "portico:lock:users".to_owned()
 }
 
+/// The blob that holds the store's identity marker (`{"id", "adopted"}`).
+pub fn store_identity() -> String {
+    portico("store-identity")
+}
+
+/// The lock taken while a first identity marker is written.
+pub fn store_identity_lock() -> String {
+    portico("store-identity-init")
+}
+
 /// Portico's own blobs: the ACME account (per directory), the internal CA, the fallback
 /// certificate.
 pub fn portico(what: &str) -> String {

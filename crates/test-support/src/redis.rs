@@ -197,6 +197,14 @@ impl RedisServer {
         format!("redis://:{password}@127.0.0.1:{}", self.port())
     }
 
+    /// Starts a server that keeps nothing on disk (`appendonly no`, no save points), as
+    /// a cache-style Redis: a restart empties it.
+    pub fn start_without_persistence() -> Self {
+        let dir = TempDir::new().unwrap();
+        let process = start_process(dir.path(), "server", &server_args(&["--appendonly", "no"]));
+        Self { _dir: dir, process, tls_port: None }
+    }
+
     /// Starts a server listening on loopback and on the addresses `also` (the test's side
     /// of a link to its own network namespace, see `netns`).
     pub fn start_bound(also: &[&str]) -> Self {

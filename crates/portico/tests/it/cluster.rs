@@ -442,3 +442,106 @@ async fn the_redis_password_works_and_stays_out_of_the_logs() {
     let said = String::from_utf8_lossy(&wrong.stderr);
     assert!(!wrong.status.success() && !said.contains("wrong-pass-123"), "{said}");
 }
+
+/// `GET /readyz` on a node's API: its status.
+async fn readyz(api: &ApiClient) -> StatusCode {
+    api.call("GET", "/readyz", None, None).await.status
+}
+
+/// Waits until a node's alarm (`portico_store_identity_lost` and a failing `/readyz`)
+/// is raised or, with `lost` false, cleared.
+async fn until_alarm(api: &ApiClient, metrics: &str, lost: bool) {
+    let (gauge, ready) = if lost { ("1", StatusCode::SERVICE_UNAVAILABLE) } else { ("0", StatusCode::OK) };
+    eventually(Duration::from_secs(10), "the store identity alarm", || async move {
+        (identity_lost(metrics).await.as_deref() == Some(gauge) && readyz(api).await == ready).then_some(())
+    })
+    .await;
+}
+
+/// The value of `portico_store_identity_lost` on a node's metrics listener.
+async fn identity_lost(metrics: &str) -> Option<String> {
+    let text = reqwest_free_get(metrics).await;
+    text.lines().find_map(|l| l.strip_prefix("portico_store_identity_lost ")).map(str::to_owned)
+}
+
+/// `GET /metrics` with a bare HTTP/1.1 request.
+async fn reqwest_free_get(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+/// A Redis without persistence emptied under load (`FLUSHALL`, what a restart of it does):
+/// no request to a known host fails, every node keeps routing from memory, the API refuses
+/// with `StoreIdentityLost`, `/readyz` fails and the metric says so. Restoring a backup
+/// (the marker back) clears it; so does `portico store adopt`, after which the store is
+/// followed as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_its_data_is_not_followed_until_restored_or_adopted() {
+    let redis = RedisServer::start_without_persistence();
+    let store = on(&redis.url());
+    let a = Portico::start_role(BIN, "serve", &[&store, "metrics.listen=\"127.0.0.1:0\""]);
+    let b = Portico::start_role(BIN, "proxy", &[&store]);
+    let warned = |p: &Portico| {
+        p.logs().iter().any(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("keeps nothing on disk")))
+    };
+    assert!(warned(&a) && warned(&b), "a Redis without persistence is pointed out at start");
+    let metrics = a.logs().into_iter().find(|l| l["fields"]["listener"] == "metrics").unwrap();
+    let metrics = metrics["fields"]["addr"].as_str().unwrap().to_owned();
+    let backend = Backend::start("kept").await;
+    let api = ApiClient::new(a.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    write_host_eventually(&api, &token, "kept.example", &backend, Duration::from_secs(2)).await;
+    let proxies = [Proxy::h1(a.http), Proxy::h1(b.http)];
+    routed_everywhere(&[&proxies[0], &proxies[1]], "kept.example").await;
+    let certificate = tls::peek(b.https, "kept.example").await;
+    assert_eq!(identity_lost(&metrics).await.as_deref(), Some("0"));
+    let marker = redis.get("portico:store-identity").expect("the store has an identity marker");
+
+    let stop = tokio_util_stop::Stop::default();
+    let probing = probe(proxies.to_vec(), "kept.example", stop.clone());
+    redis.run(&["FLUSHALL"]);
+    until_alarm(&api, &metrics, true).await;
+    let body = json!({"host": "new.example", "ip": "127.0.0.1", "targetPort": backend.addr.port()});
+    let refused = api.call("POST", "/api/host", Some(&token), Some(body)).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.raw);
+    assert_eq!(refused.json["name"], "StoreIdentityLost", "{}", refused.raw);
+    assert!(refused.json["message"].as_str().unwrap().contains("portico store adopt"), "{}", refused.raw);
+    let login =
+        api.call("POST", "/api/auth/login", None, Some(json!({"username": "admin", "password": ADMIN_PASSWORD})));
+    assert_eq!(login.await.json["name"], "StoreIdentityLost", "no 401: the admin is not gone for good");
+    // Routing and certificates from memory, on both nodes, past a full resync.
+    redis.run(&["INCR", "proxy_version"]);
+    assert_eq!(tls::peek(b.https, "kept.example").await, certificate);
+    assert_eq!(redis.run(&["EXISTS", "portico:store-identity", "portico:internal-ca"]), ":0\r\n", "nothing written");
+
+    // A backup restored: the marker and the host are back; the alarm clears.
+    redis.run(&["SADD", "proxy_Host", "kept.example"]);
+    let port = backend.addr.port().to_string();
+    let fields = ["HSET", "proxy_Host_kept.example", "host", "kept.example", "ip", "127.0.0.1"];
+    redis.run(&[&fields[..], &["targetPort", &port, "forcessl", "false"]].concat());
+    redis.run(&["SET", "portico:store-identity", &marker]);
+    until_alarm(&api, &metrics, false).await;
+    stop.set();
+    let (ok, failed) = probing.await.unwrap();
+    assert_eq!(failed, 0, "{failed} of {} requests to a known host failed", ok + failed);
+    assert!(ok > 0);
+
+    // Wiped again, then adopted as it is: followed again, empty as it now is.
+    redis.run(&["FLUSHALL"]);
+    until_alarm(&api, &metrics, true).await;
+    assert_eq!(proxies[1].get("kept.example", "/").await.status, StatusCode::OK);
+    let adopted = a.cli("store", &["adopt", "--store", &redis.url()], "");
+    assert!(adopted.status.success(), "{}", String::from_utf8_lossy(&adopted.stderr));
+    for proxy in &proxies {
+        eventually(Duration::from_secs(10), "the adopted store to be followed", || {
+            let proxy = proxy.clone();
+            async move { (proxy.get("kept.example", "/").await.status == StatusCode::NOT_FOUND).then_some(()) }
+        })
+        .await;
+    }
+    until_alarm(&api, &metrics, false).await;
+}

@@ -184,6 +184,13 @@ impl RedisStore {
         let inner = Arc::new(Inner { link, url: crate::redact(url), id, changes, dangling: Mutex::default() });
         let start: u64 = inner.query(cmd("GET").arg(VERSION_COUNTER)).await.map(|v: Option<u64>| v.unwrap_or(0))?;
         tokio::spawn(follow(Arc::downgrade(&inner), pushed, start));
+        if inner.persistent().await == Some(false) {
+            tracing::warn!(
+                store = %inner.url,
+                "this Redis keeps nothing on disk (appendonly no, no save points): a restart empties it; Portico \
+                 keeps serving from memory and refuses the empty store, but turn on appendonly"
+            );
+        }
         if matches!(target, Target::Cluster(_)) {
             tracing::debug!(
                 "Redis Cluster: index sets and records live in different slots; writes are ordered, not transactional"
@@ -227,6 +234,23 @@ impl RedisStore {
 impl Inner {
     async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
         self.link.query(command).await
+    }
+
+    /// Whether the server keeps its data on disk (an append-only file or save points), by
+    /// `CONFIG GET`, or `INFO persistence` where `CONFIG` is refused (managed Redis); `None`
+    /// when neither says.
+    async fn persistent(&self) -> Option<bool> {
+        let config: Result<std::collections::HashMap<String, String>, _> =
+            self.query(cmd("CONFIG").arg("GET").arg("appendonly").arg("save")).await;
+        if let Ok(config) = config
+            && let (Some(aof), Some(save)) = (config.get("appendonly"), config.get("save"))
+        {
+            return Some(aof == "yes" || !save.trim().is_empty());
+        }
+        let info: String = self.query(cmd("INFO").arg("persistence")).await.ok()?;
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+        // Without CONFIG, save points cannot be seen: only an append-only file counts.
+        field("aof_enabled:").map(|v| v == "1")
     }
 
     async fn script<T: FromRedisValue>(&self, script: &Script, key: &str, args: &[&[u8]]) -> Result<T, StoreError> {
