@@ -92,7 +92,10 @@ pub enum ApiError {
 
 fn store_message(e: &StoreError) -> String {
     match e {
-        StoreError::IdentityLost => e.to_string(),
+        StoreError::IdentityLost | StoreError::TooLarge { .. } => e.to_string(),
+        StoreError::Corrupt { kind, key, source } => {
+            format!("the stored {kind} {key} cannot be used ({source}): delete it and add it again")
+        }
         _ => "the store is unavailable".to_owned(),
     }
 }
@@ -144,6 +147,8 @@ impl ApiError {
             // The seed's name and status for a provider's failure.
             Self::DnsApi(_) => ("OtherDnsApiError", StatusCode::FAILED_DEPENDENCY),
             Self::Store(StoreError::IdentityLost) => ("StoreIdentityLost", StatusCode::SERVICE_UNAVAILABLE),
+            Self::Store(StoreError::TooLarge { .. }) => ("ObjectValidateError", StatusCode::UNPROCESSABLE_ENTITY),
+            Self::Store(StoreError::Corrupt { .. }) => ("UnreadableRecord", StatusCode::UNPROCESSABLE_ENTITY),
             Self::Store(_) => ("StoreUnavailable", StatusCode::SERVICE_UNAVAILABLE),
             Self::Internal(_) => ("InternalError", StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -155,7 +160,7 @@ impl IntoResponse for ApiError {
         let (name, status) = self.name_and_status();
         match &self {
             // Said once, when it was found, by the store.
-            Self::Store(StoreError::IdentityLost) => {}
+            Self::Store(StoreError::IdentityLost | StoreError::TooLarge { .. }) => {}
             Self::Store(e) => tracing::error!(error = %chain(e), "store error in an API request"),
             Self::Internal(what) => tracing::error!(what, "internal error in an API request"),
             _ => {}

@@ -27,7 +27,11 @@ fn not_found(item: &str) -> ApiError {
 async fn stored(api: &Api, item: &str) -> Result<(String, Host, Revision), ApiError> {
     let key = HostPattern::parse(item).map_err(|_| not_found(item))?.to_string();
     let (fields, revision) = api.store.record_at(Kind::Host, &key).await?.ok_or_else(|| not_found(item))?;
-    let host = Host::from_fields(&fields).map_err(|_| ApiError::Internal("a stored host does not parse"))?;
+    let host = Host::from_fields(&fields).map_err(|e| StoreError::Corrupt {
+        kind: Kind::Host,
+        key: key.clone(),
+        source: e.into(),
+    })?;
     Ok((key, host, revision))
 }
 
@@ -250,11 +254,23 @@ pub async fn delete(
     _caller: Caller,
     Path(item): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (key, host, _) = stored(&api, &item).await?;
+    // A host that cannot be used (a seed's access fields, a damaged record) can be deleted.
+    let key = HostPattern::parse(&item).map_err(|_| not_found(&item))?.to_string();
+    let fields = api.store.record(Kind::Host, &key).await.map_err(|e| match e {
+        StoreError::Corrupt { .. } => None,
+        other => Some(ApiError::from(other)),
+    });
+    let bare = || Map::from_iter([("host".to_owned(), Value::String(key.clone()))]);
+    let shown = match fields {
+        Ok(Some(fields)) => Host::from_fields(&fields).map_or_else(|_| bare(), |h| h.to_json()),
+        Ok(None) => return Err(not_found(&item)),
+        Err(Some(e)) => return Err(e),
+        Err(None) => bare(),
+    };
     if !api.store.delete(Kind::Host, &key).await? {
         return Err(not_found(&item));
     }
-    Ok(with_message(format!("{item} deleted"), host.to_json()))
+    Ok(with_message(format!("{item} deleted"), shown))
 }
 
 /// `GET /api/host/lookup/{item}` → `{string, results?}`, from the proxy's own table.

@@ -58,7 +58,7 @@ pub enum Endpoint {
 pub async fn serve(endpoint: Endpoint, routes: Arc<Routes>, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut refused_at: Option<std::time::Instant> = None;
+    let refusals = portico_model::limiter::Rarely::new(Duration::from_secs(60));
     loop {
         let accepted = match &endpoint {
             Endpoint::Unix(listener, _) => tokio::select! {
@@ -74,12 +74,11 @@ pub async fn serve(endpoint: Endpoint, routes: Arc<Routes>, shutdown: Cancellati
             Ok(stream) => {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     // Dropped at once; said at most once a minute.
-                    if refused_at.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                    if refusals.due() {
                         tracing::warn!(
                             limit = MAX_CONNECTIONS,
                             "lookup service: too many connections; closing new ones"
                         );
-                        refused_at = Some(std::time::Instant::now());
                     }
                     continue;
                 };

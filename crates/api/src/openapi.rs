@@ -258,6 +258,14 @@ pub struct NewPassword {
     password: String,
 }
 
+/// The caller's new password (at least 8 characters), with the current one.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnPassword {
+    current_password: String,
+    password: String,
+}
+
 /// A new API token.
 #[derive(Serialize, ToSchema)]
 pub struct NewToken {

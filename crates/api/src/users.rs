@@ -178,16 +178,29 @@ pub async fn me(caller: Caller) -> Json<Value> {
     Json(json!({ "username": caller.username, "role": caller.role.as_str() }))
 }
 
-/// `PUT /api/user/password {password}`: the caller's own password. Other sessions end.
+/// `PUT /api/user/password {currentPassword, password}`: the caller's own password, given
+/// the current one (a stolen session cannot take the account over). Other sessions end.
 #[utoipa::path(
     put,
     path = "/api/user/password",
     tag = "users",
-    request_body = doc::NewPassword,
+    request_body = doc::OwnPassword,
     responses((status = 200, body = doc::Results<doc::User>, description = "Changed; the caller's other sessions end"), doc::AuthErrors, doc::InputErrors),
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn own_password(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+    let mut errors = Vec::new();
+    let current = body.required("currentPassword", &mut errors);
+    let stored = api.store.record(Kind::User, &caller.username).await?;
+    let hash = stored.as_ref().and_then(|u| u.get("password")).cloned().unwrap_or_default();
+    if let Some(current) = current
+        && !auth::verify_password(current, hash).await.0
+    {
+        errors.push(FieldError::new("currentPassword", "the current password is not right."));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
     let user = set_password(&api, &caller, &caller.username, body).await?;
     auth::revoke_tokens(api.store.as_ref(), &caller.username, Some(&caller.token_key)).await?;
     Ok(Json(json!({ "results": user_json(&user) })))

@@ -33,6 +33,23 @@ pub struct BasicUser {
     pub hash: String,
 }
 
+/// Headers `copyHeaders` may not name: hop-by-hop ones (about one connection), those that
+/// frame the message, and `Host` (which routed it). Copying one from the auth service's
+/// answer onto the request could smuggle a second request to the target.
+const NOT_COPIED: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+];
+
 /// A forward-auth service: `url` is asked with the request's method, URI and headers; a 2xx
 /// lets the request through with `copy_headers` copied from its answer onto the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,6 +321,13 @@ pub fn parse_nets(field: &'static str, value: &Value) -> Result<Vec<IpNet>, Host
 }
 
 impl ForwardAuth {
+    /// The URL as logs may show it: no user name or password, no query (where API keys go).
+    pub fn shown_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        let path = self.path.split('?').next().unwrap_or("/");
+        format!("{scheme}://{}{path}", self.target.authority())
+    }
+
     fn parse(value: &Value) -> Result<Self, HostError> {
         let bad = |reason: &str| invalid("forwardAuth", reason);
         let url = value.get("url").and_then(Value::as_str).ok_or_else(|| bad("url is required"))?;
@@ -324,10 +348,15 @@ impl ForwardAuth {
             }
             Some(_) => return Err(not_names()),
         };
-        let header_names = copy_headers
+        let header_names: Vec<http::HeaderName> = copy_headers
             .iter()
             .map(|h| http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| not_names()))
             .collect::<Result<_, _>>()?;
+        if let Some(name) = header_names.iter().find(|n| NOT_COPIED.contains(&n.as_str())) {
+            return Err(bad(&format!(
+                "copyHeaders cannot name {name}: it is about one connection or the message's framing, not the request"
+            )));
+        }
         Ok(Self { url: url.to_owned(), copy_headers, header_names, target, tls, path })
     }
 
@@ -449,8 +478,24 @@ mod tests {
     }
 
     #[test]
+    fn a_forward_auth_url_is_logged_without_credentials_or_query() {
+        let mut access = Access::default();
+        let url = "https://user:hunter2@auth.test:9443/verify?api_key=s3cret&rd=x";
+        assert!(access.apply(&body(json!({"forwardAuth": {"url": url}}))).is_empty());
+        let shown = access.forward_auth.unwrap().shown_url();
+        assert_eq!(shown, "https://auth.test:9443/verify");
+    }
+
+    #[test]
     fn bad_input_names_the_field() {
         for (input, field) in [
+            (json!({"forwardAuth": {"url": "http://a", "copyHeaders": ["Transfer-Encoding"]}}), "forwardAuth"),
+            (
+                json!({"forwardAuth": {"url": "http://a", "copyHeaders": ["Remote-User", "content-length"]}}),
+                "forwardAuth",
+            ),
+            (json!({"forwardAuth": {"url": "http://a", "copyHeaders": ["Connection"]}}), "forwardAuth"),
+            (json!({"forwardAuth": {"url": "http://a", "copyHeaders": ["Host"]}}), "forwardAuth"),
             (json!({"allow": ["10.0.0.0/33"]}), "allow"),
             (json!({"deny": "10.0.0.1"}), "deny"),
             (json!({"basicAuth": [{"username": "bob"}]}), "basicAuth"),

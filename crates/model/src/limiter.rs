@@ -169,3 +169,42 @@ mod tests {
         assert_eq!(address_key("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1".parse::<IpAddr>().unwrap());
     }
 }
+
+/// Says when a repeated warning is due: at most once per period, so a flood (of connections,
+/// of failing requests) is one log line a minute, not one per event.
+#[derive(Debug)]
+pub struct Rarely {
+    every: Duration,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Rarely {
+    /// At most once per `every`.
+    pub const fn new(every: Duration) -> Self {
+        Self { every, last: Mutex::new(None) }
+    }
+
+    /// Whether to say it now (then not again for the period).
+    pub fn due(&self) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < self.every) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+}
+
+#[cfg(test)]
+mod rarely_tests {
+    use super::*;
+
+    #[test]
+    fn a_warning_is_due_once_per_period() {
+        let rarely = Rarely::new(Duration::from_millis(50));
+        assert!(rarely.due());
+        assert!((0..1000).all(|_| !rarely.due()));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(rarely.due());
+    }
+}

@@ -289,7 +289,9 @@ impl Guard {
         match tokio::time::timeout(asking.timeout, ask(auth, asking)).await {
             Ok(Ok(verdict)) => verdict,
             Ok(Err(e)) => {
-                tracing::warn!(url = %auth.url, error = %e, "the forward-auth service failed");
+                if AUTH_FAILURES_SAID.due() {
+                    tracing::warn!(url = %auth.shown_url(), error = %e, "the forward-auth service failed (said at most once a minute)");
+                }
                 Verdict::Answer(page(
                     StatusCode::BAD_GATEWAY,
                     "the authentication service could not be asked",
@@ -297,13 +299,20 @@ impl Guard {
                 ))
             }
             Err(_) => {
-                tracing::warn!(url = %auth.url, "the forward-auth service did not answer in time");
+                if AUTH_FAILURES_SAID.due() {
+                    tracing::warn!(url = %auth.shown_url(), "the forward-auth service did not answer in time (said at most once a minute)");
+                }
                 let what = "the authentication service did not answer in time";
                 Verdict::Answer(page(StatusCode::GATEWAY_TIMEOUT, what, asking.request_id))
             }
         }
     }
 }
+
+/// Forward-auth failures are logged at most this often, so a failing service under load is
+/// not a log line per request.
+static AUTH_FAILURES_SAID: portico_model::limiter::Rarely =
+    portico_model::limiter::Rarely::new(Duration::from_secs(60));
 
 /// One forward-auth request, on a new connection.
 async fn ask(auth: &ForwardAuth, asking: &Asking<'_>) -> Result<Verdict, BoxError> {
@@ -326,6 +335,10 @@ async fn ask(auth: &ForwardAuth, asking: &Asking<'_>) -> Result<Verdict, BoxErro
     headers.insert("x-forwarded-for", HeaderValue::from_str(&asking.client.to_string())?);
     let request = request.body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await?;
+    // A 1xx (a 101 switching the client's connection to another protocol) is never relayed.
+    if response.status().is_informational() {
+        return Err(format!("the service answered {}", response.status()).into());
+    }
     if response.status().is_success() {
         let copied =
             auth.header_names.iter().map(|name| (name.clone(), response.headers().get(name).cloned())).collect();

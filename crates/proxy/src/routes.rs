@@ -137,7 +137,8 @@ async fn patch(
     let mut changed = false;
     let mut written: Option<u64> = None;
     for key in keys {
-        let record = store.record(Kind::Host, key).await?;
+        // One that cannot be read is skipped (unrouted), as a full rebuild skips it.
+        let record = portico_store::readable(store.record(Kind::Host, key).await)?;
         if let Some(at) = record.as_ref().and_then(|r| r.get("updated_on")?.parse().ok()) {
             written = Some(written.map_or(at, |w| w.min(at)));
         }

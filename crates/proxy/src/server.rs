@@ -15,8 +15,8 @@
 
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -68,7 +68,7 @@ struct CapInner {
     key: &'static str,
     /// Woken when the cap is reached: idle connections close.
     pressure: Notify,
-    last_warning: Mutex<Option<Instant>>,
+    warned: portico_model::limiter::Rarely,
 }
 
 impl ConnectionCap {
@@ -80,7 +80,7 @@ impl ConnectionCap {
             max,
             key,
             pressure: Notify::new(),
-            last_warning: Mutex::new(None),
+            warned: portico_model::limiter::Rarely::new(Duration::from_secs(60)),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -106,11 +106,9 @@ impl ConnectionCap {
     }
 
     fn warn(&self) {
-        let mut last = self.inner.last_warning.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+        if !self.inner.warned.due() {
             return;
         }
-        *last = Some(Instant::now());
         tracing::warn!(
             max = self.inner.max,
             key = self.inner.key,

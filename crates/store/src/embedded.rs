@@ -475,8 +475,9 @@ impl Store for EmbeddedStore {
             for entry in table.iter().or_store()? {
                 let (k, v) = entry.or_store()?;
                 let key = k.value().to_owned();
-                let fields = parse_fields(kind, &key, v.value())?;
-                out.push((key, fields));
+                if let Some(fields) = crate::readable(parse_fields(kind, &key, v.value()).map(Some))? {
+                    out.push((key, fields));
+                }
             }
             Ok(out)
         })
@@ -507,6 +508,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn create(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError> {
+        crate::within_bounds(kind, key, fields)?;
         let (key, bytes) = (key.to_owned(), fields_bytes(fields));
         self.write(vec![record_event(kind, &key)], move |txn, revision, _events| {
             let mut table = txn.open_table(records(kind)).or_store()?;
@@ -520,6 +522,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn put(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError> {
+        crate::within_bounds(kind, key, fields)?;
         let (key, bytes) = (key.to_owned(), fields_bytes(fields));
         self.write(vec![record_event(kind, &key)], move |txn, revision, _events| {
             txn.open_table(records(kind)).or_store()?.insert(key.as_str(), bytes.as_slice()).or_store()?;
@@ -663,6 +666,7 @@ impl Store for EmbeddedStore {
         fields: &Fields,
         expected: Option<Revision>,
     ) -> Result<Revision, StoreError> {
+        crate::within_bounds(kind, new_key, fields)?;
         let (key, new_key, bytes) = (key.to_owned(), new_key.to_owned(), fields_bytes(fields));
         let mut events = vec![record_event(kind, &key)];
         if new_key != key {

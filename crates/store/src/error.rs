@@ -49,6 +49,17 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The record is larger than [`crate::MAX_RECORD_BYTES`]: refused when written, left
+    /// unread when found.
+    #[error("record {kind}:{key} holds {size} bytes, more than a record may ({} bytes)", crate::MAX_RECORD_BYTES)]
+    TooLarge {
+        /// The record's kind.
+        kind: Kind,
+        /// The record's key.
+        key: String,
+        /// Its size in bytes (field names and values).
+        size: usize,
+    },
     /// The backend failed (an I/O error, a database error, a lost connection): its error is
     /// the source. No variant names a backend's types, so callers never depend on one.
     #[error("the {backend} store failed")]

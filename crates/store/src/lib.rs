@@ -286,6 +286,40 @@ pub(crate) fn decode_changes(list: &serde_json::Value) -> Option<Vec<Change>> {
         .collect()
 }
 
+/// The most bytes (field names and values together) a record may hold. Portico writes
+/// nothing near it (a host with a hundred basic-auth users is some 15 KiB); a record over
+/// it, written by something else, is not read, so one planted record cannot make every
+/// node move megabytes at each reload.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// A record's size as [`MAX_RECORD_BYTES`] counts it.
+fn record_bytes(fields: &Fields) -> usize {
+    fields.iter().map(|(name, value)| name.len() + value.len()).sum()
+}
+
+/// Refuses a write of a record over [`MAX_RECORD_BYTES`].
+pub(crate) fn within_bounds(kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError> {
+    let size = record_bytes(fields);
+    if size > MAX_RECORD_BYTES {
+        return Err(StoreError::TooLarge { kind, key: key.to_owned(), size });
+    }
+    Ok(())
+}
+
+/// For a whole listing: a record that cannot be read (not a record's type, not UTF-8, too
+/// large) is left out, with a warning naming it, instead of failing the listing, so one bad
+/// record cannot keep every host from loading.
+pub fn readable<T>(read: Result<Option<T>, StoreError>) -> Result<Option<T>, StoreError> {
+    match read {
+        Err(e @ (StoreError::Corrupt { .. } | StoreError::TooLarge { .. })) => {
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            tracing::warn!(error = %e, cause, "skipping a stored record that cannot be read; fix or delete it");
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

@@ -409,6 +409,22 @@ async fn forward_auth_lets_through_what_the_service_allows() {
     let hits = backend.hits();
     assert_eq!(get(&down, "fa.test", "/", &[]).await.0, StatusCode::BAD_GATEWAY);
     assert_eq!(backend.hits(), hits);
+
+    // A service answering 101 does not switch the client's connection: 502.
+    let switching =
+        Backend::raw(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n").await;
+    let odd = json!({"forwardAuth": {"url": format!("http://{}/verify", switching.addr)}});
+    host(&api, &token, &down, "switch.test", &backend, odd).await;
+    let (status, headers, _) = get(&down, "switch.test", "/", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(!headers.contains_key("upgrade"), "{headers:?}");
+    assert_eq!(backend.hits(), hits);
+    // Headers that frame the request or belong to one connection cannot be copied.
+    let smuggling = json!({"forwardAuth": {"url": "http://127.0.0.1:9/v", "copyHeaders": ["Transfer-Encoding"]}});
+    let body =
+        json!({"host": "fa2.test", "ip": "127.0.0.1", "targetPort": 80, "forwardAuth": smuggling["forwardAuth"]});
+    let refused = api.call("POST", "/api/host", Some(&token), Some(body)).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.raw);
 }
 
 #[tokio::test]

@@ -253,8 +253,19 @@ async fn password_changes_end_other_sessions_and_revoke_api_tokens() {
     };
     let automation = api_token(first.clone()).await;
     assert_eq!(api.call("GET", "/api/user/me", Some(&automation), None).await.status, StatusCode::OK);
-    let changed =
-        api.call("PUT", "/api/user/password", Some(&first), Some(json!({"password": "carol-new-password"}))).await;
+    // Without the current password, or with a wrong one, a session cannot change it.
+    for current in [None, Some("not-carols-password")] {
+        let mut body = json!({"password": "carol-new-password"});
+        if let Some(current) = current {
+            body["currentPassword"] = current.into();
+        }
+        let refused = api.call("PUT", "/api/user/password", Some(&first), Some(body)).await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.raw);
+        assert_eq!(refused.json["keys"][0]["key"], "currentPassword", "{}", refused.raw);
+    }
+    assert_eq!(api.call("GET", "/api/user/me", Some(&second), None).await.status, StatusCode::OK);
+    let body = json!({"currentPassword": "carol-password", "password": "carol-new-password"});
+    let changed = api.call("PUT", "/api/user/password", Some(&first), Some(body)).await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.raw);
     assert!(changed.json["results"].get("password").is_none());
     assert_eq!(api.call("GET", "/api/user/me", Some(&first), None).await.status, StatusCode::OK);

@@ -545,3 +545,104 @@ async fn a_store_that_lost_its_data_is_not_followed_until_restored_or_adopted() 
     }
     until_alarm(&api, &metrics, false).await;
 }
+
+/// The ids of the clients subscribed to something (one per node: its change feed).
+fn subscribers(redis: &RedisServer) -> Vec<String> {
+    let listing = redis.run(&["CLIENT", "LIST", "TYPE", "pubsub"]);
+    let mut ids: Vec<String> =
+        listing.split_whitespace().filter_map(|w| w.strip_prefix("id=")).map(str::to_owned).collect();
+    ids.sort();
+    ids
+}
+
+/// Records no node can use, planted in Redis directly (a key of another type, a field that
+/// is not UTF-8, a 2 MB field), are skipped and reported: the API lists the rest, answers
+/// 422 for them (and deletes them), a full reload routes the rest, a new node starts. A
+/// reload of large hosts does not drop the node's subscription (Redis's pub/sub output
+/// limit), and a flood of garbage on the change channel is not a reload each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_record_does_not_take_the_cluster_down() {
+    let redis = RedisServer::start();
+    let store = on(&redis.url());
+    let a = Portico::start_role(BIN, "serve", &[&store, "metrics.listen=\"127.0.0.1:0\""]);
+    let metrics = a.logs().into_iter().find(|l| l["fields"]["listener"] == "metrics").unwrap();
+    let metrics = metrics["fields"]["addr"].as_str().unwrap().to_owned();
+    let backend = Backend::start("good").await;
+    let api = ApiClient::new(a.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    write_host_eventually(&api, &token, "good.example", &backend, Duration::from_secs(2)).await;
+    let proxy = Proxy::h1(a.http);
+    routed_everywhere(&[&proxy], "good.example").await;
+
+    let port = backend.addr.port().to_string();
+    let plant = |name: &str, extra: &str| {
+        let script = format!(
+            "redis.call('SADD', 'proxy_Host', ARGV[1]) redis.call('HSET', KEYS[1], 'host', ARGV[1], 'ip', \
+             '127.0.0.1', 'targetPort', ARGV[2], 'forcessl', 'false'{extra})"
+        );
+        let reply = redis.run(&["EVAL", &script, "1", &format!("proxy_Host_{name}"), name, &port]);
+        assert!(!reply.starts_with('-'), "{reply}");
+    };
+    redis.run(&["SADD", "proxy_Host", "wrong.example"]);
+    redis.run(&["SET", "proxy_Host_wrong.example", "not a hash"]);
+    plant("binary.example", ", 'owner', 'ann\\255'");
+    plant("huge.example", ", 'note', string.rep('x', 2000000)");
+    for i in 0..8 {
+        plant(&format!("large{i}.example"), ", 'note', string.rep('y', 100000)");
+    }
+    let before = subscribers(&redis);
+    assert_eq!(before.len(), 1, "one node, one subscription");
+    redis.run(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32kb 32kb 0"]);
+    // Planted without an announcement: only a full reload finds them.
+    redis.run(&["INCR", "proxy_version"]);
+    routed_everywhere(&[&proxy], "large7.example").await;
+    assert_eq!(proxy.get("good.example", "/").await.status, StatusCode::OK);
+    for unusable in ["wrong.example", "binary.example", "huge.example"] {
+        assert_eq!(proxy.get(unusable, "/").await.status, StatusCode::NOT_FOUND, "{unusable}");
+    }
+    assert_eq!(subscribers(&redis), before, "the subscription outlived a reload of 800 kB of hosts");
+
+    let listed = api.call("GET", "/api/host", Some(&token), None).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.raw);
+    let names = listed.json["results"].as_array().unwrap();
+    assert_eq!(names.len(), 9, "{}", listed.raw);
+    for unusable in ["wrong.example", "binary.example"] {
+        let shown = api.call("GET", &format!("/api/host/{unusable}"), Some(&token), None).await;
+        assert_eq!(shown.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", shown.raw);
+        assert_eq!(shown.json["name"], "UnreadableRecord", "{}", shown.raw);
+    }
+    let huge = api.call("GET", "/api/host/huge.example", Some(&token), None).await;
+    assert_eq!(huge.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", huge.raw);
+    let deleted = api.call("DELETE", "/api/host/wrong.example", Some(&token), None).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.raw);
+    assert_eq!(redis.run(&["EXISTS", "proxy_Host_wrong.example"]), ":0\r\n");
+    let allow: Vec<String> = (0..100_000).map(|i| format!("10.{}.{}.{}", i / 65_536, i / 256 % 256, i % 256)).collect();
+    let body = json!({"host": "new.example", "ip": "127.0.0.1", "targetPort": 80, "allow": allow});
+    let refused = api.call("POST", "/api/host", Some(&token), Some(body)).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "a record over the bound: {}", refused.raw);
+    assert!(refused.json["message"].as_str().unwrap().contains("more than a record may"), "{}", refused.raw);
+
+    // A node starting now reads the same store and routes what it can.
+    let b = Portico::start_role(BIN, "proxy", &[&store]);
+    routed_everywhere(&[&Proxy::h1(b.http), &proxy], "good.example").await;
+
+    // Garbage on the change channel: ignored, not a reload per message.
+    let rebuilds = || async { raw_count(&metrics, "portico_routes_rebuild_seconds_count").await };
+    let first = rebuilds().await;
+    let flood = "for i = 1, 5000 do redis.call('PUBLISH', 'proxy_events', 'garbage ' .. i) end \
+                 for i = 1, 5000 do redis.call('PUBLISH', 'proxy_events', '{\"v\": ' .. (1000000 + i) .. ', \"changes\": 7}') end";
+    redis.run(&["EVAL", flood, "0"]);
+    // A write after the flood, heard by the node: every message before it was handled.
+    redis.run(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
+    write_host_eventually(&api, &token, "after.example", &backend, Duration::from_secs(2)).await;
+    routed_everywhere(&[&Proxy::h1(b.http)], "after.example").await;
+    let more = rebuilds().await - first;
+    assert!(more <= 4.0, "{more} reloads for 10,000 garbage messages");
+    assert_eq!(subscribers(&redis).len(), 2);
+}
+
+/// A sample's value on a node's metrics listener (0 when absent).
+async fn raw_count(metrics: &str, name: &str) -> f64 {
+    let text = reqwest_free_get(metrics).await;
+    text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
+}

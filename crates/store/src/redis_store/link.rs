@@ -6,6 +6,10 @@
 //! asks the sentinels again for the master when the one it knows refuses, drops the
 //! connection or has become a read-only replica (after a failover), and switches to the
 //! new one.
+//!
+//! The subscription to the change channel has a connection of its own: Redis holds a
+//! subscribed client to the pub/sub output limit, which a large reply (a full reload of
+//! many hosts) would exceed and get the connection dropped.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,6 +136,8 @@ pub(crate) struct Link {
     /// The change channel, subscribed again on a new Sentinel master.
     channel: String,
     conn: ArcSwap<Conn>,
+    /// The connection subscribed to `channel`, which serves no command.
+    sub: ArcSwap<Conn>,
     sentinel: Option<Sentinel>,
     push: UnboundedSender<PushInfo>,
 }
@@ -149,17 +155,22 @@ impl Link {
         channel: &str,
         push: UnboundedSender<PushInfo>,
     ) -> Result<Self, RedisError> {
-        let (conn, sentinel) = match target {
-            Target::Node(info) => (node(info.clone(), &push).await?, None),
+        let (conn, sub, sentinel) = match target {
+            Target::Node(info) => (node(info.clone(), None).await?, node(info.clone(), Some(&push)).await?, None),
             Target::Cluster(nodes) => {
-                let client = ClusterClientBuilder::new(nodes.iter().map(|n| resp3(n.clone())))
-                    .use_protocol(ProtocolVersion::RESP3)
-                    .push_sender(push.clone())
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(OP_TIMEOUT)
-                    .retries(2)
-                    .build()?;
-                (Conn::Cluster(client.get_async_connection().await?), None)
+                let client = |push: Option<&UnboundedSender<PushInfo>>| {
+                    let mut builder = ClusterClientBuilder::new(nodes.iter().map(|n| resp3(n.clone())))
+                        .use_protocol(ProtocolVersion::RESP3)
+                        .connection_timeout(CONNECT_TIMEOUT)
+                        .response_timeout(OP_TIMEOUT)
+                        .retries(2);
+                    if let Some(push) = push {
+                        builder = builder.push_sender(push.clone());
+                    }
+                    builder.build()
+                };
+                let conn = Conn::Cluster(client(None)?.get_async_connection().await?);
+                (conn, Conn::Cluster(client(Some(&push))?.get_async_connection().await?), None)
             }
             Target::Sentinel { sentinels, master, node: info } => {
                 let settings = info.redis_settings();
@@ -174,20 +185,22 @@ impl Link {
                 }
                 let mut client = builder.build()?;
                 let master_info = client.async_get_client().await?.get_connection_info().clone();
-                let conn = node(master_info.clone(), &push).await?;
+                let conn = node(master_info.clone(), None).await?;
+                let sub = node(master_info.clone(), Some(&push)).await?;
                 let sentinel = Sentinel {
                     client: tokio::sync::Mutex::new(client),
                     master: ArcSwap::from_pointee(master_info.addr().clone()),
                     last_resolve: std::sync::Mutex::new(Some(Instant::now())),
                 };
-                (conn, Some(sentinel))
+                (conn, sub, Some(sentinel))
             }
         };
-        subscribe(&conn, channel).await?;
+        subscribe(&sub, channel).await?;
         Ok(Self {
             target: target.clone(),
             channel: channel.to_owned(),
             conn: ArcSwap::from_pointee(conn),
+            sub: ArcSwap::from_pointee(sub),
             sentinel,
             push,
         })
@@ -242,15 +255,19 @@ impl Link {
         if **sentinel.master.load() == *info.addr() {
             return false;
         }
-        let Ok(Ok(conn)) = tokio::time::timeout(OP_TIMEOUT, node(info.clone(), &self.push)).await else {
+        let connected = async {
+            Ok::<_, RedisError>((node(info.clone(), None).await?, node(info.clone(), Some(&self.push)).await?))
+        };
+        let Ok(Ok((conn, sub))) = tokio::time::timeout(OP_TIMEOUT, connected).await else {
             return false;
         };
-        if subscribe(&conn, &self.channel).await.is_err() {
+        if subscribe(&sub, &self.channel).await.is_err() {
             return false;
         }
         tracing::warn!(master = %info.addr(), "the Redis master moved (Sentinel failover); using the new one");
         sentinel.master.store(Arc::new(info.addr().clone()));
         self.conn.store(Arc::new(conn));
+        self.sub.store(Arc::new(sub));
         true
     }
 }
@@ -306,11 +323,14 @@ async fn scan_node(conn: &mut impl ConnectionLike, kind: &str, keys: &mut Vec<St
     }
 }
 
-/// A connection to one server, speaking RESP3 so that pub/sub shares it.
-async fn node(info: ConnectionInfo, push: &UnboundedSender<PushInfo>) -> Result<Conn, RedisError> {
-    let config = ConnectionManagerConfig::new()
-        .set_push_sender(push.clone())
-        .set_automatic_resubscription()
+/// A connection to one server, speaking RESP3; with `push`, the one for the subscription
+/// (subscribed again after a reconnection), whose messages and disconnections go there.
+async fn node(info: ConnectionInfo, push: Option<&UnboundedSender<PushInfo>>) -> Result<Conn, RedisError> {
+    let mut config = ConnectionManagerConfig::new();
+    if let Some(push) = push {
+        config = config.set_push_sender(push.clone()).set_automatic_resubscription();
+    }
+    let config = config
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(OP_TIMEOUT))
         .set_number_of_retries(1)

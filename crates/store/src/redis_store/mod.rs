@@ -87,6 +87,23 @@ if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], '_rev') ~= ARGV[1] then return 
 return redis.call('DEL', KEYS[1])
 ";
 
+/// Reads a record: `{'ok', field, value, …}`, or `{'none'}`, `{'type', <its type>}` when the
+/// key is not a hash, `{'large', <bytes>}` when it holds more than `ARGV[1]` bytes (measured
+/// without moving them).
+const READ: &str = r"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return {'none'} end
+if t ~= 'hash' then return {'type', t} end
+local size = 0
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  size = size + #f + redis.call('HSTRLEN', KEYS[1], f)
+end
+if size > tonumber(ARGV[1]) then return {'large', tostring(size)} end
+local all = redis.call('HGETALL', KEYS[1])
+table.insert(all, 1, 'ok')
+return all
+";
+
 /// Deletes a blob; answers its time to live before (-2: there was none, -1: it had no
 /// expiry).
 const DELETE_BLOB: &str = r"
@@ -115,6 +132,7 @@ return redis.call('DEL', KEYS[1])
 ";
 
 struct Scripts {
+    read: Script,
     write: Script,
     create: Script,
     delete: Script,
@@ -127,6 +145,7 @@ struct Scripts {
 fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
+        read: Script::new(READ),
         write: Script::new(WRITE),
         create: Script::new(CREATE),
         delete: Script::new(DELETE),
@@ -265,21 +284,51 @@ impl Inner {
             .await
     }
 
-    /// The keys in a kind's index, sorted.
+    /// The keys in a kind's index, sorted; read in batches (`SSCAN`), so a large index is
+    /// never one reply. An entry that is not UTF-8 is not a key Portico wrote: skipped.
     async fn members(&self, kind: Kind) -> Result<Vec<String>, StoreError> {
-        let mut keys: Vec<String> = self.query(cmd("SMEMBERS").arg(kind.index_key())).await?;
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let command = cmd("SSCAN").arg(kind.index_key()).arg(cursor).arg("COUNT").arg(1000).clone();
+            let (next, batch): (u64, Vec<Vec<u8>>) = self.query(&command).await?;
+            keys.extend(batch.into_iter().filter_map(|k| String::from_utf8(k).ok()));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
         keys.sort_unstable();
+        keys.dedup();
         Ok(keys)
     }
 
-    /// A record's fields and revision; `None` if its hash is missing or empty.
+    /// A record's fields and revision; `None` if its hash is missing or empty. A key that
+    /// is not a hash, or a field that is not UTF-8, is [`StoreError::Corrupt`]; a record
+    /// over [`crate::MAX_RECORD_BYTES`] is [`StoreError::TooLarge`].
     async fn read(&self, kind: Kind, key: &str) -> Result<Option<(Fields, Revision)>, StoreError> {
-        let value: Value = self.query(cmd("HGETALL").arg(kind.record_key(key))).await?;
-        let mut fields = BTreeMap::<String, String>::from_redis_value(value).map_err(|e| StoreError::Corrupt {
-            kind,
-            key: key.to_owned(),
-            source: Box::new(e),
-        })?;
+        let limit = crate::MAX_RECORD_BYTES.to_string();
+        let answer: Vec<Vec<u8>> = self.script(&scripts().read, &kind.record_key(key), &[limit.as_bytes()]).await?;
+        let corrupt = |why: String| StoreError::Corrupt { kind, key: key.to_owned(), source: why.into() };
+        let mut items = answer.into_iter();
+        match items.next().as_deref() {
+            Some(b"ok") => {}
+            Some(b"none") => return Ok(None),
+            Some(b"large") => {
+                let size = items.next().and_then(|n| String::from_utf8(n).ok()?.parse().ok()).unwrap_or(usize::MAX);
+                return Err(StoreError::TooLarge { kind, key: key.to_owned(), size });
+            }
+            Some(b"type") => {
+                let found = String::from_utf8_lossy(&items.next().unwrap_or_default()).into_owned();
+                return Err(corrupt(format!("the key is a Redis {found}, not a hash")));
+            }
+            _ => return Err(corrupt("an unexpected answer to reading it".into())),
+        }
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).map_err(|_| corrupt("a field that is not UTF-8".into()));
+        let mut fields = BTreeMap::new();
+        while let (Some(name), Some(value)) = (items.next(), items.next()) {
+            fields.insert(text(name)?, text(value)?);
+        }
         let revision = fields.remove(REVISION_FIELD).and_then(|r| r.parse().ok()).unwrap_or(0);
         // A hash holding only a revision is not a record (no write leaves one, but a seed
         // tool might have removed every other field).
@@ -354,7 +403,9 @@ impl Store for RedisStore {
         let keys = self.inner.members(kind).await?;
         let inner = &self.inner;
         let read: Vec<_> = futures_util::stream::iter(keys)
-            .map(|key| async move { inner.read(kind, &key).await.map(|r| r.map(|(fields, _)| (key, fields))) })
+            .map(|key| async move {
+                crate::readable(inner.read(kind, &key).await).map(|r| r.map(|(fields, _)| (key, fields)))
+            })
             .buffered(READS_IN_FLIGHT)
             .try_collect()
             .await?;
@@ -376,6 +427,7 @@ impl Store for RedisStore {
     }
 
     async fn create(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError> {
+        crate::within_bounds(kind, key, fields)?;
         let inner = &self.inner;
         // Index first: a reader skips the entry until the record is there.
         inner.query::<()>(cmd("SADD").arg(kind.index_key()).arg(key)).await?;
@@ -392,6 +444,7 @@ impl Store for RedisStore {
     }
 
     async fn put(&self, kind: Kind, key: &str, fields: &Fields) -> Result<(), StoreError> {
+        crate::within_bounds(kind, key, fields)?;
         let inner = &self.inner;
         inner.query::<()>(cmd("SADD").arg(kind.index_key()).arg(key)).await?;
         inner.write("put", kind, key, None, 0, fields).await?;
@@ -485,6 +538,7 @@ impl Store for RedisStore {
         fields: &Fields,
         expected: Option<Revision>,
     ) -> Result<Revision, StoreError> {
+        crate::within_bounds(kind, new_key, fields)?;
         let inner = &self.inner;
         if key == new_key {
             let written = inner.write("replace", kind, key, expected, 0, fields).await?;
@@ -528,6 +582,9 @@ impl Store for RedisStore {
     }
 }
 
+/// How far ahead of the lowest version not seen a version is remembered.
+const MAX_AHEAD: u64 = 65_536;
+
 /// Which announced versions a node has seen, to find the ones it missed.
 #[derive(Debug)]
 struct Versions {
@@ -546,7 +603,9 @@ impl Versions {
     }
 
     fn saw(&mut self, version: u64) {
-        if version >= self.next {
+        // Far ahead of the counter is not a version anyone counted: memory stays bounded
+        // whatever is published.
+        if version >= self.next && version - self.next < MAX_AHEAD && self.ahead.len() < MAX_AHEAD as usize {
             self.ahead.insert(version);
             while self.ahead.remove(&self.next) {
                 self.next += 1;
@@ -625,12 +684,18 @@ async fn follow(weak: Weak<Inner>, mut pushed: mpsc::UnboundedReceiver<PushInfo>
 }
 
 /// One message on the channel: its events (unless this process wrote them; it announced
-/// them already), and its version.
+/// them already), and its version. A message that is not understood is dropped, its
+/// version not counted as seen: if it stood for a real write, the next check finds that
+/// version missed and resyncs, once, however many such messages arrive.
 fn on_message(inner: &Inner, data: &[Value], versions: &mut Versions) {
     // data: [channel, payload] (or [pattern, channel, payload]).
     let Some(Value::BulkString(payload)) = data.last() else { return };
     let Ok(message) = serde_json::from_slice::<serde_json::Value>(payload) else {
-        let _ = inner.changes.send(Change::Resync);
+        tracing::debug!("an unreadable message on the change channel; ignored");
+        return;
+    };
+    let Some(changes) = crate::decode_changes(&message["changes"]) else {
+        tracing::debug!("a change message that is not understood; ignored");
         return;
     };
     if let Some(version) = message["v"].as_u64() {
@@ -639,15 +704,8 @@ fn on_message(inner: &Inner, data: &[Value], versions: &mut Versions) {
     if message["from"].as_str() == Some(inner.id.as_str()) {
         return;
     }
-    match crate::decode_changes(&message["changes"]) {
-        Some(changes) => {
-            for change in changes {
-                let _ = inner.changes.send(change);
-            }
-        }
-        None => {
-            let _ = inner.changes.send(Change::Resync);
-        }
+    for change in changes {
+        let _ = inner.changes.send(change);
     }
 }
 
@@ -673,5 +731,14 @@ mod tests {
         // The counter went backwards (someone flushed the database).
         assert!(v.check(2));
         assert_eq!(v.next, 3);
+        // Made-up versions far ahead are not remembered.
+        for made_up in (0..100_000u64).map(|i| 1_000_000 + i) {
+            v.saw(made_up);
+        }
+        assert!(v.ahead.is_empty());
+        for near in 4..100_000u64 {
+            v.saw(near);
+        }
+        assert!(v.ahead.len() <= super::MAX_AHEAD as usize);
     }
 }
