@@ -7,7 +7,14 @@
 //!   let through as a trial: it succeeds and the target is back, it fails and the back-off
 //!   grows;
 //! - active: a host's `healthCheck` (see [`crate::checks`]) marks a target down after
-//!   `unhealthy` failed checks in a row and up again after `healthy` passed ones.
+//!   `unhealthy` failed checks in a row and up again after `healthy` passed ones. That
+//!   verdict is kept per target *and check*, and only hosts with that check follow it: a
+//!   host whose check always fails (anyone's, on a shared target) cannot take the target
+//!   away from another host.
+//!
+//! What the API shows of a failure is coarse ("unreachable", "no answer in time",
+//! "answered 503"): the operating system's error stays in the log, so a host's checks
+//! cannot be used to scan ports.
 //!
 //! A host with one target and no health check never touches any of it: its requests go to
 //! that target as before.
@@ -19,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portico_model::{Balance, Host, Target};
+use portico_model::{Balance, HealthCheck, Host, Target};
 use serde_json::{Value, json};
 
 /// The first back-off after a failure; it doubles with each failure in a row.
@@ -38,26 +45,42 @@ pub struct TargetHealth {
     ejected_until: AtomicU64,
     /// A trial request is out after the back-off.
     trial: AtomicBool,
-    /// Active checks say it is down.
-    checked_down: AtomicBool,
     /// The last failure, for the API.
+    last_error: Mutex<Option<String>>,
+}
+
+/// What one health check says of one target.
+#[derive(Debug, Default)]
+struct Verdict {
+    /// The check says it is down.
+    down: AtomicBool,
+    /// The check's last failure, for the API.
     last_error: Mutex<Option<String>>,
 }
 
 /// A target: its address, and whether it speaks TLS.
 type TargetKey = (Arc<str>, bool);
 
+/// A target and the check that judges it.
+type CheckKey = (TargetKey, HealthCheck);
+
 /// Every target's health, and each multi-target host's balancer.
 #[derive(Debug)]
 pub struct Health {
     started: Instant,
     targets: Mutex<HashMap<TargetKey, Arc<TargetHealth>>>,
+    verdicts: Mutex<HashMap<CheckKey, Arc<Verdict>>>,
     balancers: Mutex<HashMap<Arc<str>, Arc<Balancer>>>,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Self { started: Instant::now(), targets: Mutex::default(), balancers: Mutex::default() }
+        Self {
+            started: Instant::now(),
+            targets: Mutex::default(),
+            verdicts: Mutex::default(),
+            balancers: Mutex::default(),
+        }
     }
 }
 
@@ -68,7 +91,10 @@ pub struct Balancer {
     targets: Vec<portico_model::Upstream>,
     balance: Balance,
     tls: bool,
+    check: Option<HealthCheck>,
     health: Vec<Arc<TargetHealth>>,
+    /// The host's check's verdict on each target (none without a check).
+    verdicts: Vec<Option<Arc<Verdict>>>,
     /// Target indices, each repeated by its weight, interleaved.
     schedule: Vec<usize>,
     next: AtomicUsize,
@@ -117,21 +143,35 @@ impl Health {
         lock(&self.targets).get(&(target.shared_authority(), tls)).cloned()
     }
 
+    /// A check's verdict on a target (made on first use).
+    fn verdict(&self, target: &Target, tls: bool, check: &HealthCheck) -> Arc<Verdict> {
+        let key = ((target.shared_authority(), tls), check.clone());
+        lock(&self.verdicts).entry(key).or_default().clone()
+    }
+
     fn balancer(&self, pattern: &Arc<str>, host: &Host) -> Arc<Balancer> {
         let mut balancers = lock(&self.balancers);
         if let Some(b) = balancers.get(pattern)
             && b.targets == host.targets
             && b.balance == host.balance
             && b.tls == host.targetssl
+            && b.check == host.health_check
         {
             return b.clone();
         }
         let health = host.targets.iter().map(|u| self.target(&u.target, host.targetssl)).collect();
+        let verdicts = host
+            .targets
+            .iter()
+            .map(|u| host.health_check.as_ref().map(|c| self.verdict(&u.target, host.targetssl, c)))
+            .collect();
         let b = Arc::new(Balancer {
             targets: host.targets.clone(),
             balance: host.balance,
             tls: host.targetssl,
+            check: host.health_check.clone(),
             health,
+            verdicts,
             schedule: schedule(&host.targets),
             next: AtomicUsize::new(0),
         });
@@ -157,14 +197,14 @@ impl Health {
         if n == 1 {
             // One target (with checks): as nginx does with a lone server, failed connections
             // never take it out (there is nothing else to send to); only its checks do.
-            let down = tried.is_some() || balancer.health[0].checked_down.load(Ordering::Acquire);
+            let down = tried.is_some() || balancer.checked_down(0);
             return if down {
                 Err(AllDown)
             } else {
                 Ok(Choice { index: 0, health: Some(balancer.health[0].clone()), balancer: Some(balancer) })
             };
         }
-        let usable = |i: usize| Some(i) != tried && balancer.health[i].available(now);
+        let usable = |i: usize| Some(i) != tried && balancer.usable(i, now);
         let index = match balancer.balance {
             Balance::First => (0..n).find(|&i| usable(i)),
             // The weighted schedule, from the next turn or from the client's own place.
@@ -209,7 +249,7 @@ impl Health {
     ) -> Result<Choice, AllDown> {
         let index = (0..balancer.targets.len())
             .filter(|&i| i != skip && Some(i) != tried)
-            .find(|&i| balancer.health[i].available(now) && balancer.health[i].claim(now))
+            .find(|&i| balancer.usable(i, now) && balancer.health[i].claim(now))
             .ok_or(AllDown)?;
         Ok(Choice { index, health: Some(balancer.health[index].clone()), balancer: Some(balancer.clone()) })
     }
@@ -249,23 +289,31 @@ impl Health {
     /// now have one target and no checks, and the health of targets no remaining host lists.
     pub fn prune(&self, table: &portico_model::HostTable<Arc<Host>>) {
         let mut used: std::collections::HashSet<TargetKey> = std::collections::HashSet::new();
+        let mut checked: std::collections::HashSet<CheckKey> = std::collections::HashSet::new();
         let mut patterns: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for (pattern, host) in table.iter() {
             if host.health_followed() {
                 patterns.insert(pattern.as_str());
-                used.extend(host.targets.iter().map(|u| (u.target.shared_authority(), host.targetssl)));
+                for u in &host.targets {
+                    let key = (u.target.shared_authority(), host.targetssl);
+                    if let Some(check) = &host.health_check {
+                        checked.insert((key.clone(), check.clone()));
+                    }
+                    used.insert(key);
+                }
             }
         }
         lock(&self.balancers).retain(|pattern, _| patterns.contains(pattern.as_ref()));
         lock(&self.targets).retain(|key, _| used.contains(key));
+        lock(&self.verdicts).retain(|key, _| checked.contains(key));
     }
 
-    /// Records an active check's verdict.
-    pub fn checked(&self, target: &Target, tls: bool, down: bool, error: Option<String>) {
-        let health = self.target(target, tls);
-        health.checked_down.store(down, Ordering::Release);
+    /// Records `check`'s verdict on a target; only hosts with that check follow it.
+    pub fn checked(&self, target: &Target, tls: bool, check: &HealthCheck, down: bool, error: Option<String>) {
+        let verdict = self.verdict(target, tls, check);
+        verdict.down.store(down, Ordering::Release);
         if let Some(error) = error {
-            *lock(&health.last_error) = Some(error);
+            *lock(&verdict.last_error) = Some(error);
         }
     }
 
@@ -277,19 +325,22 @@ impl Health {
             .iter()
             .map(|u| {
                 let mut entry = u.to_json();
-                let (state, failures, error) = match self.known(&u.target, host.targetssl) {
-                    None => ("unknown", 0, None),
-                    Some(h) => {
-                        let state = if h.checked_down.load(Ordering::Acquire) {
-                            "down"
-                        } else if h.ejected_until.load(Ordering::Acquire) > now {
-                            "ejected"
-                        } else {
-                            "healthy"
-                        };
-                        (state, h.failures.load(Ordering::Acquire), lock(&h.last_error).clone())
-                    }
+                let verdict = host.health_check.as_ref().and_then(|c| {
+                    lock(&self.verdicts).get(&((u.target.shared_authority(), host.targetssl), c.clone())).cloned()
+                });
+                let known = self.known(&u.target, host.targetssl);
+                let down = verdict.as_ref().is_some_and(|v| v.down.load(Ordering::Acquire));
+                let state = match &known {
+                    _ if down => "down",
+                    None if verdict.is_none() => "unknown",
+                    Some(h) if h.ejected_until.load(Ordering::Acquire) > now => "ejected",
+                    _ => "healthy",
                 };
+                let failures = known.as_ref().map_or(0, |h| h.failures.load(Ordering::Acquire));
+                let error = verdict
+                    .as_ref()
+                    .and_then(|v| lock(&v.last_error).clone())
+                    .or_else(|| known.as_ref().and_then(|h| lock(&h.last_error).clone()));
                 if let Value::Object(map) = &mut entry {
                     map.insert("health".into(), json!(state));
                     map.insert("failures".into(), json!(failures));
@@ -301,12 +352,21 @@ impl Health {
     }
 }
 
+impl Balancer {
+    /// Whether the host's own check says target `i` is down.
+    fn checked_down(&self, i: usize) -> bool {
+        self.verdicts[i].as_ref().is_some_and(|v| v.down.load(Ordering::Acquire))
+    }
+
+    /// Neither down by the host's check nor inside an ejection's back-off.
+    fn usable(&self, i: usize, now: u64) -> bool {
+        !self.checked_down(i) && self.health[i].available(now)
+    }
+}
+
 impl TargetHealth {
-    /// Neither marked down by checks nor inside an ejection's back-off.
+    /// Not inside an ejection's back-off (or past it, with no trial out).
     fn available(&self, now: u64) -> bool {
-        if self.checked_down.load(Ordering::Acquire) {
-            return false;
-        }
         let until = self.ejected_until.load(Ordering::Acquire);
         until == 0 || (now >= until && !self.trial.load(Ordering::Acquire))
     }
@@ -353,6 +413,33 @@ fn schedule(targets: &[portico_model::Upstream]) -> Vec<usize> {
 mod tests {
     use super::*;
     use portico_model::{HostPattern, Upstream};
+
+    fn check(path: &str) -> HealthCheck {
+        HealthCheck::parse(&serde_json::json!({"path": path})).unwrap()
+    }
+
+    #[test]
+    fn another_hosts_failing_check_does_not_take_a_shared_target_away() {
+        let health = Health::default();
+        let mut admins = host(&[1], Balance::RoundRobin);
+        admins.health_check = Some(check("/healthz"));
+        let mut users = host(&[1], Balance::RoundRobin);
+        users.host = HostPattern::parse("b.test").unwrap();
+        users.health_check = Some(check("/always-fails"));
+        let (a, b): (Arc<str>, Arc<str>) = ("a.test".into(), "b.test".into());
+        let client = IpAddr::from([10, 0, 0, 1]);
+        let target = &admins.targets[0].target;
+        health.checked(target, false, &check("/healthz"), false, None);
+        health.checked(target, false, &check("/always-fails"), true, Some("answered 599".into()));
+        assert!(health.choose(&a, &admins, client, None).is_ok(), "its own check passes");
+        assert_eq!(health.report(&admins)[0]["health"], "healthy");
+        assert!(health.choose(&b, &users, client, None).is_err(), "the failing check's host follows it");
+        assert_eq!(health.report(&users)[0]["health"], "down");
+        // A host without checks is not taken out by anyone's.
+        let mut plain = host(&[1, 1], Balance::First);
+        plain.targets[0].target = target.clone();
+        assert_eq!(health.choose(&"c.test".into(), &plain, client, None).unwrap().index, 0);
+    }
 
     fn host(weights: &[u16], balance: Balance) -> Host {
         let mut host = Host::new(
@@ -403,7 +490,8 @@ mod tests {
     #[test]
     fn ip_hash_is_sticky_and_every_target_down_is_an_error() {
         let health = Health::default();
-        let h = host(&[1, 1, 1, 1], Balance::IpHash);
+        let mut h = host(&[1, 1, 1, 1], Balance::IpHash);
+        h.health_check = Some(check("/"));
         let pattern: Arc<str> = "a.test".into();
         let client = IpAddr::from([192, 0, 2, 7]);
         let first = health.choose(&pattern, &h, client, None).unwrap().index;
@@ -411,7 +499,7 @@ mod tests {
             assert_eq!(health.choose(&pattern, &h, client, None).unwrap().index, first);
         }
         for u in &h.targets {
-            health.checked(&u.target, false, true, Some("503".into()));
+            health.checked(&u.target, false, &check("/"), true, Some("503".into()));
         }
         assert!(health.choose(&pattern, &h, client, None).is_err());
     }
@@ -456,7 +544,7 @@ mod tests {
     fn a_lone_target_is_only_taken_out_by_its_checks() {
         let health = Health::default();
         let mut h = host(&[1], Balance::RoundRobin);
-        h.health_check = Some(portico_model::HealthCheck::parse(&serde_json::json!({"path": "/"})).unwrap());
+        h.health_check = Some(check("/"));
         let pattern: Arc<str> = "a.test".into();
         let client = IpAddr::from([10, 0, 0, 1]);
         let choice = health.choose(&pattern, &h, client, None).unwrap();
@@ -467,7 +555,7 @@ mod tests {
         );
         assert_eq!(health.report(&h)[0]["health"], "healthy");
         assert_eq!(health.report(&h)[0]["last_error"], "refused");
-        health.checked(&h.targets[0].target, false, true, Some("503".into()));
+        health.checked(&h.targets[0].target, false, &check("/"), true, Some("503".into()));
         assert!(health.choose(&pattern, &h, client, None).is_err(), "its checks do");
     }
 

@@ -60,7 +60,7 @@ pub async fn run(routes: Arc<Routes>, config: ProxyConfig, shutdown: Cancellatio
                         () = stop.cancelled() => {}
                     }
                     // Checks removed: what they said no longer holds.
-                    health.checked(&target, tls, false, None);
+                    health.checked(&target, tls, &check, false, None);
                 });
             }
             // What the table no longer names is forgotten (health, balancers, rate limits).
@@ -94,7 +94,7 @@ async fn probe(pool: &Arc<Pool>, health: &crate::balance::Health, target: &Targe
                 if down && passed >= check.healthy {
                     down = false;
                     tracing::info!(target = %target, "target passes its health checks again");
-                    health.checked(target, tls, false, None);
+                    health.checked(target, tls, check, false, None);
                 }
             }
             Err(error) => {
@@ -104,7 +104,7 @@ async fn probe(pool: &Arc<Pool>, health: &crate::balance::Health, target: &Targe
                     down = true;
                     tracing::warn!(target = %target, %error, "target fails its health checks: no traffic until it passes");
                 }
-                health.checked(target, tls, down, Some(format!("health check: {error}")));
+                health.checked(target, tls, check, down, Some(format!("health check: {error}")));
             }
         }
     }
@@ -112,14 +112,22 @@ async fn probe(pool: &Arc<Pool>, health: &crate::balance::Health, target: &Targe
 
 /// One check: the status the target answers `GET path` with, on a new connection.
 async fn once(pool: &Arc<Pool>, target: &Target, tls: bool, check: &HealthCheck) -> Result<(), String> {
-    let mut sender = pool.one_off(target, tls).await.map_err(|e| crate::response::chain(&e))?;
+    // The operating system's error goes to the debug log only; the API (which a host's
+    // owner reads) says "unreachable", so checks cannot probe which ports are open.
+    let mut sender = pool.one_off(target, tls).await.map_err(|e| {
+        tracing::debug!(target = %target, error = %crate::response::chain(&e), "health check: cannot connect");
+        "unreachable".to_owned()
+    })?;
     let request = Request::get(check.path.as_str())
         .header(header::HOST, target.authority())
         .header(header::USER_AGENT, "portico-health-check")
         .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let response = sender.send_request(request).await.map_err(|e| {
+        tracing::debug!(target = %target, error = %e, "health check: no answer");
+        "no answer".to_owned()
+    })?;
     let status = response.status().as_u16();
     if status == check.expect { Ok(()) } else { Err(format!("answered {status}, expected {}", check.expect)) }
 }

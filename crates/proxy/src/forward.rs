@@ -210,7 +210,9 @@ impl Upstream {
             let mut lease = match opened {
                 Ok(lease) => lease,
                 Err(e) => {
-                    self.health.failed(choice, &chain(&e));
+                    // Coarse for the API (a host's owner reads it); the error itself to the log.
+                    tracing::debug!(target = %choice.target(host), error = %chain(&e), "cannot connect to a target");
+                    self.health.failed(choice, "unreachable");
                     let other = (!moved && choice.has_alternative())
                         .then(|| self.health.choose(routed.pattern, host, client, Some(choice.index)).ok())
                         .flatten();
@@ -231,7 +233,7 @@ impl Upstream {
                     }
                     _ => {
                         let error = classify(e.into_error());
-                        self.health.failed(choice, &chain(&error));
+                        self.health.failed(choice, "the connection failed");
                         return Err(error);
                     }
                 },

@@ -527,6 +527,13 @@ async fn secrets_never_leave() {
         host.insert("basicauth_password".into(), "planted-basic-auth-9".into());
         host.insert("sso_client_secret".into(), "planted-sso-secret-9".into());
         store.replace(portico_store::Kind::Host, "s.test", "s.test", &host).await.unwrap();
+        // A DNS provider with credentials under names written straight into the store
+        // (another tool's spelling): hidden by the same rule as a host's.
+        let mut provider = store.record(portico_store::Kind::DnsProvider, &dns_id).await.unwrap().unwrap();
+        provider.insert("api_token".into(), "planted-dns-token-9".into());
+        provider.insert("password".into(), "planted-dns-password-9".into());
+        provider.insert("secretapikey".into(), "planted-dns-secretapikey-9".into());
+        store.replace(portico_store::Kind::DnsProvider, &dns_id, &dns_id, &provider).await.unwrap();
         store.record(portico_store::Kind::User, "frank").await.unwrap().unwrap()["password"].clone()
     };
     api.call("POST", "/api/dns/domain", r, Some(json!({"domain": "s.test", "dnsProvider_id": dns_id}))).await;
@@ -542,6 +549,9 @@ async fn secrets_never_leave() {
         private_key.as_str(),
         "planted-basic-auth-9",
         "planted-sso-secret-9",
+        "planted-dns-token-9",
+        "planted-dns-password-9",
+        "planted-dns-secretapikey-9",
     ];
     let planted_dns = json!({"name": "x", "dnsProvider": "PorkBun", "apiKey": dns_key, "secretApiKey": dns_secret});
     // Bodies for the writes: they leave the planted data in place, and those that must fail

@@ -424,3 +424,54 @@ async fn websockets_and_http2_work_through_every_policy() {
     }
     assert!(a.hits() > 0 && b.hits() > 0, "both HTTP targets were used");
 }
+
+/// The state of a host's first target as the API shows it.
+async fn first_target(api: &ApiClient, token: &str, name: &str) -> Value {
+    api.call("GET", &format!("/api/host/{name}"), Some(token), None).await.json["results"]["targets"][0].clone()
+}
+
+/// Two hosts on one target: one whose check always fails (`expect: 599`) does not take the
+/// target from the other, whose check passes. A check of a closed port says "unreachable",
+/// not the operating system's error.
+#[tokio::test]
+async fn another_hosts_failing_check_cannot_take_a_shared_target_away() {
+    let p = portico(&[]);
+    let (api, token) = admin(&p).await;
+    let a = Backend::start("a").await;
+    let passing = json!({"healthCheck": {"path": "/healthz", "interval": "1s", "unhealthy": 1, "healthy": 1}});
+    add(&api, &token, "admins.test", &[(&a, 1)], passing).await;
+    let failing = json!({"healthCheck": {"path": "/healthz", "interval": "1s", "expect": 599, "unhealthy": 1}});
+    add(&api, &token, "users.test", &[(&a, 1)], failing).await;
+    routed(&p, "admins.test").await;
+    let start = Instant::now();
+    while first_target(&api, &token, "users.test").await["health"] != "down" {
+        assert!(start.elapsed() < Duration::from_secs(6), "the failing check never marked its host's target down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past another interval of both checks: the passing host keeps its target.
+    let down_at = Instant::now();
+    while down_at.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(Proxy::h1(p.http).get("admins.test", "/").await.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(first_target(&api, &token, "admins.test").await["health"], "healthy");
+    assert_eq!(Proxy::h1(p.http).get("users.test", "/").await.status, StatusCode::BAD_GATEWAY);
+
+    // A closed port: "unreachable", nothing more.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let body = json!({"host": "scan.test", "targets": [{"ip": "127.0.0.1", "port": port}], "forcessl": false,
+        "healthCheck": {"path": "/", "interval": "1s", "unhealthy": 1}});
+    assert_eq!(api.call("POST", "/api/host", Some(&token), Some(body)).await.status, StatusCode::OK);
+    let start = Instant::now();
+    let view = loop {
+        let view = first_target(&api, &token, "scan.test").await;
+        if view["health"] == "down" {
+            break view;
+        }
+        assert!(start.elapsed() < Duration::from_secs(6), "{view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(view["last_error"], "health check: unreachable", "{view}");
+}
