@@ -155,9 +155,11 @@ pub async fn delete_tokens(store: &dyn Store, doomed: impl Fn(&str, &Fields) -> 
     Ok(deleted)
 }
 
-/// Deletes every expired token record, so logins do not pile them up.
+/// Deletes every token record expired by the store's clock (one clock for every node,
+/// Redis's), so logins do not pile them up and no node with a wrong clock deletes tokens
+/// that are still good.
 pub async fn sweep_expired(store: &dyn Store) -> Result<usize, ApiError> {
-    let now = portico_store::now_ms();
+    let now = store.clock_ms().await?;
     delete_tokens(store, |_, fields| expires_on(fields) <= now).await
 }
 

@@ -105,4 +105,7 @@ impl Store for MeteredStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed("ping", self.inner.ping()).await
     }
+    async fn clock_ms(&self) -> Result<u64, StoreError> {
+        self.timed("info", self.inner.clock_ms()).await
+    }
 }

@@ -283,6 +283,9 @@ impl Store for IdentifiedStore {
         self.inner.ping().await?;
         self.intact()
     }
+    async fn clock_ms(&self) -> Result<u64, StoreError> {
+        self.inner.clock_ms().await
+    }
 }
 
 #[cfg(test)]

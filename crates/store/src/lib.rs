@@ -189,6 +189,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn changes(&self) -> broadcast::Receiver<Change>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The time by the store's clock (Redis's `TIME`: one clock for every node), in
+    /// milliseconds since the epoch; this machine's for the embedded store. What several
+    /// nodes judge together (tokens' expiry) is judged by it, so one node's wrong clock
+    /// cannot expire everyone's tokens.
+    async fn clock_ms(&self) -> Result<u64, StoreError> {
+        Ok(now_ms())
+    }
 }
 
 /// Opens the store a URL names: `redb://<path>` (embedded), creating it if it does not

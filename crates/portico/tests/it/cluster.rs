@@ -646,3 +646,42 @@ async fn raw_count(metrics: &str, name: &str) -> f64 {
     let text = reqwest_free_get(metrics).await;
     text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
 }
+
+/// `env` options that run a program with its clock `offset` off (Debian's libfaketime,
+/// found through dpkg; the monotonic clock is left alone so timers behave).
+fn skewed_clock(offset: &str) -> Vec<String> {
+    let files = std::process::Command::new("dpkg").args(["-L", "libfaketime"]).output().expect("dpkg");
+    let listing = String::from_utf8_lossy(&files.stdout).into_owned();
+    let library = listing.lines().find(|l| l.ends_with("/libfaketimeMT.so.1")).expect("libfaketime is installed");
+    ["env", &format!("LD_PRELOAD={library}"), &format!("FAKETIME={offset}"), "FAKETIME_DONT_FAKE_MONOTONIC=1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// A node whose clock runs two days ahead warns at start, and its logins do not sweep away
+/// tokens the store's clock says are still good: everyone else stays signed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_wrong_clock_signs_nobody_out() {
+    let redis = RedisServer::start();
+    let store = on(&redis.url());
+    let a = Portico::start_role(BIN, "serve", &[&store]);
+    let api = ApiClient::new(a.api);
+    let mut tokens = Vec::new();
+    for _ in 0..5 {
+        tokens.push(api.login("admin", ADMIN_PASSWORD).await);
+    }
+    let ahead = Portico::start_wrapped(BIN, "api", &skewed_clock("+2d"), &[&store]);
+    let warned = ahead.logs().iter().any(|l| {
+        l["level"] == "WARN" && l["fields"]["message"].as_str().is_some_and(|m| m.contains("ahead of the Redis server"))
+    });
+    assert!(warned, "the skewed node says so at start");
+    // Its own login works (by its clock the new token is fresh) and sweeps.
+    ApiClient::new(ahead.api).login("admin", ADMIN_PASSWORD).await;
+    for token in &tokens {
+        let me = api.call("GET", "/api/user/me", Some(token), None).await;
+        assert_eq!(me.status, StatusCode::OK, "a token swept by the node with the wrong clock");
+    }
+    let count = redis.run(&["SCARD", "proxy_AuthToken"]);
+    assert_eq!(count, ":6\r\n", "every token is still stored");
+}

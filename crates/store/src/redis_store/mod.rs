@@ -44,6 +44,8 @@ use link::{Link, Target, backend};
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often every node re-reads everything regardless.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(600);
+/// How far this machine's clock may be from the Redis server's before a warning.
+const MAX_SKEW_MS: u128 = 30_000;
 /// How many record reads are in flight at once when listing a kind.
 const READS_IN_FLIGHT: usize = 256;
 
@@ -210,6 +212,19 @@ impl RedisStore {
                  keeps serving from memory and refuses the empty store, but turn on appendonly"
             );
         }
+        let store = Self { inner };
+        if let Ok(server) = store.clock_ms().await {
+            let skew = i128::from(crate::now_ms()) - i128::from(server);
+            if skew.unsigned_abs() > MAX_SKEW_MS {
+                let (seconds, side) = (skew.unsigned_abs() / 1000, if skew > 0 { "ahead of" } else { "behind" });
+                tracing::warn!(
+                    store = %store.inner.url,
+                    "this machine's clock is {seconds} s {side} the Redis server's: token expiry follows the \
+                     server's clock, but fix this one (NTP) for certificates and logs"
+                );
+            }
+        }
+        let inner = store.inner;
         if matches!(target, Target::Cluster(_)) {
             tracing::debug!(
                 "Redis Cluster: index sets and records live in different slots; writes are ordered, not transactional"
@@ -579,6 +594,11 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.query::<()>(&cmd("PING")).await
+    }
+
+    async fn clock_ms(&self) -> Result<u64, StoreError> {
+        let (seconds, micros): (u64, u64) = self.inner.query(&cmd("TIME")).await?;
+        Ok(seconds * 1000 + micros / 1000)
     }
 }
 
