@@ -314,11 +314,12 @@ impl Guard {
 static AUTH_FAILURES_SAID: portico_model::limiter::Rarely =
     portico_model::limiter::Rarely::new(Duration::from_secs(60));
 
-/// One forward-auth request, on a new connection.
+/// One forward-auth request, on a kept-alive connection to the service.
 async fn ask(auth: &ForwardAuth, asking: &Asking<'_>) -> Result<Verdict, BoxError> {
-    let mut sender = asking.pool.one_off(&auth.target, auth.tls).await?;
     let parts = asking.parts;
-    let mut request = Request::builder().method(parts.method.clone()).uri(auth.path.as_str());
+    let scheme = if auth.tls { "https" } else { "http" };
+    let uri = format!("{scheme}://{}{}", auth.target.authority(), auth.path);
+    let mut request = Request::builder().method(parts.method.clone()).uri(uri);
     let headers = request.headers_mut().ok_or("a request without headers")?;
     // The request's own headers, but for the connection's and the body's (there is none).
     headers.extend(parts.headers.iter().map(|(name, value)| (name.clone(), value.clone())));
@@ -334,7 +335,7 @@ async fn ask(auth: &ForwardAuth, asking: &Asking<'_>) -> Result<Verdict, BoxErro
     headers.insert("x-forwarded-proto", HeaderValue::from_static(asking.scheme.as_str()));
     headers.insert("x-forwarded-for", HeaderValue::from_str(&asking.client.to_string())?);
     let request = request.body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
+    let response = asking.pool.ask(request).await?;
     // A 1xx (a 101 switching the client's connection to another protocol) is never relayed.
     if response.status().is_informational() {
         return Err(format!("the service answered {}", response.status()).into());

@@ -46,9 +46,18 @@ struct Idle {
     since: Instant,
 }
 
+/// Portico's own requests that are answered in full (forward-auth questions), with
+/// connections kept alive by hyper-util's pooling client.
+type AskClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<Bytes>,
+>;
+
 /// The pool of connections to targets.
 pub struct Pool {
     parked: Mutex<Parked>,
+    /// Keep-alive connections for forward-auth questions.
+    asking: AskClient,
     tls: TlsConnector,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -74,8 +83,25 @@ impl Pool {
     /// A pool whose connections take at most `connect_timeout` to open (TCP, and TLS when the
     /// target wants it, with `tls`) and are closed after `idle_timeout` unused.
     pub fn new(tls: rustls::ClientConfig, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        // hyper-rustls sets ALPN itself (HTTP/1.1 here).
+        let mut asking_tls = tls.clone();
+        asking_tls.alpn_protocols.clear();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(asking_tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let asking = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(idle_timeout)
+            .pool_max_idle_per_host(MAX_IDLE_PER_TARGET)
+            .build(https);
         let pool = Arc::new(Self {
             parked: Mutex::new(Default::default()),
+            asking,
             tls: TlsConnector::from(Arc::new(tls)),
             connect_timeout,
             idle_timeout,
@@ -135,8 +161,18 @@ impl Pool {
         })
     }
 
-    /// A connection of its own for one request Portico itself makes (a health check, a
-    /// forward-auth question): not pooled, closed when the sender is dropped.
+    /// Sends one of Portico's own requests (a forward-auth question; its URI absolute) on a
+    /// kept-alive connection to that service, so a busy host does not open (and leave in
+    /// TIME_WAIT) one connection per request.
+    pub async fn ask(
+        &self,
+        request: http::Request<http_body_util::Empty<Bytes>>,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        self.asking.request(request).await.map_err(unreachable)
+    }
+
+    /// A connection of its own for one request Portico itself makes (a health check): not
+    /// pooled, closed when the sender is dropped.
     pub async fn one_off(
         &self,
         target: &Target,

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -332,14 +333,19 @@ async fn the_proxy_protocol_names_the_client() {
 }
 
 /// A small authentication service, as Authelia's: `Cookie: session=good` passes with
-/// `Remote-User`; anything else is sent to the login page with where it wanted to go.
-async fn auth_service() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<http::request::Parts>) {
+/// `Remote-User`; anything else is sent to the login page with where it wanted to go. Also
+/// counts the connections it accepted.
+async fn auth_service()
+-> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<http::request::Parts>, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let tx = tx.clone();
             let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                 let (parts, _) = request.into_parts();
@@ -361,13 +367,13 @@ async fn auth_service() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<htt
             );
         }
     });
-    (addr, rx)
+    (addr, rx, connections)
 }
 
 #[tokio::test]
 async fn forward_auth_lets_through_what_the_service_allows() {
     let backend = Backend::start("app").await;
-    let (auth, mut asked) = auth_service().await;
+    let (auth, mut asked, connections) = auth_service().await;
     let p = portico(&[]);
     let (api, token) = admin(&p).await;
     let policy = json!({"forwardAuth": {"url": format!("http://{auth}/api/verify?x=1"), "copyHeaders": ["Remote-User", "Remote-Groups"]}});
@@ -400,6 +406,14 @@ async fn forward_auth_lets_through_what_the_service_allows() {
     let (_, _, body) = get(&p, "fa.test", "/", &[("cookie", "session=good"), ("remote-user", "mallory")]).await;
     let echo: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echo["headers"]["remote-user"], json!(["ann"]));
+    // The service's connection is kept alive between questions: 20 more requests, no more
+    // connections (one per request filled the ephemeral ports with TIME_WAIT).
+    let before = connections.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(get(&p, "fa.test", "/", &[("cookie", "session=good")]).await.0, StatusCode::OK);
+    }
+    let opened = connections.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(opened <= 1, "{opened} new connections to the auth service for 20 sequential requests");
 
     // The service down: 502, nothing reaches the backend.
     let down = portico(&[]);
