@@ -87,7 +87,10 @@ pub fn router(api: Api) -> Router {
     // Routing happens inside a `Router`, so the path is trimmed by a service in front of it.
     let routes = tower::ServiceExt::map_request(routes, without_trailing_slash);
     // The client script is the one `/socket.io/` path that is not socket.io's own.
-    ui::socket_io_client().fallback_service(tower::Layer::layer(&live::socket_io(api), routes))
+    let live = tower::Layer::layer(&live::socket_io(api.clone()), routes);
+    ui::socket_io_client()
+        .fallback_service(live)
+        .layer(axum::middleware::from_fn_with_state(api, live::limit_socket_io))
 }
 
 /// The request with its path's trailing slashes removed (but for `/` itself).

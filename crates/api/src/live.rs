@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use portico_model::Host;
 use portico_store::{Change, Fields, Kind, Store, StoreError};
@@ -243,9 +244,92 @@ pub async fn events(
 /// receives every model event as `P2PSub`. What clients emit is not relayed (in the seed any
 /// client could forge model events for every other one).
 pub fn socket_io(api: Api) -> socketioxide::layer::SocketIoLayer {
-    let (layer, io) = socketioxide::SocketIo::builder().with_state(api).build_layer();
+    let (layer, io) = socketioxide::SocketIo::builder()
+        // A session that has not connected to the namespace (with its token) by then is
+        // closed, and its memory freed.
+        .connect_timeout(SOCKET_IO_CONNECT_TIMEOUT)
+        .with_state(api)
+        .build_layer();
     io.ns("/", on_connect.with(authenticate));
     layer
+}
+
+/// How long a socket.io session may go without connecting with a token.
+const SOCKET_IO_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// New socket.io sessions (handshakes) per client address (IPv6: /64) a minute.
+const SOCKET_IO_HANDSHAKES_PER_MINUTE: usize = 30;
+/// socket.io requests (long-polls, WebSockets) open at once per client address.
+const SOCKET_IO_OPEN_PER_ADDRESS: usize = 16;
+
+/// What clients can make the socket.io service hold before they show a token: handshakes
+/// per address a minute, and requests open at once per address. Past either: `429`.
+#[derive(Debug)]
+pub struct SocketIoLimits {
+    /// Handshakes, counted as the limiter's events (one scope for all, never the limit).
+    handshakes: portico_model::limiter::FailureLimiter,
+    open: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+impl Default for SocketIoLimits {
+    fn default() -> Self {
+        let handshakes = portico_model::limiter::FailureLimiter::new(
+            Duration::from_secs(60),
+            usize::MAX,
+            SOCKET_IO_HANDSHAKES_PER_MINUTE,
+        );
+        Self { handshakes, open: std::sync::Mutex::default() }
+    }
+}
+
+/// One open socket.io request of an address; counted down when dropped.
+struct OpenRequest<'a>(&'a SocketIoLimits, std::net::IpAddr);
+
+impl Drop for OpenRequest<'_> {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Middleware in front of `/socket.io/`: the per-address bounds of [`SocketIoLimits`].
+pub async fn limit_socket_io(
+    axum::extract::State(api): axum::extract::State<Api>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+    // (Served without a peer address only in tests of the router alone.)
+    let (true, Some(peer)) = (request.uri().path().starts_with("/socket.io/"), peer) else {
+        return next.run(request).await;
+    };
+    let client = match crate::auth::client_address(peer, request.headers(), &api.settings.trusted_proxies) {
+        Ok(client) => portico_model::limiter::address_key(client),
+        Err(e) => return e.into_response(),
+    };
+    let limits = &api.socket_io;
+    let handshake = !request.uri().query().is_some_and(|q| q.split('&').any(|p| p.starts_with("sid=")));
+    if handshake {
+        if let Err(wait) = limits.handshakes.check(client, "socket.io") {
+            return ApiError::TooManyRequests(wait).into_response();
+        }
+        limits.handshakes.failed(client, "socket.io");
+    }
+    let _open = {
+        let mut open = limits.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(client).or_default();
+        if *n >= SOCKET_IO_OPEN_PER_ADDRESS {
+            drop(open);
+            return ApiError::TooManyRequests(1).into_response();
+        }
+        *n += 1;
+        OpenRequest(limits, client)
+    };
+    next.run(request).await
 }
 
 #[derive(Debug)]

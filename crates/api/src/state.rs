@@ -83,6 +83,8 @@ pub struct ApiState {
     pub certs: Option<Arc<Certs>>,
     /// Model events for live UIs.
     pub feed: crate::live::Feed,
+    /// What socket.io clients (before any token) may hold, per address.
+    pub socket_io: crate::live::SocketIoLimits,
     /// When this process started (milliseconds since the epoch).
     pub started: u64,
 }
@@ -99,6 +101,7 @@ impl ApiState {
             listeners_ready: AtomicBool::new(false),
             certs,
             feed: crate::live::Feed::default(),
+            socket_io: crate::live::SocketIoLimits::default(),
             started: portico_store::now_ms(),
         })
     }

@@ -206,3 +206,33 @@ async fn the_socket_io_client_script_is_served() {
     assert!(script.raw == installed, "the served client is socket.io-client's own");
     assert!(script.raw.starts_with("/*!\n * Socket.IO v4."), "with its licence banner");
 }
+
+/// Clients without a token cannot make the socket.io service hold much: 30 new sessions a
+/// minute per address (then 429), and a session that never connects with a token is closed
+/// after 10 seconds (its id is then unknown), freeing what it held.
+#[tokio::test]
+async fn socket_io_sessions_without_a_token_are_bounded_and_time_out() {
+    let p = portico(&[]);
+    let api = ApiClient::new(p.api);
+    let handshake = "/socket.io/?EIO=4&transport=polling";
+    let mut first = None;
+    for i in 0..30 {
+        let reply = api.call("GET", handshake, None, None).await;
+        assert_eq!(reply.status, StatusCode::OK, "handshake {i}: {}", reply.raw);
+        first.get_or_insert(reply.raw);
+    }
+    let refused = api.call("GET", handshake, None, None).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.raw);
+
+    // The first session never connected to the namespace: closed by the server.
+    let open: Value = serde_json::from_str(first.unwrap().trim_start_matches('0')).unwrap();
+    let sid = open["sid"].as_str().unwrap().to_owned();
+    let opened = std::time::Instant::now();
+    loop {
+        let poll = api.call("GET", &format!("{handshake}&sid={sid}"), None, None).await;
+        if poll.status == StatusCode::BAD_REQUEST {
+            break;
+        }
+        assert!(opened.elapsed() < Duration::from_secs(20), "the session is still open: {}", poll.raw);
+    }
+}
