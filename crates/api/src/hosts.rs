@@ -256,17 +256,13 @@ pub async fn delete(
 ) -> Result<Json<Value>, ApiError> {
     // A host that cannot be used (a seed's access fields, a damaged record) can be deleted.
     let key = HostPattern::parse(&item).map_err(|_| not_found(&item))?.to_string();
-    let fields = api.store.record(Kind::Host, &key).await.map_err(|e| match e {
-        StoreError::Corrupt { .. } => None,
-        other => Some(ApiError::from(other)),
-    });
-    let bare = || Map::from_iter([("host".to_owned(), Value::String(key.clone()))]);
-    let shown = match fields {
-        Ok(Some(fields)) => Host::from_fields(&fields).map_or_else(|_| bare(), |h| h.to_json()),
+    let host = match api.store.record(Kind::Host, &key).await {
         Ok(None) => return Err(not_found(&item)),
-        Err(Some(e)) => return Err(e),
-        Err(None) => bare(),
+        Ok(Some(fields)) => Host::from_fields(&fields).ok(),
+        Err(StoreError::Corrupt { .. }) => None,
+        Err(e) => return Err(e.into()),
     };
+    let shown = host.map_or_else(|| Map::from_iter([("host".to_owned(), Value::String(key.clone()))]), |h| h.to_json());
     if !api.store.delete(Kind::Host, &key).await? {
         return Err(not_found(&item));
     }

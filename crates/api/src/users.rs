@@ -189,19 +189,7 @@ pub async fn me(caller: Caller) -> Json<Value> {
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn own_password(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
-    let mut errors = Vec::new();
-    let current = body.required("currentPassword", &mut errors);
-    let stored = api.store.record(Kind::User, &caller.username).await?;
-    let hash = stored.as_ref().and_then(|u| u.get("password")).cloned().unwrap_or_default();
-    if let Some(current) = current
-        && !auth::verify_password(current, hash).await.0
-    {
-        errors.push(FieldError::new("currentPassword", "the current password is not right."));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let user = set_password(&api, &caller, &caller.username, body).await?;
+    let user = set_password(&api, &caller, &caller.username, body, Current::Required).await?;
     auth::revoke_tokens(api.store.as_ref(), &caller.username, Some(&caller.token_key)).await?;
     Ok(Json(json!({ "results": user_json(&user) })))
 }
@@ -223,14 +211,29 @@ pub async fn user_password(
     body: JsonObject,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let user = set_password(&api, &caller, &username, body).await?;
+    let user = set_password(&api, &caller, &username, body, Current::NotAsked).await?;
     let keep = (username == caller.username).then_some(caller.token_key.as_str());
     auth::revoke_tokens(api.store.as_ref(), &username, keep).await?;
     Ok(Json(json!({ "results": user_json(&user) })))
 }
 
-async fn set_password(api: &Api, caller: &Caller, username: &str, body: JsonObject) -> Result<Fields, ApiError> {
+/// Whether a password change must name the current password (one's own, through a
+/// session that may have been stolen) or not (an admin setting someone's).
+#[derive(PartialEq)]
+enum Current {
+    Required,
+    NotAsked,
+}
+
+async fn set_password(
+    api: &Api,
+    caller: &Caller,
+    username: &str,
+    body: JsonObject,
+    current: Current,
+) -> Result<Fields, ApiError> {
     let mut errors = Vec::new();
+    let given = (current == Current::Required).then(|| body.required("currentPassword", &mut errors)).flatten();
     let password = body.required("password", &mut errors);
     if let Some(p) = &password
         && let Err(e) = auth::check_password(p)
@@ -245,6 +248,12 @@ async fn set_password(api: &Api, caller: &Caller, username: &str, body: JsonObje
         .record(Kind::User, username)
         .await?
         .ok_or_else(|| ApiError::NotFound { kind: "User", key: username.to_owned() })?;
+    if let Some(given) = given
+        && !auth::verify_password(given, user.get("password").cloned().unwrap_or_default()).await.0
+    {
+        let wrong = FieldError::new("currentPassword", "the current password is not right.");
+        return Err(ApiError::Validation(vec![wrong]));
+    }
     user.insert("password".to_owned(), auth::hash_password(password).await?);
     portico_model::record::touch(&mut user, &caller.username, portico_store::now_ms());
     api.store.put(Kind::User, username, &user).await?;

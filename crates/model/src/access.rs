@@ -61,12 +61,11 @@ pub struct ForwardAuth {
     pub copy_headers: Vec<String>,
     /// The same, as header names (read once, not per request).
     pub header_names: Vec<http::HeaderName>,
-    /// Where the service is, and whether it speaks TLS (`https://`).
+    /// Where the service is.
     pub target: Target,
-    /// Whether the URL is `https://`.
-    pub tls: bool,
-    /// The URL's path and query, the request target sent to the service.
-    pub path: String,
+    /// What each question is sent to: the URL without user name or password, its host as
+    /// `target` spells it (built once, not per request).
+    pub request_uri: http::Uri,
 }
 
 /// A token bucket per client address: `burst` requests at once, refilled at `per_second`.
@@ -323,9 +322,8 @@ pub fn parse_nets(field: &'static str, value: &Value) -> Result<Vec<IpNet>, Host
 impl ForwardAuth {
     /// The URL as logs may show it: no user name or password, no query (where API keys go).
     pub fn shown_url(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        let path = self.path.split('?').next().unwrap_or("/");
-        format!("{scheme}://{}{path}", self.target.authority())
+        let uri = &self.request_uri;
+        format!("{}://{}{}", uri.scheme_str().unwrap_or("http"), self.target.authority(), uri.path())
     }
 
     fn parse(value: &Value) -> Result<Self, HostError> {
@@ -339,7 +337,10 @@ impl ForwardAuth {
         let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
         let target = Target::new(host, uri.port_u16().unwrap_or(if tls { 443 } else { 80 }))
             .map_err(|e| bad(&format!("url: {e}")))?;
-        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let scheme = if tls { "https" } else { "http" };
+        let request_uri =
+            format!("{scheme}://{}{path}", target.authority()).parse().map_err(|_| bad("url is not a URL"))?;
         let not_names = || bad("copyHeaders must be a list of header names");
         let copy_headers: Vec<String> = match value.get("copyHeaders") {
             None | Some(Value::Null) => Vec::new(),
@@ -357,7 +358,7 @@ impl ForwardAuth {
                 "copyHeaders cannot name {name}: it is about one connection or the message's framing, not the request"
             )));
         }
-        Ok(Self { url: url.to_owned(), copy_headers, header_names, target, tls, path })
+        Ok(Self { url: url.to_owned(), copy_headers, header_names, target, request_uri })
     }
 
     fn to_json(&self) -> Value {

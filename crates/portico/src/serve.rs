@@ -77,7 +77,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(watch_identity(identified.clone(), routes.clone(), metrics.clone(), shutdown.clone()));
+    tasks.spawn(watch_identity(identified.clone(), metrics.clone(), shutdown.clone()));
     tasks.spawn(routes::follow_store(store.clone(), routes.clone(), metrics.clone(), shutdown.clone()));
     tasks.spawn(watch_store_memory(store.clone(), metrics.clone(), shutdown.clone()));
     if let Some(addr) = config.metrics_listen {
@@ -268,43 +268,28 @@ async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>,
     }
 }
 
-/// Reads the store server's memory (Redis) into `portico_store_memory_bytes` every 15 s;
-/// returns at once for a store that has none to report.
 /// How often the store's identity marker is read.
 const IDENTITY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Reads the store's identity marker every [`IDENTITY_EVERY`]: keeps the metric in step, and
-/// when the identity comes back (a backup restored, the store adopted) rebuilds the routes
-/// from it.
-async fn watch_identity(
-    store: Arc<IdentifiedStore>,
-    routes: Arc<Routes>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
+/// Reads the store's identity marker every [`IDENTITY_EVERY`] and keeps the metric in step.
+/// (When the identity comes back, the store announces a resync to every follower.)
+async fn watch_identity(store: Arc<IdentifiedStore>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(IDENTITY_EVERY) => {}
         }
-        let was_lost = store.is_lost();
         match store.verify().await {
             Ok(intact) => {
                 metrics.store_identity_lost.set(i64::from(!intact));
-                if intact && was_lost {
-                    match routes::reload(&routes, store.as_ref()).await {
-                        Ok(rebuilt) => {
-                            metrics.routes_hosts.set(rebuilt.hosts as i64);
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot reload hosts; the next resync will"),
-                    }
-                }
             }
             Err(e) => tracing::debug!(error = %e, "cannot read the store's identity"),
         }
     }
 }
 
+/// Reads the store server's memory (Redis) into `portico_store_memory_bytes` every 15 s;
+/// returns at once for a store that has none to report.
 async fn watch_store_memory(store: Arc<dyn Store>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     loop {
         match store.memory_used().await {

@@ -317,9 +317,7 @@ static AUTH_FAILURES_SAID: portico_model::limiter::Rarely =
 /// One forward-auth request, on a kept-alive connection to the service.
 async fn ask(auth: &ForwardAuth, asking: &Asking<'_>) -> Result<Verdict, BoxError> {
     let parts = asking.parts;
-    let scheme = if auth.tls { "https" } else { "http" };
-    let uri = format!("{scheme}://{}{}", auth.target.authority(), auth.path);
-    let mut request = Request::builder().method(parts.method.clone()).uri(uri);
+    let mut request = Request::builder().method(parts.method.clone()).uri(auth.request_uri.clone());
     let headers = request.headers_mut().ok_or("a request without headers")?;
     // The request's own headers, but for the connection's and the body's (there is none).
     headers.extend(parts.headers.iter().map(|(name, value)| (name.clone(), value.clone())));

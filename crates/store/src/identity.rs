@@ -37,6 +37,9 @@ pub struct IdentifiedStore {
     lost: AtomicBool,
     /// Where the identity is remembered (`<data_dir>/store-identity`), if anywhere.
     remember: Option<PathBuf>,
+    /// The inner store's changes, and [`Change::Resync`] when the identity comes back, so
+    /// every follower (routes, certificates, live feeds) re-reads the restored store.
+    changes: broadcast::Sender<Change>,
 }
 
 /// What the marker says.
@@ -65,7 +68,9 @@ impl IdentifiedStore {
             (None, Some(known)) => (known, true),
             (None, None) => (first_marker(inner.as_ref()).await?, false),
         };
-        let store = Self { inner, expected: Mutex::new(expected), lost: AtomicBool::new(false), remember };
+        let (changes, _) = broadcast::channel(4096);
+        tokio::spawn(forward_changes(inner.changes(), changes.clone()));
+        let store = Self { inner, expected: Mutex::new(expected), lost: AtomicBool::new(false), remember, changes };
         if lost {
             store.set_lost(true);
         } else {
@@ -111,7 +116,10 @@ impl IdentifiedStore {
                  requests, /readyz fails; restore a backup, or run `portico store adopt` to accept the store as \
                  it is now"
             ),
-            (true, false) => tracing::info!("the store's identity is back: following it again"),
+            (true, false) => {
+                tracing::info!("the store's identity is back: following it again");
+                let _ = self.changes.send(Change::Resync);
+            }
             _ => {}
         }
     }
@@ -133,6 +141,21 @@ impl IdentifiedStore {
     /// answer that something is absent, or a whole list, may come from a wiped store.
     async fn confirmed<T>(&self, result: T) -> Result<T, StoreError> {
         if self.verify().await? { Ok(result) } else { Err(StoreError::IdentityLost) }
+    }
+}
+
+/// Passes the inner store's changes on (a lag as a resync) until the inner store is dropped
+/// or nobody listens any more.
+async fn forward_changes(mut from: broadcast::Receiver<Change>, to: broadcast::Sender<Change>) {
+    loop {
+        let change = match from.recv().await {
+            Ok(change) => change,
+            Err(broadcast::error::RecvError::Lagged(_)) => Change::Resync,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        // No receiver yet is fine (followers subscribe after start); none ever again ends it
+        // only with the inner store.
+        let _ = to.send(change);
     }
 }
 
@@ -277,7 +300,7 @@ impl Store for IdentifiedStore {
         self.inner.memory_used().await
     }
     fn changes(&self) -> broadcast::Receiver<Change> {
-        self.inner.changes()
+        self.changes.subscribe()
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await?;
@@ -323,11 +346,21 @@ mod tests {
         assert!(restarted.is_lost());
         assert!(raw.blob(&keys::store_identity()).await.unwrap().is_none());
 
-        // Restored from a backup: the marker is back, so is everything.
+        // Restored from a backup: the marker is back, so is everything, and every follower
+        // is told to re-read it.
+        let mut followed = store.changes();
         raw.put_blob(&keys::store_identity(), &marker, None).await.unwrap();
         raw.create(Kind::Host, "a.test", &host("a.test")).await.unwrap();
         assert!(store.verify().await.unwrap());
         assert_eq!(store.keys(Kind::Host).await.unwrap(), ["a.test"]);
+        let resync = async {
+            loop {
+                if followed.recv().await.unwrap() == Change::Resync {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), resync).await.expect("a resync for the followers");
 
         // Wiped again, then adopted as it is: accepted, and remembered.
         raw.delete_blob(&keys::store_identity()).await.unwrap();

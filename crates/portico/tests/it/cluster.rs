@@ -450,38 +450,27 @@ async fn readyz(api: &ApiClient) -> StatusCode {
 
 /// Waits until a node's alarm (`portico_store_identity_lost` and a failing `/readyz`)
 /// is raised or, with `lost` false, cleared.
-async fn until_alarm(api: &ApiClient, metrics: &str, lost: bool) {
-    let (gauge, ready) = if lost { ("1", StatusCode::SERVICE_UNAVAILABLE) } else { ("0", StatusCode::OK) };
+async fn until_alarm(api: &ApiClient, node: &Portico, lost: bool) {
+    let (gauge, ready) = if lost { (1.0, StatusCode::SERVICE_UNAVAILABLE) } else { (0.0, StatusCode::OK) };
     eventually(Duration::from_secs(10), "the store identity alarm", || async move {
-        (identity_lost(metrics).await.as_deref() == Some(gauge) && readyz(api).await == ready).then_some(())
+        (identity_lost(node).await == gauge && readyz(api).await == ready).then_some(())
     })
     .await;
 }
 
 /// The value of `portico_store_identity_lost` on a node's metrics listener.
-async fn identity_lost(metrics: &str) -> Option<String> {
-    let text = reqwest_free_get(metrics).await;
-    text.lines().find_map(|l| l.strip_prefix("portico_store_identity_lost ")).map(str::to_owned)
+async fn identity_lost(node: &Portico) -> f64 {
+    crate::raw_sample(node, "portico_store_identity_lost").await
 }
 
-/// `GET /metrics` with a bare HTTP/1.1 request.
-async fn reqwest_free_get(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text
-}
-
-/// A Redis without persistence emptied under load (`FLUSHALL`, what a restart of it does):
+/// A Redis without persistence restarted under load, so empty (then emptied again by `FLUSHALL`):
 /// no request to a known host fails, every node keeps routing from memory, the API refuses
 /// with `StoreIdentityLost`, `/readyz` fails and the metric says so. Restoring a backup
 /// (the marker back) clears it; so does `portico store adopt`, after which the store is
 /// followed as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_lost_its_data_is_not_followed_until_restored_or_adopted() {
-    let redis = RedisServer::start_without_persistence();
+    let mut redis = RedisServer::start_without_persistence();
     let store = on(&redis.url());
     let a = Portico::start_role(BIN, "serve", &[&store, "metrics.listen=\"127.0.0.1:0\""]);
     let b = Portico::start_role(BIN, "proxy", &[&store]);
@@ -489,8 +478,6 @@ async fn a_store_that_lost_its_data_is_not_followed_until_restored_or_adopted() 
         p.logs().iter().any(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("keeps nothing on disk")))
     };
     assert!(warned(&a) && warned(&b), "a Redis without persistence is pointed out at start");
-    let metrics = a.logs().into_iter().find(|l| l["fields"]["listener"] == "metrics").unwrap();
-    let metrics = metrics["fields"]["addr"].as_str().unwrap().to_owned();
     let backend = Backend::start("kept").await;
     let api = ApiClient::new(a.api);
     let token = api.login("admin", ADMIN_PASSWORD).await;
@@ -498,13 +485,15 @@ async fn a_store_that_lost_its_data_is_not_followed_until_restored_or_adopted() 
     let proxies = [Proxy::h1(a.http), Proxy::h1(b.http)];
     routed_everywhere(&[&proxies[0], &proxies[1]], "kept.example").await;
     let certificate = tls::peek(b.https, "kept.example").await;
-    assert_eq!(identity_lost(&metrics).await.as_deref(), Some("0"));
+    assert_eq!(identity_lost(&a).await, 0.0);
     let marker = redis.get("portico:store-identity").expect("the store has an identity marker");
 
     let stop = tokio_util_stop::Stop::default();
     let probing = probe(proxies.to_vec(), "kept.example", stop.clone());
-    redis.run(&["FLUSHALL"]);
-    until_alarm(&api, &metrics, true).await;
+    // Restarted without persistence: it comes back empty.
+    redis.kill();
+    redis.restart();
+    until_alarm(&api, &a, true).await;
     let body = json!({"host": "new.example", "ip": "127.0.0.1", "targetPort": backend.addr.port()});
     let refused = api.call("POST", "/api/host", Some(&token), Some(body)).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.raw);
@@ -524,7 +513,7 @@ async fn a_store_that_lost_its_data_is_not_followed_until_restored_or_adopted() 
     let fields = ["HSET", "proxy_Host_kept.example", "host", "kept.example", "ip", "127.0.0.1"];
     redis.run(&[&fields[..], &["targetPort", &port, "forcessl", "false"]].concat());
     redis.run(&["SET", "portico:store-identity", &marker]);
-    until_alarm(&api, &metrics, false).await;
+    until_alarm(&api, &a, false).await;
     stop.set();
     let (ok, failed) = probing.await.unwrap();
     assert_eq!(failed, 0, "{failed} of {} requests to a known host failed", ok + failed);
@@ -532,7 +521,7 @@ async fn a_store_that_lost_its_data_is_not_followed_until_restored_or_adopted() 
 
     // Wiped again, then adopted as it is: followed again, empty as it now is.
     redis.run(&["FLUSHALL"]);
-    until_alarm(&api, &metrics, true).await;
+    until_alarm(&api, &a, true).await;
     assert_eq!(proxies[1].get("kept.example", "/").await.status, StatusCode::OK);
     let adopted = a.cli("store", &["adopt", "--store", &redis.url()], "");
     assert!(adopted.status.success(), "{}", String::from_utf8_lossy(&adopted.stderr));
@@ -543,7 +532,7 @@ async fn a_store_that_lost_its_data_is_not_followed_until_restored_or_adopted() 
         })
         .await;
     }
-    until_alarm(&api, &metrics, false).await;
+    until_alarm(&api, &a, false).await;
 }
 
 /// The ids of the clients subscribed to something (one per node: its change feed).
@@ -565,8 +554,6 @@ async fn one_bad_record_does_not_take_the_cluster_down() {
     let redis = RedisServer::start();
     let store = on(&redis.url());
     let a = Portico::start_role(BIN, "serve", &[&store, "metrics.listen=\"127.0.0.1:0\""]);
-    let metrics = a.logs().into_iter().find(|l| l["fields"]["listener"] == "metrics").unwrap();
-    let metrics = metrics["fields"]["addr"].as_str().unwrap().to_owned();
     let backend = Backend::start("good").await;
     let api = ApiClient::new(a.api);
     let token = api.login("admin", ADMIN_PASSWORD).await;
@@ -627,7 +614,7 @@ async fn one_bad_record_does_not_take_the_cluster_down() {
     routed_everywhere(&[&Proxy::h1(b.http), &proxy], "good.example").await;
 
     // Garbage on the change channel: ignored, not a reload per message.
-    let rebuilds = || async { raw_count(&metrics, "portico_routes_rebuild_seconds_count").await };
+    let rebuilds = || crate::raw_sample(&a, "portico_routes_rebuild_seconds_count");
     let first = rebuilds().await;
     let flood = "for i = 1, 5000 do redis.call('PUBLISH', 'proxy_events', 'garbage ' .. i) end \
                  for i = 1, 5000 do redis.call('PUBLISH', 'proxy_events', '{\"v\": ' .. (1000000 + i) .. ', \"changes\": 7}') end";
@@ -639,12 +626,6 @@ async fn one_bad_record_does_not_take_the_cluster_down() {
     let more = rebuilds().await - first;
     assert!(more <= 4.0, "{more} reloads for 10,000 garbage messages");
     assert_eq!(subscribers(&redis).len(), 2);
-}
-
-/// A sample's value on a node's metrics listener (0 when absent).
-async fn raw_count(metrics: &str, name: &str) -> f64 {
-    let text = reqwest_free_get(metrics).await;
-    text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
 }
 
 /// `env` options that run a program with its clock `offset` off (Debian's libfaketime,

@@ -41,6 +41,15 @@ pub async fn store_of(p: &Portico) -> portico_store::EmbeddedStore {
     portico_store::EmbeddedStore::open(p.data_dir().join("portico.redb")).await.unwrap()
 }
 
+/// One unlabelled sample on `p`'s metrics listener, as the text says it (a histogram's
+/// `_sum` and `_count` too, which parsers fold away).
+pub async fn raw_sample(p: &Portico, name: &str) -> f64 {
+    let addr = p.listener("metrics").expect("a metrics listener");
+    let text = portico_test_support::client::Proxy::h1(addr).get("localhost", "/metrics").await.text();
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}"));
+    line[name.len()..].trim().parse().unwrap()
+}
+
 /// A fresh `portico serve` with extra `--set` settings.
 pub fn portico(settings: &[&str]) -> Portico {
     Portico::start(BIN, settings)

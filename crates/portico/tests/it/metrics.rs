@@ -10,7 +10,7 @@ use portico_test_support::pebble::{self, Options};
 use portico_test_support::{Backend, Portico, eventually, tls};
 use prometheus_parse::{Scrape, Value};
 
-use crate::BIN;
+use crate::{BIN, raw_sample};
 
 /// The metrics as parsed: every sample's value, by name and labels (`name{a="1",b="2"}`,
 /// labels sorted), histograms as their count.
@@ -34,14 +34,6 @@ async fn scrape(p: &Portico) -> BTreeMap<String, f64> {
             (format!("{}{{{}}}", s.metric, labels.join(",")), value)
         })
         .collect()
-}
-
-/// One unlabelled sample as the text says it (the parser folds a histogram's `_sum` away).
-async fn raw_sample(p: &Portico, name: &str) -> f64 {
-    let addr = p.listener("metrics").expect("a metrics listener");
-    let text = Proxy::h1(addr).get("localhost", "/metrics").await.text();
-    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}"));
-    line[name.len()..].trim().parse().unwrap()
 }
 
 fn value(metrics: &BTreeMap<String, f64>, key: &str) -> f64 {
