@@ -177,7 +177,7 @@ impl AcmeIssuer {
         self.account
             .get_or_try_init(|| async {
                 let digest = Sha256::digest(self.settings.directory.as_bytes());
-                let key = keys::portico(&format!("acme-account:{}", hex(&digest[..8])));
+                let key = keys::acme_account(&hex(&digest[..8]));
                 let made = load_or_create(self.store.as_ref(), &key, async || {
                     let contact = self.settings.email.as_ref().map(|e| format!("mailto:{e}"));
                     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();

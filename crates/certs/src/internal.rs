@@ -43,8 +43,7 @@ impl InternalCa {
     async fn root(&self) -> Result<&Root, CertError> {
         self.root
             .get_or_try_init(|| async {
-                let bytes =
-                    load_or_create(self.store.as_ref(), &keys::portico("internal-ca"), async || make_root()).await?;
+                let bytes = load_or_create(self.store.as_ref(), &keys::internal_ca(), async || make_root()).await?;
                 serde_json::from_slice(&bytes)
                     .map_err(|e| CertError::Invalid(format!("the stored internal CA does not parse: {e}")))
             })

@@ -24,7 +24,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use portico_store::{Store, StoreError};
+use portico_store::{Key, Store, StoreError};
 
 pub use manager::{CertSettings, Certs, NamePolicy, Owner, covering_wildcard};
 pub use portico_dns::Endpoints as DnsEndpoints;
@@ -188,13 +188,13 @@ pub trait Issuer: Send + Sync + fmt::Debug {
 /// sharing the store (a lease lock guards the making).
 pub(crate) async fn load_or_create(
     store: &dyn Store,
-    key: &str,
+    key: &Key,
     make: impl AsyncFnOnce() -> Result<Vec<u8>, CertError>,
 ) -> Result<Vec<u8>, CertError> {
     if let Some(existing) = store.blob(key).await? {
         return Ok(existing);
     }
-    let lock = format!("{key}:lock");
+    let lock = key.lock();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(lease) = store.acquire(&lock, Duration::from_secs(30)).await? {

@@ -256,8 +256,7 @@ impl Certs {
         policy: Arc<dyn NamePolicy>,
         settings: CertSettings,
     ) -> Result<Arc<Self>, CertError> {
-        let fallback =
-            load_or_create(store.as_ref(), &keys::portico("fallback-cert"), async || make_fallback()).await?;
+        let fallback = load_or_create(store.as_ref(), &keys::fallback_cert(), async || make_fallback()).await?;
         let fallback = Arc::new(StoredCert::from_json(&fallback)?.load()?);
         let certs = Self {
             store,
@@ -929,7 +928,7 @@ impl Certs {
             };
             match change {
                 Ok(Change::Blob { key }) => {
-                    let Some(name) = key.strip_suffix(":latest") else { continue };
+                    let Some(name) = key.certificate_name() else { continue };
                     let cached = self.cache.read().unwrap_or_else(|e| e.into_inner()).contains_key(name);
                     if cached {
                         self.reload(name).await;

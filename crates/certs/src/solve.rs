@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use instant_acme::{ChallengeType, KeyAuthorization};
 use portico_dns::{DnsProvider, RecordId, Zone};
-use portico_store::{Store, keys};
+use portico_store::{Key, Store, keys};
 
 use crate::acme::{Challenge, DnsSettings};
 use crate::challenge::CHALLENGE_TTL;
@@ -45,7 +45,7 @@ pub(crate) trait Solver: Send + Sync {
 pub(crate) struct StoreSolver {
     store: Arc<dyn Store>,
     kind: Challenge,
-    published: Mutex<Vec<String>>,
+    published: Mutex<Vec<Key>>,
 }
 
 impl StoreSolver {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use portico_store::{Change, Fields, Kind, Lease, Revision, Store, StoreError};
+use portico_store::{Change, Fields, Key, Kind, Lease, Revision, Store, StoreError};
 use tokio::sync::broadcast;
 
 use crate::{Metrics, OpLabels};
@@ -72,22 +72,22 @@ impl Store for MeteredStore {
     async fn delete(&self, kind: Kind, key: &str) -> Result<bool, StoreError> {
         self.timed("write", self.inner.delete(kind, key)).await
     }
-    async fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn blob(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
         self.timed("blob", self.inner.blob(key)).await
     }
-    async fn put_blob(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+    async fn put_blob(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         self.timed("blob_write", self.inner.put_blob(key, value, ttl)).await
     }
-    async fn delete_blob(&self, key: &str) -> Result<bool, StoreError> {
+    async fn delete_blob(&self, key: &Key) -> Result<bool, StoreError> {
         self.timed("blob_write", self.inner.delete_blob(key)).await
     }
-    async fn blob_keys(&self) -> Result<Vec<String>, StoreError> {
+    async fn blob_keys(&self) -> Result<Vec<Key>, StoreError> {
         self.timed("blob_keys", self.inner.blob_keys()).await
     }
-    async fn count(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
+    async fn count(&self, key: &Key, window: Duration) -> Result<u64, StoreError> {
         self.timed("count", self.inner.count(key, window)).await
     }
-    async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+    async fn acquire(&self, name: &Key, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         self.timed("lease", self.inner.acquire(name, ttl)).await
     }
     async fn refresh(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {

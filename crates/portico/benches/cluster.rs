@@ -115,10 +115,11 @@ async fn store_operations() {
             store.replace_if(Kind::Host, &key, &key, &f, revision).await.unwrap();
             update.push(t.elapsed());
             let t = Instant::now();
-            store.blob(&format!("{key}:latest")).await.unwrap();
+            store.blob(&portico_store::keys::cert_latest(&key)).await.unwrap();
             blob.push(t.elapsed());
             let t = Instant::now();
-            let l = store.acquire(&format!("portico:issue:{key}"), Duration::from_secs(10)).await.unwrap().unwrap();
+            let l =
+                store.acquire(&portico_store::keys::issue_lock(&key), Duration::from_secs(10)).await.unwrap().unwrap();
             store.release(&l).await.unwrap();
             lease.push(t.elapsed());
         }

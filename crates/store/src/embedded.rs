@@ -30,7 +30,7 @@ use redb::{
 };
 use tokio::sync::broadcast;
 
-use crate::{Change, Fields, Kind, Lease, Revision, Store, StoreError, now_ms};
+use crate::{Change, Fields, Key, Kind, Lease, Revision, Store, StoreError, now_ms};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
@@ -541,8 +541,8 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = key.to_owned();
+    async fn blob(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.as_str().to_owned();
         self.blocking(move |inner| {
             let txn = inner.db()?.begin_read().or_store()?;
             let table = txn.open_table(BLOBS).or_store()?;
@@ -552,10 +552,10 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn put_blob(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
-        let (key, entry) = (key.to_owned(), encode(expiry(ttl), value));
+    async fn put_blob(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        let (key, entry) = (key.as_str().to_owned(), encode(expiry(ttl), value));
         // Short-lived blobs (challenge answers) are read where they are needed, never followed.
-        let events = if ttl.is_some() { Vec::new() } else { vec![Change::Blob { key: key.clone() }] };
+        let events = if ttl.is_some() { Vec::new() } else { vec![Change::Blob { key: Key::listed(key.clone()) }] };
         self.write(events, move |txn, _revision, _events| {
             txn.open_table(BLOBS).or_store()?.insert(key.as_str(), entry.as_slice()).or_store()?;
             Ok(())
@@ -563,8 +563,8 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn delete_blob(&self, key: &str) -> Result<bool, StoreError> {
-        let key = key.to_owned();
+    async fn delete_blob(&self, key: &Key) -> Result<bool, StoreError> {
+        let key = key.as_str().to_owned();
         self.write(Vec::new(), move |txn, _revision, events| {
             let mut table = txn.open_table(BLOBS).or_store()?;
             let Some(old) = table.remove(key.as_str()).or_store()? else { return Ok(false) };
@@ -572,14 +572,14 @@ impl Store for EmbeddedStore {
             // Only a lasting blob's removal is news; a short-lived one (a challenge answer)
             // was never announced.
             if expires == 0 {
-                events.push(Change::Blob { key: key.clone() });
+                events.push(Change::Blob { key: Key::listed(key.clone()) });
             }
             Ok(!expired(old.value(), now_ms()))
         })
         .await
     }
 
-    async fn blob_keys(&self) -> Result<Vec<String>, StoreError> {
+    async fn blob_keys(&self) -> Result<Vec<Key>, StoreError> {
         self.blocking(move |inner| {
             let txn = inner.db()?.begin_read().or_store()?;
             let table = txn.open_table(BLOBS).or_store()?;
@@ -587,7 +587,7 @@ impl Store for EmbeddedStore {
             for entry in table.iter().or_store()? {
                 let (key, value) = entry.or_store()?;
                 if decode(value.value()).0 == 0 {
-                    keys.push(key.value().to_owned());
+                    keys.push(Key::listed(key.value().to_owned()));
                 }
             }
             Ok(keys)
@@ -595,8 +595,8 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn count(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
-        let key = key.to_owned();
+    async fn count(&self, key: &Key, window: Duration) -> Result<u64, StoreError> {
+        let key = key.as_str().to_owned();
         self.write(Vec::new(), move |txn, _revision, _events| {
             let mut table = txn.open_table(BLOBS).or_store()?;
             let now = now_ms();
@@ -614,7 +614,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+    async fn acquire(&self, name: &Key, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         let lease = Lease::new(name);
         self.write(Vec::new(), move |txn, _revision, _events| {
             let mut table = txn.open_table(LOCKS).or_store()?;

@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use crate::{Change, Fields, Kind, Lease, Revision, Store, StoreError, keys};
+use crate::{Change, Fields, Key, Kind, Lease, Revision, Store, StoreError, keys};
 
 /// The file in the data directory that remembers the identity of the store a node used.
 pub const REMEMBERED: &str = "store-identity";
@@ -260,31 +260,31 @@ impl Store for IdentifiedStore {
         self.intact()?;
         self.inner.delete(kind, key).await
     }
-    async fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn blob(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
         self.intact()?;
         match self.inner.blob(key).await? {
             None => self.confirmed(None).await,
             found => Ok(found),
         }
     }
-    async fn put_blob(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+    async fn put_blob(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         self.intact()?;
         self.inner.put_blob(key, value, ttl).await
     }
-    async fn delete_blob(&self, key: &str) -> Result<bool, StoreError> {
+    async fn delete_blob(&self, key: &Key) -> Result<bool, StoreError> {
         self.intact()?;
         self.inner.delete_blob(key).await
     }
-    async fn blob_keys(&self) -> Result<Vec<String>, StoreError> {
+    async fn blob_keys(&self) -> Result<Vec<Key>, StoreError> {
         self.intact()?;
         let all = self.inner.blob_keys().await?;
         self.confirmed(all).await
     }
-    async fn count(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
+    async fn count(&self, key: &Key, window: Duration) -> Result<u64, StoreError> {
         self.intact()?;
         self.inner.count(key, window).await
     }
-    async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+    async fn acquire(&self, name: &Key, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         self.intact()?;
         self.inner.acquire(name, ttl).await
     }

@@ -79,60 +79,109 @@ impl Kind {
     }
 }
 
+/// The key of a blob, a lock or a counter. Only this module builds one, so every name
+/// Portico stores things under is one of the functions below, and a store's listing
+/// ([`Store::blob_keys`](crate::Store::blob_keys)).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(String);
+
+impl Key {
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The lock held while this blob is made, once across every process sharing the store.
+    pub fn lock(&self) -> Key {
+        Key(format!("{}:lock", self.0))
+    }
+
+    /// The name whose certificate this blob holds, if it is a [`cert_latest`] key.
+    pub fn certificate_name(&self) -> Option<&str> {
+        self.0.strip_suffix(":latest")
+    }
+
+    /// A key a store listed (or announced).
+    pub(crate) fn listed(key: String) -> Key {
+        Key(key)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The blob holding a name's current certificate, in lua-resty-auto-ssl's layout
 /// (`<name>:latest`, a JSON object with `fullchain_pem`, `privkey_pem`, `cert_pem`, `expiry`).
-pub fn cert_latest(name: &str) -> String {
-    format!("{name}:latest")
+pub fn cert_latest(name: &str) -> Key {
+    Key(format!("{name}:latest"))
 }
 
 /// The blob answering an HTTP-01 challenge (`<name>:challenge:<token>`, the key
 /// authorization), readable by every node.
-pub fn http01(name: &str, token: &str) -> String {
-    format!("{name}:challenge:{token}")
+pub fn http01(name: &str, token: &str) -> Key {
+    Key(format!("{name}:challenge:{token}"))
 }
 
 /// The blob answering a TLS-ALPN-01 challenge for `name` (the key authorization's digest).
-pub fn tls_alpn01(name: &str) -> String {
-    format!("{name}:tls-alpn-01")
+pub fn tls_alpn01(name: &str) -> Key {
+    Key(format!("{name}:tls-alpn-01"))
 }
 
 /// When `name`'s certificate was last served (seconds since the epoch, as text): names under
 /// wildcard patterns are renewed only when used since they were issued.
-pub fn cert_used(name: &str) -> String {
-    format!("portico:cert-used:{name}")
+pub fn cert_used(name: &str) -> Key {
+    portico(&format!("cert-used:{name}"))
 }
 
 /// The cluster-wide counter of issuances started from `budget` (`explicit`, `pattern`,
 /// `renewal`) in the minute `minute` (minutes since the epoch).
-pub fn issue_rate(budget: &str, minute: i64) -> String {
-    format!("portico:issue-rate:{budget}:{minute}")
+pub fn issue_rate(budget: &str, minute: i64) -> Key {
+    portico(&format!("issue-rate:{budget}:{minute}"))
 }
 
 /// The lock held while a certificate for `name` is issued or renewed.
-pub fn issue_lock(name: &str) -> String {
-    format!("portico:issue:{name}")
+pub fn issue_lock(name: &str) -> Key {
+    portico(&format!("issue:{name}"))
 }
 
 /// The lock held while users are deleted or demoted, so that two admins removing each other
 /// at once cannot leave none.
-pub fn users_lock() -> String {
-    "portico:lock:users".to_owned()
+pub fn users_lock() -> Key {
+    portico("lock:users")
 }
 
 /// The blob that holds the store's identity marker (`{"id", "adopted"}`).
-pub fn store_identity() -> String {
+pub fn store_identity() -> Key {
     portico("store-identity")
 }
 
 /// The lock taken while a first identity marker is written.
-pub fn store_identity_lock() -> String {
+pub fn store_identity_lock() -> Key {
     portico("store-identity-init")
 }
 
-/// Portico's own blobs: the ACME account (per directory), the internal CA, the fallback
-/// certificate.
-pub fn portico(what: &str) -> String {
-    format!("portico:{what}")
+/// The ACME account registered with one directory (`directory` names it: a short digest of
+/// its URL).
+pub fn acme_account(directory: &str) -> Key {
+    portico(&format!("acme-account:{directory}"))
+}
+
+/// The internal CA's root (certificate and key).
+pub fn internal_ca() -> Key {
+    portico("internal-ca")
+}
+
+/// The certificate served for names Portico has none for.
+pub fn fallback_cert() -> Key {
+    portico("fallback-cert")
+}
+
+/// Portico's own blobs, locks and counters live under `portico:`.
+fn portico(what: &str) -> Key {
+    Key(format!("portico:{what}"))
 }
 
 impl fmt::Display for Kind {
@@ -150,6 +199,7 @@ mod tests {
         assert_eq!(Kind::Host.index_key(), "proxy_Host");
         assert_eq!(Kind::Host.record_key("*.example.com"), "proxy_Host_*.example.com");
         assert_eq!(Kind::DnsProvider.record_key("0123456789abcdef"), "proxy_DnsProvider_0123456789abcdef");
-        assert_eq!(cert_latest("*.example.com"), "*.example.com:latest");
+        assert_eq!(cert_latest("*.example.com").as_str(), "*.example.com:latest");
+        assert_eq!(fallback_cert().lock().as_str(), "portico:fallback-cert:lock");
     }
 }

@@ -21,7 +21,6 @@ pub mod identity;
 pub mod keys;
 mod redis_store;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,11 +31,11 @@ use tokio::sync::broadcast;
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use identity::IdentifiedStore;
-pub use keys::Kind;
+pub use keys::{Key, Kind};
 pub use redis_store::{RESYNC_EVERY, RedisStore};
 
-/// A record: field name to string value.
-pub type Fields = BTreeMap<String, String>;
+/// A record: field name to string value (the model's one record type).
+pub use portico_model::Fields;
 
 /// What changed in the store. Receivers that lag or see [`Change::Resync`] re-read what they
 /// keep.
@@ -53,7 +52,7 @@ pub enum Change {
     /// A blob was written or deleted.
     Blob {
         /// The blob's key.
-        key: String,
+        key: Key,
     },
     /// Something changed that this process did not see directly (another process wrote, or
     /// events were lost): re-read everything.
@@ -80,9 +79,9 @@ pub struct Lease {
 }
 
 impl Lease {
-    fn new(name: &str) -> Self {
+    fn new(name: &Key) -> Self {
         let token: String = std::iter::repeat_with(fastrand::alphanumeric).take(32).collect();
-        Self { name: name.to_owned(), token }
+        Self { name: name.as_str().to_owned(), token }
     }
 
     /// The lock's name.
@@ -155,24 +154,24 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn delete(&self, kind: Kind, key: &str) -> Result<bool, StoreError>;
 
     /// A blob, unless absent or expired.
-    async fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn blob(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes a blob, expiring after `ttl` if given.
-    async fn put_blob(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
+    async fn put_blob(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
     /// Deletes a blob; returns whether it existed (and had not expired).
-    async fn delete_blob(&self, key: &str) -> Result<bool, StoreError>;
+    async fn delete_blob(&self, key: &Key) -> Result<bool, StoreError>;
 
     /// The key of every blob without a time to live (certificates, Portico's own), in key
     /// order: for copying a whole store (`portico migrate`). Slow on a big store (on Redis a
     /// `SCAN` of every master); nothing on a request's path uses it.
-    async fn blob_keys(&self) -> Result<Vec<String>, StoreError>;
+    async fn blob_keys(&self) -> Result<Vec<Key>, StoreError>;
 
     /// Adds one to the counter `key` and returns its new value. A counter that does not
     /// exist (or has expired) starts at 1 and lives for `window` from then. Not announced in
     /// any feed. Issuance rates use it, so that they hold across the cluster.
-    async fn count(&self, key: &str, window: Duration) -> Result<u64, StoreError>;
+    async fn count(&self, key: &Key, window: Duration) -> Result<u64, StoreError>;
 
     /// Takes the lock `name` for `ttl` unless someone else holds an unexpired lease on it.
-    async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, StoreError>;
+    async fn acquire(&self, name: &Key, ttl: Duration) -> Result<Option<Lease>, StoreError>;
     /// Extends a lease; false if it expired or someone else took the lock since.
     async fn refresh(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError>;
     /// Gives a lease back; false if it had already expired or been taken over.
@@ -272,7 +271,7 @@ pub(crate) fn encode_changes(events: &[Change]) -> serde_json::Value {
         .iter()
         .filter_map(|e| match e {
             Change::Record { kind, key } => Some(serde_json::json!({ "kind": kind.name(), "key": key })),
-            Change::Blob { key } => Some(serde_json::json!({ "blob": key })),
+            Change::Blob { key } => Some(serde_json::json!({ "blob": key.as_str() })),
             Change::Resync => None,
         })
         .collect()
@@ -288,7 +287,7 @@ pub(crate) fn decode_changes(list: &serde_json::Value) -> Option<Vec<Change>> {
                 let kind = Kind::ALL.into_iter().find(|k| k.name() == kind)?;
                 Some(Change::Record { kind, key: key.to_owned() })
             }
-            (_, _, Some(key)) => Some(Change::Blob { key: key.to_owned() }),
+            (_, _, Some(key)) => Some(Change::Blob { key: Key::listed(key.to_owned()) }),
             _ => None,
         })
         .collect()

@@ -272,7 +272,7 @@ async fn migrate_moves_everything_between_embedded_and_redis() {
     assert!(said.contains("1 Host") && said.contains("1 User") && said.contains("1 AuthToken"), "{said}");
     let store = portico_store::open_existing(&back).await.unwrap();
     assert_eq!(store.keys(portico_store::Kind::Host).await.unwrap(), ["moved.example"]);
-    assert!(store.blob("moved.example:latest").await.unwrap().is_some());
+    assert!(store.blob(&portico_store::keys::cert_latest("moved.example")).await.unwrap().is_some());
 }
 
 /// Probes `host` on every proxy until `stop`, counting answers that were not 200.

@@ -275,7 +275,10 @@ async fn a_seed_wildcard_certificate_is_renewed_through_dns01() {
     {
         use portico_store::Store;
         let store = crate::store_of(&p).await;
-        store.put_blob("*.zone.test:latest", stored.to_string().as_bytes(), None).await.unwrap();
+        store
+            .put_blob(&portico_store::keys::cert_latest("*.zone.test"), stored.to_string().as_bytes(), None)
+            .await
+            .unwrap();
     }
     add_host(&api, &token, "*.zone.test", &backend).await;
     let roots = tls::roots(&pebble.root().await);

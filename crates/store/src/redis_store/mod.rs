@@ -37,7 +37,7 @@ use redis::{FromRedisValue, PushInfo, PushKind, Script, Value, cmd};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::keys::{EVENTS_CHANNEL, REVISION_FIELD, VERSION_COUNTER};
-use crate::{Change, Fields, Kind, Lease, Revision, Store, StoreError};
+use crate::{Change, Fields, Key, Kind, Lease, Revision, Store, StoreError};
 use link::{Link, Target, backend};
 
 /// How often a node reads `proxy_version` to find events it missed.
@@ -478,33 +478,33 @@ impl Store for RedisStore {
         Ok(deleted > 0)
     }
 
-    async fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.query(cmd("GET").arg(key)).await
+    async fn blob(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.query(cmd("GET").arg(key.as_str())).await
     }
 
-    async fn put_blob(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+    async fn put_blob(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         let mut command = cmd("SET");
-        command.arg(key).arg(value);
+        command.arg(key.as_str()).arg(value);
         if let Some(ttl) = ttl {
             command.arg("PX").arg(ttl.as_millis().max(1) as u64);
         }
         self.inner.query::<()>(&command).await?;
         // Short-lived blobs (challenge answers) are read where they are needed, never followed.
         if ttl.is_none() {
-            self.inner.announce(vec![Change::Blob { key: key.to_owned() }]).await;
+            self.inner.announce(vec![Change::Blob { key: key.clone() }]).await;
         }
         Ok(())
     }
 
-    async fn delete_blob(&self, key: &str) -> Result<bool, StoreError> {
-        let ttl: i64 = self.inner.script(&scripts().delete_blob, key, &[]).await?;
+    async fn delete_blob(&self, key: &Key) -> Result<bool, StoreError> {
+        let ttl: i64 = self.inner.script(&scripts().delete_blob, key.as_str(), &[]).await?;
         if ttl == -1 {
-            self.inner.announce(vec![Change::Blob { key: key.to_owned() }]).await;
+            self.inner.announce(vec![Change::Blob { key: key.clone() }]).await;
         }
         Ok(ttl != -2)
     }
 
-    async fn blob_keys(&self) -> Result<Vec<String>, StoreError> {
+    async fn blob_keys(&self) -> Result<Vec<Key>, StoreError> {
         let inner = &self.inner;
         let strings = inner.link.scan("string").await?;
         // Lasting ones only: leases, counters and challenge answers all have a time to live.
@@ -517,18 +517,23 @@ impl Store for RedisStore {
             .buffered(READS_IN_FLIGHT)
             .try_collect()
             .await?;
-        Ok(lasting.into_iter().flatten().collect())
+        Ok(lasting.into_iter().flatten().map(Key::listed).collect())
     }
 
-    async fn count(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
+    async fn count(&self, key: &Key, window: Duration) -> Result<u64, StoreError> {
         let window = (window.as_millis().max(1) as u64).to_string();
-        self.inner.script(&scripts().count, key, &[window.as_bytes()]).await
+        self.inner.script(&scripts().count, key.as_str(), &[window.as_bytes()]).await
     }
 
-    async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+    async fn acquire(&self, name: &Key, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         let lease = Lease::new(name);
-        let command =
-            cmd("SET").arg(name).arg(&lease.token).arg("NX").arg("PX").arg(ttl.as_millis().max(1) as u64).clone();
+        let command = cmd("SET")
+            .arg(name.as_str())
+            .arg(&lease.token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .clone();
         let taken: Option<String> = self.inner.query(&command).await?;
         Ok(taken.map(|_| lease))
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portico_store::{Change, Fields, Kind, Store, StoreError};
+use portico_store::{Change, Fields, Kind, Store, StoreError, keys};
 
 /// How a test gets a store, and the same store again after closing it.
 #[allow(async_fn_in_trait)]
@@ -85,58 +85,60 @@ pub async fn name_conflicts(store: Arc<dyn Store>) {
 }
 
 pub async fn blobs_and_ttl(store: Arc<dyn Store>) {
-    store.put_blob("cert/a.example", b"forever", None).await.unwrap();
-    store.put_blob("challenge/token", b"short", Some(Duration::from_millis(300))).await.unwrap();
-    assert_eq!(store.blob("cert/a.example").await.unwrap().as_deref(), Some(&b"forever"[..]));
-    assert_eq!(store.blob("challenge/token").await.unwrap().as_deref(), Some(&b"short"[..]));
+    store.put_blob(&keys::cert_latest("a.example"), b"forever", None).await.unwrap();
+    store.put_blob(&keys::http01("a.example", "token"), b"short", Some(Duration::from_millis(300))).await.unwrap();
+    assert_eq!(store.blob(&keys::cert_latest("a.example")).await.unwrap().as_deref(), Some(&b"forever"[..]));
+    assert_eq!(store.blob(&keys::http01("a.example", "token")).await.unwrap().as_deref(), Some(&b"short"[..]));
     tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(store.blob("challenge/token").await.unwrap(), None, "expired blob still readable");
-    assert!(!store.delete_blob("challenge/token").await.unwrap());
-    assert_eq!(store.blob("cert/a.example").await.unwrap().as_deref(), Some(&b"forever"[..]));
+    assert_eq!(store.blob(&keys::http01("a.example", "token")).await.unwrap(), None, "expired blob still readable");
+    assert!(!store.delete_blob(&keys::http01("a.example", "token")).await.unwrap());
+    assert_eq!(store.blob(&keys::cert_latest("a.example")).await.unwrap().as_deref(), Some(&b"forever"[..]));
     // Overwrite, binary content, delete.
-    store.put_blob("cert/a.example", &[0, 255, 1], None).await.unwrap();
-    assert_eq!(store.blob("cert/a.example").await.unwrap().as_deref(), Some(&[0u8, 255, 1][..]));
-    assert!(store.delete_blob("cert/a.example").await.unwrap());
-    assert_eq!(store.blob("cert/a.example").await.unwrap(), None);
+    store.put_blob(&keys::cert_latest("a.example"), &[0, 255, 1], None).await.unwrap();
+    assert_eq!(store.blob(&keys::cert_latest("a.example")).await.unwrap().as_deref(), Some(&[0u8, 255, 1][..]));
+    assert!(store.delete_blob(&keys::cert_latest("a.example")).await.unwrap());
+    assert_eq!(store.blob(&keys::cert_latest("a.example")).await.unwrap(), None);
 }
 
 /// Lasting blobs are listed; leases, counters and short-lived blobs are not.
 pub async fn blob_keys(store: Arc<dyn Store>) {
-    store.put_blob("b:latest", b"1", None).await.unwrap();
-    store.put_blob("a:latest", b"2", None).await.unwrap();
-    store.put_blob("a:challenge:t", b"3", Some(Duration::from_secs(60))).await.unwrap();
-    store.acquire("portico:issue:a", Duration::from_secs(60)).await.unwrap().unwrap();
-    store.count("portico:issue-rate:x:1", Duration::from_secs(60)).await.unwrap();
+    store.put_blob(&keys::cert_latest("b"), b"1", None).await.unwrap();
+    store.put_blob(&keys::cert_latest("a"), b"2", None).await.unwrap();
+    store.put_blob(&keys::http01("a", "t"), b"3", Some(Duration::from_secs(60))).await.unwrap();
+    store.acquire(&keys::issue_lock("a"), Duration::from_secs(60)).await.unwrap().unwrap();
+    store.count(&keys::issue_rate("x", 1), Duration::from_secs(60)).await.unwrap();
     store.create(Kind::Host, "a", &fields(&[("ip", "1")])).await.unwrap();
-    assert_eq!(store.blob_keys().await.unwrap(), ["a:latest", "b:latest"]);
+    assert_eq!(store.blob_keys().await.unwrap(), [keys::cert_latest("a"), keys::cert_latest("b")]);
 }
 
 pub async fn lock_exclusivity_and_expiry(store: Arc<dyn Store>) {
     let ttl = Duration::from_millis(400);
-    let first = store.acquire("issue/a.example", ttl).await.unwrap().expect("free lock");
-    assert!(store.acquire("issue/a.example", ttl).await.unwrap().is_none(), "lock taken twice");
+    let first = store.acquire(&keys::issue_lock("a.example"), ttl).await.unwrap().expect("free lock");
+    assert!(store.acquire(&keys::issue_lock("a.example"), ttl).await.unwrap().is_none(), "lock taken twice");
     // Another name is independent.
-    let other = store.acquire("issue/b.example", ttl).await.unwrap().expect("other lock");
+    let other = store.acquire(&keys::issue_lock("b.example"), ttl).await.unwrap().expect("other lock");
     assert!(store.refresh(&first, Duration::from_secs(5)).await.unwrap());
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Refreshed: still held.
-    assert!(store.acquire("issue/a.example", ttl).await.unwrap().is_none());
+    assert!(store.acquire(&keys::issue_lock("a.example"), ttl).await.unwrap().is_none());
     // Not refreshed: expired, so anyone may take it, and the old holder lost it.
-    let second = store.acquire("issue/b.example", ttl).await.unwrap().expect("expired lock is free");
+    let second = store.acquire(&keys::issue_lock("b.example"), ttl).await.unwrap().expect("expired lock is free");
     assert!(!store.release(&other).await.unwrap(), "a stale holder released someone else's lock");
     assert!(!store.refresh(&other, ttl).await.unwrap());
-    assert!(store.acquire("issue/b.example", ttl).await.unwrap().is_none());
+    assert!(store.acquire(&keys::issue_lock("b.example"), ttl).await.unwrap().is_none());
     assert!(store.release(&second).await.unwrap());
     assert!(store.release(&first).await.unwrap());
     assert!(!store.release(&first).await.unwrap());
-    assert!(store.acquire("issue/a.example", ttl).await.unwrap().is_some());
+    assert!(store.acquire(&keys::issue_lock("a.example"), ttl).await.unwrap().is_some());
 }
 
 pub async fn concurrent_lock_has_one_winner(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.acquire("race", Duration::from_secs(10)).await.unwrap() })
+            tokio::spawn(
+                async move { store.acquire(&keys::issue_lock("race"), Duration::from_secs(10)).await.unwrap() },
+            )
         })
         .collect();
     let mut winners = 0;
@@ -156,8 +158,13 @@ pub async fn change_events(store: Arc<dyn Store>) {
     expect_event(&mut rx, Duration::from_secs(2), is("y.example")).await;
     store.delete(Kind::Host, "y.example").await.unwrap();
     expect_event(&mut rx, Duration::from_secs(2), is("y.example")).await;
-    store.put_blob("b", b"1", None).await.unwrap();
-    expect_event(&mut rx, Duration::from_secs(2), |c| matches!(c, Change::Blob { key } if key == "b")).await;
+    store.put_blob(&keys::cert_latest("b"), b"1", None).await.unwrap();
+    expect_event(
+        &mut rx,
+        Duration::from_secs(2),
+        |c| matches!(c, Change::Blob { key } if *key == keys::cert_latest("b")),
+    )
+    .await;
 }
 
 /// Every write of a record gives it a new revision; a compare-and-set against an old one
@@ -192,13 +199,15 @@ pub async fn revisions_and_compare_and_set(store: Arc<dyn Store>) {
 /// Counters count, apart from each other, and start over once their window has passed.
 pub async fn counters(store: Arc<dyn Store>) {
     let window = Duration::from_millis(300);
-    assert_eq!(store.count("c:a", window).await.unwrap(), 1);
-    assert_eq!(store.count("c:a", window).await.unwrap(), 2);
-    assert_eq!(store.count("c:b", window).await.unwrap(), 1);
+    assert_eq!(store.count(&keys::issue_rate("a", 1), window).await.unwrap(), 1);
+    assert_eq!(store.count(&keys::issue_rate("a", 1), window).await.unwrap(), 2);
+    assert_eq!(store.count(&keys::issue_rate("b", 1), window).await.unwrap(), 1);
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.count("c:many", Duration::from_secs(30)).await.unwrap() })
+            tokio::spawn(
+                async move { store.count(&keys::issue_rate("many", 1), Duration::from_secs(30)).await.unwrap() },
+            )
         })
         .collect();
     let mut seen = Vec::new();
@@ -208,14 +217,14 @@ pub async fn counters(store: Arc<dyn Store>) {
     seen.sort_unstable();
     assert_eq!(seen, (1..=20).collect::<Vec<u64>>(), "every increment counted once");
     tokio::time::sleep(window + Duration::from_millis(100)).await;
-    assert_eq!(store.count("c:a", window).await.unwrap(), 1, "a new window");
+    assert_eq!(store.count(&keys::issue_rate("a", 1), window).await.unwrap(), 1, "a new window");
 }
 
 pub async fn durable_across_reopen<B: Backend>(backend: B) {
     {
         let store = backend.open().await;
         store.create(Kind::Host, "keep.example", &fields(&[("ip", "1")])).await.unwrap();
-        store.put_blob("keep", b"blob", None).await.unwrap();
+        store.put_blob(&keys::cert_latest("keep"), b"blob", None).await.unwrap();
         store.create(Kind::Host, "gone.example", &fields(&[("ip", "2")])).await.unwrap();
         store.delete(Kind::Host, "gone.example").await.unwrap();
     }
@@ -224,7 +233,7 @@ pub async fn durable_across_reopen<B: Backend>(backend: B) {
     let store = backend.open().await;
     assert_eq!(store.record(Kind::Host, "keep.example").await.unwrap(), Some(fields(&[("ip", "1")])));
     assert_eq!(store.record(Kind::Host, "gone.example").await.unwrap(), None);
-    assert_eq!(store.blob("keep").await.unwrap().as_deref(), Some(&b"blob"[..]));
+    assert_eq!(store.blob(&keys::cert_latest("keep")).await.unwrap().as_deref(), Some(&b"blob"[..]));
     store.ping().await.unwrap();
 }
 

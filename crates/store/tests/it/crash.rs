@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use portico_store::{Kind, RedisStore, Store};
+use portico_store::{Kind, RedisStore, Store, keys};
 use portico_test_support::RedisServer;
 use tempfile::TempDir;
 
@@ -77,7 +77,7 @@ async fn crash_writes(url: &str) -> std::sync::Arc<dyn Store> {
         let record = store.record(Kind::Host, &key).await.unwrap();
         assert_eq!(record, Some(fields(&[("n", &n.to_string()), ("pad", &"x".repeat(512))])), "{key}");
         assert_eq!(store.record(Kind::Host, &format!("host{n}.example")).await.unwrap(), None);
-        let blob = store.blob(&format!("blob{n}")).await.unwrap();
+        let blob = store.blob(&keys::cert_latest(&format!("n{n}.test"))).await.unwrap();
         assert_eq!(blob.as_deref(), Some(n.to_string().as_bytes()));
     }
     // The store still takes writes.
@@ -98,7 +98,7 @@ async fn crash_writer() {
         let record = fields(&[("n", &n.to_string()), ("pad", &pad)]);
         store.create(Kind::Host, &host, &record).await.unwrap();
         store.replace(Kind::Host, &host, &moved, &record).await.unwrap();
-        store.put_blob(&format!("blob{n}"), n.to_string().as_bytes(), None).await.unwrap();
+        store.put_blob(&keys::cert_latest(&format!("n{n}.test")), n.to_string().as_bytes(), None).await.unwrap();
         println!("ack {n}");
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portico_store::{Change, EmbeddedStore, Kind, Store};
+use portico_store::{Change, EmbeddedStore, Kind, Store, keys};
 use tempfile::TempDir;
 
 use crate::contract::{expect_event, fields};
@@ -55,7 +55,7 @@ async fn a_foreign_write_followed_by_our_own_is_still_announced() {
     let cli = EmbeddedStore::open(&path).await.unwrap();
     let mut rx = serving.changes();
     cli.create(Kind::Host, "foreign.example", &fields(&[("ip", "127.0.0.1")])).await.unwrap();
-    serving.put_blob("own", b"x", None).await.unwrap();
+    serving.put_blob(&keys::cert_latest("own"), b"x", None).await.unwrap();
     let foreign = Change::Record { kind: Kind::Host, key: "foreign.example".into() };
     expect_event(&mut rx, Duration::from_secs(2), |c| *c == foreign).await;
 }
@@ -69,14 +69,14 @@ async fn leases_and_short_lived_blobs_stay_out_of_other_processes_feeds() {
     let serving = EmbeddedStore::open(&path).await.unwrap();
     let node = EmbeddedStore::open(&path).await.unwrap();
     let mut rx = serving.changes();
-    let lease = node.acquire("portico:issue:a.example", Duration::from_secs(30)).await.unwrap().unwrap();
-    node.put_blob("a.example:challenge:tok", b"answer", Some(Duration::from_secs(60))).await.unwrap();
-    node.delete_blob("a.example:challenge:tok").await.unwrap();
+    let lease = node.acquire(&keys::issue_lock("a.example"), Duration::from_secs(30)).await.unwrap().unwrap();
+    node.put_blob(&keys::http01("a.example", "tok"), b"answer", Some(Duration::from_secs(60))).await.unwrap();
+    node.delete_blob(&keys::http01("a.example", "tok")).await.unwrap();
     node.release(&lease).await.unwrap();
-    node.put_blob("a.example:latest", b"{}", None).await.unwrap();
+    node.put_blob(&keys::cert_latest("a.example"), b"{}", None).await.unwrap();
     // The first event the other process hears of is the certificate, nothing before it.
     let first = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.unwrap().unwrap();
-    assert_eq!(first, Change::Blob { key: "a.example:latest".into() });
+    assert_eq!(first, Change::Blob { key: keys::cert_latest("a.example") });
 }
 
 /// A process that falls further behind than the kept change events is told to resync.

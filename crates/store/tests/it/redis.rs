@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portico_store::{Change, Kind, RedisStore, Store};
+use portico_store::{Change, Kind, RedisStore, Store, keys};
 use portico_test_support::{RedisCluster, RedisSentinel, RedisServer};
 
 use crate::contract::{expect_event, fields};
@@ -81,7 +81,7 @@ async fn the_seed_key_layout_both_ways() {
     let redis = RedisServer::start();
     let store = RedisStore::open(&redis.url()).await.unwrap();
     store.create(Kind::Host, "app.example.com", &fields(&[("ip", "10.0.0.5"), ("targetPort", "8080")])).await.unwrap();
-    store.put_blob("app.example.com:latest", br#"{"expiry":1}"#, None).await.unwrap();
+    store.put_blob(&keys::cert_latest("app.example.com"), br#"{"expiry":1}"#, None).await.unwrap();
     assert_eq!(members(&redis.command("SMEMBERS proxy_Host")), ["app.example.com"]);
     assert_eq!(redis.command("HGET proxy_Host_app.example.com targetPort"), "$4\r\n8080\r\n");
     assert_eq!(redis.command("GET app.example.com:latest"), "$12\r\n{\"expiry\":1}\r\n");
@@ -108,17 +108,17 @@ async fn other_nodes_hear_what_changed_and_nothing_else() {
     let a = RedisStore::open(&redis.url()).await.unwrap();
     let b = RedisStore::open(&redis.url()).await.unwrap();
     let mut rx = b.changes();
-    let lease = a.acquire("portico:issue:x.example", Duration::from_secs(5)).await.unwrap().unwrap();
-    a.put_blob("x.example:challenge:t", b"key-authz", Some(Duration::from_secs(60))).await.unwrap();
-    a.count("portico:issue-rate:explicit:1", Duration::from_secs(60)).await.unwrap();
+    let lease = a.acquire(&keys::issue_lock("x.example"), Duration::from_secs(5)).await.unwrap().unwrap();
+    a.put_blob(&keys::http01("x.example", "t"), b"key-authz", Some(Duration::from_secs(60))).await.unwrap();
+    a.count(&keys::issue_rate("explicit", 1), Duration::from_secs(60)).await.unwrap();
     a.release(&lease).await.unwrap();
-    a.delete_blob("x.example:challenge:t").await.unwrap();
+    a.delete_blob(&keys::http01("x.example", "t")).await.unwrap();
     a.create(Kind::Host, "x.example", &fields(&[("ip", "127.0.0.1")])).await.unwrap();
     // Announcements from one writer arrive in order: the first one B hears is the host.
     let first = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.unwrap().unwrap();
     assert_eq!(first, Change::Record { kind: Kind::Host, key: "x.example".into() });
-    a.put_blob("x.example:latest", b"{}", None).await.unwrap();
-    expect_event(&mut rx, Duration::from_secs(2), |c| *c == Change::Blob { key: "x.example:latest".into() }).await;
+    a.put_blob(&keys::cert_latest("x.example"), b"{}", None).await.unwrap();
+    expect_event(&mut rx, Duration::from_secs(2), |c| *c == Change::Blob { key: keys::cert_latest("x.example") }).await;
     assert!(b.record(Kind::Host, "x.example").await.unwrap().is_some());
 }
 
