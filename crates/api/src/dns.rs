@@ -105,12 +105,10 @@ impl Zones {
         Value::Object(out)
     }
 
-    /// The managed zone a host name or pattern is in (the longest), with its provider. For a
-    /// pattern, the zone of the part after its last wildcard label (`*.a.example.com` and
-    /// `api.*.example.com` are in `example.com`'s zone when that is the managed one).
+    /// The managed zone a host name or pattern is in, with its provider
+    /// ([`zones_of`](portico_model::dns::zones_of) is the rule).
     pub fn zone_of(&self, pattern: &str) -> Option<Value> {
-        let fixed = pattern.rfind("*.").map_or(pattern, |at| &pattern[at + 2..]);
-        portico_dns::parents(fixed).find_map(|zone| {
+        portico_model::dns::zones_of(pattern).find_map(|zone| {
             let at = self.domains.binary_search_by(|(key, _)| key.as_str().cmp(zone)).ok()?;
             Some(self.zone(&self.domains[at].1))
         })

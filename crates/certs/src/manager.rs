@@ -323,11 +323,11 @@ impl Certs {
     }
 
     /// The DNS provider account that manages `zone` (the seed's `Domain` → `DnsProvider`
-    /// link: the longest managed domain `zone` is in). Reads the domain records `zone` could
-    /// be in, longest first, not all of them: a handshake for a name under a wildcard host
-    /// asks this.
+    /// link: [`zones_of`](portico_model::dns::zones_of) is the rule). Reads the domain
+    /// records `zone` could be in, longest first, not all of them: a handshake for a name
+    /// under a wildcard host asks this.
     pub async fn dns_account(&self, zone: &str) -> Result<Option<DnsAccount>, CertError> {
-        for domain in portico_dns::parents(zone) {
+        for domain in portico_model::dns::zones_of(zone) {
             let Some(fields) = self.store.record(Kind::Domain, domain).await? else { continue };
             let Some(provider_id) = fields.get("dnsProvider_id") else { return Ok(None) };
             let Some(provider) = self.store.record(Kind::DnsProvider, provider_id).await? else { return Ok(None) };

@@ -23,6 +23,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use portico_model::dns::parents;
 
 pub use cloudflare::{Auth as CloudflareAuth, Cloudflare};
 pub use digitalocean::DigitalOcean;
@@ -121,12 +122,6 @@ pub fn enclosing<'a>(name: &str, zones: impl IntoIterator<Item = &'a str>) -> Op
         .into_iter()
         .filter(|zone| name == *zone || name.strip_suffix(zone).is_some_and(|rest| rest.ends_with('.')))
         .max_by_key(|zone| zone.len())
-}
-
-/// `name` and each of its parents, longest first (`a.example.com`, `example.com`, `com`):
-/// the zones `name` can be in, which [`enclosing`] picks among.
-pub fn parents(name: &str) -> impl Iterator<Item = &str> {
-    std::iter::successors(Some(name), |n| n.split_once('.').map(|(_, rest)| rest))
 }
 
 /// `name` and each of its parents with at least two labels, longest first.

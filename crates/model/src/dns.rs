@@ -61,6 +61,21 @@ pub const PROVIDERS: [ProviderType; 4] = [
 /// The credential fields that are secrets: never shown.
 pub const SECRET_FIELDS: [&str; 4] = ["token", "apiKey", "secretApiKey", "secret"];
 
+/// `name` and each of its parents, longest first (`a.example.com`, `example.com`, `com`).
+pub fn parents(name: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(name), |n| n.split_once('.').map(|(_, rest)| rest))
+}
+
+/// The zones a host name or pattern can be in, longest first; its managed zone is the
+/// first of them that is a managed domain (a `Domain` record). For a pattern these are the
+/// part after its last wildcard label and that part's parents: `*.a.example.com` and
+/// `api.*.example.com` are in `example.com`'s zone when that is the managed one. The API
+/// (which zone a host is in) and the certificate manager (which account solves a wildcard's
+/// DNS-01 challenge) both ask this.
+pub fn zones_of(pattern: &str) -> impl Iterator<Item = &str> {
+    parents(pattern.rfind("*.").map_or(pattern, |at| &pattern[at + 2..]))
+}
+
 /// The provider type stored as `name`.
 pub fn provider_type(name: &str) -> Option<&'static ProviderType> {
     PROVIDERS.iter().find(|p| p.name == name)
@@ -74,5 +89,15 @@ mod tests {
     fn providers_and_their_secret_fields() {
         assert!(SECRET_FIELDS.iter().all(|f| PROVIDERS.iter().any(|p| p.credentials.iter().any(|(c, _)| c == f))));
         assert!(provider_type("PorkBun").is_some() && provider_type("Route53").is_none());
+    }
+
+    #[test]
+    fn zones_a_name_or_pattern_can_be_in() {
+        let all = |p| zones_of(p).collect::<Vec<_>>();
+        assert_eq!(all("a.example.com"), ["a.example.com", "example.com", "com"]);
+        assert_eq!(all("*.a.example.com"), ["a.example.com", "example.com", "com"]);
+        assert_eq!(all("api.*.example.com"), ["example.com", "com"]);
+        assert_eq!(all("**.example.com"), ["example.com", "com"]);
+        assert_eq!(all("*"), ["*"]);
     }
 }
