@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
-use portico_model::{Host, HostPattern, Hostname, PatternLabel, Target};
+use portico_model::{Host, HostError, HostPattern, Hostname, PatternLabel};
 use portico_store::{Kind, Revision, StoreError};
 use serde_json::{Map, Value, json};
 
@@ -72,31 +72,12 @@ pub fn host_json(host: &Host, zones: &Zones) -> Value {
 )]
 pub async fn create(State(api): State<Api>, caller: Caller, mut body: JsonObject) -> Result<Json<Value>, ApiError> {
     hash_basic_auth(&mut body.0).await?;
-    let mut errors = Vec::new();
-    let pattern = body.required("host", &mut errors).and_then(|h| parse_pattern(&h, &mut errors));
-    // `targets`, or the seed's `ip` + `targetPort` for a single one.
-    if !body.0.contains_key("targets") {
-        for key in ["ip", "targetPort"] {
-            if body.0.get(key).is_none_or(Value::is_null) {
-                errors.push(FieldError::new(key, format!("{key} is required.")));
-            }
-        }
-    }
-    let forcessl = body.flag("forcessl", &mut errors).unwrap_or(true);
-    let targetssl = body.flag("targetssl", &mut errors).unwrap_or(false);
-    // The first target comes from `targets` or `ip`/`targetPort`, applied below.
-    let unset = Target::new("127.0.0.1", 1).map_err(|_| ApiError::Internal("a placeholder target"))?;
-    let placeholder = HostPattern::parse("placeholder.invalid").map_err(|_| ApiError::Internal("a placeholder"))?;
-    let now = portico_store::now_ms() as i64;
-    let mut host = Host::new(pattern.clone().unwrap_or(placeholder), unset, forcessl, targetssl, &caller.username, now);
-    apply_policy(&body, &mut host, &mut errors);
-    let (Some(pattern), true) = (pattern, errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
+    let host = Host::from_json(&body.0, &caller.username, portico_store::now_ms() as i64).map_err(refused)?;
+    let pattern = host.host.as_str();
     api.store
-        .create(Kind::Host, pattern.as_str(), &host.to_fields())
+        .create(Kind::Host, pattern, &host.to_fields())
         .await
-        .map_err(|e| ApiError::from_write(e, Kind::Host, pattern.as_str(), "host"))?;
+        .map_err(|e| ApiError::from_write(e, Kind::Host, pattern, "host"))?;
     Ok(with_message(format!("\"{pattern}\" added."), host.to_json()))
 }
 
@@ -154,7 +135,7 @@ pub async fn update(
         &headers,
         || stored(&api, &item),
         |host| {
-            apply(&body, host)?;
+            host.apply_json(&body.0).map_err(refused)?;
             host.updated_by = caller.username.clone();
             host.updated_on = portico_store::now_ms() as i64;
             Ok((host.host.to_string(), host.to_fields()))
@@ -170,74 +151,26 @@ pub async fn update(
     Ok((etag, with_message(format!("\"{item}\" updated."), fields)))
 }
 
-/// Applies an update's fields (the API's JSON names: `host`, `ip`, `targetPort`, `targets`,
-/// `balance`, `healthCheck`, `forcessl`, `targetssl`) to `host`, as `PUT /api/host/{item}`
-/// does; the command line uses it too. Every bad field is one entry of the error.
-pub fn apply_update(fields: serde_json::Map<String, Value>, host: &mut Host) -> Result<(), ApiError> {
-    apply(&JsonObject(fields), host)
+/// The 422 for a host's refused fields, one entry each.
+fn refused(errors: Vec<HostError>) -> ApiError {
+    ApiError::Validation(errors.iter().map(|e| FieldError::new(e.field(), format!("{e}."))).collect())
 }
 
-/// Applies an update's fields to `host`; every bad field is one entry of the 422.
-fn apply(body: &JsonObject, host: &mut Host) -> Result<(), ApiError> {
-    let mut errors = Vec::new();
-    if let Some(pattern) = body.string("host", &mut errors).and_then(|h| parse_pattern(&h, &mut errors)) {
-        host.host = pattern;
+/// Hashes the passwords of `basicAuth` entries
+/// ([`hash_basic_auth`](portico_model::host_json::hash_basic_auth)) off the async threads.
+async fn hash_basic_auth(fields: &mut serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    if !fields.contains_key("basicAuth") {
+        return Ok(());
     }
-    apply_policy(body, host, &mut errors);
-    if let Some(v) = body.flag("forcessl", &mut errors) {
-        host.forcessl = v;
-    }
-    if let Some(v) = body.flag("targetssl", &mut errors) {
-        host.targetssl = v;
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    Ok(())
-}
-
-/// Applies `targets`, `balance`, `healthCheck` and the access fields
-/// ([`Host::apply_policy`]), then the seed's `ip`/`targetPort` (the first target), from a
-/// create or an update to `host`.
-fn apply_policy(body: &JsonObject, host: &mut Host, errors: &mut Vec<FieldError>) {
-    for e in host.apply_policy(&body.0) {
-        errors.push(FieldError::new(e.field(), format!("{e}.")));
-    }
-    let ip = body.string("ip", errors);
-    let port = body.port("targetPort", errors);
-    if ip.is_some() || port.is_some() {
-        let ip = ip.unwrap_or_else(|| host.target().ip().to_owned());
-        let port = port.unwrap_or(host.target().port());
-        if let Some(target) = parse_target(&ip, port, errors) {
-            if body.0.contains_key("targets") && &target != host.target() {
-                errors.push(FieldError::new("ip", "ip and targetPort are the first of targets: they differ."));
-            } else {
-                host.set_first_target(target);
-            }
-        }
-    }
-}
-
-/// Hashes the passwords of `basicAuth` entries (Argon2id, off the async threads), so what
-/// is applied and stored holds hashes only. An entry may give a `hash` itself (an Argon2 or
-/// a seed's bcrypt hash) instead of a `password`.
-pub async fn hash_basic_auth(fields: &mut serde_json::Map<String, Value>) -> Result<(), ApiError> {
-    let Some(Value::Array(users)) = fields.get_mut("basicAuth") else { return Ok(()) };
-    for user in users.iter_mut() {
-        let Some(entry) = user.as_object_mut() else { continue };
-        let Some(password) = entry.remove("password") else { continue };
-        let Some(password) = password.as_str().filter(|p| !p.is_empty()) else {
-            return Err(ApiError::Validation(vec![FieldError::new(
-                "basicAuth",
-                "basicAuth: a password must be text.",
-            )]));
-        };
-        if let Some(problem) = portico_model::record::password_problem(password) {
-            return Err(ApiError::Validation(vec![FieldError::new("basicAuth", format!("basicAuth: {problem}"))]));
-        }
-        entry.insert("hash".into(), Value::String(crate::auth::hash_password(password.to_owned()).await?));
-    }
-    Ok(())
+    let mut taken = std::mem::take(fields);
+    let (taken, result) = tokio::task::spawn_blocking(move || {
+        let result = portico_model::host_json::hash_basic_auth(&mut taken);
+        (taken, result)
+    })
+    .await
+    .map_err(|_| ApiError::Internal("password hashing task failed"))?;
+    *fields = taken;
+    result.map_err(|e| refused(vec![e]))
 }
 
 /// `DELETE /api/host/{item}`.
@@ -359,12 +292,4 @@ pub async fn renew(State(api): State<Api>, _caller: Caller, Path(item): Path<Str
         format!("Renewed {} certificate(s) for {item}.", results.len())
     };
     Ok(Json(json!({ "message": message, "results": results })))
-}
-
-fn parse_pattern(text: &str, errors: &mut Vec<FieldError>) -> Option<HostPattern> {
-    HostPattern::parse(text).map_err(|e| errors.push(FieldError::new("host", format!("host is invalid: {e}.")))).ok()
-}
-
-fn parse_target(ip: &str, port: u16, errors: &mut Vec<FieldError>) -> Option<Target> {
-    Target::new(ip, port).map_err(|e| errors.push(FieldError::new(e.field(), format!("{e}.")))).ok()
 }

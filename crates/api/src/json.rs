@@ -95,35 +95,4 @@ impl JsonObject {
         }
         value
     }
-
-    /// A boolean field, also as the seed's strings `"true"`/`"false"`.
-    pub fn flag(&self, key: &str, errors: &mut Vec<FieldError>) -> Option<bool> {
-        match self.0.get(key) {
-            None | Some(Value::Null) => None,
-            Some(Value::Bool(b)) => Some(*b),
-            Some(Value::String(s)) if s == "true" => Some(true),
-            Some(Value::String(s)) if s == "false" => Some(false),
-            Some(_) => {
-                errors.push(FieldError::new(key, format!("{key} is not boolean type.")));
-                None
-            }
-        }
-    }
-
-    /// A port: a number or numeric string, 1–65535.
-    pub fn port(&self, key: &str, errors: &mut Vec<FieldError>) -> Option<u16> {
-        let parsed = match self.0.get(key) {
-            None | Some(Value::Null) => return None,
-            Some(Value::Number(n)) => n.as_u64(),
-            Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
-            Some(_) => None,
-        };
-        match parsed {
-            Some(p) if (1..=65535).contains(&p) => Some(p as u16),
-            _ => {
-                errors.push(FieldError::new(key, format!("{key} must be a whole number from 1 to 65535.")));
-                None
-            }
-        }
-    }
 }

@@ -33,7 +33,7 @@ use utoipa_axum::routes;
 
 pub use dns::{Synced, Zones, sync as sync_dns_provider, sync_all as sync_dns_domains};
 pub use error::ApiError;
-pub use hosts::{apply_update as apply_host_update, hash_basic_auth, host_json};
+pub use hosts::host_json;
 pub use state::{Api, ApiSettings, ApiState, HealthReport, RequestCounter};
 
 /// Every route of the API with its OpenAPI entry. Routes are only ever added here, through

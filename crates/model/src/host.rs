@@ -31,18 +31,30 @@ pub enum HostError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A field is refused, for the reason `message` gives (it names the field).
+    #[error("{message}")]
+    Refused {
+        /// The field at fault, with the seed's spelling.
+        field: &'static str,
+        /// What is wrong, as a sentence that names the field.
+        message: String,
+    },
 }
 
 impl HostError {
     /// The field the error is about.
     pub fn field(&self) -> &'static str {
         match self {
-            Self::Missing(field) | Self::Invalid { field, .. } => field,
+            Self::Missing(field) | Self::Invalid { field, .. } | Self::Refused { field, .. } => field,
         }
     }
 
-    fn invalid(field: &'static str, reason: impl fmt::Display) -> Self {
+    pub(crate) fn invalid(field: &'static str, reason: impl fmt::Display) -> Self {
         Self::Invalid { field, reason: reason.to_string() }
+    }
+
+    pub(crate) fn refused(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Refused { field, message: message.into() }
     }
 }
 
@@ -198,25 +210,6 @@ impl Host {
         }
     }
 
-    /// Applies an update's policy fields, with the API's names: `targets`, `balance` (`null`
-    /// keeps it), `healthCheck` (`null` removes it) and the access fields (see
-    /// [`Access::apply`]). Each refusal names its field; the fields it refuses stay as they
-    /// were.
-    pub fn apply_policy(&mut self, body: &serde_json::Map<String, serde_json::Value>) -> Vec<HostError> {
-        use crate::access::{apply_field, or_null};
-        let mut errors = Vec::new();
-        apply_field(body, "targets", &mut self.targets, parse_targets, &mut errors);
-        let balance = self.balance;
-        let policy = |value: &serde_json::Value| match value {
-            serde_json::Value::Null => Ok(balance),
-            value => Balance::parse(value.as_str().unwrap_or_default()),
-        };
-        apply_field(body, "balance", &mut self.balance, policy, &mut errors);
-        apply_field(body, "healthCheck", &mut self.health_check, or_null(HealthCheck::parse), &mut errors);
-        errors.extend(self.access.apply(body));
-        errors
-    }
-
     /// Whether its targets' health is followed (several targets, or active checks): a host
     /// with one target and no checks sends every request to it and keeps no state.
     pub fn health_followed(&self) -> bool {
@@ -359,7 +352,7 @@ impl Host {
 
 /// Puts `target` in the first entry of a non-empty list (keeping that entry's weight) and
 /// drops any later entry for the same target.
-fn put_first(targets: &mut Vec<Upstream>, target: Target) {
+pub(crate) fn put_first(targets: &mut Vec<Upstream>, target: Target) {
     targets[0].target = target;
     let mut first = true;
     let kept = targets[0].target.clone();

@@ -5,6 +5,7 @@
 //!   more labels), in any position.
 //! - [`HostTable`]: the lookup tree that maps a name to the most specific matching pattern.
 //! - [`Host`]: a proxied host as the API and the store see it, with the seed's field names.
+//!   [`host_json`]: a new host or an update from the API's JSON, every bad field reported at once.
 //! - [`Routes`]: the routing snapshot every part of a node shares.
 //! - [`record`]: the seed's record bookkeeping, users and roles.
 //! - [`dns`]: DNS provider types and the zone rule.
@@ -12,6 +13,7 @@
 pub mod access;
 pub mod dns;
 mod host;
+pub mod host_json;
 pub mod limiter;
 mod name;
 pub mod record;

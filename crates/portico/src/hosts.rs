@@ -4,7 +4,8 @@
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use portico_model::{Host, HostPattern, Target};
+use portico_model::host_json::hash_basic_auth;
+use portico_model::{Host, HostError, HostPattern};
 use portico_store::{Kind, StoreError};
 
 use crate::config::Config;
@@ -183,20 +184,10 @@ fn target_json(text: &str) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({ "ip": ip, "port": port, "weight": weight.unwrap_or(1) }))
 }
 
-/// Applies API fields to a host, with the API's checks (passwords hashed first); refusals
-/// as one error.
-async fn apply(mut fields: serde_json::Map<String, serde_json::Value>, host: &mut Host) -> anyhow::Result<()> {
-    let result = match portico_api::hash_basic_auth(&mut fields).await {
-        Ok(()) => portico_api::apply_host_update(fields, host),
-        Err(e) => Err(e),
-    };
-    result.map_err(|e| match e {
-        portico_api::ApiError::Validation(errors) => {
-            let lines: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.key, e.message)).collect();
-            anyhow::anyhow!("{}", lines.join("\n"))
-        }
-        e => anyhow::anyhow!("{e}"),
-    })
+/// Every refused field, one per line.
+fn refused(errors: Vec<HostError>) -> anyhow::Error {
+    let lines: Vec<String> = errors.iter().map(|e| format!("{}: {e}.", e.field())).collect();
+    anyhow::anyhow!("{}", lines.join("\n"))
 }
 
 /// Runs one host subcommand against the configured store.
@@ -209,17 +200,18 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
     let store = store.context("cannot open the store")?;
     match command {
         HostCommand::Add { name, ip, port, policy, forcessl, targetssl } => {
-            let pattern = HostPattern::parse(&name).with_context(|| format!("host {name:?}"))?;
-            let placeholder = Target::new("127.0.0.1", 1).context("target")?;
-            let mut host =
-                Host::new(pattern.clone(), placeholder, forcessl, targetssl, "cli", portico_store::now_ms() as i64);
             let mut fields = serde_json::Map::new();
+            fields.insert("host".into(), name.into());
+            fields.insert("forcessl".into(), forcessl.into());
+            fields.insert("targetssl".into(), targetssl.into());
             if let (Some(ip), Some(port)) = (ip, port) {
                 fields.insert("ip".into(), ip.into());
                 fields.insert("targetPort".into(), port.into());
             }
             policy.fields(&mut fields)?;
-            apply(fields, &mut host).await?;
+            hash_basic_auth(&mut fields).map_err(|e| refused(vec![e]))?;
+            let host = Host::from_json(&fields, "cli", portico_store::now_ms() as i64).map_err(refused)?;
+            let pattern = &host.host;
             match store.create(Kind::Host, pattern.as_str(), &host.to_fields()).await {
                 Ok(()) => println!("added {pattern} -> {}", targets_text(&host)),
                 Err(StoreError::Conflict { .. }) => bail!("host {pattern} already exists"),
@@ -256,7 +248,8 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
                 .context("cannot read the host")?
                 .with_context(|| format!("no host {pattern}"))?;
             let mut host = Host::from_fields(&stored).with_context(|| format!("host {pattern} does not parse"))?;
-            apply(fields, &mut host).await?;
+            hash_basic_auth(&mut fields).map_err(|e| refused(vec![e]))?;
+            host.apply_json(&fields).map_err(refused)?;
             host.updated_by = "cli".to_owned();
             host.updated_on = portico_store::now_ms() as i64;
             let key = host.host.to_string();
