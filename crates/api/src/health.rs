@@ -1,7 +1,5 @@
 //! `/healthz` (the process answers) and `/readyz` (store reachable, listeners bound).
 
-use std::sync::atomic::Ordering;
-
 use axum::Json;
 use axum::extract::State;
 use http::StatusCode;
@@ -21,7 +19,8 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 when the store answers and every listener is bound, 503 otherwise.
+/// 200 when the store answers and every listener is bound, 503 otherwise; with the bound
+/// addresses and the routing table's generation and size.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -30,9 +29,18 @@ pub async fn healthz() -> Json<Value> {
 )]
 pub async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Value>) {
     let store = api.store.ping().await.is_ok();
-    let listeners = api.listeners_ready.load(Ordering::SeqCst);
-    let status = if store && listeners { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "store": store, "listeners": listeners })))
+    let listening = api.listening.get();
+    let status = if store && listening.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let routing = api.routes.state();
+    (
+        status,
+        Json(json!({
+            "store": store,
+            "listeners": listening.is_some(),
+            "addresses": listening.cloned().unwrap_or_default(),
+            "routing": { "generation": routing.generation, "hosts": routing.hosts },
+        })),
+    )
 }
 
 /// `GET /api/stats`: this process's request count, for the UI's request rate (sample it

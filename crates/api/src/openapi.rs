@@ -7,6 +7,8 @@
 //! `"8080"` for a port), so these types are only ever read by the document generator.
 #![allow(dead_code, reason = "schema types: described in the document, never built")]
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
@@ -611,11 +613,22 @@ pub struct Alive {
     status: String,
 }
 
-/// Readiness: whether the store answers and every listener is bound (503 unless both).
+/// Readiness: whether the store answers and every listener is bound (503 unless both), the
+/// bound addresses by listener (`http`, `https`, `api`, `metrics`, `lookup`), and the
+/// routing table this process routes by.
 #[derive(Serialize, ToSchema)]
 pub struct Ready {
     store: bool,
     listeners: bool,
+    addresses: BTreeMap<String, String>,
+    routing: Routing,
+}
+
+/// A routing table: its generation (one more with every change) and its host patterns.
+#[derive(Serialize, ToSchema)]
+pub struct Routing {
+    generation: u64,
+    hosts: u64,
 }
 
 /// A deleted user.

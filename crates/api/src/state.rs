@@ -1,7 +1,8 @@
 //! What every handler shares.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use portico_certs::Certs;
@@ -77,8 +78,9 @@ pub struct ApiState {
     pub settings: ApiSettings,
     /// Failed-login bookkeeping.
     pub limiter: LoginLimiter,
-    /// Set once every listener is bound; `/readyz` reports it.
-    pub listeners_ready: AtomicBool,
+    /// Every listener's bound address, by name, set once all are bound; `/readyz`
+    /// reports them.
+    pub listening: OnceLock<BTreeMap<String, SocketAddr>>,
     /// Certificates, for renewals asked through the API (`None`: not managed here).
     pub certs: Option<Arc<Certs>>,
     /// Model events for live UIs.
@@ -98,7 +100,7 @@ impl ApiState {
             routes,
             settings,
             limiter: LoginLimiter::new(Duration::from_secs(300), 5, 20),
-            listeners_ready: AtomicBool::new(false),
+            listening: OnceLock::new(),
             certs,
             feed: crate::live::Feed::default(),
             socket_io: crate::live::SocketIoLimits::default(),

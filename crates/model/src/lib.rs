@@ -25,7 +25,7 @@ pub mod upstream;
 pub use access::Access;
 pub use host::{Fields, Host, HostError, Target, is_secret_field, parse_port};
 pub use name::{HostPattern, Hostname, NameError, PatternLabel};
-pub use routes::{Rebuilt, Routes};
+pub use routes::{Rebuilt, Routes, RoutingState};
 pub use table::HostTable;
 #[cfg(feature = "reference-matcher")]
 pub use table::reference;

@@ -4,7 +4,9 @@
 //! `routes::follow_store`; this module does no I/O.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
@@ -18,6 +20,29 @@ pub struct Routes {
     /// in without reading the others again, and a full rebuild that changes nothing (the
     /// periodic resync, mostly) leaves the table as it is. `None` until the first rebuild.
     hosts: Mutex<Option<BTreeMap<String, Arc<Host>>>>,
+    /// Bumped with every swap of the table.
+    generation: AtomicU64,
+    /// Told of every swap (the service manager's status, `/readyz`'s waiters).
+    observer: OnceLock<Observer>,
+}
+
+/// Which table a node routes by: its generation (one more with every swap) and how many
+/// host patterns it holds. Reported by `/readyz` and to a service manager, so that a
+/// deployment script or a test can wait until a change is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutingState {
+    /// Swaps of the table since the process started.
+    pub generation: u64,
+    /// Host patterns in the table.
+    pub hosts: usize,
+}
+
+struct Observer(Box<dyn Fn(RoutingState) + Send + Sync>);
+
+impl fmt::Debug for Observer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 /// What a [`Routes::rebuild`] or [`Routes::patch`] did.
@@ -49,9 +74,25 @@ impl Routes {
         self.swap(hosts.into_iter().map(Arc::new));
     }
 
+    /// Which table routes now.
+    pub fn state(&self) -> RoutingState {
+        RoutingState { generation: self.generation.load(Ordering::SeqCst), hosts: self.table.load().len() }
+    }
+
+    /// Calls `observer` after every swap of the table from now on, with the new state. One
+    /// observer per table: false if one was set already.
+    pub fn observe(&self, observer: impl Fn(RoutingState) + Send + Sync + 'static) -> bool {
+        self.observer.set(Observer(Box::new(observer))).is_ok()
+    }
+
     fn swap(&self, hosts: impl IntoIterator<Item = Arc<Host>>) {
         let table: HostTable<Arc<Host>> = hosts.into_iter().map(|h| (h.host.clone(), h)).collect();
+        let count = table.len();
         self.table.store(Arc::new(table));
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(Observer(observer)) = self.observer.get() {
+            observer(RoutingState { generation, hosts: count });
+        }
     }
 
     /// Rebuilds the table from host records as the store holds them (key, fields), unless
@@ -166,5 +207,22 @@ mod tests {
         broken.insert("targetPort".into(), "not a port".into());
         let skipped = routes.patch("b.test", Some(broken)).unwrap();
         assert!(skipped.changed && skipped.skipped.len() == 1 && skipped.hosts == 0);
+    }
+
+    #[test]
+    fn every_swap_is_a_new_generation_told_to_the_observer() {
+        let routes = Routes::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        assert!(routes.observe(move |state| sink.lock().unwrap().push(state)));
+        assert!(!routes.observe(|_| {}), "one observer");
+        assert_eq!(routes.state(), RoutingState { generation: 0, hosts: 0 });
+        routes.rebuild(vec![record("a.test", 1)]);
+        routes.rebuild(vec![record("a.test", 1)]);
+        routes.patch("b.test", Some(record("b.test", 2).1));
+        routes.patch("a.test", None);
+        let states = [(1, 1), (2, 2), (3, 1)].map(|(generation, hosts)| RoutingState { generation, hosts });
+        assert_eq!(*seen.lock().unwrap(), states, "an unchanged rebuild is no new generation");
+        assert_eq!(routes.state(), states[2]);
     }
 }

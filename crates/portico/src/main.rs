@@ -6,6 +6,7 @@
 
 mod config;
 mod hosts;
+mod notify;
 mod serve;
 mod users;
 

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config};
+use crate::notify::Notifier;
 
 /// What a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,18 +75,26 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
         metrics.routes_hosts.set(hosts as i64);
     }
     tracing::info!(hosts = routes.snapshot().len(), store = %portico_store::redact(&config.store_url), "store opened");
+    // A service manager (systemd's `Type=notify`, a test) hears of readiness and of each new
+    // routing table.
+    let notifier = Notifier::from_env().map(Arc::new);
+    if let Some(notifier) = &notifier {
+        let notifier = notifier.clone();
+        routes.observe(move |state| notifier.routing(state));
+    }
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(watch_identity(identified.clone(), metrics.clone(), shutdown.clone()));
     tasks.spawn(routes::follow_store(store.clone(), routes.clone(), metrics.clone(), shutdown.clone()));
     tasks.spawn(watch_store_memory(store.clone(), metrics.clone(), shutdown.clone()));
+    let mut ready = Vec::new();
     if let Some(addr) = config.metrics_listen {
         // A port already taken stops the start, with the key named.
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
-        tracing::info!(addr = %listener.local_addr()?, listener = "metrics", "listening");
+        ready.push(("metrics", listener.local_addr()?));
         tasks.spawn(serve_metrics(listener, metrics.clone(), shutdown.clone()));
     }
 
@@ -99,7 +108,6 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     .context("cannot set up certificates")?;
     tasks.spawn(certs.clone().follow_store(shutdown.clone()));
 
-    let mut ready = Vec::new();
     if role.proxy() {
         // One cap for both listeners: they draw on the same file descriptors.
         let cap = ConnectionCap::new(config.proxy.max_connections, "proxy.max_connections");
@@ -178,15 +186,21 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     }
     // Every socket is bound (connections queue from here on): ready, before anyone is told.
     if let Some(api) = &api {
-        api.listeners_ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = api.listening.set(ready.iter().map(|(name, addr)| ((*name).to_owned(), *addr)).collect());
     }
-    for (listener, addr) in ready {
+    for (listener, addr) in &ready {
         tracing::info!(listener, addr = %addr, "listening");
+    }
+    if let Some(notifier) = &notifier {
+        notifier.ready(&ready, routes.state());
     }
     tasks.close();
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
+    if let Some(notifier) = &notifier {
+        notifier.stopping();
+    }
     shutdown.cancel();
     tasks.wait().await;
     tracing::info!("stopped");

@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
@@ -28,14 +29,85 @@ pub struct Portico {
     listeners: HashMap<String, SocketAddr>,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
     output: Arc<Mutex<Vec<String>>>,
+    notified: Arc<Notified>,
+    /// Holds the notification socket.
+    _notify_dir: TempDir,
 }
 
-/// The listeners each role announces.
-fn listeners_of(role: &str) -> &'static [&'static str] {
-    match role {
-        "proxy" => &["http", "https"],
-        "api" => &["api"],
-        _ => &["http", "https", "api"],
+/// What the process has told its service manager (this harness, through `NOTIFY_SOCKET`):
+/// readiness, its listeners' addresses, and the routing table it routes by.
+#[derive(Default)]
+struct Notified {
+    state: Mutex<ServiceState>,
+    changed: Condvar,
+    /// Set when the [`Portico`] is dropped: the listening thread ends.
+    closed: AtomicBool,
+}
+
+#[derive(Default, Clone)]
+struct ServiceState {
+    ready: bool,
+    listeners: HashMap<String, SocketAddr>,
+    /// (generation, host patterns) of the routing table.
+    routing: (u64, u64),
+}
+
+impl Notified {
+    /// Receives the process's notifications until the harness is done with it.
+    fn listen(self: Arc<Self>, socket: UnixDatagram) {
+        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        while !self.closed.load(Ordering::SeqCst) {
+            let Ok(n) = socket.recv(&mut buf) else { continue };
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let mut state = self.state.lock().unwrap();
+            for line in text.lines() {
+                let Some((key, value)) = line.split_once('=') else { continue };
+                match key {
+                    "READY" => state.ready = value == "1",
+                    "X_PORTICO_LISTENERS" => {
+                        for entry in value.split_whitespace() {
+                            if let Some((name, addr)) = entry.split_once('=') {
+                                state.listeners.insert(name.to_owned(), addr.parse().unwrap());
+                            }
+                        }
+                    }
+                    "X_PORTICO_ROUTING" => {
+                        let number = |key: &str| {
+                            value.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.parse::<u64>().ok())
+                        };
+                        state.routing = (number("generation=").unwrap_or(0), number("hosts=").unwrap_or(0));
+                    }
+                    _ => {}
+                }
+            }
+            drop(state);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits until `done` holds of the state, up to `deadline`, or until `gone` says to
+    /// stop waiting; the state then.
+    fn wait(
+        &self,
+        deadline: Duration,
+        mut done: impl FnMut(&ServiceState) -> bool,
+        mut gone: impl FnMut() -> bool,
+    ) -> Result<ServiceState, ServiceState> {
+        let until = Instant::now() + deadline;
+        let mut state = self.state.lock().unwrap();
+        loop {
+            if done(&state) {
+                return Ok(state.clone());
+            }
+            let now = Instant::now();
+            if now >= until || gone() {
+                return Err(state.clone());
+            }
+            // Woken by every notification; the slice bounds how late an exit is noticed.
+            let slice = (until - now).min(Duration::from_millis(100));
+            state = self.changed.wait_timeout(state, slice).unwrap().0;
+        }
     }
 }
 
@@ -157,6 +229,16 @@ impl Portico {
         for s in settings {
             command.args(["--set", s]);
         }
+        // Readiness, listeners and routing, as a service manager hears them.
+        let notify_dir = TempDir::new().unwrap();
+        let notify_path = notify_dir.path().join("notify");
+        let notify_socket = UnixDatagram::bind(&notify_path).unwrap();
+        let notified = Arc::new(Notified::default());
+        std::thread::spawn({
+            let notified = notified.clone();
+            move || notified.listen(notify_socket)
+        });
+        command.env("NOTIFY_SOCKET", &notify_path);
         command.env_remove("PORTICO_CONFIG").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         match admin_password {
             Some(password) => command.env("PORTICO_ADMIN_PASSWORD", password),
@@ -174,7 +256,6 @@ impl Portico {
             }
         });
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -184,29 +265,34 @@ impl Portico {
                     sink.lock().unwrap().push(serde_json::json!({ "raw": line }));
                     continue;
                 };
-                let fields = &value["fields"];
-                if fields["message"] == "listening" {
-                    let listener = fields["listener"].as_str().unwrap_or_default().to_owned();
-                    let _ = ready_tx.send((listener, fields["addr"].as_str().unwrap_or_default().to_owned()));
-                }
                 sink.lock().unwrap().push(value);
             }
         });
-        let mut listeners = HashMap::new();
-        let expected = listeners_of(role);
-        while !expected.iter().all(|name| listeners.contains_key(*name)) {
-            let Ok((name, addr)) = ready_rx.recv_timeout(Duration::from_secs(20)) else {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("portico did not start listening; log: {:?}", logs.lock().unwrap()));
-            };
-            listeners.insert(name, addr.parse::<SocketAddr>().unwrap());
-        }
+        let started =
+            notified.wait(Duration::from_secs(20), |state| state.ready, || child.try_wait().ok().flatten().is_some());
+        let Ok(ServiceState { listeners, .. }) = started else {
+            let _ = child.kill();
+            let _ = child.wait();
+            notified.closed.store(true, Ordering::SeqCst);
+            return Err(format!("portico did not become ready; log: {:?}", logs.lock().unwrap()));
+        };
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
         let http = listeners.get("http").copied().unwrap_or(unspecified);
         let https = listeners.get("https").copied().unwrap_or(unspecified);
         let api = listeners.get("api").copied().unwrap_or(unspecified);
-        Ok(Self { bin, dir, child: Some(child), http, https, api, listeners, logs, output })
+        Ok(Self {
+            bin,
+            dir,
+            child: Some(child),
+            http,
+            https,
+            api,
+            listeners,
+            logs,
+            output,
+            notified,
+            _notify_dir: notify_dir,
+        })
     }
 
     /// The lines written to standard output so far (the access log in the `common` and
@@ -259,24 +345,16 @@ impl Portico {
         self.wait_routed();
     }
 
-    /// Waits until the server has rebuilt its routing table with every host now in the store.
+    /// Waits until the server routes by a table with every host now in the store (as many
+    /// patterns as `host ls` lists), as it tells its service manager.
     pub fn wait_routed(&self) {
         let listed = self.host(&["ls", "--json"]);
         assert!(listed.status.success(), "host ls: {}", String::from_utf8_lossy(&listed.stderr));
         let count = String::from_utf8_lossy(&listed.stdout).lines().count() as u64;
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            let rebuilt = self.logs().iter().any(|l| {
-                let f = &l["fields"];
-                (f["message"] == "routing table rebuilt" || f["message"] == "store opened") && f["hosts"] == count
-            });
-            if rebuilt {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if let Err(state) = self.notified.wait(Duration::from_secs(10), |state| state.routing.1 == count, || false) {
+            let log: Vec<String> = self.logs().iter().map(|l| l.to_string()).collect();
+            panic!("portico did not pick up {count} hosts (it routes {:?}); its log: {log:#?}", state.routing);
         }
-        let log: Vec<String> = self.logs().iter().map(|l| l.to_string()).collect();
-        panic!("portico did not pick up {count} hosts; its log: {log:#?}");
     }
 
     /// Every JSON log line so far.
@@ -359,6 +437,7 @@ impl Portico {
 
 impl Drop for Portico {
     fn drop(&mut self) {
+        self.notified.closed.store(true, Ordering::SeqCst);
         self.kill();
     }
 }

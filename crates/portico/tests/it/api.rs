@@ -465,7 +465,19 @@ async fn health_and_readiness() {
     assert_eq!(api.call("GET", "/healthz", None, None).await.json, json!({"status": "ok"}));
     let ready = api.call("GET", "/readyz", None, None).await;
     assert_eq!(ready.status, StatusCode::OK);
-    assert_eq!(ready.json, json!({"store": true, "listeners": true}));
+    let addresses = json!({"http": p.http.to_string(), "https": p.https.to_string(), "api": p.api.to_string()});
+    let routing = |generation: u64, hosts: u64| json!({"generation": generation, "hosts": hosts});
+    assert_eq!(
+        ready.json,
+        json!({"store": true, "listeners": true, "addresses": addresses, "routing": routing(1, 0)}),
+        "the first table (empty) is generation 1"
+    );
+    // A new host is a new table; /readyz says which this process routes by.
+    p.add_host("ready.test", "127.0.0.1:9".parse().unwrap(), &[]);
+    assert_eq!(api.call("GET", "/readyz", None, None).await.json["routing"], routing(2, 1));
+    assert!(p.host(&["rm", "ready.test"]).status.success());
+    p.wait_routed();
+    assert_eq!(api.call("GET", "/readyz", None, None).await.json["routing"], routing(3, 0));
 }
 
 #[tokio::test]

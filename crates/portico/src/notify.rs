@@ -1,0 +1,108 @@
+//! Telling a service manager how the process is doing, over systemd's notification protocol
+//! (`sd_notify(3)`: datagrams of `KEY=VALUE` lines to the socket `NOTIFY_SOCKET` names):
+//! `READY=1` once every listener is bound, `STATUS=` as the routing table changes,
+//! `STOPPING=1` when the drain starts. A `Type=notify` unit is started only when Portico
+//! listens; `systemctl status` shows the status line.
+//!
+//! Two variables of Portico's own ride along (systemd ignores them; the `X_` prefix is the
+//! protocol's advice for such): `X_PORTICO_LISTENERS=http=127.0.0.1:80 https=…` (each bound
+//! address, by listener) and `X_PORTICO_ROUTING=generation=3 hosts=12` (the routing table,
+//! as `/readyz` reports it), so a supervisor or a test learns the ports it asked for as `:0`
+//! and waits until a change is routed, without reading logs.
+
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+
+use portico_model::RoutingState;
+
+/// The socket a service manager listens on, if it gave one.
+#[derive(Debug)]
+pub struct Notifier {
+    socket: UnixDatagram,
+    to: std::os::unix::net::SocketAddr,
+}
+
+impl Notifier {
+    /// The notifier `NOTIFY_SOCKET` asks for (a path, or `@name` for an abstract socket);
+    /// `None` when unset or unusable (said once in the log).
+    pub fn from_env() -> Option<Self> {
+        let target = std::env::var_os("NOTIFY_SOCKET")?;
+        let made = || -> std::io::Result<Self> {
+            let target = target.to_string_lossy();
+            let to = match target.strip_prefix('@') {
+                Some(name) => {
+                    use std::os::linux::net::SocketAddrExt as _;
+                    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?
+                }
+                None => std::os::unix::net::SocketAddr::from_pathname(target.as_ref())?,
+            };
+            Ok(Self { socket: UnixDatagram::unbound()?, to })
+        };
+        made().map_err(|e| tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable; not notifying")).ok()
+    }
+
+    /// Every listener is bound: ready, with their addresses and the routing table.
+    pub fn ready(&self, listeners: &[(&str, SocketAddr)], routing: RoutingState) {
+        let addresses: Vec<String> = listeners.iter().map(|(name, addr)| format!("{name}={addr}")).collect();
+        self.send(&format!(
+            "READY=1\nSTATUS={}\nX_PORTICO_LISTENERS={}\n{}",
+            status(routing),
+            addresses.join(" "),
+            routing_line(routing)
+        ));
+    }
+
+    /// The routing table changed.
+    pub fn routing(&self, routing: RoutingState) {
+        self.send(&format!("STATUS={}\n{}", status(routing), routing_line(routing)));
+    }
+
+    /// The drain has started.
+    pub fn stopping(&self) {
+        self.send("STOPPING=1\nSTATUS=draining connections");
+    }
+
+    fn send(&self, message: &str) {
+        if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.to) {
+            tracing::debug!(error = %e, "cannot notify the service manager");
+        }
+    }
+}
+
+fn status(routing: RoutingState) -> String {
+    format!("routing {} host pattern(s)", routing.hosts)
+}
+
+fn routing_line(routing: RoutingState) -> String {
+    format!("X_PORTICO_ROUTING=generation={} hosts={}", routing.generation, routing.hosts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_as_the_protocol_has_them() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("notify");
+        let manager = UnixDatagram::bind(&path).unwrap();
+        let to = std::os::unix::net::SocketAddr::from_pathname(&path).unwrap();
+        let notifier = Notifier { socket: UnixDatagram::unbound().unwrap(), to };
+        let receive = || {
+            let mut buf = [0u8; 1024];
+            let n = manager.recv(&mut buf).unwrap();
+            String::from_utf8(buf[..n].to_vec()).unwrap()
+        };
+        let routing = RoutingState { generation: 2, hosts: 5 };
+        notifier.ready(&[("http", "127.0.0.1:8080".parse().unwrap()), ("api", "[::1]:3000".parse().unwrap())], routing);
+        assert_eq!(
+            receive(),
+            "READY=1\nSTATUS=routing 5 host pattern(s)\nX_PORTICO_LISTENERS=http=127.0.0.1:8080 api=[::1]:3000\n\
+             X_PORTICO_ROUTING=generation=2 hosts=5"
+        );
+        notifier.routing(RoutingState { generation: 3, hosts: 4 });
+        assert_eq!(receive(), "STATUS=routing 4 host pattern(s)\nX_PORTICO_ROUTING=generation=3 hosts=4");
+        notifier.stopping();
+        assert!(receive().starts_with("STOPPING=1\n"));
+    }
+}
