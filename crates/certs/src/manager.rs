@@ -821,6 +821,7 @@ impl Certs {
         self.cluster_rate(budget).await?;
         let verb = if mode == Mode::OnDemand { "issuing" } else { "renewing" };
         tracing::info!(name, issuer = self.issuer.kind(), "{verb} a certificate");
+        self.settings.metrics.attempt(self.issuer.kind(), mode != Mode::OnDemand);
         let begun = Instant::now();
         let plan = self.plan(name).await?;
         let progress =

@@ -49,6 +49,15 @@ pub struct CertLabels {
     pub name: String,
 }
 
+/// A certificate attempt's issuer and kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// The issuer's kind: `acme` or `internal`.
+    pub issuer: &'static str,
+    /// `issue` (a name's first certificate, or one after it was lost) or `renew`.
+    pub kind: &'static str,
+}
+
 /// An ACME order's outcome and challenge type.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OrderLabels {
@@ -143,6 +152,8 @@ pub struct Metrics {
     pub cert_next_renewal: Family<CertLabels, Gauge>,
     /// `portico_certificate_failures{name}`: consecutive failed attempts.
     pub cert_failures: Family<CertLabels, Gauge>,
+    /// `portico_certificate_attempts_total{issuer, kind}`: issuances and renewals started.
+    pub cert_attempts: Family<AttemptLabels, Counter>,
     /// `portico_acme_orders_total{result, challenge}`.
     pub acme_orders: Family<OrderLabels, Counter>,
     /// `portico_certificate_decisions_total{decision}`: what a handshake's name got.
@@ -203,6 +214,7 @@ impl Metrics {
             cert_issued: Family::default(),
             cert_next_renewal: Family::default(),
             cert_failures: Family::default(),
+            cert_attempts: Family::default(),
             acme_orders: Family::default(),
             decisions: Family::default(),
             routes_hosts: Gauge::default(),
@@ -260,6 +272,11 @@ impl Metrics {
                 "portico_certificate_failures",
                 "Consecutive failed attempts per certificate",
                 m.cert_failures.clone(),
+            );
+            r.register(
+                "portico_certificate_attempts",
+                "Certificate issuances and renewals started, by issuer",
+                m.cert_attempts.clone(),
             );
             r.register("portico_acme_orders", "ACME orders, by result and challenge type", m.acme_orders.clone());
             r.register(
@@ -376,6 +393,12 @@ impl Metrics {
     /// Counts one on-demand decision.
     pub fn decision(&self, decision: &'static str) {
         self.decisions.get_or_create(&DecisionLabels { decision }).inc();
+    }
+
+    /// Counts one issuance (`renewal`: a renewal) started with `issuer`.
+    pub fn attempt(&self, issuer: &'static str, renewal: bool) {
+        let kind = if renewal { "renew" } else { "issue" };
+        self.cert_attempts.get_or_create(&AttemptLabels { issuer, kind }).inc();
     }
 
     /// Counts one ACME order.

@@ -357,6 +357,24 @@ impl Portico {
         }
     }
 
+    /// Runs `write` (an API call or command that changes hosts) and waits until this process
+    /// routes by a newer table than it did before; what `write` gave. The table must change:
+    /// a write that leaves every host as it was never returns (the wait panics).
+    pub async fn routing_after<T>(&self, write: impl Future<Output = T>) -> T {
+        let before = self.notified.state.lock().unwrap().routing.0;
+        let written = write.await;
+        let notified = self.notified.clone();
+        let deadline = Duration::from_secs(10);
+        let waited =
+            tokio::task::spawn_blocking(move || notified.wait(deadline, |state| state.routing.0 > before, || false))
+                .await
+                .unwrap();
+        if let Err(state) = waited {
+            panic!("no routing table after generation {before} within {deadline:?}: {:?}", state.routing);
+        }
+        written
+    }
+
     /// Every JSON log line so far.
     pub fn logs(&self) -> Vec<serde_json::Value> {
         self.logs.lock().unwrap().clone()

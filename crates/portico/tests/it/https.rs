@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{BIN, portico};
+use crate::{BIN, METRICS, issuances, portico};
 
 /// The internal CA's root, as `portico ca export` prints it.
 fn trusted(p: &Portico) -> RootCertStore {
@@ -78,7 +78,7 @@ async fn first_https_request_gets_a_certificate_that_chains_to_the_exported_root
 #[tokio::test]
 async fn names_no_host_matches_get_the_fallback_certificate_and_no_issuance() {
     let backend = Backend::start("known").await;
-    let p = portico(&[]);
+    let p = portico(&[METRICS]);
     p.add_host("known.example.test", backend.addr, &[]);
     let unknown = tls::peek(p.https, "unknown.example.test").await;
     assert_eq!(unknown.names, vec!["portico.invalid"]);
@@ -93,7 +93,7 @@ async fn names_no_host_matches_get_the_fallback_certificate_and_no_issuance() {
     let token = api.login("admin", ADMIN_PASSWORD).await;
     let status = api.call("GET", "/api/cert/unknown.example.test", Some(&token), None).await;
     assert_eq!(status.status, StatusCode::NOT_FOUND, "{}", status.raw);
-    assert!(!p.logs().iter().any(|l| l.to_string().contains("issuing a certificate")));
+    assert_eq!(issuances(&p, "internal").await, 0.0);
     // The known name still gets its own.
     assert_eq!(tls::peek(p.https, "known.example.test").await.names, vec!["known.example.test"]);
 }
@@ -101,7 +101,7 @@ async fn names_no_host_matches_get_the_fallback_certificate_and_no_issuance() {
 #[tokio::test]
 async fn concurrent_first_handshakes_cause_one_issuance() {
     let backend = Backend::start("many").await;
-    let p = portico(&[]);
+    let p = portico(&[METRICS]);
     p.add_host("**.many.example.test", backend.addr, &[]);
     let roots = trusted(&p);
     let mut tasks = Vec::new();
@@ -112,8 +112,7 @@ async fn concurrent_first_handshakes_cause_one_issuance() {
     for task in tasks {
         assert_eq!(task.await.unwrap(), StatusCode::OK);
     }
-    let issued = p.logs().iter().filter(|l| l["fields"]["message"] == "issuing a certificate").count();
-    assert_eq!(issued, 1, "20 concurrent first handshakes, one issuance");
+    assert_eq!(issuances(&p, "internal").await, 1.0, "20 concurrent first handshakes, one issuance");
     // A different name under the same pattern gets its own certificate.
     assert_eq!(tls::peek(p.https, "c.many.example.test").await.names, vec!["c.many.example.test"]);
 }
@@ -170,10 +169,10 @@ async fn api_hosts_redirect_to_https_by_default_and_certificates_survive_a_resta
     assert_eq!(plain.status, StatusCode::PERMANENT_REDIRECT);
     let first = tls::peek(p.https, "kept.example.test").await;
 
-    let p = Portico::start_in(BIN, p.into_data_dir(), &[]);
+    let p = Portico::start_in(BIN, p.into_data_dir(), &[METRICS]);
     let again = tls::peek(p.https, "kept.example.test").await;
     assert_eq!(again, first, "the stored certificate is served after a restart");
-    assert!(!p.logs().iter().any(|l| l["fields"]["message"] == "issuing a certificate"));
+    assert_eq!(issuances(&p, "internal").await, 0.0);
     let answer = Proxy::https(p.https, trusted(&p), false).get("kept.example.test", "/x").await;
     assert_eq!(answer.status, StatusCode::OK);
 }
@@ -192,7 +191,7 @@ async fn slow_clients_are_dropped_at_the_handshake_deadline() {
 #[tokio::test]
 async fn certificates_from_a_seed_deployment_are_served_as_they_are() {
     let backend = Backend::start("seed").await;
-    let p = portico(&[]);
+    let p = portico(&[METRICS]);
     // lua-resty-auto-ssl's JSON at `<name>:latest`, as the seed's Redis holds it (with its
     // hard-coded expiry sentinel).
     let made = rcgen::generate_simple_self_signed(vec!["seed.example.test".to_owned()]).unwrap();
@@ -212,7 +211,7 @@ async fn certificates_from_a_seed_deployment_are_served_as_they_are() {
     let served = tls::peek(p.https, "seed.example.test").await;
     assert_eq!(served.names, vec!["seed.example.test"]);
     assert!(served.issuer.contains("rcgen"), "the planted certificate, not a new one: {}", served.issuer);
-    assert!(!p.logs().iter().any(|l| l["fields"]["message"] == "issuing a certificate"));
+    assert_eq!(issuances(&p, "internal").await, 0.0);
 }
 
 /// Made-up names under a wildcard pattern draw on a budget of their own: after a flood of

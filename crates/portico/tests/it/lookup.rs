@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use portico_test_support::Backend;
+use portico_test_support::{Backend, eventually};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::portico;
@@ -47,8 +47,7 @@ async fn lookups_answer_the_matching_host_as_the_seed_stores_it() {
     assert_eq!(line(&mut reader).await, serde_json::json!({}), "an invalid name matches nothing");
 
     // The same over TCP.
-    let tcp = p.logs().into_iter().find(|l| l["fields"]["listener"] == "lookup").unwrap();
-    let addr = tcp["fields"]["addr"].as_str().unwrap().to_owned();
+    let addr = p.listener("lookup").expect("the lookup listener's address");
     let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -72,24 +71,16 @@ async fn lookups_answer_no_secret_and_idle_connections_are_capped() {
         host.insert("notify_token".into(), "planted-token-9".into());
         // A plain field written with them, to see when the change is routed.
         host.insert("planted".into(), "yes".into());
-        store.replace(portico_store::Kind::Host, "guarded.test", "guarded.test", &host).await.unwrap();
+        p.routing_after(store.replace(portico_store::Kind::Host, "guarded.test", "guarded.test", &host)).await.unwrap();
     }
-    let tcp = p.logs().into_iter().find(|l| l["fields"]["listener"] == "lookup").unwrap();
-    let addr = tcp["fields"]["addr"].as_str().unwrap().to_owned();
+    let addr = p.listener("lookup").expect("the lookup listener's address");
     let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    // Wait until the planted record is the one routed.
-    let start = std::time::Instant::now();
-    let found = loop {
-        write.write_all(b"{\"domain\":\"guarded.test\"}\n").await.unwrap();
-        let found = line(&mut reader).await;
-        if found["planted"] == "yes" {
-            break found;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "{found}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // The planted record is the one routed.
+    write.write_all(b"{\"domain\":\"guarded.test\"}\n").await.unwrap();
+    let found = line(&mut reader).await;
+    assert_eq!(found["planted"], "yes", "{found}");
     let text = found.to_string();
     for secret in ["planted-api-key-9", "planted-token-9", "argon2", "basicAuth", "upstream_api_key"] {
         assert!(!text.contains(secret), "{secret} in {text}");
@@ -111,17 +102,14 @@ async fn lookups_answer_no_secret_and_idle_connections_are_capped() {
     assert_eq!(health.status, http::StatusCode::OK);
     // Slots come back when connections close.
     drop(held);
-    let start = std::time::Instant::now();
-    loop {
+    eventually(Duration::from_secs(5), "slots given back", || async {
         let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
         write.write_all(b"{\"domain\":\"guarded.test\"}\n").await.unwrap();
         let mut text = String::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut text)).await;
-        if text.contains("guarded.test") {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "slots not given back");
-    }
+        text.contains("guarded.test").then_some(())
+    })
+    .await;
 }

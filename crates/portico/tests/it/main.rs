@@ -44,10 +44,25 @@ pub async fn store_of(p: &Portico) -> portico_store::EmbeddedStore {
 /// One unlabelled sample on `p`'s metrics listener, as the text says it (a histogram's
 /// `_sum` and `_count` too, which parsers fold away).
 pub async fn raw_sample(p: &Portico, name: &str) -> f64 {
+    sample(p, name).await.unwrap_or_else(|| panic!("no {name}"))
+}
+
+/// One sample on `p`'s metrics listener, `name` with its labels as the text writes them
+/// (`portico_x_total{a="1"}`); `None` if there is none (a counter not yet counted).
+async fn sample(p: &Portico, name: &str) -> Option<f64> {
     let addr = p.listener("metrics").expect("a metrics listener");
     let text = portico_test_support::client::Proxy::h1(addr).get("localhost", "/metrics").await.text();
-    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}"));
-    line[name.len()..].trim().parse().unwrap()
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} ")))?;
+    Some(line[name.len()..].trim().parse().unwrap())
+}
+
+/// The setting that gives a test instance a metrics listener.
+pub const METRICS: &str = "metrics.listen=\"127.0.0.1:0\"";
+
+/// Certificate issuances `p` has started with `issuer` (`acme`, `internal`), as its
+/// `portico_certificate_attempts_total` counts them (it needs [`METRICS`]).
+pub async fn issuances(p: &Portico, issuer: &str) -> f64 {
+    sample(p, &format!("portico_certificate_attempts_total{{issuer=\"{issuer}\",kind=\"issue\"}}")).await.unwrap_or(0.0)
 }
 
 /// A fresh `portico serve` with extra `--set` settings.
