@@ -136,8 +136,7 @@ pub async fn update(
         || stored(&api, &item),
         |host| {
             host.apply_json(&body.0).map_err(refused)?;
-            host.updated_by = caller.username.clone();
-            host.updated_on = portico_store::now_ms() as i64;
+            host.stamps.touch(&caller.username, portico_store::now_ms() as i64);
             Ok((host.host.to_string(), host.to_fields()))
         },
         |e, new_key| match e {

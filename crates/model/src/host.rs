@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::access::Access;
 use crate::name::{HostPattern, Hostname, NameError};
+use crate::record::{STAMP_FIELDS, Stamps};
 use crate::upstream::{Balance, HealthCheck, Upstream, parse_targets};
 
 /// A record as the store keeps it: field name to string value.
@@ -133,19 +134,13 @@ pub struct Host {
     pub forcessl: bool,
     /// Speak TLS to the target.
     pub targetssl: bool,
-    /// Who created the record.
-    pub created_by: String,
-    /// When it was created, milliseconds since the Unix epoch.
-    pub created_on: i64,
-    /// Who last changed it (`__NONE__` if nobody has).
-    pub updated_by: String,
-    /// When it was last changed, milliseconds since the Unix epoch.
-    pub updated_on: i64,
+    /// Who created and last changed it, and when.
+    pub stamps: Stamps,
     /// Fields this version does not interpret (`is_cache`, `wildcard_*`, …), kept as they are.
     pub extra: Fields,
 }
 
-const KNOWN: [&str; 17] = [
+const KNOWN: [&str; 13] = [
     "basicAuth",
     "allow",
     "deny",
@@ -159,10 +154,6 @@ const KNOWN: [&str; 17] = [
     "healthCheck",
     "forcessl",
     "targetssl",
-    "created_by",
-    "created_on",
-    "updated_by",
-    "updated_on",
 ];
 
 /// Access settings of the seed's later versions (field-name prefixes), which Portico does not
@@ -202,10 +193,7 @@ impl Host {
             access: Access::default(),
             forcessl,
             targetssl,
-            created_by: created_by.to_owned(),
-            created_on: now_ms,
-            updated_by: "__NONE__".to_owned(),
-            updated_on: now_ms,
+            stamps: Stamps::new(created_by, now_ms),
             extra: [("is_cache", "false"), ("is_wildcard", "false")].map(|(k, v)| (k.to_owned(), v.to_owned())).into(),
         }
     }
@@ -253,10 +241,7 @@ impl Host {
         self.access.to_json(&mut out);
         out.insert("forcessl".into(), Value::Bool(self.forcessl));
         out.insert("targetssl".into(), Value::Bool(self.targetssl));
-        out.insert("created_by".into(), Value::from(self.created_by.as_str()));
-        out.insert("created_on".into(), Value::from(self.created_on));
-        out.insert("updated_by".into(), Value::from(self.updated_by.as_str()));
-        out.insert("updated_on".into(), Value::from(self.updated_on));
+        self.stamps.to_json(&mut out);
         out
     }
 
@@ -297,7 +282,6 @@ impl Host {
             ));
         }
         let flag = |name: &'static str, default: bool| text(name).map_or(Ok(default), |v| parse_flag(name, v));
-        let time = |name: &'static str| text(name).and_then(|v| v.trim().parse::<f64>().ok()).map_or(0, |v| v as i64);
         Ok(Self {
             host,
             targets,
@@ -306,13 +290,10 @@ impl Host {
             access,
             forcessl: flag("forcessl", true)?,
             targetssl: flag("targetssl", false)?,
-            created_by: text("created_by").unwrap_or_default().to_owned(),
-            created_on: time("created_on"),
-            updated_by: text("updated_by").unwrap_or("__NONE__").to_owned(),
-            updated_on: time("updated_on"),
+            stamps: Stamps::read(fields),
             extra: fields
                 .iter()
-                .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
+                .filter(|(k, _)| !KNOWN.contains(&k.as_str()) && !STAMP_FIELDS.contains(&k.as_str()))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         })
@@ -342,10 +323,9 @@ impl Host {
         }
         put("forcessl", self.forcessl.to_string());
         put("targetssl", self.targetssl.to_string());
-        put("created_by", self.created_by.clone());
-        put("created_on", self.created_on.to_string());
-        put("updated_by", self.updated_by.clone());
-        put("updated_on", self.updated_on.to_string());
+        for (field, value) in self.stamps.fields() {
+            put(field, value);
+        }
         fields
     }
 }
@@ -433,7 +413,7 @@ mod tests {
         assert_eq!(host.target().authority(), "10.0.0.5:8080");
         assert_eq!(host.targets.len(), 1);
         assert!(host.forcessl && !host.targetssl);
-        assert_eq!(host.created_on, 1_735_689_600_000);
+        assert_eq!(host.stamps.created_on, 1_735_689_600_000);
         assert_eq!(host.extra.get("is_wildcard").map(String::as_str), Some("false"));
         assert_eq!(host.to_fields(), seed_hash());
     }

@@ -256,7 +256,8 @@ mod tests {
         .unwrap();
         assert_eq!((host.host.as_str(), host.target().to_string().as_str()), ("app.example.com", "10.0.0.1:8080"));
         assert!(host.forcessl && !host.targetssl);
-        assert_eq!((host.created_by.as_str(), host.created_on, host.updated_by.as_str()), ("ann", 7, "__NONE__"));
+        let stamps = &host.stamps;
+        assert_eq!((stamps.created_by.as_str(), stamps.created_on, stamps.updated_by.as_str()), ("ann", 7, "__NONE__"));
         let targets = json!([{"ip": "10.0.0.1", "port": 80}, {"ip": "10.0.0.2", "port": 80, "weight": 2}]);
         let host = Host::from_json(&body(json!({"host": "b.example", "targets": targets})), "ann", 7).unwrap();
         assert_eq!(host.targets.len(), 2);

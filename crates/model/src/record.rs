@@ -7,23 +7,81 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash}
 
 use crate::Fields;
 
-/// A new record: `fields` plus the seed's bookkeeping (`created_by`, `created_on`,
-/// `updated_by = "__NONE__"`, `updated_on`), times in milliseconds since the epoch.
-pub fn new_record<'a>(created_by: &str, now_ms: u64, fields: impl IntoIterator<Item = (&'a str, String)>) -> Fields {
-    let now = now_ms.to_string();
-    let bookkeeping = [
-        ("created_by", created_by.to_owned()),
-        ("created_on", now.clone()),
-        ("updated_by", "__NONE__".to_owned()),
-        ("updated_on", now),
-    ];
-    fields.into_iter().chain(bookkeeping).map(|(k, v)| (k.to_owned(), v)).collect()
+/// The seed's bookkeeping on a record: who made it and when, who changed it last and when
+/// (milliseconds since the epoch; `updated_by` is `__NONE__` until someone does). Every
+/// record's stamps are made, changed, read and written here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamps {
+    /// Who created the record.
+    pub created_by: String,
+    /// When it was created.
+    pub created_on: i64,
+    /// Who last changed it (`__NONE__` if nobody has).
+    pub updated_by: String,
+    /// When it was last changed.
+    pub updated_on: i64,
 }
 
-/// Notes an update of `fields` by `by` at `now_ms`.
+/// The stored field names of [`Stamps`].
+pub const STAMP_FIELDS: [&str; 4] = ["created_by", "created_on", "updated_by", "updated_on"];
+
+impl Stamps {
+    /// A record made by `by` at `now_ms`.
+    pub fn new(by: &str, now_ms: i64) -> Self {
+        Self { created_by: by.to_owned(), created_on: now_ms, updated_by: "__NONE__".to_owned(), updated_on: now_ms }
+    }
+
+    /// Notes a change by `by` at `now_ms`.
+    pub fn touch(&mut self, by: &str, now_ms: i64) {
+        self.updated_by = by.to_owned();
+        self.updated_on = now_ms;
+    }
+
+    /// The stamps a stored record carries (absent ones read as nobody, at 0; a seed's times
+    /// may be written as decimals).
+    pub fn read(fields: &Fields) -> Self {
+        let time = |name: &str| fields.get(name).and_then(|v| v.trim().parse::<f64>().ok()).map_or(0, |v| v as i64);
+        Self {
+            created_by: fields.get("created_by").cloned().unwrap_or_default(),
+            created_on: time("created_on"),
+            updated_by: fields.get("updated_by").cloned().unwrap_or_else(|| "__NONE__".to_owned()),
+            updated_on: time("updated_on"),
+        }
+    }
+
+    /// The stored fields.
+    pub fn fields(&self) -> [(&'static str, String); 4] {
+        [
+            ("created_by", self.created_by.clone()),
+            ("created_on", self.created_on.to_string()),
+            ("updated_by", self.updated_by.clone()),
+            ("updated_on", self.updated_on.to_string()),
+        ]
+    }
+
+    /// The API's form: times as numbers.
+    pub fn to_json(&self, out: &mut serde_json::Map<String, serde_json::Value>) {
+        out.insert("created_by".into(), self.created_by.as_str().into());
+        out.insert("created_on".into(), self.created_on.into());
+        out.insert("updated_by".into(), self.updated_by.as_str().into());
+        out.insert("updated_on".into(), self.updated_on.into());
+    }
+}
+
+/// A new record: `fields` plus the seed's bookkeeping ([`Stamps::new`]).
+pub fn new_record<'a>(created_by: &str, now_ms: u64, fields: impl IntoIterator<Item = (&'a str, String)>) -> Fields {
+    let stamps = Stamps::new(created_by, now_ms as i64);
+    fields.into_iter().chain(stamps.fields()).map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// Notes an update of `fields` by `by` at `now_ms` ([`Stamps::touch`]); the creation stamps
+/// stay as they are written.
 pub fn touch(fields: &mut Fields, by: &str, now_ms: u64) {
-    fields.insert("updated_by".to_owned(), by.to_owned());
-    fields.insert("updated_on".to_owned(), now_ms.to_string());
+    let mut stamps = Stamps::read(fields);
+    stamps.touch(by, now_ms as i64);
+    for (name, value) in stamps.fields().into_iter().skip(2) {
+        fields.insert(name.to_owned(), value);
+    }
 }
 
 /// A user's role.
@@ -173,6 +231,25 @@ mod tests {
         let over = argon.hash_password(b"right password").unwrap().to_string();
         assert!(hash_problem(&over).is_some());
         assert_eq!(verify_password("right password", &over), (false, false));
+    }
+
+    #[test]
+    fn a_change_stamps_the_update_and_leaves_the_creation_as_written() {
+        let mut seed: Fields = [("created_by", "admin"), ("created_on", "1735689600000.5"), ("name", "x")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        touch(&mut seed, "bob", 2000);
+        assert_eq!(seed["created_on"], "1735689600000.5", "a seed's decimal time is not rewritten");
+        assert_eq!((seed["updated_by"].as_str(), seed["updated_on"].as_str()), ("bob", "2000"));
+        let stamps = Stamps::read(&seed);
+        assert_eq!(
+            (stamps.created_by.as_str(), stamps.created_on, stamps.updated_on),
+            ("admin", 1_735_689_600_000, 2000)
+        );
+        assert_eq!(
+            Stamps::read(&Fields::new()),
+            Stamps { created_by: String::new(), created_on: 0, updated_by: "__NONE__".into(), updated_on: 0 }
+        );
     }
 
     #[test]

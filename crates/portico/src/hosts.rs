@@ -250,8 +250,7 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
             let mut host = Host::from_fields(&stored).with_context(|| format!("host {pattern} does not parse"))?;
             hash_basic_auth(&mut fields).map_err(|e| refused(vec![e]))?;
             host.apply_json(&fields).map_err(refused)?;
-            host.updated_by = "cli".to_owned();
-            host.updated_on = portico_store::now_ms() as i64;
+            host.stamps.touch("cli", portico_store::now_ms() as i64);
             let key = host.host.to_string();
             match store.replace_if(Kind::Host, pattern.as_str(), &key, &host.to_fields(), revision).await {
                 Ok(_) => println!("updated {key} -> {}", targets_text(&host)),
