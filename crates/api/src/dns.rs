@@ -12,16 +12,16 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
 use portico_dns::{DnsError, DnsProvider};
-use portico_model::dns::{PROVIDERS, ProviderType, SECRET_FIELDS, provider_type};
+use portico_model::dns::{PROVIDERS, ProviderType, display, provider_json, provider_type, public};
 use portico_model::{HostPattern, Hostname};
 use portico_store::{Fields, Kind, Revision, Store, StoreError};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::auth::{self, Caller};
 use crate::conditional::{self, etag};
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
-use crate::json::{new_record, record_json, with_message};
+use crate::json::{new_record, with_message};
 use crate::openapi as doc;
 use crate::state::Api;
 use crate::users::listing;
@@ -30,94 +30,6 @@ fn info(p: &ProviderType) -> Value {
     let mut out = display(p);
     out.insert("name".into(), json!(p.name));
     Value::Object(out)
-}
-
-/// How a UI shows a provider type: its names, icon and credential fields (the seed's
-/// `displayName`, `displayIconUni`, `displayIconHtml` as an SVG `data:` URL, `fields`).
-fn display(p: &ProviderType) -> Map<String, Value> {
-    let initial = p.display_name.get(..1).unwrap_or("?");
-    let icon = format!(
-        "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E%3Ccircle cx='16' cy='16' r='16' fill='%23{}'/%3E%3Ctext x='16' y='22' font-size='17' font-family='sans-serif' text-anchor='middle' fill='white'%3E{initial}%3C/text%3E%3C/svg%3E",
-        p.color
-    );
-    let mut out = Map::new();
-    out.insert("displayName".into(), json!(p.display_name));
-    out.insert("displayIconUni".into(), json!(p.glyph));
-    out.insert("displayIconHtml".into(), json!(icon));
-    out.insert("fields".into(), Value::Object(credential_specs(p)));
-    out
-}
-
-/// The credential fields of a provider type, as the seed's UI reads them.
-fn credential_specs(p: &ProviderType) -> Map<String, Value> {
-    p.credentials
-        .iter()
-        .map(|(key, display)| {
-            let private = SECRET_FIELDS.contains(key);
-            let spec = json!({"type": "string", "isRequired": true, "isPrivate": private, "displayName": display});
-            ((*key).to_owned(), spec)
-        })
-        .collect()
-}
-
-/// A provider as the API shows it: public fields and its type's info, never credentials.
-pub(crate) fn provider_json(fields: &Fields) -> Map<String, Value> {
-    let mut out = public(fields);
-    if let Some(p) = fields.get("dnsProvider").and_then(|n| provider_type(n)) {
-        out.extend(display(p));
-    }
-    out
-}
-
-/// Every DNS zone and provider, read once, to show what relates hosts, zones and providers:
-/// a provider's `domains`, a zone's `provider`, a host's `domain` (the zone it is in).
-pub struct Zones {
-    domains: Vec<(String, Fields)>,
-    providers: HashMap<String, Fields>,
-}
-
-impl Zones {
-    /// Reads every zone and provider.
-    pub async fn load(store: &dyn Store) -> Result<Self, StoreError> {
-        let domains = store.records(Kind::Domain).await?;
-        let providers = store.records(Kind::DnsProvider).await?.into_iter().collect();
-        Ok(Self { domains, providers })
-    }
-
-    /// A provider with its zones.
-    fn provider(&self, id: &str, fields: &Fields) -> Map<String, Value> {
-        let mut out = provider_json(fields);
-        let domains = self
-            .domains
-            .iter()
-            .filter(|(_, d)| d.get("dnsProvider_id").is_some_and(|p| p == id))
-            .map(|(_, d)| Value::Object(public(d)))
-            .collect();
-        out.insert("domains".into(), Value::Array(domains));
-        out
-    }
-
-    /// A zone with its provider.
-    fn zone(&self, fields: &Fields) -> Value {
-        let mut out = public(fields);
-        let provider = fields.get("dnsProvider_id").and_then(|id| self.providers.get(id));
-        out.insert("provider".into(), provider.map_or(Value::Null, |p| Value::Object(provider_json(p))));
-        Value::Object(out)
-    }
-
-    /// The managed zone a host name or pattern is in, with its provider
-    /// ([`zones_of`](portico_model::dns::zones_of) is the rule).
-    pub fn zone_of(&self, pattern: &str) -> Option<Value> {
-        portico_model::dns::zones_of(pattern).find_map(|zone| {
-            let at = self.domains.binary_search_by(|(key, _)| key.as_str().cmp(zone)).ok()?;
-            Some(self.zone(&self.domains[at].1))
-        })
-    }
-}
-
-/// Every field but credentials.
-pub(crate) fn public(fields: &Fields) -> Map<String, Value> {
-    record_json(fields)
 }
 
 /// `OPTIONS /api/dns`: the provider types and their credential fields.
@@ -146,7 +58,7 @@ pub async fn list(
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let zones = Zones::load(api.store.as_ref()).await?;
+    let zones = portico_store::load_zones(api.store.as_ref()).await?;
     listing(&api, Kind::DnsProvider, &query, |f| {
         let id = f.get("id")?;
         Some(Value::Object(zones.provider(id, f)))
@@ -336,7 +248,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let (fields, revision) = stored_provider_at(&api, &id).await?;
-    let zones = Zones::load(api.store.as_ref()).await?;
+    let zones = portico_store::load_zones(api.store.as_ref()).await?;
     Ok((etag(revision), Json(json!({ "item": id, "results": zones.provider(&id, &fields) }))))
 }
 
@@ -473,7 +385,7 @@ pub async fn list_domains(
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let zones = Zones::load(api.store.as_ref()).await?;
+    let zones = portico_store::load_zones(api.store.as_ref()).await?;
     listing(&api, Kind::Domain, &query, |f| Some(zones.zone(f))).await
 }
 
@@ -530,7 +442,7 @@ pub async fn find_domain(
     let not_found = || ApiError::NotFound { kind: "Domain", key: name.clone() };
     // A name or a host pattern (the seed's UI asks for `*.example.com`).
     let pattern = HostPattern::parse(&name).map_err(|_| not_found())?;
-    let zones = Zones::load(api.store.as_ref()).await?;
+    let zones = portico_store::load_zones(api.store.as_ref()).await?;
     let zone = zones.zone_of(pattern.as_str()).ok_or_else(not_found)?;
     Ok(Json(json!({ "results": [zone] })))
 }

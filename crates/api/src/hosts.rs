@@ -11,7 +11,6 @@ use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
 use crate::conditional::{self, etag};
-use crate::dns::Zones;
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
 use crate::json::with_message;
@@ -49,16 +48,8 @@ pub async fn list(
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let zones = Zones::load(api.store.as_ref()).await?;
-    listing(&api, Kind::Host, &query, |f| Host::from_fields(f).ok().map(|h| host_json(&h, &zones))).await
-}
-
-/// A host as the API shows it, with the seed's `domain` relation: the managed DNS zone it is
-/// in, with that zone's provider (`null` when it is in none).
-pub fn host_json(host: &Host, zones: &Zones) -> Value {
-    let mut out = host.to_json();
-    out.insert("domain".into(), zones.zone_of(host.host.as_str()).unwrap_or(Value::Null));
-    Value::Object(out)
+    let zones = portico_store::load_zones(api.store.as_ref()).await?;
+    listing(&api, Kind::Host, &query, |f| Host::from_fields(f).ok().map(|h| zones.host_with_domain(&h))).await
 }
 
 /// `POST /api/host {host, ip, targetPort, forcessl?, targetssl?}`.
@@ -96,8 +87,8 @@ pub async fn get(
     Path(item): Path<String>,
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let (_, host, revision) = stored(&api, &item).await?;
-    let zones = Zones::load(api.store.as_ref()).await?;
-    let mut shown = host_json(&host, &zones);
+    let zones = portico_store::load_zones(api.store.as_ref()).await?;
+    let mut shown = zones.host_with_domain(&host);
     // Each target's health as this process sees it (when it proxies), for hosts whose
     // health is followed: several targets, or active checks.
     if let (Some(report), Value::Object(fields)) = (&api.settings.target_health, &mut shown)

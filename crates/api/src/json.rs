@@ -15,26 +15,6 @@ pub fn new_record<'a>(created_by: &str, fields: impl IntoIterator<Item = (&'a st
     portico_model::record::new_record(created_by, portico_store::now_ms(), fields)
 }
 
-/// A stored record as the API shows it: every field but secrets, timestamps as numbers.
-/// A secret is any field whose name says it is one (`portico_model::is_secret_field`:
-/// passwords, tokens, keys, secrets), whatever else wrote it there, not only the fields
-/// Portico itself fills.
-pub fn record_json(fields: &portico_store::Fields) -> Map<String, Value> {
-    fields
-        .iter()
-        .filter(|(k, _)| !portico_model::is_secret_field(k))
-        .map(|(k, v)| {
-            let value = match k.as_str() {
-                "created_on" | "updated_on" => {
-                    v.parse::<f64>().map_or_else(|_| Value::String(v.clone()), |n| Value::from(n as i64))
-                }
-                _ => Value::String(v.clone()),
-            };
-            (k.clone(), value)
-        })
-        .collect()
-}
-
 /// The seed's write responses: the record's fields plus a `message`.
 pub fn with_message(message: String, mut fields: Map<String, Value>) -> axum::Json<Value> {
     fields.insert("message".into(), Value::String(message));

@@ -31,9 +31,8 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use dns::{Synced, Zones, sync as sync_dns_provider, sync_all as sync_dns_domains};
+pub use dns::{Synced, sync as sync_dns_provider, sync_all as sync_dns_domains};
 pub use error::ApiError;
-pub use hosts::host_json;
 pub use state::{Api, ApiSettings, ApiState, HealthReport, RequestCounter};
 
 /// Every route of the API with its OpenAPI entry. Routes are only ever added here, through

@@ -73,8 +73,8 @@ impl Feed {
 fn render(kind: Kind, fields: &Fields) -> Option<Value> {
     match kind {
         Kind::Host => Host::from_fields(fields).ok().map(|h| Value::Object(h.to_json())),
-        Kind::DnsProvider => Some(Value::Object(crate::dns::provider_json(fields))),
-        Kind::Domain => Some(Value::Object(crate::dns::public(fields))),
+        Kind::DnsProvider => Some(Value::Object(portico_model::dns::provider_json(fields))),
+        Kind::Domain => Some(Value::Object(portico_model::dns::public(fields))),
         _ => None,
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{self, Caller, Role};
 use crate::error::{ApiError, FieldError};
-use crate::json::{JsonObject, record_json};
+use crate::json::JsonObject;
 use crate::openapi as doc;
 use crate::state::Api;
 
@@ -43,7 +43,7 @@ pub async fn listing(
 
 /// A user as the API shows it: every stored field but the password hash, and the role.
 pub fn user_json(fields: &Fields) -> Value {
-    let mut out = record_json(fields);
+    let mut out = portico_model::record::public_json(fields);
     out.insert("role".to_owned(), json!(Role::of(fields).as_str()));
     Value::Object(out)
 }

@@ -84,6 +84,27 @@ pub fn touch(fields: &mut Fields, by: &str, now_ms: u64) {
     }
 }
 
+/// A stored record as the API shows it: every field but secrets, timestamps as numbers.
+/// A secret is any field whose name says it is one (`crate::is_secret_field`:
+/// passwords, tokens, keys, secrets), whatever else wrote it there, not only the fields
+/// Portico itself fills.
+pub fn public_json(fields: &Fields) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value;
+    fields
+        .iter()
+        .filter(|(k, _)| !crate::is_secret_field(k))
+        .map(|(k, v)| {
+            let value = match k.as_str() {
+                "created_on" | "updated_on" => {
+                    v.parse::<f64>().map_or_else(|_| Value::String(v.clone()), |n| Value::from(n as i64))
+                }
+                _ => Value::String(v.clone()),
+            };
+            (k.clone(), value)
+        })
+        .collect()
+}
+
 /// A user's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

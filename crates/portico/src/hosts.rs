@@ -264,10 +264,10 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
             if json {
                 // The API's form, with typed values and the `domain` relation; records that do
                 // not parse as they are.
-                let zones = portico_api::Zones::load(store.as_ref()).await.context("cannot read the DNS zones")?;
+                let zones = portico_store::load_zones(store.as_ref()).await.context("cannot read the DNS zones")?;
                 for (_, fields) in &records {
                     match Host::from_fields(fields) {
-                        Ok(host) => println!("{}", portico_api::host_json(&host, &zones)),
+                        Ok(host) => println!("{}", zones.host_with_domain(&host)),
                         Err(_) => println!("{}", serde_json::to_string(fields)?),
                     }
                 }

@@ -198,6 +198,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     }
 }
 
+/// Every DNS zone and provider account, read once, for the relations among them and hosts
+/// (which zone a host is in, a provider's zones).
+pub async fn load_zones(store: &dyn Store) -> Result<portico_model::dns::Zones, StoreError> {
+    Ok(portico_model::dns::Zones::new(store.records(Kind::Domain).await?, store.records(Kind::DnsProvider).await?))
+}
+
 /// Opens the store a URL names: `redb://<path>` (embedded), creating it if it does not
 /// exist, or `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://`.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
