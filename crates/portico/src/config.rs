@@ -231,7 +231,7 @@ pub enum LogFormat {
 
 /// Certificate issuer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Issuer {
+pub enum IssuerKind {
     /// An ACME CA (Let's Encrypt by default).
     Acme,
     /// Portico's own internal CA.
@@ -241,7 +241,7 @@ pub enum Issuer {
 /// The `[tls]` section.
 #[derive(Clone)]
 pub struct TlsConfig {
-    pub issuer: Issuer,
+    pub issuer: IssuerKind,
     pub acme_directory: String,
     pub acme_email: Option<String>,
     pub acme_ca_roots: Vec<PathBuf>,
@@ -612,7 +612,7 @@ impl TryFrom<Raw> for Config {
         let issuer = choice(
             "tls.issuer",
             raw.tls.issuer.as_deref().unwrap_or("acme"),
-            &[("acme", Issuer::Acme), ("internal", Issuer::Internal)],
+            &[("acme", IssuerKind::Acme), ("internal", IssuerKind::Internal)],
         )?;
         let ratio = raw.tls.renew_remaining_ratio.unwrap_or(1.0 / 3.0);
         if !(ratio > 0.0 && ratio < 1.0) {
@@ -748,7 +748,7 @@ mod tests {
         assert_eq!(c.http, "0.0.0.0:80".parse().unwrap());
         assert_eq!(c.https, "0.0.0.0:443".parse().unwrap());
         assert_eq!(c.api_listen, "127.0.0.1:3000".parse().unwrap());
-        assert_eq!(c.tls.issuer, Issuer::Acme);
+        assert_eq!(c.tls.issuer, IssuerKind::Acme);
         assert!(c.tls.acme_directory.contains("letsencrypt"));
     }
 

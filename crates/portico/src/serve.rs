@@ -263,7 +263,6 @@ fn default_max_connections(fd_limit: u64) -> usize {
     usize::try_from(half).unwrap_or(usize::MAX).max(64)
 }
 
-/// The issuer `tls.issuer` names.
 /// Serves `GET /metrics` (Prometheus' text format) until `shutdown`.
 async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     use axum::routing::get;
@@ -345,11 +344,12 @@ async fn sync_dns_domains(
     }
 }
 
+/// The issuer `tls.issuer` names.
 fn issuer(config: &Config, store: Arc<dyn Store>, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn Issuer>> {
     let tls = &config.tls;
     Ok(match tls.issuer {
-        config::Issuer::Internal => Arc::new(InternalCa::new(store, tls.internal_lifetime)),
-        config::Issuer::Acme => {
+        config::IssuerKind::Internal => Arc::new(InternalCa::new(store, tls.internal_lifetime)),
+        config::IssuerKind::Acme => {
             let settings = AcmeSettings {
                 directory: tls.acme_directory.clone(),
                 email: tls.acme_email.clone(),

@@ -111,9 +111,9 @@ pub struct Choice {
 
 /// A request in progress at a target (for `least_conn`): ends when dropped.
 #[derive(Debug)]
-pub struct InFlight(Arc<TargetHealth>);
+pub struct TargetRequest(Arc<TargetHealth>);
 
-impl Drop for InFlight {
+impl Drop for TargetRequest {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -279,10 +279,10 @@ impl Health {
     }
 
     /// Counts the request as in progress at the chosen target until the guard is dropped.
-    pub fn in_flight(choice: &Choice) -> Option<InFlight> {
+    pub fn in_flight(choice: &Choice) -> Option<TargetRequest> {
         let health = choice.health.as_ref()?;
         health.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight(health.clone()))
+        Some(TargetRequest(health.clone()))
     }
 
     /// Forgets what no host of `table` uses any more: balancers of patterns that are gone or

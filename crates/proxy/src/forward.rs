@@ -81,9 +81,9 @@ pub struct Origin<'a> {
     pub real_ip: Option<HeaderValue>,
 }
 
-/// The upstream client shared by every connection.
+/// The client every connection speaks to targets through (its pool, health, tunnels).
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub struct TargetClient {
     pool: Arc<Pool>,
     health: Arc<Health>,
     config: Arc<ProxyConfig>,
@@ -91,7 +91,7 @@ pub struct Upstream {
     shutdown: CancellationToken,
 }
 
-impl Upstream {
+impl TargetClient {
     /// A client for `config`; tunnels it starts are tracked by `tunnels` and end at
     /// `shutdown`.
     pub fn new(config: Arc<ProxyConfig>, tunnels: TaskTracker, shutdown: CancellationToken) -> Self {

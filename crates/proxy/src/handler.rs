@@ -14,7 +14,7 @@ use portico_model::Hostname;
 
 use crate::ProxyConfig;
 use crate::access::{Asking, Verdict};
-use crate::forward::{Origin, Routed, Scheme, Upstream, X_REQUEST_ID};
+use crate::forward::{Origin, Routed, Scheme, TargetClient, X_REQUEST_ID};
 use crate::response::{ALLOWED_METHODS, AccessEntry, LoggedBody, ProxyBody, ProxyError, chain, redirect, text};
 use crate::routes::Routes;
 
@@ -26,7 +26,7 @@ pub struct Shared {
     /// The routing snapshot.
     pub routes: Arc<Routes>,
     /// The upstream client pool.
-    pub upstream: Upstream,
+    pub upstream: TargetClient,
     /// Certificates (HTTP-01 answers on plain HTTP), when TLS is managed.
     pub certs: Option<Arc<Certs>>,
 }

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::ProxyConfig;
-use crate::forward::Upstream;
+use crate::forward::TargetClient;
 use crate::handler::{Client, Conn, Shared, handle};
 use crate::proxy_protocol;
 use crate::routes::Routes;
@@ -105,7 +105,7 @@ impl HttpListener {
         let config = Arc::new(config);
         let tunnels = TaskTracker::new();
         let tunnel_shutdown = CancellationToken::new();
-        let upstream = Upstream::new(config.clone(), tunnels.clone(), tunnel_shutdown.clone());
+        let upstream = TargetClient::new(config.clone(), tunnels.clone(), tunnel_shutdown.clone());
         let shared = Arc::new(Shared { config, routes, upstream, certs });
         Ok(Self { listener, shared, tls, tunnels, tunnel_shutdown })
     }

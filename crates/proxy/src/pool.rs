@@ -76,7 +76,7 @@ pub struct Lease {
     tls: bool,
     pool: Weak<Pool>,
     /// The request counted in progress at its target until the lease ends.
-    pub hold: Option<crate::balance::InFlight>,
+    pub hold: Option<crate::balance::TargetRequest>,
 }
 
 impl Pool {

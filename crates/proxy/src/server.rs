@@ -372,10 +372,10 @@ impl Activity {
         self.opened + Duration::from_millis(self.written_ms.load(Ordering::Acquire))
     }
 
-    fn begin(self: &Arc<Self>) -> InFlight {
+    fn begin(self: &Arc<Self>) -> ActiveRequest {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.served.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        ActiveRequest(self.clone())
     }
 
     fn in_flight(&self) -> usize {
@@ -418,9 +418,9 @@ impl Activity {
 
 /// A request in flight; its end makes the connection idle.
 #[derive(Debug)]
-struct InFlight(Arc<Activity>);
+struct ActiveRequest(Arc<Activity>);
 
-impl Drop for InFlight {
+impl Drop for ActiveRequest {
     fn drop(&mut self) {
         let activity = &self.0;
         activity.idle_since_ms.fetch_max(activity.now_ms(), Ordering::AcqRel);
@@ -428,11 +428,11 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that holds its request's [`InFlight`] until it is sent or dropped, and
+/// A response body that holds its request's [`ActiveRequest`] until it is sent or dropped, and
 /// tells the watchdog whether hyper keeps taking it (see [`Activity::write_stalled`]).
 struct Tracked<B> {
     inner: B,
-    guard: InFlight,
+    guard: ActiveRequest,
     /// A frame was handed to hyper, and hyper has not asked for the next one yet.
     handed: bool,
 }
