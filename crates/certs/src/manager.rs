@@ -280,8 +280,20 @@ impl Certs {
     }
 
     /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The answer to an ACME HTTP-01 request for `name`, if a challenge is pending (any node
+    /// may have published it).
+    pub async fn http01_answer(&self, name: &str, token: &str) -> Result<Option<String>, CertError> {
+        crate::challenge::http01_answer(self.store.as_ref(), name, token).await
+    }
+
+    /// The certificate answering a TLS-ALPN-01 validation for `name`, if a challenge is
+    /// pending.
+    pub async fn tls_alpn01_cert(&self, name: &str) -> Result<Option<Arc<rustls::sign::CertifiedKey>>, CertError> {
+        crate::challenge::tls_alpn01_cert(self.store.as_ref(), name).await
     }
 
     /// The issuer's kind (`acme`, `internal`).

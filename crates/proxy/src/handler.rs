@@ -8,7 +8,7 @@ use std::time::Instant;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
-use portico_certs::challenge::{HTTP01_PREFIX, http01_answer};
+use portico_certs::challenge::HTTP01_PREFIX;
 use portico_certs::{Certs, Loaded};
 use portico_model::Hostname;
 
@@ -169,17 +169,19 @@ async fn route(
         Conn::Tls(cert) if !cert.as_ref().is_some_and(|c| c.meta.covers(name.as_str())) => {
             return Err(ProxyError::Misdirected);
         }
-        Conn::Plain => {
-            // Boxed: a store read, rare, and large beside the rest of a request's future.
-            if let Some(answer) = Box::pin(acme_http01(shared, &name, entry.path.as_str())).await {
-                return Ok(text(answer));
-            }
-        }
-        Conn::Tls(_) => {}
+        Conn::Plain | Conn::Tls(_) => {}
     }
     let table = shared.routes.snapshot();
     let (pattern, host) = table.lookup(name.as_str()).ok_or(ProxyError::UnknownHost)?;
     entry.pattern = Some(pattern.shared());
+    // An ACME HTTP-01 request, for a name a host matches (only those get certificates): no
+    // store read for any other name. Boxed: a store read, rare, and large beside the rest of
+    // a request's future.
+    if matches!(client.conn, Conn::Plain)
+        && let Some(answer) = Box::pin(acme_http01(shared, &name, entry.path.as_str())).await
+    {
+        return Ok(text(answer));
+    }
     if let Some(length) =
         request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
     {
@@ -274,7 +276,7 @@ fn options_asterisk() -> Response<ProxyBody> {
 async fn acme_http01(shared: &Shared, name: &Hostname, path: &str) -> Option<String> {
     let certs = shared.certs.as_ref()?;
     let token = path.strip_prefix(HTTP01_PREFIX)?;
-    match http01_answer(certs.store().as_ref(), name.as_str(), token).await {
+    match certs.http01_answer(name.as_str(), token).await {
         Ok(answer) => {
             if answer.is_some() {
                 tracing::info!(name = %name, "answered an ACME HTTP-01 challenge");

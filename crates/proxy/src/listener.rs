@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use portico_certs::Certs;
-use portico_certs::challenge::{ACME_TLS_ALPN, tls_alpn01_cert};
+use portico_certs::challenge::ACME_TLS_ALPN;
 use rustls::ServerConfig;
 use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -224,7 +224,7 @@ async fn handshake(
     let validation = hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
     let (config, conn) = if validation {
         let name = sni.as_deref().unwrap_or_default();
-        match tls_alpn01_cert(tls.certs.store().as_ref(), name).await {
+        match tls.certs.tls_alpn01_cert(name).await {
             Ok(Some(key)) => {
                 tracing::info!(name, "answering an ACME TLS-ALPN-01 validation");
                 // RFC 8737: the validation certificate, with ALPN `acme-tls/1` only.

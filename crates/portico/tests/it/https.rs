@@ -394,3 +394,28 @@ async fn sessions_resume_after_many_other_clients() {
     let again = tls::connect(p.https, "resume.example.test", returning).await.unwrap();
     assert_eq!(again.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
 }
+
+/// An ACME HTTP-01 request is answered for a name a host matches, before that host's
+/// redirect to HTTPS; for any other name there is nothing to answer (no store read): 404,
+/// even when an answer was planted for it.
+#[tokio::test]
+async fn http01_answers_only_names_a_host_matches() {
+    let backend = Backend::start("acme-path").await;
+    let p = portico(&[]);
+    p.add_host("matched.example.test", backend.addr, &["--forcessl"]);
+    {
+        use portico_store::Store;
+        let store = crate::store_of(&p).await;
+        for name in ["matched.example.test", "nohost.example.test"] {
+            let key = portico_store::keys::http01(name, "tok-1");
+            store.put_blob(&key, format!("tok-1.{name}").as_bytes(), Some(Duration::from_secs(60))).await.unwrap();
+        }
+    }
+    let proxy = Proxy::h1(p.http);
+    let answer = proxy.get("matched.example.test", "/.well-known/acme-challenge/tok-1").await;
+    assert_eq!((answer.status, answer.text()), (StatusCode::OK, "tok-1.matched.example.test".to_owned()));
+    let other = proxy.get("matched.example.test", "/.well-known/acme-challenge/other").await;
+    assert_eq!(other.status, StatusCode::PERMANENT_REDIRECT, "no answer pending: the host's redirect");
+    let unmatched = proxy.get("nohost.example.test", "/.well-known/acme-challenge/tok-1").await;
+    assert_eq!(unmatched.status, StatusCode::NOT_FOUND, "{}", unmatched.text());
+}
