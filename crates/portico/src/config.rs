@@ -537,152 +537,160 @@ fn trusted_proxies(list: Option<&ListText>, key: &'static str) -> Result<Vec<ipn
         .collect()
 }
 
+/// The `[proxy]` section (and `log.access_log`); `https_port` is the HTTPS listener's port,
+/// which redirects name.
+fn proxy_section(raw: &Raw, https_port: u16) -> Result<ProxyConfig, ConfigError> {
+    let defaults = ProxyConfig::default();
+    let p = &raw.proxy;
+    let max_header_bytes = p.max_header_bytes.unwrap_or(defaults.max_header_bytes);
+    if max_header_bytes < 8192 {
+        return Err(ConfigError::Value { key: "proxy.max_header_bytes", message: "must be at least 8192".into() });
+    }
+    if p.max_connections == Some(0) {
+        return Err(ConfigError::Value { key: "proxy.max_connections", message: "must be at least 1".into() });
+    }
+    let trusted = trusted_proxies(p.trusted_proxies.as_ref(), "proxy.trusted_proxies")?;
+    let proxy_protocol = p.proxy_protocol.unwrap_or(false);
+    let proxy_protocol_from = match &p.proxy_protocol_from {
+        Some(list) => trusted_proxies(Some(list), "proxy.proxy_protocol_from")?,
+        None => trusted.clone(),
+    };
+    if proxy_protocol && proxy_protocol_from.is_empty() {
+        // Anyone could otherwise name any client address in a header of their own.
+        return Err(ConfigError::Value {
+            key: "proxy.proxy_protocol",
+            message: "needs the balancers it is accepted from, in proxy.proxy_protocol_from or \
+                      proxy.trusted_proxies"
+                .into(),
+        });
+    }
+    Ok(ProxyConfig {
+        https_port,
+        header_read_timeout: duration(
+            &p.header_read_timeout,
+            "proxy.header_read_timeout",
+            defaults.header_read_timeout,
+        )?,
+        idle_timeout: duration(&p.idle_timeout, "proxy.idle_timeout", defaults.idle_timeout)?,
+        send_timeout: duration(&p.send_timeout, "proxy.send_timeout", defaults.send_timeout)?,
+        tunnel_idle_timeout: duration(
+            &p.tunnel_idle_timeout,
+            "proxy.tunnel_idle_timeout",
+            defaults.tunnel_idle_timeout,
+        )?,
+        // Set at start from the file-descriptor limit unless configured (`max_connections`).
+        max_connections: p.max_connections.unwrap_or(defaults.max_connections),
+        max_header_bytes,
+        upstream_connect_timeout: duration(
+            &p.upstream_connect_timeout,
+            "proxy.upstream_connect_timeout",
+            defaults.upstream_connect_timeout,
+        )?,
+        upstream_timeout: duration(&p.upstream_timeout, "proxy.upstream_timeout", defaults.upstream_timeout)?,
+        upstream_idle_timeout: duration(
+            &p.upstream_idle_timeout,
+            "proxy.upstream_idle_timeout",
+            defaults.upstream_idle_timeout,
+        )?,
+        target_tls_verify: p.target_tls_verify.unwrap_or(defaults.target_tls_verify),
+        shutdown_timeout: duration(&p.shutdown_timeout, "proxy.shutdown_timeout", defaults.shutdown_timeout)?,
+        handshake_timeout: duration(&p.handshake_timeout, "proxy.handshake_timeout", defaults.handshake_timeout)?,
+        access_log: access_log(raw.log.access_log.as_ref())?,
+        // `portico serve` puts its one registry here.
+        metrics: Default::default(),
+        health: Default::default(),
+        access: Default::default(),
+        trusted_proxies: trusted,
+        proxy_protocol,
+        proxy_protocol_from,
+    })
+}
+
+/// The `[tls]` section (and `[dns]`, the resolvers DNS-01 checks with).
+fn tls_section(raw: &Raw) -> Result<TlsConfig, ConfigError> {
+    let issuer = choice(
+        "tls.issuer",
+        raw.tls.issuer.as_deref().unwrap_or("acme"),
+        &[("acme", IssuerKind::Acme), ("internal", IssuerKind::Internal)],
+    )?;
+    let ratio = raw.tls.renew_remaining_ratio.unwrap_or(1.0 / 3.0);
+    if !(ratio > 0.0 && ratio < 1.0) {
+        return Err(ConfigError::Value { key: "tls.renew_remaining_ratio", message: "must be between 0 and 1".into() });
+    }
+    let t = &raw.tls;
+    let acme_eab = match (&t.acme_eab_kid, &t.acme_eab_hmac_key) {
+        (Some(kid), Some(key)) => Some((kid.clone(), key.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Value {
+                key: "tls.acme_eab_kid",
+                message: "tls.acme_eab_kid and tls.acme_eab_hmac_key go together".into(),
+            });
+        }
+    };
+    let challenge = choice(
+        "tls.challenge",
+        t.challenge.as_deref().unwrap_or("http-01"),
+        &[("http-01", Challenge::Http01), ("tls-alpn-01", Challenge::TlsAlpn01)],
+    )?;
+    let at_least_one = |value: Option<usize>, key: &'static str, default: usize| match value.unwrap_or(default) {
+        0 => Err(ConfigError::Value { key, message: "must be at least 1".into() }),
+        n => Ok(n),
+    };
+    let limits = portico_certs::CertSettings::default();
+    let max_issuances_per_minute =
+        at_least_one(t.max_issuances_per_minute, "tls.max_issuances_per_minute", limits.max_issuances_per_minute)?;
+    Ok(TlsConfig {
+        issuer,
+        acme_directory: t
+            .acme_directory
+            .clone()
+            .unwrap_or_else(|| "https://acme-v02.api.letsencrypt.org/directory".to_owned()),
+        acme_email: t.acme_email.clone(),
+        acme_ca_roots: t
+            .acme_ca_roots
+            .as_ref()
+            .map(ListText::items)
+            .unwrap_or_default()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        acme_eab,
+        challenge,
+        renew_remaining_ratio: ratio,
+        renew_interval: duration(&t.renew_interval, "tls.renew_interval", Duration::from_secs(600))?,
+        internal_lifetime: duration(&t.internal_lifetime, "tls.internal_lifetime", Duration::from_secs(7 * 86400))?,
+        issue_timeout: duration(&t.issue_timeout, "tls.issue_timeout", Duration::from_secs(90))?,
+        max_issuances_per_minute,
+        max_pattern_issuances_per_minute: at_least_one(
+            t.max_pattern_issuances_per_minute,
+            "tls.max_pattern_issuances_per_minute",
+            limits.max_pattern_issuances_per_minute,
+        )?,
+        max_certs_per_pattern: at_least_one(
+            t.max_certs_per_pattern,
+            "tls.max_certs_per_pattern",
+            limits.max_certs_per_pattern,
+        )?,
+        max_certs_per_domain: at_least_one(
+            t.max_certs_per_domain,
+            "tls.max_certs_per_domain",
+            limits.max_certs_per_domain,
+        )?,
+        dns: dns_settings(t.dns_resolvers.as_ref(), &raw.dns)?,
+    })
+}
+
 impl TryFrom<Raw> for Config {
     type Error = ConfigError;
 
     fn try_from(raw: Raw) -> Result<Self, ConfigError> {
-        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
-        let store_url = raw.store.url.unwrap_or_else(|| format!("redb://{}", data_dir.join("portico.redb").display()));
         let http = addr("proxy.http", raw.proxy.http.as_deref(), "0.0.0.0:80")?;
         let https = addr("proxy.https", raw.proxy.https.as_deref(), "0.0.0.0:443")?;
-        let defaults = ProxyConfig::default();
-        let p = &raw.proxy;
-        let max_header_bytes = p.max_header_bytes.unwrap_or(defaults.max_header_bytes);
-        if max_header_bytes < 8192 {
-            return Err(ConfigError::Value { key: "proxy.max_header_bytes", message: "must be at least 8192".into() });
-        }
-        if p.max_connections == Some(0) {
-            return Err(ConfigError::Value { key: "proxy.max_connections", message: "must be at least 1".into() });
-        }
-        let trusted = trusted_proxies(p.trusted_proxies.as_ref(), "proxy.trusted_proxies")?;
-        let proxy_protocol = p.proxy_protocol.unwrap_or(false);
-        let proxy_protocol_from = match &p.proxy_protocol_from {
-            Some(list) => trusted_proxies(Some(list), "proxy.proxy_protocol_from")?,
-            None => trusted.clone(),
-        };
-        if proxy_protocol && proxy_protocol_from.is_empty() {
-            // Anyone could otherwise name any client address in a header of their own.
-            return Err(ConfigError::Value {
-                key: "proxy.proxy_protocol",
-                message: "needs the balancers it is accepted from, in proxy.proxy_protocol_from or \
-                          proxy.trusted_proxies"
-                    .into(),
-            });
-        }
-        let proxy = ProxyConfig {
-            https_port: https.port(),
-            header_read_timeout: duration(
-                &p.header_read_timeout,
-                "proxy.header_read_timeout",
-                defaults.header_read_timeout,
-            )?,
-            idle_timeout: duration(&p.idle_timeout, "proxy.idle_timeout", defaults.idle_timeout)?,
-            send_timeout: duration(&p.send_timeout, "proxy.send_timeout", defaults.send_timeout)?,
-            tunnel_idle_timeout: duration(
-                &p.tunnel_idle_timeout,
-                "proxy.tunnel_idle_timeout",
-                defaults.tunnel_idle_timeout,
-            )?,
-            // Set at start from the file-descriptor limit unless configured (`max_connections`).
-            max_connections: p.max_connections.unwrap_or(defaults.max_connections),
-            max_header_bytes,
-            upstream_connect_timeout: duration(
-                &p.upstream_connect_timeout,
-                "proxy.upstream_connect_timeout",
-                defaults.upstream_connect_timeout,
-            )?,
-            upstream_timeout: duration(&p.upstream_timeout, "proxy.upstream_timeout", defaults.upstream_timeout)?,
-            upstream_idle_timeout: duration(
-                &p.upstream_idle_timeout,
-                "proxy.upstream_idle_timeout",
-                defaults.upstream_idle_timeout,
-            )?,
-            target_tls_verify: p.target_tls_verify.unwrap_or(defaults.target_tls_verify),
-            shutdown_timeout: duration(&p.shutdown_timeout, "proxy.shutdown_timeout", defaults.shutdown_timeout)?,
-            handshake_timeout: duration(&p.handshake_timeout, "proxy.handshake_timeout", defaults.handshake_timeout)?,
-            access_log: access_log(raw.log.access_log.as_ref())?,
-            // `portico serve` puts its one registry here.
-            metrics: Default::default(),
-            health: Default::default(),
-            access: Default::default(),
-            trusted_proxies: trusted,
-            proxy_protocol,
-            proxy_protocol_from,
-        };
-        let issuer = choice(
-            "tls.issuer",
-            raw.tls.issuer.as_deref().unwrap_or("acme"),
-            &[("acme", IssuerKind::Acme), ("internal", IssuerKind::Internal)],
-        )?;
-        let ratio = raw.tls.renew_remaining_ratio.unwrap_or(1.0 / 3.0);
-        if !(ratio > 0.0 && ratio < 1.0) {
-            return Err(ConfigError::Value {
-                key: "tls.renew_remaining_ratio",
-                message: "must be between 0 and 1".into(),
-            });
-        }
-        let t = &raw.tls;
-        let acme_eab = match (&t.acme_eab_kid, &t.acme_eab_hmac_key) {
-            (Some(kid), Some(key)) => Some((kid.clone(), key.clone())),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::Value {
-                    key: "tls.acme_eab_kid",
-                    message: "tls.acme_eab_kid and tls.acme_eab_hmac_key go together".into(),
-                });
-            }
-        };
-        let challenge = choice(
-            "tls.challenge",
-            t.challenge.as_deref().unwrap_or("http-01"),
-            &[("http-01", Challenge::Http01), ("tls-alpn-01", Challenge::TlsAlpn01)],
-        )?;
-        let at_least_one = |value: Option<usize>, key: &'static str, default: usize| match value.unwrap_or(default) {
-            0 => Err(ConfigError::Value { key, message: "must be at least 1".into() }),
-            n => Ok(n),
-        };
-        let limits = portico_certs::CertSettings::default();
-        let max_issuances_per_minute =
-            at_least_one(t.max_issuances_per_minute, "tls.max_issuances_per_minute", limits.max_issuances_per_minute)?;
-        let tls = TlsConfig {
-            issuer,
-            acme_directory: t
-                .acme_directory
-                .clone()
-                .unwrap_or_else(|| "https://acme-v02.api.letsencrypt.org/directory".to_owned()),
-            acme_email: t.acme_email.clone(),
-            acme_ca_roots: t
-                .acme_ca_roots
-                .as_ref()
-                .map(ListText::items)
-                .unwrap_or_default()
-                .into_iter()
-                .map(PathBuf::from)
-                .collect(),
-            acme_eab,
-            challenge,
-            renew_remaining_ratio: ratio,
-            renew_interval: duration(&t.renew_interval, "tls.renew_interval", Duration::from_secs(600))?,
-            internal_lifetime: duration(&t.internal_lifetime, "tls.internal_lifetime", Duration::from_secs(7 * 86400))?,
-            issue_timeout: duration(&t.issue_timeout, "tls.issue_timeout", Duration::from_secs(90))?,
-            max_issuances_per_minute,
-            max_pattern_issuances_per_minute: at_least_one(
-                t.max_pattern_issuances_per_minute,
-                "tls.max_pattern_issuances_per_minute",
-                limits.max_pattern_issuances_per_minute,
-            )?,
-            max_certs_per_pattern: at_least_one(
-                t.max_certs_per_pattern,
-                "tls.max_certs_per_pattern",
-                limits.max_certs_per_pattern,
-            )?,
-            max_certs_per_domain: at_least_one(
-                t.max_certs_per_domain,
-                "tls.max_certs_per_domain",
-                limits.max_certs_per_domain,
-            )?,
-            dns: dns_settings(t.dns_resolvers.as_ref(), &raw.dns)?,
-        };
+        let proxy = proxy_section(&raw, https.port())?;
+        let tls = tls_section(&raw)?;
+        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let store_url = raw.store.url.unwrap_or_else(|| format!("redb://{}", data_dir.join("portico.redb").display()));
         let log_format = choice(
             "log.format",
             raw.log.format.as_deref().unwrap_or("text"),
