@@ -12,7 +12,8 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
 use portico_dns::{DnsError, DnsProvider};
-use portico_model::dns::{PROVIDERS, ProviderType, display, provider_json, provider_type, public};
+use portico_model::dns::{PROVIDERS, ProviderType, display, provider_json, provider_type};
+use portico_model::record::public_json;
 use portico_model::{HostPattern, Hostname};
 use portico_store::{Fields, Kind, Revision, Store, StoreError};
 use serde_json::{Value, json};
@@ -422,7 +423,7 @@ pub async fn create_domain(State(api): State<Api>, caller: Caller, body: JsonObj
         .create(Kind::Domain, domain.as_str(), &fields)
         .await
         .map_err(|e| ApiError::from_write(e, Kind::Domain, domain.as_str(), "domain"))?;
-    Ok(with_message(format!("\"{domain}\" added."), public(&fields)))
+    Ok(with_message(format!("\"{domain}\" added."), public_json(&fields)))
 }
 
 /// `GET /api/dns/domain/{name}`: the managed zone that contains `name` (longest suffix).
@@ -465,7 +466,7 @@ pub async fn delete_domain(
     let not_found = || ApiError::NotFound { kind: "Domain", key: domain.clone() };
     let fields = api.store.record(Kind::Domain, &domain).await?.ok_or_else(not_found)?;
     api.store.delete(Kind::Domain, &domain).await?;
-    Ok(with_message(format!("{domain} deleted"), public(&fields)))
+    Ok(with_message(format!("{domain} deleted"), public_json(&fields)))
 }
 
 /// `POST /api/dns/domain/refresh/{id}` (admin): links the provider's zones as domains now.

@@ -74,7 +74,7 @@ fn render(kind: Kind, fields: &Fields) -> Option<Value> {
     match kind {
         Kind::Host => Host::from_fields(fields).ok().map(|h| Value::Object(h.to_json())),
         Kind::DnsProvider => Some(Value::Object(portico_model::dns::provider_json(fields))),
-        Kind::Domain => Some(Value::Object(portico_model::dns::public(fields))),
+        Kind::Domain => Some(Value::Object(portico_model::record::public_json(fields))),
         _ => None,
     }
 }

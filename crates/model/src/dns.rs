@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
+use crate::record::public_json;
 use crate::{Fields, Host};
 
 /// A provider type: its key in `dnsProvider`, display name and credential fields.
@@ -117,7 +118,7 @@ fn credential_specs(p: &ProviderType) -> Map<String, Value> {
 
 /// A provider as the API shows it: public fields and its type's info, never credentials.
 pub fn provider_json(fields: &Fields) -> Map<String, Value> {
-    let mut out = public(fields);
+    let mut out = public_json(fields);
     if let Some(p) = fields.get("dnsProvider").and_then(|n| provider_type(n)) {
         out.extend(display(p));
     }
@@ -147,7 +148,7 @@ impl Zones {
             .domains
             .iter()
             .filter(|(_, d)| d.get("dnsProvider_id").is_some_and(|p| p == id))
-            .map(|(_, d)| Value::Object(public(d)))
+            .map(|(_, d)| Value::Object(public_json(d)))
             .collect();
         out.insert("domains".into(), Value::Array(domains));
         out
@@ -155,7 +156,7 @@ impl Zones {
 
     /// A zone with its provider.
     pub fn zone(&self, fields: &Fields) -> Value {
-        let mut out = public(fields);
+        let mut out = public_json(fields);
         let provider = fields.get("dnsProvider_id").and_then(|id| self.providers.get(id));
         out.insert("provider".into(), provider.map_or(Value::Null, |p| Value::Object(provider_json(p))));
         Value::Object(out)
@@ -177,11 +178,6 @@ impl Zones {
         out.insert("domain".into(), self.zone_of(host.host.as_str()).unwrap_or(Value::Null));
         Value::Object(out)
     }
-}
-
-/// Every field but credentials.
-pub fn public(fields: &Fields) -> Map<String, Value> {
-    crate::record::public_json(fields)
 }
 
 #[cfg(test)]

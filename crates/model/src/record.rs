@@ -50,13 +50,10 @@ impl Stamps {
     }
 
     /// The stored fields.
-    pub fn fields(&self) -> [(&'static str, String); 4] {
-        [
-            ("created_by", self.created_by.clone()),
-            ("created_on", self.created_on.to_string()),
-            ("updated_by", self.updated_by.clone()),
-            ("updated_on", self.updated_on.to_string()),
-        ]
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, String)> + use<> {
+        [("created_by", self.created_by.clone()), ("created_on", self.created_on.to_string())]
+            .into_iter()
+            .chain(updated_fields(&self.updated_by, self.updated_on))
     }
 
     /// The API's form: times as numbers.
@@ -71,15 +68,20 @@ impl Stamps {
 /// A new record: `fields` plus the seed's bookkeeping ([`Stamps::new`]).
 pub fn new_record<'a>(created_by: &str, now_ms: u64, fields: impl IntoIterator<Item = (&'a str, String)>) -> Fields {
     let stamps = Stamps::new(created_by, now_ms as i64);
-    fields.into_iter().chain(stamps.fields()).map(|(k, v)| (k.to_owned(), v)).collect()
+    let mut record: Fields = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    record.extend(stamps.fields().map(|(k, v)| (k.to_owned(), v)));
+    record
 }
 
-/// Notes an update of `fields` by `by` at `now_ms` ([`Stamps::touch`]); the creation stamps
-/// stay as they are written.
+/// The stored fields of a change by `by` at `now_ms`.
+fn updated_fields(by: &str, now_ms: i64) -> [(&'static str, String); 2] {
+    [("updated_by", by.to_owned()), ("updated_on", now_ms.to_string())]
+}
+
+/// Notes an update of `fields` by `by` at `now_ms` (what [`Stamps::touch`] notes); the
+/// creation stamps stay as they are written.
 pub fn touch(fields: &mut Fields, by: &str, now_ms: u64) {
-    let mut stamps = Stamps::read(fields);
-    stamps.touch(by, now_ms as i64);
-    for (name, value) in stamps.fields().into_iter().skip(2) {
+    for (name, value) in updated_fields(by, now_ms as i64) {
         fields.insert(name.to_owned(), value);
     }
 }

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -20,8 +19,10 @@ pub struct Routes {
     /// in without reading the others again, and a full rebuild that changes nothing (the
     /// periodic resync, mostly) leaves the table as it is. `None` until the first rebuild.
     hosts: Mutex<Option<BTreeMap<String, Arc<Host>>>>,
-    /// Bumped with every swap of the table.
-    generation: AtomicU64,
+    /// The table's generation (one more with every swap) and size, set together so that a
+    /// reader never pairs one table's generation with another's size; held while the
+    /// observer is told, so it hears the generations in order.
+    state: Mutex<RoutingState>,
     /// Told of every swap (the service manager's status, `/readyz`'s waiters).
     observer: OnceLock<Observer>,
 }
@@ -29,7 +30,7 @@ pub struct Routes {
 /// Which table a node routes by: its generation (one more with every swap) and how many
 /// host patterns it holds. Reported by `/readyz` and to a service manager, so that a
 /// deployment script or a test can wait until a change is routed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RoutingState {
     /// Swaps of the table since the process started.
     pub generation: u64,
@@ -76,7 +77,7 @@ impl Routes {
 
     /// Which table routes now.
     pub fn state(&self) -> RoutingState {
-        RoutingState { generation: self.generation.load(Ordering::SeqCst), hosts: self.table.load().len() }
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Calls `observer` after every swap of the table from now on, with the new state. One
@@ -87,11 +88,11 @@ impl Routes {
 
     fn swap(&self, hosts: impl IntoIterator<Item = Arc<Host>>) {
         let table: HostTable<Arc<Host>> = hosts.into_iter().map(|h| (h.host.clone(), h)).collect();
-        let count = table.len();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *state = RoutingState { generation: state.generation + 1, hosts: table.len() };
         self.table.store(Arc::new(table));
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(Observer(observer)) = self.observer.get() {
-            observer(RoutingState { generation, hosts: count });
+            observer(*state);
         }
     }
 

@@ -165,11 +165,10 @@ async fn route(
     let name = Hostname::from_authority(authority).map_err(ProxyError::InvalidHost)?;
     entry.host = name.to_string();
     let scheme = client.conn.scheme();
-    match &client.conn {
-        Conn::Tls(cert) if !cert.as_ref().is_some_and(|c| c.meta.covers(name.as_str())) => {
-            return Err(ProxyError::Misdirected);
-        }
-        Conn::Plain | Conn::Tls(_) => {}
+    if let Conn::Tls(cert) = &client.conn
+        && !cert.as_ref().is_some_and(|c| c.meta.covers(name.as_str()))
+    {
+        return Err(ProxyError::Misdirected);
     }
     let table = shared.routes.snapshot();
     let (pattern, host) = table.lookup(name.as_str()).ok_or(ProxyError::UnknownHost)?;
