@@ -16,13 +16,14 @@ use http::request::Parts;
 use ipnet::IpNet;
 use portico_model::limiter::FailureLimiter;
 use portico_model::record;
+use portico_model::user::{NewUser, User, password_problem};
 use portico_store::{Fields, Kind, Store};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, FieldError};
 use crate::state::Api;
 
-pub use portico_model::record::Role;
+pub use portico_model::user::Role;
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
@@ -119,19 +120,9 @@ pub async fn issue_token(
 ) -> Result<Issued, ApiError> {
     let token = new_token()?;
     let now = portico_store::now_ms();
-    let mut fields: Fields = [
-        ("created_by", username.to_owned()),
-        ("created_on", now.to_string()),
-        ("expires_on", now.saturating_add(ttl.as_millis() as u64).to_string()),
-        ("is_valid", "true".to_owned()),
-        ("kind", kind.to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    if let Some(name) = name {
-        fields.insert("name".to_owned(), name.to_owned());
-    }
+    let expires_on = now.saturating_add(ttl.as_millis() as u64).to_string();
+    let own = [("expires_on", expires_on), ("is_valid", "true".to_owned()), ("kind", kind.to_owned())];
+    let fields = record::new_record(username, now, own.into_iter().chain(name.map(|n| ("name", n.to_owned()))));
     let key = token_key(&token);
     store.create(Kind::AuthToken, &key, &fields).await?;
     Ok(Issued { token, key, fields })
@@ -206,11 +197,6 @@ pub async fn verify_password(password: String, hash: String) -> (bool, bool) {
     tokio::task::spawn_blocking(move || record::verify_password(&password, &hash)).await.unwrap_or((false, false))
 }
 
-/// Checks a new password; the error names the field.
-pub fn check_password(password: &str) -> Result<(), FieldError> {
-    record::password_problem(password).map_or(Ok(()), |problem| Err(FieldError::new("password", problem)))
-}
-
 /// Failed logins per client address and per user name: the model's limiter, with the user
 /// name as its scope.
 #[derive(Debug)]
@@ -245,13 +231,9 @@ pub async fn bootstrap_admin(store: &dyn Store, data_dir: &Path, password: Optio
     if !store.keys(Kind::User).await?.is_empty() {
         return Ok(());
     }
-    if let Some(p) = &password
-        && let Err(e) = check_password(p)
-    {
-        return Err(ApiError::Validation(vec![FieldError::new(
-            "PORTICO_ADMIN_PASSWORD",
-            format!("PORTICO_ADMIN_PASSWORD: {}", e.message),
-        )]));
+    if let Some(problem) = password.as_deref().and_then(|p| password_problem("PORTICO_ADMIN_PASSWORD", p)) {
+        let message = format!("PORTICO_ADMIN_PASSWORD: {problem}");
+        return Err(ApiError::Validation(vec![FieldError::refused("PORTICO_ADMIN_PASSWORD", message)]));
     }
     let generated = password.is_none();
     let password = match password {
@@ -259,8 +241,9 @@ pub async fn bootstrap_admin(store: &dyn Store, data_dir: &Path, password: Optio
         None => new_token()?[..24].to_owned(),
     };
     let hash = hash_password(password.clone()).await?;
-    let fields = record::user_fields("admin", hash, Role::Admin, "portico", portico_store::now_ms());
-    match store.create(Kind::User, "admin", &fields).await {
+    let new = NewUser { username: "admin".to_owned(), password: String::new(), role: Role::Admin };
+    let admin = User::new(new, hash, "portico", portico_store::now_ms() as i64);
+    match store.create(Kind::User, "admin", &admin.to_fields()).await {
         Ok(()) => {}
         // Another node of the cluster got there first.
         Err(portico_store::StoreError::Conflict { .. }) => return Ok(()),

@@ -12,7 +12,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
 use portico_dns::{DnsError, DnsProvider};
-use portico_model::dns::{PROVIDERS, ProviderType, display, provider_json, provider_type};
+use portico_model::dns::{Domain, PROVIDERS, Provider, ProviderType, display, provider_json};
 use portico_model::record::public_json;
 use portico_model::{HostPattern, Hostname};
 use portico_store::{Fields, Kind, Revision, Store, StoreError};
@@ -22,7 +22,7 @@ use crate::auth::{self, Caller};
 use crate::conditional::{self, etag};
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
-use crate::json::{new_record, with_message};
+use crate::json::with_message;
 use crate::openapi as doc;
 use crate::state::Api;
 use crate::users::listing;
@@ -78,55 +78,15 @@ pub async fn list(
 )]
 pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let mut errors = Vec::new();
-    let name = body.required("name", &mut errors);
-    let kind = body.required("dnsProvider", &mut errors);
-    let provider = kind.as_deref().and_then(|k| {
-        let found = provider_type(k);
-        if found.is_none() {
-            let names: Vec<&str> = PROVIDERS.iter().map(|p| p.name).collect();
-            errors.push(FieldError::new("dnsProvider", format!("dnsProvider must be one of {}.", names.join(", "))));
-        }
-        found
-    });
-    let mut credentials = Vec::new();
-    let global_key = provider.is_some_and(|p| p.name == "Cloudflare") && !body.0.contains_key("token");
-    if global_key {
-        // Cloudflare's legacy alternative to an API token: the account e-mail and the
-        // Global API Key.
-        for key in ["email", "apiKey"] {
-            if let Some(value) = body.string(key, &mut errors) {
-                credentials.push((key, value));
-            }
-        }
-        if credentials.len() < 2 && !errors.iter().any(|e| e.key == "email" || e.key == "apiKey") {
-            errors.push(FieldError::new("token", "token is required (or email and apiKey, the Global API Key)."));
-        }
-    } else if let Some(p) = provider {
-        for (key, _) in p.credentials {
-            if let Some(value) = body.required(key, &mut errors) {
-                credentials.push((*key, value));
-            }
-        }
-    }
-    let propagation = propagation_timeout(&body, &mut errors);
-    let (Some(name), Some(provider), true) = (name, provider, errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
     let id = auth::new_token()?[..16].to_owned();
-    let mut fields =
-        new_record(&caller.username, [("id", id.clone()), ("name", name), ("dnsProvider", provider.name.to_owned())]);
-    let first_credential = credentials.first().map(|(key, _)| *key).unwrap_or("dnsProvider");
-    for (key, value) in credentials {
-        fields.insert(key.to_owned(), value);
-    }
-    if let Some(seconds) = propagation {
-        fields.insert(PROPAGATION.into(), seconds.to_string());
-    }
-    let dns = client(&api, &fields, first_credential)?;
-    dns.verify().await.map_err(|e| dns_error(e, first_credential))?;
+    let account = Provider::from_json(&body.0, id.clone(), &caller.username, portico_store::now_ms() as i64)
+        .map_err(ApiError::Validation)?;
+    let fields = account.to_fields();
+    let credential = account.credential_field();
+    let dns = client(&api, &fields, credential)?;
+    dns.verify().await.map_err(|e| dns_error(e, credential))?;
     api.store.create(Kind::DnsProvider, &id, &fields).await?;
-    let mut out = provider_json(&fields);
+    let mut out = account.to_json();
     match sync(api.store.as_ref(), &id, dns.as_ref(), &caller.username).await {
         Ok(synced) => {
             out.insert("domains".into(), json!(synced.domains));
@@ -147,7 +107,7 @@ fn client(api: &Api, fields: &Fields, field: &'static str) -> Result<Box<dyn Dns
 fn dns_error(e: DnsError, field: &'static str) -> ApiError {
     match e {
         DnsError::Unauthorized { .. } | DnsError::Config(_) => {
-            ApiError::Validation(vec![FieldError::new(field, e.to_string())])
+            ApiError::Validation(vec![FieldError::refused(field, e.to_string())])
         }
         other => ApiError::DnsApi(other.to_string()),
     }
@@ -180,11 +140,13 @@ pub async fn sync(store: &dyn Store, id: &str, dns: &dyn DnsProvider, by: &str) 
             }
             Some(_) => {}
             None => {
-                let fields = new_record(
-                    by,
-                    [("domain", zone.name.clone()), ("dnsProvider_id", id.to_owned()), ("zoneId", zone.id.clone())],
-                );
-                match store.create(Kind::Domain, &zone.name, &fields).await {
+                let Ok(name) = Hostname::parse(&zone.name) else {
+                    tracing::warn!(provider = id, zone = %zone.name, "the provider names a zone that is not a DNS name");
+                    continue;
+                };
+                let domain =
+                    Domain::new(name, id.to_owned(), Some(zone.id.clone()), by, portico_store::now_ms() as i64);
+                match store.create(Kind::Domain, &zone.name, &domain.to_fields()).await {
                     Ok(()) => synced.added.push(zone.name.clone()),
                     // Linked meanwhile by another sync.
                     Err(StoreError::Conflict { .. }) => {}
@@ -275,14 +237,10 @@ pub async fn update(
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
     caller.require_admin()?;
     // New credentials are checked with the provider before anything is written.
-    let current = stored_provider(&api, &id).await?;
-    let kind = current.get("dnsProvider").and_then(|k| provider_type(k));
-    let changed: Vec<&'static str> =
-        kind.map_or(&[][..], |p| p.credentials).iter().map(|(k, _)| *k).filter(|k| body.0.contains_key(*k)).collect();
+    let mut candidate = Provider::from_fields(&id, &stored_provider(&api, &id).await?);
+    let changed = candidate.apply_json(&body.0).map_err(ApiError::Validation)?;
     if let Some(first) = changed.first() {
-        let mut candidate = current.clone();
-        apply(&body, &mut candidate)?;
-        client(&api, &candidate, first)?.verify().await.map_err(|e| dns_error(e, first))?;
+        client(&api, &candidate.to_fields(), first)?.verify().await.map_err(|e| dns_error(e, first))?;
     }
     let (etag, fields) = conditional::update(
         api.store.as_ref(),
@@ -290,8 +248,10 @@ pub async fn update(
         &headers,
         || async { stored_provider_at(&api, &id).await.map(|(fields, revision)| (id.clone(), fields, revision)) },
         |fields| {
-            apply(&body, fields)?;
-            portico_model::record::touch(fields, &caller.username, portico_store::now_ms());
+            let mut account = Provider::from_fields(&id, fields);
+            account.apply_json(&body.0).map_err(ApiError::Validation)?;
+            account.stamps.touch(&caller.username, portico_store::now_ms() as i64);
+            *fields = account.to_fields();
             Ok((id.clone(), fields.clone()))
         },
         |e, _| match e {
@@ -303,52 +263,6 @@ pub async fn update(
     let mut out = provider_json(&fields);
     out.insert("__requestedHost".into(), json!(id));
     Ok((etag, with_message(format!("\"{id}\" updated."), out)))
-}
-
-/// The optional field that says how long this provider's records take to be served, in
-/// seconds (DNS-01 waits that long at most, instead of `dns.propagation_timeout`).
-const PROPAGATION: &str = "propagationTimeout";
-
-/// `propagationTimeout`, if given: whole seconds, 1 to 3600, as a number or a string.
-fn propagation_timeout(body: &JsonObject, errors: &mut Vec<FieldError>) -> Option<u64> {
-    let value = body.0.get(PROPAGATION)?;
-    let seconds = match value {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse().ok(),
-        Value::Null => return None,
-        _ => None,
-    };
-    match seconds {
-        Some(s @ 1..=3600) => Some(s),
-        _ => {
-            errors.push(FieldError::new(PROPAGATION, "propagationTimeout must be a number of seconds from 1 to 3600."));
-            None
-        }
-    }
-}
-
-/// Applies an update's fields to a provider record; every bad field is one entry of the 422.
-fn apply(body: &JsonObject, fields: &mut Fields) -> Result<(), ApiError> {
-    let mut errors = Vec::new();
-    if let Some(seconds) = propagation_timeout(body, &mut errors) {
-        fields.insert(PROPAGATION.into(), seconds.to_string());
-    }
-    if let Some(name) = body.string("name", &mut errors) {
-        fields.insert("name".into(), name);
-    }
-    if body.0.contains_key("dnsProvider") {
-        errors.push(FieldError::new("dnsProvider", "dnsProvider cannot change; add a new provider instead."));
-    }
-    let provider = fields.get("dnsProvider").and_then(|k| provider_type(k));
-    for (key, _) in provider.map_or(&[][..], |p| p.credentials) {
-        if let Some(value) = body.string(key, &mut errors) {
-            fields.insert((*key).to_owned(), value);
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    Ok(())
 }
 
 /// `DELETE /api/dns/{id}` (admin): the provider and every domain it manages.
@@ -401,24 +315,21 @@ pub async fn list_domains(
 )]
 pub async fn create_domain(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let mut errors = Vec::new();
-    let domain = body.required("domain", &mut errors).and_then(|d| {
-        Hostname::parse(&d).map_err(|e| errors.push(FieldError::new("domain", format!("domain is invalid: {e}.")))).ok()
-    });
-    let provider_id = body.required("dnsProvider_id", &mut errors);
-    let zone_id = body.string("zoneId", &mut errors);
-    if let Some(id) = &provider_id
-        && api.store.record(Kind::DnsProvider, id).await?.is_none()
-    {
-        errors.push(FieldError::new("dnsProvider_id", format!("no DNS provider {id}.")));
-    }
-    let (Some(domain), Some(provider_id), true) = (domain, provider_id, errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
+    let domain = Domain::from_json(&body.0, &caller.username, portico_store::now_ms() as i64);
+    let provider_id = body.0.get("dnsProvider_id").and_then(Value::as_str);
+    let unknown = match provider_id {
+        Some(id) if api.store.record(Kind::DnsProvider, id).await?.is_none() => {
+            Some(FieldError::refused("dnsProvider_id", format!("no DNS provider {id}")))
+        }
+        _ => None,
     };
-    let mut fields = new_record(&caller.username, [("domain", domain.to_string()), ("dnsProvider_id", provider_id)]);
-    if let Some(zone) = zone_id {
-        fields.insert("zoneId".into(), zone);
-    }
+    let domain = match (domain, unknown) {
+        (Ok(domain), None) => domain,
+        (Ok(_), Some(unknown)) => return Err(ApiError::Validation(vec![unknown])),
+        (Err(errors), unknown) => return Err(ApiError::Validation(errors.into_iter().chain(unknown).collect())),
+    };
+    let fields = domain.to_fields();
+    let domain = domain.domain;
     api.store
         .create(Kind::Domain, domain.as_str(), &fields)
         .await

@@ -4,25 +4,10 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+pub use portico_model::FieldError;
 use portico_model::report::chain;
 use portico_store::{Kind, StoreError};
 use serde::Serialize;
-
-/// One field at fault in a 409 or 422.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    /// The field, with the seed's spelling.
-    pub key: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl FieldError {
-    /// An error about `key`.
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
-    }
-}
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +86,7 @@ fn store_message(e: &StoreError) -> String {
 }
 
 fn summary(errors: &[FieldError]) -> String {
-    errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join(" ")
+    errors.iter().map(|e| format!("{e}.")).collect::<Vec<_>>().join(" ")
 }
 
 impl From<StoreError> for ApiError {
@@ -115,7 +100,21 @@ struct Body<'a> {
     name: &'a str,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    keys: Option<Vec<FieldError>>,
+    keys: Option<Vec<Key>>,
+}
+
+/// One field at fault in a 409 or 422: the field, with the seed's spelling, and what is
+/// wrong with it, as a sentence.
+#[derive(Serialize)]
+struct Key {
+    key: &'static str,
+    message: String,
+}
+
+impl Key {
+    fn of(e: &FieldError) -> Self {
+        Self { key: e.field(), message: format!("{e}.") }
+    }
 }
 
 impl ApiError {
@@ -166,8 +165,8 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let keys = match &self {
-            Self::Validation(errors) => Some(errors.clone()),
-            Self::NameUsed { field, .. } => Some(vec![FieldError::new(*field, self.to_string())]),
+            Self::Validation(errors) => Some(errors.iter().map(Key::of).collect()),
+            Self::NameUsed { field, .. } => Some(vec![Key { key: field, message: self.to_string() }]),
             _ => None,
         };
         let mut response = (status, Json(Body { name, message: self.to_string(), keys })).into_response();

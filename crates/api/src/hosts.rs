@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
-use portico_model::{Host, HostError, HostPattern, Hostname, PatternLabel};
+use portico_model::{Host, HostPattern, Hostname, PatternLabel};
 use portico_store::{Kind, Revision, StoreError};
 use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
 use crate::conditional::{self, etag};
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::json::JsonObject;
 use crate::json::with_message;
 use crate::openapi as doc;
@@ -63,7 +63,8 @@ pub async fn list(
 )]
 pub async fn create(State(api): State<Api>, caller: Caller, mut body: JsonObject) -> Result<Json<Value>, ApiError> {
     hash_basic_auth(&mut body.0).await?;
-    let host = Host::from_json(&body.0, &caller.username, portico_store::now_ms() as i64).map_err(refused)?;
+    let host =
+        Host::from_json(&body.0, &caller.username, portico_store::now_ms() as i64).map_err(ApiError::Validation)?;
     let pattern = host.host.as_str();
     api.store
         .create(Kind::Host, pattern, &host.to_fields())
@@ -126,7 +127,7 @@ pub async fn update(
         &headers,
         || stored(&api, &item),
         |host| {
-            host.apply_json(&body.0).map_err(refused)?;
+            host.apply_json(&body.0).map_err(ApiError::Validation)?;
             host.stamps.touch(&caller.username, portico_store::now_ms() as i64);
             Ok((host.host.to_string(), host.to_fields()))
         },
@@ -139,11 +140,6 @@ pub async fn update(
     let mut fields = host.to_json();
     fields.insert("__requestedHost".into(), json!(item));
     Ok((etag, with_message(format!("\"{item}\" updated."), fields)))
-}
-
-/// The 422 for a host's refused fields, one entry each.
-fn refused(errors: Vec<HostError>) -> ApiError {
-    ApiError::Validation(errors.iter().map(|e| FieldError::new(e.field(), format!("{e}."))).collect())
 }
 
 /// Hashes the passwords of `basicAuth` entries
@@ -160,7 +156,7 @@ async fn hash_basic_auth(fields: &mut serde_json::Map<String, Value>) -> Result<
     .await
     .map_err(|_| ApiError::Internal("password hashing task failed"))?;
     *fields = taken;
-    result.map_err(|e| refused(vec![e]))
+    result.map_err(|e| ApiError::Validation(vec![e]))
 }
 
 /// `DELETE /api/host/{item}`.

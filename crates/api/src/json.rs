@@ -7,13 +7,8 @@ use axum::extract::{FromRequest, Request};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::state::Api;
-
-/// A new record with the seed's bookkeeping, created now by `created_by`.
-pub fn new_record<'a>(created_by: &str, fields: impl IntoIterator<Item = (&'a str, String)>) -> portico_store::Fields {
-    portico_model::record::new_record(created_by, portico_store::now_ms(), fields)
-}
 
 /// The seed's write responses: the record's fields plus a `message`.
 pub fn with_message(message: String, mut fields: Map<String, Value>) -> axum::Json<Value> {
@@ -52,27 +47,4 @@ fn is_json(value: &http::HeaderValue) -> bool {
     let Ok(text) = value.to_str() else { return false };
     let essence = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-impl JsonObject {
-    /// A string field; `None` if absent or null; an error naming the field if not a string.
-    pub fn string(&self, key: &str, errors: &mut Vec<FieldError>) -> Option<String> {
-        match self.0.get(key) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                errors.push(FieldError::new(key, format!("{key} is not string type.")));
-                None
-            }
-        }
-    }
-
-    /// A required string field.
-    pub fn required(&self, key: &str, errors: &mut Vec<FieldError>) -> Option<String> {
-        let value = self.string(key, errors);
-        if value.is_none() && !errors.iter().any(|e| e.key == key) {
-            errors.push(FieldError::new(key, format!("{key} is required.")));
-        }
-        value
-    }
 }

@@ -34,8 +34,8 @@ pub async fn login(
     body: JsonObject,
 ) -> Result<Json<Value>, ApiError> {
     let mut ignored = Vec::new();
-    let username = body.string("username", &mut ignored).unwrap_or_default();
-    let password = body.string("password", &mut ignored).unwrap_or_default();
+    let username = portico_model::body::string(&body.0, "username", &mut ignored).unwrap_or_default();
+    let password = portico_model::body::string(&body.0, "password", &mut ignored).unwrap_or_default();
     let address = auth::client_address(peer, &headers, &api.settings.trusted_proxies)?;
     api.limiter.check(address, &username)?;
     let user = match username.is_empty() {
@@ -90,25 +90,23 @@ pub async fn logout(State(api): State<Api>, caller: Caller) -> Result<Json<Value
 )]
 pub async fn create_token(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     let mut errors = Vec::new();
-    let name = body.required("name", &mut errors);
+    let name = portico_model::body::required(&body.0, "name", &mut errors);
     if let Some(name) = &name
         && !(1..=100).contains(&name.chars().count())
     {
-        errors.push(FieldError::new("name", "name must be 1 to 100 characters."));
+        errors.push(FieldError::refused("name", "name must be 1 to 100 characters"));
     }
-    let days = match body.0.get("days") {
-        None | Some(Value::Null) => Some(API_TOKEN_DEFAULT_DAYS),
-        Some(v) => match v.as_u64() {
-            Some(d) if (1..=API_TOKEN_MAX_DAYS).contains(&d) => Some(d),
-            _ => {
-                errors.push(FieldError::new("days", format!("days must be from 1 to {API_TOKEN_MAX_DAYS}.")));
-                None
-            }
-        },
-    };
-    let (Some(name), Some(days), true) = (name, days, errors.is_empty()) else {
+    let days = portico_model::body::whole_number(
+        &body.0,
+        "days",
+        1..=API_TOKEN_MAX_DAYS,
+        &format!("from 1 to {API_TOKEN_MAX_DAYS}"),
+        &mut errors,
+    );
+    let (Some(name), true) = (name, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
+    let days = days.unwrap_or(API_TOKEN_DEFAULT_DAYS);
     let ttl = Duration::from_secs(days * 86_400);
     let issued = auth::issue_token(api.store.as_ref(), &caller.username, "api", Some(&name), ttl).await?;
     Ok(Json(json!({ "token": issued.token, "results": token_json(&issued.key, &issued.fields) })))

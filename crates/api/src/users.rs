@@ -8,6 +8,8 @@ use axum::extract::{Path, Query, State};
 use portico_store::{Fields, Kind};
 use serde_json::{Value, json};
 
+use portico_model::user::{NewUser, PasswordChange, User};
+
 use crate::auth::{self, Caller, Role};
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
@@ -41,11 +43,9 @@ pub async fn listing(
     Ok(Json(json!({ "results": results })))
 }
 
-/// A user as the API shows it: every stored field but the password hash, and the role.
-pub fn user_json(fields: &Fields) -> Value {
-    let mut out = portico_model::record::public_json(fields);
-    out.insert("role".to_owned(), json!(Role::of(fields).as_str()));
-    Value::Object(out)
+/// A stored user as the API shows it ([`User::to_json`]).
+fn user_json(key: &str, fields: &Fields) -> Value {
+    Value::Object(User::from_fields(key, fields).to_json())
 }
 
 /// `GET /api/user[?detail]` (admin).
@@ -63,7 +63,7 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    listing(&api, Kind::User, &query, |f| Some(user_json(f))).await
+    listing(&api, Kind::User, &query, |f| Some(user_json(f.get("username").map_or("", String::as_str), f))).await
 }
 
 /// `POST /api/user {username, password, role?}` (admin).
@@ -77,37 +77,14 @@ pub async fn list(
 )]
 pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let mut errors = Vec::new();
-    let username = body.required("username", &mut errors);
-    let password = body.required("password", &mut errors);
-    if let Some(u) = &username
-        && let Err(e) = check_username(u)
-    {
-        errors.push(e);
-    }
-    if let Some(p) = &password
-        && let Err(e) = auth::check_password(p)
-    {
-        errors.push(e);
-    }
-    let role = match body.string("role", &mut errors).as_deref() {
-        None | Some("user") => Role::User,
-        Some("admin") => Role::Admin,
-        Some(_) => {
-            errors.push(FieldError::new("role", "role must be \"admin\" or \"user\"."));
-            Role::User
-        }
-    };
-    let (Some(username), Some(password), true) = (username, password, errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
-    let hash = auth::hash_password(password).await?;
-    let fields = portico_model::record::user_fields(&username, hash, role, &caller.username, portico_store::now_ms());
+    let new = NewUser::from_json(&body.0).map_err(ApiError::Validation)?;
+    let hash = auth::hash_password(new.password.clone()).await?;
+    let user = User::new(new, hash, &caller.username, portico_store::now_ms() as i64);
     api.store
-        .create(Kind::User, &username, &fields)
+        .create(Kind::User, &user.username, &user.to_fields())
         .await
-        .map_err(|e| ApiError::from_write(e, Kind::User, &username, "username"))?;
-    Ok(Json(user_json(&fields)))
+        .map_err(|e| ApiError::from_write(e, Kind::User, &user.username, "username"))?;
+    Ok(Json(Value::Object(user.to_json())))
 }
 
 /// `DELETE /api/user/{username}` (admin). The last admin cannot be deleted.
@@ -133,7 +110,7 @@ pub async fn delete(
         tracing::warn!(error = %e, "cannot release the users lock; it expires by itself");
     }
     let user = deleted?;
-    Ok(Json(json!({ "username": username, "results": user_json(&user) })))
+    Ok(Json(json!({ "username": username, "results": user_json(&username, &user) })))
 }
 
 /// Takes the users lock, waiting a few seconds for another API node's deletion to finish.
@@ -159,7 +136,7 @@ async fn delete_locked(api: &Api, username: &str) -> Result<Fields, ApiError> {
         .ok_or_else(|| ApiError::NotFound { kind: "User", key: username.to_owned() })?;
     let admins = users.iter().filter(|(_, f)| Role::of(f) == Role::Admin).count();
     if Role::of(&user) == Role::Admin && admins <= 1 {
-        return Err(ApiError::Validation(vec![FieldError::new("username", "the last admin cannot be deleted.")]));
+        return Err(ApiError::Validation(vec![FieldError::refused("username", "the last admin cannot be deleted")]));
     }
     api.store.delete(Kind::User, username).await?;
     auth::revoke_tokens(api.store.as_ref(), username, None).await?;
@@ -191,7 +168,7 @@ pub async fn me(caller: Caller) -> Json<Value> {
 pub async fn own_password(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
     let user = set_password(&api, &caller, &caller.username, body, Current::Required).await?;
     auth::revoke_tokens(api.store.as_ref(), &caller.username, Some(&caller.token_key)).await?;
-    Ok(Json(json!({ "results": user_json(&user) })))
+    Ok(Json(json!({ "results": user.to_json() })))
 }
 
 /// `PUT /api/user/password/{username} {password}` (admin). That user's sessions end.
@@ -214,7 +191,7 @@ pub async fn user_password(
     let user = set_password(&api, &caller, &username, body, Current::NotAsked).await?;
     let keep = (username == caller.username).then_some(caller.token_key.as_str());
     auth::revoke_tokens(api.store.as_ref(), &username, keep).await?;
-    Ok(Json(json!({ "results": user_json(&user) })))
+    Ok(Json(json!({ "results": user.to_json() })))
 }
 
 /// Whether a password change must name the current password (one's own, through a
@@ -231,39 +208,22 @@ async fn set_password(
     username: &str,
     body: JsonObject,
     current: Current,
-) -> Result<Fields, ApiError> {
-    let mut errors = Vec::new();
-    let given = (current == Current::Required).then(|| body.required("currentPassword", &mut errors)).flatten();
-    let password = body.required("password", &mut errors);
-    if let Some(p) = &password
-        && let Err(e) = auth::check_password(p)
-    {
-        errors.push(e);
-    }
-    let (Some(password), true) = (password, errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
-    let mut user = api
+) -> Result<User, ApiError> {
+    let change = PasswordChange::from_json(&body.0, current == Current::Required).map_err(ApiError::Validation)?;
+    let stored = api
         .store
         .record(Kind::User, username)
         .await?
         .ok_or_else(|| ApiError::NotFound { kind: "User", key: username.to_owned() })?;
-    if let Some(given) = given
-        && !auth::verify_password(given, user.get("password").cloned().unwrap_or_default()).await.0
+    let mut user = User::from_fields(username, &stored);
+    if let Some(given) = change.current
+        && !auth::verify_password(given, user.password_hash.clone()).await.0
     {
-        let wrong = FieldError::new("currentPassword", "the current password is not right.");
+        let wrong = FieldError::refused("currentPassword", "the current password is not right");
         return Err(ApiError::Validation(vec![wrong]));
     }
-    user.insert("password".to_owned(), auth::hash_password(password).await?);
-    portico_model::record::touch(&mut user, &caller.username, portico_store::now_ms());
-    api.store.put(Kind::User, username, &user).await?;
+    let hash = auth::hash_password(change.password).await?;
+    user.set_password(hash, &caller.username, portico_store::now_ms() as i64);
+    api.store.put(Kind::User, username, &user.to_fields()).await?;
     Ok(user)
-}
-
-fn check_username(name: &str) -> Result<(), FieldError> {
-    let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
-    if !(3..=64).contains(&name.len()) || !valid_chars {
-        return Err(FieldError::new("username", "username must be 3 to 64 letters, digits, '.', '_', '-' or '@'."));
-    }
-    Ok(())
 }

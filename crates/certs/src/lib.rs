@@ -103,24 +103,12 @@ pub enum SolverKind {
 
 /// A DNS provider account that manages a plan's zone: the seed's `DnsProvider` record and
 /// the `Domain` that links the zone to it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsAccount {
-    /// The provider record's id.
-    pub provider_id: String,
-    /// The provider record's fields (type and credentials).
-    pub provider: std::collections::BTreeMap<String, String>,
+    /// The provider account (its `Debug` never shows the credentials).
+    pub provider: portico_model::dns::Provider,
     /// The managed domain the names are in.
     pub domain: String,
-}
-
-impl fmt::Debug for DnsAccount {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DnsAccount")
-            .field("provider_id", &self.provider_id)
-            .field("type", &self.provider.get("dnsProvider"))
-            .field("domain", &self.domain)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Where an issuance is, for the API's status (`GET /api/cert/:host`).

@@ -343,7 +343,8 @@ impl Certs {
             let Some(fields) = self.store.record(Kind::Domain, domain).await? else { continue };
             let Some(provider_id) = fields.get("dnsProvider_id") else { return Ok(None) };
             let Some(provider) = self.store.record(Kind::DnsProvider, provider_id).await? else { return Ok(None) };
-            return Ok(Some(DnsAccount { provider_id: provider_id.clone(), provider, domain: domain.to_owned() }));
+            let provider = portico_model::dns::Provider::from_fields(provider_id, &provider);
+            return Ok(Some(DnsAccount { provider, domain: domain.to_owned() }));
         }
         Ok(None)
     }

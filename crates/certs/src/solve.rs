@@ -108,10 +108,11 @@ fn failed(step: &str, e: &dyn std::fmt::Display) -> IssueError {
 
 impl DnsSolver {
     pub(crate) fn new(account: &DnsAccount, settings: &DnsSettings) -> Result<Self, IssueError> {
-        let dns = portico_dns::client(&account.provider, &settings.endpoints).map_err(|e| failed("provider", &e))?;
+        let dns = portico_dns::client(&account.provider.to_fields(), &settings.endpoints)
+            .map_err(|e| failed("provider", &e))?;
         let mut settings = settings.clone();
         // A provider whose records take longer to be served says so on its record.
-        if let Some(secs) = account.provider.get("propagationTimeout").and_then(|t| t.parse::<u64>().ok()) {
+        if let Some(secs) = account.provider.propagation_timeout {
             settings.propagation_timeout = std::time::Duration::from_secs(secs.clamp(1, 3600));
         }
         Ok(Self { dns, settings, domain: account.domain.clone(), published: Mutex::default() })

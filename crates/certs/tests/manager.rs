@@ -90,7 +90,7 @@ async fn plans_pick_one_wildcard_where_a_provider_manages_the_zone() {
     let plan = s.issuer.plans.lock().unwrap()[0].clone();
     assert_eq!(plan.sans, ["*.zone.test", "zone.test"]);
     assert!(
-        matches!(&plan.solver, SolverKind::Dns(account) if account.domain == "zone.test" && account.provider_id == "p1")
+        matches!(&plan.solver, SolverKind::Dns(account) if account.domain == "zone.test" && account.provider.id == "p1")
     );
     // Other names under it and the zone itself: the same certificate, no new order.
     assert_eq!(s.certs.resolve(Some("b.zone.test")).await.unwrap().meta.names, served.meta.names);

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::{Map, Value, json};
 
-use crate::host::{HostError, Target};
+use crate::body::FieldError;
+use crate::host::Target;
 
 /// A host's access policy; empty (the default) lets everyone in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -82,8 +83,8 @@ impl Eq for RateLimit {}
 /// The fields an access policy is stored in (each JSON text in the host's record).
 pub const FIELDS: [&str; 5] = ["basicAuth", "allow", "deny", "forwardAuth", "rateLimit"];
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> HostError {
-    HostError::Invalid { field, reason: reason.into() }
+fn invalid(field: &'static str, reason: impl Into<String>) -> FieldError {
+    FieldError::Invalid { field, reason: reason.into() }
 }
 
 impl Access {
@@ -102,8 +103,8 @@ impl Access {
     }
 
     /// Reads the stored form (the record's fields, JSON text each).
-    pub fn from_fields(text: impl Fn(&str) -> Option<String>) -> Result<Self, HostError> {
-        let json = |field: &'static str| -> Result<Option<Value>, HostError> {
+    pub fn from_fields(text: impl Fn(&str) -> Option<String>) -> Result<Self, FieldError> {
+        let json = |field: &'static str| -> Result<Option<Value>, FieldError> {
             text(field).map(|t| serde_json::from_str(&t).map_err(|_| invalid(field, "is not JSON"))).transpose()
         };
         let mut access = Access::default();
@@ -183,7 +184,7 @@ impl Access {
     /// Applies the API's fields (`null` or `[]` clears one). `basicAuth` entries are
     /// `{username, hash}` here (the API hashes passwords before), or `{username}` alone to
     /// keep that user's current hash.
-    pub fn apply(&mut self, body: &Map<String, Value>) -> Vec<HostError> {
+    pub fn apply(&mut self, body: &Map<String, Value>) -> Vec<FieldError> {
         let mut errors = Vec::new();
         let current = self.basic_auth.clone();
         apply_field(body, "basicAuth", &mut self.basic_auth, |v| users(&current, v), &mut errors);
@@ -201,8 +202,8 @@ pub(crate) fn apply_field<T>(
     body: &Map<String, Value>,
     key: &str,
     slot: &mut T,
-    parse: impl FnOnce(&Value) -> Result<T, HostError>,
-    errors: &mut Vec<HostError>,
+    parse: impl FnOnce(&Value) -> Result<T, FieldError>,
+    errors: &mut Vec<FieldError>,
 ) {
     if let Some(value) = body.get(key) {
         match parse(value) {
@@ -214,14 +215,14 @@ pub(crate) fn apply_field<T>(
 
 /// `parse` for a field that `null` removes.
 pub(crate) fn or_null<T>(
-    parse: impl FnOnce(&Value) -> Result<T, HostError>,
-) -> impl FnOnce(&Value) -> Result<Option<T>, HostError> {
+    parse: impl FnOnce(&Value) -> Result<T, FieldError>,
+) -> impl FnOnce(&Value) -> Result<Option<T>, FieldError> {
     move |value| if value.is_null() { Ok(None) } else { parse(value).map(Some) }
 }
 
 /// `basicAuth` entries, `{username, hash}` or `{username}` keeping that user's hash in
 /// `current`; `null` is none.
-fn users(current: &[BasicUser], value: &Value) -> Result<Vec<BasicUser>, HostError> {
+fn users(current: &[BasicUser], value: &Value) -> Result<Vec<BasicUser>, FieldError> {
     if value.is_null() {
         return Ok(Vec::new());
     }
@@ -304,7 +305,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// A list of addresses (`10.0.0.1`) and networks (`10.0.0.0/8`).
-pub fn parse_nets(field: &'static str, value: &Value) -> Result<Vec<IpNet>, HostError> {
+pub fn parse_nets(field: &'static str, value: &Value) -> Result<Vec<IpNet>, FieldError> {
     if value.is_null() {
         return Ok(Vec::new());
     }
@@ -326,7 +327,7 @@ impl ForwardAuth {
         format!("{}://{}{}", uri.scheme_str().unwrap_or("http"), self.target.authority(), uri.path())
     }
 
-    fn parse(value: &Value) -> Result<Self, HostError> {
+    fn parse(value: &Value) -> Result<Self, FieldError> {
         let bad = |reason: &str| invalid("forwardAuth", reason);
         let url = value.get("url").and_then(Value::as_str).ok_or_else(|| bad("url is required"))?;
         let uri: http::Uri = url.parse().map_err(|_| bad("url is not a URL"))?;
@@ -367,7 +368,7 @@ impl ForwardAuth {
 }
 
 impl RateLimit {
-    fn parse(value: &Value) -> Result<Self, HostError> {
+    fn parse(value: &Value) -> Result<Self, FieldError> {
         let bad = |reason: &str| invalid("rateLimit", reason);
         let per_second = value
             .get("perSecond")
@@ -508,7 +509,7 @@ mod tests {
             (json!({"rateLimit": {"perSecond": 1, "burst": 0}}), "rateLimit"),
         ] {
             let errors = Access::default().apply(&body(input.clone()));
-            assert_eq!(errors.first().map(HostError::field), Some(field), "{input}");
+            assert_eq!(errors.first().map(FieldError::field), Some(field), "{input}");
         }
     }
 }

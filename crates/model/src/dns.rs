@@ -6,8 +6,9 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use crate::record::public_json;
-use crate::{Fields, Host};
+use crate::body::{Body, FieldError, required, string, whole_number};
+use crate::record::{Stamps, other_fields, public_json, stored_fields};
+use crate::{Fields, Host, Hostname};
 
 /// A provider type: its key in `dnsProvider`, display name and credential fields.
 #[derive(Debug)]
@@ -125,6 +126,199 @@ pub fn provider_json(fields: &Fields) -> Map<String, Value> {
     out
 }
 
+/// A DNS provider account (the seed's `DnsProvider` record): a name, the provider type, its
+/// credentials, and how long its records take to be served.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Provider {
+    /// The record's id (its key).
+    pub id: String,
+    /// What the admin calls it.
+    pub name: String,
+    /// The stored provider type (`dnsProvider`), one of [`PROVIDERS`] for any account
+    /// Portico made.
+    pub kind: String,
+    /// Seconds DNS-01 waits at most for its records to be served (`propagationTimeout`),
+    /// instead of `dns.propagation_timeout`.
+    pub propagation_timeout: Option<u64>,
+    /// Who made and last changed the record, and when.
+    pub stamps: Stamps,
+    /// The credentials, and fields this version does not know, as stored.
+    pub other: Fields,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials.
+        f.debug_struct("Provider").field("id", &self.id).field("name", &self.name).field("kind", &self.kind).finish()
+    }
+}
+
+/// The stored field that holds [`Provider::propagation_timeout`].
+const PROPAGATION: &str = "propagationTimeout";
+const PROVIDER_FIELDS: [&str; 4] = ["id", "name", "dnsProvider", PROPAGATION];
+
+impl Provider {
+    /// A new account from the API's `{name, dnsProvider, <credentials>, propagationTimeout?}`,
+    /// with id `id`, made by `created_by` at `now_ms`. Every credential field of the type is
+    /// required; a Cloudflare account may give `email` and `apiKey` (the Global API Key)
+    /// instead of `token`. Every bad field is reported.
+    pub fn from_json(body: &Body, id: String, created_by: &str, now_ms: i64) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let name = required(body, "name", &mut errors);
+        let kind = required(body, "dnsProvider", &mut errors).and_then(|k| {
+            let found = provider_type(&k);
+            if found.is_none() {
+                let names: Vec<&str> = PROVIDERS.iter().map(|p| p.name).collect();
+                let message = format!("dnsProvider must be one of {}", names.join(", "));
+                errors.push(FieldError::refused("dnsProvider", message));
+            }
+            found
+        });
+        let mut other = Fields::new();
+        let global_key = kind.is_some_and(|p| p.name == "Cloudflare") && !body.contains_key("token");
+        if global_key {
+            // Cloudflare's legacy alternative to an API token: the account e-mail and the
+            // Global API Key.
+            for key in ["email", "apiKey"] {
+                if let Some(value) = string(body, key, &mut errors) {
+                    other.insert(key.to_owned(), value);
+                }
+            }
+            if other.len() < 2 && !errors.iter().any(|e| matches!(e.field(), "email" | "apiKey")) {
+                let message = "token is required (or email and apiKey, the Global API Key)";
+                errors.push(FieldError::refused("token", message));
+            }
+        } else if let Some(p) = kind {
+            for (key, _) in p.credentials {
+                if let Some(value) = required(body, key, &mut errors) {
+                    other.insert((*key).to_owned(), value);
+                }
+            }
+        }
+        let propagation_timeout = propagation_timeout(body, &mut errors);
+        match (name, kind) {
+            (Some(name), Some(kind)) if errors.is_empty() => Ok(Self {
+                id,
+                name,
+                kind: kind.name.to_owned(),
+                propagation_timeout,
+                stamps: Stamps::new(created_by, now_ms),
+                other,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// Applies an update's fields (`name`, credentials, `propagationTimeout`; the type cannot
+    /// change). Returns the credential fields it changed, which the caller checks with the
+    /// provider before storing. On error the account may be partly changed: discard it.
+    pub fn apply_json(&mut self, body: &Body) -> Result<Vec<&'static str>, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if let Some(seconds) = propagation_timeout(body, &mut errors) {
+            self.propagation_timeout = Some(seconds);
+        }
+        if let Some(name) = string(body, "name", &mut errors) {
+            self.name = name;
+        }
+        if body.contains_key("dnsProvider") {
+            errors.push(FieldError::refused("dnsProvider", "dnsProvider cannot change; add a new provider instead"));
+        }
+        let mut changed = Vec::new();
+        for (key, _) in self.provider_type().map_or(&[][..], |p| p.credentials) {
+            if let Some(value) = string(body, key, &mut errors) {
+                self.other.insert((*key).to_owned(), value);
+                changed.push(*key);
+            }
+        }
+        if errors.is_empty() { Ok(changed) } else { Err(errors) }
+    }
+
+    /// A stored account, keyed `key`.
+    pub fn from_fields(key: &str, fields: &Fields) -> Self {
+        Self {
+            id: fields.get("id").cloned().unwrap_or_else(|| key.to_owned()),
+            name: fields.get("name").cloned().unwrap_or_default(),
+            kind: fields.get("dnsProvider").cloned().unwrap_or_default(),
+            propagation_timeout: fields.get(PROPAGATION).and_then(|t| t.trim().parse().ok()),
+            stamps: Stamps::read(fields),
+            other: other_fields(fields, &PROVIDER_FIELDS),
+        }
+    }
+
+    /// The stored record (what a DNS client is made from).
+    pub fn to_fields(&self) -> Fields {
+        let known = [("id", self.id.clone()), ("name", self.name.clone()), ("dnsProvider", self.kind.clone())];
+        let timeout = self.propagation_timeout.map(|seconds| (PROPAGATION, seconds.to_string()));
+        stored_fields(&self.other, known.into_iter().chain(timeout), &self.stamps)
+    }
+
+    /// The account as the API shows it ([`provider_json`]): never its credentials.
+    pub fn to_json(&self) -> Map<String, Value> {
+        provider_json(&self.to_fields())
+    }
+
+    /// Its provider type, if this version knows it.
+    pub fn provider_type(&self) -> Option<&'static ProviderType> {
+        provider_type(&self.kind)
+    }
+
+    /// The field a refusal of its credentials is reported on: its first credential.
+    pub fn credential_field(&self) -> &'static str {
+        let given = |key: &&str| self.other.contains_key(*key);
+        let keys = self.provider_type().map_or(&[][..], |p| p.credentials).iter().map(|(k, _)| *k);
+        keys.chain(["email", "apiKey"]).find(given).unwrap_or("dnsProvider")
+    }
+}
+
+/// `propagationTimeout`, if given: whole seconds, 1 to 3600, as a number or a string.
+fn propagation_timeout(body: &Body, errors: &mut Vec<FieldError>) -> Option<u64> {
+    whole_number(body, PROPAGATION, 1..=3600, "a number of seconds from 1 to 3600", errors)
+}
+
+/// A managed zone (the seed's `Domain` record): a domain whose records a provider account
+/// writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    /// The zone's name (the record's key).
+    pub domain: Hostname,
+    /// The [`Provider`] that manages it (`dnsProvider_id`).
+    pub provider_id: String,
+    /// The provider's id for the zone, if it has one (`zoneId`).
+    pub zone_id: Option<String>,
+    /// Who made and last changed the record, and when.
+    pub stamps: Stamps,
+}
+
+impl Domain {
+    /// A zone `domain` of account `provider_id`, linked by `by` at `now_ms`.
+    pub fn new(domain: Hostname, provider_id: String, zone_id: Option<String>, by: &str, now_ms: i64) -> Self {
+        Self { domain, provider_id, zone_id, stamps: Stamps::new(by, now_ms) }
+    }
+
+    /// A new zone from the API's `{domain, dnsProvider_id, zoneId?}` (whether the account
+    /// exists is the caller's to check). Every bad field is reported.
+    pub fn from_json(body: &Body, by: &str, now_ms: i64) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let domain = required(body, "domain", &mut errors)
+            .and_then(|d| Hostname::parse(&d).map_err(|e| errors.push(FieldError::invalid("domain", e))).ok());
+        let provider_id = required(body, "dnsProvider_id", &mut errors);
+        let zone_id = string(body, "zoneId", &mut errors);
+        match (domain, provider_id) {
+            (Some(domain), Some(provider_id)) if errors.is_empty() => {
+                Ok(Self::new(domain, provider_id, zone_id, by, now_ms))
+            }
+            _ => Err(errors),
+        }
+    }
+
+    /// The stored record.
+    pub fn to_fields(&self) -> Fields {
+        let known = [("domain", self.domain.to_string()), ("dnsProvider_id", self.provider_id.clone())];
+        let zone = self.zone_id.clone().map(|z| ("zoneId", z));
+        stored_fields(&Fields::new(), known.into_iter().chain(zone), &self.stamps)
+    }
+}
+
 /// Every DNS zone and provider, read once, to show what relates hosts, zones and providers:
 /// a provider's `domains`, a zone's `provider`, a host's `domain` (the zone it is in).
 #[derive(Debug)]
@@ -188,6 +382,58 @@ mod tests {
     fn providers_and_their_secret_fields() {
         assert!(SECRET_FIELDS.iter().all(|f| PROVIDERS.iter().any(|p| p.credentials.iter().any(|(c, _)| c == f))));
         assert!(provider_type("PorkBun").is_some() && provider_type("Route53").is_none());
+    }
+
+    fn body(value: Value) -> Body {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_new_provider_needs_its_type_and_credentials() {
+        let errors =
+            Provider::from_json(&body(json!({"dnsProvider": "Route53", "propagationTimeout": 0})), "i".into(), "a", 1)
+                .unwrap_err();
+        assert_eq!(
+            errors.iter().map(FieldError::field).collect::<Vec<_>>(),
+            ["name", "dnsProvider", "propagationTimeout"]
+        );
+        let errors = Provider::from_json(
+            &body(json!({"name": "p", "dnsProvider": "PorkBun", "apiKey": "k"})),
+            "i".into(),
+            "a",
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(errors.iter().map(ToString::to_string).collect::<Vec<_>>(), ["secretApiKey is required"]);
+        let global = json!({"name": "cf", "dnsProvider": "Cloudflare", "email": "a@b.c", "apiKey": "k", "propagationTimeout": "30"});
+        let cf = Provider::from_json(&body(global), "id1".into(), "ann", 5).unwrap();
+        assert_eq!((cf.credential_field(), cf.propagation_timeout), ("email", Some(30)));
+        assert!(!format!("{cf:?}").contains("a@b.c"), "credentials stay out of logs");
+        let stored = cf.to_fields();
+        assert_eq!(Provider::from_fields("id1", &stored), cf);
+        let shown = cf.to_json();
+        assert!(shown.get("apiKey").is_none() && shown["displayName"] == "CloudFlare", "{shown:?}");
+    }
+
+    #[test]
+    fn an_update_names_the_credentials_it_changes_and_never_the_type() {
+        let new = json!({"name": "do", "dnsProvider": "DigitalOcean", "token": "t1"});
+        let mut account = Provider::from_json(&body(new), "id".into(), "ann", 1).unwrap();
+        assert_eq!(account.clone().apply_json(&body(json!({"name": "renamed"}))), Ok(vec![]));
+        assert_eq!(account.apply_json(&body(json!({"token": "t2"}))), Ok(vec!["token"]));
+        assert_eq!(account.other["token"], "t2");
+        let errors = account.apply_json(&body(json!({"dnsProvider": "PorkBun", "name": 3}))).unwrap_err();
+        assert_eq!(errors.iter().map(FieldError::field).collect::<Vec<_>>(), ["name", "dnsProvider"]);
+    }
+
+    #[test]
+    fn a_new_domain_is_a_valid_name_of_an_account() {
+        let d =
+            Domain::from_json(&body(json!({"domain": "Example.Test", "dnsProvider_id": "p", "zoneId": "z"})), "a", 1)
+                .unwrap();
+        assert_eq!((d.domain.as_str(), d.to_fields()["zoneId"].as_str()), ("example.test", "z"));
+        let errors = Domain::from_json(&body(json!({"domain": "bad name"})), "a", 1).unwrap_err();
+        assert_eq!(errors.iter().map(FieldError::field).collect::<Vec<_>>(), ["domain", "dnsProvider_id"]);
     }
 
     #[test]

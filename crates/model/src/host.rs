@@ -10,54 +10,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::access::Access;
+use crate::body::FieldError;
 use crate::name::{HostPattern, Hostname, NameError};
-use crate::record::{STAMP_FIELDS, Stamps};
+use crate::record::Stamps;
 use crate::upstream::{Balance, HealthCheck, Upstream, parse_targets};
 
 /// A record as the store keeps it: field name to string value.
 pub type Fields = BTreeMap<String, String>;
-
-/// Why a host record was refused; names the field at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum HostError {
-    /// A required field is absent.
-    #[error("{0} is required")]
-    Missing(&'static str),
-    /// A field is present but its value is not acceptable.
-    #[error("{field} is invalid: {reason}")]
-    Invalid {
-        /// The field at fault, with the seed's spelling.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A field is refused, for the reason `message` gives (it names the field).
-    #[error("{message}")]
-    Refused {
-        /// The field at fault, with the seed's spelling.
-        field: &'static str,
-        /// What is wrong, as a sentence that names the field.
-        message: String,
-    },
-}
-
-impl HostError {
-    /// The field the error is about.
-    pub fn field(&self) -> &'static str {
-        match self {
-            Self::Missing(field) | Self::Invalid { field, .. } | Self::Refused { field, .. } => field,
-        }
-    }
-
-    pub(crate) fn invalid(field: &'static str, reason: impl fmt::Display) -> Self {
-        Self::Invalid { field, reason: reason.to_string() }
-    }
-
-    pub(crate) fn refused(field: &'static str, message: impl Into<String>) -> Self {
-        Self::Refused { field, message: message.into() }
-    }
-}
 
 /// Where a host's traffic goes: an IP address or host name, and a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,19 +30,19 @@ pub struct Target {
 impl Target {
     /// Validates a target: `ip` is an IPv4 address, an IPv6 address or a host name; the port
     /// is 1–65535.
-    pub fn new(ip: &str, port: u16) -> Result<Self, HostError> {
+    pub fn new(ip: &str, port: u16) -> Result<Self, FieldError> {
         if port == 0 {
-            return Err(HostError::invalid("targetPort", "must be from 1 to 65535"));
+            return Err(FieldError::invalid("targetPort", "must be from 1 to 65535"));
         }
         let ip = ip.trim();
         let ip = ip.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(ip);
         if ip.is_empty() {
-            return Err(HostError::Missing("ip"));
+            return Err(FieldError::Missing("ip"));
         }
         let ip = match ip.parse::<IpAddr>() {
             Ok(addr) => addr.to_string(),
             Err(_) => Hostname::parse(ip)
-                .map_err(|e: NameError| HostError::invalid("ip", format!("not an IP address or host name: {e}")))?
+                .map_err(|e: NameError| FieldError::invalid("ip", format!("not an IP address or host name: {e}")))?
                 .to_string(),
         };
         let authority = if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") };
@@ -246,20 +205,20 @@ impl Host {
     }
 
     /// Reads a host from its stored string fields (the seed's Redis hash layout).
-    pub fn from_fields(fields: &Fields) -> Result<Self, HostError> {
+    pub fn from_fields(fields: &Fields) -> Result<Self, FieldError> {
         let text = |name: &'static str| fields.get(name).map(String::as_str);
-        let host = text("host").ok_or(HostError::Missing("host"))?;
-        let host = HostPattern::parse(host).map_err(|e| HostError::invalid("host", e))?;
-        let port = text("targetPort").ok_or(HostError::Missing("targetPort"))?;
+        let host = text("host").ok_or(FieldError::Missing("host"))?;
+        let host = HostPattern::parse(host).map_err(|e| FieldError::invalid("host", e))?;
+        let port = text("targetPort").ok_or(FieldError::Missing("targetPort"))?;
         let port = parse_port(port)?;
-        let ip = text("ip").ok_or(HostError::Missing("ip"))?;
+        let ip = text("ip").ok_or(FieldError::Missing("ip"))?;
         let target = Target::new(ip, port)?;
         // `targets` as JSON text; the seed's `ip`/`targetPort` are its first entry (a seed
         // client that changed them changed the first target).
         let mut targets = match text("targets") {
             Some(list) => {
                 let list: serde_json::Value =
-                    serde_json::from_str(list).map_err(|_| HostError::invalid("targets", "is not JSON"))?;
+                    serde_json::from_str(list).map_err(|_| FieldError::invalid("targets", "is not JSON"))?;
                 parse_targets(&list)?
             }
             None => vec![Upstream::new(target.clone())],
@@ -268,13 +227,13 @@ impl Host {
         let balance = text("balance").map_or(Ok(Balance::default()), Balance::parse)?;
         let health_check = match text("healthCheck") {
             Some(check) => Some(HealthCheck::parse(
-                &serde_json::from_str(check).map_err(|_| HostError::invalid("healthCheck", "is not JSON"))?,
+                &serde_json::from_str(check).map_err(|_| FieldError::invalid("healthCheck", "is not JSON"))?,
             )?),
             None => None,
         };
         let access = Access::from_fields(|name| fields.get(name).cloned())?;
         if let Some(field) = seed_access_field(fields) {
-            return Err(HostError::invalid(
+            return Err(FieldError::invalid(
                 field,
                 "is an access setting of the seed's later versions that Portico does not enforce: the host is \
                  not routed (rather than served open) until it is removed or replaced by allow, deny, \
@@ -291,11 +250,7 @@ impl Host {
             forcessl: flag("forcessl", true)?,
             targetssl: flag("targetssl", false)?,
             stamps: Stamps::read(fields),
-            extra: fields
-                .iter()
-                .filter(|(k, _)| !KNOWN.contains(&k.as_str()) && !STAMP_FIELDS.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            extra: crate::record::other_fields(fields, &KNOWN),
         })
     }
 
@@ -344,18 +299,18 @@ pub(crate) fn put_first(targets: &mut Vec<Upstream>, target: Target) {
 }
 
 /// A port from its text form (`"8080"`), 1–65535.
-pub fn parse_port(text: &str) -> Result<u16, HostError> {
+pub fn parse_port(text: &str) -> Result<u16, FieldError> {
     match text.trim().parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
-        _ => Err(HostError::invalid("targetPort", "must be a whole number from 1 to 65535")),
+        _ => Err(FieldError::invalid("targetPort", "must be a whole number from 1 to 65535")),
     }
 }
 
-fn parse_flag(field: &'static str, text: &str) -> Result<bool, HostError> {
+fn parse_flag(field: &'static str, text: &str) -> Result<bool, FieldError> {
     match text.trim() {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
-        _ => Err(HostError::invalid(field, "must be true or false")),
+        _ => Err(FieldError::invalid(field, "must be true or false")),
     }
 }
 
@@ -431,7 +386,7 @@ mod tests {
         assert_eq!(Host::from_fields(&f).unwrap_err().field(), "forcessl");
         let mut f = seed_hash();
         f.remove("host");
-        assert_eq!(Host::from_fields(&f).unwrap_err(), HostError::Missing("host"));
+        assert_eq!(Host::from_fields(&f).unwrap_err(), FieldError::Missing("host"));
     }
 
     #[test]

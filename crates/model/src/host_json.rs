@@ -2,16 +2,14 @@
 //! the same fields): a new host, or an update applied to one. Every field at fault is one
 //! entry of the error, so a client sees everything it has to fix at once.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::access::{Access, apply_field, or_null};
-use crate::host::{Host, HostError, Target, put_first};
+use crate::body::{Body, FieldError, flag, port, required, string};
+use crate::host::{Host, Target, put_first};
 use crate::name::HostPattern;
 use crate::record;
 use crate::upstream::{Balance, HealthCheck, Upstream, parse_targets};
-
-/// A request body: a JSON object.
-pub type Body = Map<String, Value>;
 
 impl Host {
     /// A new host from the API's fields: `host`; `ip` and `targetPort`, or `targets` (whose
@@ -19,13 +17,13 @@ impl Host {
     /// and `targetssl` (false); `balance`, `healthCheck` and the access fields. Created by
     /// `created_by` at `now_ms`. `basicAuth` entries must carry hashes by now
     /// ([`hash_basic_auth`]).
-    pub fn from_json(body: &Body, created_by: &str, now_ms: i64) -> Result<Host, Vec<HostError>> {
+    pub fn from_json(body: &Body, created_by: &str, now_ms: i64) -> Result<Host, Vec<FieldError>> {
         let mut errors = Vec::new();
         let pattern = required(body, "host", &mut errors).and_then(|text| parse_pattern(&text, &mut errors));
         if !body.contains_key("targets") {
             for key in ["ip", "targetPort"] {
                 if body.get(key).is_none_or(Value::is_null) {
-                    errors.push(HostError::Missing(key));
+                    errors.push(FieldError::Missing(key));
                 }
             }
         }
@@ -56,7 +54,7 @@ impl Host {
     /// the first target, `targets`, `balance` (`null` keeps it), `healthCheck` (`null`
     /// removes it), the access fields, `forcessl`, `targetssl`), as `PUT /api/host/{item}`
     /// does. On error the host may be partly changed: discard it.
-    pub fn apply_json(&mut self, body: &Body) -> Result<(), Vec<HostError>> {
+    pub fn apply_json(&mut self, body: &Body) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if let Some(pattern) = string(body, "host", &mut errors).and_then(|text| parse_pattern(&text, &mut errors)) {
             self.host = pattern;
@@ -77,7 +75,7 @@ impl Host {
     /// Applies an update's policy fields: `targets`, `balance` (`null` keeps it),
     /// `healthCheck` (`null` removes it) and the access fields (see [`Access::apply`]). Each
     /// refusal names its field; the fields it refuses stay as they were.
-    pub fn apply_policy(&mut self, body: &Body) -> Vec<HostError> {
+    pub fn apply_policy(&mut self, body: &Body) -> Vec<FieldError> {
         let mut policy = Policy::of(self);
         let errors = policy.apply(body);
         policy.into_host(self);
@@ -88,19 +86,19 @@ impl Host {
 /// Replaces the `password` of each `basicAuth` entry with its Argon2id hash, so that what is
 /// applied and stored holds hashes only (an entry may give a `hash` itself: an Argon2 or a
 /// seed's bcrypt hash). Slow on purpose: not on an async task's thread.
-pub fn hash_basic_auth(body: &mut Body) -> Result<(), HostError> {
+pub fn hash_basic_auth(body: &mut Body) -> Result<(), FieldError> {
     let Some(Value::Array(users)) = body.get_mut("basicAuth") else { return Ok(()) };
     for user in users.iter_mut() {
         let Some(entry) = user.as_object_mut() else { continue };
         let Some(password) = entry.remove("password") else { continue };
         let Some(password) = password.as_str().filter(|p| !p.is_empty()) else {
-            return Err(HostError::refused("basicAuth", "basicAuth: a password must be text"));
+            return Err(FieldError::refused("basicAuth", "basicAuth: a password must be text"));
         };
-        if let Some(problem) = record::password_problem(password) {
-            return Err(HostError::refused("basicAuth", format!("basicAuth: {}", problem.trim_end_matches('.'))));
+        if let Some(problem) = crate::user::password_problem("basicAuth", password) {
+            return Err(FieldError::refused("basicAuth", format!("basicAuth: {problem}")));
         }
         let hash = record::hash_password(password)
-            .map_err(|_| HostError::refused("basicAuth", "basicAuth: a password could not be hashed"))?;
+            .map_err(|_| FieldError::refused("basicAuth", "basicAuth: a password could not be hashed"))?;
         entry.insert("hash".into(), Value::String(hash));
     }
     Ok(())
@@ -132,7 +130,7 @@ impl Policy {
         host.access = self.access;
     }
 
-    fn apply(&mut self, body: &Body) -> Vec<HostError> {
+    fn apply(&mut self, body: &Body) -> Vec<FieldError> {
         let mut errors = Vec::new();
         apply_field(body, "targets", &mut self.targets, parse_targets, &mut errors);
         let balance = self.balance;
@@ -149,7 +147,7 @@ impl Policy {
 
 /// The first target the seed's `ip`/`targetPort` name, either defaulting to `current`'s; it
 /// must agree with a `targets` list given beside them.
-fn first_target(body: &Body, current: Option<&Target>, errors: &mut Vec<HostError>) -> Option<Target> {
+fn first_target(body: &Body, current: Option<&Target>, errors: &mut Vec<FieldError>) -> Option<Target> {
     let ip = string(body, "ip", errors);
     let port = port(body, "targetPort", errors);
     if ip.is_none() && port.is_none() {
@@ -159,64 +157,14 @@ fn first_target(body: &Body, current: Option<&Target>, errors: &mut Vec<HostErro
     let port = port.or_else(|| current.map(Target::port))?;
     let target = Target::new(&ip, port).map_err(|e| errors.push(e)).ok()?;
     if body.contains_key("targets") && current.is_some_and(|c| *c != target) {
-        errors.push(HostError::refused("ip", "ip and targetPort are the first of targets: they differ"));
+        errors.push(FieldError::refused("ip", "ip and targetPort are the first of targets: they differ"));
         return None;
     }
     Some(target)
 }
 
-fn parse_pattern(text: &str, errors: &mut Vec<HostError>) -> Option<HostPattern> {
-    HostPattern::parse(text).map_err(|e| errors.push(HostError::invalid("host", e))).ok()
-}
-
-fn string(body: &Body, key: &'static str, errors: &mut Vec<HostError>) -> Option<String> {
-    match body.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            errors.push(HostError::refused(key, format!("{key} is not string type")));
-            None
-        }
-    }
-}
-
-fn required(body: &Body, key: &'static str, errors: &mut Vec<HostError>) -> Option<String> {
-    let value = string(body, key, errors);
-    if value.is_none() && !errors.iter().any(|e| e.field() == key) {
-        errors.push(HostError::Missing(key));
-    }
-    value
-}
-
-/// A boolean, also as the seed's strings `"true"`/`"false"`.
-fn flag(body: &Body, key: &'static str, errors: &mut Vec<HostError>) -> Option<bool> {
-    match body.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(Value::String(s)) if s == "true" => Some(true),
-        Some(Value::String(s)) if s == "false" => Some(false),
-        Some(_) => {
-            errors.push(HostError::refused(key, format!("{key} is not boolean type")));
-            None
-        }
-    }
-}
-
-/// A port: a number or numeric string, 1–65535.
-fn port(body: &Body, key: &'static str, errors: &mut Vec<HostError>) -> Option<u16> {
-    let parsed = match body.get(key) {
-        None | Some(Value::Null) => return None,
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
-        Some(_) => None,
-    };
-    match parsed {
-        Some(p) if (1..=65535).contains(&p) => Some(p as u16),
-        _ => {
-            errors.push(HostError::refused(key, format!("{key} must be a whole number from 1 to 65535")));
-            None
-        }
-    }
+fn parse_pattern(text: &str, errors: &mut Vec<FieldError>) -> Option<HostPattern> {
+    HostPattern::parse(text).map_err(|e| errors.push(FieldError::invalid("host", e))).ok()
 }
 
 #[cfg(test)]
@@ -238,7 +186,7 @@ mod tests {
             1,
         )
         .unwrap_err();
-        let fields: Vec<&str> = errors.iter().map(HostError::field).collect();
+        let fields: Vec<&str> = errors.iter().map(FieldError::field).collect();
         for field in ["host", "ip", "forcessl", "balance", "allow", "targetPort"] {
             assert!(fields.contains(&field), "{field} not reported: {errors:?}");
         }
@@ -263,7 +211,7 @@ mod tests {
         assert_eq!(host.targets.len(), 2);
         let differ = body(json!({"host": "b.example", "targets": targets, "ip": "10.9.9.9", "targetPort": 80}));
         let errors = Host::from_json(&differ, "ann", 7).unwrap_err();
-        assert_eq!(errors.iter().map(HostError::field).collect::<Vec<_>>(), ["ip"]);
+        assert_eq!(errors.iter().map(FieldError::field).collect::<Vec<_>>(), ["ip"]);
     }
 
     #[test]
@@ -276,7 +224,7 @@ mod tests {
             ("b.example", "10.0.0.1:81", false)
         );
         let errors = host.clone().apply_json(&body(json!({"ip": 5, "healthCheck": {"path": 3}}))).unwrap_err();
-        assert_eq!(errors.iter().map(HostError::field).collect::<Vec<_>>(), ["healthCheck", "ip"]);
+        assert_eq!(errors.iter().map(FieldError::field).collect::<Vec<_>>(), ["healthCheck", "ip"]);
     }
 
     #[test]

@@ -7,10 +7,13 @@
 //! - [`Host`]: a proxied host as the API and the store see it, with the seed's field names.
 //!   [`host_json`]: a new host or an update from the API's JSON, every bad field reported at once.
 //! - [`Routes`]: the routing snapshot every part of a node shares.
-//! - [`record`]: the seed's record bookkeeping, users and roles.
+//! - [`record`]: the seed's record bookkeeping and password hashes.
+//! - [`user`]: users, their roles, and the rules for new users and passwords.
+//! - [`body`]: reading a JSON request body's fields, each fault one [`FieldError`].
 //! - [`dns`]: DNS provider types and the zone rule.
 
 pub mod access;
+pub mod body;
 pub mod dns;
 mod host;
 pub mod host_json;
@@ -21,9 +24,11 @@ pub mod report;
 mod routes;
 mod table;
 pub mod upstream;
+pub mod user;
 
 pub use access::Access;
-pub use host::{Fields, Host, HostError, Target, is_secret_field, parse_port};
+pub use body::FieldError;
+pub use host::{Fields, Host, Target, is_secret_field, parse_port};
 pub use name::{HostPattern, Hostname, NameError, PatternLabel};
 pub use routes::{Rebuilt, Routes, RoutingState};
 pub use table::HostTable;

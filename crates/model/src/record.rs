@@ -1,5 +1,5 @@
-//! The seed's records beyond hosts: the bookkeeping fields every record carries, users with
-//! their roles and passwords, and whose an API token is. No I/O: the caller supplies the
+//! The seed's records beyond hosts: the bookkeeping fields every record carries, password
+//! hashes (users', basic auth's), and whose an API token is. No I/O: the caller supplies the
 //! clock, and runs the (deliberately slow) password functions where blocking is fine.
 
 use argon2::Argon2;
@@ -65,6 +65,27 @@ impl Stamps {
     }
 }
 
+/// The fields of a stored record other than `known` ones and the stamps: what a typed
+/// record keeps as they are, so a record written by a newer version (or by hand) loses
+/// nothing when this one writes it back.
+pub fn other_fields(fields: &Fields, known: &[&str]) -> Fields {
+    let known = |k: &str| known.contains(&k) || STAMP_FIELDS.contains(&k);
+    fields.iter().filter(|(k, _)| !known(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A typed record's stored form: its `other` fields, then its own `known` ones and its
+/// stamps over them.
+pub fn stored_fields<'a>(
+    other: &Fields,
+    known: impl IntoIterator<Item = (&'a str, String)>,
+    stamps: &Stamps,
+) -> Fields {
+    let mut fields = other.clone();
+    fields.extend(known.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    fields.extend(stamps.fields().map(|(k, v)| (k.to_owned(), v)));
+    fields
+}
+
 /// A new record: `fields` plus the seed's bookkeeping ([`Stamps::new`]).
 pub fn new_record<'a>(created_by: &str, now_ms: u64, fields: impl IntoIterator<Item = (&'a str, String)>) -> Fields {
     let stamps = Stamps::new(created_by, now_ms as i64);
@@ -105,44 +126,6 @@ pub fn public_json(fields: &Fields) -> serde_json::Map<String, serde_json::Value
             (k.clone(), value)
         })
         .collect()
-}
-
-/// A user's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Role {
-    /// Manages everything, users and DNS providers included.
-    Admin,
-    /// Manages hosts and reads certificates.
-    User,
-}
-
-impl Role {
-    /// The stored form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::User => "user",
-        }
-    }
-
-    /// The role of a stored user. Seed users have no role field; the seed let every user do
-    /// everything, so they stay admins.
-    pub fn of(fields: &Fields) -> Self {
-        match fields.get("role").map(String::as_str) {
-            Some("user") => Role::User,
-            _ => Role::Admin,
-        }
-    }
-}
-
-/// A new user record in the seed's layout, plus `role`.
-pub fn user_fields(username: &str, password_hash: String, role: Role, created_by: &str, now_ms: u64) -> Fields {
-    new_record(
-        created_by,
-        now_ms,
-        [("username", username.to_owned()), ("password", password_hash), ("role", role.as_str().to_owned())],
-    )
 }
 
 /// Hashes a password with Argon2id. Slow on purpose: not on an async task's thread.
@@ -211,17 +194,6 @@ pub fn verify_password(password: &str, hash: &str) -> (bool, bool) {
     (ok, false)
 }
 
-/// Why a new password is refused, if it is.
-pub fn password_problem(password: &str) -> Option<&'static str> {
-    if password.chars().count() < 8 {
-        return Some("password is too short, min 8.");
-    }
-    if password.len() > 1024 {
-        return Some("password is too long, max 1024.");
-    }
-    None
-}
-
 /// Whether an API token record (sessions too) belongs to `username`.
 pub fn token_of(token: &Fields, username: &str) -> bool {
     token.get("created_by").is_some_and(|u| u == username)
@@ -273,18 +245,5 @@ mod tests {
             Stamps::read(&Fields::new()),
             Stamps { created_by: String::new(), created_on: 0, updated_by: "__NONE__".into(), updated_on: 0 }
         );
-    }
-
-    #[test]
-    fn bookkeeping_and_roles() {
-        let mut user = user_fields("alice", "$argon2id$x".into(), Role::User, "admin", 1000);
-        assert_eq!(user["created_by"], "admin");
-        assert_eq!(user["updated_by"], "__NONE__");
-        assert_eq!(user["created_on"], "1000");
-        assert_eq!(Role::of(&user), Role::User);
-        touch(&mut user, "bob", 2000);
-        assert_eq!((user["updated_by"].as_str(), user["updated_on"].as_str()), ("bob", "2000"));
-        user.remove("role");
-        assert_eq!(Role::of(&user), Role::Admin, "seed users are admins");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
-use crate::{Fields, Host, HostError, HostTable};
+use crate::{FieldError, Fields, Host, HostTable};
 
 /// The hosts a node routes, as an immutable snapshot swapped whole on change.
 #[derive(Debug, Default)]
@@ -55,7 +55,7 @@ pub struct Rebuilt {
     /// left as it was).
     pub changed: bool,
     /// Records that do not parse, left out, with why.
-    pub skipped: Vec<(String, HostError)>,
+    pub skipped: Vec<(String, FieldError)>,
 }
 
 impl Routes {
@@ -148,11 +148,11 @@ impl Routes {
 
 /// The host a record routes, when it parses and its own `host` field names the pattern its
 /// key does: a record stored under one key must not take over another host's name.
-fn routed(key: &str, fields: &Fields) -> Result<Host, HostError> {
+fn routed(key: &str, fields: &Fields) -> Result<Host, FieldError> {
     let host = Host::from_fields(fields)?;
     match crate::HostPattern::parse(key) {
         Ok(keyed) if keyed == host.host => Ok(host),
-        _ => Err(HostError::Invalid {
+        _ => Err(FieldError::Invalid {
             field: "host",
             reason: format!("{} is not the pattern the record is stored under", host.host),
         }),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::host::{HostError, Target, parse_port};
+use crate::body::FieldError;
+use crate::host::{Target, parse_port};
 
 /// One of a host's targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +37,8 @@ impl Upstream {
 }
 
 /// Reads `targets`: a non-empty list of `{"ip", "port", "weight"?}`.
-pub fn parse_targets(value: &Value) -> Result<Vec<Upstream>, HostError> {
-    let invalid = |reason: String| HostError::Invalid { field: "targets", reason };
+pub fn parse_targets(value: &Value) -> Result<Vec<Upstream>, FieldError> {
+    let invalid = |reason: String| FieldError::Invalid { field: "targets", reason };
     let list = value.as_array().ok_or_else(|| invalid("must be a list of {ip, port, weight}".into()))?;
     if list.is_empty() || list.len() > MAX_TARGETS {
         return Err(invalid(format!("must have 1 to {MAX_TARGETS} targets")));
@@ -99,8 +100,8 @@ impl Balance {
     }
 
     /// The policy of this name.
-    pub fn parse(text: &str) -> Result<Self, HostError> {
-        Self::ALL.into_iter().find(|b| b.as_str() == text).ok_or_else(|| HostError::Invalid {
+    pub fn parse(text: &str) -> Result<Self, FieldError> {
+        Self::ALL.into_iter().find(|b| b.as_str() == text).ok_or_else(|| FieldError::Invalid {
             field: "balance",
             reason: "must be round_robin, least_conn, ip_hash or first".into(),
         })
@@ -133,8 +134,8 @@ pub struct HealthCheck {
 impl HealthCheck {
     /// Reads `{"path", "interval"?, "expect"?, "unhealthy"?, "healthy"?}` (defaults: every
     /// 5 s, expect 200, 3 failures, 2 successes).
-    pub fn parse(value: &Value) -> Result<Self, HostError> {
-        let invalid = |reason: &str| HostError::Invalid { field: "healthCheck", reason: reason.to_owned() };
+    pub fn parse(value: &Value) -> Result<Self, FieldError> {
+        let invalid = |reason: &str| FieldError::Invalid { field: "healthCheck", reason: reason.to_owned() };
         let object = value
             .as_object()
             .ok_or_else(|| invalid("must be an object {path, interval, expect, unhealthy, healthy}"))?;

@@ -5,7 +5,7 @@
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use portico_model::host_json::hash_basic_auth;
-use portico_model::{Host, HostError, HostPattern};
+use portico_model::{FieldError, Host, HostPattern};
 use portico_store::{Kind, StoreError};
 
 use crate::config::Config;
@@ -185,7 +185,7 @@ fn target_json(text: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Every refused field, one per line.
-fn refused(errors: Vec<HostError>) -> anyhow::Error {
+pub(crate) fn refused(errors: Vec<FieldError>) -> anyhow::Error {
     let lines: Vec<String> = errors.iter().map(|e| format!("{}: {e}.", e.field())).collect();
     anyhow::anyhow!("{}", lines.join("\n"))
 }

@@ -6,10 +6,12 @@ use std::io::BufRead;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::Subcommand;
-use portico_model::record::{self, Role};
+use portico_model::record;
+use portico_model::user::{NewUser, Role, User, password_problem};
 use portico_store::{Kind, StoreError};
 
 use crate::config::Config;
+use crate::hosts::refused;
 
 /// User subcommands.
 #[derive(Debug, Subcommand)]
@@ -41,23 +43,26 @@ pub async fn run(command: UserCommand, config: &Config) -> anyhow::Result<()> {
     let store = store.context("cannot open the store")?;
     match command {
         UserCommand::Add { name, admin } => {
-            let password = read_password()?;
             let role = if admin { Role::Admin } else { Role::User };
-            let hash = record::hash_password(&password).map_err(|e| anyhow!("cannot hash the password: {e}"))?;
-            let fields = record::user_fields(&name, hash, role, "cli", portico_store::now_ms());
-            match store.create(Kind::User, &name, &fields).await {
+            let new = NewUser::new(name.clone(), read_password()?, role).map_err(refused)?;
+            let hash = record::hash_password(&new.password).map_err(|e| anyhow!("cannot hash the password: {e}"))?;
+            let user = User::new(new, hash, "cli", portico_store::now_ms() as i64);
+            match store.create(Kind::User, &name, &user.to_fields()).await {
                 Ok(()) => println!("added user {name} ({})", role.as_str()),
                 Err(StoreError::Conflict { .. }) => bail!("user {name} already exists"),
                 Err(e) => return Err(e).context("cannot add the user"),
             }
         }
         UserCommand::Passwd { name } => {
-            let mut user = store.record(Kind::User, &name).await?.ok_or_else(|| anyhow!("no user {name}"))?;
+            let stored = store.record(Kind::User, &name).await?.ok_or_else(|| anyhow!("no user {name}"))?;
+            let mut user = User::from_fields(&name, &stored);
             let password = read_password()?;
+            if let Some(problem) = password_problem("password", &password) {
+                bail!("{problem}");
+            }
             let hash = record::hash_password(&password).map_err(|e| anyhow!("cannot hash the password: {e}"))?;
-            user.insert("password".into(), hash);
-            record::touch(&mut user, "cli", portico_store::now_ms());
-            store.put(Kind::User, &name, &user).await.context("cannot update the user")?;
+            user.set_password(hash, "cli", portico_store::now_ms() as i64);
+            store.put(Kind::User, &name, &user.to_fields()).await.context("cannot update the user")?;
             // Every token made under the old password goes, as in the API.
             let mut ended = 0;
             for (key, token) in store.records(Kind::AuthToken).await? {
@@ -80,9 +85,5 @@ pub async fn run(command: UserCommand, config: &Config) -> anyhow::Result<()> {
 fn read_password() -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
-    let password = line.trim_end_matches(['\r', '\n']).to_owned();
-    if let Some(problem) = record::password_problem(&password) {
-        anyhow::bail!("{problem}");
-    }
-    Ok(password)
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }

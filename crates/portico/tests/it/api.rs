@@ -487,6 +487,10 @@ async fn cli_manages_users() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let short = p.cli("user", &["add", "erin"], "short\n");
     assert!(!short.status.success());
+    // The command line makes users by the API's rules: a name the API refuses is refused.
+    let spaced = p.cli("user", &["add", "erin smith"], "erin-password\n");
+    let said = String::from_utf8_lossy(&spaced.stderr);
+    assert!(!spaced.status.success() && said.contains("username must be 3 to 64"), "{said}");
     let api = ApiClient::new(p.api);
     let token = api.login("dave", "dave-password").await;
     assert_eq!(api.call("GET", "/api/user/me", Some(&token), None).await.json["role"], "admin");
