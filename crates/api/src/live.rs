@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use portico_model::Host;
-use portico_store::{Change, Fields, Kind, Store, StoreError};
+use portico_store::{Fields, Followed, Follower, Kind, Store, StoreError, Subscription};
 use serde_json::{Value, json};
 use socketioxide::extract::{Data, SocketRef};
 use socketioxide::handler::ConnectHandler;
@@ -59,11 +59,11 @@ impl Default for Feed {
 }
 
 impl Feed {
-    /// A new listener (starts the feed if it is the first).
-    pub fn subscribe(&self, store: &Arc<dyn Store>) -> broadcast::Receiver<Arc<Event>> {
+    /// A new listener (starts the feed, from the node's changes, if it is the first).
+    pub fn subscribe(&self, store: &Arc<dyn Store>, changes: &Follower) -> broadcast::Receiver<Arc<Event>> {
         let receiver = self.sender.subscribe();
         self.started.get_or_init(|| {
-            tokio::spawn(run(store.clone(), self.sender.clone()));
+            tokio::spawn(run(store.clone(), changes.subscribe(&ANNOUNCED), self.sender.clone()));
         });
         receiver
     }
@@ -81,43 +81,25 @@ fn render(kind: Kind, fields: &Fields) -> Option<Value> {
 
 type Seen = HashMap<(Kind, String), Value>;
 
-/// Follows the store's changes, turning them into events, until the process ends.
-async fn run(store: Arc<dyn Store>, sender: broadcast::Sender<Arc<Event>>) {
-    let mut changes = store.changes();
+/// Follows the node's changes (records of the announced kinds read), turning them into
+/// events, until the process ends.
+async fn run(store: Arc<dyn Store>, mut changes: Subscription, sender: broadcast::Sender<Arc<Event>>) {
     let mut seen = Seen::new();
     // What is there now is the baseline: only what changes after it is announced.
     resync(store.as_ref(), &mut seen, None).await;
-    loop {
-        match changes.recv().await {
-            Ok(Change::Record { kind: Kind::AuthToken, key }) => {
+    while let Some(change) = changes.next().await {
+        match change {
+            Followed::Touched { kind: Kind::AuthToken, key } | Followed::Record { kind: Kind::AuthToken, key, .. } => {
                 let _ = sender.send(Arc::new(Event::Token(key)));
             }
-            Ok(Change::Record { kind, key }) if ANNOUNCED.contains(&kind) => {
-                if let Err(e) = refresh(store.as_ref(), &mut seen, &sender, kind, key).await {
-                    tracing::warn!(error = %e, "live feed: cannot read a changed record; re-reading everything");
-                    resync(store.as_ref(), &mut seen, Some(&sender)).await;
-                }
+            Followed::Record { kind, key, now } if ANNOUNCED.contains(&kind) => {
+                let now = now.and_then(|fields| render(kind, &fields));
+                announce(&mut seen, &sender, kind, key, now);
             }
-            Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                resync(store.as_ref(), &mut seen, Some(&sender)).await;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-            Ok(_) => {}
+            Followed::Resync => resync(store.as_ref(), &mut seen, Some(&sender)).await,
+            _ => {}
         }
     }
-}
-
-/// Announces what became of one record since it was last seen.
-async fn refresh(
-    store: &dyn Store,
-    seen: &mut Seen,
-    sender: &broadcast::Sender<Arc<Event>>,
-    kind: Kind,
-    key: String,
-) -> Result<(), StoreError> {
-    let now = store.record(kind, &key).await?.and_then(|f| render(kind, &f));
-    announce(seen, sender, kind, key, now);
-    Ok(())
 }
 
 fn announce(seen: &mut Seen, sender: &broadcast::Sender<Arc<Event>>, kind: Kind, key: String, now: Option<Value>) {
@@ -179,7 +161,7 @@ async fn read_all(store: &dyn Store) -> Result<Seen, StoreError> {
 /// (it returns `false` once its listener is gone). A listener that fell behind gets a
 /// `{topic: "resync"}` event: reload.
 async fn follow(api: Api, token_key: String, mut deliver: impl FnMut(&Value) -> bool) {
-    let mut events = api.feed.subscribe(&api.store);
+    let mut events = api.feed.subscribe(&api.store, &api.changes);
     let mut recheck = tokio::time::interval(TOKEN_RECHECK);
     recheck.tick().await;
     loop {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use portico_certs::Certs;
 use portico_model::Routes;
-use portico_store::Store;
+use portico_store::{Follower, Store};
 
 use crate::auth::LoginLimiter;
 
@@ -83,7 +83,9 @@ pub struct ApiState {
     pub listening: OnceLock<BTreeMap<String, SocketAddr>>,
     /// Certificates, for renewals asked through the API (`None`: not managed here).
     pub certs: Option<Arc<Certs>>,
-    /// Model events for live UIs.
+    /// The node's one follower of the store's changes.
+    pub changes: Arc<Follower>,
+    /// Model events for live UIs (from `changes`).
     pub feed: crate::live::Feed,
     /// What socket.io clients (before any token) may hold, per address.
     pub socket_io: crate::live::SocketIoLimits,
@@ -94,9 +96,16 @@ pub struct ApiState {
 impl ApiState {
     /// New state with the default login limits (5 failures per user name, 20 per address,
     /// per 5 minutes).
-    pub fn new(store: Arc<dyn Store>, routes: Arc<Routes>, settings: ApiSettings, certs: Option<Arc<Certs>>) -> Api {
+    pub fn new(
+        store: Arc<dyn Store>,
+        changes: Arc<Follower>,
+        routes: Arc<Routes>,
+        settings: ApiSettings,
+        certs: Option<Arc<Certs>>,
+    ) -> Api {
         Arc::new(Self {
             store,
+            changes,
             routes,
             settings,
             limiter: LoginLimiter::new(Duration::from_secs(300), 5, 20),

@@ -35,7 +35,9 @@ async fn status_and_name(router: &axum::Router, method: &str, path: &str) -> (St
 async fn every_route_is_documented_and_every_documented_route_is_routed() {
     let dir = tempfile::tempdir().unwrap();
     let store = portico_store::open(&format!("redb://{}", dir.path().join("s.redb").display())).await.unwrap();
-    let router = portico_api::router(ApiState::new(store, Arc::new(Routes::new()), ApiSettings::default(), None));
+    let changes = portico_store::Follower::start(store.clone(), std::future::pending());
+    let router =
+        portico_api::router(ApiState::new(store, changes, Arc::new(Routes::new()), ApiSettings::default(), None));
     let doc = document();
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 20, "{paths:?}");

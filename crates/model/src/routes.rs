@@ -123,11 +123,11 @@ impl Routes {
     /// Patches one host record into the table: `Some(fields)` as the store now holds it,
     /// `None` when it is gone. `None` back when there is no full build to patch yet (the
     /// caller rebuilds).
-    pub fn patch(&self, key: &str, record: Option<Fields>) -> Option<Rebuilt> {
+    pub fn patch(&self, key: &str, record: Option<&Fields>) -> Option<Rebuilt> {
         let mut guard = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         let hosts = guard.as_mut()?;
         let mut skipped = Vec::new();
-        let host = record.and_then(|fields| match routed(key, &fields) {
+        let host = record.and_then(|fields| match routed(key, fields) {
             Ok(host) => Some(Arc::new(host)),
             Err(e) => {
                 skipped.push((key.to_owned(), e));
@@ -178,25 +178,25 @@ mod tests {
         let rebuilt = routes.rebuild(vec![("known1.test".into(), known), ("zzz.test".into(), impostor.clone())]);
         assert_eq!(rebuilt.skipped.len(), 1, "{:?}", rebuilt.skipped);
         assert_eq!(routes.snapshot().lookup("known1.test").unwrap().1.target().port(), 1);
-        assert!(routes.patch("zzz.test", Some(impostor)).unwrap().skipped.len() == 1);
+        assert!(routes.patch("zzz.test", Some(&impostor)).unwrap().skipped.len() == 1);
         assert_eq!(routes.snapshot().lookup("known1.test").unwrap().1.target().port(), 1);
         // The seed's keys are as written: a key in capitals is still its host.
         let (_, upper) = record("upper.test", 3);
-        assert!(routes.patch("Upper.TEST", Some(upper)).unwrap().skipped.is_empty());
+        assert!(routes.patch("Upper.TEST", Some(&upper)).unwrap().skipped.is_empty());
     }
 
     #[test]
     fn one_host_is_patched_in_and_out_without_the_others() {
         let routes = Routes::new();
-        assert!(routes.patch("a.test", Some(record("a.test", 1).1)).is_none(), "nothing to patch before a build");
+        assert!(routes.patch("a.test", Some(&record("a.test", 1).1)).is_none(), "nothing to patch before a build");
         assert!(routes.rebuild(vec![record("a.test", 1)]).changed);
         let before = routes.snapshot();
 
-        let same = routes.patch("a.test", Some(record("a.test", 1).1)).unwrap();
+        let same = routes.patch("a.test", Some(&record("a.test", 1).1)).unwrap();
         assert!(!same.changed);
         assert!(Arc::ptr_eq(&before, &routes.snapshot()), "an unchanged host keeps the table");
 
-        let added = routes.patch("b.test", Some(record("b.test", 2).1)).unwrap();
+        let added = routes.patch("b.test", Some(&record("b.test", 2).1)).unwrap();
         assert!(added.changed && added.hosts == 2);
         assert_eq!(routes.snapshot().lookup("b.test").unwrap().1.target().port(), 2);
         assert!(routes.patch("a.test", None).unwrap().changed);
@@ -206,7 +206,7 @@ mod tests {
         // A record that no longer parses leaves the table.
         let mut broken = record("b.test", 2).1;
         broken.insert("targetPort".into(), "not a port".into());
-        let skipped = routes.patch("b.test", Some(broken)).unwrap();
+        let skipped = routes.patch("b.test", Some(&broken)).unwrap();
         assert!(skipped.changed && skipped.skipped.len() == 1 && skipped.hosts == 0);
     }
 
@@ -220,7 +220,7 @@ mod tests {
         assert_eq!(routes.state(), RoutingState { generation: 0, hosts: 0 });
         routes.rebuild(vec![record("a.test", 1)]);
         routes.rebuild(vec![record("a.test", 1)]);
-        routes.patch("b.test", Some(record("b.test", 2).1));
+        routes.patch("b.test", Some(&record("b.test", 2).1));
         routes.patch("a.test", None);
         let states = [(1, 1), (2, 2), (3, 1)].map(|(generation, hosts)| RoutingState { generation, hosts });
         assert_eq!(*seen.lock().unwrap(), states, "an unchanged rebuild is no new generation");

@@ -16,7 +16,7 @@ use portico_certs::{CertSettings, Certs, Issuer};
 use portico_metrics::{MeteredStore, Metrics};
 use portico_proxy::server::{self, ConnectionCap, Limits};
 use portico_proxy::{HttpListener, Routes, routes};
-use portico_store::{IdentifiedStore, Store};
+use portico_store::{Follower, IdentifiedStore, Kind, Store};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -86,7 +86,16 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(watch_identity(identified.clone(), metrics.clone(), shutdown.clone()));
-    tasks.spawn(routes::follow_store(store.clone(), routes.clone(), metrics.clone(), shutdown.clone()));
+    // One follower of the store's changes for the node: each changed record is read once.
+    let changes = Follower::start(store.clone(), shutdown.clone().cancelled_owned());
+    let routing_changes = changes.subscribe(&[Kind::Host]);
+    tasks.spawn(routes::follow_store(
+        store.clone(),
+        routing_changes,
+        routes.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(watch_store_memory(store.clone(), metrics.clone(), shutdown.clone()));
     let mut ready = Vec::new();
     if let Some(addr) = config.metrics_listen {
@@ -106,7 +115,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     )
     .await
     .context("cannot set up certificates")?;
-    tasks.spawn(certs.clone().follow_store(shutdown.clone()));
+    tasks.spawn(certs.clone().follow_store(changes.subscribe(&[Kind::Host]), shutdown.clone()));
 
     if role.proxy() {
         // One cap for both listeners: they draw on the same file descriptors.
@@ -151,7 +160,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
                 portico_api::HealthReport(Arc::new(move |host| health.report(host)))
             }),
         };
-        let state = ApiState::new(store.clone(), routes.clone(), settings, Some(certs.clone()));
+        let state = ApiState::new(store.clone(), changes.clone(), routes.clone(), settings, Some(certs.clone()));
         tasks.spawn(portico_certs::renew::run(certs.clone(), config.tls.renew_interval, shutdown.clone()));
         tasks.spawn(sync_dns_domains(
             store.clone(),

@@ -7,7 +7,8 @@
 //! one access-log line when the response body ends ([`response`]).
 //!
 //! The request path never awaits the store: [`Routes`] is an in-memory snapshot that
-//! [`routes::follow_store`] rebuilds and swaps whole when hosts change.
+//! [`routes::follow_store`] patches (or rebuilds and swaps it whole) when the node's
+//! change follower ([`portico_store::Follower`]) hands it changed hosts.
 
 pub mod access;
 pub mod balance;

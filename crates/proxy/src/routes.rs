@@ -1,12 +1,11 @@
 //! Keeping the routing snapshot ([`Routes`], in `portico-model`) in step with the store.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use portico_model::{Rebuilt, Routes};
-use portico_store::{Change, Kind, Store, StoreError};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use portico_store::{Fields, Followed, Kind, Store, StoreError, Subscription};
 use tokio_util::sync::CancellationToken;
 
 /// How often the table is rebuilt even without change events, in case some were lost
@@ -30,15 +29,16 @@ pub async fn reload(routes: &Routes, store: &dyn Store) -> Result<Rebuilt, Store
 }
 
 /// Keeps `routes` in step with the store until `shutdown`: patches in each changed host
-/// (one record read each), and rebuilds from every host on a resync signal, when events
-/// were lost, and every 5 minutes.
+/// (as the node's [`Follower`](portico_store::Follower) read it), and rebuilds from every
+/// host on a resync, when changes were lost, and every 5 minutes. `changes` must have asked
+/// for hosts to be read.
 pub async fn follow_store(
     store: Arc<dyn Store>,
+    mut changes: Subscription,
     routes: Arc<Routes>,
     metrics: Arc<portico_metrics::Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut changes = store.changes();
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     resync.tick().await;
     loop {
@@ -47,18 +47,14 @@ pub async fn follow_store(
         let open = tokio::select! {
             () = shutdown.cancelled() => return,
             _ = resync.tick() => { pending.full = true; true }
-            event = changes.recv() => { heard = Some(std::time::Instant::now()); pending.note(event) }
+            change = changes.next() => { heard = Some(std::time::Instant::now()); pending.note(change) }
         };
         if !open {
             return;
         }
-        // One pass covers every event already queued.
-        loop {
-            match changes.try_recv() {
-                Ok(event) => pending.note(Ok(event)),
-                Err(TryRecvError::Lagged(n)) => pending.note(Err(RecvError::Lagged(n))),
-                Err(_) => break,
-            };
+        // One pass covers every change already queued.
+        while let Some(change) = changes.ready() {
+            pending.note(Some(change));
         }
         let started = std::time::Instant::now();
         // `written`: when the earliest of the patched records was written, by its writer's
@@ -81,18 +77,11 @@ pub async fn follow_store(
             if pending.hosts.is_empty() {
                 continue;
             }
-            match patch(&routes, store.as_ref(), &pending.hosts).await {
-                Ok(Some((rebuilt, written))) => {
-                    record(&rebuilt, written);
-                    continue;
-                }
-                // Nothing to patch yet: rebuild.
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read changed hosts; routing with the previous table");
-                    continue;
-                }
+            if let Some((rebuilt, written)) = patch(&routes, pending.hosts) {
+                record(&rebuilt, written);
+                continue;
             }
+            // Nothing to patch yet: rebuild.
         }
         match reload(&routes, store.as_ref()).await {
             Ok(rebuilt) => record(&rebuilt, None),
@@ -101,55 +90,48 @@ pub async fn follow_store(
     }
 }
 
-/// What the events seen since the last pass ask for.
+/// What the changes seen since the last pass ask for.
 #[derive(Default)]
 struct Pending {
     /// A rebuild from every host.
     full: bool,
-    /// The hosts to read again.
-    hosts: BTreeSet<String>,
+    /// The changed hosts, as they now are (the latest of each).
+    hosts: BTreeMap<String, Option<Arc<Fields>>>,
 }
 
 impl Pending {
-    /// Notes one event; false when the feed has closed.
-    fn note(&mut self, event: Result<Change, RecvError>) -> bool {
-        match event {
-            Ok(Change::Record { kind: Kind::Host, key }) => {
-                self.hosts.insert(key);
+    /// Notes one change; false when the follower has stopped.
+    fn note(&mut self, change: Option<Followed>) -> bool {
+        match change {
+            Some(Followed::Record { kind: Kind::Host, key, now }) => {
+                self.hosts.insert(key, now);
             }
-            Ok(Change::Resync) | Err(RecvError::Lagged(_)) => self.full = true,
-            Ok(_) => {}
-            Err(RecvError::Closed) => return false,
+            Some(Followed::Resync) => self.full = true,
+            Some(_) => {}
+            None => return false,
         }
         true
     }
 }
 
-/// Reads the changed hosts and patches them in; `None` when there is no table to patch.
-/// Also says when the earliest of them was written (`updated_on`, milliseconds), if any
-/// says.
-async fn patch(
-    routes: &Routes,
-    store: &dyn Store,
-    keys: &BTreeSet<String>,
-) -> Result<Option<(Rebuilt, Option<u64>)>, StoreError> {
+/// Patches the changed hosts in; `None` when there is no table to patch. Also says when the
+/// earliest of them was written (`updated_on`, milliseconds), if any says.
+fn patch(routes: &Routes, hosts: BTreeMap<String, Option<Arc<Fields>>>) -> Option<(Rebuilt, Option<u64>)> {
     let mut last = None;
     let mut changed = false;
     let mut written: Option<u64> = None;
-    for key in keys {
-        // One that cannot be read is skipped (unrouted), as a full rebuild skips it.
-        let record = portico_store::readable(store.record(Kind::Host, key).await)?;
+    for (key, record) in hosts {
         if let Some(at) = record.as_ref().and_then(|r| r.get("updated_on")?.parse().ok()) {
             written = Some(written.map_or(at, |w| w.min(at)));
         }
-        let Some(rebuilt) = routes.patch(key, record) else { return Ok(None) };
+        let rebuilt = routes.patch(&key, record.as_deref())?;
         for (key, error) in &rebuilt.skipped {
             tracing::warn!(host = %key, error = %error, "skipping a host record that does not parse");
         }
         changed |= rebuilt.changed;
         last = Some(rebuilt);
     }
-    Ok(last.map(|r| (Rebuilt { changed, ..r }, written)))
+    last.map(|r| (Rebuilt { changed, ..r }, written))
 }
 
 fn report(rebuilt: &Rebuilt) {
@@ -194,12 +176,11 @@ mod tests {
         assert_eq!(summary(reload(&routes, store.as_ref()).await.unwrap()), (1, true));
     }
 
-    #[tokio::test]
-    async fn a_patch_says_when_the_earliest_changed_host_was_written() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let store = portico_store::open(&format!("redb://{}", dir.path().join("s.redb").display())).await.unwrap();
+    #[test]
+    fn a_patch_says_when_the_earliest_changed_host_was_written() {
         let routes = Routes::new();
-        reload(&routes, store.as_ref()).await.unwrap();
+        routes.rebuild(Vec::new());
+        let mut hosts = BTreeMap::new();
         for (name, written) in [("a.test", 5_000), ("b.test", 3_000)] {
             let host = Host::new(
                 HostPattern::parse(name).unwrap(),
@@ -209,13 +190,13 @@ mod tests {
                 "t",
                 written,
             );
-            store.create(Kind::Host, name, &host.to_fields()).await.unwrap();
+            hosts.insert(name.to_owned(), Some(Arc::new(host.to_fields())));
         }
-        let keys: BTreeSet<String> = ["a.test".to_owned(), "b.test".to_owned(), "gone.test".to_owned()].into();
-        let (rebuilt, written) = patch(&routes, store.as_ref(), &keys).await.unwrap().expect("a table to patch");
+        hosts.insert("gone.test".to_owned(), None);
+        let (rebuilt, written) = patch(&routes, hosts).expect("a table to patch");
         assert_eq!((rebuilt.hosts, rebuilt.changed, written), (2, true, Some(3_000)));
         // A deleted host says nothing of when.
-        let gone: BTreeSet<String> = ["gone.test".to_owned()].into();
-        assert_eq!(patch(&routes, store.as_ref(), &gone).await.unwrap().expect("a table").1, None);
+        let gone = BTreeMap::from([("gone.test".to_owned(), None)]);
+        assert_eq!(patch(&routes, gone).expect("a table").1, None);
     }
 }

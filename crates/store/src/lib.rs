@@ -17,6 +17,7 @@
 pub mod copy;
 mod embedded;
 mod error;
+pub mod follow;
 pub mod identity;
 pub mod keys;
 mod redis_store;
@@ -30,6 +31,7 @@ use tokio::sync::broadcast;
 
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
+pub use follow::{Followed, Follower, Subscription};
 pub use identity::IdentifiedStore;
 pub use keys::{Key, Kind};
 pub use redis_store::{RESYNC_EVERY, RedisStore};
