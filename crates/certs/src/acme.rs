@@ -94,7 +94,7 @@ pub struct AcmeSettings {
 }
 
 /// How DNS-01 reaches the providers and checks that records are served.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsSettings {
     /// The providers' APIs.
     pub endpoints: portico_dns::Endpoints,

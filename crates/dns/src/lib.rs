@@ -139,7 +139,7 @@ pub(crate) fn relative<'a>(fqdn: &'a str, zone: &str) -> &'a str {
 }
 
 /// Where the providers' APIs are, and how long one request may take.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
     /// Cloudflare's API with its version path.
     pub cloudflare: String,

@@ -239,7 +239,7 @@ pub enum IssuerKind {
 }
 
 /// The `[tls]` section.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct TlsConfig {
     pub issuer: IssuerKind,
     pub acme_directory: String,
@@ -272,7 +272,7 @@ impl std::fmt::Debug for TlsConfig {
 }
 
 /// The whole, validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub data_dir: PathBuf,
     pub store_url: String,
@@ -596,10 +596,6 @@ fn proxy_section(raw: &Raw, https_port: u16) -> Result<ProxyConfig, ConfigError>
         shutdown_timeout: duration(&p.shutdown_timeout, "proxy.shutdown_timeout", defaults.shutdown_timeout)?,
         handshake_timeout: duration(&p.handshake_timeout, "proxy.handshake_timeout", defaults.handshake_timeout)?,
         access_log: access_log(raw.log.access_log.as_ref())?,
-        // `portico serve` puts its one registry here.
-        metrics: Default::default(),
-        health: Default::default(),
-        access: Default::default(),
         trusted_proxies: trusted,
         proxy_protocol,
         proxy_protocol_from,
@@ -775,6 +771,19 @@ mod tests {
         let c = load(None, &[], &overrides).unwrap();
         let shown = format!("{c:?}");
         assert!(shown.contains("kid-7") && !shown.contains("c2VjcmV0LWhtYWM"), "{shown}");
+    }
+
+    #[test]
+    fn a_configuration_is_data_that_a_reload_can_compare() {
+        // Two loads of the same settings are equal (no runtime handle inside that would make
+        // each load differ), and a changed key shows in the part it belongs to.
+        let keys = [("proxy.idle_timeout", "\"5s\""), ("tls.renew_interval", "\"2m\"")];
+        let running = load(None, &[], &keys).unwrap();
+        assert!(running == load(None, &[], &keys).unwrap());
+        let changed = load(None, &[], &[("proxy.idle_timeout", "\"6s\""), ("tls.renew_interval", "\"2m\"")]).unwrap();
+        assert!(changed != running);
+        assert!(changed.proxy != running.proxy, "the proxy's part changed");
+        assert!(changed.tls == running.tls, "the certificates' part did not");
     }
 
     #[test]

@@ -1,22 +1,24 @@
-//! `portico serve|proxy|api`: open the store, load the routes, start the listeners of the
-//! role, follow the store, and drain on SIGTERM/SIGINT.
+//! `portico serve|proxy|api`: build the node's parts from the configuration ([`Node::build`]:
+//! the store, the routes, the change follower, certificates), start the listeners and jobs
+//! of the role ([`Node::spawn`]), and drain on SIGTERM/SIGINT ([`Node::stop`]).
 //!
 //! `serve` runs every role in one process. `proxy` runs the data plane alone and `api` the
 //! control plane alone; any number of each share one store.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::TokioIo;
-use portico_api::{ApiSettings, ApiState, lookup};
+use portico_api::{Api, ApiSettings, ApiState, lookup};
 use portico_certs::acme::{AcmeIssuer, AcmeSettings, Eab};
 use portico_certs::internal::InternalCa;
 use portico_certs::{CertSettings, Certs, Issuer};
 use portico_metrics::{MeteredStore, Metrics};
 use portico_proxy::server::{self, ConnectionCap, Limits};
-use portico_proxy::{HttpListener, Routes, routes};
-use portico_store::{Follower, IdentifiedStore, Kind, Store};
+use portico_proxy::{HttpListener, ProxyState, Routes, routes};
+use portico_store::{Follower, IdentifiedStore, Kind, Store, Subscription};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -55,92 +57,170 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     let fd_limit = raise_fd_limit();
     config.proxy.max_connections = config.max_connections.unwrap_or_else(|| default_max_connections(fd_limit));
     tracing::info!(fd_limit, max_connections = config.proxy.max_connections, "connection limits");
-    // One registry for the whole process, passed to every part that records.
-    let metrics = Arc::new(Metrics::new().counting_requests(config.metrics_listen.is_some()));
-    let mut config = config;
-    config.proxy.metrics = metrics.clone();
-    let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
-    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
-    // A store that lost its identity (wiped, replaced) is not followed: see `identity`.
-    let identified = Arc::new(
-        IdentifiedStore::establish(store, Some(&config.data_dir))
-            .await
-            .context("cannot read or write the store's identity")?,
-    );
-    metrics.store_identity_lost.set(i64::from(identified.is_lost()));
-    let store: Arc<dyn Store> = identified.clone();
-    let routes = Arc::new(Routes::new());
-    if !identified.is_lost() {
-        let hosts = routes::reload(&routes, store.as_ref()).await.context("cannot read hosts from the store")?.hosts;
-        metrics.routes_hosts.set(hosts as i64);
-    }
-    tracing::info!(hosts = routes.snapshot().len(), store = %portico_store::redact(&config.store_url), "store opened");
-    // A service manager (systemd's `Type=notify`, a test) hears of readiness and of each new
-    // routing table.
-    let notifier = Notifier::from_env().map(Arc::new);
-    if let Some(notifier) = &notifier {
-        let notifier = notifier.clone();
-        routes.observe(move |state| notifier.routing(state));
+    let node = Node::build(&config).await?;
+    node.spawn(role).await?;
+    wait_for_signal().await?;
+    node.stop().await;
+    Ok(())
+}
+
+/// One process's runtime parts, built from a [`Config`]: the metrics registry, the store
+/// (metered, its identity watched), the routing table, the one change follower, the
+/// certificates and the data plane's state. [`Node::spawn`] starts a role's listeners and
+/// jobs on them; [`Node::stop`] drains. The configuration is kept, so a new one can be
+/// compared with it part by part.
+pub struct Node {
+    config: Config,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+    identified: Arc<IdentifiedStore>,
+    routes: Arc<Routes>,
+    changes: Arc<Follower>,
+    /// Routing's subscription, made before the first read of the hosts; taken by `spawn`.
+    routing_changes: std::sync::Mutex<Option<Subscription>>,
+    certs: Arc<Certs>,
+    proxy: ProxyState,
+    notifier: Option<Arc<Notifier>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Node {
+    /// Opens the store, loads the routing table, and makes the parts every role uses. Starts
+    /// nothing that listens.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        // One registry for the whole process, passed to every part that records.
+        let metrics = Arc::new(Metrics::new().counting_requests(config.metrics_listen.is_some()));
+        let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
+        // A store that lost its identity (wiped, replaced) is not followed: see `identity`.
+        let identified = Arc::new(
+            IdentifiedStore::establish(store, Some(&config.data_dir))
+                .await
+                .context("cannot read or write the store's identity")?,
+        );
+        metrics.store_identity_lost.set(i64::from(identified.is_lost()));
+        let store: Arc<dyn Store> = identified.clone();
+        let shutdown = CancellationToken::new();
+        // One follower of the store's changes for the node: each changed record is read once.
+        // Routing subscribes before it reads the hosts, so no change falls in between.
+        let changes = Follower::start(store.clone(), shutdown.clone().cancelled_owned());
+        let routing_changes = changes.subscribe(&[Kind::Host]);
+        let routes = Arc::new(Routes::new());
+        if !identified.is_lost() {
+            let hosts =
+                routes::reload(&routes, store.as_ref()).await.context("cannot read hosts from the store")?.hosts;
+            metrics.routes_hosts.set(hosts as i64);
+        }
+        tracing::info!(hosts = routes.snapshot().len(), store = %portico_store::redact(&config.store_url), "store opened");
+        // A service manager (systemd's `Type=notify`, a test) hears of readiness and of each
+        // new routing table.
+        let notifier = Notifier::from_env().map(Arc::new);
+        if let Some(notifier) = &notifier {
+            let notifier = notifier.clone();
+            routes.observe(move |state| notifier.routing(state));
+        }
+        let certs = Certs::new(
+            store.clone(),
+            issuer(config, store.clone(), &metrics)?,
+            routes.clone(),
+            cert_settings(config, &metrics),
+        )
+        .await
+        .context("cannot set up certificates")?;
+        Ok(Self {
+            config: config.clone(),
+            proxy: ProxyState::new(metrics.clone()),
+            metrics,
+            store,
+            identified,
+            routes,
+            changes,
+            routing_changes: std::sync::Mutex::new(Some(routing_changes)),
+            certs,
+            notifier,
+            shutdown,
+            tasks: TaskTracker::new(),
+        })
     }
 
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    tasks.spawn(watch_identity(identified.clone(), metrics.clone(), shutdown.clone()));
-    // One follower of the store's changes for the node: each changed record is read once.
-    let changes = Follower::start(store.clone(), shutdown.clone().cancelled_owned());
-    let routing_changes = changes.subscribe(&[Kind::Host]);
-    tasks.spawn(routes::follow_store(
-        store.clone(),
-        routing_changes,
-        routes.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    tasks.spawn(watch_store_memory(store.clone(), metrics.clone(), shutdown.clone()));
-    let mut ready = Vec::new();
-    if let Some(addr) = config.metrics_listen {
-        // A port already taken stops the start, with the key named.
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
-        ready.push(("metrics", listener.local_addr()?));
-        tasks.spawn(serve_metrics(listener, metrics.clone(), shutdown.clone()));
+    /// Starts `role`: the jobs every node runs, then the role's listeners (a port taken stops
+    /// the start, naming its key). Once every socket is bound, the node is ready and says so.
+    pub async fn spawn(&self, role: Role) -> anyhow::Result<()> {
+        let (tasks, shutdown, metrics) = (&self.tasks, &self.shutdown, &self.metrics);
+        tasks.spawn(watch_identity(self.identified.clone(), metrics.clone(), shutdown.clone()));
+        let taken = self.routing_changes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let routing_changes = taken.context("a node is spawned once")?;
+        let routing = routes::follow_store(
+            self.store.clone(),
+            routing_changes,
+            self.routes.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(routing);
+        tasks.spawn(watch_store_memory(self.store.clone(), metrics.clone(), shutdown.clone()));
+        tasks.spawn(self.certs.clone().follow_store(self.changes.subscribe(&[Kind::Host]), shutdown.clone()));
+        let mut ready = Vec::new();
+        if let Some(addr) = self.config.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+            ready.push(("metrics", listener.local_addr()?));
+            tasks.spawn(serve_metrics(listener, metrics.clone(), shutdown.clone()));
+        }
+        if role.proxy() {
+            self.spawn_proxy(&mut ready).await?;
+        }
+        let api = if role.api() { Some(self.spawn_api(role, &mut ready).await?) } else { None };
+        // Every socket is bound (connections queue from here on): ready, before anyone is
+        // told.
+        if let Some(api) = &api {
+            let _ = api.listening.set(ready.iter().map(|(name, addr)| ((*name).to_owned(), *addr)).collect());
+        }
+        for (listener, addr) in &ready {
+            tracing::info!(listener, addr = %addr, "listening");
+        }
+        if let Some(notifier) = &self.notifier {
+            notifier.ready(&ready, self.routes.state());
+        }
+        Ok(())
     }
 
-    let certs = Certs::new(
-        store.clone(),
-        issuer(&config, store.clone(), &metrics)?,
-        routes.clone(),
-        cert_settings(&config, &metrics),
-    )
-    .await
-    .context("cannot set up certificates")?;
-    tasks.spawn(certs.clone().follow_store(changes.subscribe(&[Kind::Host]), shutdown.clone()));
-
-    if role.proxy() {
+    /// The data plane: the HTTPS and HTTP listeners, and hosts' active health checks.
+    async fn spawn_proxy(&self, ready: &mut Vec<(&'static str, SocketAddr)>) -> anyhow::Result<()> {
+        let config = &self.config;
         // One cap for both listeners: they draw on the same file descriptors.
         let cap = ConnectionCap::new(config.proxy.max_connections, "proxy.max_connections");
-        let https = HttpListener::bind_tls(config.https, config.proxy.clone(), routes.clone(), certs.clone())
-            .await
-            .with_context(|| format!("cannot listen on {} (proxy.https)", config.https))?;
+        let (routes, certs, state) = (&self.routes, &self.certs, &self.proxy);
+        let https =
+            HttpListener::bind_tls(config.https, config.proxy.clone(), state.clone(), routes.clone(), certs.clone())
+                .await
+                .with_context(|| format!("cannot listen on {} (proxy.https)", config.https))?;
         let https_addr = https.local_addr()?;
-        tasks.spawn(https.serve(cap.clone(), shutdown.clone()));
+        self.tasks.spawn(https.serve(cap.clone(), self.shutdown.clone()));
         // Redirects to HTTPS name the port actually bound.
         let plain = portico_proxy::ProxyConfig { https_port: https_addr.port(), ..config.proxy.clone() };
-        let http = HttpListener::bind(config.http, plain, routes.clone(), Some(certs.clone()))
+        let http = HttpListener::bind(config.http, plain, state.clone(), routes.clone(), Some(certs.clone()))
             .await
             .with_context(|| format!("cannot listen on {} (proxy.http)", config.http))?;
         ready.push(("http", http.local_addr()?));
         ready.push(("https", https_addr));
-        tasks.spawn(http.serve(cap, shutdown.clone()));
-        // Hosts' active health checks, shared by both listeners through `proxy.health`.
-        tasks.spawn(portico_proxy::checks::run(routes.clone(), config.proxy.clone(), shutdown.clone()));
+        self.tasks.spawn(http.serve(cap, self.shutdown.clone()));
+        let checks =
+            portico_proxy::checks::run(routes.clone(), config.proxy.clone(), state.clone(), self.shutdown.clone());
+        self.tasks.spawn(checks);
+        Ok(())
     }
-    let mut api = None;
-    if role.api() {
+
+    /// The control plane: the first admin, the API, renewals, DNS domain syncs and the
+    /// lookup service.
+    async fn spawn_api(&self, role: Role, ready: &mut Vec<(&'static str, SocketAddr)>) -> anyhow::Result<Api> {
+        let (config, store, routes, tasks, shutdown) =
+            (&self.config, &self.store, &self.routes, &self.tasks, &self.shutdown);
         let admin_password = std::env::var("PORTICO_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
         // Never a new admin in a store that was wiped: its old admin comes back with a backup.
-        if !identified.is_lost() {
+        if !self.identified.is_lost() {
             portico_api::auth::bootstrap_admin(store.as_ref(), &config.data_dir, admin_password)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
@@ -151,39 +231,32 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
             dns: config.tls.dns.endpoints.clone(),
             // The overview's request rate: this process's own requests, when it proxies and
             // counts them.
-            requests: (role.proxy() && metrics.counts_requests()).then(|| {
-                let metrics = metrics.clone();
+            requests: (role.proxy() && self.metrics.counts_requests()).then(|| {
+                let metrics = self.metrics.clone();
                 portico_api::RequestCounter(Arc::new(move || metrics.requests_served()))
             }),
             target_health: role.proxy().then(|| {
-                let health = config.proxy.health.clone();
+                let health = self.proxy.health.clone();
                 portico_api::HealthReport(Arc::new(move |host| health.report(host)))
             }),
         };
-        let state = ApiState::new(store.clone(), changes.clone(), routes.clone(), settings, Some(certs.clone()));
-        tasks.spawn(portico_certs::renew::run(certs.clone(), config.tls.renew_interval, shutdown.clone()));
-        tasks.spawn(sync_dns_domains(
-            store.clone(),
-            config.tls.dns.endpoints.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+        let certs = Some(self.certs.clone());
+        let state = ApiState::new(store.clone(), self.changes.clone(), routes.clone(), settings, certs);
+        tasks.spawn(portico_certs::renew::run(self.certs.clone(), config.tls.renew_interval, shutdown.clone()));
+        let endpoints = config.tls.dns.endpoints.clone();
+        tasks.spawn(sync_dns_domains(store.clone(), endpoints, self.metrics.clone(), shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await
             .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
         ready.push(("api", listener.local_addr()?));
         tasks.spawn(serve_api(listener, state.clone(), config.proxy.limits(), shutdown.clone()));
-        api = Some(state);
         // The seed's lookup service, from the same routing snapshot.
         if let Some(path) = &config.lookup_socket {
             let listener = lookup::bind_unix(path, config.lookup_socket_mode)
                 .with_context(|| format!("cannot listen on {} (api.lookup_socket)", path.display()))?;
             tracing::info!(path = %path.display(), "lookup service listening on its socket");
-            tasks.spawn(lookup::serve(
-                lookup::Endpoint::Unix(listener, path.clone()),
-                routes.clone(),
-                shutdown.clone(),
-            ));
+            let endpoint = lookup::Endpoint::Unix(listener, path.clone());
+            tasks.spawn(lookup::serve(endpoint, routes.clone(), shutdown.clone()));
         }
         if let Some(addr) = config.lookup_listen {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -192,28 +265,21 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
             ready.push(("lookup", listener.local_addr()?));
             tasks.spawn(lookup::serve(lookup::Endpoint::Tcp(listener), routes.clone(), shutdown.clone()));
         }
+        Ok(state)
     }
-    // Every socket is bound (connections queue from here on): ready, before anyone is told.
-    if let Some(api) = &api {
-        let _ = api.listening.set(ready.iter().map(|(name, addr)| ((*name).to_owned(), *addr)).collect());
-    }
-    for (listener, addr) in &ready {
-        tracing::info!(listener, addr = %addr, "listening");
-    }
-    if let Some(notifier) = &notifier {
-        notifier.ready(&ready, routes.state());
-    }
-    tasks.close();
 
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
-    if let Some(notifier) = &notifier {
-        notifier.stopping();
+    /// Stops accepting, lets what is in flight finish (each listener's drain), and returns
+    /// when every task has ended.
+    pub async fn stop(&self) {
+        tracing::info!("shutting down");
+        if let Some(notifier) = &self.notifier {
+            notifier.stopping();
+        }
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        tracing::info!("stopped");
     }
-    shutdown.cancel();
-    tasks.wait().await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Connections the API accepts at once (it shares the process's file descriptors with the

@@ -13,8 +13,8 @@ use http_body_util::Empty;
 use portico_model::{HealthCheck, Routes, Target};
 use tokio_util::sync::CancellationToken;
 
-use crate::ProxyConfig;
 use crate::pool::Pool;
+use crate::{ProxyConfig, ProxyState};
 
 /// How often the routing table is looked at for new or removed checks.
 const FOLLOW: Duration = Duration::from_secs(1);
@@ -22,10 +22,10 @@ const FOLLOW: Duration = Duration::from_secs(1);
 type Key = (Arc<str>, bool, HealthCheck);
 
 /// Runs the checks the routing table asks for until `shutdown`.
-pub async fn run(routes: Arc<Routes>, config: ProxyConfig, shutdown: CancellationToken) {
+pub async fn run(routes: Arc<Routes>, config: ProxyConfig, state: ProxyState, shutdown: CancellationToken) {
     let pool =
         Pool::new(crate::forward::target_tls(&config), config.upstream_connect_timeout, config.upstream_idle_timeout);
-    let health = config.health.clone();
+    let health = state.health.clone();
     let mut running: HashMap<Key, CancellationToken> = HashMap::new();
     let mut seen = None;
     loop {
@@ -66,7 +66,7 @@ pub async fn run(routes: Arc<Routes>, config: ProxyConfig, shutdown: Cancellatio
             // What the table no longer names is forgotten (health, balancers, rate limits).
             health.prune(&table);
             let patterns: std::collections::HashSet<&str> = table.iter().map(|(p, _)| p.as_str()).collect();
-            config.access.retain_hosts(|pattern| patterns.contains(pattern));
+            state.access.retain_hosts(|pattern| patterns.contains(pattern));
             seen = Some(table);
         }
         tokio::select! {

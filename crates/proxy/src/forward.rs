@@ -18,11 +18,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::ProxyConfig;
 use crate::balance::{Choice, Health};
 use crate::handler::Client;
 use crate::pool::{Lease, Pool, Returning};
 use crate::response::{BoxError, ProxyBody, ProxyError, chain};
+use crate::{ProxyConfig, ProxyState};
 
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1), besides
 /// those the `Connection` header names; and `Upgrade`, which the forwarder sets again for the
@@ -86,17 +86,24 @@ pub struct Origin<'a> {
 pub struct TargetClient {
     pool: Arc<Pool>,
     health: Arc<Health>,
+    metrics: Arc<portico_metrics::Metrics>,
     config: Arc<ProxyConfig>,
     tunnels: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl TargetClient {
-    /// A client for `config`; tunnels it starts are tracked by `tunnels` and end at
-    /// `shutdown`.
-    pub fn new(config: Arc<ProxyConfig>, tunnels: TaskTracker, shutdown: CancellationToken) -> Self {
+    /// A client for `config`, reporting to `state`; tunnels it starts are tracked by
+    /// `tunnels` and end at `shutdown`.
+    pub fn new(
+        config: Arc<ProxyConfig>,
+        state: &ProxyState,
+        tunnels: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
         let pool = Pool::new(target_tls(&config), config.upstream_connect_timeout, config.upstream_idle_timeout);
-        Self { pool, health: config.health.clone(), config, tunnels, shutdown }
+        let (health, metrics) = (state.health.clone(), state.metrics.clone());
+        Self { pool, health, metrics, config, tunnels, shutdown }
     }
 
     /// What this process knows of targets' health.
@@ -138,7 +145,7 @@ impl TargetClient {
         }
         add_forwarded(&mut parts.headers, origin);
 
-        let asked = self.config.metrics.counts_requests().then(std::time::Instant::now);
+        let asked = self.metrics.counts_requests().then(std::time::Instant::now);
         // Built inside the call, not bound first: a future held in a variable and then moved
         // into `timeout` takes room twice in this one's state.
         let (mut response, lease) = match tokio::time::timeout(
@@ -155,7 +162,7 @@ impl TargetClient {
         };
         self.health.succeeded(&choice);
         if let Some(asked) = asked {
-            self.config.metrics.upstream(asked.elapsed().as_secs_f64());
+            self.metrics.upstream(asked.elapsed().as_secs_f64());
         }
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -166,7 +173,7 @@ impl TargetClient {
             let target_upgrade = hyper::upgrade::on(&mut response);
             let shutdown = self.shutdown.clone();
             let idle = self.config.tunnel_idle_timeout;
-            let open = portico_metrics::Open::new(&self.config.metrics.tunnels_open);
+            let open = portico_metrics::Open::new(&self.metrics.tunnels_open);
             self.tunnels.spawn(async move {
                 tunnel(client_upgrade, target_upgrade, idle, shutdown).await;
                 drop(open);

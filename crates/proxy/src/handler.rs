@@ -12,17 +12,19 @@ use portico_certs::challenge::HTTP01_PREFIX;
 use portico_certs::{Certs, Loaded};
 use portico_model::Hostname;
 
-use crate::ProxyConfig;
 use crate::access::{Asking, Verdict};
 use crate::forward::{Origin, Routed, Scheme, TargetClient, X_REQUEST_ID};
 use crate::response::{ALLOWED_METHODS, AccessEntry, LoggedBody, ProxyBody, ProxyError, chain, redirect, text};
 use crate::routes::Routes;
+use crate::{ProxyConfig, ProxyState};
 
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct Shared {
     /// Data-plane settings.
     pub config: Arc<ProxyConfig>,
+    /// What outlives the settings: counters, targets' health, access state.
+    pub state: ProxyState,
     /// The routing snapshot.
     pub routes: Arc<Routes>,
     /// The upstream client pool.
@@ -103,7 +105,7 @@ pub async fn handle(
         started: Instant::now(),
         format,
         pattern: None,
-        metrics: shared.config.metrics.clone(),
+        metrics: shared.state.metrics.clone(),
     };
     let routed = match authority {
         Ok(authority) => route(&shared, request, authority.as_deref(), &client, &mut entry).await,
@@ -184,7 +186,7 @@ async fn route(
     if let Some(length) =
         request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
     {
-        shared.config.metrics.request_body(length);
+        shared.state.metrics.request_body(length);
     }
     if scheme == Scheme::Http && host.forcessl {
         let port = match shared.config.https_port {
@@ -215,7 +217,7 @@ async fn route(
             timeout: config.upstream_timeout,
             request_id: entry.request_id.to_str().unwrap_or("-"),
         };
-        match Box::pin(config.access.check(host, &asking)).await {
+        match Box::pin(shared.state.access.check(host, &asking)).await {
             Verdict::Answer(answer) => return Ok(answer),
             Verdict::Pass(headers) => {
                 // What the service vouches for replaces whatever the client sent.

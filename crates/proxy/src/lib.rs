@@ -27,8 +27,29 @@ use std::time::Duration;
 pub use listener::HttpListener;
 pub use routes::Routes;
 
-/// Tunables of the data plane. Defaults follow nginx where it has an equivalent.
+/// What the data plane of one process keeps whatever its configuration: made once by the
+/// node and shared by its listeners, its active health checks and the API, so a new
+/// [`ProxyConfig`] (a reload) keeps counters, targets' health and rate-limit buckets.
 #[derive(Debug, Clone)]
+pub struct ProxyState {
+    /// Where requests, connections, handshakes and tunnels are counted.
+    pub metrics: std::sync::Arc<portico_metrics::Metrics>,
+    /// What the process knows of targets' health.
+    pub health: std::sync::Arc<balance::Health>,
+    /// Hosts' access policies' state (rate-limit buckets, verified passwords).
+    pub access: std::sync::Arc<access::Guard>,
+}
+
+impl ProxyState {
+    /// New state, counting into `metrics`.
+    pub fn new(metrics: std::sync::Arc<portico_metrics::Metrics>) -> Self {
+        Self { metrics, health: std::sync::Arc::default(), access: std::sync::Arc::default() }
+    }
+}
+
+/// Tunables of the data plane: data only. Defaults follow nginx where it has an
+/// equivalent.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
     /// Port of the HTTPS listener, used in `forcessl` redirects (omitted when 443).
     pub https_port: u16,
@@ -61,14 +82,6 @@ pub struct ProxyConfig {
     pub handshake_timeout: Duration,
     /// The access log: one line per request, in this format.
     pub access_log: AccessLog,
-    /// Where requests, connections, handshakes and tunnels are counted.
-    pub metrics: std::sync::Arc<portico_metrics::Metrics>,
-    /// What the process knows of targets' health: shared by its listeners, its active
-    /// checks and the API.
-    pub health: std::sync::Arc<balance::Health>,
-    /// Hosts' access policies' state (rate-limit buckets, verified passwords), shared by
-    /// the listeners.
-    pub access: std::sync::Arc<access::Guard>,
     /// Proxies in front of Portico (addresses or networks): from them, the client's address
     /// is read from `X-Forwarded-For` (for access lists, rate limits and `ip_hash`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -118,9 +131,6 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(30),
             access_log: AccessLog::Log,
-            metrics: std::sync::Arc::new(portico_metrics::Metrics::new()),
-            health: std::sync::Arc::default(),
-            access: std::sync::Arc::default(),
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             proxy_protocol_from: Vec::new(),

@@ -25,12 +25,12 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-use crate::ProxyConfig;
 use crate::forward::TargetClient;
 use crate::handler::{Client, Conn, Shared, handle};
 use crate::proxy_protocol;
 use crate::routes::Routes;
 use crate::server::{self, ConnectionCap, Watch};
+use crate::{ProxyConfig, ProxyState};
 
 /// A bound listener (plain HTTP or HTTPS), ready to [`serve`](HttpListener::serve).
 #[derive(Debug)]
@@ -67,16 +67,18 @@ impl HttpListener {
     pub async fn bind(
         addr: SocketAddr,
         config: ProxyConfig,
+        state: ProxyState,
         routes: Arc<Routes>,
         certs: Option<Arc<Certs>>,
     ) -> std::io::Result<Self> {
-        Self::bind_with(addr, config, routes, certs, None).await
+        Self::bind_with(addr, config, state, routes, certs, None).await
     }
 
     /// Binds an HTTPS listener on `addr`, serving the certificates `certs` resolves.
     pub async fn bind_tls(
         addr: SocketAddr,
         config: ProxyConfig,
+        state: ProxyState,
         routes: Arc<Routes>,
         certs: Arc<Certs>,
     ) -> std::io::Result<Self> {
@@ -91,12 +93,13 @@ impl HttpListener {
         // resume, where the default in-memory session cache keeps 256.
         base.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(std::io::Error::other)?;
         let tls = Arc::new(Tls { certs: certs.clone(), base });
-        Self::bind_with(addr, config, routes, Some(certs), Some(tls)).await
+        Self::bind_with(addr, config, state, routes, Some(certs), Some(tls)).await
     }
 
     async fn bind_with(
         addr: SocketAddr,
         config: ProxyConfig,
+        state: ProxyState,
         routes: Arc<Routes>,
         certs: Option<Arc<Certs>>,
         tls: Option<Arc<Tls>>,
@@ -105,8 +108,8 @@ impl HttpListener {
         let config = Arc::new(config);
         let tunnels = TaskTracker::new();
         let tunnel_shutdown = CancellationToken::new();
-        let upstream = TargetClient::new(config.clone(), tunnels.clone(), tunnel_shutdown.clone());
-        let shared = Arc::new(Shared { config, routes, upstream, certs });
+        let upstream = TargetClient::new(config.clone(), &state, tunnels.clone(), tunnel_shutdown.clone());
+        let shared = Arc::new(Shared { config, state, routes, upstream, certs });
         Ok(Self { listener, shared, tls, tunnels, tunnel_shutdown })
     }
 
@@ -132,7 +135,7 @@ impl HttpListener {
             move |mut stream, peer, watch| {
                 let (shared, tls, builder) = (shared.clone(), tls.clone(), builder.clone());
                 async move {
-                    let _open = portico_metrics::Open::new(&shared.config.metrics.connections_open);
+                    let _open = portico_metrics::Open::new(&shared.state.metrics.connections_open);
                     // Behind a balancer that speaks the PROXY protocol, the client is the one
                     // its header names (within the header-read deadline).
                     // Only the balancers listed may name the client; anyone else sending a
@@ -163,7 +166,7 @@ impl HttpListener {
                     let (io, conn) = match tls {
                         None => (Either::Left(stream), Conn::Plain),
                         Some(tls) => {
-                            let hello = handshake(&tls, stream, peer, &shared.config, &watch);
+                            let hello = handshake(&tls, stream, peer, &shared, &watch);
                             let Some((stream, conn)) = hello.await else {
                                 return;
                             };
@@ -192,11 +195,11 @@ async fn handshake(
     tls: &Tls,
     stream: TcpStream,
     peer: SocketAddr,
-    config: &ProxyConfig,
+    shared: &Shared,
     watch: &Watch,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Conn)> {
     let accepted = std::time::Instant::now();
-    let metrics = &config.metrics;
+    let (config, metrics) = (&shared.config, &shared.state.metrics);
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let hello_by = tokio::time::Instant::now() + config.header_read_timeout.min(config.handshake_timeout);
     let hello = tokio::time::timeout_at(hello_by, LazyConfigAcceptor::new(Acceptor::default(), stream));
