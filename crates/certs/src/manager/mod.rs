@@ -1,0 +1,317 @@
+//! The certificate manager, [`Certs`]: what a handshake is served, and how a certificate is
+//! obtained. Its seams are its modules: `policy` (which names get one, and the plan of an
+//! issuance), `cache` (memory and store), `gate` (budgets, caps, backoff), `issue` (flights,
+//! leases, the issuer's order and its recorded progress), `follow` (other nodes' changes).
+//! This module holds the struct, its settings, the handshake's path (`resolve`) and the
+//! entry points the renewal scheduler and the API use.
+//!
+//! Names under wildcard patterns are chosen by whoever sends a ClientHello, so they get a
+//! budget of their own: a rate apart from the one explicit hosts and renewals share (each
+//! has its own), and caps on how many certificates one pattern and one registered domain
+//! hold. They are renewed only when used since they were issued. All of it is checked in
+//! memory before any store write, and refusals are logged once per name a minute.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use portico_model::Hostname;
+use portico_store::{Followed, Key, Kind, Store, Subscription, keys};
+use tokio_util::sync::CancellationToken;
+
+use crate::internal::make_fallback;
+use crate::status::CertState;
+use crate::{
+    CertError, DnsAccount, IssueError, Issuer, Loaded, Plan, Progress, SolverKind, Step, StoredCert, load_or_create,
+    now_secs,
+};
+
+mod cache;
+mod follow;
+mod gate;
+mod issue;
+mod policy;
+
+use cache::Cached;
+use gate::{Budget, Held, Mode, Refused};
+pub use policy::{NamePolicy, Owner, covering_wildcard};
+
+/// Tunables of issuance and renewal.
+#[derive(Debug, Clone)]
+pub struct CertSettings {
+    /// Renew when this fraction of a certificate's lifetime remains.
+    pub renew_remaining_ratio: f64,
+    /// Longest one issuance may take before it counts as failed.
+    pub issue_timeout: Duration,
+    /// First failure backoff; it doubles per consecutive failure...
+    pub backoff_min: Duration,
+    /// ...up to this.
+    pub backoff_max: Duration,
+    /// Issuances started per minute by this process for explicit hosts, and apart from them
+    /// for renewals (protects the CA account).
+    pub max_issuances_per_minute: usize,
+    /// Issuances started per minute for names under wildcard patterns: a budget of their own,
+    /// so a flood of made-up names never holds up an explicit host or a renewal.
+    pub max_pattern_issuances_per_minute: usize,
+    /// Certificates held at once for names under one wildcard pattern.
+    pub max_certs_per_pattern: usize,
+    /// Certificates held at once for names under wildcard patterns in one registered domain
+    /// (Let's Encrypt issues 50 new certificates per registered domain a week).
+    pub max_certs_per_domain: usize,
+    /// Where decisions, certificates' state and jobs are counted.
+    pub metrics: Arc<portico_metrics::Metrics>,
+}
+
+impl Default for CertSettings {
+    fn default() -> Self {
+        Self {
+            renew_remaining_ratio: 1.0 / 3.0,
+            issue_timeout: Duration::from_secs(90),
+            backoff_min: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(6 * 3600),
+            max_issuances_per_minute: 60,
+            max_pattern_issuances_per_minute: 20,
+            max_certs_per_pattern: 20,
+            max_certs_per_domain: 50,
+            metrics: Arc::new(portico_metrics::Metrics::new()),
+        }
+    }
+}
+
+/// Certificates for the TLS acceptor; see the crate documentation.
+pub struct Certs {
+    store: Arc<dyn Store>,
+    issuer: Arc<dyn Issuer>,
+    policy: Arc<dyn NamePolicy>,
+    settings: CertSettings,
+    cache: RwLock<HashMap<String, Arc<Cached>>>,
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Issuances started in the last minute, per budget.
+    started: Mutex<HashMap<Budget, VecDeque<Instant>>>,
+    /// Names under wildcard patterns that hold a certificate.
+    held: Mutex<HashMap<String, Held>>,
+    /// When a refusal was last logged, per name.
+    quiet: Mutex<HashMap<String, Instant>>,
+    /// Explicit names found without a stored certificate to take on: looked for once per
+    /// process, not at every sweep.
+    looked_for: Mutex<HashSet<String>>,
+    fallback: Arc<Loaded>,
+}
+
+impl fmt::Debug for Certs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certs").field("issuer", &self.issuer.kind()).finish_non_exhaustive()
+    }
+}
+
+impl Certs {
+    /// A manager over `store`, issuing with `issuer` for the names `policy` allows. Reads (or
+    /// makes, once) the fallback certificate.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        issuer: Arc<dyn Issuer>,
+        policy: Arc<dyn NamePolicy>,
+        settings: CertSettings,
+    ) -> Result<Arc<Self>, CertError> {
+        let fallback = load_or_create(store.as_ref(), &keys::fallback_cert(), async || make_fallback()).await?;
+        let fallback = Arc::new(StoredCert::from_json(&fallback)?.load()?);
+        let certs = Self {
+            store,
+            issuer,
+            policy,
+            settings,
+            cache: RwLock::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
+            started: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            quiet: Mutex::new(HashMap::new()),
+            looked_for: Mutex::default(),
+            fallback,
+        };
+        for name in certs.store.keys(Kind::Cert).await? {
+            if let Some(owner) = certs.owner(&name) {
+                certs.hold(&name, &owner);
+            }
+        }
+        Ok(Arc::new(certs))
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The answer to an ACME HTTP-01 request for `name`, if a challenge is pending (any node
+    /// may have published it).
+    pub async fn http01_answer(&self, name: &str, token: &str) -> Result<Option<String>, CertError> {
+        crate::challenge::http01_answer(self.store.as_ref(), name, token).await
+    }
+
+    /// The certificate answering a TLS-ALPN-01 validation for `name`, if a challenge is
+    /// pending.
+    pub async fn tls_alpn01_cert(&self, name: &str) -> Result<Option<Arc<rustls::sign::CertifiedKey>>, CertError> {
+        crate::challenge::tls_alpn01_cert(self.store.as_ref(), name).await
+    }
+
+    /// The issuer's kind (`acme`, `internal`).
+    pub fn issuer_kind(&self) -> &'static str {
+        self.issuer.kind()
+    }
+
+    /// The fallback certificate: self-signed, for no real name.
+    pub fn fallback(&self) -> &Arc<Loaded> {
+        &self.fallback
+    }
+
+    /// The certificate to serve for a ClientHello's SNI: memory → store → gate → issuance.
+    /// `None` means the fallback certificate: no SNI, or the name is an IP literal, unknown, or
+    /// failing.
+    pub async fn resolve(&self, sni: Option<&str>) -> Option<Arc<Loaded>> {
+        let name = Hostname::parse(sni?).ok()?;
+        let name = name.as_str();
+        if name.parse::<IpAddr>().is_ok() {
+            return None;
+        }
+        if let Some(cached) = self.cached_entry(name) {
+            if !cached.used.swap(true, Ordering::Relaxed) {
+                self.mark_used(name);
+            }
+            self.settings.metrics.decision("memory");
+            return Some(cached.loaded.clone());
+        }
+        // A wildcard certificate in memory that covers the name (one the seed stored as
+        // `*.zone:latest`).
+        if let Some(wildcard) = covering_wildcard(name)
+            && let Some(cached) = self.cached_entry(&wildcard)
+            && cached.loaded.meta.covers(name)
+        {
+            self.settings.metrics.decision("memory");
+            return Some(cached.loaded.clone());
+        }
+        let Some(owner) = self.policy.owner(name) else {
+            tracing::debug!(name, "no host matches this name: serving the fallback certificate");
+            self.settings.metrics.decision("unknown_name");
+            return None;
+        };
+        let (cert, owner) = match self.cert_for(name, &owner).await {
+            Ok(planned) => planned,
+            Err(e) => {
+                tracing::warn!(name, error = %e, "cannot plan a certificate: serving the fallback certificate");
+                return None;
+            }
+        };
+        if cert != name
+            && let Some(cached) = self.cached_entry(&cert)
+        {
+            self.settings.metrics.decision("memory");
+            return Some(cached.loaded.clone());
+        }
+        match self.obtain(&cert, Mode::OnDemand, &owner).await {
+            Ok(loaded) => Some(loaded),
+            Err(e) => {
+                self.settings.metrics.decision(e.label());
+                self.log_refusal(name, &e);
+                None
+            }
+        }
+    }
+
+    /// Issues a new certificate for `name` now, whatever its state (the API's renew).
+    pub async fn renew_now(&self, name: &str) -> Result<Arc<Loaded>, CertError> {
+        let owner = self.policy.owner(name).unwrap_or(Owner { pattern: name.to_owned(), explicit: true });
+        self.obtain(name, Mode::Forced, &owner).await.map_err(refused_to_error)
+    }
+
+    /// Renews `name` if it is (still) due; used by the renewal scheduler.
+    pub(crate) async fn renew_due(&self, name: &str, owner: &Owner) -> Result<Arc<Loaded>, CertError> {
+        self.obtain(name, Mode::Renewal, owner).await.map_err(refused_to_error)
+    }
+
+    /// The stored state of `name`'s certificate.
+    pub async fn state(&self, name: &str) -> Result<Option<CertState>, CertError> {
+        Ok(self.store.record(Kind::Cert, name).await?.map(|f| CertState::from_fields(&f)))
+    }
+
+    /// Asks the CA for `name`'s renewal window (ARI) and moves the next attempt into it, at a
+    /// random moment, when that is earlier. Returns the state as stored.
+    pub(crate) async fn consult_ari(&self, name: &str) -> Result<CertState, CertError> {
+        let now = now_secs();
+        let window = match self.store.blob(&keys::cert_latest(name)).await? {
+            Some(bytes) => match self.issuer.renewal_window(&StoredCert::from_json(&bytes)?.leaf_der()?).await {
+                Ok(window) => window,
+                Err(e) => {
+                    tracing::debug!(name, error = %e, "cannot read the CA's renewal information");
+                    None
+                }
+            },
+            None => None,
+        };
+        // The state as it is now (an issuance may have finished meanwhile).
+        let mut state = self.state(name).await?.unwrap_or_default();
+        state.ari_checked = now;
+        if let Some((start, end)) = window {
+            let at = pick_in_window(start, end, fastrand::f64()).max(now);
+            if at < state.next_attempt {
+                tracing::info!(
+                    name,
+                    window_start = start,
+                    window_end = end,
+                    renew_at = at,
+                    "the CA's renewal window moves this renewal earlier"
+                );
+                state.next_attempt = at;
+            }
+        }
+        self.store.put(Kind::Cert, name, &state.to_fields()).await?;
+        Ok(state)
+    }
+
+    /// Removes `name`'s certificate and state (its host is gone and it has expired).
+    pub(crate) async fn remove(&self, name: &str) -> Result<(), CertError> {
+        self.store.delete_blob(&keys::cert_latest(name)).await?;
+        self.store.delete_blob(&keys::cert_used(name)).await?;
+        self.store.delete(Kind::Cert, name).await?;
+        self.forget(name);
+        self.unhold(name);
+        self.settings.metrics.forget_certificate(name);
+        Ok(())
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<portico_metrics::Metrics> {
+        &self.settings.metrics
+    }
+
+    /// The policy's explicit names.
+    pub(crate) fn explicit_names(&self) -> Vec<String> {
+        self.policy.explicit_names()
+    }
+}
+/// A moment in `[start, end)` chosen by `unit` (uniform in `[0, 1)`), as RFC 9773 asks of
+/// clients so that renewals spread over the window; `start` when the window is empty.
+fn pick_in_window(start: i64, end: i64, unit: f64) -> i64 {
+    start + ((end - start).max(0) as f64 * unit.clamp(0.0, 1.0)) as i64
+}
+
+fn refused_to_error(refused: Refused) -> CertError {
+    match refused {
+        Refused::Failed(e) => e,
+        other => CertError::Issue(IssueError::local(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_in_window;
+
+    #[test]
+    fn renewal_moments_spread_over_the_window() {
+        assert_eq!(pick_in_window(100, 200, 0.0), 100);
+        assert_eq!(pick_in_window(100, 200, 0.5), 150);
+        assert!(pick_in_window(100, 200, 0.999_999) < 200);
+        assert_eq!(pick_in_window(100, 50, 0.7), 100, "an empty window means its start");
+    }
+}
