@@ -259,14 +259,14 @@ pub async fn renew(State(api): State<Api>, _caller: Caller, Path(item): Path<Str
     };
     let names = certs.certificates_of(&host.host).await.map_err(|e| match e {
         portico_certs::CertError::Store(e) => ApiError::Store(e),
-        other => ApiError::Upstream(other.to_string()),
+        other => ApiError::Upstream(portico_model::report::chain(&other)),
     })?;
     let mut results = Vec::new();
     let mut failures = Vec::new();
     for name in names {
         match certs.renew_now(&name).await {
             Ok(loaded) => results.push(json!({ "name": name, "not_after": loaded.meta.not_after * 1000 })),
-            Err(e) => failures.push(format!("{name}: {e}")),
+            Err(e) => failures.push(format!("{name}: {}", portico_model::report::chain(&e))),
         }
     }
     if !failures.is_empty() {

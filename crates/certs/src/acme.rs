@@ -159,7 +159,7 @@ impl AcmeIssuer {
     fn http_client(&self) -> Result<Box<dyn instant_acme::HttpClient>, IssueError> {
         let mut roots = rustls::RootCertStore::empty();
         for path in &self.settings.ca_roots {
-            for cert in read_roots(path).map_err(|e| IssueError::local(e.to_string()))? {
+            for cert in read_roots(path).map_err(|e| IssueError::caused_by(&e))? {
                 roots.add(cert).map_err(|e| IssueError::local(format!("{}: {e}", path.display())))?;
             }
         }
@@ -193,12 +193,12 @@ impl AcmeIssuer {
                         .await
                         .map_err(acme_error)?;
                     tracing::info!(directory = %self.settings.directory, "ACME account created");
-                    serde_json::to_vec(&credentials).map_err(|e| CertError::Invalid(e.to_string()))
+                    serde_json::to_vec(&credentials).map_err(|e| CertError::make("the ACME account record", e))
                 })
                 .await
                 .map_err(|e| match e {
                     CertError::Issue(issue) => issue,
-                    other => IssueError::local(other.to_string()),
+                    other => IssueError::caused_by(&other),
                 })?;
                 let credentials: AccountCredentials = serde_json::from_slice(&made)
                     .map_err(|e| IssueError::local(format!("the stored ACME account does not parse: {e}")))?;
@@ -293,7 +293,7 @@ impl AcmeIssuer {
         order.finalize_csr(csr.der()).await.map_err(acme_error)?;
         let chain = order.poll_certificate(&polling()).await.map_err(acme_error)?;
         tracing::info!(name, "ACME certificate downloaded");
-        StoredCert::new(chain, key.serialize_pem()).map_err(|e| IssueError::local(e.to_string()))
+        StoredCert::new(chain, key.serialize_pem()).map_err(|e| IssueError::caused_by(&e))
     }
 
     /// The problem of the challenge that failed, as the CA reports it.
@@ -382,19 +382,25 @@ impl<C: instant_acme::HttpClient> instant_acme::HttpClient for Deadline<C> {
 }
 
 fn decode_hmac(key: &str) -> Result<Vec<u8>, CertError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(key.trim_end_matches('='))
-        .map_err(|_| CertError::Invalid("tls.acme_eab_hmac_key is not base64url".into()))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key.trim_end_matches('=')).map_err(|e| CertError::Setting {
+        key: "tls.acme_eab_hmac_key",
+        problem: "not base64url".into(),
+        source: Some(e.into()),
+    })
 }
 
 fn read_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| CertError::Invalid(format!("tls.acme_ca_roots: cannot read {}: {e}", path.display())))?;
+    let setting = |problem: String, source: Option<crate::Cause>| CertError::Setting {
+        key: "tls.acme_ca_roots",
+        problem,
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(|e| setting(format!("cannot read {}", path.display()), Some(e.into())))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| CertError::Invalid(format!("tls.acme_ca_roots: {} is not PEM: {e}", path.display())))?;
+        .map_err(|e| setting(format!("{} is not PEM", path.display()), Some(e.into())))?;
     if certs.is_empty() {
-        return Err(CertError::Invalid(format!("tls.acme_ca_roots: {} holds no certificate", path.display())));
+        return Err(setting(format!("{} holds no certificate", path.display()), None));
     }
     Ok(certs)
 }

@@ -39,7 +39,7 @@ pub async fn tls_alpn01_cert(store: &dyn Store, name: &str) -> Result<Option<Arc
         return Ok(None);
     };
     let mut params = CertificateParams::new(vec![name.to_owned()])
-        .map_err(|e| CertError::Invalid(format!("the name cannot go in a certificate: {e}")))?;
+        .map_err(|e| CertError::make(format!("a TLS-ALPN-01 certificate for {name}"), e))?;
     params.custom_extensions = vec![CustomExtension::new_acme_identifier(&digest)];
     let (cert_pem, key_pem) = self_signed(&params, "the TLS-ALPN-01 certificate")?;
     Ok(Some(StoredCert::new(cert_pem, key_pem)?.load()?.key))

@@ -44,8 +44,7 @@ impl InternalCa {
         self.root
             .get_or_try_init(|| async {
                 let bytes = load_or_create(self.store.as_ref(), &keys::internal_ca(), async || make_root()).await?;
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| CertError::Invalid(format!("the stored internal CA does not parse: {e}")))
+                serde_json::from_slice(&bytes).map_err(|e| CertError::unusable("the stored internal CA", e))
             })
             .await
     }
@@ -59,7 +58,7 @@ fn make_root() -> Result<Vec<u8>, CertError> {
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     ten_years(&mut params);
     let (cert_pem, key_pem) = self_signed(&params, "the internal CA")?;
-    serde_json::to_vec(&Root { cert_pem, key_pem }).map_err(|e| CertError::Invalid(e.to_string()))
+    serde_json::to_vec(&Root { cert_pem, key_pem }).map_err(|e| CertError::make("the internal CA record", e))
 }
 
 /// Valid from an hour ago for ten years (the root and the fallback certificate).
@@ -72,7 +71,7 @@ fn ten_years(params: &mut CertificateParams) {
 /// A new key and a certificate for it that it signs itself, both PEM. `what` names it in
 /// errors.
 pub(crate) fn self_signed(params: &CertificateParams, what: &str) -> Result<(String, String), CertError> {
-    let invalid = |e: rcgen::Error| CertError::Invalid(format!("cannot make {what}: {e}"));
+    let invalid = |e: rcgen::Error| CertError::make(what, e);
     let key = KeyPair::generate().map_err(invalid)?;
     let cert = params.self_signed(&key).map_err(invalid)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -86,7 +85,7 @@ impl Issuer for InternalCa {
 
     async fn issue(&self, plan: &Plan, _progress: &dyn Progress) -> Result<StoredCert, IssueError> {
         let name = plan.cert.as_str();
-        let root = self.root().await.map_err(|e| IssueError::local(e.to_string()))?;
+        let root = self.root().await.map_err(|e| IssueError::caused_by(&e))?;
         let failed = |e: rcgen::Error| IssueError::local(format!("the internal CA cannot sign: {e}"));
         let ca_key = KeyPair::from_pem(&root.key_pem).map_err(failed)?;
         let issuer = rcgen::Issuer::from_ca_cert_pem(&root.cert_pem, ca_key).map_err(failed)?;
@@ -97,7 +96,7 @@ impl Issuer for InternalCa {
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = now + time::Duration::seconds(self.leaf_lifetime.as_secs() as i64);
         let cert = params.signed_by(&key, &issuer).map_err(failed)?;
-        StoredCert::new(cert.pem(), key.serialize_pem()).map_err(|e| IssueError::local(e.to_string()))
+        StoredCert::new(cert.pem(), key.serialize_pem()).map_err(|e| IssueError::caused_by(&e))
     }
 }
 
@@ -105,7 +104,7 @@ impl Issuer for InternalCa {
 /// and for names that get no certificate of their own.
 pub(crate) fn make_fallback() -> Result<Vec<u8>, CertError> {
     let mut params = CertificateParams::new(vec!["portico.invalid".to_owned()])
-        .map_err(|e| CertError::Invalid(format!("cannot make the fallback certificate: {e}")))?;
+        .map_err(|e| CertError::make("the fallback certificate", e))?;
     params.distinguished_name.push(DnType::CommonName, "Portico fallback certificate");
     ten_years(&mut params);
     let (cert_pem, key_pem) = self_signed(&params, "the fallback certificate")?;

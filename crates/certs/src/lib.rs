@@ -31,18 +31,69 @@ pub use portico_dns::Endpoints as DnsEndpoints;
 pub use portico_dns::client_tls;
 pub use stored::{Loaded, Meta, StoredCert};
 
-/// Something went wrong with a certificate.
+/// The cause of an error, kept as it came (its text is read with
+/// [`portico_model::report::chain`] when logged or written into a certificate's
+/// `last_error`).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Something went wrong with a certificate: a kind, and the cause where there is one.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CertError {
-    /// Stored or issued material does not parse.
-    #[error("{0}")]
-    Invalid(String),
+    /// Material (a stored certificate, its key or chain, the internal CA) does not parse or
+    /// cannot be used.
+    #[error("{what} is not usable")]
+    Unusable {
+        /// What it is.
+        what: &'static str,
+        /// Why not.
+        #[source]
+        source: Cause,
+    },
+    /// A certificate, key or record could not be made.
+    #[error("cannot make {what}")]
+    Make {
+        /// What it is.
+        what: String,
+        /// Why not.
+        #[source]
+        source: Cause,
+    },
+    /// A setting is wrong.
+    #[error("{key}: {problem}")]
+    Setting {
+        /// The setting's key.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+        /// The error behind it, if any.
+        #[source]
+        source: Option<Cause>,
+    },
+    /// Another process holds a lock for longer than one may wait.
+    #[error("another process holds {lock} for too long")]
+    Busy {
+        /// The lock.
+        lock: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Issuance failed.
     #[error(transparent)]
     Issue(#[from] IssueError),
+}
+
+impl CertError {
+    /// `what` does not parse or cannot be used, because of `source`.
+    pub fn unusable(what: &'static str, source: impl Into<Cause>) -> Self {
+        Self::Unusable { what, source: source.into() }
+    }
+
+    /// `what` could not be made, because of `source`.
+    pub fn make(what: impl Into<String>, source: impl Into<Cause>) -> Self {
+        Self::Make { what: what.into(), source: source.into() }
+    }
 }
 
 /// Why an issuance failed: an ACME problem (its type and detail), or something local.
@@ -58,6 +109,11 @@ impl IssueError {
     /// A failure without an ACME problem document.
     pub fn local(detail: impl Into<String>) -> Self {
         Self { problem: None, detail: detail.into() }
+    }
+
+    /// A local failure from an error and its causes, as the text `last_error` keeps.
+    pub fn caused_by(e: &(dyn std::error::Error + 'static)) -> Self {
+        Self::local(portico_model::report::chain(e))
     }
 }
 
@@ -202,7 +258,7 @@ pub(crate) async fn load_or_create(
             return Ok(existing);
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(CertError::Invalid(format!("another process holds {lock} for too long")));
+            return Err(CertError::Busy { lock: lock.to_string() });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -93,7 +93,7 @@ pub async fn run(certs: Arc<Certs>, interval: Duration, shutdown: CancellationTo
         // certificate.
         let swept = certs.metrics().run_job("renewal", sweep(&certs)).await;
         if let Err(e) = swept {
-            tracing::warn!(error = %e, "the renewal sweep failed; it runs again at the next interval");
+            tracing::warn!(error = %portico_model::report::chain(&e), "the renewal sweep failed; it runs again at the next interval");
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

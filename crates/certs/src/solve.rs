@@ -74,10 +74,7 @@ impl Solver for StoreSolver {
                     (keys::tls_alpn01(&answer.name), answer.key_authorization.digest().as_ref().to_vec())
                 }
             };
-            self.store
-                .put_blob(&key, &value, Some(CHALLENGE_TTL))
-                .await
-                .map_err(|e| IssueError::local(e.to_string()))?;
+            self.store.put_blob(&key, &value, Some(CHALLENGE_TTL)).await.map_err(|e| IssueError::caused_by(&e))?;
             self.published.lock().unwrap_or_else(|e| e.into_inner()).push(key);
             tracing::info!(name = answer.name, challenge = self.kind.as_str(), "ACME challenge ready");
         }

@@ -38,7 +38,7 @@ impl StoredCert {
 
     /// Parses the stored JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Self, CertError> {
-        serde_json::from_slice(bytes).map_err(|e| CertError::Invalid(format!("a stored certificate is not valid: {e}")))
+        serde_json::from_slice(bytes).map_err(|e| CertError::unusable("a stored certificate", e))
     }
 
     /// The JSON to store.
@@ -56,9 +56,9 @@ impl StoredCert {
         let chain = chain(&self.fullchain_pem)?;
         let meta = Meta::of(&chain[0])?;
         let key = PrivateKeyDer::from_pem_slice(self.privkey_pem.as_bytes())
-            .map_err(|e| CertError::Invalid(format!("the private key's PEM does not parse: {e}")))?;
+            .map_err(|e| CertError::unusable("the private key's PEM", e))?;
         let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-            .map_err(|e| CertError::Invalid(format!("the private key is not usable: {e}")))?;
+            .map_err(|e| CertError::unusable("the private key", e))?;
         Ok(Loaded { key: Arc::new(CertifiedKey::new(chain, signing)), meta })
     }
 }
@@ -67,9 +67,9 @@ impl StoredCert {
 fn chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| CertError::Invalid(format!("the chain's PEM does not parse: {e}")))?;
+        .map_err(|e| CertError::unusable("the chain's PEM", e))?;
     if chain.is_empty() {
-        return Err(CertError::Invalid("the chain has no certificate".into()));
+        return Err(CertError::unusable("the chain", "it holds no certificate"));
     }
     Ok(chain)
 }
@@ -106,8 +106,7 @@ impl Meta {
 
     /// Reads a DER certificate.
     pub fn of(der: &[u8]) -> Result<Self, CertError> {
-        let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|e| CertError::Invalid(format!("the certificate does not parse: {e}")))?;
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::unusable("the certificate", e))?;
         let names = cert
             .subject_alternative_name()
             .ok()
@@ -162,6 +161,18 @@ pub fn pem_block(label: &str, der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unusable_certificate_says_what_it_is_and_keeps_why() {
+        let e = StoredCert::from_json(b"{not json").unwrap_err();
+        assert!(matches!(e, CertError::Unusable { what: "a stored certificate", .. }), "{e:?}");
+        let cause = std::error::Error::source(&e).expect("the parser's error is kept");
+        assert!(cause.downcast_ref::<serde_json::Error>().is_some(), "{cause:?}");
+        let text = portico_model::report::chain(&e);
+        assert!(text.starts_with("a stored certificate is not usable: key must be a string"), "{text}");
+        let e = StoredCert::new("no PEM here".into(), String::new()).and_then(|s| s.load()).unwrap_err();
+        assert!(matches!(e, CertError::Unusable { .. }), "{e:?}");
+    }
 
     fn meta(names: &[&str]) -> Meta {
         Meta {

@@ -62,7 +62,7 @@ impl Certs {
             Ok(loaded) if loaded.meta.not_after > now_secs() => Ok(Some(Arc::new(loaded))),
             Ok(_) => Ok(None),
             Err(e) => {
-                tracing::warn!(name, error = %e, "the stored certificate is unusable; a new one will be issued");
+                tracing::warn!(name, error = %chain(&e), "the stored certificate is unusable; a new one will be issued");
                 Ok(None)
             }
         }
@@ -73,7 +73,7 @@ impl Certs {
         match self.stored(name).await {
             Ok(Some(loaded)) => self.remember(name, loaded),
             Ok(None) => self.forget(name),
-            Err(e) => tracing::warn!(name, error = %e, "cannot re-read a certificate"),
+            Err(e) => tracing::warn!(name, error = %chain(&e), "cannot re-read a certificate"),
         }
     }
 

@@ -136,7 +136,7 @@ impl Certs {
         }
         quiet.insert(name.to_owned(), now);
         drop(quiet);
-        tracing::info!(name, reason = %refused, "no certificate for this name: serving the fallback certificate");
+        tracing::info!(name, reason = %chain(refused), "no certificate for this name: serving the fallback certificate");
     }
 
     /// The budget an issuance of `name` in `mode` draws on.

@@ -155,9 +155,9 @@ impl Certs {
             Err(_) => Err(IssueError::local(format!("issuance took longer than {:?}", self.settings.issue_timeout))),
         };
         let now = now_secs();
-        match issued.and_then(|stored| {
-            stored.load().map(|l| (stored, Arc::new(l))).map_err(|e| IssueError::local(e.to_string()))
-        }) {
+        match issued
+            .and_then(|stored| stored.load().map(|l| (stored, Arc::new(l))).map_err(|e| IssueError::caused_by(&e)))
+        {
             Ok((stored, loaded)) => {
                 self.store
                     .put_blob(&keys::cert_latest(name), &stored.to_json(), None)
@@ -224,7 +224,7 @@ impl Certs {
             Ok(Some(_)) => {}
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!(pattern, error = %e, "cannot look for the DNS provider of a wildcard host");
+                tracing::warn!(pattern, error = %chain(&e), "cannot look for the DNS provider of a wildcard host");
                 return;
             }
         }

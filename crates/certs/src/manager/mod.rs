@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use portico_model::Hostname;
+use portico_model::report::chain;
 use portico_store::{Followed, Key, Kind, Store, Subscription, keys};
 use tokio_util::sync::CancellationToken;
 
@@ -199,7 +200,7 @@ impl Certs {
         let (cert, owner) = match self.cert_for(name, &owner).await {
             Ok(planned) => planned,
             Err(e) => {
-                tracing::warn!(name, error = %e, "cannot plan a certificate: serving the fallback certificate");
+                tracing::warn!(name, error = %chain(&e), "cannot plan a certificate: serving the fallback certificate");
                 return None;
             }
         };
@@ -299,7 +300,7 @@ fn pick_in_window(start: i64, end: i64, unit: f64) -> i64 {
 fn refused_to_error(refused: Refused) -> CertError {
     match refused {
         Refused::Failed(e) => e,
-        other => CertError::Issue(IssueError::local(other.to_string())),
+        other => CertError::Issue(IssueError::caused_by(&other)),
     }
 }
 
