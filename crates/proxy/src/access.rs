@@ -122,8 +122,12 @@ pub struct Asking<'a> {
     pub pattern: &'a Arc<str>,
     /// The client's address.
     pub client: IpAddr,
-    /// Method, URI and headers.
-    pub parts: &'a http::request::Parts,
+    /// The request's method.
+    pub method: &'a http::Method,
+    /// The request's URI.
+    pub uri: &'a http::Uri,
+    /// The request's headers.
+    pub headers: &'a http::HeaderMap,
     /// `http` or `https`.
     pub scheme: Scheme,
     /// The authority it was routed by.
@@ -156,7 +160,7 @@ impl Guard {
             return Verdict::Answer(answer);
         }
         if !access.basic_auth.is_empty() {
-            match self.authorized(&asking.parts.headers, asking.client, asking.pattern, &access.basic_auth).await {
+            match self.authorized(asking.headers, asking.client, asking.pattern, &access.basic_auth).await {
                 Credentials::Right => {}
                 Credentials::Wrong => {
                     let what = "this host needs a user name and password";
@@ -316,18 +320,17 @@ static AUTH_FAILURES_SAID: portico_model::limiter::Rarely =
 
 /// One forward-auth request, on a kept-alive connection to the service.
 async fn ask(auth: &ForwardAuth, asking: &Asking<'_>) -> Result<Verdict, BoxError> {
-    let parts = asking.parts;
-    let mut request = Request::builder().method(parts.method.clone()).uri(auth.request_uri.clone());
+    let mut request = Request::builder().method(asking.method.clone()).uri(auth.request_uri.clone());
     let headers = request.headers_mut().ok_or("a request without headers")?;
     // The request's own headers, but for the connection's and the body's (there is none).
-    headers.extend(parts.headers.iter().map(|(name, value)| (name.clone(), value.clone())));
+    headers.extend(asking.headers.iter().map(|(name, value)| (name.clone(), value.clone())));
     strip_hop_by_hop(headers);
     for name in [header::CONTENT_LENGTH, header::EXPECT] {
         headers.remove(name);
     }
     headers.insert(header::HOST, HeaderValue::from_str(auth.target.authority())?);
-    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    headers.insert("x-forwarded-method", HeaderValue::from_str(parts.method.as_str())?);
+    let uri = asking.uri.path_and_query().map_or("/", |p| p.as_str());
+    headers.insert("x-forwarded-method", HeaderValue::from_str(asking.method.as_str())?);
     headers.insert("x-forwarded-uri", HeaderValue::from_str(uri)?);
     headers.insert("x-forwarded-host", HeaderValue::from_str(asking.authority)?);
     headers.insert("x-forwarded-proto", HeaderValue::from_static(asking.scheme.as_str()));

@@ -1,18 +1,22 @@
-//! One request, from arrival to response: host normalisation, routing, redirect, forward.
+//! One request, from arrival to response: what is about the proxy itself, the host
+//! normalised and looked up, then the routed request's phases (`Phase`: ACME HTTP-01,
+//! body size, `forcessl`, client address, access, forward), each one function over the
+//! `Exchange`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
+use portico_certs::Certs;
 use portico_certs::challenge::HTTP01_PREFIX;
-use portico_certs::{Certs, Loaded};
-use portico_model::Hostname;
+use portico_model::{Host, Hostname};
 
 use crate::access::{Asking, Verdict};
+use crate::conn::{Client, Conn};
 use crate::forward::{Origin, Routed, Scheme, TargetClient, X_REQUEST_ID};
 use crate::response::{ALLOWED_METHODS, AccessEntry, LoggedBody, ProxyBody, ProxyError, chain, redirect, text};
 use crate::routes::Routes;
@@ -31,44 +35,6 @@ pub struct Shared {
     pub upstream: TargetClient,
     /// Certificates (HTTP-01 answers on plain HTTP), when TLS is managed.
     pub certs: Option<Arc<Certs>>,
-}
-
-/// Who a request's connection is from and how it is secured: made once per connection.
-#[derive(Debug)]
-pub struct Client {
-    /// The peer's address.
-    pub peer: SocketAddr,
-    /// The peer's IP address as the forwarded headers write it.
-    pub ip: HeaderValue,
-    /// Plain or TLS.
-    pub conn: Conn,
-}
-
-impl Client {
-    /// The client at `peer` on `conn`.
-    pub fn new(peer: SocketAddr, conn: Conn) -> Self {
-        let ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string());
-        // An IP address is always a valid header value.
-        Self { peer, ip: ip.unwrap_or(HeaderValue::from_static("-")), conn }
-    }
-}
-
-/// What a request's connection is.
-#[derive(Debug, Clone)]
-pub enum Conn {
-    /// Plain HTTP.
-    Plain,
-    /// TLS, set up with this certificate (`None`: the fallback, which covers no name).
-    Tls(Option<Arc<Loaded>>),
-}
-
-impl Conn {
-    fn scheme(&self) -> Scheme {
-        match self {
-            Self::Plain => Scheme::Http,
-            Self::Tls(_) => Scheme::Https,
-        }
-    }
 }
 
 /// Answers one request. Never fails: errors become small pages with the request id.
@@ -146,17 +112,17 @@ fn valid_request_id(id: &[u8]) -> bool {
         && id.iter().copied().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// The request's phases, in order: normalise the host → look up → ACME HTTP-01 answer →
-/// `forcessl` redirect → the client's address → access (hosts with a policy) → choose a
-/// target → forward. The caller observes the outcome (access log, metrics) from `entry`.
+/// Routes a request: first what is about the proxy itself (answered here, never
+/// forwarded), then the host normalised, the 421 check and the lookup, then the routed
+/// request's [`Phase`]s in order. The caller observes the outcome (access log, metrics) from
+/// `entry`.
 async fn route(
     shared: &Shared,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     authority: Option<&str>,
     client: &Client,
     entry: &mut AccessEntry,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    // Requests about the proxy itself, not for a host: answered here, never forwarded.
     if request.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
@@ -166,7 +132,6 @@ async fn route(
     let authority = authority.ok_or(ProxyError::MissingHost)?;
     let name = Hostname::from_authority(authority).map_err(ProxyError::InvalidHost)?;
     entry.host = name.to_string();
-    let scheme = client.conn.scheme();
     if let Conn::Tls(cert) = &client.conn
         && !cert.as_ref().is_some_and(|c| c.meta.covers(name.as_str()))
     {
@@ -174,71 +139,194 @@ async fn route(
     }
     let table = shared.routes.snapshot();
     let (pattern, host) = table.lookup(name.as_str()).ok_or(ProxyError::UnknownHost)?;
-    entry.pattern = Some(pattern.shared());
-    // An ACME HTTP-01 request, for a name a host matches (only those get certificates): no
-    // store read for any other name. Boxed: a store read, rare, and large beside the rest of
-    // a request's future.
-    if matches!(client.conn, Conn::Plain)
-        && let Some(answer) = Box::pin(acme_http01(shared, &name, entry.path.as_str())).await
-    {
-        return Ok(text(answer));
+    let pattern = pattern.shared();
+    entry.pattern = Some(pattern.clone());
+    let mut x = Exchange {
+        shared,
+        client,
+        request: Some(request),
+        entry,
+        authority,
+        client_ip: client.peer.ip(),
+        scheme: client.conn.scheme(),
+        name,
+        host,
+        pattern,
+    };
+    for phase in Phase::ALL {
+        if let Some(answer) = x.run(phase).await? {
+            return Ok(answer);
+        }
     }
-    if let Some(length) =
-        request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
-    {
-        shared.state.metrics.request_body(length);
+    // The last phase forwards: it always answers.
+    Err(ProxyError::AllTargetsDown)
+}
+
+/// A routed request on its way through the phases, and what the earlier ones found.
+struct Exchange<'a> {
+    shared: &'a Shared,
+    client: &'a Client,
+    /// The request, until the last phase sends it on.
+    request: Option<Request<Incoming>>,
+    entry: &'a mut AccessEntry,
+    /// The authority it was routed by, as sent.
+    authority: &'a str,
+    /// Its normalised host name.
+    name: Hostname,
+    scheme: Scheme,
+    /// The host it routed to, and by which pattern.
+    host: &'a Arc<Host>,
+    pattern: Arc<str>,
+    /// The client's address: the peer's, or whom a trusted proxy says it forwards.
+    client_ip: IpAddr,
+}
+
+/// What a phase does with a request: answers it (`Some`), lets it go on (`None`), or fails
+/// it.
+type Outcome = Result<Option<Response<ProxyBody>>, ProxyError>;
+
+/// A routed request's phases, in the order they run; each is one function taking the
+/// [`Exchange`] and giving an [`Outcome`].
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// An ACME HTTP-01 request for a name a host matches (only those get certificates).
+    Acme,
+    /// The request body's declared size, counted.
+    Measure,
+    /// `forcessl`: plain HTTP redirected to HTTPS.
+    ForceSsl,
+    /// The client's address, from the peer or a trusted proxy's `X-Forwarded-For`.
+    ClientAddress,
+    /// The host's access policy: address lists, rate limit, basic auth, forward auth.
+    Access,
+    /// A target chosen by the host's policy, and the request forwarded to it.
+    Forward,
+}
+
+impl Phase {
+    const ALL: [Phase; 6] =
+        [Phase::Acme, Phase::Measure, Phase::ForceSsl, Phase::ClientAddress, Phase::Access, Phase::Forward];
+}
+
+impl Exchange<'_> {
+    async fn run(&mut self, phase: Phase) -> Outcome {
+        match phase {
+            // Boxed: a store read, rare, and large beside the rest of a request's future.
+            Phase::Acme => Box::pin(self.acme_http01()).await,
+            Phase::Measure => self.measure(),
+            Phase::ForceSsl => self.force_ssl(),
+            Phase::ClientAddress => self.client_address(),
+            Phase::Access => Box::pin(self.access()).await,
+            Phase::Forward => self.forward().await,
+        }
     }
-    if scheme == Scheme::Http && host.forcessl {
-        let port = match shared.config.https_port {
+
+    /// The answer to an ACME HTTP-01 request, when one is pending for this name (any node
+    /// may have published it): no store read for any other path or on HTTPS. Anything else
+    /// under the path goes on to the host's target.
+    async fn acme_http01(&mut self) -> Outcome {
+        let token = self.entry.path.as_str().strip_prefix(HTTP01_PREFIX);
+        let (Conn::Plain, Some(certs), Some(token)) = (&self.client.conn, &self.shared.certs, token) else {
+            return Ok(None);
+        };
+        match certs.http01_answer(self.name.as_str(), token).await {
+            Ok(Some(answer)) => {
+                tracing::info!(name = %self.name, "answered an ACME HTTP-01 challenge");
+                Ok(Some(text(answer)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::warn!(name = %self.name, error = %e, "cannot read an ACME HTTP-01 answer");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The size of the request's body, when it says (`Content-Length`), into the metrics.
+    fn measure(&mut self) -> Outcome {
+        let declared = self.request.as_ref().and_then(|r| r.headers().get(http::header::CONTENT_LENGTH));
+        if let Some(length) = declared.and_then(|v| v.to_str().ok()?.parse().ok()) {
+            self.shared.state.metrics.request_body(length);
+        }
+        Ok(None)
+    }
+
+    /// `forcessl`: a plain request is redirected to the same URL on HTTPS.
+    fn force_ssl(&mut self) -> Outcome {
+        if self.scheme != Scheme::Http || !self.host.forcessl {
+            return Ok(None);
+        }
+        let port = match self.shared.config.https_port {
             443 => String::new(),
             port => format!(":{port}"),
         };
-        return Ok(redirect(&format!("https://{name}{port}{}", entry.path)));
+        Ok(Some(redirect(&format!("https://{}{port}{}", self.name, self.entry.path))))
     }
-    let pattern = entry.pattern.clone().unwrap_or_else(|| pattern.shared());
-    // The client: the peer, or whom a trusted proxy in front says it forwards.
-    let config = &shared.config;
-    let client_ip = if config.trusted_proxies.is_empty() {
-        client.peer.ip()
-    } else {
-        portico_model::access::client_address(client.peer.ip(), request.headers(), &config.trusted_proxies)
-            .map_err(ProxyError::UnreadableForwardedFor)?
-    };
-    // Access: the host's address lists, rate limit, basic auth and forward auth.
-    if !host.access.is_open() {
-        let (mut parts, body) = request.into_parts();
+
+    /// The client: the peer, or whom a trusted proxy in front says it forwards.
+    fn client_address(&mut self) -> Outcome {
+        let (trusted, request) = (&self.shared.config.trusted_proxies, &self.request);
+        if let (false, Some(request)) = (trusted.is_empty(), request) {
+            self.client_ip = portico_model::access::client_address(self.client.peer.ip(), request.headers(), trusted)
+                .map_err(ProxyError::UnreadableForwardedFor)?;
+        }
+        Ok(None)
+    }
+
+    /// The host's access policy (hosts that have one): a refusal or a challenge answers;
+    /// a pass may set headers the service vouches for, replacing whatever the client sent.
+    async fn access(&mut self) -> Outcome {
+        let (Some(request), false) = (&mut self.request, self.host.access.is_open()) else { return Ok(None) };
         let asking = Asking {
-            pattern: &pattern,
-            client: client_ip,
-            parts: &parts,
-            scheme,
-            authority,
-            pool: shared.upstream.pool(),
-            timeout: config.upstream_timeout,
-            request_id: entry.request_id.to_str().unwrap_or("-"),
+            pattern: &self.pattern,
+            client: self.client_ip,
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+            scheme: self.scheme,
+            authority: self.authority,
+            pool: self.shared.upstream.pool(),
+            timeout: self.shared.config.upstream_timeout,
+            request_id: self.entry.request_id.to_str().unwrap_or("-"),
         };
-        match Box::pin(shared.state.access.check(host, &asking)).await {
-            Verdict::Answer(answer) => return Ok(answer),
+        match self.shared.state.access.check(self.host, &asking).await {
+            Verdict::Answer(answer) => Ok(Some(answer)),
             Verdict::Pass(headers) => {
-                // What the service vouches for replaces whatever the client sent.
                 for (name, value) in headers {
                     match value {
-                        Some(value) => parts.headers.insert(name, value),
-                        None => parts.headers.remove(name),
+                        Some(value) => request.headers_mut().insert(name, value),
+                        None => request.headers_mut().remove(name),
                     };
                 }
+                Ok(None)
             }
         }
-        request = Request::from_parts(parts, body);
     }
-    // Choose a target: the host's only one, or by its policy among those up.
-    let choice =
-        shared.upstream.health().choose(&pattern, host, client_ip, None).map_err(|_| ProxyError::AllTargetsDown)?;
-    entry.target = Some(choice.target(host).shared_authority());
-    let real_ip = (client_ip != client.peer.ip()).then(|| HeaderValue::from_str(&client_ip.to_string()).ok()).flatten();
-    let origin = Origin { client, scheme, authority, request_id: &entry.request_id, real_ip };
-    let routed = Routed { pattern: &pattern, host };
-    shared.upstream.forward(request, routed, choice, &origin, &mut entry.target).await
+
+    /// Chooses a target (the host's only one, or by its policy among those up) and forwards
+    /// the request to it.
+    async fn forward(&mut self) -> Outcome {
+        let Some(request) = self.request.take() else { return Ok(None) };
+        let (shared, host, client) = (self.shared, self.host, self.client);
+        let choice = shared
+            .upstream
+            .health()
+            .choose(&self.pattern, host, self.client_ip, None)
+            .map_err(|_| ProxyError::AllTargetsDown)?;
+        self.entry.target = Some(choice.target(host).shared_authority());
+        let real_ip = (self.client_ip != client.peer.ip())
+            .then(|| HeaderValue::from_str(&self.client_ip.to_string()).ok())
+            .flatten();
+        let origin = Origin {
+            client,
+            scheme: self.scheme,
+            authority: self.authority,
+            request_id: &self.entry.request_id,
+            real_ip,
+        };
+        let routed = Routed { pattern: &self.pattern, host };
+        shared.upstream.forward(request, routed, choice, &origin, &mut self.entry.target).await.map(Some)
+    }
 }
 
 /// The authority a request is for: the request target's (HTTP/2 `:authority`, or an HTTP/1
@@ -270,25 +358,6 @@ fn options_asterisk() -> Response<ProxyBody> {
     let mut response = text(String::new());
     response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
     response
-}
-
-/// The answer to an ACME HTTP-01 request, when one is pending for this name (any node may
-/// have published it). Anything else under the path goes on to the host's target.
-async fn acme_http01(shared: &Shared, name: &Hostname, path: &str) -> Option<String> {
-    let certs = shared.certs.as_ref()?;
-    let token = path.strip_prefix(HTTP01_PREFIX)?;
-    match certs.http01_answer(name.as_str(), token).await {
-        Ok(answer) => {
-            if answer.is_some() {
-                tracing::info!(name = %name, "answered an ACME HTTP-01 challenge");
-            }
-            answer
-        }
-        Err(e) => {
-            tracing::warn!(name = %name, error = %e, "cannot read an ACME HTTP-01 answer");
-            None
-        }
-    }
 }
 
 #[cfg(test)]

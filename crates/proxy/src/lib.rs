@@ -1,18 +1,25 @@
 //! Portico's data plane.
 //!
-//! A request goes: [`listener`] (accept, TLS with a certificate from `portico-certs`, hyper
-//! h1/h2 on one socket) → [`handler`] (normalise
-//! the host, look it up in the [`Routes`] snapshot, `forcessl` redirect) → [`forward`] (pooled
-//! upstream client, forwarded headers, streamed bodies, upgrades tunnelled) → response, with
-//! one access-log line when the response body ends ([`response`]).
+//! A request goes: [`listener`] (accept, the PROXY protocol header when trusted, TLS with a
+//! certificate from `portico-certs`, hyper h1/h2 on one socket; who the connection is from
+//! in [`conn`]) → [`handler`] (what is about the proxy itself, the host normalised and
+//! looked up in the [`Routes`] snapshot, then the routed request's phases in order: ACME
+//! HTTP-01 answer, body size, `forcessl` redirect, client address, [`access`], choose a
+//! target ([`balance`]) and forward) → [`forward`] (pooled upstream client, forwarded
+//! headers, streamed bodies, upgrades tunnelled) → response, with one access-log line when
+//! the response body ends ([`response`]).
 //!
-//! The request path never awaits the store: [`Routes`] is an in-memory snapshot that
-//! [`routes::follow_store`] patches (or rebuilds and swaps it whole) when the node's
-//! change follower ([`portico_store::Follower`]) hands it changed hosts.
+//! The request path never awaits the store, but for one case: an ACME HTTP-01 request
+//! (plain HTTP, under `/.well-known/acme-challenge/`, for a name a host matches) reads the
+//! pending answer. [`Routes`] is an in-memory snapshot that [`routes::follow_store`]
+//! patches (or rebuilds and swaps whole) when the node's change follower
+//! ([`portico_store::Follower`]) hands it changed hosts. Configuration ([`ProxyConfig`]) is
+//! data; what outlives it (counters, targets' health, access state) is [`ProxyState`].
 
 pub mod access;
 pub mod balance;
 pub mod checks;
+pub mod conn;
 pub mod forward;
 pub mod handler;
 pub mod listener;

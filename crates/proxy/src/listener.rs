@@ -25,8 +25,9 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::conn::{Client, Conn};
 use crate::forward::TargetClient;
-use crate::handler::{Client, Conn, Shared, handle};
+use crate::handler::{Shared, handle};
 use crate::proxy_protocol;
 use crate::routes::Routes;
 use crate::server::{self, ConnectionCap, Watch};
