@@ -90,7 +90,7 @@ pub struct AcmeSettings {
     /// DNS-01: the providers' APIs and where to watch for the records.
     pub dns: DnsSettings,
     /// Where orders are counted.
-    pub metrics: Arc<portico_metrics::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How DNS-01 reaches the providers and checks that records are served.

@@ -15,6 +15,7 @@ pub mod acme;
 pub mod challenge;
 pub mod internal;
 mod manager;
+pub mod metrics;
 pub mod renew;
 mod solve;
 pub mod status;

@@ -86,12 +86,12 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
     Ok(done)
 }
 
-/// Sweeps every `interval` until `shutdown`.
-pub async fn run(certs: Arc<Certs>, interval: Duration, shutdown: CancellationToken) {
+/// Sweeps every `interval` until `shutdown`, each sweep counted in `jobs` (`renewal`).
+pub async fn run(certs: Arc<Certs>, interval: Duration, jobs: portico_metrics::Jobs, shutdown: CancellationToken) {
     loop {
         // A sweep that ran but could not renew something still ran; its failures show per
         // certificate.
-        let swept = certs.metrics().run_job("renewal", sweep(&certs)).await;
+        let swept = jobs.run_job("renewal", sweep(&certs)).await;
         if let Err(e) = swept {
             tracing::warn!(error = %portico_model::report::chain(&e), "the renewal sweep failed; it runs again at the next interval");
         }

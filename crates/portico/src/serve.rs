@@ -15,9 +15,10 @@ use portico_api::{Api, ApiSettings, ApiState, lookup};
 use portico_certs::acme::{AcmeIssuer, AcmeSettings, Eab};
 use portico_certs::internal::InternalCa;
 use portico_certs::{CertSettings, Certs, Issuer};
-use portico_metrics::{MeteredStore, Metrics};
+use portico_metrics::{Exposition, Jobs, Registry};
 use portico_proxy::server::{self, ConnectionCap, Limits};
 use portico_proxy::{HttpListener, ProxyState, Routes, routes};
+use portico_store::MeteredStore;
 use portico_store::{Follower, IdentifiedStore, Kind, Store, Subscription};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -64,14 +65,20 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One process's runtime parts, built from a [`Config`]: the metrics registry, the store
+/// One process's runtime parts, built from a [`Config`]: each component's metrics and the
+/// registry they are registered in, the store
 /// (metered, its identity watched), the routing table, the one change follower, the
 /// certificates and the data plane's state. [`Node::spawn`] starts a role's listeners and
 /// jobs on them; [`Node::stop`] drains. The configuration is kept, so a new one can be
 /// compared with it part by part.
 pub struct Node {
     config: Config,
-    metrics: Arc<Metrics>,
+    /// The data plane's metrics (requests, connections, routing).
+    metrics: Arc<portico_proxy::metrics::Metrics>,
+    store_metrics: Arc<portico_store::metered::Metrics>,
+    jobs: Jobs,
+    /// Every component's metrics, for `GET /metrics`.
+    exposition: Arc<Exposition>,
     store: Arc<dyn Store>,
     identified: Arc<IdentifiedStore>,
     routes: Arc<Routes>,
@@ -85,21 +92,58 @@ pub struct Node {
     tasks: TaskTracker,
 }
 
+/// Each component's metrics: no global registry.
+struct NodeMetrics {
+    proxy: Arc<portico_proxy::metrics::Metrics>,
+    certs: Arc<portico_certs::metrics::Metrics>,
+    store: Arc<portico_store::metered::Metrics>,
+    jobs: Jobs,
+}
+
+impl NodeMetrics {
+    /// Every component's metrics at zero; requests counted only when `counting` (a metrics
+    /// listener can read them).
+    fn new(counting: bool) -> Self {
+        Self {
+            proxy: Arc::new(portico_proxy::metrics::Metrics::default().counting_requests(counting)),
+            certs: Arc::default(),
+            store: Arc::default(),
+            jobs: Jobs::default(),
+        }
+    }
+
+    /// One registry with each component's metrics registered by the component.
+    fn registry(
+        proxy: &portico_proxy::metrics::Metrics,
+        certs: &portico_certs::metrics::Metrics,
+        store: &portico_store::metered::Metrics,
+        jobs: &Jobs,
+    ) -> Registry {
+        let mut registry = Registry::default();
+        proxy.register(&mut registry);
+        certs.register(&mut registry);
+        store.register(&mut registry);
+        jobs.register(&mut registry);
+        registry
+    }
+}
+
 impl Node {
     /// Opens the store, loads the routing table, and makes the parts every role uses. Starts
     /// nothing that listens.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        // One registry for the whole process, passed to every part that records.
-        let metrics = Arc::new(Metrics::new().counting_requests(config.metrics_listen.is_some()));
+        let NodeMetrics { proxy: metrics, certs: cert_metrics, store: store_metrics, jobs } =
+            NodeMetrics::new(config.metrics_listen.is_some());
+        let registry = NodeMetrics::registry(&metrics, &cert_metrics, &store_metrics, &jobs);
         let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
-        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, store_metrics.clone()));
         // A store that lost its identity (wiped, replaced) is not followed: see `identity`.
         let identified = Arc::new(
             IdentifiedStore::establish(store, Some(&config.data_dir))
                 .await
                 .context("cannot read or write the store's identity")?,
         );
-        metrics.store_identity_lost.set(i64::from(identified.is_lost()));
+        store_metrics.store_identity_lost.set(i64::from(identified.is_lost()));
         let store: Arc<dyn Store> = identified.clone();
         let shutdown = CancellationToken::new();
         // One follower of the store's changes for the node: each changed record is read once.
@@ -122,9 +166,9 @@ impl Node {
         }
         let certs = Certs::new(
             store.clone(),
-            issuer(config, store.clone(), &metrics)?,
+            issuer(config, store.clone(), &cert_metrics)?,
             routes.clone(),
-            cert_settings(config, &metrics),
+            cert_settings(config, &cert_metrics),
         )
         .await
         .context("cannot set up certificates")?;
@@ -132,6 +176,9 @@ impl Node {
             config: config.clone(),
             proxy: ProxyState::new(metrics.clone()),
             metrics,
+            store_metrics,
+            jobs,
+            exposition: Arc::new(Exposition::new(registry)),
             store,
             identified,
             routes,
@@ -148,7 +195,7 @@ impl Node {
     /// the start, naming its key). Once every socket is bound, the node is ready and says so.
     pub async fn spawn(&self, role: Role) -> anyhow::Result<()> {
         let (tasks, shutdown, metrics) = (&self.tasks, &self.shutdown, &self.metrics);
-        tasks.spawn(watch_identity(self.identified.clone(), metrics.clone(), shutdown.clone()));
+        tasks.spawn(watch_identity(self.identified.clone(), self.store_metrics.clone(), shutdown.clone()));
         let taken = self.routing_changes.lock().unwrap_or_else(|e| e.into_inner()).take();
         let routing_changes = taken.context("a node is spawned once")?;
         let routing = routes::follow_store(
@@ -159,7 +206,7 @@ impl Node {
             shutdown.clone(),
         );
         tasks.spawn(routing);
-        tasks.spawn(watch_store_memory(self.store.clone(), metrics.clone(), shutdown.clone()));
+        tasks.spawn(watch_store_memory(self.store.clone(), self.store_metrics.clone(), shutdown.clone()));
         tasks.spawn(self.certs.clone().follow_store(self.changes.subscribe(&[Kind::Host]), shutdown.clone()));
         let mut ready = Vec::new();
         if let Some(addr) = self.config.metrics_listen {
@@ -167,7 +214,7 @@ impl Node {
                 .await
                 .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
             ready.push(("metrics", listener.local_addr()?));
-            tasks.spawn(serve_metrics(listener, metrics.clone(), shutdown.clone()));
+            tasks.spawn(serve_metrics(listener, self.exposition.clone(), shutdown.clone()));
         }
         if role.proxy() {
             self.spawn_proxy(&mut ready).await?;
@@ -242,9 +289,15 @@ impl Node {
         };
         let certs = Some(self.certs.clone());
         let state = ApiState::new(store.clone(), self.changes.clone(), routes.clone(), settings, certs);
-        tasks.spawn(portico_certs::renew::run(self.certs.clone(), config.tls.renew_interval, shutdown.clone()));
+        let renewals = portico_certs::renew::run(
+            self.certs.clone(),
+            config.tls.renew_interval,
+            self.jobs.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(renewals);
         let endpoints = config.tls.dns.endpoints.clone();
-        tasks.spawn(sync_dns_domains(store.clone(), endpoints, self.metrics.clone(), shutdown.clone()));
+        tasks.spawn(sync_dns_domains(store.clone(), endpoints, self.jobs.clone(), shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await
             .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
@@ -339,7 +392,7 @@ fn default_max_connections(fd_limit: u64) -> usize {
 }
 
 /// Serves `GET /metrics` (Prometheus' text format) until `shutdown`.
-async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Exposition>, shutdown: CancellationToken) {
     use axum::routing::get;
     let app = axum::Router::new().route(
         "/metrics",
@@ -361,7 +414,11 @@ const IDENTITY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads the store's identity marker every [`IDENTITY_EVERY`] and keeps the metric in step.
 /// (When the identity comes back, the store announces a resync to every follower.)
-async fn watch_identity(store: Arc<IdentifiedStore>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+async fn watch_identity(
+    store: Arc<IdentifiedStore>,
+    metrics: Arc<portico_store::metered::Metrics>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -378,7 +435,11 @@ async fn watch_identity(store: Arc<IdentifiedStore>, metrics: Arc<Metrics>, shut
 
 /// Reads the store server's memory (Redis) into `portico_store_memory_bytes` every 15 s;
 /// returns at once for a store that has none to report.
-async fn watch_store_memory(store: Arc<dyn Store>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+async fn watch_store_memory(
+    store: Arc<dyn Store>,
+    metrics: Arc<portico_store::metered::Metrics>,
+    shutdown: CancellationToken,
+) {
     loop {
         match store.memory_used().await {
             Ok(Some(bytes)) => {
@@ -402,7 +463,7 @@ const DNS_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(3600)
 async fn sync_dns_domains(
     store: Arc<dyn Store>,
     endpoints: portico_certs::DnsEndpoints,
-    metrics: Arc<Metrics>,
+    jobs: Jobs,
     shutdown: CancellationToken,
 ) {
     let mut next = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -411,7 +472,7 @@ async fn sync_dns_domains(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep_until(next) => {}
         }
-        let synced = metrics.run_job("dns_sync", portico_api::sync_dns_domains(store.as_ref(), &endpoints)).await;
+        let synced = jobs.run_job("dns_sync", portico_api::sync_dns_domains(store.as_ref(), &endpoints)).await;
         if let Err(e) = synced {
             tracing::warn!(error = %e, "cannot sync DNS providers' domains; trying again later");
         }
@@ -420,7 +481,11 @@ async fn sync_dns_domains(
 }
 
 /// The issuer `tls.issuer` names.
-fn issuer(config: &Config, store: Arc<dyn Store>, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn Issuer>> {
+fn issuer(
+    config: &Config,
+    store: Arc<dyn Store>,
+    metrics: &Arc<portico_certs::metrics::Metrics>,
+) -> anyhow::Result<Arc<dyn Issuer>> {
     let tls = &config.tls;
     Ok(match tls.issuer {
         config::IssuerKind::Internal => Arc::new(InternalCa::new(store, tls.internal_lifetime)),
@@ -439,7 +504,7 @@ fn issuer(config: &Config, store: Arc<dyn Store>, metrics: &Arc<Metrics>) -> any
     })
 }
 
-fn cert_settings(config: &Config, metrics: &Arc<Metrics>) -> CertSettings {
+fn cert_settings(config: &Config, metrics: &Arc<portico_certs::metrics::Metrics>) -> CertSettings {
     CertSettings {
         metrics: metrics.clone(),
         renew_remaining_ratio: config.tls.renew_remaining_ratio,
@@ -485,5 +550,86 @@ mod tests {
         assert_eq!(default_max_connections(1024), 256);
         assert_eq!(default_max_connections(65_536), 32_512);
         assert_eq!(default_max_connections(256), 64, "a floor even on tiny limits");
+    }
+}
+
+#[cfg(test)]
+mod deploy {
+    use std::collections::BTreeSet;
+
+    use super::NodeMetrics;
+
+    /// Every sample name the registry can produce: each family's, and a histogram's
+    /// `_bucket`, `_sum` and `_count`.
+    fn known() -> BTreeSet<String> {
+        // A family shows only once it has a sample: give each one.
+        let m = NodeMetrics::new(true);
+        let exposition = portico_metrics::Exposition::new(NodeMetrics::registry(&m.proxy, &m.certs, &m.store, &m.jobs));
+        m.proxy.request(Some(&std::sync::Arc::from("a.test")), 200, "HTTP/1.1", 0.1, 1);
+        m.proxy.handshake(None);
+        m.certs.certificate("a.test", 1, 2, 3, 0);
+        m.certs.order(true, "http-01");
+        m.certs.decision("memory");
+        m.jobs.job("renewal", true, 0.1);
+        let op = portico_store::metered::OpLabels { op: "record" };
+        m.store.store_seconds.get_or_create(&op).observe(0.001);
+        m.store.store_errors.get_or_create(&op).inc();
+        let text = exposition.encode();
+        let mut names = BTreeSet::new();
+        for line in text.lines() {
+            let mut words = line.split(' ');
+            if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+                (words.next(), words.next(), words.next(), words.next())
+            {
+                names.insert(name.to_owned());
+                if kind == "histogram" {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        names.insert(format!("{name}{suffix}"));
+                    }
+                }
+                if kind == "counter" && !name.ends_with("_total") {
+                    names.insert(format!("{name}_total"));
+                }
+            }
+        }
+        names
+    }
+
+    /// The `portico_…` names a text uses.
+    fn used(text: &str) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while let Some(at) = text[i..].find("portico_") {
+            let start = i + at;
+            let end = start + bytes[start..].iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
+            names.insert(text[start..end].to_owned());
+            i = end;
+        }
+        names
+    }
+
+    #[test]
+    fn the_dashboard_and_the_alert_rules_use_only_metrics_that_exist() {
+        let known = known();
+        assert!(known.contains("portico_http_requests_total"), "{known:?}");
+        for (file, text) in [
+            ("deploy/grafana-dashboard.json", include_str!("../../../deploy/grafana-dashboard.json")),
+            ("deploy/prometheus-rules.yml", include_str!("../../../deploy/prometheus-rules.yml")),
+        ] {
+            let used = used(text);
+            assert!(used.len() >= 4, "{file} uses hardly any metric: {used:?}");
+            let unknown: Vec<&String> = used.difference(&known).collect();
+            assert!(unknown.is_empty(), "{file} names metrics that do not exist: {unknown:?}");
+        }
+        // The dashboard is JSON Grafana can import: a title and panels with queries.
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../deploy/grafana-dashboard.json")).expect("JSON");
+        assert_eq!(dashboard["title"], "Portico");
+        assert!(
+            dashboard["panels"]
+                .as_array()
+                .is_some_and(|p| p.len() >= 10 && p.iter().all(|p| p["targets"][0]["expr"].is_string()))
+        );
     }
 }

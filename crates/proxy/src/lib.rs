@@ -23,6 +23,7 @@ pub mod conn;
 pub mod forward;
 pub mod handler;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod response;
@@ -40,7 +41,7 @@ pub use routes::Routes;
 #[derive(Debug, Clone)]
 pub struct ProxyState {
     /// Where requests, connections, handshakes and tunnels are counted.
-    pub metrics: std::sync::Arc<portico_metrics::Metrics>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// What the process knows of targets' health.
     pub health: std::sync::Arc<balance::Health>,
     /// Hosts' access policies' state (rate-limit buckets, verified passwords).
@@ -49,7 +50,7 @@ pub struct ProxyState {
 
 impl ProxyState {
     /// New state, counting into `metrics`.
-    pub fn new(metrics: std::sync::Arc<portico_metrics::Metrics>) -> Self {
+    pub fn new(metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
         Self { metrics, health: std::sync::Arc::default(), access: std::sync::Arc::default() }
     }
 }

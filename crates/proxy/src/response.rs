@@ -163,7 +163,7 @@ pub struct AccessEntry {
     /// The host pattern that routed the request, for the metrics (`-` when none did).
     pub pattern: Option<std::sync::Arc<str>>,
     /// Where the outcome is counted, from the same record the access log writes.
-    pub metrics: std::sync::Arc<portico_metrics::Metrics>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl AccessEntry {

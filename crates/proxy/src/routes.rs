@@ -36,7 +36,7 @@ pub async fn follow_store(
     store: Arc<dyn Store>,
     mut changes: Subscription,
     routes: Arc<Routes>,
-    metrics: Arc<portico_metrics::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
 ) {
     let mut resync = tokio::time::interval(RESYNC_EVERY);

@@ -20,6 +20,7 @@ mod error;
 pub mod follow;
 pub mod identity;
 pub mod keys;
+pub mod metered;
 mod redis_store;
 
 use std::fmt;
@@ -34,6 +35,7 @@ pub use error::StoreError;
 pub use follow::{Followed, Follower, Subscription};
 pub use identity::IdentifiedStore;
 pub use keys::{Key, Kind};
+pub use metered::MeteredStore;
 pub use redis_store::{RESYNC_EVERY, RedisStore};
 
 /// A record: field name to string value (the model's one record type).

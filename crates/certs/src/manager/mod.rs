@@ -63,7 +63,7 @@ pub struct CertSettings {
     /// (Let's Encrypt issues 50 new certificates per registered domain a week).
     pub max_certs_per_domain: usize,
     /// Where decisions, certificates' state and jobs are counted.
-    pub metrics: Arc<portico_metrics::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for CertSettings {
@@ -77,7 +77,7 @@ impl Default for CertSettings {
             max_pattern_issuances_per_minute: 20,
             max_certs_per_pattern: 20,
             max_certs_per_domain: 50,
-            metrics: Arc::new(portico_metrics::Metrics::new()),
+            metrics: Arc::default(),
         }
     }
 }
@@ -282,7 +282,7 @@ impl Certs {
     }
 
     /// The metrics.
-    pub fn metrics(&self) -> &Arc<portico_metrics::Metrics> {
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.settings.metrics
     }
 

@@ -34,7 +34,7 @@ use tunnel::tunnel;
 pub struct TargetClient {
     pool: Arc<Pool>,
     health: Arc<Health>,
-    metrics: Arc<portico_metrics::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
     config: Arc<ProxyConfig>,
     tunnels: TaskTracker,
     shutdown: CancellationToken,

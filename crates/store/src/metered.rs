@@ -1,13 +1,77 @@
-//! A store that times every operation and counts its errors.
+//! The store's metrics, and a store that records them: every operation timed, its errors
+//! counted. Registered by [`Metrics::register`] into the node's registry.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use portico_store::{Change, Fields, Key, Kind, Lease, Revision, Store, StoreError};
 use tokio::sync::broadcast;
 
-use crate::{Metrics, OpLabels};
+use crate::{Change, Fields, Key, Kind, Lease, Revision, Store, StoreError};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A store operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// `record`, `records`, `write`, `blob`, `lease`, …
+    pub op: &'static str,
+}
+
+/// The store's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// `portico_store_operation_seconds{op}`.
+    pub store_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
+    /// `portico_store_memory_bytes`: memory the store's server uses (Redis), read every 15 s.
+    pub store_memory: Gauge,
+    /// `portico_store_errors_total{op}`.
+    pub store_errors: Family<OpLabels, Counter>,
+    /// `portico_store_identity_lost`: 1 while the store lost its identity marker (wiped or
+    /// replaced) and is not followed.
+    pub store_identity_lost: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            store_seconds: Family::new_with_constructor(portico_metrics::seconds),
+            store_memory: Gauge::default(),
+            store_errors: Family::default(),
+            store_identity_lost: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric into `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "portico_store_operation_seconds",
+            "Store operations' latency, by operation",
+            self.store_seconds.clone(),
+        );
+        registry.register(
+            "portico_store_memory_bytes",
+            "Memory the store's server uses (Redis used_memory)",
+            self.store_memory.clone(),
+        );
+        registry.register(
+            "portico_store_errors",
+            "Store operations that failed, by operation",
+            self.store_errors.clone(),
+        );
+        registry.register(
+            "portico_store_identity_lost",
+            "1 while the store lost its identity marker (wiped or replaced) and is not followed",
+            self.store_identity_lost.clone(),
+        );
+    }
+}
 
 /// Wraps a store: every operation is timed (`portico_store_operation_seconds{op}`) and its
 /// failures counted (`portico_store_errors_total{op}`).
