@@ -1,0 +1,166 @@
+//! The API's handlers in process (`Router::oneshot`, no sockets): the rules a client meets
+//! when it writes users, hosts, DNS providers and domains, each bad field reported at once,
+//! in the seed's error shape.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use http::{Request, StatusCode};
+use portico_api::{ApiSettings, ApiState};
+use portico_model::Routes;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const ADMIN_PASSWORD: &str = "admin-password-1";
+
+/// A router over a new embedded store with its first admin, and that admin's token.
+struct Api {
+    router: axum::Router,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+/// An answer: status and JSON body.
+struct Answer {
+    status: StatusCode,
+    json: Value,
+}
+
+impl Answer {
+    /// The fields a 422 names, in order.
+    fn keys(&self) -> Vec<&str> {
+        self.json["keys"].as_array().map_or(vec![], |k| k.iter().filter_map(|k| k["key"].as_str()).collect())
+    }
+}
+
+impl Api {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = portico_store::open(&format!("redb://{}", dir.path().join("s.redb").display())).await.unwrap();
+        portico_api::auth::bootstrap_admin(store.as_ref(), dir.path(), Some(ADMIN_PASSWORD.into())).await.unwrap();
+        let changes = portico_store::Follower::start(store.clone(), std::future::pending());
+        let state = ApiState::new(store, changes, Arc::new(Routes::new()), ApiSettings::default(), None);
+        let mut api = Self { router: portico_api::router(state), token: String::new(), _dir: dir };
+        let login = api.call("POST", "/api/auth/login", json!({"username": "admin", "password": ADMIN_PASSWORD})).await;
+        assert_eq!(login.status, StatusCode::OK, "{}", login.json);
+        api.token = login.json["token"].as_str().unwrap().to_owned();
+        api
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Value) -> Answer {
+        self.call_as(&self.token, method, path, body).await
+    }
+
+    async fn call_as(&self, token: &str, method: &str, path: &str, body: Value) -> Answer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .header("auth-token", token)
+            .body(Body::from(if body.is_null() { String::new() } else { body.to_string() }))
+            .unwrap();
+        request.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        Answer { status, json: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+    }
+}
+
+#[tokio::test]
+async fn a_new_user_is_checked_field_by_field_and_shown_without_its_password() {
+    let api = Api::new().await;
+    let bad = api.call("POST", "/api/user", json!({"username": "a b", "password": "short", "role": "root"})).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad.json["name"], "ObjectValidateError");
+    assert_eq!(bad.keys(), ["role", "username", "password"], "{}", bad.json);
+    assert!(bad.json["keys"].as_array().unwrap().iter().all(|k| k["message"].as_str().unwrap().ends_with('.')));
+    let made = api.call("POST", "/api/user", json!({"username": "bob", "password": "bob-password"})).await;
+    assert_eq!(made.status, StatusCode::OK, "{}", made.json);
+    assert_eq!((made.json["username"].as_str(), made.json["role"].as_str()), (Some("bob"), Some("user")));
+    assert!(made.json.get("password").is_none(), "{}", made.json);
+    assert_eq!(made.json["created_by"], "admin");
+    let again = api.call("POST", "/api/user", json!({"username": "bob", "password": "bob-password"})).await;
+    assert_eq!((again.status, again.keys()), (StatusCode::CONFLICT, vec!["username"]));
+}
+
+#[tokio::test]
+async fn the_last_admin_stays_and_ones_own_password_needs_the_current_one() {
+    let api = Api::new().await;
+    let last = api.call("DELETE", "/api/user/admin", Value::Null).await;
+    assert_eq!((last.status, last.keys()), (StatusCode::UNPROCESSABLE_ENTITY, vec!["username"]));
+    let without = api.call("PUT", "/api/user/password", json!({"password": "new-password-1"})).await;
+    assert_eq!((without.status, without.keys()), (StatusCode::UNPROCESSABLE_ENTITY, vec!["currentPassword"]));
+    let wrong = api
+        .call("PUT", "/api/user/password", json!({"currentPassword": "nope-nope", "password": "new-password-1"}))
+        .await;
+    assert_eq!(wrong.keys(), ["currentPassword"]);
+    let body = json!({"currentPassword": ADMIN_PASSWORD, "password": "new-password-1"});
+    let changed = api.call("PUT", "/api/user/password", body).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.json);
+    assert_eq!(changed.json["results"]["updated_by"], "admin");
+    // The session that changed it goes on; a login with the old password does not.
+    assert_eq!(api.call("GET", "/api/user/me", Value::Null).await.status, StatusCode::OK);
+    let old = api.call("POST", "/api/auth/login", json!({"username": "admin", "password": ADMIN_PASSWORD})).await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_new_host_reports_every_bad_field_and_an_update_needs_the_revision_it_read() {
+    let api = Api::new().await;
+    let bad = api.call("POST", "/api/host", json!({"host": "bad host", "targetPort": 0, "forcessl": "maybe"})).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let keys = bad.keys();
+    for key in ["host", "ip", "targetPort", "forcessl"] {
+        assert!(keys.contains(&key), "{key} not reported: {}", bad.json);
+    }
+    let made = api.call("POST", "/api/host", json!({"host": "app.test", "ip": "127.0.0.1", "targetPort": 8080})).await;
+    assert_eq!(made.status, StatusCode::OK, "{}", made.json);
+    let mut request = Request::builder()
+        .method("PUT")
+        .uri("/api/host/app.test")
+        .header("content-type", "application/json")
+        .header("auth-token", &api.token)
+        .header("if-match", "\"0-stale\"")
+        .body(Body::from(json!({"targetPort": 9090}).to_string()))
+        .unwrap();
+    request.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+    let stale = api.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    let shown = api.call("GET", "/api/host/app.test", Value::Null).await;
+    assert_eq!(shown.json["results"]["targetPort"], 8080, "a refused update changes nothing: {}", shown.json);
+}
+
+#[tokio::test]
+async fn dns_providers_and_domains_are_checked_before_anything_is_stored() {
+    let api = Api::new().await;
+    let bad = api.call("POST", "/api/dns", json!({"dnsProvider": "Route53", "propagationTimeout": 0})).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad.keys(), ["name", "dnsProvider", "propagationTimeout"], "{}", bad.json);
+    let missing = api.call("POST", "/api/dns", json!({"name": "pb", "dnsProvider": "PorkBun", "apiKey": "k"})).await;
+    assert_eq!(missing.keys(), ["secretApiKey"], "{}", missing.json);
+    let listed = api.call("GET", "/api/dns", Value::Null).await;
+    assert_eq!(listed.json["results"], json!([]), "nothing stored");
+    let orphan = api.call("POST", "/api/dns/domain", json!({"domain": "bad name", "dnsProvider_id": "nope"})).await;
+    assert_eq!(orphan.keys(), ["domain", "dnsProvider_id"], "{}", orphan.json);
+    let types = api.call("OPTIONS", "/api/dns", Value::Null).await;
+    let names: Vec<&str> =
+        types.json["results"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["Cloudflare", "DigitalOcean", "PorkBun", "RFC2136"]);
+}
+
+#[tokio::test]
+async fn a_user_token_cannot_do_an_admins_work() {
+    let api = Api::new().await;
+    api.call("POST", "/api/user", json!({"username": "carol", "password": "carol-password"})).await;
+    let login = api.call("POST", "/api/auth/login", json!({"username": "carol", "password": "carol-password"})).await;
+    let carol = login.json["token"].as_str().unwrap().to_owned();
+    let made = api.call_as(&carol, "POST", "/api/user", json!({"username": "dave", "password": "dave-password"})).await;
+    assert_eq!((made.status, made.json["name"].as_str()), (StatusCode::FORBIDDEN, Some("Forbidden")));
+    let host = json!({"host": "carol.test", "ip": "127.0.0.1", "targetPort": 80});
+    assert_eq!(api.call_as(&carol, "POST", "/api/host", host).await.status, StatusCode::OK, "users manage hosts");
+    assert_eq!(api.call_as("no-such-token", "GET", "/api/host", Value::Null).await.status, StatusCode::UNAUTHORIZED);
+}
