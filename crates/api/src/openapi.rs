@@ -484,8 +484,8 @@ pub struct DnsProvider {
     dns_provider: String,
     #[serde(flatten)]
     display: ProviderDisplay,
-    /// The zones it manages.
-    domains: Vec<Domain>,
+    /// The zones it manages (in listings and reads, not in a write's answer).
+    domains: Option<Vec<Domain>>,
     #[serde(flatten)]
     bookkeeping: Bookkeeping,
 }

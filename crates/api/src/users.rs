@@ -72,7 +72,7 @@ pub async fn list(
     path = "/api/user",
     tag = "users",
     request_body = doc::NewUser,
-    responses((status = 200, body = doc::Written<doc::User>), doc::AuthErrors, doc::InputErrors, doc::Taken),
+    responses((status = 200, body = doc::User), doc::AuthErrors, doc::InputErrors, doc::Taken),
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {

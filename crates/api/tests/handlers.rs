@@ -4,71 +4,16 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use http::{Request, StatusCode};
-use portico_api::{ApiSettings, ApiState};
-use portico_model::Routes;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-const ADMIN_PASSWORD: &str = "admin-password-1";
+mod common;
 
-/// A router over a new embedded store with its first admin, and that admin's token.
-struct Api {
-    router: axum::Router,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-/// An answer: status and JSON body.
-struct Answer {
-    status: StatusCode,
-    json: Value,
-}
-
-impl Answer {
-    /// The fields a 422 names, in order.
-    fn keys(&self) -> Vec<&str> {
-        self.json["keys"].as_array().map_or(vec![], |k| k.iter().filter_map(|k| k["key"].as_str()).collect())
-    }
-}
-
-impl Api {
-    async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = portico_store::open(&format!("redb://{}", dir.path().join("s.redb").display())).await.unwrap();
-        portico_api::auth::bootstrap_admin(store.as_ref(), dir.path(), Some(ADMIN_PASSWORD.into())).await.unwrap();
-        let changes = portico_store::Follower::start(store.clone(), std::future::pending());
-        let state = ApiState::new(store, changes, Arc::new(Routes::new()), ApiSettings::default(), None);
-        let mut api = Self { router: portico_api::router(state), token: String::new(), _dir: dir };
-        let login = api.call("POST", "/api/auth/login", json!({"username": "admin", "password": ADMIN_PASSWORD})).await;
-        assert_eq!(login.status, StatusCode::OK, "{}", login.json);
-        api.token = login.json["token"].as_str().unwrap().to_owned();
-        api
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Value) -> Answer {
-        self.call_as(&self.token, method, path, body).await
-    }
-
-    async fn call_as(&self, token: &str, method: &str, path: &str, body: Value) -> Answer {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("content-type", "application/json")
-            .header("auth-token", token)
-            .body(Body::from(if body.is_null() { String::new() } else { body.to_string() }))
-            .unwrap();
-        request.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        Answer { status, json: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
-    }
-}
+use common::{ADMIN_PASSWORD, Api};
 
 #[tokio::test]
 async fn a_new_user_is_checked_field_by_field_and_shown_without_its_password() {
