@@ -114,7 +114,7 @@ fn dns_error(e: DnsError, field: &'static str) -> ApiError {
 }
 
 /// What a domain sync did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct Synced {
     /// The provider's zones now linked to it.
     pub domains: Vec<String>,
@@ -386,20 +386,26 @@ pub async fn delete_domain(
     path = "/api/dns/domain/refresh/{id}",
     tag = "dns",
     params(("id" = String, Path)),
-    responses((status = 200, description = "The provider's domains now, and what changed"), doc::AuthErrors, doc::Missing),
+    responses((status = 200, body = Refreshed, description = "The provider's domains now, and what changed"), doc::AuthErrors, doc::Missing),
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn refresh_domains(
     State(api): State<Api>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Refreshed>, ApiError> {
     caller.require_admin()?;
     let fields = stored_provider(&api, &id).await?;
     let dns = client(&api, &fields, "dnsProvider")?;
-    let synced = sync(api.store.as_ref(), &id, dns.as_ref(), &caller.username).await?;
-    Ok(Json(json!({
-        "message": format!("\"{id}\" domains refreshed."),
-        "results": {"domains": synced.domains, "added": synced.added, "removed": synced.removed, "taken": synced.taken},
-    })))
+    let results = sync(api.store.as_ref(), &id, dns.as_ref(), &caller.username).await?;
+    Ok(Json(Refreshed { message: format!("\"{id}\" domains refreshed."), results }))
+}
+
+/// A provider's domains refreshed.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Refreshed {
+    /// `"<id>" domains refreshed.`
+    message: String,
+    /// What the sync did.
+    results: Synced,
 }

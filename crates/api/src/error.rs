@@ -95,23 +95,27 @@ impl From<StoreError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    name: &'a str,
+/// An error as the API sends it: `name` is the seed's error name (`LoginFailed`,
+/// `Forbidden`, `EntryNotFound`, `EntryNameUsed`, `ObjectValidateError`, `SyntaxError`,
+/// `TooManyRequests`, ...).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    name: &'static str,
     message: String,
+    /// With `ObjectValidateError` and `EntryNameUsed`: one entry per field at fault.
     #[serde(skip_serializing_if = "Option::is_none")]
-    keys: Option<Vec<Key>>,
+    keys: Option<Vec<FieldProblem>>,
 }
 
 /// One field at fault in a 409 or 422: the field, with the seed's spelling, and what is
 /// wrong with it, as a sentence.
-#[derive(Serialize)]
-struct Key {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FieldProblem {
     key: &'static str,
     message: String,
 }
 
-impl Key {
+impl FieldProblem {
     fn of(e: &FieldError) -> Self {
         Self { key: e.field(), message: format!("{e}.") }
     }
@@ -165,11 +169,11 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let keys = match &self {
-            Self::Validation(errors) => Some(errors.iter().map(Key::of).collect()),
-            Self::NameUsed { field, .. } => Some(vec![Key { key: field, message: self.to_string() }]),
+            Self::Validation(errors) => Some(errors.iter().map(FieldProblem::of).collect()),
+            Self::NameUsed { field, .. } => Some(vec![FieldProblem { key: field, message: self.to_string() }]),
             _ => None,
         };
-        let mut response = (status, Json(Body { name, message: self.to_string(), keys })).into_response();
+        let mut response = (status, Json(ErrorBody { name, message: self.to_string(), keys })).into_response();
         if let Self::TooManyRequests(seconds) = self
             && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
         {

@@ -2,9 +2,12 @@
 //!
 //! The paths come from the `#[utoipa::path]` annotation on each handler and are registered
 //! together with the handler itself (`utoipa_axum::routes!`), so a route cannot exist without
-//! its entry in the document. The types below describe the JSON the handlers read and write;
-//! the handlers themselves work on JSON objects (they accept the seed's loose forms, such as
-//! `"8080"` for a port), so these types are only ever read by the document generator.
+//! its entry in the document. An answer a handler builds as a typed struct is described by
+//! that very struct (errors: [`ErrorBody`]; [`LoginReply`], [`Me`], the DNS refresh's
+//! `Refreshed`). The other types below describe JSON the handlers build from records that keep
+//! fields they do not know (the seed's), or read loosely (`"8080"` for a port); they are only
+//! read by the document generator, and `tests/responses.rs` checks each documented answer
+//! against the live one, so they cannot drift.
 #![allow(dead_code, reason = "schema types: described in the document, never built")]
 
 use std::collections::BTreeMap;
@@ -62,22 +65,7 @@ impl Modify for TokenSchemes {
     }
 }
 
-/// An error: `name` is the seed's error name (`LoginFailed`, `Forbidden`, `EntryNotFound`,
-/// `EntryNameUsed`, `ObjectValidateError`, `SyntaxError`, `TooManyRequests`, ...).
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    name: String,
-    message: String,
-    /// With `ObjectValidateError`: one entry per invalid field.
-    keys: Option<Vec<FieldProblem>>,
-}
-
-/// One invalid field.
-#[derive(Serialize, ToSchema)]
-pub struct FieldProblem {
-    key: String,
-    message: String,
-}
+pub use crate::error::{ErrorBody, FieldProblem};
 
 /// Errors any authenticated route can answer.
 #[derive(IntoResponses)]
@@ -208,14 +196,7 @@ pub struct Login {
     password: String,
 }
 
-/// A successful login.
-#[derive(Serialize, ToSchema)]
-pub struct LoginReply {
-    login: bool,
-    /// The session token: send it in `auth-token` (or `Authorization: Bearer`).
-    token: String,
-    message: String,
-}
+pub use crate::session::LoginReply;
 
 /// A user's role: admins also manage users, DNS providers and key exports.
 #[derive(Serialize, ToSchema)]
@@ -247,12 +228,7 @@ pub struct User {
     bookkeeping: Bookkeeping,
 }
 
-/// The caller.
-#[derive(Serialize, ToSchema)]
-pub struct Me {
-    username: String,
-    role: Role,
-}
+pub use crate::users::Me;
 
 /// A new password (at least 8 characters).
 #[derive(Serialize, ToSchema)]

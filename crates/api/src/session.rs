@@ -32,7 +32,7 @@ pub async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: JsonObject,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LoginReply>, ApiError> {
     let mut ignored = Vec::new();
     let username = portico_model::body::string(&body.0, "username", &mut ignored).unwrap_or_default();
     let password = portico_model::body::string(&body.0, "password", &mut ignored).unwrap_or_default();
@@ -63,7 +63,18 @@ pub async fn login(
             tracing::warn!(error = %e, "cannot sweep expired tokens");
         }
     });
-    Ok(Json(json!({ "login": true, "token": issued.token, "message": format!("{username} logged in!") })))
+    Ok(Json(LoginReply { login: true, token: issued.token, message: format!("{username} logged in!") }))
+}
+
+/// A successful login.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct LoginReply {
+    /// Always `true`.
+    login: bool,
+    /// The session token: send it in `auth-token` (or `Authorization: Bearer`).
+    token: String,
+    /// `<username> logged in!`
+    message: String,
 }
 
 /// `/api/auth/logout` (any method): revokes the token used.

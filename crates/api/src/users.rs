@@ -151,8 +151,18 @@ async fn delete_locked(api: &Api, username: &str) -> Result<Fields, ApiError> {
     responses((status = 200, body = doc::Me), doc::AuthErrors),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn me(caller: Caller) -> Json<Value> {
-    Json(json!({ "username": caller.username, "role": caller.role.as_str() }))
+pub async fn me(caller: Caller) -> Json<Me> {
+    Json(Me { role: caller.role.as_str(), username: caller.username })
+}
+
+/// The caller.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Me {
+    /// The caller's user name.
+    username: String,
+    /// `admin` or `user`.
+    #[schema(value_type = crate::openapi::Role)]
+    role: &'static str,
 }
 
 /// `PUT /api/user/password {currentPassword, password}`: the caller's own password, given
