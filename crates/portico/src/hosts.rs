@@ -198,6 +198,7 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
         _ => portico_store::open_existing(&config.store_url).await,
     };
     let store = store.context("cannot open the store")?;
+    let store = store.as_ref();
     match command {
         HostCommand::Add { name, ip, port, policy, forcessl, targetssl } => {
             let mut fields = serde_json::Map::new();
@@ -209,84 +210,101 @@ pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
                 fields.insert("targetPort".into(), port.into());
             }
             policy.fields(&mut fields)?;
-            hash_basic_auth(&mut fields).map_err(|e| refused(vec![e]))?;
-            let host = Host::from_json(&fields, "cli", portico_store::now_ms() as i64).map_err(refused)?;
-            let pattern = &host.host;
-            match store.create(Kind::Host, pattern.as_str(), &host.to_fields()).await {
-                Ok(()) => println!("added {pattern} -> {}", targets_text(&host)),
-                Err(StoreError::Conflict { .. }) => bail!("host {pattern} already exists"),
-                Err(e) => return Err(e).context("cannot add the host"),
-            }
+            add(store, fields).await
         }
         HostCommand::Update { name, rename, ip, port, policy, no_health_check, forcessl, targetssl } => {
             use serde_json::json;
-            let pattern = HostPattern::parse(&name).with_context(|| format!("host {name:?}"))?;
             let mut fields = serde_json::Map::new();
-            let mut put = |key: &str, value: serde_json::Value| fields.insert(key.to_owned(), value);
-            if let Some(rename) = rename {
-                put("host", json!(rename));
-            }
-            if let Some(ip) = ip {
-                put("ip", json!(ip));
-            }
-            if let Some(port) = port {
-                put("targetPort", json!(port));
-            }
-            if no_health_check {
-                put("healthCheck", serde_json::Value::Null);
-            }
-            if let Some(v) = forcessl {
-                put("forcessl", json!(v));
-            }
-            if let Some(v) = targetssl {
-                put("targetssl", json!(v));
+            let given = [
+                ("host", rename.map(|r| json!(r))),
+                ("ip", ip.map(|ip| json!(ip))),
+                ("targetPort", port.map(|p| json!(p))),
+                ("healthCheck", no_health_check.then_some(serde_json::Value::Null)),
+                ("forcessl", forcessl.map(|v| json!(v))),
+                ("targetssl", targetssl.map(|v| json!(v))),
+            ];
+            for (key, value) in given {
+                if let Some(value) = value {
+                    fields.insert(key.to_owned(), value);
+                }
             }
             policy.fields(&mut fields)?;
-            let (stored, revision) = store
-                .record_at(Kind::Host, pattern.as_str())
-                .await
-                .context("cannot read the host")?
-                .with_context(|| format!("no host {pattern}"))?;
-            let mut host = Host::from_fields(&stored).with_context(|| format!("host {pattern} does not parse"))?;
-            hash_basic_auth(&mut fields).map_err(|e| refused(vec![e]))?;
-            host.apply_json(&fields).map_err(refused)?;
-            host.stamps.touch("cli", portico_store::now_ms() as i64);
-            let key = host.host.to_string();
-            match store.replace_if(Kind::Host, pattern.as_str(), &key, &host.to_fields(), revision).await {
-                Ok(_) => println!("updated {key} -> {}", targets_text(&host)),
-                Err(StoreError::Stale { .. }) => bail!("host {pattern} changed meanwhile: run the command again"),
-                Err(StoreError::Conflict { .. }) => bail!("host {key} already exists"),
-                Err(e) => return Err(e).context("cannot update the host"),
-            }
+            update(store, &name, fields).await
         }
-        HostCommand::Ls { json } => {
-            let records = store.records(Kind::Host).await.context("cannot list hosts")?;
-            if json {
-                // The API's form, with typed values and the `domain` relation; records that do
-                // not parse as they are.
-                let zones = portico_store::load_zones(store.as_ref()).await.context("cannot read the DNS zones")?;
-                for (_, fields) in &records {
-                    match Host::from_fields(fields) {
-                        Ok(host) => println!("{}", zones.host_with_domain(&host)),
-                        Err(_) => println!("{}", serde_json::to_string(fields)?),
-                    }
-                }
-            } else {
-                println!("{:<40} {:<28} {:<9} TARGETSSL", "HOST", "TARGET", "FORCESSL");
-                for (key, fields) in &records {
-                    match Host::from_fields(fields) {
-                        Ok(h) => println!("{:<40} {:<28} {:<9} {}", h.host, targets_text(&h), h.forcessl, h.targetssl),
-                        Err(e) => println!("{key:<40} (unreadable: {e})"),
-                    }
-                }
-            }
-        }
+        HostCommand::Ls { json } => list(store, json).await,
         HostCommand::Rm { name } => {
             let pattern = HostPattern::parse(&name).with_context(|| format!("host {name:?}"))?;
             if !store.delete(Kind::Host, pattern.as_str()).await.context("cannot remove the host")? {
                 bail!("no host {pattern}");
             }
             println!("removed {pattern}");
+            Ok(())
+        }
+    }
+}
+
+/// `host add`: a new host from the API's fields, by the model's rules.
+async fn add(
+    store: &dyn portico_store::Store,
+    mut fields: serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    hash_basic_auth(&mut fields).map_err(|e| refused(vec![e]))?;
+    let host = Host::from_json(&fields, "cli", portico_store::now_ms() as i64).map_err(refused)?;
+    let pattern = &host.host;
+    match store.create(Kind::Host, pattern.as_str(), &host.to_fields()).await {
+        Ok(()) => println!("added {pattern} -> {}", targets_text(&host)),
+        Err(StoreError::Conflict { .. }) => bail!("host {pattern} already exists"),
+        Err(e) => return Err(e).context("cannot add the host"),
+    }
+    Ok(())
+}
+
+/// `host update`: the API's fields applied to the stored host, written only if nobody
+/// changed it meanwhile.
+async fn update(
+    store: &dyn portico_store::Store,
+    name: &str,
+    mut fields: serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    let pattern = HostPattern::parse(name).with_context(|| format!("host {name:?}"))?;
+    let (stored, revision) = store
+        .record_at(Kind::Host, pattern.as_str())
+        .await
+        .context("cannot read the host")?
+        .with_context(|| format!("no host {pattern}"))?;
+    let mut host = Host::from_fields(&stored).with_context(|| format!("host {pattern} does not parse"))?;
+    hash_basic_auth(&mut fields).map_err(|e| refused(vec![e]))?;
+    host.apply_json(&fields).map_err(refused)?;
+    host.stamps.touch("cli", portico_store::now_ms() as i64);
+    let key = host.host.to_string();
+    match store.replace_if(Kind::Host, pattern.as_str(), &key, &host.to_fields(), revision).await {
+        Ok(_) => println!("updated {key} -> {}", targets_text(&host)),
+        Err(StoreError::Stale { .. }) => bail!("host {pattern} changed meanwhile: run the command again"),
+        Err(StoreError::Conflict { .. }) => bail!("host {key} already exists"),
+        Err(e) => return Err(e).context("cannot update the host"),
+    }
+    Ok(())
+}
+
+/// `host ls`: a table, or with `--json` the API's form (typed values and the `domain`
+/// relation); records that do not parse as they are.
+async fn list(store: &dyn portico_store::Store, json: bool) -> anyhow::Result<()> {
+    let records = store.records(Kind::Host).await.context("cannot list hosts")?;
+    if json {
+        let zones = portico_store::load_zones(store).await.context("cannot read the DNS zones")?;
+        for (_, fields) in &records {
+            match Host::from_fields(fields) {
+                Ok(host) => println!("{}", zones.host_with_domain(&host)),
+                Err(_) => println!("{}", serde_json::to_string(fields)?),
+            }
+        }
+        return Ok(());
+    }
+    println!("{:<40} {:<28} {:<9} TARGETSSL", "HOST", "TARGET", "FORCESSL");
+    for (key, fields) in &records {
+        match Host::from_fields(fields) {
+            Ok(h) => println!("{:<40} {:<28} {:<9} {}", h.host, targets_text(&h), h.forcessl, h.targetssl),
+            Err(e) => println!("{key:<40} (unreadable: {e})"),
         }
     }
     Ok(())

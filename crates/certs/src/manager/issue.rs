@@ -158,59 +158,79 @@ impl Certs {
         match issued
             .and_then(|stored| stored.load().map(|l| (stored, Arc::new(l))).map_err(|e| IssueError::caused_by(&e)))
         {
-            Ok((stored, loaded)) => {
-                self.store
-                    .put_blob(&keys::cert_latest(name), &stored.to_json(), None)
-                    .await
-                    .map_err(CertError::from)?;
-                let lifetime = (loaded.meta.not_after - loaded.meta.not_before).max(0);
-                let jitter = fastrand::i64(0..=(lifetime / 20).max(0));
-                let next = CertState {
-                    issuer: self.issuer.kind().to_owned(),
-                    not_after: loaded.meta.not_after,
-                    issued: now,
-                    last_attempt: now,
-                    next_attempt: loaded.meta.renew_at(self.settings.renew_remaining_ratio) - jitter,
-                    step: "issued".into(),
-                    ..CertState::default()
-                };
-                self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
-                self.settings.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
-                if mode == Mode::OnDemand {
-                    self.settings.metrics.decision("issued");
-                }
-                self.remember(name, loaded.clone());
-                tracing::info!(
-                    name,
-                    issuer = self.issuer.kind(),
-                    not_after = loaded.meta.not_after,
-                    elapsed_ms = begun.elapsed().as_millis() as u64,
-                    "certificate {}",
-                    if mode == Mode::OnDemand { "issued" } else { "renewed" }
-                );
-                Ok(loaded)
-            }
-            Err(e) => {
-                let failures = state.failures.saturating_add(1);
-                let backoff = self.backoff(failures);
-                let failed_step = progress.reached().as_str().to_owned();
-                let next = CertState {
-                    last_attempt: now,
-                    next_attempt: now + backoff.as_secs() as i64,
-                    failures,
-                    last_error_type: e.problem.clone().unwrap_or_default(),
-                    last_error: e.detail.clone(),
-                    step: "failed".into(),
-                    failed_step,
-                    ..state
-                };
-                self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
-                self.settings.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
-                tracing::warn!(name, issuer = self.issuer.kind(), failures, retry_in_s = backoff.as_secs(),
-                    error = %e, "certificate {} failed", if mode == Mode::OnDemand { "issuance" } else { "renewal" });
-                Err(Refused::Failed(e.into()))
-            }
+            Ok((stored, loaded)) => self.issued(name, mode, &stored, loaded, now, begun).await,
+            Err(e) => self.failed(name, mode, state, &progress, e, now).await,
         }
+    }
+
+    /// Stores a new certificate and its state (the next renewal at its renewal point, a
+    /// little early at random), and serves it from now on.
+    async fn issued(
+        &self,
+        name: &str,
+        mode: Mode,
+        stored: &StoredCert,
+        loaded: Arc<Loaded>,
+        now: i64,
+        begun: Instant,
+    ) -> Result<Arc<Loaded>, Refused> {
+        self.store.put_blob(&keys::cert_latest(name), &stored.to_json(), None).await.map_err(CertError::from)?;
+        let lifetime = (loaded.meta.not_after - loaded.meta.not_before).max(0);
+        let jitter = fastrand::i64(0..=(lifetime / 20).max(0));
+        let next = CertState {
+            issuer: self.issuer.kind().to_owned(),
+            not_after: loaded.meta.not_after,
+            issued: now,
+            last_attempt: now,
+            next_attempt: loaded.meta.renew_at(self.settings.renew_remaining_ratio) - jitter,
+            step: "issued".into(),
+            ..CertState::default()
+        };
+        self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
+        self.settings.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
+        if mode == Mode::OnDemand {
+            self.settings.metrics.decision("issued");
+        }
+        self.remember(name, loaded.clone());
+        tracing::info!(
+            name,
+            issuer = self.issuer.kind(),
+            not_after = loaded.meta.not_after,
+            elapsed_ms = begun.elapsed().as_millis() as u64,
+            "certificate {}",
+            if mode == Mode::OnDemand { "issued" } else { "renewed" }
+        );
+        Ok(loaded)
+    }
+
+    /// Records a failed issuance in the name's state: the error, the step it failed at, and
+    /// the next attempt after the backoff.
+    async fn failed(
+        &self,
+        name: &str,
+        mode: Mode,
+        state: CertState,
+        progress: &Recorder,
+        e: IssueError,
+        now: i64,
+    ) -> Result<Arc<Loaded>, Refused> {
+        let failures = state.failures.saturating_add(1);
+        let backoff = self.backoff(failures);
+        let next = CertState {
+            last_attempt: now,
+            next_attempt: now + backoff.as_secs() as i64,
+            failures,
+            last_error_type: e.problem.clone().unwrap_or_default(),
+            last_error: e.detail.clone(),
+            step: "failed".into(),
+            failed_step: progress.reached().as_str().to_owned(),
+            ..state
+        };
+        self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
+        self.settings.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
+        tracing::warn!(name, issuer = self.issuer.kind(), failures, retry_in_s = backoff.as_secs(),
+            error = %e, "certificate {} failed", if mode == Mode::OnDemand { "issuance" } else { "renewal" });
+        Err(Refused::Failed(e.into()))
     }
 
     /// Gets the wildcard certificate of the host pattern `pattern` (`*.zone`) when a DNS
