@@ -58,9 +58,9 @@ pub async fn list(
     State(api): State<Api>,
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::wire::Listing<Value>>, ApiError> {
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
-    listing(&api, Kind::DnsProvider, &query, |f| {
+    listing(&api, Kind::DnsProvider, &query, |_, f| {
         let id = f.get("id")?;
         Some(Value::Object(zones.provider(id, f)))
     })
@@ -299,9 +299,9 @@ pub async fn list_domains(
     State(api): State<Api>,
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::wire::Listing<Value>>, ApiError> {
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
-    listing(&api, Kind::Domain, &query, |f| Some(zones.zone(f))).await
+    listing(&api, Kind::Domain, &query, |_, f| Some(zones.zone(f))).await
 }
 
 /// `POST /api/dns/domain {domain, dnsProvider_id, zoneId?}` (admin).

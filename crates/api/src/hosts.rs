@@ -47,9 +47,9 @@ pub async fn list(
     State(api): State<Api>,
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::wire::Listing<Value>>, ApiError> {
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
-    listing(&api, Kind::Host, &query, |f| Host::from_fields(f).ok().map(|h| zones.host_with_domain(&h))).await
+    listing(&api, Kind::Host, &query, |_, f| Host::from_fields(f).ok().map(|h| zones.host_with_domain(&h))).await
 }
 
 /// `POST /api/host {host, ip, targetPort, forcessl?, targetssl?}`.

@@ -22,6 +22,7 @@ mod session;
 pub mod state;
 mod ui;
 mod users;
+pub mod wire;
 
 use std::sync::Arc;
 

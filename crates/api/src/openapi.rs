@@ -66,6 +66,10 @@ impl Modify for TokenSchemes {
 }
 
 pub use crate::error::{ErrorBody, FieldProblem};
+pub use crate::wire::{
+    Bookkeeping, CreatedToken, DeletedUser, Entry, Listing, Message, Results, RevokedToken, TokenView as Token,
+    UserView as User,
+};
 
 /// Errors any authenticated route can answer.
 #[derive(IntoResponses)]
@@ -136,48 +140,10 @@ pub enum Flag {
     Text(String),
 }
 
-/// The fields the server keeps on every record (times in milliseconds since the epoch).
-#[derive(Serialize, ToSchema)]
-pub struct Bookkeeping {
-    created_by: String,
-    created_on: i64,
-    /// `__NONE__` until the first update.
-    updated_by: String,
-    updated_on: i64,
-}
-
-/// `{message}`.
-#[derive(Serialize, ToSchema)]
-pub struct Message {
-    message: String,
-}
-
-/// A list: names, or whole records with `?detail`.
-#[derive(Serialize, ToSchema)]
-pub struct Listing<T> {
-    results: Vec<Entry<T>>,
-}
-
-/// A name, or with `?detail` the whole record.
-#[derive(Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum Entry<T> {
-    /// The record's name.
-    Name(String),
-    /// The record.
-    Detail(T),
-}
-
 /// `{item, results}`: one record and the name it was asked by.
 #[derive(Serialize, ToSchema)]
 pub struct Item<T> {
     item: String,
-    results: T,
-}
-
-/// `{results}`.
-#[derive(Serialize, ToSchema)]
-pub struct Results<T> {
     results: T,
 }
 
@@ -219,15 +185,6 @@ pub struct NewUser {
     role: Option<Role>,
 }
 
-/// A user (never the password hash).
-#[derive(Serialize, ToSchema)]
-pub struct User {
-    username: String,
-    role: Role,
-    #[serde(flatten)]
-    bookkeeping: Bookkeeping,
-}
-
 pub use crate::users::Me;
 
 /// A new password (at least 8 characters).
@@ -251,31 +208,6 @@ pub struct NewToken {
     name: String,
     /// Lifetime in days (default 365, at most 3650).
     days: Option<u64>,
-}
-
-/// An API token's record (never the token).
-#[derive(Serialize, ToSchema)]
-pub struct Token {
-    /// Use it to revoke the token.
-    id: String,
-    name: String,
-    created_by: String,
-    created_on: u64,
-    expires_on: u64,
-}
-
-/// A token just created: `token` is shown this once.
-#[derive(Serialize, ToSchema)]
-pub struct CreatedToken {
-    token: String,
-    results: Token,
-}
-
-/// A revoked token.
-#[derive(Serialize, ToSchema)]
-pub struct RevokedToken {
-    message: String,
-    results: Token,
 }
 
 /// A new host. `host` is a pattern: labels, each literal, `*` (one label) or `**` (one or more).
@@ -605,11 +537,4 @@ pub struct Ready {
 pub struct Routing {
     generation: u64,
     hosts: u64,
-}
-
-/// A deleted user.
-#[derive(Serialize, ToSchema)]
-pub struct DeletedUser {
-    username: String,
-    results: User,
 }

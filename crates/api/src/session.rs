@@ -7,13 +7,13 @@ use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use http::HeaderMap;
 use portico_store::Kind;
-use serde_json::{Value, json};
 
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
 use crate::openapi as doc;
 use crate::state::Api;
+use crate::wire::{CreatedToken, Message, Results, RevokedToken, TokenView};
 
 /// Longest lifetime of an API token, and its default.
 const API_TOKEN_MAX_DAYS: u64 = 3650;
@@ -85,9 +85,9 @@ pub struct LoginReply {
     responses((status = 200, body = doc::Message, description = "The token is revoked"), doc::AuthErrors),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn logout(State(api): State<Api>, caller: Caller) -> Result<Json<Value>, ApiError> {
+pub async fn logout(State(api): State<Api>, caller: Caller) -> Result<Json<Message>, ApiError> {
     api.store.delete(Kind::AuthToken, &caller.token_key).await?;
-    Ok(Json(json!({ "message": "Bye" })))
+    Ok(Json(Message { message: "Bye".into() }))
 }
 
 /// `POST /api/token {name, days?}` → the new token, shown once.
@@ -99,7 +99,11 @@ pub async fn logout(State(api): State<Api>, caller: Caller) -> Result<Json<Value
     responses((status = 200, body = doc::CreatedToken), doc::AuthErrors, doc::InputErrors),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn create_token(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+pub async fn create_token(
+    State(api): State<Api>,
+    caller: Caller,
+    body: JsonObject,
+) -> Result<Json<CreatedToken>, ApiError> {
     let mut errors = Vec::new();
     let name = portico_model::body::required(&body.0, "name", &mut errors);
     if let Some(name) = &name
@@ -120,7 +124,7 @@ pub async fn create_token(State(api): State<Api>, caller: Caller, body: JsonObje
     let days = days.unwrap_or(API_TOKEN_DEFAULT_DAYS);
     let ttl = Duration::from_secs(days * 86_400);
     let issued = auth::issue_token(api.store.as_ref(), &caller.username, "api", Some(&name), ttl).await?;
-    Ok(Json(json!({ "token": issued.token, "results": token_json(&issued.key, &issued.fields) })))
+    Ok(Json(CreatedToken { token: issued.token, results: TokenView::new(&issued.key, &issued.fields) }))
 }
 
 /// `GET /api/token`: the caller's API tokens (never the tokens themselves).
@@ -131,17 +135,17 @@ pub async fn create_token(State(api): State<Api>, caller: Caller, body: JsonObje
     responses((status = 200, body = doc::Results<Vec<doc::Token>>), doc::AuthErrors),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn list_tokens(State(api): State<Api>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    let tokens: Vec<Value> = api
+pub async fn list_tokens(State(api): State<Api>, caller: Caller) -> Result<Json<Results<Vec<TokenView>>>, ApiError> {
+    let tokens = api
         .store
         .records(Kind::AuthToken)
         .await?
         .iter()
         .filter(|(_, f)| f.get("kind").is_some_and(|k| k == "api"))
         .filter(|(_, f)| f.get("created_by") == Some(&caller.username))
-        .map(|(id, f)| token_json(id, f))
+        .map(|(id, f)| TokenView::new(id, f))
         .collect();
-    Ok(Json(json!({ "results": tokens })))
+    Ok(Json(Results::new(tokens)))
 }
 
 /// `DELETE /api/token/{id}`: revokes one of the caller's API tokens (admins: anyone's).
@@ -157,7 +161,7 @@ pub async fn revoke_token(
     State(api): State<Api>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RevokedToken>, ApiError> {
     let not_found = || ApiError::NotFound { kind: "Token", key: id.clone() };
     let record = api.store.record(Kind::AuthToken, &id).await?.ok_or_else(not_found)?;
     let owner = record.get("created_by") == Some(&caller.username);
@@ -165,16 +169,5 @@ pub async fn revoke_token(
         return Err(not_found());
     }
     api.store.delete(Kind::AuthToken, &id).await?;
-    Ok(Json(json!({ "message": format!("{id} revoked"), "results": token_json(&id, &record) })))
-}
-
-fn token_json(id: &str, fields: &portico_store::Fields) -> Value {
-    let number = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
-    json!({
-        "id": id,
-        "name": fields.get("name"),
-        "created_by": fields.get("created_by"),
-        "created_on": number("created_on"),
-        "expires_on": number("expires_on"),
-    })
+    Ok(Json(RevokedToken { message: format!("{id} revoked"), results: TokenView::new(&id, &record) }))
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use portico_store::{Fields, Kind};
-use serde_json::{Value, json};
 
 use portico_model::user::{NewUser, PasswordChange, User};
 
@@ -15,6 +14,7 @@ use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
 use crate::openapi as doc;
 use crate::state::Api;
+use crate::wire::{DeletedUser, Entry, Listing, Results, UserView};
 
 /// How long a deletion may hold the users lock (it expires by itself if its holder dies).
 const USERS_LOCK_TTL: Duration = Duration::from_secs(10);
@@ -27,25 +27,20 @@ pub fn wants_detail(query: &HashMap<String, String>) -> bool {
 }
 
 /// `{"results": [...]}` for a kind: keys, or with `?detail` each record rendered by `render`
-/// (records it cannot render are left out).
-pub async fn listing(
+/// from its key and fields (records it cannot render are left out).
+pub async fn listing<T>(
     api: &Api,
     kind: Kind,
     query: &HashMap<String, String>,
-    render: impl Fn(&Fields) -> Option<Value>,
-) -> Result<Json<Value>, ApiError> {
+    render: impl Fn(&str, &Fields) -> Option<T>,
+) -> Result<Json<Listing<T>>, ApiError> {
     let records = api.store.records(kind).await?;
-    let results: Vec<Value> = if wants_detail(query) {
-        records.iter().filter_map(|(_, f)| render(f)).collect()
+    let results = if wants_detail(query) {
+        records.iter().filter_map(|(k, f)| render(k, f)).map(Entry::Detail).collect()
     } else {
-        records.into_iter().map(|(k, _)| json!(k)).collect()
+        records.into_iter().map(|(k, _)| Entry::Name(k)).collect()
     };
-    Ok(Json(json!({ "results": results })))
-}
-
-/// A stored user as the API shows it ([`User::to_json`]).
-fn user_json(key: &str, fields: &Fields) -> Value {
-    Value::Object(User::from_fields(key, fields).to_json())
+    Ok(Json(Listing::new(results)))
 }
 
 /// `GET /api/user[?detail]` (admin).
@@ -61,9 +56,9 @@ pub async fn list(
     State(api): State<Api>,
     caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Listing<UserView>>, ApiError> {
     caller.require_admin()?;
-    listing(&api, Kind::User, &query, |f| Some(user_json(f.get("username").map_or("", String::as_str), f))).await
+    listing(&api, Kind::User, &query, |key, f| Some(UserView::from(&User::from_fields(key, f)))).await
 }
 
 /// `POST /api/user {username, password, role?}` (admin).
@@ -75,7 +70,7 @@ pub async fn list(
     responses((status = 200, body = doc::User), doc::AuthErrors, doc::InputErrors, doc::Taken),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<UserView>, ApiError> {
     caller.require_admin()?;
     let new = NewUser::from_json(&body.0).map_err(ApiError::Validation)?;
     let hash = auth::hash_password(new.password.clone()).await?;
@@ -84,7 +79,7 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
         .create(Kind::User, &user.username, &user.to_fields())
         .await
         .map_err(|e| ApiError::from_write(e, Kind::User, &user.username, "username"))?;
-    Ok(Json(Value::Object(user.to_json())))
+    Ok(Json(UserView::from(&user)))
 }
 
 /// `DELETE /api/user/{username}` (admin). The last admin cannot be deleted.
@@ -100,7 +95,7 @@ pub async fn delete(
     State(api): State<Api>,
     caller: Caller,
     Path(username): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeletedUser>, ApiError> {
     caller.require_admin()?;
     // Under the users lock (held across the cluster): two admins deleting each other at once
     // must not both see the other as "not the last admin".
@@ -109,8 +104,8 @@ pub async fn delete(
     if let Err(e) = api.store.release(&lock).await {
         tracing::warn!(error = %e, "cannot release the users lock; it expires by itself");
     }
-    let user = deleted?;
-    Ok(Json(json!({ "username": username, "results": user_json(&username, &user) })))
+    let user = User::from_fields(&username, &deleted?);
+    Ok(Json(DeletedUser::new(&user)))
 }
 
 /// Takes the users lock, waiting a few seconds for another API node's deletion to finish.
@@ -175,10 +170,14 @@ pub struct Me {
     responses((status = 200, body = doc::Results<doc::User>, description = "Changed; the caller's other sessions end"), doc::AuthErrors, doc::InputErrors),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn own_password(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+pub async fn own_password(
+    State(api): State<Api>,
+    caller: Caller,
+    body: JsonObject,
+) -> Result<Json<Results<UserView>>, ApiError> {
     let user = set_password(&api, &caller, &caller.username, body, Current::Required).await?;
     auth::revoke_tokens(api.store.as_ref(), &caller.username, Some(&caller.token_key)).await?;
-    Ok(Json(json!({ "results": user.to_json() })))
+    Ok(Json(Results::new(UserView::from(&user))))
 }
 
 /// `PUT /api/user/password/{username} {password}` (admin). That user's sessions end.
@@ -196,12 +195,12 @@ pub async fn user_password(
     caller: Caller,
     Path(username): Path<String>,
     body: JsonObject,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Results<UserView>>, ApiError> {
     caller.require_admin()?;
     let user = set_password(&api, &caller, &username, body, Current::NotAsked).await?;
     let keep = (username == caller.username).then_some(caller.token_key.as_str());
     auth::revoke_tokens(api.store.as_ref(), &username, keep).await?;
-    Ok(Json(json!({ "results": user.to_json() })))
+    Ok(Json(Results::new(UserView::from(&user))))
 }
 
 /// Whether a password change must name the current password (one's own, through a

@@ -3,11 +3,9 @@
 //! new password live here, for the API and the command line alike; hashing is the caller's
 //! to run where blocking is fine ([`crate::record::hash_password`]).
 
-use serde_json::{Map, Value};
-
 use crate::Fields;
 use crate::body::{Body, FieldError, required, string};
-use crate::record::{Stamps, other_fields, public_json, stored_fields};
+use crate::record::{Stamps, other_fields, stored_fields};
 
 /// A user's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +84,6 @@ impl User {
             ("role", self.role.as_str().to_owned()),
         ];
         stored_fields(&self.extra, known, &self.stamps)
-    }
-
-    /// The user as the API shows it: every field but the password hash, and the role.
-    pub fn to_json(&self) -> Map<String, Value> {
-        public_json(&self.to_fields())
     }
 
     /// Sets a new password (already hashed), changed by `by` at `now_ms`.
@@ -189,7 +182,7 @@ pub fn password_problem(field: &'static str, password: &str) -> Option<FieldErro
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -222,10 +215,6 @@ mod tests {
         assert_eq!(User::from_fields("alice", &fields), user);
         user.set_password("$argon2id$y".into(), "bob", 2000);
         assert_eq!((user.stamps.updated_by.as_str(), user.stamps.updated_on), ("bob", 2000));
-        let shown = user.to_json();
-        assert!(shown.get("password").is_none(), "{shown:?}");
-        assert_eq!((shown["role"].as_str(), shown["theme"].as_str()), (Some("user"), Some("dark")));
-        assert_eq!(shown["updated_on"], json!(2000));
         // A seed's user: no role (an admin), no username field.
         let seed: Fields = [("password", "$2b$10$x")].map(|(k, v)| (k.to_owned(), v.to_owned())).into();
         let seed = User::from_fields("root", &seed);
