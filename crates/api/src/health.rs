@@ -1,12 +1,17 @@
 //! `/healthz` (the process answers) and `/readyz` (store reachable, listeners bound).
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
 use axum::Json;
 use axum::extract::State;
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::openapi as doc;
 use crate::state::Api;
+use crate::wire::Results;
 
 /// Always 200 while the process runs.
 #[utoipa::path(
@@ -15,8 +20,14 @@ use crate::state::Api;
     tag = "health",
     responses((status = 200, body = doc::Alive, description = "The process runs"))
 )]
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+pub async fn healthz() -> Json<Alive> {
+    Json(Alive { status: "ok" })
+}
+
+/// `{status: "ok"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Alive {
+    status: &'static str,
 }
 
 /// 200 when the store answers and every listener is bound, 503 otherwise; with the bound
@@ -27,20 +38,37 @@ pub async fn healthz() -> Json<Value> {
     tag = "health",
     responses((status = 200, body = doc::Ready, description = "Ready"), (status = 503, body = doc::Ready, description = "Not ready"))
 )]
-pub async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Value>) {
+pub async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Ready>) {
     let store = api.store.ping().await.is_ok();
     let listening = api.listening.get();
     let status = if store && listening.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let routing = api.routes.state();
-    (
-        status,
-        Json(json!({
-            "store": store,
-            "listeners": listening.is_some(),
-            "addresses": listening.cloned().unwrap_or_default(),
-            "routing": { "generation": routing.generation, "hosts": routing.hosts },
-        })),
-    )
+    let ready = Ready {
+        store,
+        listeners: listening.is_some(),
+        addresses: listening.cloned().unwrap_or_default(),
+        routing: Routing { generation: routing.generation, hosts: routing.hosts as u64 },
+    };
+    (status, Json(ready))
+}
+
+/// Readiness: whether the store answers and every listener is bound (503 unless both), the
+/// bound addresses by listener (`http`, `https`, `api`, `metrics`, `lookup`), and the
+/// routing table this process routes by.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    store: bool,
+    listeners: bool,
+    #[schema(value_type = BTreeMap<String, String>)]
+    addresses: BTreeMap<String, SocketAddr>,
+    routing: Routing,
+}
+
+/// A routing table: its generation (one more with every change) and its host patterns.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Routing {
+    generation: u64,
+    hosts: u64,
 }
 
 /// `GET /api/stats`: this process's request count, for the UI's request rate (sample it
@@ -53,7 +81,19 @@ pub async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Value>) {
     responses((status = 200, body = doc::Results<doc::Stats>), doc::AuthErrors),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn stats(State(api): State<Api>, _caller: crate::auth::Caller) -> Json<Value> {
-    let requests = api.settings.requests.as_ref().map(|count| (count.0)());
-    Json(json!({ "results": { "requests_total": requests, "at": portico_store::now_ms(), "started": api.started } }))
+pub async fn stats(State(api): State<Api>, _caller: crate::auth::Caller) -> Json<Results<Stats>> {
+    let requests_total = api.settings.requests.as_ref().map(|count| (count.0)());
+    Json(Results::new(Stats { requests_total, at: portico_store::now_ms(), started: api.started }))
+}
+
+/// This process's request count (`GET /api/stats`); times in milliseconds since the epoch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    /// Requests proxied by this process since it started; `null` unless it proxies and
+    /// counts them (a metrics listener is configured).
+    requests_total: Option<u64>,
+    /// When this answer was made.
+    at: u64,
+    /// When the process started.
+    started: u64,
 }

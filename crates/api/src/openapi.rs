@@ -10,8 +10,6 @@
 //! against the live one, so they cannot drift.
 #![allow(dead_code, reason = "schema types: described in the document, never built")]
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
@@ -66,6 +64,7 @@ impl Modify for TokenSchemes {
 }
 
 pub use crate::error::{ErrorBody, FieldProblem};
+pub use crate::health::{Alive, Ready, Routing, Stats};
 pub use crate::wire::{
     Bookkeeping, CreatedToken, DeletedUser, Entry, Listing, Message, Results, RevokedToken, TokenView as Token,
     UserView as User,
@@ -501,40 +500,4 @@ pub struct CertAnswer {
     privkey_pem: Option<String>,
     /// The certificate's expiry as stored (seconds since the epoch).
     expiry: Option<i64>,
-}
-
-/// This process's request count (`GET /api/stats`); times in milliseconds since the epoch.
-#[derive(Serialize, ToSchema)]
-pub struct Stats {
-    /// Requests proxied by this process since it started; `null` unless it proxies and
-    /// counts them (a metrics listener is configured).
-    requests_total: Option<u64>,
-    /// When this answer was made.
-    at: u64,
-    /// When the process started.
-    started: u64,
-}
-
-/// `{status: "ok"}`.
-#[derive(Serialize, ToSchema)]
-pub struct Alive {
-    status: String,
-}
-
-/// Readiness: whether the store answers and every listener is bound (503 unless both), the
-/// bound addresses by listener (`http`, `https`, `api`, `metrics`, `lookup`), and the
-/// routing table this process routes by.
-#[derive(Serialize, ToSchema)]
-pub struct Ready {
-    store: bool,
-    listeners: bool,
-    addresses: BTreeMap<String, String>,
-    routing: Routing,
-}
-
-/// A routing table: its generation (one more with every change) and its host patterns.
-#[derive(Serialize, ToSchema)]
-pub struct Routing {
-    generation: u64,
-    hosts: u64,
 }
