@@ -85,8 +85,15 @@ fn store_message(e: &StoreError) -> String {
     }
 }
 
+/// A field's error as a sentence: its text with a full stop, unless it ends a sentence
+/// already (a provider's own words may).
+fn sentence(e: &FieldError) -> String {
+    let text = e.to_string();
+    if text.ends_with(['.', '!', '?']) { text } else { format!("{text}.") }
+}
+
 fn summary(errors: &[FieldError]) -> String {
-    errors.iter().map(|e| format!("{e}.")).collect::<Vec<_>>().join(" ")
+    errors.iter().map(sentence).collect::<Vec<_>>().join(" ")
 }
 
 impl From<StoreError> for ApiError {
@@ -117,7 +124,7 @@ pub struct FieldProblem {
 
 impl FieldProblem {
     fn of(e: &FieldError) -> Self {
-        Self { key: e.field(), message: format!("{e}.") }
+        Self { key: e.field(), message: sentence(e) }
     }
 }
 
@@ -180,5 +187,20 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_field_error_is_one_sentence() {
+        let ours = FieldError::refused("name", "name must be 1 to 100 characters");
+        let theirs = FieldError::refused("token", "Cloudflare refused the credentials: Invalid API Token.");
+        assert_eq!(sentence(&ours), "name must be 1 to 100 characters.");
+        assert_eq!(sentence(&theirs), "Cloudflare refused the credentials: Invalid API Token.");
+        let both = summary(&[ours, theirs]);
+        assert_eq!(both, "name must be 1 to 100 characters. Cloudflare refused the credentials: Invalid API Token.");
     }
 }
