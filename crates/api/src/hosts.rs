@@ -197,13 +197,21 @@ pub async fn delete(
     responses((status = 200, body = doc::Lookup, description = "`results` is absent when no host matches"), doc::AuthErrors),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn lookup(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Json<Value> {
+pub async fn lookup(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Json<Lookup> {
     let table = api.routes.snapshot();
-    let found = Hostname::parse(&item).ok().and_then(|name| table.lookup(name.as_str()).map(|(_, h)| h.to_json()));
-    match found {
-        Some(host) => Json(json!({ "string": item, "results": host })),
-        None => Json(json!({ "string": item })),
-    }
+    let results = Hostname::parse(&item).ok().and_then(|name| table.lookup(name.as_str()).map(|(_, h)| h.to_json()));
+    Json(Lookup { string: item, results })
+}
+
+/// The host a name routes to, if any.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Lookup {
+    /// The name asked for, as given.
+    string: String,
+    /// The host it routes to; absent when none matches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<doc::Host>)]
+    results: Option<Map<String, Value>>,
 }
 
 /// `GET /api/host/lookupobj` (admin): the lookup tree as the seed showed it, nested from the
@@ -215,7 +223,7 @@ pub async fn lookup(State(api): State<Api>, _caller: Caller, Path(item): Path<St
     responses((status = 200, body = doc::LookupTree), doc::AuthErrors),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn lookup_tree(State(api): State<Api>, caller: Caller) -> Result<Json<Value>, ApiError> {
+pub async fn lookup_tree(State(api): State<Api>, caller: Caller) -> Result<Json<LookupTree>, ApiError> {
     caller.require_admin()?;
     let table = api.routes.snapshot();
     let mut root = Map::new();
@@ -233,7 +241,14 @@ pub async fn lookup_tree(State(api): State<Api>, caller: Caller) -> Result<Json<
         }
         node.insert("#record".into(), Value::Object(host.to_json()));
     }
-    Ok(Json(json!({ "results": root })))
+    Ok(Json(LookupTree { results: root }))
+}
+
+/// The lookup tree, nested from the TLD; `#record` marks a pattern's end.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct LookupTree {
+    #[schema(value_type = Object)]
+    results: Map<String, Value>,
 }
 
 /// `PUT /api/host/{item}/renew`: issues new certificates now for the host's names: the name
@@ -252,7 +267,11 @@ pub async fn lookup_tree(State(api): State<Api>, caller: Caller) -> Result<Json<
     ),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn renew(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn renew(
+    State(api): State<Api>,
+    _caller: Caller,
+    Path(item): Path<String>,
+) -> Result<Json<Renewed>, ApiError> {
     let (_, host, _) = stored(&api, &item).await?;
     let Some(certs) = &api.certs else {
         return Err(ApiError::Unavailable("this process does not manage certificates"));
@@ -265,7 +284,7 @@ pub async fn renew(State(api): State<Api>, _caller: Caller, Path(item): Path<Str
     let mut failures = Vec::new();
     for name in names {
         match certs.renew_now(&name).await {
-            Ok(loaded) => results.push(json!({ "name": name, "not_after": loaded.meta.not_after * 1000 })),
+            Ok(loaded) => results.push(RenewedCert { not_after: loaded.meta.not_after * 1000, name }),
             Err(e) => failures.push(format!("{name}: {}", portico_model::report::chain(&e))),
         }
     }
@@ -277,5 +296,23 @@ pub async fn renew(State(api): State<Api>, _caller: Caller, Path(item): Path<Str
     } else {
         format!("Renewed {} certificate(s) for {item}.", results.len())
     };
-    Ok(Json(json!({ "message": message, "results": results })))
+    Ok(Json(Renewed { message, results }))
+}
+
+/// Certificates renewed by `PUT /api/host/{item}/renew`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Renewed {
+    /// How many, for which host.
+    message: String,
+    /// Each renewed certificate.
+    results: Vec<RenewedCert>,
+}
+
+/// One renewed certificate.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RenewedCert {
+    /// Its name.
+    name: String,
+    /// When it expires: milliseconds since the epoch.
+    not_after: i64,
 }

@@ -65,6 +65,7 @@ impl Modify for TokenSchemes {
 
 pub use crate::error::{ErrorBody, FieldProblem};
 pub use crate::health::{Alive, Ready, Routing, Stats};
+pub use crate::hosts::{Lookup, LookupTree, Renewed, RenewedCert};
 pub use crate::wire::{
     Bookkeeping, CreatedToken, DeletedUser, Entry, Listing, Message, Results, RevokedToken, TokenView as Token,
     UserView as User,
@@ -341,35 +342,6 @@ pub struct Host {
     domain: Option<Domain>,
     #[serde(flatten)]
     bookkeeping: Bookkeeping,
-}
-
-/// The host a name routes to, if any.
-#[derive(Serialize, ToSchema)]
-pub struct Lookup {
-    string: String,
-    results: Option<Host>,
-}
-
-/// The lookup tree, nested from the TLD; `#record` marks a pattern's end.
-#[derive(Serialize, ToSchema)]
-pub struct LookupTree {
-    #[schema(value_type = Object)]
-    results: serde_json::Value,
-}
-
-/// Certificates renewed by `PUT /api/host/{item}/renew`.
-#[derive(Serialize, ToSchema)]
-pub struct Renewed {
-    message: String,
-    results: Vec<RenewedCert>,
-}
-
-/// One renewed certificate.
-#[derive(Serialize, ToSchema)]
-pub struct RenewedCert {
-    name: String,
-    /// Milliseconds since the epoch.
-    not_after: i64,
 }
 
 /// A DNS provider account: `name`, `dnsProvider` (`Cloudflare`, `DigitalOcean`, `PorkBun`) and

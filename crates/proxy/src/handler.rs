@@ -210,13 +210,16 @@ impl Phase {
 
 impl Exchange<'_> {
     async fn run(&mut self, phase: Phase) -> Outcome {
+        // The two phases that may wait on more than the target are boxed (their futures are
+        // large beside the rest of a request's), and only entered when they have work: most
+        // requests are neither ACME challenges nor for hosts with an access policy.
         match phase {
-            // Boxed: a store read, rare, and large beside the rest of a request's future.
-            Phase::Acme => Box::pin(self.acme_http01()).await,
+            Phase::Acme if self.entry.path.as_str().starts_with(HTTP01_PREFIX) => Box::pin(self.acme_http01()).await,
+            Phase::Access if !self.host.access.is_open() => Box::pin(self.access()).await,
+            Phase::Acme | Phase::Access => Ok(None),
             Phase::Measure => self.measure(),
             Phase::ForceSsl => self.force_ssl(),
             Phase::ClientAddress => self.client_address(),
-            Phase::Access => Box::pin(self.access()).await,
             Phase::Forward => self.forward().await,
         }
     }
