@@ -12,7 +12,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
 use portico_dns::{DnsError, DnsProvider};
-use portico_model::dns::{Domain, PROVIDERS, Provider, ProviderType, display, provider_json};
+use portico_model::dns::{Domain, PROVIDERS, Provider, ProviderType, ProviderTypeInfo, provider_json};
 use portico_model::record::public_json;
 use portico_model::{HostPattern, Hostname};
 use portico_store::{Fields, Kind, Revision, Store, StoreError};
@@ -26,12 +26,7 @@ use crate::json::with_message;
 use crate::openapi as doc;
 use crate::state::Api;
 use crate::users::listing;
-
-fn info(p: &ProviderType) -> Value {
-    let mut out = display(p);
-    out.insert("name".into(), json!(p.name));
-    Value::Object(out)
-}
+use crate::wire::Results;
 
 /// `OPTIONS /api/dns`: the provider types and their credential fields.
 #[utoipa::path(
@@ -41,8 +36,8 @@ fn info(p: &ProviderType) -> Value {
     responses((status = 200, body = doc::Results<Vec<doc::DnsProviderType>>), doc::AuthErrors),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn types(_caller: Caller) -> Json<Value> {
-    Json(json!({ "results": PROVIDERS.iter().map(info).collect::<Vec<_>>() }))
+pub async fn types(_caller: Caller) -> Json<Results<Vec<ProviderTypeInfo>>> {
+    Json(Results::new(PROVIDERS.iter().map(ProviderType::info).collect()))
 }
 
 /// `GET /api/dns[?detail]`.

@@ -70,6 +70,7 @@ pub use crate::wire::{
     Bookkeeping, CreatedToken, DeletedUser, Entry, Listing, Message, Results, RevokedToken, TokenView as Token,
     UserView as User,
 };
+pub use portico_model::dns::{CredentialField, ProviderDisplay, ProviderTypeInfo as DnsProviderType};
 
 /// Errors any authenticated route can answer.
 #[derive(IntoResponses)]
@@ -367,40 +368,6 @@ pub struct DnsProvider {
     domains: Option<Vec<Domain>>,
     #[serde(flatten)]
     bookkeeping: Bookkeeping,
-}
-
-/// How a UI shows a provider type.
-#[derive(Serialize, ToSchema)]
-pub struct ProviderDisplay {
-    #[serde(rename = "displayName")]
-    display_name: String,
-    /// A Font Awesome glyph (an HTML character reference), as the seed's UI shows it.
-    #[serde(rename = "displayIconUni")]
-    display_icon_uni: String,
-    /// An icon: an SVG `data:` URL.
-    #[serde(rename = "displayIconHtml")]
-    display_icon_html: String,
-    fields: std::collections::BTreeMap<String, CredentialField>,
-}
-
-/// A provider type.
-#[derive(Serialize, ToSchema)]
-pub struct DnsProviderType {
-    name: String,
-    #[serde(flatten)]
-    display: ProviderDisplay,
-}
-
-/// A credential field, as the seed's UI reads it.
-#[derive(Serialize, ToSchema)]
-pub struct CredentialField {
-    r#type: String,
-    #[serde(rename = "isRequired")]
-    is_required: bool,
-    #[serde(rename = "isPrivate")]
-    is_private: bool,
-    #[serde(rename = "displayName")]
-    display_name: String,
 }
 
 /// A zone a DNS provider manages.

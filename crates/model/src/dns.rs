@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::body::{Body, FieldError, required, string, whole_number};
 use crate::record::{Stamps, other_fields, public_json, stored_fields};
@@ -91,37 +91,85 @@ pub fn provider_type(name: &str) -> Option<&'static ProviderType> {
 
 /// How a UI shows a provider type: its names, icon and credential fields (the seed's
 /// `displayName`, `displayIconUni`, `displayIconHtml` as an SVG `data:` URL, `fields`).
-pub fn display(p: &ProviderType) -> Map<String, Value> {
-    let initial = p.display_name.get(..1).unwrap_or("?");
-    let icon = format!(
-        "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E%3Ccircle cx='16' cy='16' r='16' fill='%23{}'/%3E%3Ctext x='16' y='22' font-size='17' font-family='sans-serif' text-anchor='middle' fill='white'%3E{initial}%3C/text%3E%3C/svg%3E",
-        p.color
-    );
-    let mut out = Map::new();
-    out.insert("displayName".into(), json!(p.display_name));
-    out.insert("displayIconUni".into(), json!(p.glyph));
-    out.insert("displayIconHtml".into(), json!(icon));
-    out.insert("fields".into(), Value::Object(credential_specs(p)));
-    out
+#[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProviderDisplay {
+    #[serde(rename = "displayName")]
+    display_name: &'static str,
+    /// A Font Awesome glyph (an HTML character reference), as the seed's UI shows it.
+    #[serde(rename = "displayIconUni")]
+    display_icon_uni: &'static str,
+    /// An icon: an SVG `data:` URL.
+    #[serde(rename = "displayIconHtml")]
+    display_icon_html: String,
+    fields: std::collections::BTreeMap<&'static str, CredentialField>,
 }
 
-/// The credential fields of a provider type, as the seed's UI reads them.
-fn credential_specs(p: &ProviderType) -> Map<String, Value> {
-    p.credentials
-        .iter()
-        .map(|(key, display)| {
-            let private = SECRET_FIELDS.contains(key);
-            let spec = json!({"type": "string", "isRequired": true, "isPrivate": private, "displayName": display});
-            ((*key).to_owned(), spec)
-        })
-        .collect()
+/// A credential field, as the seed's UI reads it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CredentialField {
+    /// Always `string`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(rename = "isRequired")]
+    is_required: bool,
+    /// A secret: never shown back.
+    #[serde(rename = "isPrivate")]
+    is_private: bool,
+    #[serde(rename = "displayName")]
+    display_name: &'static str,
+}
+
+/// A provider type as `OPTIONS /api/dns` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = DnsProviderType))]
+pub struct ProviderTypeInfo {
+    /// The stored name (`dnsProvider`).
+    name: &'static str,
+    #[serde(flatten)]
+    display: ProviderDisplay,
+}
+
+impl ProviderType {
+    /// How a UI shows this type.
+    pub fn display(&self) -> ProviderDisplay {
+        let initial = self.display_name.get(..1).unwrap_or("?");
+        let icon = format!(
+            "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E%3Ccircle cx='16' cy='16' r='16' fill='%23{}'/%3E%3Ctext x='16' y='22' font-size='17' font-family='sans-serif' text-anchor='middle' fill='white'%3E{initial}%3C/text%3E%3C/svg%3E",
+            self.color
+        );
+        let fields = self
+            .credentials
+            .iter()
+            .map(|(key, display_name)| {
+                let is_private = SECRET_FIELDS.contains(key);
+                (*key, CredentialField { kind: "string", is_required: true, is_private, display_name })
+            })
+            .collect();
+        ProviderDisplay {
+            display_name: self.display_name,
+            display_icon_uni: self.glyph,
+            display_icon_html: icon,
+            fields,
+        }
+    }
+
+    /// The type as `OPTIONS /api/dns` lists it.
+    pub fn info(&self) -> ProviderTypeInfo {
+        ProviderTypeInfo { name: self.name, display: self.display() }
+    }
 }
 
 /// A provider as the API shows it: public fields and its type's info, never credentials.
 pub fn provider_json(fields: &Fields) -> Map<String, Value> {
     let mut out = public_json(fields);
     if let Some(p) = fields.get("dnsProvider").and_then(|n| provider_type(n)) {
-        out.extend(display(p));
+        // A struct of strings, a bool and a map of them always serializes.
+        if let Ok(Value::Object(display)) = serde_json::to_value(p.display()) {
+            out.extend(display);
+        }
     }
     out
 }
@@ -376,6 +424,8 @@ impl Zones {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
