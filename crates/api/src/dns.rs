@@ -12,21 +12,19 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
 use portico_dns::{DnsError, DnsProvider};
-use portico_model::dns::{Domain, PROVIDERS, Provider, ProviderType, ProviderTypeInfo, provider_json};
-use portico_model::record::public_json;
+use portico_model::dns::{Domain, DomainView, PROVIDERS, Provider, ProviderType, ProviderTypeInfo, ProviderView};
 use portico_model::{HostPattern, Hostname};
 use portico_store::{Fields, Kind, Revision, Store, StoreError};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::auth::{self, Caller};
 use crate::conditional::{self, etag};
 use crate::error::{ApiError, FieldError};
 use crate::json::JsonObject;
-use crate::json::with_message;
 use crate::openapi as doc;
 use crate::state::Api;
 use crate::users::listing;
-use crate::wire::Results;
+use crate::wire::{Item, Listing, Results, Written};
 
 /// `OPTIONS /api/dns`: the provider types and their credential fields.
 #[utoipa::path(
@@ -53,13 +51,10 @@ pub async fn list(
     State(api): State<Api>,
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<crate::wire::Listing<Value>>, ApiError> {
+) -> Result<Json<Listing<ProviderView>>, ApiError> {
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
-    listing(&api, Kind::DnsProvider, &query, |_, f| {
-        let id = f.get("id")?;
-        Some(Value::Object(zones.provider(id, f)))
-    })
-    .await
+    listing(&api, Kind::DnsProvider, &query, |key, f| Some(zones.provider(f.get("id").map_or(key, String::as_str), f)))
+        .await
 }
 
 /// `POST /api/dns {name, dnsProvider, token | apiKey + secretApiKey}` (admin).
@@ -68,10 +63,10 @@ pub async fn list(
     path = "/api/dns",
     tag = "dns",
     request_body = doc::NewDnsProvider,
-    responses((status = 200, body = doc::Written<doc::DnsProvider>), doc::AuthErrors, doc::InputErrors, doc::Taken),
+    responses((status = 200, body = AddedProvider), doc::AuthErrors, doc::InputErrors, doc::Taken),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<AddedProvider>, ApiError> {
     caller.require_admin()?;
     let id = auth::new_token()?[..16].to_owned();
     let account = Provider::from_json(&body.0, id.clone(), &caller.username, portico_store::now_ms() as i64)
@@ -81,15 +76,27 @@ pub async fn create(State(api): State<Api>, caller: Caller, body: JsonObject) ->
     let dns = client(&api, &fields, credential)?;
     dns.verify().await.map_err(|e| dns_error(e, credential))?;
     api.store.create(Kind::DnsProvider, &id, &fields).await?;
-    let mut out = account.to_json();
-    match sync(api.store.as_ref(), &id, dns.as_ref(), &caller.username).await {
-        Ok(synced) => {
-            out.insert("domains".into(), json!(synced.domains));
-        }
+    let domains = match sync(api.store.as_ref(), &id, dns.as_ref(), &caller.username).await {
+        Ok(synced) => Some(synced.domains),
         // The provider is stored; its domains come at the next sync.
-        Err(e) => tracing::warn!(provider = %id, error = %e, "cannot list the new provider's domains yet"),
-    }
-    Ok(with_message(format!("\"{id}\" added."), out))
+        Err(e) => {
+            tracing::warn!(provider = %id, error = %e, "cannot list the new provider's domains yet");
+            None
+        }
+    };
+    let provider = ProviderView::of(&id, &fields);
+    Ok(Json(AddedProvider { provider, domains, message: format!("\"{id}\" added.") }))
+}
+
+/// A provider account just added: the account, the zones found at the provider and linked to
+/// it (by name; absent when the provider could not list them yet), and a message.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AddedProvider {
+    #[serde(flatten)]
+    provider: ProviderView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    domains: Option<Vec<String>>,
+    message: String,
 }
 
 /// A client for a provider record; a record that cannot make one is a 422 on `field`.
@@ -204,10 +211,10 @@ pub async fn get(
     State(api): State<Api>,
     _caller: Caller,
     Path(id): Path<String>,
-) -> Result<(HeaderMap, Json<Value>), ApiError> {
+) -> Result<(HeaderMap, Json<Item<ProviderView>>), ApiError> {
     let (fields, revision) = stored_provider_at(&api, &id).await?;
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
-    Ok((etag(revision), Json(json!({ "item": id, "results": zones.provider(&id, &fields) }))))
+    Ok((etag(revision), Json(Item::new(id.clone(), zones.provider(&id, &fields)))))
 }
 
 /// `PUT /api/dns/{id} {name?, credentials?}` (admin).
@@ -229,7 +236,7 @@ pub async fn update(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: JsonObject,
-) -> Result<(HeaderMap, Json<Value>), ApiError> {
+) -> Result<(HeaderMap, Json<Written<ProviderView>>), ApiError> {
     caller.require_admin()?;
     // New credentials are checked with the provider before anything is written.
     let mut candidate = Provider::from_fields(&id, &stored_provider(&api, &id).await?);
@@ -255,9 +262,8 @@ pub async fn update(
         },
     )
     .await?;
-    let mut out = provider_json(&fields);
-    out.insert("__requestedHost".into(), json!(id));
-    Ok((etag, with_message(format!("\"{id}\" updated."), out)))
+    let written = Written::new(ProviderView::of(&id, &fields), format!("\"{id}\" updated."));
+    Ok((etag, Json(written.asked_as(id))))
 }
 
 /// `DELETE /api/dns/{id}` (admin): the provider and every domain it manages.
@@ -269,7 +275,11 @@ pub async fn update(
     responses((status = 200, body = doc::Written<doc::DnsProvider>), doc::AuthErrors, doc::Missing),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn delete(State(api): State<Api>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn delete(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Written<ProviderView>>, ApiError> {
     caller.require_admin()?;
     let fields = stored_provider(&api, &id).await?;
     for (domain, record) in api.store.records(Kind::Domain).await? {
@@ -278,7 +288,7 @@ pub async fn delete(State(api): State<Api>, caller: Caller, Path(id): Path<Strin
         }
     }
     api.store.delete(Kind::DnsProvider, &id).await?;
-    Ok(with_message(format!("{id} deleted"), provider_json(&fields)))
+    Ok(Json(Written::new(ProviderView::of(&id, &fields), format!("{id} deleted"))))
 }
 
 /// `GET /api/dns/domain[?detail]`.
@@ -294,9 +304,9 @@ pub async fn list_domains(
     State(api): State<Api>,
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<crate::wire::Listing<Value>>, ApiError> {
+) -> Result<Json<Listing<DomainView>>, ApiError> {
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
-    listing(&api, Kind::Domain, &query, |_, f| Some(zones.zone(f))).await
+    listing(&api, Kind::Domain, &query, |key, f| Some(zones.zone(key, f))).await
 }
 
 /// `POST /api/dns/domain {domain, dnsProvider_id, zoneId?}` (admin).
@@ -308,7 +318,11 @@ pub async fn list_domains(
     responses((status = 200, body = doc::Written<doc::Domain>), doc::AuthErrors, doc::InputErrors, doc::Taken),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn create_domain(State(api): State<Api>, caller: Caller, body: JsonObject) -> Result<Json<Value>, ApiError> {
+pub async fn create_domain(
+    State(api): State<Api>,
+    caller: Caller,
+    body: JsonObject,
+) -> Result<Json<Written<DomainView>>, ApiError> {
     caller.require_admin()?;
     let domain = Domain::from_json(&body.0, &caller.username, portico_store::now_ms() as i64);
     let provider_id = body.0.get("dnsProvider_id").and_then(Value::as_str);
@@ -329,7 +343,7 @@ pub async fn create_domain(State(api): State<Api>, caller: Caller, body: JsonObj
         .create(Kind::Domain, domain.as_str(), &fields)
         .await
         .map_err(|e| ApiError::from_write(e, Kind::Domain, domain.as_str(), "domain"))?;
-    Ok(with_message(format!("\"{domain}\" added."), public_json(&fields)))
+    Ok(Json(Written::new(DomainView::of(domain.as_str(), &fields), format!("\"{domain}\" added."))))
 }
 
 /// `GET /api/dns/domain/{name}`: the managed zone that contains `name` (longest suffix).
@@ -345,13 +359,13 @@ pub async fn find_domain(
     State(api): State<Api>,
     _caller: Caller,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Results<Vec<DomainView>>>, ApiError> {
     let not_found = || ApiError::NotFound { kind: "Domain", key: name.clone() };
     // A name or a host pattern (the seed's UI asks for `*.example.com`).
     let pattern = HostPattern::parse(&name).map_err(|_| not_found())?;
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
     let zone = zones.zone_of(pattern.as_str()).ok_or_else(not_found)?;
-    Ok(Json(json!({ "results": [zone] })))
+    Ok(Json(Results::new(vec![zone])))
 }
 
 /// `DELETE /api/dns/domain/{domain}` (admin).
@@ -367,12 +381,12 @@ pub async fn delete_domain(
     State(api): State<Api>,
     caller: Caller,
     Path(domain): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Written<DomainView>>, ApiError> {
     caller.require_admin()?;
     let not_found = || ApiError::NotFound { kind: "Domain", key: domain.clone() };
     let fields = api.store.record(Kind::Domain, &domain).await?.ok_or_else(not_found)?;
     api.store.delete(Kind::Domain, &domain).await?;
-    Ok(with_message(format!("{domain} deleted"), public_json(&fields)))
+    Ok(Json(Written::new(DomainView::of(&domain, &fields), format!("{domain} deleted"))))
 }
 
 /// `POST /api/dns/domain/refresh/{id}` (admin): links the provider's zones as domains now.

@@ -7,16 +7,20 @@ use axum::extract::{Path, Query, State};
 use http::HeaderMap;
 use portico_model::{Host, HostPattern, Hostname, PatternLabel};
 use portico_store::{Kind, Revision, StoreError};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::auth::Caller;
 use crate::conditional::{self, etag};
 use crate::error::ApiError;
 use crate::json::JsonObject;
-use crate::json::with_message;
 use crate::openapi as doc;
 use crate::state::Api;
 use crate::users::listing;
+use crate::wire::{Item, Listing, Written};
+
+/// A host as the API shows it (`Host::to_json`: the stored record's fields it does not know
+/// are kept, so it stays a JSON object; its schema is `doc::Host`).
+type HostJson = Map<String, Value>;
 
 fn not_found(item: &str) -> ApiError {
     ApiError::NotFound { kind: "Host", key: item.to_owned() }
@@ -47,7 +51,7 @@ pub async fn list(
     State(api): State<Api>,
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<crate::wire::Listing<Value>>, ApiError> {
+) -> Result<Json<Listing<Value>>, ApiError> {
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
     listing(&api, Kind::Host, &query, |_, f| Host::from_fields(f).ok().map(|h| zones.host_with_domain(&h))).await
 }
@@ -61,7 +65,11 @@ pub async fn list(
     responses((status = 200, body = doc::Written<doc::Host>), doc::AuthErrors, doc::InputErrors, doc::Taken),
     security(("token" = []), ("bearer" = []))
 )]
-pub async fn create(State(api): State<Api>, caller: Caller, mut body: JsonObject) -> Result<Json<Value>, ApiError> {
+pub async fn create(
+    State(api): State<Api>,
+    caller: Caller,
+    mut body: JsonObject,
+) -> Result<Json<Written<HostJson>>, ApiError> {
     hash_basic_auth(&mut body.0).await?;
     let host =
         Host::from_json(&body.0, &caller.username, portico_store::now_ms() as i64).map_err(ApiError::Validation)?;
@@ -70,7 +78,7 @@ pub async fn create(State(api): State<Api>, caller: Caller, mut body: JsonObject
         .create(Kind::Host, pattern, &host.to_fields())
         .await
         .map_err(|e| ApiError::from_write(e, Kind::Host, pattern, "host"))?;
-    Ok(with_message(format!("\"{pattern}\" added."), host.to_json()))
+    Ok(Json(Written::new(host.to_json(), format!("\"{pattern}\" added."))))
 }
 
 /// `GET /api/host/{item}`.
@@ -86,7 +94,7 @@ pub async fn get(
     State(api): State<Api>,
     _caller: Caller,
     Path(item): Path<String>,
-) -> Result<(HeaderMap, Json<Value>), ApiError> {
+) -> Result<(HeaderMap, Json<Item<Value>>), ApiError> {
     let (_, host, revision) = stored(&api, &item).await?;
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
     let mut shown = zones.host_with_domain(&host);
@@ -97,7 +105,7 @@ pub async fn get(
     {
         fields.insert("targets".into(), Value::Array((report.0)(&host)));
     }
-    Ok((etag(revision), Json(json!({ "item": item, "results": shown }))))
+    Ok((etag(revision), Json(Item::new(item, shown))))
 }
 
 /// `PUT /api/host/{item}`: partial update; a new `host` renames it.
@@ -119,7 +127,7 @@ pub async fn update(
     Path(item): Path<String>,
     headers: HeaderMap,
     mut body: JsonObject,
-) -> Result<(HeaderMap, Json<Value>), ApiError> {
+) -> Result<(HeaderMap, Json<Written<HostJson>>), ApiError> {
     hash_basic_auth(&mut body.0).await?;
     let (etag, host) = conditional::update(
         api.store.as_ref(),
@@ -137,9 +145,8 @@ pub async fn update(
         },
     )
     .await?;
-    let mut fields = host.to_json();
-    fields.insert("__requestedHost".into(), json!(item));
-    Ok((etag, with_message(format!("\"{item}\" updated."), fields)))
+    let written = Written::new(host.to_json(), format!("\"{item}\" updated."));
+    Ok((etag, Json(written.asked_as(item))))
 }
 
 /// Hashes the passwords of `basicAuth` entries
@@ -172,7 +179,7 @@ pub async fn delete(
     State(api): State<Api>,
     _caller: Caller,
     Path(item): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Written<HostJson>>, ApiError> {
     // A host that cannot be used (a seed's access fields, a damaged record) can be deleted.
     let key = HostPattern::parse(&item).map_err(|_| not_found(&item))?.to_string();
     let host = match api.store.record(Kind::Host, &key).await {
@@ -185,7 +192,7 @@ pub async fn delete(
     if !api.store.delete(Kind::Host, &key).await? {
         return Err(not_found(&item));
     }
-    Ok(with_message(format!("{item} deleted"), shown))
+    Ok(Json(Written::new(shown, format!("{item} deleted"))))
 }
 
 /// `GET /api/host/lookup/{item}` → `{string, results?}`, from the proxy's own table.

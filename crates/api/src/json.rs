@@ -10,12 +10,6 @@ use serde_json::{Map, Value};
 use crate::error::ApiError;
 use crate::state::Api;
 
-/// The seed's write responses: the record's fields plus a `message`.
-pub fn with_message(message: String, mut fields: Map<String, Value>) -> axum::Json<Value> {
-    fields.insert("message".into(), Value::String(message));
-    axum::Json(Value::Object(fields))
-}
-
 /// A JSON object body (an empty body reads as `{}`).
 #[derive(Debug)]
 pub struct JsonObject(pub Map<String, Value>);

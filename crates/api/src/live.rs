@@ -70,11 +70,11 @@ impl Feed {
 }
 
 /// A record as the API shows it, for an event's `data`.
-fn render(kind: Kind, fields: &Fields) -> Option<Value> {
+fn render(kind: Kind, key: &str, fields: &Fields) -> Option<Value> {
     match kind {
         Kind::Host => Host::from_fields(fields).ok().map(|h| Value::Object(h.to_json())),
-        Kind::DnsProvider => Some(Value::Object(portico_model::dns::provider_json(fields))),
-        Kind::Domain => Some(Value::Object(portico_model::record::public_json(fields))),
+        Kind::DnsProvider => serde_json::to_value(portico_model::dns::ProviderView::of(key, fields)).ok(),
+        Kind::Domain => serde_json::to_value(portico_model::dns::DomainView::of(key, fields)).ok(),
         _ => None,
     }
 }
@@ -93,7 +93,7 @@ async fn run(store: Arc<dyn Store>, mut changes: Subscription, sender: broadcast
                 let _ = sender.send(Arc::new(Event::Token(key)));
             }
             Followed::Record { kind, key, now } if ANNOUNCED.contains(&kind) => {
-                let now = now.and_then(|fields| render(kind, &fields));
+                let now = now.and_then(|fields| render(kind, &key, &fields));
                 announce(&mut seen, &sender, kind, key, now);
             }
             Followed::Resync => resync(store.as_ref(), &mut seen, Some(&sender)).await,
@@ -149,7 +149,7 @@ async fn read_all(store: &dyn Store) -> Result<Seen, StoreError> {
     let mut all = Seen::new();
     for kind in ANNOUNCED {
         for (key, fields) in store.records(kind).await? {
-            if let Some(value) = render(kind, &fields) {
+            if let Some(value) = render(kind, &key, &fields) {
                 all.insert((kind, key), value);
             }
         }

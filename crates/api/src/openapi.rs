@@ -2,12 +2,14 @@
 //!
 //! The paths come from the `#[utoipa::path]` annotation on each handler and are registered
 //! together with the handler itself (`utoipa_axum::routes!`), so a route cannot exist without
-//! its entry in the document. An answer a handler builds as a typed struct is described by
-//! that very struct (errors: [`ErrorBody`]; [`LoginReply`], [`Me`], the DNS refresh's
-//! `Refreshed`). The other types below describe JSON the handlers build from records that keep
-//! fields they do not know (the seed's), or read loosely (`"8080"` for a port); they are only
-//! read by the document generator, and `tests/responses.rs` checks each documented answer
-//! against the live one, so they cannot drift.
+//! its entry in the document. Answers are described by the structs the handlers send
+//! (`wire.rs`, the handlers' own types, and the model's `ProviderView`, `DomainView`,
+//! `ProviderTypeInfo`, `Stamps` behind its `openapi` feature). What is described here: the
+//! response groups (`AuthErrors`, ...), the request bodies, which the handlers read loosely
+//! on purpose (the seed's `"8080"` for a port, `"true"` for a flag) through the model's
+//! `from_json`, and the two answers still built as JSON objects (a host, which keeps the
+//! stored record's unknown fields; a certificate). These types are only read by the document
+//! generator, and `tests/responses.rs` checks every documented answer against the live one.
 #![allow(dead_code, reason = "schema types: described in the document, never built")]
 
 use serde::Serialize;
@@ -67,10 +69,12 @@ pub use crate::error::{ErrorBody, FieldProblem};
 pub use crate::health::{Alive, Ready, Routing, Stats};
 pub use crate::hosts::{Lookup, LookupTree, Renewed, RenewedCert};
 pub use crate::wire::{
-    Bookkeeping, CreatedToken, DeletedUser, Entry, Listing, Message, Results, RevokedToken, TokenView as Token,
-    UserView as User,
+    CreatedToken, DeletedUser, Entry, Item, Listing, Message, Results, RevokedToken, TokenView as Token,
+    UserView as User, Written,
 };
 pub use portico_model::dns::{CredentialField, ProviderDisplay, ProviderTypeInfo as DnsProviderType};
+pub use portico_model::dns::{DomainView as Domain, ProviderView as DnsProvider};
+pub use portico_model::record::Stamps as Bookkeeping;
 
 /// Errors any authenticated route can answer.
 #[derive(IntoResponses)]
@@ -139,21 +143,6 @@ pub enum Flag {
     Bool(bool),
     /// `"true"`
     Text(String),
-}
-
-/// `{item, results}`: one record and the name it was asked by.
-#[derive(Serialize, ToSchema)]
-pub struct Item<T> {
-    item: String,
-    results: T,
-}
-
-/// A record after a write, with a `message`.
-#[derive(Serialize, ToSchema)]
-pub struct Written<T> {
-    #[serde(flatten)]
-    record: T,
-    message: String,
 }
 
 /// `POST /api/auth/login`.
@@ -356,20 +345,6 @@ pub struct NewDnsProvider {
     credentials: std::collections::BTreeMap<String, String>,
 }
 
-/// A DNS provider (never its credentials).
-#[derive(Serialize, ToSchema)]
-pub struct DnsProvider {
-    name: String,
-    #[serde(rename = "dnsProvider")]
-    dns_provider: String,
-    #[serde(flatten)]
-    display: ProviderDisplay,
-    /// The zones it manages (in listings and reads, not in a write's answer).
-    domains: Option<Vec<Domain>>,
-    #[serde(flatten)]
-    bookkeeping: Bookkeeping,
-}
-
 /// A zone a DNS provider manages.
 #[derive(Serialize, ToSchema)]
 pub struct NewDomain {
@@ -378,21 +353,6 @@ pub struct NewDomain {
     dns_provider_id: String,
     #[serde(rename = "zoneId")]
     zone_id: Option<String>,
-}
-
-/// A zone.
-#[derive(Serialize, ToSchema)]
-pub struct Domain {
-    domain: String,
-    #[serde(rename = "dnsProvider_id")]
-    dns_provider_id: String,
-    #[serde(rename = "zoneId")]
-    zone_id: Option<String>,
-    /// When read: the provider that manages it (a DNS provider without its `domains`).
-    #[schema(value_type = Option<Object>)]
-    provider: Option<serde_json::Value>,
-    #[serde(flatten)]
-    bookkeeping: Bookkeeping,
 }
 
 /// A certificate's metadata and Portico's state for the name (times in milliseconds since

@@ -10,24 +10,41 @@ use portico_model::user::User;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// The fields the server keeps on every record (times in milliseconds since the epoch).
+/// `{item, results}`: one record and the name it was asked by.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Bookkeeping {
-    created_by: String,
-    created_on: i64,
-    /// `__NONE__` until the first update.
-    updated_by: String,
-    updated_on: i64,
+pub struct Item<T> {
+    item: String,
+    results: T,
 }
 
-impl From<&Stamps> for Bookkeeping {
-    fn from(stamps: &Stamps) -> Self {
-        Self {
-            created_by: stamps.created_by.clone(),
-            created_on: stamps.created_on,
-            updated_by: stamps.updated_by.clone(),
-            updated_on: stamps.updated_on,
-        }
+impl<T> Item<T> {
+    /// `results`, asked for as `item`.
+    pub fn new(item: impl Into<String>, results: T) -> Self {
+        Self { item: item.into(), results }
+    }
+}
+
+/// A record after a write, with a `message` (and, after an update, the name it was asked
+/// by, as the seed's `__requestedHost`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Written<T> {
+    #[serde(flatten)]
+    record: T,
+    message: String,
+    #[serde(rename = "__requestedHost", skip_serializing_if = "Option::is_none")]
+    requested: Option<String>,
+}
+
+impl<T> Written<T> {
+    /// `record`, written, with `message`.
+    pub fn new(record: T, message: String) -> Self {
+        Self { record, message, requested: None }
+    }
+
+    /// Also names the record asked for (an update's `__requestedHost`).
+    pub fn asked_as(mut self, item: impl Into<String>) -> Self {
+        self.requested = Some(item.into());
+        self
     }
 }
 
@@ -76,7 +93,7 @@ pub struct UserView {
     #[schema(value_type = crate::openapi::Role)]
     role: &'static str,
     #[serde(flatten)]
-    bookkeeping: Bookkeeping,
+    bookkeeping: Stamps,
     /// Other stored fields, as they are (never a secret).
     #[serde(flatten)]
     other: BTreeMap<String, String>,
@@ -88,7 +105,7 @@ impl From<&User> for UserView {
         Self {
             username: user.username.clone(),
             role: user.role.as_str(),
-            bookkeeping: Bookkeeping::from(&user.stamps),
+            bookkeeping: user.stamps.clone(),
             other: other.map(|(k, v)| (k.clone(), v.clone())).collect(),
         }
     }

@@ -2,12 +2,12 @@
 //! types and their credential fields, and the zone rule (a name belongs to the longest
 //! managed zone it is in).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::body::{Body, FieldError, required, string, whole_number};
-use crate::record::{Stamps, other_fields, public_json, stored_fields};
+use crate::record::{Stamps, other_fields, stored_fields};
 use crate::{Fields, Host, Hostname};
 
 /// A provider type: its key in `dnsProvider`, display name and credential fields.
@@ -162,16 +162,88 @@ impl ProviderType {
     }
 }
 
-/// A provider as the API shows it: public fields and its type's info, never credentials.
-pub fn provider_json(fields: &Fields) -> Map<String, Value> {
-    let mut out = public_json(fields);
-    if let Some(p) = fields.get("dnsProvider").and_then(|n| provider_type(n)) {
-        // A struct of strings, a bool and a map of them always serializes.
-        if let Ok(Value::Object(display)) = serde_json::to_value(p.display()) {
-            out.extend(display);
+/// A DNS provider account as the API shows it: its type's display, never its credentials.
+#[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = DnsProvider))]
+pub struct ProviderView {
+    id: String,
+    name: String,
+    #[serde(rename = "dnsProvider")]
+    kind: String,
+    #[serde(flatten)]
+    display: Option<ProviderDisplay>,
+    /// The zones it manages (in listings and reads, not in a write's answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    domains: Option<Vec<DomainView>>,
+    #[serde(flatten)]
+    stamps: Stamps,
+    /// Its other stored fields that are not secrets (`propagationTimeout`; an RFC 2136
+    /// account's server, key name, algorithm and zones), as stored.
+    #[serde(flatten)]
+    other: BTreeMap<String, String>,
+}
+
+impl ProviderView {
+    /// The stored account `fields`, kept under `key`, without its zones.
+    pub fn of(key: &str, fields: &Fields) -> Self {
+        let account = Provider::from_fields(key, fields);
+        let mut other = public_fields(&account.other);
+        if let Some(seconds) = account.propagation_timeout {
+            other.insert(PROPAGATION.to_owned(), seconds.to_string());
+        }
+        Self {
+            display: account.provider_type().map(ProviderType::display),
+            id: account.id,
+            name: account.name,
+            kind: account.kind,
+            domains: None,
+            stamps: account.stamps,
+            other,
         }
     }
-    out
+}
+
+/// A managed zone as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Domain))]
+pub struct DomainView {
+    domain: String,
+    #[serde(rename = "dnsProvider_id")]
+    provider_id: String,
+    #[serde(rename = "zoneId", skip_serializing_if = "Option::is_none")]
+    zone_id: Option<String>,
+    /// When a zone is read on its own: the provider that manages it (a DNS provider without
+    /// its `domains`; `null` when it is gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    provider: Option<Option<Box<ProviderView>>>,
+    #[serde(flatten)]
+    stamps: Stamps,
+    /// Its other stored fields that are not secrets, as stored.
+    #[serde(flatten)]
+    other: BTreeMap<String, String>,
+}
+
+/// The stored fields of a zone that its own fields name.
+const DOMAIN_FIELDS: [&str; 3] = ["domain", "dnsProvider_id", "zoneId"];
+
+impl DomainView {
+    /// The stored zone `fields`, kept under `key`, without its provider.
+    pub fn of(key: &str, fields: &Fields) -> Self {
+        Self {
+            domain: fields.get("domain").cloned().unwrap_or_else(|| key.to_owned()),
+            provider_id: fields.get("dnsProvider_id").cloned().unwrap_or_default(),
+            zone_id: fields.get("zoneId").cloned(),
+            provider: None,
+            stamps: Stamps::read(fields),
+            other: public_fields(&other_fields(fields, &DOMAIN_FIELDS)),
+        }
+    }
+}
+
+/// The fields of `fields` that are not secrets.
+fn public_fields(fields: &Fields) -> BTreeMap<String, String> {
+    fields.iter().filter(|(k, _)| !crate::is_secret_field(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// A DNS provider account (the seed's `DnsProvider` record): a name, the provider type, its
@@ -300,11 +372,6 @@ impl Provider {
         stored_fields(&self.other, known.into_iter().chain(timeout), &self.stamps)
     }
 
-    /// The account as the API shows it ([`provider_json`]): never its credentials.
-    pub fn to_json(&self) -> Map<String, Value> {
-        provider_json(&self.to_fields())
-    }
-
     /// Its provider type, if this version knows it.
     pub fn provider_type(&self) -> Option<&'static ProviderType> {
         provider_type(&self.kind)
@@ -384,32 +451,28 @@ impl Zones {
     }
 
     /// A provider with its zones.
-    pub fn provider(&self, id: &str, fields: &Fields) -> Map<String, Value> {
-        let mut out = provider_json(fields);
-        let domains = self
-            .domains
-            .iter()
-            .filter(|(_, d)| d.get("dnsProvider_id").is_some_and(|p| p == id))
-            .map(|(_, d)| Value::Object(public_json(d)))
-            .collect();
-        out.insert("domains".into(), Value::Array(domains));
-        out
+    pub fn provider(&self, id: &str, fields: &Fields) -> ProviderView {
+        let mut view = ProviderView::of(id, fields);
+        let mine = self.domains.iter().filter(|(_, d)| d.get("dnsProvider_id").is_some_and(|p| p == id));
+        view.domains = Some(mine.map(|(key, d)| DomainView::of(key, d)).collect());
+        view
     }
 
     /// A zone with its provider.
-    pub fn zone(&self, fields: &Fields) -> Value {
-        let mut out = public_json(fields);
-        let provider = fields.get("dnsProvider_id").and_then(|id| self.providers.get(id));
-        out.insert("provider".into(), provider.map_or(Value::Null, |p| Value::Object(provider_json(p))));
-        Value::Object(out)
+    pub fn zone(&self, key: &str, fields: &Fields) -> DomainView {
+        let mut view = DomainView::of(key, fields);
+        let provider = fields.get("dnsProvider_id").and_then(|id| Some((id, self.providers.get(id)?)));
+        view.provider = Some(provider.map(|(id, p)| Box::new(ProviderView::of(id, p))));
+        view
     }
 
     /// The managed zone a host name or pattern is in, with its provider
     /// ([`zones_of`] is the rule).
-    pub fn zone_of(&self, pattern: &str) -> Option<Value> {
+    pub fn zone_of(&self, pattern: &str) -> Option<DomainView> {
         zones_of(pattern).find_map(|zone| {
             let at = self.domains.binary_search_by(|(key, _)| key.as_str().cmp(zone)).ok()?;
-            Some(self.zone(&self.domains[at].1))
+            let (key, fields) = &self.domains[at];
+            Some(self.zone(key, fields))
         })
     }
 
@@ -417,7 +480,8 @@ impl Zones {
     /// in, with that zone's provider (`null` when it is in none).
     pub fn host_with_domain(&self, host: &Host) -> Value {
         let mut out = host.to_json();
-        out.insert("domain".into(), self.zone_of(host.host.as_str()).unwrap_or(Value::Null));
+        let zone = self.zone_of(host.host.as_str()).and_then(|z| serde_json::to_value(z).ok());
+        out.insert("domain".into(), zone.unwrap_or(Value::Null));
         Value::Object(out)
     }
 }
@@ -461,8 +525,10 @@ mod tests {
         assert!(!format!("{cf:?}").contains("a@b.c"), "credentials stay out of logs");
         let stored = cf.to_fields();
         assert_eq!(Provider::from_fields("id1", &stored), cf);
-        let shown = cf.to_json();
-        assert!(shown.get("apiKey").is_none() && shown["displayName"] == "CloudFlare", "{shown:?}");
+        let shown = serde_json::to_value(ProviderView::of("id1", &stored)).unwrap();
+        assert!(shown.get("apiKey").is_none() && shown["displayName"] == "CloudFlare", "{shown}");
+        assert_eq!((shown["email"].as_str(), shown["propagationTimeout"].as_str()), (Some("a@b.c"), Some("30")));
+        assert_eq!(shown["created_on"], json!(5), "times as numbers");
     }
 
     #[test]

@@ -9,8 +9,10 @@ use crate::Fields;
 
 /// The seed's bookkeeping on a record: who made it and when, who changed it last and when
 /// (milliseconds since the epoch; `updated_by` is `__NONE__` until someone does). Every
-/// record's stamps are made, changed, read and written here.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// record's stamps are made, changed, read and written here; serialized, they are the API's
+/// form (times as numbers).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Bookkeeping))]
 pub struct Stamps {
     /// Who created the record.
     pub created_by: String,
