@@ -12,7 +12,9 @@ use portico_certs::Meta;
 use portico_certs::status::CertState;
 use portico_model::HostPattern;
 use portico_store::{Kind, keys};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -27,7 +29,7 @@ use crate::state::Api;
     path = "/api/cert/{host}",
     tag = "certs",
     params(("host" = String, Path, description = "A host name"), ("include_private_key" = Option<bool>, Query, description = "`true`: the private key (admins only, else 403); `false`: never. Unset: for admins (as the seed's UI asks). Every export is logged")),
-    responses((status = 200, body = doc::CertAnswer), doc::AuthErrors, doc::Missing),
+    responses((status = 200, body = CertAnswer), doc::AuthErrors, doc::Missing),
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn get(
@@ -35,7 +37,7 @@ pub async fn get(
     caller: Caller,
     Path(host): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CertAnswer>, ApiError> {
     let not_found = || ApiError::NotFound { kind: "Cert", key: host.clone() };
     let asked = HostPattern::parse(&host).map_err(|_| not_found())?;
     let mut name = asked.as_str().to_owned();
@@ -53,40 +55,39 @@ pub async fn get(
     if blob.is_none() && state.is_none() {
         return Err(not_found());
     }
-    let mut out = Map::new();
-    out.insert("host".into(), json!(name));
+    let mut results = CertView { host: name.clone(), ..CertView::default() };
     let stored = match &blob {
         Some(bytes) => {
-            let stored: Value =
+            let stored: Map<String, Value> =
                 serde_json::from_slice(bytes).map_err(|_| ApiError::Internal("a stored certificate is not JSON"))?;
             let pem = |field: &str| stored.get(field).and_then(Value::as_str).map(str::to_owned);
             let chain = pem("fullchain_pem")
                 .or_else(|| pem("cert_pem"))
                 .ok_or(ApiError::Internal("a stored certificate has no PEM"))?;
-            out.extend(metadata(&chain).ok_or(ApiError::Internal("a stored certificate does not parse"))?);
-            out.insert("cert_pem".into(), json!(pem("cert_pem")));
-            out.insert("fullchain_pem".into(), json!(pem("fullchain_pem")));
-            out.insert("last_error".into(), stored.get("last_error").cloned().unwrap_or(Value::Null));
-            Some(stored)
+            results.meta = Some(metadata(&chain).ok_or(ApiError::Internal("a stored certificate does not parse"))?);
+            results.cert_pem = Some(pem("cert_pem"));
+            results.fullchain_pem = Some(pem("fullchain_pem"));
+            results.last_error = Some(pem("last_error"));
+            stored
         }
         None => {
-            out.insert("status".into(), json!("none"));
-            None
+            results.status = Some("none");
+            Map::new()
         }
     };
     if let Some(state) = &state {
-        let millis = |secs: i64| if secs > 0 { json!(secs * 1000) } else { Value::Null };
-        let text = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
-        out.insert("issued_by".into(), text(&state.issuer));
-        out.insert("last_attempt".into(), millis(state.last_attempt));
-        out.insert("next_attempt".into(), millis(state.next_attempt));
-        out.insert("failures".into(), json!(state.failures));
-        out.insert("last_error".into(), text(&state.last_error));
-        out.insert("last_error_type".into(), text(&state.last_error_type));
-        // Where an issuance is: planned, ordered, records published, waiting for DNS,
-        // validating, finalizing; issued or failed (with the step it failed at).
-        out.insert("step".into(), text(&state.step));
-        out.insert("failed_step".into(), text(&state.failed_step));
+        let millis = |secs: i64| (secs > 0).then_some(secs * 1000);
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        results.progress = Some(Progress {
+            issued_by: text(&state.issuer),
+            last_attempt: millis(state.last_attempt),
+            next_attempt: millis(state.next_attempt),
+            failures: state.failures,
+            last_error_type: text(&state.last_error_type),
+            step: text(&state.step),
+            failed_step: text(&state.failed_step),
+        });
+        results.last_error = Some(text(&state.last_error));
     }
     // The seed answers the stored JSON itself (`cert_pem`, `fullchain_pem`, `privkey_pem`,
     // `expiry`), and its UI downloads those fields: they are at the top level too.
@@ -99,29 +100,98 @@ pub async fn get(
         // A plain request, as the seed's UI makes: the key for admins only.
         None => caller.is_admin(),
     };
-    let mut answer = Map::new();
-    if let Some(Value::Object(stored)) = &stored {
-        for (field, value) in stored {
-            if field != "privkey_pem" {
-                answer.insert(field.clone(), value.clone());
-            }
-        }
-    }
+    let mut privkey_pem = None;
     if export_key {
-        let key = stored.as_ref().and_then(|s| s.get("privkey_pem")).cloned().unwrap_or(Value::Null);
-        if !key.is_null() {
+        let key = stored.get("privkey_pem").and_then(Value::as_str).map(str::to_owned);
+        if key.is_some() {
             tracing::warn!(username = %caller.username, host = %name, "private key exported through the API");
         }
-        out.insert("privkey_pem".into(), key.clone());
-        answer.insert("privkey_pem".into(), key);
+        results.privkey_pem = Some(key.clone());
+        privkey_pem = Some(key);
     }
-    answer.insert("item".into(), json!(host));
-    answer.insert("results".into(), Value::Object(out));
-    Ok(Json(Value::Object(answer)))
+    let stored = stored.into_iter().filter(|(field, _)| field != "privkey_pem").collect();
+    Ok(Json(CertAnswer { item: host, results, stored, privkey_pem }))
+}
+
+/// `GET /api/cert/{host}`: Portico's view under `results`, and the stored certificate's own
+/// fields at the top level, as the seed answers them (its UI downloads them from there).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertAnswer {
+    /// The name asked for.
+    item: String,
+    results: CertView,
+    /// The stored certificate's own fields (`cert_pem`, `fullchain_pem`, `expiry`, ...), but
+    /// the private key.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    stored: Map<String, Value>,
+    /// For admins, unless `include_private_key=false`; every export is logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    privkey_pem: Option<Option<String>>,
+}
+
+/// A certificate's metadata and Portico's state for the name (times in milliseconds since
+/// the epoch). A field is absent when nothing says it: the certificate's fields while there
+/// is none (`status: "none"`), the state's while there is none.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct CertView {
+    /// The certificate's name (a covering wildcard's when the name has none of its own).
+    host: String,
+    #[serde(flatten)]
+    meta: Option<CertMeta>,
+    /// `none` while issuance keeps failing (no certificate yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_pem: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fullchain_pem: Option<Option<String>>,
+    /// The last failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<Option<String>>,
+    #[serde(flatten)]
+    progress: Option<Progress>,
+    /// Admins only (see `CertAnswer`); every export is logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    privkey_pem: Option<Option<String>>,
+}
+
+/// What the stored certificate says of itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertMeta {
+    names: Vec<String>,
+    /// The certificate's issuer (distinguished name).
+    issuer: String,
+    /// The public key: `ECDSA P-256`, `RSA 2048`, ...
+    key: String,
+    not_before: i64,
+    not_after: i64,
+    /// `valid`, `expired` or `not yet valid`.
+    status: &'static str,
+}
+
+/// Where the name's issuance is: Portico's state for it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Progress {
+    /// `acme` or `internal`: who issued the current certificate.
+    issued_by: Option<String>,
+    /// The last issuance or renewal attempt.
+    last_attempt: Option<i64>,
+    /// When the next attempt is due: the renewal time, or the end of a failure backoff.
+    next_attempt: Option<i64>,
+    /// Consecutive failures.
+    failures: u32,
+    /// The last failure's ACME problem type (`urn:ietf:params:acme:error:…`).
+    last_error_type: Option<String>,
+    /// Where an issuance is: planned, ordered, records published, waiting for DNS,
+    /// validating, finalizing; issued or failed.
+    step: Option<String>,
+    /// The step a failed issuance failed at.
+    failed_step: Option<String>,
 }
 
 /// Names, issuer, validity (milliseconds) and status of the first certificate of a PEM chain.
-fn metadata(chain: &str) -> Option<Map<String, Value>> {
+fn metadata(chain: &str) -> Option<CertMeta> {
     let meta = Meta::of_chain(chain).ok()?;
     let now = portico_certs::now_secs();
     let status = if now > meta.not_after {
@@ -131,12 +201,12 @@ fn metadata(chain: &str) -> Option<Map<String, Value>> {
     } else {
         "valid"
     };
-    let mut out = Map::new();
-    out.insert("names".into(), json!(meta.names));
-    out.insert("issuer".into(), json!(meta.issuer));
-    out.insert("key".into(), json!(meta.key));
-    out.insert("not_before".into(), json!(meta.not_before * 1000));
-    out.insert("not_after".into(), json!(meta.not_after * 1000));
-    out.insert("status".into(), json!(status));
-    Some(out)
+    Some(CertMeta {
+        names: meta.names,
+        issuer: meta.issuer,
+        key: meta.key,
+        not_before: meta.not_before * 1000,
+        not_after: meta.not_after * 1000,
+        status,
+    })
 }

@@ -7,8 +7,8 @@
 //! `ProviderTypeInfo`, `Stamps` behind its `openapi` feature). What is described here: the
 //! response groups (`AuthErrors`, ...), the request bodies, which the handlers read loosely
 //! on purpose (the seed's `"8080"` for a port, `"true"` for a flag) through the model's
-//! `from_json`, and the two answers still built as JSON objects (a host, which keeps the
-//! stored record's unknown fields; a certificate). These types are only read by the document
+//! `from_json`, and the one answer still built as a JSON object (a host, which keeps the
+//! stored record's unknown fields with typed values). These types are only read by the document
 //! generator, and `tests/responses.rs` checks every documented answer against the live one.
 #![allow(dead_code, reason = "schema types: described in the document, never built")]
 
@@ -65,6 +65,7 @@ impl Modify for TokenSchemes {
     }
 }
 
+pub use crate::certs::{CertAnswer, CertView as Cert};
 pub use crate::error::{ErrorBody, FieldProblem};
 pub use crate::health::{Alive, Ready, Routing, Stats};
 pub use crate::hosts::{Lookup, LookupTree, Renewed, RenewedCert};
@@ -353,50 +354,4 @@ pub struct NewDomain {
     dns_provider_id: String,
     #[serde(rename = "zoneId")]
     zone_id: Option<String>,
-}
-
-/// A certificate's metadata and Portico's state for the name (times in milliseconds since
-/// the epoch).
-#[derive(Serialize, ToSchema)]
-pub struct Cert {
-    host: String,
-    names: Option<Vec<String>>,
-    /// The certificate's issuer (distinguished name).
-    issuer: Option<String>,
-    /// The public key: `ECDSA P-256`, `RSA 2048`, ...
-    key: Option<String>,
-    not_before: Option<i64>,
-    not_after: Option<i64>,
-    /// `valid`, `expired`, `not yet valid`, or `none` while issuance keeps failing.
-    status: String,
-    /// `acme` or `internal`: who issued the current certificate.
-    issued_by: Option<String>,
-    /// The last issuance or renewal attempt.
-    last_attempt: Option<i64>,
-    /// When the next attempt is due: the renewal time, or the end of a failure backoff.
-    next_attempt: Option<i64>,
-    /// Consecutive failures.
-    failures: Option<u32>,
-    /// The last failure's ACME problem type (`urn:ietf:params:acme:error:…`).
-    last_error_type: Option<String>,
-    /// The last failure.
-    last_error: Option<String>,
-    cert_pem: Option<String>,
-    fullchain_pem: Option<String>,
-    /// Admins only (see [`CertAnswer`]); every export is logged.
-    privkey_pem: Option<String>,
-}
-
-/// `GET /api/cert/{host}`: Portico's view under `results`, and the stored certificate's own
-/// fields at the top level, as the seed answers them (its UI downloads them from there).
-#[derive(Serialize, ToSchema)]
-pub struct CertAnswer {
-    item: String,
-    results: Cert,
-    cert_pem: Option<String>,
-    fullchain_pem: Option<String>,
-    /// For admins, unless `include_private_key=false`; every export is logged.
-    privkey_pem: Option<String>,
-    /// The certificate's expiry as stored (seconds since the epoch).
-    expiry: Option<i64>,
 }

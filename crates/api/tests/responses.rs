@@ -10,17 +10,19 @@ use std::collections::BTreeSet;
 
 use common::Api;
 use http::StatusCode;
+use portico_certs::internal::InternalCa;
+use portico_certs::status::CertState;
+use portico_certs::{Issuer, NoProgress, Plan};
 use portico_store::Kind;
 use serde_json::{Value, json};
 
 /// Operations not called here, and why: each needs a service outside the process (a DNS
 /// provider's API, a CA) or a live stream. The integration tests call them against fakes
 /// and real CAs.
-const NOT_CALLED: [(&str, &str, &str); 5] = [
+const NOT_CALLED: [(&str, &str, &str); 4] = [
     ("post", "/api/dns", "checks the credentials with the provider's API"),
     ("post", "/api/dns/domain/refresh/{id}", "lists the provider's zones through its API"),
     ("put", "/api/host/{item}/renew", "issues from a CA"),
-    ("get", "/api/cert/{host}", "answers for a host with a certificate, which needs a CA"),
     ("get", "/api/events", "a server-sent event stream, not a JSON body"),
 ];
 
@@ -171,6 +173,19 @@ async fn every_documented_answer_is_the_live_one() {
     c.call("get", "/api/host", "/api/host?detail", Value::Null, ok).await;
     c.call("get", "/api/host/{item}", "/api/host/app.test", Value::Null, ok).await;
     c.call("put", "/api/host/{item}", "/api/host/app.test", json!({"targetPort": 8081}), ok).await;
+    // A certificate for it, from the internal CA, stored as an issuance stores one.
+    let ca = InternalCa::new(c.api.store.clone(), std::time::Duration::from_secs(86_400));
+    let issued = ca.issue(&Plan::single("app.test"), &NoProgress).await.unwrap();
+    c.api.store.put_blob(&portico_store::keys::cert_latest("app.test"), &issued.to_json(), None).await.unwrap();
+    let state = CertState { issuer: "internal".into(), failures: 1, last_error: "once".into(), ..CertState::default() };
+    c.api.store.put(Kind::Cert, "app.test", &state.to_fields()).await.unwrap();
+    let cert = c.call("get", "/api/cert/{host}", "/api/cert/app.test", Value::Null, ok).await;
+    assert_eq!(cert["results"]["names"], json!(["app.test"]), "{cert}");
+    assert!(cert["privkey_pem"].as_str().is_some_and(|k| k.contains("PRIVATE KEY")), "an admin's plain request");
+    let without = "/api/cert/app.test?include_private_key=false";
+    let cert = c.call("get", "/api/cert/{host}", without, Value::Null, ok).await;
+    assert!(cert.get("privkey_pem").is_none() && cert["results"].get("privkey_pem").is_none(), "{cert}");
+    assert_eq!((cert["results"]["failures"].as_u64(), cert["results"]["last_error"].as_str()), (Some(1), Some("once")));
     c.call("get", "/api/host/lookup/{item}", "/api/host/lookup/app.test", Value::Null, ok).await;
     c.call("get", "/api/host/lookupobj", "/api/host/lookupobj", Value::Null, ok).await;
     // DNS: a provider account as the store holds one (adding one checks its credentials with
