@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
+use portico_model::host_view::HostView;
 use portico_model::{Host, HostPattern, Hostname, PatternLabel};
 use portico_store::{Kind, Revision, StoreError};
 use serde_json::{Map, Value};
@@ -17,10 +18,6 @@ use crate::openapi as doc;
 use crate::state::Api;
 use crate::users::listing;
 use crate::wire::{Item, Listing, Written};
-
-/// A host as the API shows it (`Host::to_json`: the stored record's fields it does not know
-/// are kept, so it stays a JSON object; its schema is `doc::Host`).
-type HostJson = Map<String, Value>;
 
 fn not_found(item: &str) -> ApiError {
     ApiError::NotFound { kind: "Host", key: item.to_owned() }
@@ -51,7 +48,7 @@ pub async fn list(
     State(api): State<Api>,
     _caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Listing<Value>>, ApiError> {
+) -> Result<Json<Listing<HostView>>, ApiError> {
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
     listing(&api, Kind::Host, &query, |_, f| Host::from_fields(f).ok().map(|h| zones.host_with_domain(&h))).await
 }
@@ -69,7 +66,7 @@ pub async fn create(
     State(api): State<Api>,
     caller: Caller,
     mut body: JsonObject,
-) -> Result<Json<Written<HostJson>>, ApiError> {
+) -> Result<Json<Written<HostView>>, ApiError> {
     hash_basic_auth(&mut body.0).await?;
     let host =
         Host::from_json(&body.0, &caller.username, portico_store::now_ms() as i64).map_err(ApiError::Validation)?;
@@ -78,7 +75,7 @@ pub async fn create(
         .create(Kind::Host, pattern, &host.to_fields())
         .await
         .map_err(|e| ApiError::from_write(e, Kind::Host, pattern, "host"))?;
-    Ok(Json(Written::new(host.to_json(), format!("\"{pattern}\" added."))))
+    Ok(Json(Written::new(HostView::of(&host), format!("\"{pattern}\" added."))))
 }
 
 /// `GET /api/host/{item}`.
@@ -94,16 +91,16 @@ pub async fn get(
     State(api): State<Api>,
     _caller: Caller,
     Path(item): Path<String>,
-) -> Result<(HeaderMap, Json<Item<Value>>), ApiError> {
+) -> Result<(HeaderMap, Json<Item<HostView>>), ApiError> {
     let (_, host, revision) = stored(&api, &item).await?;
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
     let mut shown = zones.host_with_domain(&host);
     // Each target's health as this process sees it (when it proxies), for hosts whose
     // health is followed: several targets, or active checks.
-    if let (Some(report), Value::Object(fields)) = (&api.settings.target_health, &mut shown)
+    if let Some(report) = &api.settings.target_health
         && host.health_followed()
     {
-        fields.insert("targets".into(), Value::Array((report.0)(&host)));
+        shown = shown.with_health((report.0)(&host));
     }
     Ok((etag(revision), Json(Item::new(item, shown))))
 }
@@ -127,7 +124,7 @@ pub async fn update(
     Path(item): Path<String>,
     headers: HeaderMap,
     mut body: JsonObject,
-) -> Result<(HeaderMap, Json<Written<HostJson>>), ApiError> {
+) -> Result<(HeaderMap, Json<Written<HostView>>), ApiError> {
     hash_basic_auth(&mut body.0).await?;
     let (etag, host) = conditional::update(
         api.store.as_ref(),
@@ -145,7 +142,7 @@ pub async fn update(
         },
     )
     .await?;
-    let written = Written::new(host.to_json(), format!("\"{item}\" updated."));
+    let written = Written::new(HostView::of(&host), format!("\"{item}\" updated."));
     Ok((etag, Json(written.asked_as(item))))
 }
 
@@ -179,7 +176,7 @@ pub async fn delete(
     State(api): State<Api>,
     _caller: Caller,
     Path(item): Path<String>,
-) -> Result<Json<Written<HostJson>>, ApiError> {
+) -> Result<Json<Written<Value>>, ApiError> {
     // A host that cannot be used (a seed's access fields, a damaged record) can be deleted.
     let key = HostPattern::parse(&item).map_err(|_| not_found(&item))?.to_string();
     let host = match api.store.record(Kind::Host, &key).await {
@@ -188,7 +185,11 @@ pub async fn delete(
         Err(StoreError::Corrupt { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    let shown = host.map_or_else(|| Map::from_iter([("host".to_owned(), Value::String(key.clone()))]), |h| h.to_json());
+    // An unusable host is shown by its name alone.
+    let shown = match host {
+        Some(host) => serde_json::to_value(HostView::of(&host)).map_err(|_| ApiError::Internal("a host view"))?,
+        None => serde_json::json!({ "host": key }),
+    };
     if !api.store.delete(Kind::Host, &key).await? {
         return Err(not_found(&item));
     }
@@ -206,7 +207,8 @@ pub async fn delete(
 )]
 pub async fn lookup(State(api): State<Api>, _caller: Caller, Path(item): Path<String>) -> Json<Lookup> {
     let table = api.routes.snapshot();
-    let results = Hostname::parse(&item).ok().and_then(|name| table.lookup(name.as_str()).map(|(_, h)| h.to_json()));
+    let results =
+        Hostname::parse(&item).ok().and_then(|name| table.lookup(name.as_str()).map(|(_, h)| HostView::of(h)));
     Json(Lookup { string: item, results })
 }
 
@@ -217,8 +219,7 @@ pub struct Lookup {
     string: String,
     /// The host it routes to; absent when none matches.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<doc::Host>)]
-    results: Option<Map<String, Value>>,
+    results: Option<HostView>,
 }
 
 /// `GET /api/host/lookupobj` (admin): the lookup tree as the seed showed it, nested from the
@@ -246,7 +247,8 @@ pub async fn lookup_tree(State(api): State<Api>, caller: Caller) -> Result<Json<
             let Value::Object(map) = child else { return Err(ApiError::Internal("lookup tree shape")) };
             node = map;
         }
-        node.insert("#record".into(), Value::Object(host.to_json()));
+        let record = serde_json::to_value(HostView::of(host)).map_err(|_| ApiError::Internal("a host view"))?;
+        node.insert("#record".into(), record);
     }
     Ok(Json(LookupTree { results: root }))
 }

@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use portico_model::Host;
+use portico_model::host_view::HostView;
 use portico_store::{Fields, Followed, Follower, Kind, Store, StoreError, Subscription};
 use serde_json::{Value, json};
 use socketioxide::extract::{Data, SocketRef};
@@ -72,7 +73,7 @@ impl Feed {
 /// A record as the API shows it, for an event's `data`.
 fn render(kind: Kind, key: &str, fields: &Fields) -> Option<Value> {
     match kind {
-        Kind::Host => Host::from_fields(fields).ok().map(|h| Value::Object(h.to_json())),
+        Kind::Host => Host::from_fields(fields).ok().and_then(|h| serde_json::to_value(HostView::of(&h)).ok()),
         Kind::DnsProvider => serde_json::to_value(portico_model::dns::ProviderView::of(key, fields)).ok(),
         Kind::Domain => serde_json::to_value(portico_model::dns::DomainView::of(key, fields)).ok(),
         _ => None,

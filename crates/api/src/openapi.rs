@@ -3,13 +3,13 @@
 //! The paths come from the `#[utoipa::path]` annotation on each handler and are registered
 //! together with the handler itself (`utoipa_axum::routes!`), so a route cannot exist without
 //! its entry in the document. Answers are described by the structs the handlers send
-//! (`wire.rs`, the handlers' own types, and the model's `ProviderView`, `DomainView`,
-//! `ProviderTypeInfo`, `Stamps` behind its `openapi` feature). What is described here: the
-//! response groups (`AuthErrors`, ...), the request bodies, which the handlers read loosely
-//! on purpose (the seed's `"8080"` for a port, `"true"` for a flag) through the model's
-//! `from_json`, and the one answer still built as a JSON object (a host, which keeps the
-//! stored record's unknown fields with typed values). These types are only read by the document
-//! generator, and `tests/responses.rs` checks every documented answer against the live one.
+//! (`wire.rs`, the handlers' own types, and the model's `HostView`, `ProviderView`,
+//! `DomainView`, `ProviderTypeInfo`, `Stamps` behind its `openapi` feature). What is
+//! described here: the response groups (`AuthErrors`, ...) and the request bodies, with
+//! their nested parts (targets, health checks, access specs), which the handlers read
+//! loosely on purpose (the seed's `"8080"` for a port, `"true"` for a flag, defaults for what
+//! is left out) through the model's `from_json`. These types are only read by the document
+//! generator; `tests/responses.rs` checks every documented answer against the live one.
 #![allow(dead_code, reason = "schema types: described in the document, never built")]
 
 use serde::Serialize;
@@ -75,6 +75,7 @@ pub use crate::wire::{
 };
 pub use portico_model::dns::{CredentialField, ProviderDisplay, ProviderTypeInfo as DnsProviderType};
 pub use portico_model::dns::{DomainView as Domain, ProviderView as DnsProvider};
+pub use portico_model::host_view::HostView as Host;
 pub use portico_model::record::Stamps as Bookkeeping;
 
 /// Errors any authenticated route can answer.
@@ -314,25 +315,6 @@ pub struct HostUpdate {
     policy: HostPolicy,
     forcessl: Option<Flag>,
     targetssl: Option<Flag>,
-}
-
-/// A host.
-#[derive(Serialize, ToSchema)]
-pub struct Host {
-    host: String,
-    ip: String,
-    #[serde(rename = "targetPort")]
-    target_port: u16,
-    forcessl: bool,
-    targetssl: bool,
-    /// `targets` (every target; the first is `ip`/`targetPort`) and `balance` always; the
-    /// rest when set.
-    #[serde(flatten)]
-    policy: HostPolicy,
-    /// When read: the managed DNS zone the host is in, with its provider (`null`: none).
-    domain: Option<Domain>,
-    #[serde(flatten)]
-    bookkeeping: Bookkeeping,
 }
 
 /// A DNS provider account: `name`, `dnsProvider` (`Cloudflare`, `DigitalOcean`, `PorkBun`) and

@@ -33,9 +33,9 @@ pub struct ApiSettings {
 }
 
 /// Makes the health report of a host's targets.
-pub type ReportHealth = dyn Fn(&portico_model::Host) -> Vec<serde_json::Value> + Send + Sync;
+pub type ReportHealth = dyn Fn(&portico_model::Host) -> Vec<portico_model::host_view::TargetReport> + Send + Sync;
 
-/// Each of a host's targets with its health, as JSON.
+/// Each of a host's targets' health, in their order.
 #[derive(Clone)]
 pub struct HealthReport(pub Arc<ReportHealth>);
 

@@ -160,27 +160,6 @@ impl Access {
         out
     }
 
-    /// The API form: user names only (never a password or hash), lists, specs.
-    pub fn to_json(&self, out: &mut Map<String, Value>) {
-        if !self.basic_auth.is_empty() {
-            let users: Vec<Value> = self.basic_auth.iter().map(|u| json!({"username": u.username})).collect();
-            out.insert("basicAuth".into(), Value::Array(users));
-        }
-        let nets = |list: &[IpNet]| Value::Array(list.iter().map(|n| json!(n.to_string())).collect());
-        if !self.allow.is_empty() {
-            out.insert("allow".into(), nets(&self.allow));
-        }
-        if !self.deny.is_empty() {
-            out.insert("deny".into(), nets(&self.deny));
-        }
-        if let Some(auth) = &self.forward_auth {
-            out.insert("forwardAuth".into(), auth.to_json());
-        }
-        if let Some(limit) = &self.rate_limit {
-            out.insert("rateLimit".into(), limit.to_json());
-        }
-    }
-
     /// Applies the API's fields (`null` or `[]` clears one). `basicAuth` entries are
     /// `{username, hash}` here (the API hashes passwords before), or `{username}` alone to
     /// keep that user's current hash.
@@ -470,10 +449,6 @@ mod tests {
         let fields: std::collections::BTreeMap<&str, String> = access.to_fields().into_iter().collect();
         let back = Access::from_fields(|f| fields.get(f).cloned()).unwrap();
         assert_eq!(back, access);
-        let mut shown = Map::new();
-        access.to_json(&mut shown);
-        assert_eq!(shown["basicAuth"], json!([{"username": "ann"}]));
-        assert!(!Value::Object(shown).to_string().contains("argon2"));
         // A user listed without a password keeps the hash.
         assert!(access.apply(&body(json!({"basicAuth": [{"username": "ann"}]}))).is_empty());
         assert_eq!(access.basic_auth[0].hash, back.basic_auth[0].hash);

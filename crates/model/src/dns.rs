@@ -4,8 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::Value;
-
 use crate::body::{Body, FieldError, required, string, whole_number};
 use crate::record::{Stamps, other_fields, stored_fields};
 use crate::{Fields, Host, Hostname};
@@ -478,17 +476,14 @@ impl Zones {
 
     /// A host as the API shows it, with the seed's `domain` relation: the managed zone it is
     /// in, with that zone's provider (`null` when it is in none).
-    pub fn host_with_domain(&self, host: &Host) -> Value {
-        let mut out = host.to_json();
-        let zone = self.zone_of(host.host.as_str()).and_then(|z| serde_json::to_value(z).ok());
-        out.insert("domain".into(), zone.unwrap_or(Value::Null));
-        Value::Object(out)
+    pub fn host_with_domain(&self, host: &Host) -> crate::host_view::HostView {
+        crate::host_view::HostView::of(host).in_zone(self.zone_of(host.host.as_str()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 

@@ -174,36 +174,6 @@ impl Host {
         put_first(&mut self.targets, target);
     }
 
-    /// The host as the API (and `portico host ls --json`) shows it: the seed's fields, with
-    /// numbers and booleans as JSON numbers and booleans; `targets` and `balance` always,
-    /// `healthCheck` when set. Secret fields a record may carry are never shown.
-    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
-        use serde_json::Value;
-        let mut out = serde_json::Map::new();
-        for (k, v) in self.extra.iter().filter(|(k, _)| !is_secret_field(k)) {
-            let value = match v.as_str() {
-                "true" => Value::Bool(true),
-                "false" => Value::Bool(false),
-                _ if k == "wildcard_expires" => v.parse::<i64>().map_or_else(|_| Value::from(v.as_str()), Value::from),
-                _ => Value::from(v.as_str()),
-            };
-            out.insert(k.clone(), value);
-        }
-        out.insert("host".into(), Value::from(self.host.as_str()));
-        out.insert("ip".into(), Value::from(self.target().ip()));
-        out.insert("targetPort".into(), Value::from(self.target().port()));
-        out.insert("targets".into(), Value::Array(self.targets.iter().map(Upstream::to_json).collect()));
-        out.insert("balance".into(), Value::from(self.balance.as_str()));
-        if let Some(check) = &self.health_check {
-            out.insert("healthCheck".into(), check.to_json());
-        }
-        self.access.to_json(&mut out);
-        out.insert("forcessl".into(), Value::Bool(self.forcessl));
-        out.insert("targetssl".into(), Value::Bool(self.targetssl));
-        self.stamps.to_json(&mut out);
-        out
-    }
-
     /// Reads a host from its stored string fields (the seed's Redis hash layout).
     pub fn from_fields(fields: &Fields) -> Result<Self, FieldError> {
         let text = |name: &'static str| fields.get(name).map(String::as_str);

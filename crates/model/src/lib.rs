@@ -17,6 +17,7 @@ pub mod body;
 pub mod dns;
 mod host;
 pub mod host_json;
+pub mod host_view;
 pub mod limiter;
 mod name;
 pub mod record;

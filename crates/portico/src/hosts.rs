@@ -294,7 +294,7 @@ async fn list(store: &dyn portico_store::Store, json: bool) -> anyhow::Result<()
         let zones = portico_store::load_zones(store).await.context("cannot read the DNS zones")?;
         for (_, fields) in &records {
             match Host::from_fields(fields) {
-                Ok(host) => println!("{}", zones.host_with_domain(&host)),
+                Ok(host) => println!("{}", serde_json::to_string(&zones.host_with_domain(&host))?),
                 Err(_) => println!("{}", serde_json::to_string(fields)?),
             }
         }

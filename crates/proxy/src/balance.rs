@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use portico_model::host_view::TargetReport;
 use portico_model::{Balance, HealthCheck, Host, Target};
-use serde_json::{Value, json};
 
 /// The first back-off after a failure; it doubles with each failure in a row.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -319,34 +319,28 @@ impl Health {
 
     /// Each of `host`'s targets with this process's view of its health: `{ip, port, weight,
     /// health: "healthy" | "ejected" | "down" | "unknown", failures, last_error}`.
-    pub fn report(&self, host: &Host) -> Vec<Value> {
+    pub fn report(&self, host: &Host) -> Vec<TargetReport> {
         let now = self.now_ms();
         host.targets
             .iter()
             .map(|u| {
-                let mut entry = u.to_json();
                 let verdict = host.health_check.as_ref().and_then(|c| {
                     lock(&self.verdicts).get(&((u.target.shared_authority(), host.targetssl), c.clone())).cloned()
                 });
                 let known = self.known(&u.target, host.targetssl);
                 let down = verdict.as_ref().is_some_and(|v| v.down.load(Ordering::Acquire));
-                let state = match &known {
+                let health = match &known {
                     _ if down => "down",
                     None if verdict.is_none() => "unknown",
                     Some(h) if h.ejected_until.load(Ordering::Acquire) > now => "ejected",
                     _ => "healthy",
                 };
                 let failures = known.as_ref().map_or(0, |h| h.failures.load(Ordering::Acquire));
-                let error = verdict
+                let last_error = verdict
                     .as_ref()
                     .and_then(|v| lock(&v.last_error).clone())
                     .or_else(|| known.as_ref().and_then(|h| lock(&h.last_error).clone()));
-                if let Value::Object(map) = &mut entry {
-                    map.insert("health".into(), json!(state));
-                    map.insert("failures".into(), json!(failures));
-                    map.insert("last_error".into(), json!(error));
-                }
-                entry
+                TargetReport { health, failures, last_error }
             })
             .collect()
     }
@@ -432,9 +426,9 @@ mod tests {
         health.checked(target, false, &check("/healthz"), false, None);
         health.checked(target, false, &check("/always-fails"), true, Some("answered 599".into()));
         assert!(health.choose(&a, &admins, client, None).is_ok(), "its own check passes");
-        assert_eq!(health.report(&admins)[0]["health"], "healthy");
+        assert_eq!(health.report(&admins)[0].health, "healthy");
         assert!(health.choose(&b, &users, client, None).is_err(), "the failing check's host follows it");
-        assert_eq!(health.report(&users)[0]["health"], "down");
+        assert_eq!(health.report(&users)[0].health, "down");
         // A host without checks is not taken out by anyone's.
         let mut plain = host(&[1, 1], Balance::First);
         plain.targets[0].target = target.clone();
@@ -482,9 +476,8 @@ mod tests {
         health.failed(&choice, "refused");
         assert_eq!(picks(&health, &h, 3), [1, 1, 1]);
         let report = health.report(&h);
-        assert_eq!(report[0]["health"], "ejected");
-        assert_eq!(report[0]["last_error"], "refused");
-        assert_eq!(report[1]["health"], "healthy");
+        assert_eq!((report[0].health, report[0].last_error.as_deref()), ("ejected", Some("refused")));
+        assert_eq!(report[1].health, "healthy");
     }
 
     #[test]
@@ -553,8 +546,8 @@ mod tests {
             health.choose(&pattern, &h, client, None).is_ok(),
             "a failed connection does not eject the only target"
         );
-        assert_eq!(health.report(&h)[0]["health"], "healthy");
-        assert_eq!(health.report(&h)[0]["last_error"], "refused");
+        assert_eq!(health.report(&h)[0].health, "healthy");
+        assert_eq!(health.report(&h)[0].last_error.as_deref(), Some("refused"));
         health.checked(&h.targets[0].target, false, &check("/"), true, Some("503".into()));
         assert!(health.choose(&pattern, &h, client, None).is_err(), "its checks do");
     }
