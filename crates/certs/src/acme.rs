@@ -60,7 +60,7 @@ impl Challenge {
 }
 
 /// External Account Binding credentials, as the CA hands them out.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Eab {
     /// The key identifier.
     pub kid: String,
@@ -75,7 +75,7 @@ impl std::fmt::Debug for Eab {
 }
 
 /// Settings of the ACME issuer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcmeSettings {
     /// The CA's directory URL.
     pub directory: String,
@@ -89,8 +89,6 @@ pub struct AcmeSettings {
     pub challenge: Challenge,
     /// DNS-01: the providers' APIs and where to watch for the records.
     pub dns: DnsSettings,
-    /// Where orders are counted.
-    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How DNS-01 reaches the providers and checks that records are served.
@@ -119,6 +117,8 @@ impl Default for DnsSettings {
 pub struct AcmeIssuer {
     store: Arc<dyn Store>,
     settings: AcmeSettings,
+    /// Where orders are counted.
+    metrics: Arc<crate::metrics::Metrics>,
     account: OnceCell<Account>,
 }
 
@@ -146,14 +146,18 @@ fn acme_error(e: instant_acme::Error) -> IssueError {
 
 impl AcmeIssuer {
     /// An issuer for `settings.directory`. Nothing is contacted until the first issuance.
-    pub fn new(store: Arc<dyn Store>, settings: AcmeSettings) -> Result<Self, CertError> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: AcmeSettings,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, CertError> {
         if let Some(eab) = &settings.eab {
             decode_hmac(&eab.hmac_key)?;
         }
         for path in &settings.ca_roots {
             read_roots(path)?;
         }
-        Ok(Self { store, settings, account: OnceCell::new() })
+        Ok(Self { store, settings, metrics, account: OnceCell::new() })
     }
 
     fn http_client(&self) -> Result<Box<dyn instant_acme::HttpClient>, IssueError> {
@@ -228,7 +232,7 @@ impl AcmeIssuer {
             Err(e) => Err(e),
         };
         solver.clean_up(name).await;
-        self.settings.metrics.order(result.is_ok(), solver.label());
+        self.metrics.order(result.is_ok(), solver.label());
         result
     }
 

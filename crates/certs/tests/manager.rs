@@ -67,7 +67,7 @@ async fn setup(patterns: &[&str], settings: CertSettings) -> Setup {
         Host::new(HostPattern::parse(p).unwrap(), Target::new("127.0.0.1", 80).unwrap(), false, false, "t", 0)
     }));
     let issuer = Arc::new(FakeIssuer::default());
-    let certs = Certs::new(store.clone(), issuer.clone(), routes, settings).await.unwrap();
+    let certs = Certs::new(store.clone(), issuer.clone(), routes, settings, Arc::default()).await.unwrap();
     Setup { _dir: dir, store, issuer, certs }
 }
 

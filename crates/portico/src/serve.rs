@@ -168,7 +168,8 @@ impl Node {
             store.clone(),
             issuer(config, store.clone(), &cert_metrics)?,
             routes.clone(),
-            cert_settings(config, &cert_metrics),
+            cert_settings(config),
+            cert_metrics.clone(),
         )
         .await
         .context("cannot set up certificates")?;
@@ -497,16 +498,14 @@ fn issuer(
                 ca_roots: tls.acme_ca_roots.clone(),
                 challenge: tls.challenge,
                 dns: tls.dns.clone(),
-                metrics: metrics.clone(),
             };
-            Arc::new(AcmeIssuer::new(store, settings).context("invalid [tls] settings")?)
+            Arc::new(AcmeIssuer::new(store, settings, metrics.clone()).context("invalid [tls] settings")?)
         }
     })
 }
 
-fn cert_settings(config: &Config, metrics: &Arc<portico_certs::metrics::Metrics>) -> CertSettings {
+fn cert_settings(config: &Config) -> CertSettings {
     CertSettings {
-        metrics: metrics.clone(),
         renew_remaining_ratio: config.tls.renew_remaining_ratio,
         issue_timeout: config.tls.issue_timeout,
         max_issuances_per_minute: config.tls.max_issuances_per_minute,

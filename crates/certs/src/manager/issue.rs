@@ -36,7 +36,7 @@ impl Certs {
             }
             if let Some(loaded) = self.stored(name).await? {
                 self.remember(name, loaded.clone());
-                self.settings.metrics.decision("store");
+                self.metrics.decision("store");
                 return Ok(loaded);
             }
             // Then the stored wildcard certificate that covers it, as certmagic looks up.
@@ -45,7 +45,7 @@ impl Certs {
                 && loaded.meta.covers(name)
             {
                 self.remember(&wildcard, loaded.clone());
-                self.settings.metrics.decision("store");
+                self.metrics.decision("store");
                 return Ok(loaded);
             }
         }
@@ -143,7 +143,7 @@ impl Certs {
         self.cluster_rate(budget).await?;
         let verb = if mode == Mode::OnDemand { "issuing" } else { "renewing" };
         tracing::info!(name, issuer = self.issuer.kind(), "{verb} a certificate");
-        self.settings.metrics.attempt(self.issuer.kind(), mode != Mode::OnDemand);
+        self.metrics.attempt(self.issuer.kind(), mode != Mode::OnDemand);
         let begun = Instant::now();
         let plan = self.plan(name).await?;
         let progress =
@@ -187,9 +187,9 @@ impl Certs {
             ..CertState::default()
         };
         self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
-        self.settings.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
+        self.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
         if mode == Mode::OnDemand {
-            self.settings.metrics.decision("issued");
+            self.metrics.decision("issued");
         }
         self.remember(name, loaded.clone());
         tracing::info!(
@@ -227,7 +227,7 @@ impl Certs {
             ..state
         };
         self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
-        self.settings.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
+        self.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
         tracing::warn!(name, issuer = self.issuer.kind(), failures, retry_in_s = backoff.as_secs(),
             error = %e, "certificate {} failed", if mode == Mode::OnDemand { "issuance" } else { "renewal" });
         Err(Refused::Failed(e.into()))

@@ -41,7 +41,7 @@ use gate::{Budget, Held, Mode, Refused};
 pub use policy::{NamePolicy, Owner, covering_wildcard};
 
 /// Tunables of issuance and renewal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CertSettings {
     /// Renew when this fraction of a certificate's lifetime remains.
     pub renew_remaining_ratio: f64,
@@ -62,8 +62,6 @@ pub struct CertSettings {
     /// Certificates held at once for names under wildcard patterns in one registered domain
     /// (Let's Encrypt issues 50 new certificates per registered domain a week).
     pub max_certs_per_domain: usize,
-    /// Where decisions, certificates' state and jobs are counted.
-    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for CertSettings {
@@ -77,7 +75,6 @@ impl Default for CertSettings {
             max_pattern_issuances_per_minute: 20,
             max_certs_per_pattern: 20,
             max_certs_per_domain: 50,
-            metrics: Arc::default(),
         }
     }
 }
@@ -88,6 +85,8 @@ pub struct Certs {
     issuer: Arc<dyn Issuer>,
     policy: Arc<dyn NamePolicy>,
     settings: CertSettings,
+    /// Where decisions and certificates' state are counted.
+    metrics: Arc<crate::metrics::Metrics>,
     cache: RwLock<HashMap<String, Arc<Cached>>>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Issuances started in the last minute, per budget.
@@ -109,13 +108,15 @@ impl fmt::Debug for Certs {
 }
 
 impl Certs {
-    /// A manager over `store`, issuing with `issuer` for the names `policy` allows. Reads (or
-    /// makes, once) the fallback certificate.
+    /// A manager over `store`, issuing with `issuer` for the names `policy` allows, as
+    /// `settings` say, counting into `metrics`. Reads (or makes, once) the fallback
+    /// certificate.
     pub async fn new(
         store: Arc<dyn Store>,
         issuer: Arc<dyn Issuer>,
         policy: Arc<dyn NamePolicy>,
         settings: CertSettings,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Self>, CertError> {
         let fallback = load_or_create(store.as_ref(), &keys::fallback_cert(), async || make_fallback()).await?;
         let fallback = Arc::new(StoredCert::from_json(&fallback)?.load()?);
@@ -124,6 +125,7 @@ impl Certs {
             issuer,
             policy,
             settings,
+            metrics,
             cache: RwLock::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
             started: Mutex::new(HashMap::new()),
@@ -180,7 +182,7 @@ impl Certs {
             if !cached.used.swap(true, Ordering::Relaxed) {
                 self.mark_used(name);
             }
-            self.settings.metrics.decision("memory");
+            self.metrics.decision("memory");
             return Some(cached.loaded.clone());
         }
         // A wildcard certificate in memory that covers the name (one the seed stored as
@@ -189,12 +191,12 @@ impl Certs {
             && let Some(cached) = self.cached_entry(&wildcard)
             && cached.loaded.meta.covers(name)
         {
-            self.settings.metrics.decision("memory");
+            self.metrics.decision("memory");
             return Some(cached.loaded.clone());
         }
         let Some(owner) = self.policy.owner(name) else {
             tracing::debug!(name, "no host matches this name: serving the fallback certificate");
-            self.settings.metrics.decision("unknown_name");
+            self.metrics.decision("unknown_name");
             return None;
         };
         let (cert, owner) = match self.cert_for(name, &owner).await {
@@ -207,13 +209,13 @@ impl Certs {
         if cert != name
             && let Some(cached) = self.cached_entry(&cert)
         {
-            self.settings.metrics.decision("memory");
+            self.metrics.decision("memory");
             return Some(cached.loaded.clone());
         }
         match self.obtain(&cert, Mode::OnDemand, &owner).await {
             Ok(loaded) => Some(loaded),
             Err(e) => {
-                self.settings.metrics.decision(e.label());
+                self.metrics.decision(e.label());
                 self.log_refusal(name, &e);
                 None
             }
@@ -277,13 +279,13 @@ impl Certs {
         self.store.delete(Kind::Cert, name).await?;
         self.forget(name);
         self.unhold(name);
-        self.settings.metrics.forget_certificate(name);
+        self.metrics.forget_certificate(name);
         Ok(())
     }
 
     /// The metrics.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
-        &self.settings.metrics
+        &self.metrics
     }
 
     /// The policy's explicit names.
