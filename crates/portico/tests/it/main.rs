@@ -19,6 +19,7 @@ mod partition;
 mod routing;
 mod seed;
 mod seed_ui;
+mod service;
 mod streaming;
 mod ui;
 mod upstream;
