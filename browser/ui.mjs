@@ -165,6 +165,20 @@ await step('a host with two targets and a policy', async () => {
   const targets = page.getByRole('list', { name: 'Targets of pair.ui.test' });
   await targets.getByText('healthy').first().waitFor({ timeout: WAIT });
   expect(await targets.getByRole('listitem').count() === 2, 'each target with its health');
+  // A change elsewhere redraws the table live: the open details stay open.
+  const made = await page.evaluate(async () => (await fetch('/api/host', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'auth-token': localStorage.getItem('portico.token') || '' },
+    body: JSON.stringify({ host: 'elsewhere.ui.test', ip: '127.0.0.1', targetPort: 9, forcessl: false }),
+  })).status);
+  expect(made === 200, `a host added beside: ${made}`);
+  await page.getByRole('row').filter({ hasText: 'elsewhere.ui.test' }).first().waitFor({ timeout: WAIT });
+  await targets.getByText('healthy').first().waitFor({ timeout: WAIT });
+  expect(await targets.getByRole('listitem').count() === 2, 'the details stayed open through the redraw');
+  const removed = await page.evaluate(async () => (await fetch('/api/host/elsewhere.ui.test', {
+    method: 'DELETE', headers: { 'auth-token': localStorage.getItem('portico.token') || '' },
+  })).status);
+  expect(removed === 200, `the host beside removed: ${removed}`);
 });
 
 await step('a password on a host', async () => {

@@ -386,12 +386,16 @@ async function hostsPage() {
   const search = h('input', { type: 'search', name: 'search', placeholder: 'Search hosts', value: hostSearch });
   const editor = h('div');
   const rows = h('tbody');
+  // Hosts whose details are open stay open when a live change redraws the table.
+  const open = new Set();
   const render = () => {
     hostSearch = search.value;
     const q = search.value.trim().toLowerCase();
     rows.replaceChildren(...hosts.filter((x) => !q || x.host.includes(q) || String(x.ip).includes(q)).map((x) => {
       const detail = h('td', { colspan: 5 });
-      const detailRow = h('tr', { hidden: true }, detail);
+      const detailRow = h('tr', { hidden: !open.has(x.host) }, detail);
+      if (open.has(x.host)) certDetails(x.host, detail);
+      const show = (shown) => { detailRow.hidden = !shown; if (shown) open.add(x.host); else open.delete(x.host); };
       const row = h('tr', {},
         h('td', {}, h('a', { href: `${x.forcessl ? 'https' : 'http'}://${x.host.replace(/^\*+\./, 'www.')}`, rel: 'noreferrer', target: '_blank' }, x.host),
           x.domain && x.domain.provider ? h('div', { class: 'muted' }, `DNS: ${x.domain.provider.displayName} – ${x.domain.provider.name}`) : null),
@@ -402,9 +406,9 @@ async function hostsPage() {
         h('td', { class: 'wide' }, x.forcessl ? h('span', { class: 'badge ok' }, 'HTTPS only') : h('span', { class: 'badge' }, 'HTTP and HTTPS')),
         h('td', { class: 'wide' }, when(x.updated_on)),
         h('td', {}, h('div', { class: 'actions' },
-          h('button', { type: 'button', 'aria-label': `Certificate of ${x.host}`, onclick: () => { detailRow.hidden = !detailRow.hidden; if (!detailRow.hidden) certDetails(x.host, detail); } }, 'Certificate'),
+          h('button', { type: 'button', 'aria-label': `Certificate of ${x.host}`, onclick: () => { show(detailRow.hidden); if (!detailRow.hidden) certDetails(x.host, detail); } }, 'Certificate'),
           h('button', { type: 'button', 'aria-label': `Renew the certificate of ${x.host}`, onclick: async () => {
-            try { notice((await api('PUT', `host/${enc(x.host)}/renew`)).message); certDetails(x.host, detail); detailRow.hidden = false; } catch (e) { notice(e.message); }
+            try { notice((await api('PUT', `host/${enc(x.host)}/renew`)).message); certDetails(x.host, detail); show(true); } catch (e) { notice(e.message); }
           } }, 'Renew'),
           h('button', { type: 'button', 'aria-label': `Edit ${x.host}`, onclick: () => { editor.replaceChildren(h('section', { class: 'card' }, h('h2', {}, `Edit ${x.host}`), hostForm(x, () => { editor.replaceChildren(); redraw(); }))); editor.querySelector('input').focus(); } }, 'Edit'),
           h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${x.host}`, onclick: async () => {
