@@ -124,6 +124,9 @@ struct ConfigArgs {
     /// Address of the HTTPS listener (the `proxy.https` key).
     #[arg(long, global = true)]
     https: Option<String>,
+    /// Address of the API's listener (the `api.listen` key).
+    #[arg(long, global = true)]
+    api: Option<String>,
     /// Sets any configuration key: `--set proxy.upstream_timeout=5s`. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     set: Vec<String>,
@@ -137,6 +140,7 @@ impl ConfigArgs {
             ("store.url", &self.store),
             ("proxy.http", &self.http),
             ("proxy.https", &self.https),
+            ("api.listen", &self.api),
         ];
         for (key, value) in named {
             if let Some(value) = value {
@@ -268,4 +272,23 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_flags_set_their_keys() {
+        let cli =
+            Cli::try_parse_from(["portico", "serve", "--api", "127.0.0.1:3999", "--http", "127.0.0.1:8081"]).unwrap();
+        let Command::Serve(args) = cli.command else { panic!("serve") };
+        let config = args.load().unwrap();
+        assert_eq!(config.api_listen, "127.0.0.1:3999".parse().unwrap(), "--api is api.listen");
+        assert_eq!(config.http, "127.0.0.1:8081".parse().unwrap());
+        let bad = Cli::try_parse_from(["portico", "serve", "--api", "nowhere"]).unwrap();
+        let Command::Serve(args) = bad.command else { panic!("serve") };
+        let error = args.load().unwrap_err().to_string();
+        assert!(error.contains("api.listen"), "{error}");
+    }
 }
