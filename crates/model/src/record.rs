@@ -55,15 +55,7 @@ impl Stamps {
     pub fn fields(&self) -> impl Iterator<Item = (&'static str, String)> + use<> {
         [("created_by", self.created_by.clone()), ("created_on", self.created_on.to_string())]
             .into_iter()
-            .chain(updated_fields(&self.updated_by, self.updated_on))
-    }
-
-    /// The API's form: times as numbers.
-    pub fn to_json(&self, out: &mut serde_json::Map<String, serde_json::Value>) {
-        out.insert("created_by".into(), self.created_by.as_str().into());
-        out.insert("created_on".into(), self.created_on.into());
-        out.insert("updated_by".into(), self.updated_by.as_str().into());
-        out.insert("updated_on".into(), self.updated_on.into());
+            .chain([("updated_by", self.updated_by.clone()), ("updated_on", self.updated_on.to_string())])
     }
 }
 
@@ -94,40 +86,6 @@ pub fn new_record<'a>(created_by: &str, now_ms: u64, fields: impl IntoIterator<I
     let mut record: Fields = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     record.extend(stamps.fields().map(|(k, v)| (k.to_owned(), v)));
     record
-}
-
-/// The stored fields of a change by `by` at `now_ms`.
-fn updated_fields(by: &str, now_ms: i64) -> [(&'static str, String); 2] {
-    [("updated_by", by.to_owned()), ("updated_on", now_ms.to_string())]
-}
-
-/// Notes an update of `fields` by `by` at `now_ms` (what [`Stamps::touch`] notes); the
-/// creation stamps stay as they are written.
-pub fn touch(fields: &mut Fields, by: &str, now_ms: u64) {
-    for (name, value) in updated_fields(by, now_ms as i64) {
-        fields.insert(name.to_owned(), value);
-    }
-}
-
-/// A stored record as the API shows it: every field but secrets, timestamps as numbers.
-/// A secret is any field whose name says it is one (`crate::is_secret_field`:
-/// passwords, tokens, keys, secrets), whatever else wrote it there, not only the fields
-/// Portico itself fills.
-pub fn public_json(fields: &Fields) -> serde_json::Map<String, serde_json::Value> {
-    use serde_json::Value;
-    fields
-        .iter()
-        .filter(|(k, _)| !crate::is_secret_field(k))
-        .map(|(k, v)| {
-            let value = match k.as_str() {
-                "created_on" | "updated_on" => {
-                    v.parse::<f64>().map_or_else(|_| Value::String(v.clone()), |n| Value::from(n as i64))
-                }
-                _ => Value::String(v.clone()),
-            };
-            (k.clone(), value)
-        })
-        .collect()
 }
 
 /// Hashes a password with Argon2id. Slow on purpose: not on an async task's thread.
@@ -231,18 +189,19 @@ mod tests {
     }
 
     #[test]
-    fn a_change_stamps_the_update_and_leaves_the_creation_as_written() {
-        let mut seed: Fields = [("created_by", "admin"), ("created_on", "1735689600000.5"), ("name", "x")]
+    fn a_change_stamps_the_update_and_keeps_the_creation() {
+        let seed: Fields = [("created_by", "admin"), ("created_on", "1735689600000.5"), ("name", "x")]
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .into();
-        touch(&mut seed, "bob", 2000);
-        assert_eq!(seed["created_on"], "1735689600000.5", "a seed's decimal time is not rewritten");
-        assert_eq!((seed["updated_by"].as_str(), seed["updated_on"].as_str()), ("bob", "2000"));
-        let stamps = Stamps::read(&seed);
+        let mut stamps = Stamps::read(&seed);
+        stamps.touch("bob", 2000);
         assert_eq!(
-            (stamps.created_by.as_str(), stamps.created_on, stamps.updated_on),
-            ("admin", 1_735_689_600_000, 2000)
+            (stamps.created_by.as_str(), stamps.created_on, stamps.updated_by.as_str(), stamps.updated_on),
+            ("admin", 1_735_689_600_000, "bob", 2000),
+            "a seed's decimal time is read"
         );
+        let written: Fields = stamps.fields().map(|(k, v)| (k.to_owned(), v)).collect();
+        assert_eq!((written["updated_by"].as_str(), written["updated_on"].as_str()), ("bob", "2000"));
         assert_eq!(
             Stamps::read(&Fields::new()),
             Stamps { created_by: String::new(), created_on: 0, updated_by: "__NONE__".into(), updated_on: 0 }

@@ -113,17 +113,12 @@ impl NodeMetrics {
     }
 
     /// One registry with each component's metrics registered by the component.
-    fn registry(
-        proxy: &portico_proxy::metrics::Metrics,
-        certs: &portico_certs::metrics::Metrics,
-        store: &portico_store::metered::Metrics,
-        jobs: &Jobs,
-    ) -> Registry {
+    fn registry(&self) -> Registry {
         let mut registry = Registry::default();
-        proxy.register(&mut registry);
-        certs.register(&mut registry);
-        store.register(&mut registry);
-        jobs.register(&mut registry);
+        self.proxy.register(&mut registry);
+        self.certs.register(&mut registry);
+        self.store.register(&mut registry);
+        self.jobs.register(&mut registry);
         registry
     }
 }
@@ -132,9 +127,9 @@ impl Node {
     /// Opens the store, loads the routing table, and makes the parts every role uses. Starts
     /// nothing that listens.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let NodeMetrics { proxy: metrics, certs: cert_metrics, store: store_metrics, jobs } =
-            NodeMetrics::new(config.metrics_listen.is_some());
-        let registry = NodeMetrics::registry(&metrics, &cert_metrics, &store_metrics, &jobs);
+        let node_metrics = NodeMetrics::new(config.metrics_listen.is_some());
+        let registry = node_metrics.registry();
+        let NodeMetrics { proxy: metrics, certs: cert_metrics, store: store_metrics, jobs } = node_metrics;
         let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, store_metrics.clone()));
         // A store that lost its identity (wiped, replaced) is not followed: see `identity`.
@@ -563,7 +558,7 @@ mod deploy {
     fn known() -> BTreeSet<String> {
         // A family shows only once it has a sample: give each one.
         let m = NodeMetrics::new(true);
-        let exposition = portico_metrics::Exposition::new(NodeMetrics::registry(&m.proxy, &m.certs, &m.store, &m.jobs));
+        let exposition = portico_metrics::Exposition::new(m.registry());
         m.proxy.request(Some(&std::sync::Arc::from("a.test")), 200, "HTTP/1.1", 0.1, 1);
         m.proxy.handshake(None);
         m.certs.certificate("a.test", 1, 2, 3, 0);
