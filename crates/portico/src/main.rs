@@ -8,6 +8,7 @@ mod config;
 mod hosts;
 mod notify;
 mod serve;
+mod store_cmd;
 mod users;
 
 /// mimalloc: per-request allocations (header maps, buffers) cost less than with glibc's
@@ -23,6 +24,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, LogFormat, Sources};
+use crate::store_cmd::StoreCommand;
 
 /// A self-hosted reverse proxy with automatic HTTPS.
 #[derive(Debug, Parser)]
@@ -84,19 +86,6 @@ enum Command {
     },
     /// Print the version.
     Version,
-}
-
-#[derive(Debug, Subcommand)]
-enum StoreCommand {
-    /// Check the embedded store's file with redb's integrity check (stop every Portico process
-    /// on it first: the check holds the writer lock). Exits 0 when sound; 1 when it was
-    /// damaged (redb repairs what it can: compare with a backup) or cannot be read.
-    Check,
-    /// Accept the store as it is now, after it lost its identity (a Redis without
-    /// persistence restarted empty, `FLUSHALL`, another store put in its place): writes a new
-    /// identity marker that every running node accepts, and this data directory remembers.
-    /// What the store lost stays lost: restore a backup instead to get it back.
-    Adopt,
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,35 +191,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{pem}");
             Ok(())
         }
-        Command::Store { command: StoreCommand::Check, config } => {
+        Command::Store { command, config } => {
             let config = config.load()?;
-            match runtime()?.block_on(portico_store::check(&config.store_url)) {
-                Ok(true) => {
-                    println!("the store is sound");
-                    Ok(())
-                }
-                Ok(false) => anyhow::bail!(
-                    "the store was damaged; redb repaired what it could: compare hosts, users and certificates with a backup"
-                ),
-                Err(portico_store::StoreError::Damaged { path, detail }) => anyhow::bail!(
-                    "{} is damaged beyond what redb can repair ({detail}); restore it from a backup",
-                    path.display()
-                ),
-                Err(e) => Err(anyhow::Error::new(e).context("the store cannot be checked")),
-            }
+            runtime()?.block_on(store_cmd::run(command, &config))
         }
-        Command::Store { command: StoreCommand::Adopt, config } => {
-            let config = config.load()?;
-            runtime()?.block_on(async {
-                let store = portico_store::open_existing(&config.store_url).await.context("cannot open the store")?;
-                portico_store::identity::adopt(store.as_ref(), Some(&config.data_dir))
-                    .await
-                    .context("cannot write the store's new identity")?;
-                println!("the store is adopted as it is now: running nodes follow it again within seconds");
-                anyhow::Ok(())
-            })
-        }
-        Command::Migrate { from, to, force } => runtime()?.block_on(migrate(&from, &to, force)),
+        Command::Migrate { from, to, force } => runtime()?.block_on(store_cmd::migrate(&from, &to, force)),
         Command::Host { command, config } => {
             let config = config.load()?;
             runtime()?.block_on(hosts::run(*command, &config))
@@ -240,20 +205,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(users::run(command, &config))
         }
     }
-}
-
-/// `portico migrate`: copies, verifies, and says what it copied.
-async fn migrate(from: &str, to: &str, force: bool) -> anyhow::Result<()> {
-    let source = portico_store::open_existing(from).await.context("cannot open the store to copy from (--from)")?;
-    let target = portico_store::open(to).await.context("cannot open the store to copy into (--to)")?;
-    if !force && !portico_store::copy::is_empty(target.as_ref()).await.context("cannot read the target store")? {
-        anyhow::bail!(
-            "the target store is not empty: nothing was copied (--force copies into it, overwriting what has the same keys)"
-        );
-    }
-    let copied = portico_store::copy::copy(source.as_ref(), target.as_ref()).await.context("the copy failed")?;
-    println!("copied {copied}; every one of them is in the target");
-    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -702,6 +702,10 @@ impl Store for EmbeddedStore {
         self.inner.changes.subscribe()
     }
 
+    async fn write_version(&self) -> Result<Option<u64>, StoreError> {
+        self.blocking(|inner| inner.version().map(Some)).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.blocking(|inner| inner.version().map(|_| ())).await
     }

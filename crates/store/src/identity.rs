@@ -299,6 +299,9 @@ impl Store for IdentifiedStore {
     async fn memory_used(&self) -> Result<Option<u64>, StoreError> {
         self.inner.memory_used().await
     }
+    async fn write_version(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.write_version().await
+    }
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }

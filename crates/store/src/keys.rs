@@ -56,6 +56,11 @@ impl Kind {
         }
     }
 
+    /// The kind whose seed model name is `name` ([`Kind::name`]).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
     /// The Redis index set of this kind: `proxy_Host`.
     pub fn index_key(self) -> String {
         format!("{PREFIX}{}", self.name())

@@ -14,6 +14,7 @@
 //! Records are maps of string fields, as the seed's Redis hashes are, so a record read from a
 //! seed deployment and one written by Portico look the same.
 
+pub mod backup;
 pub mod copy;
 mod embedded;
 mod error;
@@ -185,6 +186,13 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// memory`'s `used_memory` of the server that answers; in a Cluster, one master's);
     /// `None` for the embedded store.
     async fn memory_used(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    /// The store's write counter, where it keeps one: it grows with every announced write
+    /// (records and lasting blobs), so two equal readings mean no such write landed between
+    /// them ([`copy::Snapshot::read_settled`]). `None` where the backend keeps none.
+    async fn write_version(&self) -> Result<Option<u64>, StoreError> {
         Ok(None)
     }
 

@@ -163,6 +163,9 @@ impl Store for MeteredStore {
     async fn memory_used(&self) -> Result<Option<u64>, StoreError> {
         self.timed("info", self.inner.memory_used()).await
     }
+    async fn write_version(&self) -> Result<Option<u64>, StoreError> {
+        self.timed("version", self.inner.write_version()).await
+    }
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.inner.changes()
     }

@@ -52,6 +52,15 @@ pub fn served(stream: &TlsStream<TcpStream>) -> Meta {
     Meta::of(leaf).unwrap()
 }
 
+/// The SHA-256 of the leaf certificate served for `sni` (hex), without checking it: the
+/// same certificate, byte for byte.
+pub async fn fingerprint(addr: SocketAddr, sni: &str) -> String {
+    use sha2::Digest as _;
+    let stream = connect(addr, sni, client_config(None, &[])).await.expect("TLS handshake");
+    let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).expect("a certificate");
+    sha2::Sha256::digest(leaf).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The certificate served for `sni`, without checking it.
 pub async fn peek(addr: SocketAddr, sni: &str) -> Meta {
     served(&connect(addr, sni, client_config(None, &[])).await.expect("TLS handshake"))

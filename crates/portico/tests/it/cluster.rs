@@ -459,7 +459,7 @@ async fn identity_lost(node: &Portico) -> f64 {
 /// A Redis without persistence restarted under load, so empty (then emptied again by `FLUSHALL`):
 /// no request to a known host fails, every node keeps routing from memory, the API refuses
 /// with `StoreIdentityLost`, `/readyz` fails and the metric says so. Restoring a backup
-/// (the marker back) clears it; so does `portico store adopt`, after which the store is
+/// (`portico store import` of an export taken before) clears it; so does `portico store adopt`, after which the store is
 /// followed as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_lost_its_data_is_not_followed_until_restored_or_adopted() {
@@ -480,6 +480,10 @@ async fn a_store_that_lost_its_data_is_not_followed_until_restored_or_adopted() 
     let certificate = tls::peek(b.https, "kept.example").await;
     assert_eq!(identity_lost(&a).await, 0.0);
     let marker = redis.get("portico:store-identity").expect("the store has an identity marker");
+    let backup_dir = tempfile::TempDir::new().unwrap();
+    let backup = backup_dir.path().join("backup.jsonl").to_str().unwrap().to_owned();
+    let exported = a.cli("store", &["export", &backup, "--store", &redis.url()], "");
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
 
     let stop = tokio_util_stop::Stop::default();
     let probing = probe(proxies.to_vec(), "kept.example", stop.clone());
@@ -500,13 +504,15 @@ async fn a_store_that_lost_its_data_is_not_followed_until_restored_or_adopted() 
     assert_eq!(tls::peek(b.https, "kept.example").await, certificate);
     assert_eq!(redis.run(&["EXISTS", "portico:store-identity", "portico:internal-ca"]), ":0\r\n", "nothing written");
 
-    // A backup restored: the marker and the host are back; the alarm clears.
-    redis.run(&["SADD", "proxy_Host", "kept.example"]);
-    let port = backend.addr.port().to_string();
-    let fields = ["HSET", "proxy_Host_kept.example", "host", "kept.example", "ip", "127.0.0.1"];
-    redis.run(&[&fields[..], &["targetPort", &port, "forcessl", "false"]].concat());
-    redis.run(&["SET", "portico:store-identity", &marker]);
+    // The backup restored while the nodes run: the marker and the host are back; the alarm
+    // clears.
+    // `--merge`: a node that served a certificate before it saw the store was wiped may have
+    // noted so there.
+    let imported = a.cli("store", &["import", &backup, "--merge", "--store", &redis.url()], "");
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    assert_eq!(redis.get("portico:store-identity"), Some(marker));
     until_alarm(&api, &a, false).await;
+    assert_eq!(redis.run(&["EXISTS", "proxy_Host_kept.example", "kept.example:latest"]), ":2\r\n");
     stop.set();
     let (ok, failed) = probing.await.unwrap();
     assert_eq!(failed, 0, "{failed} of {} requests to a known host failed", ok + failed);
@@ -658,4 +664,97 @@ async fn a_node_with_a_wrong_clock_signs_nobody_out() {
     }
     let count = redis.run(&["SCARD", "proxy_AuthToken"]);
     assert_eq!(count, ":6\r\n", "every token is still stored");
+}
+
+/// `portico store export` from a node's embedded store while its API keeps writing hosts,
+/// `portico store import` into Redis: a node there routes every exported host and serves
+/// the same certificate, byte for byte. The file is 0600 and says it holds private keys;
+/// a store that holds something is refused without `--merge`; a file cut short is refused
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_of_a_busy_store_imports_into_another_backend() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let backend = Backend::start("saved").await;
+    let single = Portico::start(BIN, &[]);
+    single.add_host("saved.example", backend.addr, &[]);
+    let certificate = tls::fingerprint(single.https, "saved.example").await;
+    let api = ApiClient::new(single.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+
+    // The API writes a host after another while the export runs.
+    let stop = tokio_util_stop::Stop::default();
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn({
+        let (stop, written, port) = (stop.clone(), written.clone(), backend.addr.port());
+        async move {
+            while !stop.is_set() {
+                let name = format!("busy{}.example", written.load(Ordering::SeqCst));
+                let body = json!({"host": name, "ip": "127.0.0.1", "targetPort": port, "forcessl": false});
+                let reply = api.call("POST", "/api/host", Some(&token), Some(body)).await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+                written.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    eventually(Duration::from_secs(10), "the API to write hosts", || {
+        let written = written.clone();
+        async move { (written.load(Ordering::SeqCst) >= 3).then_some(()) }
+    })
+    .await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let file = dir.path().join("backup.jsonl");
+    let path = file.to_str().unwrap().to_owned();
+    let single = Arc::new(single);
+    let exported = tokio::task::spawn_blocking({
+        let (single, path) = (single.clone(), path.clone());
+        move || single.cli("store", &["export", &path], "")
+    })
+    .await
+    .unwrap();
+    stop.set();
+    writer.await.unwrap();
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    assert!(String::from_utf8_lossy(&exported.stderr).contains("private key"), "{exported:?}");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let hosts: Vec<String> = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|line| line["kind"] == "Host")
+        .map(|line| line["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(hosts.contains(&"saved.example".to_owned()), "{hosts:?}");
+    assert!(hosts.len() >= 4, "the hosts written before the export are in it: {hosts:?}");
+
+    let redis = RedisServer::start();
+    let import = |args: &[&str]| {
+        let mut command = std::process::Command::new(BIN);
+        command.args(["store", "import"]).args(args).args(["--store", &redis.url()]);
+        command.output().unwrap()
+    };
+    let cut = dir.path().join("cut.jsonl");
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&cut, lines[..lines.len() - 1].join("\n")).unwrap();
+    let refused = import(&[cut.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cut short"), "{refused:?}");
+    assert_eq!(redis.run(&["DBSIZE"]), ":0\r\n", "nothing of a damaged file is imported");
+    let done = import(&[&path]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(String::from_utf8_lossy(&done.stdout).contains(&format!("{} Host", hosts.len())), "{done:?}");
+    let again = import(&[&path]);
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && said.contains("not empty") && said.contains("Host"), "{again:?}");
+    let merged = import(&[&path, "--merge"]);
+    assert!(merged.status.success(), "{}", String::from_utf8_lossy(&merged.stderr));
+
+    let node = Portico::start_role(BIN, "serve", &[&on(&redis.url())]);
+    let proxy = Proxy::h1(node.http);
+    for host in &hosts {
+        assert_eq!(proxy.get(host, "/").await.status, StatusCode::OK, "{host} on the imported store");
+    }
+    assert_eq!(tls::fingerprint(node.https, "saved.example").await, certificate);
+    ApiClient::new(node.api).login("admin", ADMIN_PASSWORD).await;
 }

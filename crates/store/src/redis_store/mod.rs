@@ -588,6 +588,10 @@ impl Store for RedisStore {
         Ok(Revision(revision.parse().unwrap_or(0)))
     }
 
+    async fn write_version(&self) -> Result<Option<u64>, StoreError> {
+        Ok(Some(self.inner.query::<Option<u64>>(cmd("GET").arg(VERSION_COUNTER)).await?.unwrap_or(0)))
+    }
+
     async fn memory_used(&self) -> Result<Option<u64>, StoreError> {
         let info: String = self.inner.query(cmd("INFO").arg("memory")).await?;
         Ok(info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()))

@@ -111,6 +111,35 @@ pub async fn blob_keys(store: Arc<dyn Store>) {
     assert_eq!(store.blob_keys().await.unwrap(), [keys::cert_latest("a"), keys::cert_latest("b")]);
 }
 
+/// A snapshot holds every record and lasting blob and writes them back as they were; the
+/// write counter moves with every announced write and with nothing else.
+pub async fn snapshots(store: Arc<dyn Store>) {
+    use portico_store::copy::Snapshot;
+    let version = || async { store.write_version().await.unwrap().expect("every backend keeps a write counter") };
+    let start = version().await;
+    store.create(Kind::Host, "a.example", &fields(&[("ip", "1")])).await.unwrap();
+    store.create(Kind::User, "admin", &fields(&[("role", "admin")])).await.unwrap();
+    let after_records = version().await;
+    assert!(after_records > start, "{start} → {after_records}");
+    store.put_blob(&keys::cert_latest("a.example"), b"PEM", None).await.unwrap();
+    let after_blob = version().await;
+    assert!(after_blob > after_records);
+    store.put_blob(&keys::http01("a.example", "t"), b"answer", Some(Duration::from_secs(60))).await.unwrap();
+    store.acquire(&keys::issue_lock("a.example"), Duration::from_secs(60)).await.unwrap().unwrap();
+    assert_eq!(version().await, after_blob, "short-lived things are not announced");
+
+    let (snapshot, settled) = Snapshot::read_settled(store.as_ref()).await.unwrap();
+    assert!(settled, "nothing wrote meanwhile");
+    assert_eq!(snapshot.counts().to_string(), "1 Host, 1 User, 0 AuthToken, 0 DnsProvider, 0 Domain, 0 Cert, 1 blobs");
+    store.delete(Kind::Host, "a.example").await.unwrap();
+    store.delete(Kind::User, "admin").await.unwrap();
+    store.delete_blob(&keys::cert_latest("a.example")).await.unwrap();
+    assert_eq!(portico_store::copy::held(store.as_ref()).await.unwrap(), None);
+    snapshot.write(store.as_ref()).await.unwrap();
+    assert_eq!(Snapshot::read(store.as_ref()).await.unwrap(), snapshot);
+    assert_eq!(store.blob(&keys::cert_latest("a.example")).await.unwrap().as_deref(), Some(&b"PEM"[..]));
+}
+
 pub async fn lock_exclusivity_and_expiry(store: Arc<dyn Store>) {
     let ttl = Duration::from_millis(400);
     let first = store.acquire(&keys::issue_lock("a.example"), ttl).await.unwrap().expect("free lock");
@@ -257,6 +286,10 @@ macro_rules! contract_suite {
         #[tokio::test]
         async fn blob_keys() {
             contract::blob_keys(<$backend>::fresh().await.open().await).await
+        }
+        #[tokio::test]
+        async fn snapshots() {
+            contract::snapshots(<$backend>::fresh().await.open().await).await
         }
         #[tokio::test]
         async fn lock_exclusivity_and_expiry() {
