@@ -101,7 +101,7 @@ pub struct AddedProvider {
 
 /// A client for a provider record; a record that cannot make one is a 422 on `field`.
 fn client(api: &Api, fields: &Fields, field: &'static str) -> Result<Box<dyn DnsProvider>, ApiError> {
-    portico_dns::client(fields, &api.settings.dns).map_err(|e| dns_error(e, field))
+    portico_dns::client(fields, &api.settings.load().dns).map_err(|e| dns_error(e, field))
 }
 
 /// A provider's error for the API: refused credentials are the caller's to fix (422 on the

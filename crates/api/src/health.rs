@@ -40,13 +40,13 @@ pub struct Alive {
 )]
 pub async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Ready>) {
     let store = api.store.ping().await.is_ok();
-    let listening = api.listening.get();
+    let listening = api.listening.load_full();
     let status = if store && listening.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let routing = api.routes.state();
     let ready = Ready {
         store,
         listeners: listening.is_some(),
-        addresses: listening.cloned().unwrap_or_default(),
+        addresses: listening.as_deref().cloned().unwrap_or_default(),
         routing: Routing { generation: routing.generation, hosts: routing.hosts as u64 },
     };
     (status, Json(ready))
@@ -82,7 +82,7 @@ pub struct Routing {
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn stats(State(api): State<Api>, _caller: crate::auth::Caller) -> Json<Results<Stats>> {
-    let requests_total = api.settings.requests.as_ref().map(|count| (count.0)());
+    let requests_total = api.settings.load().requests.as_ref().map(|count| (count.0)());
     Json(Results::new(Stats { requests_total, at: portico_store::now_ms(), started: api.started }))
 }
 

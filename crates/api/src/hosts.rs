@@ -97,7 +97,7 @@ pub async fn get(
     let mut shown = zones.host_with_domain(&host);
     // Each target's health as this process sees it (when it proxies), for hosts whose
     // health is followed: several targets, or active checks.
-    if let Some(report) = &api.settings.target_health
+    if let Some(report) = &api.settings.load().target_health
         && host.health_followed()
     {
         shown = shown.with_health((report.0)(&host));

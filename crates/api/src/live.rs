@@ -290,7 +290,7 @@ pub async fn limit_socket_io(
     let (true, Some(peer)) = (request.uri().path().starts_with("/socket.io/"), peer) else {
         return next.run(request).await;
     };
-    let client = match crate::auth::client_address(peer, request.headers(), &api.settings.trusted_proxies) {
+    let client = match crate::auth::client_address(peer, request.headers(), &api.settings.load().trusted_proxies) {
         Ok(client) => portico_model::limiter::address_key(client),
         Err(e) => return e.into_response(),
     };

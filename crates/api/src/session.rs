@@ -36,7 +36,7 @@ pub async fn login(
     let mut ignored = Vec::new();
     let username = portico_model::body::string(&body.0, "username", &mut ignored).unwrap_or_default();
     let password = portico_model::body::string(&body.0, "password", &mut ignored).unwrap_or_default();
-    let address = auth::client_address(peer, &headers, &api.settings.trusted_proxies)?;
+    let address = auth::client_address(peer, &headers, &api.settings.load().trusted_proxies)?;
     api.limiter.check(address, &username)?;
     let user = match username.is_empty() {
         true => None,
@@ -55,7 +55,8 @@ pub async fn login(
         api.store.put(Kind::User, &username, &updated).await?;
         tracing::info!(username = %username, "replaced a bcrypt password hash with Argon2id");
     }
-    let issued = auth::issue_token(api.store.as_ref(), &username, "session", None, api.settings.session_ttl).await?;
+    let issued =
+        auth::issue_token(api.store.as_ref(), &username, "session", None, api.settings.load().session_ttl).await?;
     tracing::info!(username = %username, client = %address, "login");
     let store = api.store.clone();
     tokio::spawn(async move {

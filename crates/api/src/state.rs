@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use portico_certs::Certs;
@@ -74,13 +74,13 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// The routing table the proxy uses (lookups answer from it).
     pub routes: Arc<Routes>,
-    /// Settings.
-    pub settings: ApiSettings,
+    /// Settings; a reload replaces them ([`ApiState::reconfigure`]).
+    pub settings: arc_swap::ArcSwap<ApiSettings>,
     /// Failed-login bookkeeping.
     pub limiter: LoginLimiter,
-    /// Every listener's bound address, by name, set once all are bound; `/readyz`
-    /// reports them.
-    pub listening: OnceLock<BTreeMap<String, SocketAddr>>,
+    /// Every listener's bound address, by name, set once all are bound (and again when a
+    /// reload binds one elsewhere); `/readyz` reports them.
+    pub listening: arc_swap::ArcSwapOption<BTreeMap<String, SocketAddr>>,
     /// Certificates, for renewals asked through the API (`None`: not managed here).
     pub certs: Option<Arc<Certs>>,
     /// The node's one follower of the store's changes.
@@ -107,13 +107,18 @@ impl ApiState {
             store,
             changes,
             routes,
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
             limiter: LoginLimiter::new(Duration::from_secs(300), 5, 20),
-            listening: OnceLock::new(),
+            listening: arc_swap::ArcSwapOption::empty(),
             certs,
             feed: crate::live::Feed::default(),
             socket_io: crate::live::SocketIoLimits::default(),
             started: portico_store::now_ms(),
         })
+    }
+
+    /// Answers with `settings` from now on (a reload).
+    pub fn reconfigure(&self, settings: ApiSettings) {
+        self.settings.store(Arc::new(settings));
     }
 }

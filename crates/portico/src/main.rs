@@ -6,6 +6,7 @@
 
 mod config;
 mod hosts;
+mod logging;
 mod notify;
 mod serve;
 mod store_cmd;
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, LogFormat, Sources};
+use crate::config::{Config, Sources};
 use crate::store_cmd::StoreCommand;
 
 /// A self-hosted reverse proxy with automatic HTTPS.
@@ -42,6 +43,10 @@ enum Command {
     Proxy(ConfigArgs),
     /// Run the control plane alone: the API (many may share one store).
     Api(ConfigArgs),
+    /// Make the running process (found through `<data_dir>/portico.pid`) read its
+    /// configuration again and apply it without dropping a connection: sends it SIGHUP.
+    /// The outcome is in its log (and, under systemd, `systemctl status`).
+    Reload(ConfigArgs),
     /// Manage proxied hosts in the store.
     Host {
         #[command(subcommand)]
@@ -167,13 +172,13 @@ fn main() -> ExitCode {
 
 fn serve(args: ConfigArgs, role: serve::Role) -> anyhow::Result<()> {
     let config = args.load()?;
-    init_logging(&config)?;
+    let logging = logging::Logging::install(&config)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = config.workers {
         builder.worker_threads(workers);
     }
     let runtime = builder.enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(serve::run(config, role))
+    runtime.block_on(serve::run(config, role, logging, move || args.load()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -185,6 +190,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args, serve::Role::All),
         Command::Proxy(args) => serve(args, serve::Role::Proxy),
         Command::Api(args) => serve(args, serve::Role::Api),
+        Command::Reload(args) => {
+            let config = args.load()?;
+            let pid = serve::running_pid(&config.data_dir)?;
+            rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+                .with_context(|| format!("cannot signal process {}", pid.as_raw_nonzero()))?;
+            println!(
+                "asked process {} to reload its configuration (SIGHUP); its log says how it went",
+                pid.as_raw_nonzero()
+            );
+            Ok(())
+        }
         Command::Ca { command: CaCommand::Export, config } => {
             let config = config.load()?;
             let pem = runtime()?.block_on(serve::internal_root(&config))?;
@@ -209,20 +225,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
-}
-
-fn init_logging(config: &Config) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&config.log_level)
-        .with_context(|| format!("log.level: {:?} is not a level or filter", config.log_level))?;
-    // Colours only for a person at a terminal, never into a file or a log collector.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(false).init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
 //! Telling a service manager how the process is doing, over systemd's notification protocol
 //! (`sd_notify(3)`: datagrams of `KEY=VALUE` lines to the socket `NOTIFY_SOCKET` names):
 //! `READY=1` once every listener is bound, `STATUS=` as the routing table changes,
-//! `STOPPING=1` when the drain starts. A `Type=notify` unit is started only when Portico
+//! `RELOADING=1` (with `MONOTONIC_USEC`, as `Type=notify-reload` wants) when a reload starts
+//! and `READY=1` again when it is done, `STOPPING=1` when the drain starts. A `Type=notify` unit is started only when Portico
 //! listens; `systemctl status` shows the status line.
 //!
 //! Two variables of Portico's own ride along (systemd ignores them; the `X_` prefix is the
 //! protocol's advice for such): `X_PORTICO_LISTENERS=http=127.0.0.1:80 https=…` (each bound
 //! address, by listener) and `X_PORTICO_ROUTING=generation=3 hosts=12` (the routing table,
-//! as `/readyz` reports it), so a supervisor or a test learns the ports it asked for as `:0`
+//! as `/readyz` reports it), and after each reload `X_PORTICO_RELOAD=3 applied` (how many
+//! reloads so far, and whether the last was `applied` or `refused`), so a supervisor or a test learns the ports it asked for as `:0`
 //! and waits until a change is routed, without reading logs.
 
 use std::net::SocketAddr;
@@ -46,6 +48,25 @@ impl Notifier {
         let addresses: Vec<String> = listeners.iter().map(|(name, addr)| format!("{name}={addr}")).collect();
         self.send(&format!(
             "READY=1\nSTATUS={}\nX_PORTICO_LISTENERS={}\n{}",
+            status(routing),
+            addresses.join(" "),
+            routing_line(routing)
+        ));
+    }
+
+    /// A reload has started.
+    pub fn reloading(&self) {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+        self.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the configuration"));
+    }
+
+    /// A reload is done (the `count`th): ready again, with the listeners as they now are.
+    pub fn reloaded(&self, listeners: &[(&str, SocketAddr)], routing: RoutingState, count: u64, applied: bool) {
+        let addresses: Vec<String> = listeners.iter().map(|(name, addr)| format!("{name}={addr}")).collect();
+        let outcome = if applied { "applied" } else { "refused" };
+        self.send(&format!(
+            "READY=1\nSTATUS={}\nX_PORTICO_LISTENERS={}\n{}\nX_PORTICO_RELOAD={count} {outcome}",
             status(routing),
             addresses.join(" "),
             routing_line(routing)
@@ -102,6 +123,15 @@ mod tests {
         );
         notifier.routing(RoutingState { generation: 3, hosts: 4 });
         assert_eq!(receive(), "STATUS=routing 4 host pattern(s)\nX_PORTICO_ROUTING=generation=3 hosts=4");
+        notifier.reloading();
+        let reloading = receive();
+        assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
+        notifier.reloaded(&[("http", "127.0.0.1:8081".parse().unwrap())], routing, 1, false);
+        assert_eq!(
+            receive(),
+            "READY=1\nSTATUS=routing 5 host pattern(s)\nX_PORTICO_LISTENERS=http=127.0.0.1:8081\n\
+             X_PORTICO_ROUTING=generation=2 hosts=5\nX_PORTICO_RELOAD=1 refused"
+        );
         notifier.stopping();
         assert!(receive().starts_with("STOPPING=1\n"));
     }

@@ -16,6 +16,7 @@ use portico_certs::acme::{AcmeIssuer, AcmeSettings, Eab};
 use portico_certs::internal::InternalCa;
 use portico_certs::{CertSettings, Certs, Issuer};
 use portico_metrics::{Exposition, Jobs, Registry};
+use portico_proxy::listener::ListenerSettings;
 use portico_proxy::server::{self, ConnectionCap, Limits};
 use portico_proxy::{HttpListener, ProxyState, Routes, routes};
 use portico_store::MeteredStore;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config};
+use crate::logging::Logging;
 use crate::notify::Notifier;
 
 /// What a process runs.
@@ -47,8 +49,15 @@ impl Role {
     }
 }
 
-/// Runs `role` until a shutdown signal, then drains and returns.
-pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
+/// Runs `role` until a shutdown signal, then drains and returns. `SIGHUP` reloads the
+/// configuration through `load` ([`Node::reload`]).
+pub async fn run(
+    mut config: Config,
+    role: Role,
+    logging: Logging,
+    load: impl Fn() -> anyhow::Result<Config>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     // A file-size limit (`ulimit -f`) reached by the store is an I/O error to recover from, as
     // a full disk is, not a signal that kills the process (PostgreSQL ignores it too).
     // The handler stays installed for the life of the process; the stream is not needed.
@@ -56,13 +65,194 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw()))
             .context("cannot watch SIGXFSZ")?;
     let fd_limit = raise_fd_limit();
-    config.proxy.max_connections = config.max_connections.unwrap_or_else(|| default_max_connections(fd_limit));
+    derive_limits(&mut config, fd_limit);
     tracing::info!(fd_limit, max_connections = config.proxy.max_connections, "connection limits");
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let node = Node::build(&config).await?;
     node.spawn(role).await?;
-    wait_for_signal().await?;
+    let pid_file = PidFile::write(&config.data_dir);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!(signal = "SIGTERM", "signal received"); break }
+            _ = int.recv() => { tracing::info!(signal = "SIGINT", "signal received"); break }
+            _ = hup.recv() => {
+                tracing::info!(signal = "SIGHUP", "signal received: reloading the configuration");
+                let loaded = load().map(|mut config| { derive_limits(&mut config, fd_limit); config });
+                node.reload(loaded, &logging).await;
+            }
+        }
+    }
     node.stop().await;
+    drop(pid_file);
     Ok(())
+}
+
+/// What the configuration leaves to the machine: `proxy.max_connections` from the open-file
+/// limit when not set.
+fn derive_limits(config: &mut Config, fd_limit: u64) {
+    config.proxy.max_connections = config.max_connections.unwrap_or_else(|| default_max_connections(fd_limit));
+}
+
+/// `<data_dir>/portico.pid`, which `portico reload` and `portico upgrade` find the process
+/// by; removed when the process stops, if it is still this process's.
+struct PidFile(Option<std::path::PathBuf>);
+
+impl PidFile {
+    /// The file name in the data directory.
+    const NAME: &'static str = "portico.pid";
+
+    fn write(data_dir: &std::path::Path) -> Self {
+        let path = data_dir.join(Self::NAME);
+        match std::fs::write(&path, format!("{}\n", std::process::id())) {
+            Ok(()) => Self(Some(path)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the pid file: `portico reload` will not find this process");
+                Self(None)
+            }
+        }
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0
+            && std::fs::read_to_string(path).is_ok_and(|pid| pid.trim() == std::process::id().to_string())
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The process `<data_dir>/portico.pid` names (`portico reload`, `portico upgrade`).
+pub fn running_pid(data_dir: &std::path::Path) -> anyhow::Result<rustix::process::Pid> {
+    let path = data_dir.join(PidFile::NAME);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("cannot read {}: is Portico running with this data directory (--data-dir)?", path.display())
+    })?;
+    let number: i32 = text.trim().parse().with_context(|| format!("{} does not hold a process id", path.display()))?;
+    let pid = rustix::process::Pid::from_raw(number)
+        .with_context(|| format!("{} does not hold a process id", path.display()))?;
+    // Signal 0: whether the process exists (and may be signalled by us).
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => Ok(pid),
+        Err(rustix::io::Errno::SRCH) => {
+            anyhow::bail!("{} names process {number}, which is not running (a stale file)", path.display())
+        }
+        Err(rustix::io::Errno::PERM) => anyhow::bail!(
+            "process {number} ({}) belongs to another user: run this as that user (`sudo -u portico …`) or as root",
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot signal process {number}")),
+    }
+}
+
+/// The listeners a role has, in the order they are bound (HTTPS before HTTP: redirects to
+/// HTTPS name its port).
+const LISTENERS: [Listener; 6] =
+    [Listener::Metrics, Listener::Https, Listener::Http, Listener::Api, Listener::Lookup, Listener::LookupSocket];
+
+/// One of a node's listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Listener {
+    Metrics,
+    Https,
+    Http,
+    Api,
+    Lookup,
+    LookupSocket,
+}
+
+impl Listener {
+    /// Its name in `/readyz` and the notifications.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Metrics => "metrics",
+            Self::Https => "https",
+            Self::Http => "http",
+            Self::Api => "api",
+            Self::Lookup => "lookup",
+            Self::LookupSocket => "lookup_socket",
+        }
+    }
+
+    /// Its configuration key.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Metrics => "metrics.listen",
+            Self::Https => "proxy.https",
+            Self::Http => "proxy.http",
+            Self::Api => "api.listen",
+            Self::Lookup => "api.lookup_listen",
+            Self::LookupSocket => "api.lookup_socket",
+        }
+    }
+
+    fn in_role(self, role: Role) -> bool {
+        match self {
+            Self::Metrics => true,
+            Self::Https | Self::Http => role.proxy(),
+            Self::Api | Self::Lookup | Self::LookupSocket => role.api(),
+        }
+    }
+
+    /// Where `config` asks it to listen, if anywhere.
+    fn asked(self, config: &Config) -> Option<String> {
+        match self {
+            Self::Metrics => config.metrics_listen.map(|a| a.to_string()),
+            Self::Https => Some(config.https.to_string()),
+            Self::Http => Some(config.http.to_string()),
+            Self::Api => Some(config.api_listen.to_string()),
+            Self::Lookup => config.lookup_listen.map(|a| a.to_string()),
+            Self::LookupSocket => {
+                config.lookup_socket.as_ref().map(|p| format!("{}:{:o}", p.display(), config.lookup_socket_mode))
+            }
+        }
+    }
+}
+
+/// A listener bound and not yet serving.
+enum Pending {
+    Metrics(tokio::net::TcpListener),
+    Https(HttpListener),
+    Http(HttpListener),
+    Api(tokio::net::TcpListener),
+    Lookup(lookup::Endpoint),
+}
+
+/// A listener serving.
+struct Bound {
+    /// Where the configuration asked it to listen ([`Listener::asked`]).
+    asked: String,
+    /// The address bound (a TCP listener's).
+    addr: Option<SocketAddr>,
+    /// Stops this listener alone (its connections drain).
+    stop: CancellationToken,
+}
+
+/// What a reload may replace: the listeners, the settings their connections are served with,
+/// and the jobs made from the configuration. Set by [`Node::spawn`].
+#[derive(Default)]
+struct Running {
+    role: Option<Role>,
+    listeners: std::collections::BTreeMap<Listener, Bound>,
+    http: Option<ListenerSettings>,
+    https: Option<ListenerSettings>,
+    /// The proxy listeners' one connection cap.
+    cap: Option<ConnectionCap>,
+    api: Option<Api>,
+    /// The API listener's connection limits.
+    api_limits: Option<Arc<arc_swap::ArcSwap<Limits>>>,
+    /// Jobs made from the configuration, each with the token that stops it alone.
+    jobs: std::collections::BTreeMap<&'static str, CancellationToken>,
+}
+
+impl Running {
+    /// Every TCP listener's bound address, by name.
+    fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.listeners.iter().filter_map(|(listener, bound)| Some((listener.name(), bound.addr?))).collect()
+    }
 }
 
 /// One process's runtime parts, built from a [`Config`]: each component's metrics and the
@@ -72,10 +262,12 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<()> {
 /// jobs on them; [`Node::stop`] drains. The configuration is kept, so a new one can be
 /// compared with it part by part.
 pub struct Node {
-    config: Config,
+    /// The configuration in force (a reload replaces it).
+    config: std::sync::Mutex<Config>,
     /// The data plane's metrics (requests, connections, routing).
     metrics: Arc<portico_proxy::metrics::Metrics>,
     store_metrics: Arc<portico_store::metered::Metrics>,
+    cert_metrics: Arc<portico_certs::metrics::Metrics>,
     jobs: Jobs,
     /// Every component's metrics, for `GET /metrics`.
     exposition: Arc<Exposition>,
@@ -90,6 +282,10 @@ pub struct Node {
     notifier: Option<Arc<Notifier>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The listeners and jobs of the role, which a reload replaces.
+    running: tokio::sync::Mutex<Running>,
+    /// Reloads done (applied or refused).
+    reloads: std::sync::atomic::AtomicU64,
 }
 
 /// Each component's metrics: no global registry.
@@ -169,10 +365,11 @@ impl Node {
         .await
         .context("cannot set up certificates")?;
         Ok(Self {
-            config: config.clone(),
+            config: std::sync::Mutex::new(config.clone()),
             proxy: ProxyState::new(metrics.clone()),
             metrics,
             store_metrics,
+            cert_metrics,
             jobs,
             exposition: Arc::new(Exposition::new(registry)),
             store,
@@ -184,6 +381,8 @@ impl Node {
             notifier,
             shutdown,
             tasks: TaskTracker::new(),
+            running: tokio::sync::Mutex::default(),
+            reloads: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -204,22 +403,42 @@ impl Node {
         tasks.spawn(routing);
         tasks.spawn(watch_store_memory(self.store.clone(), self.store_metrics.clone(), shutdown.clone()));
         tasks.spawn(self.certs.clone().follow_store(self.changes.subscribe(&[Kind::Host]), shutdown.clone()));
-        let mut ready = Vec::new();
-        if let Some(addr) = self.config.metrics_listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
-            ready.push(("metrics", listener.local_addr()?));
-            tasks.spawn(serve_metrics(listener, self.exposition.clone(), shutdown.clone()));
-        }
+        let config = self.config();
+        let mut running = self.running.lock().await;
+        running.role = Some(role);
         if role.proxy() {
-            self.spawn_proxy(&mut ready).await?;
+            running.cap = Some(ConnectionCap::new(config.proxy.max_connections, "proxy.max_connections"));
+            self.start_job(&mut running, "checks", &config);
         }
-        let api = if role.api() { Some(self.spawn_api(role, &mut ready).await?) } else { None };
+        if role.api() {
+            // Never a new admin in a store that was wiped: its old admin comes back with a backup.
+            if !self.identified.is_lost() {
+                let admin_password = std::env::var("PORTICO_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
+                portico_api::auth::bootstrap_admin(self.store.as_ref(), &config.data_dir, admin_password)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
+            }
+            running.api = Some(ApiState::new(
+                self.store.clone(),
+                self.changes.clone(),
+                self.routes.clone(),
+                self.api_settings(&config, role),
+                Some(self.certs.clone()),
+            ));
+            running.api_limits = Some(Arc::new(arc_swap::ArcSwap::from_pointee(config.proxy.limits())));
+            self.start_job(&mut running, "renewals", &config);
+            self.start_job(&mut running, "dns_sync", &config);
+        }
+        let wanted: Vec<Listener> = LISTENERS.into_iter().filter(|l| l.in_role(role)).collect();
+        let pending = self.bind(&running, &config, &wanted).await?;
+        for (listener, asked, pending) in pending {
+            self.start(&mut running, listener, asked, pending)?;
+        }
         // Every socket is bound (connections queue from here on): ready, before anyone is
         // told.
-        if let Some(api) = &api {
-            let _ = api.listening.set(ready.iter().map(|(name, addr)| ((*name).to_owned(), *addr)).collect());
+        let ready = running.addresses();
+        if let Some(api) = &running.api {
+            api.listening.store(Some(Arc::new(ready.iter().map(|(name, addr)| ((*name).to_owned(), *addr)).collect())));
         }
         for (listener, addr) in &ready {
             tracing::info!(listener, addr = %addr, "listening");
@@ -230,45 +449,14 @@ impl Node {
         Ok(())
     }
 
-    /// The data plane: the HTTPS and HTTP listeners, and hosts' active health checks.
-    async fn spawn_proxy(&self, ready: &mut Vec<(&'static str, SocketAddr)>) -> anyhow::Result<()> {
-        let config = &self.config;
-        // One cap for both listeners: they draw on the same file descriptors.
-        let cap = ConnectionCap::new(config.proxy.max_connections, "proxy.max_connections");
-        let (routes, certs, state) = (&self.routes, &self.certs, &self.proxy);
-        let https =
-            HttpListener::bind_tls(config.https, config.proxy.clone(), state.clone(), routes.clone(), certs.clone())
-                .await
-                .with_context(|| format!("cannot listen on {} (proxy.https)", config.https))?;
-        let https_addr = https.local_addr()?;
-        self.tasks.spawn(https.serve(cap.clone(), self.shutdown.clone()));
-        // Redirects to HTTPS name the port actually bound.
-        let plain = portico_proxy::ProxyConfig { https_port: https_addr.port(), ..config.proxy.clone() };
-        let http = HttpListener::bind(config.http, plain, state.clone(), routes.clone(), Some(certs.clone()))
-            .await
-            .with_context(|| format!("cannot listen on {} (proxy.http)", config.http))?;
-        ready.push(("http", http.local_addr()?));
-        ready.push(("https", https_addr));
-        self.tasks.spawn(http.serve(cap, self.shutdown.clone()));
-        let checks =
-            portico_proxy::checks::run(routes.clone(), config.proxy.clone(), state.clone(), self.shutdown.clone());
-        self.tasks.spawn(checks);
-        Ok(())
+    /// The configuration in force.
+    fn config(&self) -> Config {
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The control plane: the first admin, the API, renewals, DNS domain syncs and the
-    /// lookup service.
-    async fn spawn_api(&self, role: Role, ready: &mut Vec<(&'static str, SocketAddr)>) -> anyhow::Result<Api> {
-        let (config, store, routes, tasks, shutdown) =
-            (&self.config, &self.store, &self.routes, &self.tasks, &self.shutdown);
-        let admin_password = std::env::var("PORTICO_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
-        // Never a new admin in a store that was wiped: its old admin comes back with a backup.
-        if !self.identified.is_lost() {
-            portico_api::auth::bootstrap_admin(store.as_ref(), &config.data_dir, admin_password)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
-        }
-        let settings = ApiSettings {
+    /// The API's settings from `config`.
+    fn api_settings(&self, config: &Config, role: Role) -> ApiSettings {
+        ApiSettings {
             session_ttl: config.session_ttl,
             trusted_proxies: config.trusted_proxies.clone(),
             dns: config.tls.dns.endpoints.clone(),
@@ -282,39 +470,262 @@ impl Node {
                 let health = self.proxy.health.clone();
                 portico_api::HealthReport(Arc::new(move |host| health.report(host)))
             }),
+        }
+    }
+
+    /// Binds each of `listeners` where `config` asks (those it asks for), all or none: the
+    /// first that cannot be bound is the error, naming its key.
+    async fn bind(
+        &self,
+        running: &Running,
+        config: &Config,
+        listeners: &[Listener],
+    ) -> anyhow::Result<Vec<(Listener, String, Pending)>> {
+        let mut pending = Vec::new();
+        for &listener in listeners {
+            let Some(asked) = listener.asked(config) else { continue };
+            let failed = || format!("cannot listen on {asked} ({})", listener.key());
+            let bound = match listener {
+                Listener::Metrics => Pending::Metrics(bind_tcp(config.metrics_listen).await.with_context(failed)?),
+                Listener::Api => Pending::Api(bind_tcp(Some(config.api_listen)).await.with_context(failed)?),
+                Listener::Lookup => {
+                    Pending::Lookup(lookup::Endpoint::Tcp(bind_tcp(config.lookup_listen).await.with_context(failed)?))
+                }
+                Listener::LookupSocket => {
+                    let path = config.lookup_socket.clone().context("no socket asked for")?;
+                    let socket = lookup::bind_unix(&path, config.lookup_socket_mode).with_context(failed)?;
+                    Pending::Lookup(lookup::Endpoint::Unix(socket, path))
+                }
+                Listener::Https => Pending::Https(
+                    HttpListener::bind_tls(
+                        config.https,
+                        config.proxy.clone(),
+                        self.proxy.clone(),
+                        self.routes.clone(),
+                        self.certs.clone(),
+                    )
+                    .await
+                    .with_context(failed)?,
+                ),
+                Listener::Http => {
+                    // Redirects to HTTPS name the port actually bound (the one being bound
+                    // now, or the one serving).
+                    let https_port = pending
+                        .iter()
+                        .find_map(|(_, _, p)| match p {
+                            Pending::Https(https) => https.local_addr().ok(),
+                            _ => None,
+                        })
+                        .or_else(|| running.listeners.get(&Listener::Https).and_then(|b| b.addr))
+                        .map_or(config.https.port(), |addr| addr.port());
+                    let plain = portico_proxy::ProxyConfig { https_port, ..config.proxy.clone() };
+                    let http = HttpListener::bind(
+                        config.http,
+                        plain,
+                        self.proxy.clone(),
+                        self.routes.clone(),
+                        Some(self.certs.clone()),
+                    );
+                    Pending::Http(http.await.with_context(failed)?)
+                }
+            };
+            pending.push((listener, asked, bound));
+        }
+        Ok(pending)
+    }
+
+    /// Serves a bound listener until its own token (or the node's shutdown) stops it.
+    fn start(&self, running: &mut Running, listener: Listener, asked: String, pending: Pending) -> anyhow::Result<()> {
+        let stop = self.shutdown.child_token();
+        let (tasks, routes) = (&self.tasks, &self.routes);
+        let addr = match pending {
+            Pending::Metrics(socket) => {
+                let addr = socket.local_addr()?;
+                tasks.spawn(serve_metrics(socket, self.exposition.clone(), stop.clone()));
+                Some(addr)
+            }
+            Pending::Api(socket) => {
+                let addr = socket.local_addr()?;
+                let api = running.api.clone().context("the API's state is made before its listener")?;
+                let limits = running.api_limits.clone().context("the API's limits are set before its listener")?;
+                tasks.spawn(serve_api(socket, api, limits, stop.clone()));
+                Some(addr)
+            }
+            Pending::Lookup(endpoint) => {
+                let addr = match &endpoint {
+                    lookup::Endpoint::Tcp(socket) => Some(socket.local_addr()?),
+                    lookup::Endpoint::Unix(_, path) => {
+                        tracing::info!(path = %path.display(), "lookup service listening on its socket");
+                        None
+                    }
+                };
+                tasks.spawn(lookup::serve(endpoint, routes.clone(), stop.clone()));
+                addr
+            }
+            Pending::Https(http) | Pending::Http(http) => {
+                let addr = http.local_addr()?;
+                let settings = Some(http.settings());
+                if listener == Listener::Https {
+                    running.https = settings
+                } else {
+                    running.http = settings
+                }
+                let cap = running.cap.clone().context("the proxy's cap is made before its listeners")?;
+                tasks.spawn(http.serve(cap, stop.clone()));
+                Some(addr)
+            }
         };
-        let certs = Some(self.certs.clone());
-        let state = ApiState::new(store.clone(), self.changes.clone(), routes.clone(), settings, certs);
-        let renewals = portico_certs::renew::run(
-            self.certs.clone(),
-            config.tls.renew_interval,
-            self.jobs.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn(renewals);
-        let endpoints = config.tls.dns.endpoints.clone();
-        tasks.spawn(sync_dns_domains(store.clone(), endpoints, self.jobs.clone(), shutdown.clone()));
-        let listener = tokio::net::TcpListener::bind(config.api_listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
-        ready.push(("api", listener.local_addr()?));
-        tasks.spawn(serve_api(listener, state.clone(), config.proxy.limits(), shutdown.clone()));
-        // The seed's lookup service, from the same routing snapshot.
-        if let Some(path) = &config.lookup_socket {
-            let listener = lookup::bind_unix(path, config.lookup_socket_mode)
-                .with_context(|| format!("cannot listen on {} (api.lookup_socket)", path.display()))?;
-            tracing::info!(path = %path.display(), "lookup service listening on its socket");
-            let endpoint = lookup::Endpoint::Unix(listener, path.clone());
-            tasks.spawn(lookup::serve(endpoint, routes.clone(), shutdown.clone()));
+        if let Some(old) = running.listeners.insert(listener, Bound { asked, addr, stop }) {
+            tracing::info!(listener = listener.name(), from = ?old.addr, to = ?addr, "listening elsewhere; the old listener drains");
+            old.stop.cancel();
         }
-        if let Some(addr) = config.lookup_listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (api.lookup_listen)"))?;
-            ready.push(("lookup", listener.local_addr()?));
-            tasks.spawn(lookup::serve(lookup::Endpoint::Tcp(listener), routes.clone(), shutdown.clone()));
+        Ok(())
+    }
+
+    /// Starts (or starts again, stopping the one running) the job `name`, made from `config`.
+    fn start_job(&self, running: &mut Running, name: &'static str, config: &Config) {
+        let stop = self.shutdown.child_token();
+        match name {
+            "checks" => {
+                let checks = portico_proxy::checks::run(
+                    self.routes.clone(),
+                    config.proxy.clone(),
+                    self.proxy.clone(),
+                    stop.clone(),
+                );
+                self.tasks.spawn(checks);
+            }
+            "renewals" => {
+                let renewals = portico_certs::renew::run(
+                    self.certs.clone(),
+                    config.tls.renew_interval,
+                    self.jobs.clone(),
+                    stop.clone(),
+                );
+                self.tasks.spawn(renewals);
+            }
+            _ => {
+                let endpoints = config.tls.dns.endpoints.clone();
+                self.tasks.spawn(sync_dns_domains(self.store.clone(), endpoints, self.jobs.clone(), stop.clone()));
+            }
         }
-        Ok(state)
+        if let Some(old) = running.jobs.insert(name, stop) {
+            old.cancel();
+        }
+    }
+
+    /// Applies a configuration read again (`SIGHUP`): everything that can change live,
+    /// without dropping a connection; what cannot (the data directory, the store, the
+    /// worker threads) is named in one line and stays as it was. A configuration that does
+    /// not load, or one part of which cannot be applied (a level that is no level, an
+    /// address that cannot be bound, invalid `[tls]` settings), changes nothing and is
+    /// reported. Returns whether it was applied.
+    pub async fn reload(&self, loaded: anyhow::Result<Config>, logging: &Logging) -> bool {
+        if let Some(notifier) = &self.notifier {
+            notifier.reloading();
+        }
+        let applied = match loaded {
+            Ok(new) => self.apply(new, logging).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match &applied {
+            Ok(changed) if changed.is_empty() => {
+                tracing::info!("configuration reloaded: nothing changed");
+                true
+            }
+            Ok(changed) => {
+                tracing::info!(changed = %changed.join(","), "configuration reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!("the configuration was not reloaded, the running one stays: {e:#}");
+                false
+            }
+        };
+        self.reloads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(notifier) = &self.notifier {
+            let running = self.running.lock().await;
+            notifier.reloaded(
+                &running.addresses(),
+                self.routes.state(),
+                self.reloads.load(std::sync::atomic::Ordering::SeqCst),
+                outcome,
+            );
+        }
+        outcome
+    }
+
+    /// [`Node::reload`]'s work: checks what can fail, then applies; the sections changed.
+    async fn apply(&self, mut new: Config, logging: &Logging) -> anyhow::Result<Vec<&'static str>> {
+        let old = self.config();
+        let fixed = fixed_keys(&old, &mut new);
+        if !fixed.is_empty() {
+            tracing::warn!(keys = %fixed.join(","), "these settings cannot change while Portico runs: they stay as they were until a restart");
+        }
+        let changed = changed_sections(&old, &new);
+        if changed.is_empty() {
+            return Ok(changed);
+        }
+        // First what can fail, so that a failure changes nothing.
+        Logging::check(&new)?;
+        let issuer =
+            if new.tls != old.tls { Some(issuer(&new, self.store.clone(), &self.cert_metrics)?) } else { None };
+        let mut running = self.running.lock().await;
+        let role = running.role.context("the node is not running")?;
+        let moved: Vec<Listener> = LISTENERS
+            .into_iter()
+            .filter(|l| l.in_role(role) && l.asked(&new) != running.listeners.get(l).map(|b| b.asked.clone()))
+            .collect();
+        let pending = self.bind(&running, &new, &moved).await?;
+
+        // Then apply.
+        if (&new.log_level, new.log_format) != (&old.log_level, old.log_format) {
+            logging.apply(&new)?;
+        }
+        for listener in &moved {
+            if listener.asked(&new).is_none()
+                && let Some(old) = running.listeners.remove(listener)
+            {
+                tracing::info!(listener = listener.name(), "listener closed: the configuration no longer asks for it");
+                old.stop.cancel();
+            }
+        }
+        for (listener, asked, pending) in pending {
+            self.start(&mut running, listener, asked, pending)?;
+        }
+        if let Some(cap) = &running.cap {
+            cap.resize(new.proxy.max_connections);
+        }
+        if let Some(https) = &running.https {
+            https.apply(new.proxy.clone());
+        }
+        if let Some(http) = &running.http {
+            let https_port =
+                running.listeners.get(&Listener::Https).and_then(|b| b.addr).map_or(new.https.port(), |a| a.port());
+            http.apply(portico_proxy::ProxyConfig { https_port, ..new.proxy.clone() });
+        }
+        if let Some(limits) = &running.api_limits {
+            limits.store(Arc::new(new.proxy.limits()));
+        }
+        if role.proxy() && new.proxy != old.proxy {
+            self.start_job(&mut running, "checks", &new);
+        }
+        if let Some(issuer) = issuer {
+            self.certs.reconfigure(issuer, cert_settings(&new));
+        }
+        if let Some(api) = running.api.clone() {
+            api.reconfigure(self.api_settings(&new, role));
+            if new.tls.renew_interval != old.tls.renew_interval {
+                self.start_job(&mut running, "renewals", &new);
+            }
+            if new.tls.dns.endpoints != old.tls.dns.endpoints {
+                self.start_job(&mut running, "dns_sync", &new);
+            }
+            let addresses = running.addresses();
+            api.listening.store(Some(Arc::new(addresses.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect())));
+        }
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(changed)
     }
 
     /// Stops accepting, lets what is in flight finish (each listener's drain), and returns
@@ -331,6 +742,61 @@ impl Node {
     }
 }
 
+/// Binds a TCP listener on `addr`.
+async fn bind_tcp(addr: Option<SocketAddr>) -> std::io::Result<tokio::net::TcpListener> {
+    let addr = addr.ok_or_else(|| std::io::Error::other("no address"))?;
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Puts back in `new` what cannot change while the process runs (the data directory, the
+/// store, the worker threads), and names the keys that asked to.
+fn fixed_keys(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut fixed = Vec::new();
+    if new.data_dir != old.data_dir {
+        fixed.push("data_dir");
+        new.data_dir = old.data_dir.clone();
+    }
+    if new.store_url != old.store_url {
+        fixed.push("store.url");
+        new.store_url = old.store_url.clone();
+    }
+    if new.workers != old.workers {
+        fixed.push("proxy.workers");
+        new.workers = old.workers;
+    }
+    fixed
+}
+
+/// The sections of the configuration that differ (for the log line: names, never values).
+fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut differs = |name, differ: bool| {
+        if differ {
+            changed.push(name);
+        }
+    };
+    differs("proxy", old.proxy != new.proxy || old.max_connections != new.max_connections);
+    differs("proxy.http", old.http != new.http);
+    differs("proxy.https", old.https != new.https);
+    differs(
+        "api",
+        old.api_listen != new.api_listen
+            || old.lookup_socket != new.lookup_socket
+            || old.lookup_socket_mode != new.lookup_socket_mode
+            || old.lookup_listen != new.lookup_listen
+            || old.session_ttl != new.session_ttl
+            || old.trusted_proxies != new.trusted_proxies,
+    );
+    differs("tls", old.tls != new.tls);
+    differs("metrics", old.metrics_listen != new.metrics_listen);
+    differs("log", old.log_level != new.log_level || old.log_format != new.log_format);
+    // A key added to the configuration and not to the list above is still a change.
+    if changed.is_empty() && old != new {
+        changed.push("other");
+    }
+    changed
+}
+
 /// Connections the API accepts at once (it shares the process's file descriptors with the
 /// proxy, so it has a cap of its own: a flood on the proxy's ports leaves it reachable).
 const API_MAX_CONNECTIONS: usize = 256;
@@ -343,16 +809,19 @@ const FD_RESERVE: u64 = API_MAX_CONNECTIONS as u64 + 256;
 async fn serve_api(
     listener: tokio::net::TcpListener,
     api: portico_api::Api,
-    limits: Limits,
+    limits: Arc<arc_swap::ArcSwap<Limits>>,
     shutdown: CancellationToken,
 ) {
     use tower_service::Service as _;
     let router = portico_api::router(api);
-    let builder = Arc::new(server::builder(&limits, 64 * 1024));
     let cap = ConnectionCap::new(API_MAX_CONNECTIONS, "the API's connection cap");
-    server::accept_loop(&listener, &cap, &shutdown, limits.shutdown_timeout, move |stream, peer, watch| {
-        let (router, builder) = (router.clone(), builder.clone());
+    let drain = || limits.load().shutdown_timeout;
+    server::accept_loop(&listener, &cap, &shutdown, drain, |stream, peer, watch| {
+        // The limits in force when the connection is accepted.
+        let limits = **limits.load();
+        let router = router.clone();
         async move {
+            let builder = server::builder(&limits, 64 * 1024);
             let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 router.clone().call(request)
@@ -522,17 +991,6 @@ pub async fn internal_root(config: &Config) -> anyhow::Result<String> {
     }
     let ca = InternalCa::new(Arc::new(store), config.tls.internal_lifetime);
     Ok(ca.root_pem().await?)
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,6 +2,11 @@
 //! same socket: h2c with prior knowledge on plain HTTP, ALPN `h2` over TLS), graceful
 //! shutdown.
 //!
+//! A listener's [`ProxyConfig`] can be replaced while it serves ([`ListenerSettings`], a
+//! reload): each request is handled with the settings in force when it arrives; what is set
+//! per connection (the head's size limit, the idle and send timeouts, the TLS handshake's)
+//! applies to connections accepted from then on.
+//!
 //! TLS uses `LazyConfigAcceptor`: the ClientHello is read first, then the certificate for its
 //! SNI is resolved (which may await an issuance), then the handshake completes, all under one
 //! deadline. A ClientHello offering only `acme-tls/1` is a TLS-ALPN-01 validation and gets
@@ -10,8 +15,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -30,17 +37,85 @@ use crate::forward::TargetClient;
 use crate::handler::{Shared, handle};
 use crate::proxy_protocol;
 use crate::routes::Routes;
-use crate::server::{self, ConnectionCap, Watch};
+use crate::server::{self, ConnectionCap, Limits, Watch};
 use crate::{ProxyConfig, ProxyState};
 
 /// A bound listener (plain HTTP or HTTPS), ready to [`serve`](HttpListener::serve).
 #[derive(Debug)]
 pub struct HttpListener {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    settings: ListenerSettings,
     tls: Option<Arc<Tls>>,
+}
+
+/// What a connection is served with: one [`ProxyConfig`] and what is made from it.
+struct Generation {
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Limits,
+}
+
+/// What every generation of a listener shares, whatever its configuration.
+#[derive(Debug)]
+struct Parts {
+    state: ProxyState,
+    routes: Arc<Routes>,
+    certs: Option<Arc<Certs>>,
     tunnels: TaskTracker,
     tunnel_shutdown: CancellationToken,
+}
+
+/// The configuration a listener serves new connections with, which a reload replaces.
+#[derive(Clone)]
+pub struct ListenerSettings {
+    live: Arc<ArcSwap<Generation>>,
+    parts: Arc<Parts>,
+}
+
+impl std::fmt::Debug for ListenerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerSettings").field("config", &self.current()).finish_non_exhaustive()
+    }
+}
+
+impl ListenerSettings {
+    fn new(config: ProxyConfig, parts: Parts) -> Self {
+        let parts = Arc::new(parts);
+        let live = Arc::new(ArcSwap::from_pointee(Self::generation(&parts, config)));
+        Self { live, parts }
+    }
+
+    fn generation(parts: &Parts, config: ProxyConfig) -> Generation {
+        let config = Arc::new(config);
+        let limits = config.limits();
+        let builder = Arc::new(server::builder(&limits, config.max_header_bytes));
+        let upstream =
+            TargetClient::new(config.clone(), &parts.state, parts.tunnels.clone(), parts.tunnel_shutdown.clone());
+        let shared = Arc::new(Shared {
+            config,
+            state: parts.state.clone(),
+            routes: parts.routes.clone(),
+            upstream,
+            certs: parts.certs.clone(),
+        });
+        Generation { shared, builder, limits }
+    }
+
+    /// The configuration new connections are served with.
+    pub fn current(&self) -> Arc<ProxyConfig> {
+        self.live.load().shared.config.clone()
+    }
+
+    /// Serves requests arriving from now on with `config` (and a new pool of target
+    /// connections made with it); requests in flight finish with theirs. Returns whether it
+    /// differed from the current one.
+    pub fn apply(&self, config: ProxyConfig) -> bool {
+        if *self.current() == config {
+            return false;
+        }
+        self.live.store(Arc::new(Self::generation(&self.parts, config)));
+        true
+    }
 }
 
 /// What the TLS side of a listener shares.
@@ -106,12 +181,14 @@ impl HttpListener {
         tls: Option<Arc<Tls>>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        let config = Arc::new(config);
-        let tunnels = TaskTracker::new();
-        let tunnel_shutdown = CancellationToken::new();
-        let upstream = TargetClient::new(config.clone(), &state, tunnels.clone(), tunnel_shutdown.clone());
-        let shared = Arc::new(Shared { config, state, routes, upstream, certs });
-        Ok(Self { listener, shared, tls, tunnels, tunnel_shutdown })
+        let parts =
+            Parts { state, routes, certs, tunnels: TaskTracker::new(), tunnel_shutdown: CancellationToken::new() };
+        Ok(Self { listener, settings: ListenerSettings::new(config, parts), tls })
+    }
+
+    /// The handle a reload applies a new configuration through.
+    pub fn settings(&self) -> ListenerSettings {
+        self.settings.clone()
     }
 
     /// The address actually bound (useful with port 0).
@@ -123,18 +200,18 @@ impl HttpListener {
     /// listeners given the same cap), then stops accepting, lets in-flight requests finish
     /// for up to the configured shutdown timeout, closes what is left, and returns.
     pub async fn serve(self, cap: ConnectionCap, shutdown: CancellationToken) {
-        let config = self.shared.config.clone();
-        let limits = config.limits();
-        let builder = Arc::new(server::builder(&limits, config.max_header_bytes));
-        let shared = self.shared.clone();
+        let live = self.settings.live.clone();
         let tls = self.tls.clone();
         server::accept_loop(
             &self.listener,
             &cap,
             &shutdown,
-            limits.shutdown_timeout,
-            move |mut stream, peer, watch| {
-                let (shared, tls, builder) = (shared.clone(), tls.clone(), builder.clone());
+            || live.load().limits.shutdown_timeout,
+            |mut stream, peer, watch| {
+                let generation = live.load();
+                let (shared, builder, limits) =
+                    (generation.shared.clone(), generation.builder.clone(), generation.limits);
+                let (tls, live) = (tls.clone(), live.clone());
                 async move {
                     let _open = portico_metrics::Open::new(&shared.state.metrics.connections_open);
                     // Behind a balancer that speaks the PROXY protocol, the client is the one
@@ -175,16 +252,19 @@ impl HttpListener {
                         }
                     };
                     let client = Arc::new(Client::new(peer, conn));
-                    let service = service_fn(move |request| handle(shared.clone(), request, client.clone()));
+                    // Each request with the settings in force when it arrives (a kept-alive
+                    // connection gets a reload's timeouts at its next request).
+                    let service = service_fn(move |request| handle(live.load_full().shared.clone(), request, client.clone()));
                     server::drive(&builder, TokioIo::new(io), service, &limits, watch).await;
                 }
             },
         )
         .await;
         drop(self.listener);
-        self.tunnel_shutdown.cancel();
-        self.tunnels.close();
-        self.tunnels.wait().await;
+        let parts = &self.settings.parts;
+        parts.tunnel_shutdown.cancel();
+        parts.tunnels.close();
+        parts.tunnels.wait().await;
     }
 }
 

@@ -63,7 +63,8 @@ pub struct ConnectionCap {
 #[derive(Debug)]
 struct CapInner {
     permits: Arc<Semaphore>,
-    max: usize,
+    /// The cap now (a reload may change it).
+    max: std::sync::atomic::AtomicUsize,
     /// The configuration key that sets `max`, for the log line.
     key: &'static str,
     /// Woken when the cap is reached: idle connections close.
@@ -77,12 +78,42 @@ impl ConnectionCap {
         let max = max.max(1);
         let inner = CapInner {
             permits: Arc::new(Semaphore::new(max)),
-            max,
+            max: std::sync::atomic::AtomicUsize::new(max),
             key,
             pressure: Notify::new(),
             warned: portico_model::limiter::Rarely::new(Duration::from_secs(60)),
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// The cap now.
+    pub fn max(&self) -> usize {
+        self.inner.max.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Changes the cap to `max` (at least 1), for the connections accepted from now on: a
+    /// larger cap admits more at once; a smaller one takes the difference back as open
+    /// connections close (none is closed for it).
+    pub fn resize(&self, max: usize) {
+        use std::sync::atomic::Ordering;
+        let max = max.max(1);
+        let before = self.inner.max.swap(max, Ordering::SeqCst);
+        if max > before {
+            self.inner.permits.add_permits(max - before);
+        } else if before > max {
+            let deficit = before - max;
+            let taken = self.inner.permits.forget_permits(deficit);
+            if let Ok(rest) = u32::try_from(deficit - taken)
+                && rest > 0
+            {
+                let permits = self.inner.permits.clone();
+                tokio::spawn(async move {
+                    if let Ok(held) = permits.acquire_many_owned(rest).await {
+                        held.forget();
+                    }
+                });
+            }
+        }
     }
 
     /// Room for one more connection. At the cap: logs (at most once a minute), asks idle
@@ -110,7 +141,7 @@ impl ConnectionCap {
             return;
         }
         tracing::warn!(
-            max = self.inner.max,
+            max = self.max(),
             key = self.inner.key,
             "connection limit reached: new connections wait, idle ones are closed"
         );
@@ -143,13 +174,14 @@ impl Watch {
 }
 
 /// Accepts connections on `listener` until `shutdown`, each admitted by `cap` and handed to
-/// `connection` (which typically ends in [`drive`]). Then waits up to `shutdown_timeout` for
-/// the connections to finish and closes what is left.
+/// `connection` (which typically ends in [`drive`]). Then waits up to `shutdown_timeout()`
+/// (read then: a reload may have changed it) for the connections to finish and closes what
+/// is left.
 pub async fn accept_loop<F, Fut>(
     listener: &TcpListener,
     cap: &ConnectionCap,
     shutdown: &CancellationToken,
-    shutdown_timeout: Duration,
+    shutdown_timeout: impl Fn() -> Duration,
     mut connection: F,
 ) where
     F: FnMut(TcpStream, SocketAddr, Watch) -> Fut,
@@ -179,6 +211,7 @@ pub async fn accept_loop<F, Fut>(
         tasks.spawn(connection(stream, peer, watch));
     }
     tracing::info!(in_flight = tasks.len(), "stopped accepting; draining connections");
+    let shutdown_timeout = shutdown_timeout();
     tasks.close();
     if tokio::time::timeout(shutdown_timeout, tasks.wait()).await.is_err() {
         tracing::warn!(timeout = ?shutdown_timeout, "shutdown deadline passed; closing remaining connections");

@@ -50,6 +50,8 @@ struct ServiceState {
     listeners: HashMap<String, SocketAddr>,
     /// (generation, host patterns) of the routing table.
     routing: (u64, u64),
+    /// Reloads done so far, and whether the last was applied.
+    reloads: (u64, bool),
 }
 
 impl Notified {
@@ -65,7 +67,12 @@ impl Notified {
                 let Some((key, value)) = line.split_once('=') else { continue };
                 match key {
                     "READY" => state.ready = value == "1",
+                    "X_PORTICO_RELOAD" => {
+                        let (count, outcome) = value.split_once(' ').unwrap_or((value, ""));
+                        state.reloads = (count.parse().unwrap_or(0), outcome == "applied");
+                    }
                     "X_PORTICO_LISTENERS" => {
+                        state.listeners.clear();
                         for entry in value.split_whitespace() {
                             if let Some((name, addr)) = entry.split_once('=') {
                                 state.listeners.insert(name.to_owned(), addr.parse().unwrap());
@@ -304,6 +311,40 @@ impl Portico {
     /// The address of a listener this process announced (`http`, `https`, `api`).
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
         self.listeners.get(name).copied()
+    }
+
+    /// The address a listener is bound to now, as the process last said (after a reload
+    /// moved it, say).
+    pub fn listening(&self, name: &str) -> Option<SocketAddr> {
+        self.notified.state.lock().unwrap().listeners.get(name).copied()
+    }
+
+    /// Runs `portico reload` on this instance's data directory (it signals the process
+    /// SIGHUP) and waits until the process says the reload is done; whether it was applied.
+    pub fn reload(&self) -> bool {
+        self.reload_by(|| {
+            let out = self.cli("reload", &[], "");
+            assert!(out.status.success(), "portico reload: {}", String::from_utf8_lossy(&out.stderr));
+        })
+    }
+
+    /// Sends the process SIGHUP and waits until it says the reload is done; whether it was
+    /// applied.
+    pub fn hangup(&self) -> bool {
+        self.reload_by(|| {
+            let pid = self.child.as_ref().expect("running").id();
+            let sent = Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+            assert!(sent.success());
+        })
+    }
+
+    fn reload_by(&self, ask: impl FnOnce()) -> bool {
+        let before = self.notified.state.lock().unwrap().reloads.0;
+        ask();
+        match self.notified.wait(Duration::from_secs(10), |state| state.reloads.0 > before, || false) {
+            Ok(state) => state.reloads.1,
+            Err(_) => panic!("no reload done within 10 s; log: {:?}", self.logs()),
+        }
     }
 
     /// The data directory.

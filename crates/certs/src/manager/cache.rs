@@ -94,7 +94,7 @@ impl Certs {
             issuer: "imported".to_owned(),
             not_after: meta.not_after,
             issued: meta.not_before,
-            next_attempt: meta.renew_at(self.settings.renew_remaining_ratio),
+            next_attempt: meta.renew_at(self.settings().renew_remaining_ratio),
             ..CertState::default()
         };
         match self.store.create(Kind::Cert, name, &state.to_fields()).await {

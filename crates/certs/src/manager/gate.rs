@@ -112,10 +112,10 @@ impl Certs {
             return Ok(());
         }
         let domain = psl::domain_str(name).unwrap_or(name);
-        if held.values().filter(|h| h.pattern == owner.pattern).count() >= self.settings.max_certs_per_pattern {
+        if held.values().filter(|h| h.pattern == owner.pattern).count() >= self.settings().max_certs_per_pattern {
             return Err(Refused::Capped("pattern"));
         }
-        if held.values().filter(|h| h.domain == domain).count() >= self.settings.max_certs_per_domain {
+        if held.values().filter(|h| h.domain == domain).count() >= self.settings().max_certs_per_domain {
             return Err(Refused::Capped("registered domain"));
         }
         Ok(())
@@ -152,8 +152,8 @@ impl Certs {
     /// Issuances per minute `budget` allows.
     pub(super) fn limit(&self, budget: Budget) -> usize {
         match budget {
-            Budget::Explicit | Budget::Renewal => self.settings.max_issuances_per_minute,
-            Budget::Pattern => self.settings.max_pattern_issuances_per_minute,
+            Budget::Explicit | Budget::Renewal => self.settings().max_issuances_per_minute,
+            Budget::Pattern => self.settings().max_pattern_issuances_per_minute,
         }
     }
 
@@ -190,6 +190,6 @@ impl Certs {
     /// The backoff after `failures` consecutive failures: doubling from the minimum, capped.
     pub(super) fn backoff(&self, failures: u32) -> Duration {
         let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
-        self.settings.backoff_min.saturating_mul(factor).min(self.settings.backoff_max)
+        self.settings().backoff_min.saturating_mul(factor).min(self.settings().backoff_max)
     }
 }

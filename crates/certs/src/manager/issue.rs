@@ -62,7 +62,7 @@ impl Certs {
         self.rate(budget, false)?;
         let lock = keys::issue_lock(name);
         let lease_ttl = ISSUE_LEASE_TTL;
-        let deadline = tokio::time::Instant::now() + self.settings.issue_timeout;
+        let deadline = tokio::time::Instant::now() + self.settings().issue_timeout;
         let lease = loop {
             if let Some(lease) = self.store.acquire(&lock, lease_ttl).await.map_err(CertError::from)? {
                 break lease;
@@ -142,17 +142,18 @@ impl Certs {
         self.rate(budget, true)?;
         self.cluster_rate(budget).await?;
         let verb = if mode == Mode::OnDemand { "issuing" } else { "renewing" };
-        tracing::info!(name, issuer = self.issuer.kind(), "{verb} a certificate");
-        self.metrics.attempt(self.issuer.kind(), mode != Mode::OnDemand);
+        tracing::info!(name, issuer = self.issuer().kind(), "{verb} a certificate");
+        self.metrics.attempt(self.issuer().kind(), mode != Mode::OnDemand);
         let begun = Instant::now();
         let plan = self.plan(name).await?;
         let progress =
             Recorder { store: self.store.clone(), name: name.to_owned(), reached: Mutex::new(Step::Planned) };
         progress.step(Step::Planned).await;
-        let issued = match tokio::time::timeout(self.settings.issue_timeout, self.issuer.issue(&plan, &progress)).await
+        let issued = match tokio::time::timeout(self.settings().issue_timeout, self.issuer().issue(&plan, &progress))
+            .await
         {
             Ok(result) => result,
-            Err(_) => Err(IssueError::local(format!("issuance took longer than {:?}", self.settings.issue_timeout))),
+            Err(_) => Err(IssueError::local(format!("issuance took longer than {:?}", self.settings().issue_timeout))),
         };
         let now = now_secs();
         match issued
@@ -178,11 +179,11 @@ impl Certs {
         let lifetime = (loaded.meta.not_after - loaded.meta.not_before).max(0);
         let jitter = fastrand::i64(0..=(lifetime / 20).max(0));
         let next = CertState {
-            issuer: self.issuer.kind().to_owned(),
+            issuer: self.issuer().kind().to_owned(),
             not_after: loaded.meta.not_after,
             issued: now,
             last_attempt: now,
-            next_attempt: loaded.meta.renew_at(self.settings.renew_remaining_ratio) - jitter,
+            next_attempt: loaded.meta.renew_at(self.settings().renew_remaining_ratio) - jitter,
             step: "issued".into(),
             ..CertState::default()
         };
@@ -194,7 +195,7 @@ impl Certs {
         self.remember(name, loaded.clone());
         tracing::info!(
             name,
-            issuer = self.issuer.kind(),
+            issuer = self.issuer().kind(),
             not_after = loaded.meta.not_after,
             elapsed_ms = begun.elapsed().as_millis() as u64,
             "certificate {}",
@@ -228,7 +229,7 @@ impl Certs {
         };
         self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
         self.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
-        tracing::warn!(name, issuer = self.issuer.kind(), failures, retry_in_s = backoff.as_secs(),
+        tracing::warn!(name, issuer = self.issuer().kind(), failures, retry_in_s = backoff.as_secs(),
             error = %e, "certificate {} failed", if mode == Mode::OnDemand { "issuance" } else { "renewal" });
         Err(Refused::Failed(e.into()))
     }

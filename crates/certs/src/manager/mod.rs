@@ -82,9 +82,11 @@ impl Default for CertSettings {
 /// Certificates for the TLS acceptor; see the crate documentation.
 pub struct Certs {
     store: Arc<dyn Store>,
-    issuer: Arc<dyn Issuer>,
+    /// Replaced whole by a reload; an issuance under way keeps the one it started with.
+    issuer: RwLock<Arc<dyn Issuer>>,
     policy: Arc<dyn NamePolicy>,
-    settings: CertSettings,
+    /// Replaced whole by a reload.
+    settings: arc_swap::ArcSwap<CertSettings>,
     /// Where decisions and certificates' state are counted.
     metrics: Arc<crate::metrics::Metrics>,
     cache: RwLock<HashMap<String, Arc<Cached>>>,
@@ -103,7 +105,7 @@ pub struct Certs {
 
 impl fmt::Debug for Certs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Certs").field("issuer", &self.issuer.kind()).finish_non_exhaustive()
+        f.debug_struct("Certs").field("issuer", &self.issuer().kind()).finish_non_exhaustive()
     }
 }
 
@@ -122,9 +124,9 @@ impl Certs {
         let fallback = Arc::new(StoredCert::from_json(&fallback)?.load()?);
         let certs = Self {
             store,
-            issuer,
+            issuer: RwLock::new(issuer),
             policy,
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
             metrics,
             cache: RwLock::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
@@ -140,6 +142,23 @@ impl Certs {
             }
         }
         Ok(Arc::new(certs))
+    }
+
+    /// The issuer now.
+    pub(crate) fn issuer(&self) -> Arc<dyn Issuer> {
+        self.issuer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The settings now.
+    pub(crate) fn settings(&self) -> Arc<CertSettings> {
+        self.settings.load_full()
+    }
+
+    /// Issues with `issuer` and decides by `settings` from now on (a reload): certificates
+    /// held stay; an issuance under way finishes with the issuer it started with.
+    pub fn reconfigure(&self, issuer: Arc<dyn Issuer>, settings: CertSettings) {
+        *self.issuer.write().unwrap_or_else(|e| e.into_inner()) = issuer;
+        self.settings.store(Arc::new(settings));
     }
 
     /// The store.
@@ -161,7 +180,7 @@ impl Certs {
 
     /// The issuer's kind (`acme`, `internal`).
     pub fn issuer_kind(&self) -> &'static str {
-        self.issuer.kind()
+        self.issuer().kind()
     }
 
     /// The fallback certificate: self-signed, for no real name.
@@ -243,7 +262,7 @@ impl Certs {
     pub(crate) async fn consult_ari(&self, name: &str) -> Result<CertState, CertError> {
         let now = now_secs();
         let window = match self.store.blob(&keys::cert_latest(name)).await? {
-            Some(bytes) => match self.issuer.renewal_window(&StoredCert::from_json(&bytes)?.leaf_der()?).await {
+            Some(bytes) => match self.issuer().renewal_window(&StoredCert::from_json(&bytes)?.leaf_der()?).await {
                 Ok(window) => window,
                 Err(e) => {
                     tracing::debug!(name, error = %e, "cannot read the CA's renewal information");

@@ -16,6 +16,7 @@ mod logs;
 mod lookup;
 mod metrics;
 mod partition;
+mod reload;
 mod routing;
 mod seed;
 mod seed_ui;
