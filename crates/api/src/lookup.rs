@@ -48,8 +48,9 @@ pub fn bind_unix(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
 /// Where the lookup service listens.
 #[derive(Debug)]
 pub enum Endpoint {
-    /// A Unix socket (removed when the service stops).
-    Unix(UnixListener, PathBuf),
+    /// A Unix socket, and the path to remove when the service stops (`None`: the caller
+    /// removes it, or hands it to another process).
+    Unix(UnixListener, Option<PathBuf>),
     /// A TCP listener.
     Tcp(TcpListener),
 }
@@ -99,7 +100,7 @@ pub async fn serve(endpoint: Endpoint, routes: Arc<Routes>, shutdown: Cancellati
     }
     connections.close();
     connections.wait().await;
-    if let Endpoint::Unix(_, path) = endpoint {
+    if let Endpoint::Unix(_, Some(path)) = endpoint {
         let _ = std::fs::remove_file(path);
     }
 }

@@ -20,7 +20,7 @@ const ZERO_DURATION_OK: [&str; 1] = ["proxy.shutdown_timeout"];
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
 /// `PORTICO_*` variables that are not configuration keys.
-const NOT_KEYS: [&str; 2] = ["PORTICO_CONFIG", "PORTICO_ADMIN_PASSWORD"];
+const NOT_KEYS: [&str; 3] = ["PORTICO_CONFIG", "PORTICO_ADMIN_PASSWORD", crate::upgrade::UPGRADE];
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ mod logging;
 mod notify;
 mod serve;
 mod store_cmd;
+mod upgrade;
 mod users;
 
 /// mimalloc: per-request allocations (header maps, buffers) cost less than with glibc's
@@ -47,6 +48,17 @@ enum Command {
     /// configuration again and apply it without dropping a connection: sends it SIGHUP.
     /// The outcome is in its log (and, under systemd, `systemctl status`).
     Reload(ConfigArgs),
+    /// Replace the running process (found through `<data_dir>/portico.pid`) with a new one,
+    /// without dropping a connection: sends it SIGUSR2; it starts the new binary, hands it
+    /// the listening sockets, and drains once the new one serves. Waits for the outcome.
+    Upgrade {
+        /// The binary to run (default: the one the process was started from, which a
+        /// package upgrade replaces).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Manage proxied hosts in the store.
     Host {
         #[command(subcommand)]
@@ -190,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args, serve::Role::All),
         Command::Proxy(args) => serve(args, serve::Role::Proxy),
         Command::Api(args) => serve(args, serve::Role::Api),
+        Command::Upgrade { binary, config } => upgrade(&config.load()?, binary.as_deref()),
         Command::Reload(args) => {
             let config = args.load()?;
             let pid = serve::running_pid(&config.data_dir)?;
@@ -221,6 +234,63 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(users::run(command, &config))
         }
     }
+}
+
+/// `portico upgrade`: asks for the upgrade and waits until the new process serves, or the
+/// old one says why it could not.
+fn upgrade(config: &Config, binary: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let old = serve::running_pid(&config.data_dir)?;
+    let asked = config.data_dir.join(upgrade::BINARY_FILE);
+    let failed = config.data_dir.join(upgrade::FAILED_FILE);
+    let _ = std::fs::remove_file(&failed);
+    match binary {
+        Some(binary) => {
+            let binary = std::fs::canonicalize(binary).with_context(|| format!("cannot find {}", binary.display()))?;
+            let mode = std::fs::metadata(&binary)?.permissions().mode();
+            anyhow::ensure!(binary.is_file() && mode & 0o111 != 0, "{} is not an executable file", binary.display());
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&asked)
+                .with_context(|| format!("cannot write {}", asked.display()))?;
+            std::io::Write::write_all(&mut file, binary.as_os_str().as_encoded_bytes())?;
+        }
+        None => {
+            let _ = std::fs::remove_file(&asked);
+        }
+    }
+    rustix::process::kill_process(old, rustix::process::Signal::USR2)
+        .with_context(|| format!("cannot signal process {}", old.as_raw_nonzero()))?;
+    let deadline = std::time::Instant::now() + upgrade::READY_WITHIN + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Ok(reason) = std::fs::read_to_string(&failed) {
+            anyhow::bail!("the upgrade failed; process {} keeps serving: {}", old.as_raw_nonzero(), reason.trim());
+        }
+        match serve::running_pid(&config.data_dir) {
+            Ok(new) if new != old => {
+                println!(
+                    "process {} serves now; process {} drains its connections and exits",
+                    new.as_raw_nonzero(),
+                    old.as_raw_nonzero()
+                );
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) if rustix::process::test_kill_process(old).is_err() => {
+                return Err(e.context(format!("process {} stopped during the upgrade", old.as_raw_nonzero())));
+            }
+            Err(_) => {}
+        }
+    }
+    anyhow::bail!(
+        "no new process serves after {:?}; see the log of process {}",
+        upgrade::READY_WITHIN,
+        old.as_raw_nonzero()
+    )
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -17,30 +17,39 @@ use std::os::unix::net::UnixDatagram;
 
 use portico_model::RoutingState;
 
-/// The socket a service manager listens on, if it gave one.
+/// The socket a service manager listens on.
 #[derive(Debug)]
 pub struct Notifier {
     socket: UnixDatagram,
     to: std::os::unix::net::SocketAddr,
 }
 
+/// A socket address as the protocol writes it: a path, or `@name` for an abstract socket.
+fn socket_address(target: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    match target.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt as _;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        }
+        None => std::os::unix::net::SocketAddr::from_pathname(target),
+    }
+}
+
 impl Notifier {
-    /// The notifier `NOTIFY_SOCKET` asks for (a path, or `@name` for an abstract socket);
-    /// `None` when unset or unusable (said once in the log).
+    /// The notifier `NOTIFY_SOCKET` asks for; `None` when unset or unusable (said once in
+    /// the log).
     pub fn from_env() -> Option<Self> {
         let target = std::env::var_os("NOTIFY_SOCKET")?;
         let made = || -> std::io::Result<Self> {
-            let target = target.to_string_lossy();
-            let to = match target.strip_prefix('@') {
-                Some(name) => {
-                    use std::os::linux::net::SocketAddrExt as _;
-                    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?
-                }
-                None => std::os::unix::net::SocketAddr::from_pathname(target.as_ref())?,
-            };
-            Ok(Self { socket: UnixDatagram::unbound()?, to })
+            Ok(Self { socket: UnixDatagram::unbound()?, to: socket_address(&target.to_string_lossy())? })
         };
         made().map_err(|e| tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable; not notifying")).ok()
+    }
+
+    /// This process hands over to process `pid` (an upgrade): the service manager follows
+    /// that one from now on (systemd's `MAINPID=`).
+    pub fn main_pid(&self, pid: u32) {
+        self.send(&format!("MAINPID={pid}\nSTATUS=handed over to process {pid}; draining"));
     }
 
     /// Every listener is bound: ready, with their addresses and the routing table.

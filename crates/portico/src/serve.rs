@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{self, Config};
 use crate::logging::Logging;
 use crate::notify::Notifier;
+use crate::upgrade;
 
 /// What a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,10 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("cannot watch SIGUSR2")?;
+    // The binary an upgrade starts by default: this one, by the path it was started from
+    // (which a package upgrade replaces).
+    let started_from = std::env::current_exe().context("cannot tell which binary this is")?;
     let node = Node::build(&config).await?;
     node.spawn(role).await?;
     let pid_file = PidFile::write(&config.data_dir);
@@ -81,6 +86,21 @@ pub async fn run(
                 tracing::info!(signal = "SIGHUP", "signal received: reloading the configuration");
                 let loaded = load().map(|mut config| { derive_limits(&mut config, fd_limit); config });
                 node.reload(loaded, &logging).await;
+            }
+            _ = usr2.recv() => {
+                let binary = upgrade::binary(&config.data_dir, &started_from);
+                tracing::info!(signal = "SIGUSR2", binary = %binary.display(), "signal received: upgrading to a new process");
+                let failed = config.data_dir.join(upgrade::FAILED_FILE);
+                match node.upgrade(&binary).await {
+                    Ok(pid) => {
+                        tracing::info!(new_pid = pid, "the new process is ready and serves: this one drains and exits");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!("the upgrade failed, this process keeps serving: {e:#}");
+                        let _ = std::fs::write(&failed, format!("{e:#}\n"));
+                    }
+                }
             }
         }
     }
@@ -219,6 +239,16 @@ enum Pending {
     Http(HttpListener),
     Api(tokio::net::TcpListener),
     Lookup(lookup::Endpoint),
+    LookupSocket(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+impl Bound {
+    /// Removes a Unix socket's file (the listener stopped for good).
+    fn remove_file(&self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// A listener serving.
@@ -229,6 +259,10 @@ struct Bound {
     addr: Option<SocketAddr>,
     /// Stops this listener alone (its connections drain).
     stop: CancellationToken,
+    /// A copy of the listening socket, to hand to a new process (an upgrade).
+    socket: std::os::fd::OwnedFd,
+    /// A Unix socket's file, removed when the process stops (unless handed over).
+    path: Option<std::path::PathBuf>,
 }
 
 /// What a reload may replace: the listeners, the settings their connections are served with,
@@ -286,6 +320,11 @@ pub struct Node {
     running: tokio::sync::Mutex<Running>,
     /// Reloads done (applied or refused).
     reloads: std::sync::atomic::AtomicU64,
+    /// Listening sockets handed to this process (an upgrade, systemd's socket activation).
+    inherited: upgrade::Inherited,
+    /// Set once the listeners are handed to a new process: the lookup socket's file is
+    /// then left in place.
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 /// Each component's metrics: no global registry.
@@ -383,6 +422,8 @@ impl Node {
             tasks: TaskTracker::new(),
             running: tokio::sync::Mutex::default(),
             reloads: std::sync::atomic::AtomicU64::new(0),
+            inherited: upgrade::Inherited::from_env()?,
+            handed_over: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -446,6 +487,8 @@ impl Node {
         if let Some(notifier) = &self.notifier {
             notifier.ready(&ready, self.routes.state());
         }
+        // The process this one replaces (an upgrade) drains from here on.
+        self.inherited.ready();
         Ok(())
     }
 
@@ -485,26 +528,36 @@ impl Node {
         for &listener in listeners {
             let Some(asked) = listener.asked(config) else { continue };
             let failed = || format!("cannot listen on {asked} ({})", listener.key());
+            // A socket handed over (an upgrade, systemd) is used as it is; else one is bound.
+            let tcp = |addr: Option<SocketAddr>| async move {
+                match self.inherited.tcp(listener.name())? {
+                    Some(socket) => Ok(socket),
+                    None => bind_tcp(addr).await,
+                }
+            };
             let bound = match listener {
-                Listener::Metrics => Pending::Metrics(bind_tcp(config.metrics_listen).await.with_context(failed)?),
-                Listener::Api => Pending::Api(bind_tcp(Some(config.api_listen)).await.with_context(failed)?),
+                Listener::Metrics => Pending::Metrics(tcp(config.metrics_listen).await.with_context(failed)?),
+                Listener::Api => Pending::Api(tcp(Some(config.api_listen)).await.with_context(failed)?),
                 Listener::Lookup => {
-                    Pending::Lookup(lookup::Endpoint::Tcp(bind_tcp(config.lookup_listen).await.with_context(failed)?))
+                    Pending::Lookup(lookup::Endpoint::Tcp(tcp(config.lookup_listen).await.with_context(failed)?))
                 }
                 Listener::LookupSocket => {
                     let path = config.lookup_socket.clone().context("no socket asked for")?;
-                    let socket = lookup::bind_unix(&path, config.lookup_socket_mode).with_context(failed)?;
-                    Pending::Lookup(lookup::Endpoint::Unix(socket, path))
+                    let socket = match self.inherited.unix(listener.name()).with_context(failed)? {
+                        Some(socket) => socket,
+                        None => lookup::bind_unix(&path, config.lookup_socket_mode).with_context(failed)?,
+                    };
+                    // The file is this node's to remove when it stops ([`Node::stop`]).
+                    Pending::LookupSocket(socket, path)
                 }
                 Listener::Https => Pending::Https(
-                    HttpListener::bind_tls(
-                        config.https,
+                    HttpListener::on_tls(
+                        tcp(Some(config.https)).await.with_context(failed)?,
                         config.proxy.clone(),
                         self.proxy.clone(),
                         self.routes.clone(),
                         self.certs.clone(),
                     )
-                    .await
                     .with_context(failed)?,
                 ),
                 Listener::Http => {
@@ -519,14 +572,15 @@ impl Node {
                         .or_else(|| running.listeners.get(&Listener::Https).and_then(|b| b.addr))
                         .map_or(config.https.port(), |addr| addr.port());
                     let plain = portico_proxy::ProxyConfig { https_port, ..config.proxy.clone() };
-                    let http = HttpListener::bind(
-                        config.http,
+                    let socket = tcp(Some(config.http)).await.with_context(failed)?;
+                    let http = HttpListener::on(
+                        socket,
                         plain,
                         self.proxy.clone(),
                         self.routes.clone(),
                         Some(self.certs.clone()),
                     );
-                    Pending::Http(http.await.with_context(failed)?)
+                    Pending::Http(http)
                 }
             };
             pending.push((listener, asked, bound));
@@ -538,32 +592,35 @@ impl Node {
     fn start(&self, running: &mut Running, listener: Listener, asked: String, pending: Pending) -> anyhow::Result<()> {
         let stop = self.shutdown.child_token();
         let (tasks, routes) = (&self.tasks, &self.routes);
-        let addr = match pending {
+        let (addr, socket, path) = match pending {
             Pending::Metrics(socket) => {
-                let addr = socket.local_addr()?;
+                let (addr, kept) = (socket.local_addr()?, upgrade::keep(&socket)?);
                 tasks.spawn(serve_metrics(socket, self.exposition.clone(), stop.clone()));
-                Some(addr)
+                (Some(addr), kept, None)
             }
             Pending::Api(socket) => {
-                let addr = socket.local_addr()?;
+                let (addr, kept) = (socket.local_addr()?, upgrade::keep(&socket)?);
                 let api = running.api.clone().context("the API's state is made before its listener")?;
                 let limits = running.api_limits.clone().context("the API's limits are set before its listener")?;
                 tasks.spawn(serve_api(socket, api, limits, stop.clone()));
-                Some(addr)
+                (Some(addr), kept, None)
             }
             Pending::Lookup(endpoint) => {
-                let addr = match &endpoint {
-                    lookup::Endpoint::Tcp(socket) => Some(socket.local_addr()?),
-                    lookup::Endpoint::Unix(_, path) => {
-                        tracing::info!(path = %path.display(), "lookup service listening on its socket");
-                        None
-                    }
+                let (addr, kept) = match &endpoint {
+                    lookup::Endpoint::Tcp(socket) => (Some(socket.local_addr()?), upgrade::keep(socket)?),
+                    lookup::Endpoint::Unix(socket, _) => (None, upgrade::keep(socket)?),
                 };
                 tasks.spawn(lookup::serve(endpoint, routes.clone(), stop.clone()));
-                addr
+                (addr, kept, None)
+            }
+            Pending::LookupSocket(socket, path) => {
+                tracing::info!(path = %path.display(), "lookup service listening on its socket");
+                let kept = upgrade::keep(&socket)?;
+                tasks.spawn(lookup::serve(lookup::Endpoint::Unix(socket, None), routes.clone(), stop.clone()));
+                (None, kept, Some(path))
             }
             Pending::Https(http) | Pending::Http(http) => {
-                let addr = http.local_addr()?;
+                let (addr, kept) = (http.local_addr()?, upgrade::keep(http.socket())?);
                 let settings = Some(http.settings());
                 if listener == Listener::Https {
                     running.https = settings
@@ -572,14 +629,32 @@ impl Node {
                 }
                 let cap = running.cap.clone().context("the proxy's cap is made before its listeners")?;
                 tasks.spawn(http.serve(cap, stop.clone()));
-                Some(addr)
+                (Some(addr), kept, None)
             }
         };
-        if let Some(old) = running.listeners.insert(listener, Bound { asked, addr, stop }) {
+        if let Some(old) = running.listeners.insert(listener, Bound { asked, addr, stop, socket, path }) {
             tracing::info!(listener = listener.name(), from = ?old.addr, to = ?addr, "listening elsewhere; the old listener drains");
             old.stop.cancel();
+            old.remove_file();
         }
         Ok(())
+    }
+
+    /// Starts `binary` with the same arguments, hands it every listening socket, and
+    /// returns once it is ready (its process id), telling the service manager it is the main
+    /// process now. The caller then drains this one ([`Node::stop`]). On error this process
+    /// has changed nothing and keeps serving.
+    pub async fn upgrade(&self, binary: &std::path::Path) -> anyhow::Result<u32> {
+        let running = self.running.lock().await;
+        let sockets: Vec<(&'static str, &std::os::fd::OwnedFd)> =
+            running.listeners.iter().map(|(listener, bound)| (listener.name(), &bound.socket)).collect();
+        let data_dir = self.config().data_dir;
+        let pid = upgrade::hand_over(&data_dir, binary, &sockets).await?;
+        self.handed_over.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(notifier) = &self.notifier {
+            notifier.main_pid(pid);
+        }
+        Ok(pid)
     }
 
     /// Starts (or starts again, stopping the one running) the job `name`, made from `config`.
@@ -688,6 +763,7 @@ impl Node {
             {
                 tracing::info!(listener = listener.name(), "listener closed: the configuration no longer asks for it");
                 old.stop.cancel();
+                old.remove_file();
             }
         }
         for (listener, asked, pending) in pending {
@@ -738,6 +814,12 @@ impl Node {
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        // A socket handed to a new process stays where its clients find it.
+        if !self.handed_over.load(std::sync::atomic::Ordering::SeqCst) {
+            for bound in self.running.lock().await.listeners.values() {
+                bound.remove_file();
+            }
+        }
         tracing::info!("stopped");
     }
 }

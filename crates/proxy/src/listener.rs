@@ -147,12 +147,34 @@ impl HttpListener {
         routes: Arc<Routes>,
         certs: Option<Arc<Certs>>,
     ) -> std::io::Result<Self> {
-        Self::bind_with(addr, config, state, routes, certs, None).await
+        Ok(Self::on(TcpListener::bind(addr).await?, config, state, routes, certs))
+    }
+
+    /// A plain-HTTP listener on a socket bound already (inherited from another process).
+    pub fn on(
+        listener: TcpListener,
+        config: ProxyConfig,
+        state: ProxyState,
+        routes: Arc<Routes>,
+        certs: Option<Arc<Certs>>,
+    ) -> Self {
+        Self::with_parts(listener, config, state, routes, certs, None)
     }
 
     /// Binds an HTTPS listener on `addr`, serving the certificates `certs` resolves.
     pub async fn bind_tls(
         addr: SocketAddr,
+        config: ProxyConfig,
+        state: ProxyState,
+        routes: Arc<Routes>,
+        certs: Arc<Certs>,
+    ) -> std::io::Result<Self> {
+        Self::on_tls(TcpListener::bind(addr).await?, config, state, routes, certs)
+    }
+
+    /// An HTTPS listener on a socket bound already (inherited from another process).
+    pub fn on_tls(
+        listener: TcpListener,
         config: ProxyConfig,
         state: ProxyState,
         routes: Arc<Routes>,
@@ -169,21 +191,25 @@ impl HttpListener {
         // resume, where the default in-memory session cache keeps 256.
         base.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(std::io::Error::other)?;
         let tls = Arc::new(Tls { certs: certs.clone(), base });
-        Self::bind_with(addr, config, state, routes, Some(certs), Some(tls)).await
+        Ok(Self::with_parts(listener, config, state, routes, Some(certs), Some(tls)))
     }
 
-    async fn bind_with(
-        addr: SocketAddr,
+    fn with_parts(
+        listener: TcpListener,
         config: ProxyConfig,
         state: ProxyState,
         routes: Arc<Routes>,
         certs: Option<Arc<Certs>>,
         tls: Option<Arc<Tls>>,
-    ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+    ) -> Self {
         let parts =
             Parts { state, routes, certs, tunnels: TaskTracker::new(), tunnel_shutdown: CancellationToken::new() };
-        Ok(Self { listener, settings: ListenerSettings::new(config, parts), tls })
+        Self { listener, settings: ListenerSettings::new(config, parts), tls }
+    }
+
+    /// The listening socket (to hand it to another process).
+    pub fn socket(&self) -> &TcpListener {
+        &self.listener
     }
 
     /// The handle a reload applies a new configuration through.
@@ -202,7 +228,7 @@ impl HttpListener {
     pub async fn serve(self, cap: ConnectionCap, shutdown: CancellationToken) {
         let live = self.settings.live.clone();
         let tls = self.tls.clone();
-        server::accept_loop(
+        let deadline = server::accept_loop(
             &self.listener,
             &cap,
             &shutdown,
@@ -261,10 +287,13 @@ impl HttpListener {
         )
         .await;
         drop(self.listener);
+        // Tunnels (WebSockets) carry on until the drain's deadline, then are closed.
         let parts = &self.settings.parts;
-        parts.tunnel_shutdown.cancel();
         parts.tunnels.close();
-        parts.tunnels.wait().await;
+        if tokio::time::timeout_at(deadline, parts.tunnels.wait()).await.is_err() {
+            parts.tunnel_shutdown.cancel();
+            parts.tunnels.wait().await;
+        }
     }
 }
 

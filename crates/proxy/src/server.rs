@@ -38,6 +38,9 @@ use tokio_util::task::TaskTracker;
 /// At the cap, connections idle (or silent) for at least this long are closed; younger ones
 /// are left to send their request.
 const PRESSURE_GRACE: Duration = Duration::from_secs(1);
+/// At shutdown, how long an HTTP/1 connection with no request in flight stays open for the
+/// client's next one (answered with `Connection: close`) before it is closed.
+const LAME_DUCK: Duration = Duration::from_secs(1);
 
 /// The time limits of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -176,14 +179,16 @@ impl Watch {
 /// Accepts connections on `listener` until `shutdown`, each admitted by `cap` and handed to
 /// `connection` (which typically ends in [`drive`]). Then waits up to `shutdown_timeout()`
 /// (read then: a reload may have changed it) for the connections to finish and closes what
-/// is left.
+/// is left. Returns the drain's deadline (what outlives the connections, such as upgraded
+/// tunnels, may run until then).
 pub async fn accept_loop<F, Fut>(
     listener: &TcpListener,
     cap: &ConnectionCap,
     shutdown: &CancellationToken,
     shutdown_timeout: impl Fn() -> Duration,
     mut connection: F,
-) where
+) -> tokio::time::Instant
+where
     F: FnMut(TcpStream, SocketAddr, Watch) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -212,12 +217,14 @@ pub async fn accept_loop<F, Fut>(
     }
     tracing::info!(in_flight = tasks.len(), "stopped accepting; draining connections");
     let shutdown_timeout = shutdown_timeout();
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
     tasks.close();
     if tokio::time::timeout(shutdown_timeout, tasks.wait()).await.is_err() {
         tracing::warn!(timeout = ?shutdown_timeout, "shutdown deadline passed; closing remaining connections");
         cut.cancel();
         tasks.wait().await;
     }
+    deadline
 }
 
 /// The connection builder every listener uses: HTTP/1.1 and HTTP/2 on one socket, upgrades,
@@ -253,23 +260,43 @@ where
 {
     let activity = Arc::new(Activity::new());
     let service = Arc::new(service);
+    // Set at shutdown: HTTP/1 responses say `Connection: close` from then on.
+    let draining = Arc::new(AtomicBool::new(false));
+    let multiplexed = Arc::new(AtomicBool::new(false));
     let counted = {
-        let activity = activity.clone();
-        service_fn(move |request| {
+        let (activity, draining, multiplexed) = (activity.clone(), draining.clone(), multiplexed.clone());
+        service_fn(move |request: Request<Incoming>| {
+            let http1 = request.version() < http::Version::HTTP_2;
+            if !http1 {
+                multiplexed.store(true, Ordering::Release);
+            }
             let guard = activity.begin();
+            let draining = draining.clone();
             // `map`, not an async block: the block would hold the handler's future twice.
-            service
-                .call(request)
-                .map(move |response| response.map(|r| r.map(|body| Tracked { inner: body, guard, handed: false })))
+            service.call(request).map(move |response| {
+                response.map(|mut r| {
+                    if http1 && draining.load(Ordering::Acquire) && r.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                    {
+                        r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
+                    r.map(|body| Tracked { inner: body, guard, handed: false })
+                })
+            })
         })
     };
     let mut connection = pin!(builder.serve_connection_with_upgrades(io, counted));
     let gate = Arc::new(Gate::default());
     let gate_waker = Waker::from(gate.clone());
     let mut closing = false;
+    // When shutdown began, for an HTTP/1 connection left open for the client's next request.
+    let mut lame_duck: Option<Instant> = None;
     loop {
-        let wake = activity.next_check(limits);
-        let open = !closing;
+        let mut wake = activity.next_check(limits);
+        if let Some(since) = lame_duck {
+            let quiet_from = if activity.in_flight() == 0 { activity.idle_since().max(since) } else { Instant::now() };
+            wake = wake.min(quiet_from + LAME_DUCK);
+        }
+        let open = !closing && lame_duck.is_none();
         let signals = async {
             tokio::select! {
                 () = watch.cut.cancelled() => Signal::Cut,
@@ -304,11 +331,18 @@ where
             }
             Ok(Signal::Cut) => return,
             Ok(Signal::Shutdown) => {
-                if activity.served() == 0 {
-                    return;
+                draining.store(true, Ordering::Release);
+                if multiplexed.load(Ordering::Acquire) {
+                    // HTTP/2: GOAWAY tells the client which streams were not taken, so it
+                    // sends them again elsewhere.
+                    GracefulConnection::graceful_shutdown(connection.as_mut());
+                    closing = true;
+                } else {
+                    // HTTP/1 has no such word: closing a connection at rest could cut off a
+                    // request already on its way. The next request is answered with
+                    // `Connection: close`; a connection quiet for `LAME_DUCK` is closed.
+                    lame_duck = Some(Instant::now());
                 }
-                GracefulConnection::graceful_shutdown(connection.as_mut());
-                closing = true;
             }
             Ok(Signal::Pressure) => {
                 if activity.in_flight() == 0 && activity.idle_since().elapsed() >= PRESSURE_GRACE {
@@ -320,6 +354,17 @@ where
                 if activity.write_stalled(limits) {
                     tracing::debug!(timeout = ?limits.send_timeout, "closing a connection whose client stopped reading");
                     return;
+                }
+                if let Some(since) = lame_duck
+                    && !closing
+                    && activity.in_flight() == 0
+                    && activity.idle_since().max(since).elapsed() >= LAME_DUCK
+                {
+                    if activity.served() == 0 {
+                        return;
+                    }
+                    GracefulConnection::graceful_shutdown(connection.as_mut());
+                    closing = true;
                 }
                 if !closing && activity.expired(limits) {
                     if activity.served() == 0 {

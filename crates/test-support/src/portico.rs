@@ -52,6 +52,8 @@ struct ServiceState {
     routing: (u64, u64),
     /// Reloads done so far, and whether the last was applied.
     reloads: (u64, bool),
+    /// The main process, once another took over (`MAINPID=`, an upgrade).
+    main_pid: Option<u32>,
 }
 
 impl Notified {
@@ -67,6 +69,7 @@ impl Notified {
                 let Some((key, value)) = line.split_once('=') else { continue };
                 match key {
                     "READY" => state.ready = value == "1",
+                    "MAINPID" => state.main_pid = value.parse().ok(),
                     "X_PORTICO_RELOAD" => {
                         let (count, outcome) = value.split_once(' ').unwrap_or((value, ""));
                         state.reloads = (count.parse().unwrap_or(0), outcome == "applied");
@@ -491,6 +494,21 @@ impl Portico {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A process that took over in an upgrade is no child of this harness.
+        if let Some(pid) = self.main_pid().and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+
+    /// The process serving now: the one started, or the one an upgrade handed over to.
+    pub fn main_pid(&self) -> Option<u32> {
+        self.notified.state.lock().unwrap().main_pid.or_else(|| self.child.as_ref().map(|c| c.id()))
+    }
+
+    /// Waits until the process serving now has said, through `MAINPID=`, that `pid` took
+    /// over, within `deadline`.
+    pub fn wait_main_pid(&self, deadline: Duration) -> Option<u32> {
+        self.notified.wait(deadline, |state| state.main_pid.is_some(), || false).ok()?.main_pid
     }
 }
 

@@ -23,6 +23,7 @@ mod seed_ui;
 mod service;
 mod streaming;
 mod ui;
+mod upgrade;
 mod upstream;
 mod websocket;
 
