@@ -19,6 +19,9 @@ const ZERO_DURATION_OK: [&str; 1] = ["proxy.shutdown_timeout"];
 /// What `log.level` takes, alone or as `target=level` in a comma-separated filter.
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
+/// The keys a reload cannot change: they apply at the next start.
+pub const RESTART_KEYS: [&str; 3] = ["data_dir", "store.url", "proxy.workers"];
+
 /// `PORTICO_*` variables that are not configuration keys.
 const NOT_KEYS: [&str; 3] = ["PORTICO_CONFIG", "PORTICO_ADMIN_PASSWORD", crate::upgrade::UPGRADE];
 
@@ -922,5 +925,131 @@ mod tests {
         assert!(e.contains("portico.toml"), "{e}");
         // Variables that are not keys are left alone.
         assert!(load(None, &[("PORTICO_ADMIN_PASSWORD", "x"), ("PORTICO_CONFIG", "/x")], &[]).is_ok());
+    }
+}
+
+/// The configuration reference in `docs/operating.md`: every key the configuration types
+/// take, with its variable, its default and its description from `config.example.toml`.
+/// The test fails when a key is undocumented or the document is stale; `PORTICO_WRITE_DOCS=1
+/// cargo test -p portico reference` writes the table.
+#[cfg(test)]
+mod reference {
+    use std::collections::BTreeMap;
+
+    use super::{Raw, SECTIONS};
+
+    /// Every key of the configuration, as `section.key` (`data_dir` at the top), read from
+    /// the types themselves: what they list when given a key they do not know.
+    fn keys() -> Vec<String> {
+        let known = |text: &str| -> Vec<String> {
+            let table: toml::Table = text.parse().unwrap();
+            let error = serde_path_to_error::deserialize::<_, Raw>(toml::Value::Table(table)).unwrap_err();
+            let message = error.inner().message().to_owned();
+            let list = message.split_once(", expected ").map(|(_, l)| l.trim_start_matches("one of ").to_owned());
+            let list = list.unwrap_or_default();
+            list.split(", ").map(|k| k.trim_matches('`').to_owned()).filter(|k| !k.is_empty()).collect()
+        };
+        let mut keys: Vec<String> =
+            known("not_a_key = 1").into_iter().filter(|k| !SECTIONS.contains(&k.as_str())).collect();
+        for section in SECTIONS {
+            keys.extend(known(&format!("[{section}]\nnot_a_key = 1")).into_iter().map(|k| format!("{section}.{k}")));
+        }
+        keys
+    }
+
+    /// One key as `config.example.toml` shows it.
+    struct Entry {
+        value: String,
+        /// Whether the example sets it (its default) or shows it commented (unset).
+        set: bool,
+        description: String,
+    }
+
+    /// Every key `config.example.toml` shows, in its order: the first line naming it, and the
+    /// comment lines right above (a key right under another shares its description).
+    fn example() -> Vec<(String, Entry)> {
+        let mut entries: Vec<(String, Entry)> = Vec::new();
+        let (mut section, mut comments, mut last_description) = (String::new(), Vec::<String>::new(), String::new());
+        for line in include_str!("../../../config.example.toml").lines() {
+            let line = line.trim();
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = format!("{name}.");
+                comments.clear();
+                continue;
+            }
+            let (set, body) = match line.strip_prefix("# ") {
+                Some(body) => (false, body),
+                None => (true, line),
+            };
+            let key_line =
+                body.split_once(" = ").filter(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            match key_line {
+                Some((key, value)) => {
+                    let key = format!("{section}{key}");
+                    if !comments.is_empty() {
+                        last_description = comments.join(" ");
+                        comments.clear();
+                    }
+                    if !entries.iter().any(|(k, _)| *k == key) {
+                        let entry = Entry { value: value.to_owned(), set, description: last_description.clone() };
+                        entries.push((key, entry));
+                    }
+                }
+                None if line.starts_with('#') => comments.push(line.trim_start_matches('#').trim().to_owned()),
+                None => {
+                    comments.clear();
+                    last_description.clear();
+                }
+            }
+        }
+        entries
+    }
+
+    fn variable(key: &str) -> String {
+        format!("PORTICO_{}", key.replace('.', "_").to_ascii_uppercase())
+    }
+
+    fn table() -> String {
+        let mut out = String::from("| Key | Variable | Default | Reload | What it does |\n|---|---|---|---|---|\n");
+        let cell = |text: &str| text.replace('|', "\\|").replace('<', "&lt;");
+        for (key, entry) in example() {
+            let default =
+                if entry.set { format!("`{}`", entry.value) } else { format!("unset (e.g. `{}`)", entry.value) };
+            let reload = if super::RESTART_KEYS.contains(&key.as_str()) { "restart" } else { "live" };
+            let (variable, description) = (variable(&key), cell(&entry.description));
+            out.push_str(&format!(
+                "| `{key}` | `{variable}` | {} | {reload} | {description} |\n",
+                default.replace('|', "\\|")
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn the_configuration_reference_documents_every_key() {
+        let keys = keys();
+        assert!(keys.len() > 40 && keys.contains(&"proxy.upstream_timeout".to_owned()), "{keys:?}");
+        let shown: BTreeMap<String, Entry> = example().into_iter().collect();
+        let undocumented: Vec<&String> = keys.iter().filter(|k| !shown.contains_key(*k)).collect();
+        assert!(undocumented.is_empty(), "config.example.toml does not show {undocumented:?}");
+        let unknown: Vec<&String> = shown.keys().filter(|k| !keys.contains(k)).collect();
+        assert!(unknown.is_empty(), "config.example.toml shows keys that do not exist: {unknown:?}");
+        let without: Vec<&String> = shown.iter().filter(|(_, e)| e.description.is_empty()).map(|(k, _)| k).collect();
+        assert!(without.is_empty(), "keys without a description in config.example.toml: {without:?}");
+
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/operating.md");
+        let document = std::fs::read_to_string(path).unwrap();
+        let (begin, end) = ("<!-- config-reference:begin -->\n", "<!-- config-reference:end -->");
+        let start = document.find(begin).expect("docs/operating.md has the reference's markers") + begin.len();
+        let stop = document.find(end).expect("the end marker");
+        let expected = table();
+        if std::env::var_os("PORTICO_WRITE_DOCS").is_some() {
+            std::fs::write(path, format!("{}{expected}{}", &document[..start], &document[stop..])).unwrap();
+        } else {
+            assert!(
+                document[start..stop] == expected,
+                "docs/operating.md's configuration reference is stale: PORTICO_WRITE_DOCS=1 cargo test -p portico reference"
+            );
+        }
     }
 }

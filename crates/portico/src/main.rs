@@ -103,6 +103,24 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Ask a running node whether it is alive: GET its API's `/healthz` (or URL); exit 0
+    /// on a 2xx answer within 5 seconds, 1 otherwise (a container's `HEALTHCHECK`).
+    Healthcheck {
+        /// What to ask (default: `http://<api.listen>/healthz`, on loopback when it listens
+        /// on every address).
+        #[arg(long)]
+        url: Option<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Print a shell completion script: `portico completions bash > /etc/bash_completion.d/portico`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), as packages install it.
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +213,15 @@ fn serve(args: ConfigArgs, role: serve::Role) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Healthcheck { url, config } => healthcheck(&config.load()?, url),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "portico", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script).context("cannot write the completion script")
+        }
+        Command::Manpage => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .context("cannot write the manual page"),
         Command::Version => {
             println!("portico {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -291,6 +318,33 @@ fn upgrade(config: &Config, binary: Option<&std::path::Path>) -> anyhow::Result<
         upgrade::READY_WITHIN,
         old.as_raw_nonzero()
     )
+}
+
+/// `portico healthcheck`.
+fn healthcheck(config: &Config, url: Option<String>) -> anyhow::Result<()> {
+    let url = url.unwrap_or_else(|| {
+        let mut addr = config.api_listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        format!("http://{addr}/healthz")
+    });
+    let uri: hyper::Uri = url.parse().with_context(|| format!("{url} is not a URL"))?;
+    runtime()?.block_on(async {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), client.get(uri))
+            .await
+            .with_context(|| format!("{url} did not answer within 5 s"))?
+            .with_context(|| format!("{url} cannot be reached"))?;
+        anyhow::ensure!(answer.status().is_success(), "{url} answered {}", answer.status());
+        println!("{url}: {}", answer.status());
+        Ok(())
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -74,7 +74,8 @@ pub async fn run(
     let mut usr2 = signal(SignalKind::user_defined2()).context("cannot watch SIGUSR2")?;
     // The binary an upgrade starts by default: this one, by the path it was started from
     // (which a package upgrade replaces).
-    let started_from = std::env::current_exe().context("cannot tell which binary this is")?;
+    // (Unknown without /proc: then `portico upgrade` needs `--binary`.)
+    let started_from = std::env::current_exe().ok();
     let node = Node::build(&config).await?;
     node.spawn(role).await?;
     let pid_file = PidFile::write(&config.data_dir);
@@ -88,10 +89,15 @@ pub async fn run(
                 node.reload(loaded, &logging).await;
             }
             _ = usr2.recv() => {
-                let binary = upgrade::binary(&config.data_dir, &started_from);
-                tracing::info!(signal = "SIGUSR2", binary = %binary.display(), "signal received: upgrading to a new process");
                 let failed = config.data_dir.join(upgrade::FAILED_FILE);
-                match node.upgrade(&binary).await {
+                let upgraded = match upgrade::binary(&config.data_dir, started_from.as_deref()) {
+                    Ok(binary) => {
+                        tracing::info!(signal = "SIGUSR2", binary = %binary.display(), "signal received: upgrading to a new process");
+                        node.upgrade(&binary).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match upgraded {
                     Ok(pid) => {
                         tracing::info!(new_pid = pid, "the new process is ready and serves: this one drains and exits");
                         break;
@@ -833,17 +839,18 @@ async fn bind_tcp(addr: Option<SocketAddr>) -> std::io::Result<tokio::net::TcpLi
 /// Puts back in `new` what cannot change while the process runs (the data directory, the
 /// store, the worker threads), and names the keys that asked to.
 fn fixed_keys(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let [data_dir, store_url, workers] = config::RESTART_KEYS;
     let mut fixed = Vec::new();
     if new.data_dir != old.data_dir {
-        fixed.push("data_dir");
+        fixed.push(data_dir);
         new.data_dir = old.data_dir.clone();
     }
     if new.store_url != old.store_url {
-        fixed.push("store.url");
+        fixed.push(store_url);
         new.store_url = old.store_url.clone();
     }
     if new.workers != old.workers {
-        fixed.push("proxy.workers");
+        fixed.push(workers);
         new.workers = old.workers;
     }
     fixed

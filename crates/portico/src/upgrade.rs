@@ -239,13 +239,15 @@ impl Drop for Removed {
 
 /// The binary an upgrade starts: the one `portico upgrade --binary` named (the file is
 /// removed once read), else `started_from`.
-pub fn binary(data_dir: &Path, started_from: &Path) -> PathBuf {
+pub fn binary(data_dir: &Path, started_from: Option<&Path>) -> anyhow::Result<PathBuf> {
     let asked = data_dir.join(BINARY_FILE);
     match std::fs::read_to_string(&asked) {
         Ok(path) => {
             let _ = std::fs::remove_file(&asked);
-            PathBuf::from(path.trim())
+            Ok(PathBuf::from(path.trim()))
         }
-        Err(_) => started_from.to_owned(),
+        Err(_) => started_from
+            .map(Path::to_owned)
+            .context("this process cannot tell which binary it runs (no /proc): give `portico upgrade --binary PATH`"),
     }
 }

@@ -47,3 +47,21 @@ fn the_systemd_unit_verifies_and_scores_a_low_exposure() {
         assert!(unit.lines().any(|l| l == line), "{line} missing");
     }
 }
+
+/// `portico healthcheck` (the container image's `HEALTHCHECK`): 0 when the node's API
+/// answers `/healthz`, 1 with the reason when nothing answers.
+#[test]
+fn the_healthcheck_command_asks_the_running_node() {
+    let p = portico_test_support::Portico::start(BIN, &[]);
+    let url = format!("http://{}/healthz", p.api);
+    let ok = p.cli("healthcheck", &["--url", &url], "");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), format!("{url}: 200 OK"));
+    // By default it asks `api.listen`.
+    let default = p.cli("healthcheck", &["--api", &p.api.to_string()], "");
+    assert!(default.status.success(), "{}", String::from_utf8_lossy(&default.stderr));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let down = p.cli("healthcheck", &["--url", &format!("http://{closed}/healthz")], "");
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot be reached"), "{down:?}");
+}
