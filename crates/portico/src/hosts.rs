@@ -26,12 +26,14 @@ pub enum HostCommand {
         port: Option<u16>,
         #[command(flatten)]
         policy: PolicyArgs,
-        /// Redirect plain HTTP to HTTPS.
-        #[arg(long)]
-        forcessl: bool,
-        /// Speak TLS to the target.
-        #[arg(long)]
-        targetssl: bool,
+        /// Redirect plain HTTP to HTTPS: `--forcessl`, `--forcessl=true` or `--forcessl=false`
+        /// (the default).
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        forcessl: Option<bool>,
+        /// Speak TLS to the target: `--targetssl`, `--targetssl=true` or `--targetssl=false`
+        /// (the default).
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        targetssl: Option<bool>,
     },
     /// Change a host: only what is given changes.
     Update {
@@ -51,11 +53,11 @@ pub enum HostCommand {
         /// Stop the active health checks.
         #[arg(long, conflicts_with = "health_check")]
         no_health_check: bool,
-        /// Redirect plain HTTP to HTTPS: true or false.
-        #[arg(long)]
+        /// Redirect plain HTTP to HTTPS: `--forcessl` (or `=true`) or `--forcessl=false`.
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         forcessl: Option<bool>,
-        /// Speak TLS to the target: true or false.
-        #[arg(long)]
+        /// Speak TLS to the target: `--targetssl` (or `=true`) or `--targetssl=false`.
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         targetssl: Option<bool>,
     },
     /// List hosts.
@@ -193,18 +195,14 @@ pub(crate) fn refused(errors: Vec<FieldError>) -> anyhow::Error {
 /// Runs one host subcommand against the configured store.
 pub async fn run(command: HostCommand, config: &Config) -> anyhow::Result<()> {
     // Only `add` may start a new store: `ls` and `rm` on a mistyped path are errors.
-    let store = match command {
-        HostCommand::Add { .. } => portico_store::open(&config.store_url).await,
-        _ => portico_store::open_existing(&config.store_url).await,
-    };
-    let store = store.context("cannot open the store")?;
+    let store = crate::store_cmd::open(config, matches!(command, HostCommand::Add { .. })).await?;
     let store = store.as_ref();
     match command {
         HostCommand::Add { name, ip, port, policy, forcessl, targetssl } => {
             let mut fields = serde_json::Map::new();
             fields.insert("host".into(), name.into());
-            fields.insert("forcessl".into(), forcessl.into());
-            fields.insert("targetssl".into(), targetssl.into());
+            fields.insert("forcessl".into(), forcessl.unwrap_or(false).into());
+            fields.insert("targetssl".into(), targetssl.unwrap_or(false).into());
             if let (Some(ip), Some(port)) = (ip, port) {
                 fields.insert("ip".into(), ip.into());
                 fields.insert("targetPort".into(), port.into());

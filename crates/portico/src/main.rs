@@ -39,11 +39,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run everything in one process: the proxy and the API.
-    Serve(ConfigArgs),
+    Serve(RoleArgs<ProxyListeners, ApiListener>),
     /// Run the data plane alone: the proxy's listeners (many may share one store).
-    Proxy(ConfigArgs),
+    Proxy(RoleArgs<ProxyListeners, NoListener>),
     /// Run the control plane alone: the API (many may share one store).
-    Api(ConfigArgs),
+    Api(RoleArgs<NoListener, ApiListener>),
     /// Make the running process (found through `<data_dir>/portico.pid`) read its
     /// configuration again and apply it without dropping a connection: sends it SIGHUP.
     /// The outcome is in its log (and, under systemd, `systemctl status`).
@@ -111,7 +111,7 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
         #[command(flatten)]
-        config: ConfigArgs,
+        config: RoleArgs<NoListener, ApiListener>,
     },
     /// Print a shell completion script: `portico completions bash > /etc/bash_completion.d/portico`.
     Completions {
@@ -142,33 +142,92 @@ struct ConfigArgs {
     /// Store URL (the `store.url` key).
     #[arg(long, global = true)]
     store: Option<String>,
-    /// Address of the plain HTTP listener (the `proxy.http` key).
-    #[arg(long, global = true)]
-    http: Option<String>,
-    /// Address of the HTTPS listener (the `proxy.https` key).
-    #[arg(long, global = true)]
-    https: Option<String>,
-    /// Address of the API's listener (the `api.listen` key).
-    #[arg(long, global = true)]
-    api: Option<String>,
     /// Sets any configuration key: `--set proxy.upstream_timeout=5s`. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     set: Vec<String>,
 }
 
+/// A role's command line: where the configuration comes from, and the flags of the
+/// listeners the role has (so `--help` shows only those).
+#[derive(Debug, Args)]
+struct RoleArgs<P: Args, A: Args> {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    proxy: P,
+    #[command(flatten)]
+    api: A,
+}
+
+/// The proxy's listeners (`serve`, `proxy`).
+#[derive(Debug, Args)]
+struct ProxyListeners {
+    /// Address of the plain HTTP listener (the `proxy.http` key).
+    #[arg(long)]
+    http: Option<String>,
+    /// Address of the HTTPS listener (the `proxy.https` key).
+    #[arg(long)]
+    https: Option<String>,
+}
+
+/// The API's listener (`serve`, `api`).
+#[derive(Debug, Args)]
+struct ApiListener {
+    /// Address of the API's listener (the `api.listen` key).
+    #[arg(long)]
+    api: Option<String>,
+}
+
+/// No listener flags.
+#[derive(Debug, Args)]
+struct NoListener {}
+
+/// Listener flags as configuration keys.
+trait ListenerFlags {
+    fn keys(&self) -> Vec<(&'static str, Option<String>)>;
+}
+
+impl ListenerFlags for ProxyListeners {
+    fn keys(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![("proxy.http", self.http.clone()), ("proxy.https", self.https.clone())]
+    }
+}
+
+impl ListenerFlags for ApiListener {
+    fn keys(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![("api.listen", self.api.clone())]
+    }
+}
+
+impl ListenerFlags for NoListener {
+    fn keys(&self) -> Vec<(&'static str, Option<String>)> {
+        Vec::new()
+    }
+}
+
+impl<P: Args + ListenerFlags, A: Args + ListenerFlags> RoleArgs<P, A> {
+    /// The configuration with the listener flags given.
+    fn load(&self) -> anyhow::Result<Config> {
+        self.config.load_with(self.proxy.keys().into_iter().chain(self.api.keys()))
+    }
+}
+
 impl ConfigArgs {
     fn load(&self) -> anyhow::Result<Config> {
+        self.load_with([])
+    }
+
+    /// The configuration, with `keys` (flags that set a key) applied before `--set`.
+    fn load_with(&self, keys: impl IntoIterator<Item = (&'static str, Option<String>)>) -> anyhow::Result<Config> {
         let mut overrides = Vec::new();
-        let named = [
-            ("data_dir", &self.data_dir.as_ref().map(|p| p.display().to_string())),
-            ("store.url", &self.store),
-            ("proxy.http", &self.http),
-            ("proxy.https", &self.https),
-            ("api.listen", &self.api),
+        let mut named = vec![
+            ("data_dir", self.data_dir.as_ref().map(|p| p.display().to_string())),
+            ("store.url", self.store.clone()),
         ];
+        named.extend(keys);
         for (key, value) in named {
             if let Some(value) = value {
-                overrides.push((key.to_owned(), toml_string(value)));
+                overrides.push((key.to_owned(), toml_string(&value)));
             }
         }
         for pair in &self.set {
@@ -200,7 +259,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: ConfigArgs, role: serve::Role) -> anyhow::Result<()> {
+fn serve<P: Args + ListenerFlags, A: Args + ListenerFlags>(
+    args: RoleArgs<P, A>,
+    role: serve::Role,
+) -> anyhow::Result<()> {
     let config = args.load()?;
     let logging = logging::Logging::install(&config)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -371,7 +371,7 @@ impl Node {
         let node_metrics = NodeMetrics::new(config.metrics_listen.is_some());
         let registry = node_metrics.registry();
         let NodeMetrics { proxy: metrics, certs: cert_metrics, store: store_metrics, jobs } = node_metrics;
-        let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
+        let store = crate::store_cmd::open(config, true).await?;
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, store_metrics.clone()));
         // A store that lost its identity (wiped, replaced) is not followed: see `identity`.
         let identified = Arc::new(
@@ -477,7 +477,7 @@ impl Node {
             self.start_job(&mut running, "dns_sync", &config);
         }
         let wanted: Vec<Listener> = LISTENERS.into_iter().filter(|l| l.in_role(role)).collect();
-        let pending = self.bind(&running, &config, &wanted).await?;
+        let pending = self.bind_or_explain(&running, &config, &wanted).await?;
         for (listener, asked, pending) in pending {
             self.start(&mut running, listener, asked, pending)?;
         }
@@ -592,6 +592,31 @@ impl Node {
             pending.push((listener, asked, bound));
         }
         Ok(pending)
+    }
+
+    /// [`Node::bind`], with what to do when a port below 1024 is refused.
+    async fn bind_or_explain(
+        &self,
+        running: &Running,
+        config: &Config,
+        listeners: &[Listener],
+    ) -> anyhow::Result<Vec<(Listener, String, Pending)>> {
+        self.bind(running, config, listeners).await.map_err(|e| {
+            let refused = e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+            });
+            if refused {
+                anyhow::anyhow!(
+                    "{e:#}; ports below 1024 need root or CAP_NET_BIND_SERVICE: run Portico as its systemd unit \
+                     (which grants it), or `sudo setcap cap_net_bind_service=+ep /usr/bin/portico`, or use a port \
+                     above 1023 (--http 0.0.0.0:8080)"
+                )
+            } else {
+                e
+            }
+        })
     }
 
     /// Serves a bound listener until its own token (or the node's shutdown) stops it.
@@ -757,7 +782,7 @@ impl Node {
             .into_iter()
             .filter(|l| l.in_role(role) && l.asked(&new) != running.listeners.get(l).map(|b| b.asked.clone()))
             .collect();
-        let pending = self.bind(&running, &new, &moved).await?;
+        let pending = self.bind_or_explain(&running, &new, &moved).await?;
 
         // Then apply.
         if (&new.log_level, new.log_format) != (&old.log_level, old.log_format) {

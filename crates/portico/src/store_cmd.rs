@@ -43,6 +43,31 @@ pub enum StoreCommand {
     },
 }
 
+/// Opens the configured store; with `create`, makes it where none is (in an existing
+/// directory, or the data directory, which Portico makes itself: a mistyped `store.url` must
+/// not leave directories elsewhere).
+pub async fn open(config: &Config, create: bool) -> anyhow::Result<std::sync::Arc<dyn portico_store::Store>> {
+    if create
+        && let Some(path) = config.store_url.strip_prefix("redb://")
+        && let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty())
+        && dir != config.data_dir
+        && matches!(std::fs::symlink_metadata(dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    {
+        bail!(
+            "the store's directory {} does not exist: create it (`mkdir -m 0700 {}`) or correct store.url; Portico makes only the data directory ({}) itself",
+            dir.display(),
+            dir.display(),
+            config.data_dir.display()
+        );
+    }
+    let opened = if create {
+        portico_store::open(&config.store_url).await
+    } else {
+        portico_store::open_existing(&config.store_url).await
+    };
+    opened.context("cannot open the store")
+}
+
 /// What an export file holds, said on standard error whenever one is written.
 const HOLDS_KEYS: &str = "the export holds every private key of the store (certificates, the ACME account, the internal CA): keep it as safe as the store";
 
@@ -51,7 +76,7 @@ pub async fn run(command: StoreCommand, config: &Config) -> anyhow::Result<()> {
     match command {
         StoreCommand::Check => check(config).await,
         StoreCommand::Adopt => {
-            let store = portico_store::open_existing(&config.store_url).await.context("cannot open the store")?;
+            let store = open(config, false).await?;
             portico_store::identity::adopt(store.as_ref(), Some(&config.data_dir))
                 .await
                 .context("cannot write the store's new identity")?;
@@ -80,7 +105,7 @@ async fn check(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn export(config: &Config, file: Option<&Path>) -> anyhow::Result<()> {
-    let store = portico_store::open_existing(&config.store_url).await.context("cannot open the store")?;
+    let store = open(config, false).await?;
     let (snapshot, settled) = Snapshot::read_settled(store.as_ref()).await.context("cannot read the store")?;
     if !settled {
         eprintln!(
@@ -130,7 +155,7 @@ async fn import(config: &Config, file: &Path, merge: bool) -> anyhow::Result<()>
         let opened = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
         backup::read(BufReader::new(opened)).with_context(|| format!("{} cannot be imported", file.display()))?
     };
-    let store = portico_store::open(&config.store_url).await.context("cannot open the store")?;
+    let store = open(config, true).await?;
     if !merge && let Some(held) = copy::held(store.as_ref()).await.context("cannot read the store")? {
         bail!(
             "the store is not empty (it holds {held}): nothing was imported (--merge imports into it, replacing what has the same keys)"

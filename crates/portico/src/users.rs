@@ -16,7 +16,8 @@ use crate::hosts::refused;
 /// User subcommands.
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
-    /// Add a user (role `user`, or `admin` with --admin); the password comes on stdin.
+    /// Add a user (role `user`, or `admin` with --admin). The password is asked at a
+    /// terminal (without echo), else read from standard input.
     Add {
         /// User name.
         name: String,
@@ -24,7 +25,8 @@ pub enum UserCommand {
         #[arg(long)]
         admin: bool,
     },
-    /// Set a user's password (read from stdin) and end their sessions.
+    /// Set a user's password (asked at a terminal, else read from standard input) and end
+    /// their sessions.
     Passwd {
         /// User name.
         name: String,
@@ -36,11 +38,7 @@ pub enum UserCommand {
 /// Runs one user subcommand against the configured store.
 pub async fn run(command: UserCommand, config: &Config) -> anyhow::Result<()> {
     // Only `add` may start a new store: `ls` and `passwd` on a mistyped path are errors.
-    let store = match command {
-        UserCommand::Add { .. } => portico_store::open(&config.store_url).await,
-        _ => portico_store::open_existing(&config.store_url).await,
-    };
-    let store = store.context("cannot open the store")?;
+    let store = crate::store_cmd::open(config, matches!(command, UserCommand::Add { .. })).await?;
     match command {
         UserCommand::Add { name, admin } => {
             let role = if admin { Role::Admin } else { Role::User };
@@ -82,8 +80,37 @@ pub async fn run(command: UserCommand, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The password: asked twice without echo at a terminal, else the first line of standard
+/// input (for scripts: `echo "$PASSWORD" | portico user add …`).
 fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal as _;
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line).context("cannot read the password from standard input")?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    let first = prompt("Password: ")?;
+    let again = prompt("The same password again: ")?;
+    anyhow::ensure!(first == again, "the two passwords differ: nothing was changed");
+    Ok(first)
+}
+
+/// Asks for a line on the terminal with its echo off (and back on, whatever happens).
+fn prompt(question: &str) -> anyhow::Result<String> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    let before = tcgetattr(&stdin).context("cannot read the terminal's settings")?;
+    let mut quiet = before.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    // Echo off before the question: what is typed as soon as it shows is not echoed.
+    tcsetattr(&stdin, OptionalActions::Now, &quiet).context("cannot turn the terminal's echo off")?;
+    eprint!("{question}");
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
+    let read = stdin.lock().read_line(&mut line);
+    let restored = tcsetattr(&stdin, OptionalActions::Now, &before);
+    eprintln!();
+    read.context("cannot read the password")?;
+    restored.context("cannot turn the terminal's echo back on")?;
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }

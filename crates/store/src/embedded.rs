@@ -147,16 +147,26 @@ impl EmbeddedStore {
 
 impl Inner {
     fn open(path: PathBuf, create: bool) -> Result<Self, StoreError> {
-        let fresh = !path.exists();
+        // Whether a file is there; a directory this process may not search is not "no store".
+        let fresh = match std::fs::symlink_metadata(&path) {
+            Ok(_) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(io_error(&path, e)),
+        };
         if fresh && !create {
             return Err(StoreError::Missing { path });
         }
         if fresh {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(StoreError::Io)?;
+                std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io_error(dir, e))?;
             }
             // Empty and private; redb fills it in.
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(StoreError::Io)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| io_error(&path, e))?;
         } else {
             warn_if_readable(&path);
         }
@@ -268,7 +278,7 @@ impl Inner {
 /// Opens the redb file at `path` (`fresh`: initialise the empty file just made), telling a
 /// file that is not a redb database, or a damaged one, from other failures.
 fn open_file(path: &Path, fresh: bool) -> Result<Database, StoreError> {
-    if !fresh && std::fs::metadata(path).map_err(StoreError::Io)?.len() == 0 {
+    if !fresh && std::fs::metadata(path).map_err(|e| io_error(path, e))?.len() == 0 {
         return Err(StoreError::NotAStore { path: path.to_owned(), why: "the file is empty" });
     }
     let mut builder = Database::builder();
@@ -709,6 +719,14 @@ impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.blocking(|inner| inner.version().map(|_| ())).await
     }
+}
+
+/// An I/O error on `path`: a refusal names the path and who asked.
+fn io_error(path: &Path, e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        return StoreError::Permission { path: path.to_owned(), user: crate::whoami() };
+    }
+    StoreError::Io(e)
 }
 
 /// The key of a record's revision in `REVISIONS`.

@@ -73,6 +73,25 @@ pub enum StoreError {
     /// Creating or reading the store's file or directory failed.
     #[error("cannot create or read the store file or its directory")]
     Io(#[source] std::io::Error),
+    /// The store's file or directory is not this process's to read or write.
+    #[error(
+        "permission denied on {} for user {user}: run this as the store's owner (`sudo -u portico portico …` for the package's store) or give {user} access",
+        path.display()
+    )]
+    Permission {
+        /// The file or directory refused.
+        path: std::path::PathBuf,
+        /// Who this process runs as (`portico (uid 999)`).
+        user: String,
+    },
+    /// The store server cannot be reached, or refuses this client.
+    #[error("cannot reach the store at {url}: {detail}")]
+    Unreachable {
+        /// The URL, with any password removed.
+        url: String,
+        /// What went wrong, and what to do.
+        detail: String,
+    },
     /// No store exists at the path, and the command does not create one.
     #[error("no store at {}: check --data-dir or store.url (only `portico serve` and the commands that add something create one)", path.display())]
     Missing {

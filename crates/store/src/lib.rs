@@ -282,6 +282,23 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Who this process runs as, for messages: `portico (uid 999)`.
+pub fn whoami() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    // The name from the password database's file (no NSS lookup: a message needs no more).
+    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|passwd| {
+        passwd.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            (fields.nth(1)? == uid.to_string()).then(|| name.to_owned())
+        })
+    });
+    match name {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
 /// Change events as JSON, for other processes: a list of `{"kind", "key"}` and `{"blob"}`.
 /// The embedded store keeps it per version; the Redis store publishes it.
 pub(crate) fn encode_changes(events: &[Change]) -> serde_json::Value {

@@ -222,9 +222,10 @@ impl Portico {
                 command
             }
         };
+        // Keys, not flags: each role takes only its own listeners' flags.
         command.arg(role).arg("--data-dir").arg(dir.path()).args([
-            "--http",
-            "127.0.0.1:0",
+            "--set",
+            "proxy.http=\"127.0.0.1:0\"",
             "--set",
             "log.format=\"json\"",
             "--set",

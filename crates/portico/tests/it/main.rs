@@ -15,6 +15,7 @@ mod live;
 mod logs;
 mod lookup;
 mod metrics;
+mod operator;
 mod partition;
 mod reload;
 mod routing;

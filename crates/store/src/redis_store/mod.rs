@@ -40,6 +40,39 @@ use crate::keys::{EVENTS_CHANNEL, REVISION_FIELD, VERSION_COUNTER};
 use crate::{Change, Fields, Key, Kind, Lease, Revision, Store, StoreError};
 use link::{Link, Target, backend};
 
+/// Why the Redis at `url` cannot be used, once, in words that say what to do (a password
+/// asked for or refused, a refused connection), naming the URL without its password.
+fn unreachable(url: &str, e: &StoreError) -> StoreError {
+    const PASSWORD: &str = "redis://:PASSWORD@host:6379 (redis://USER:PASSWORD@… with ACLs, rediss:// for TLS)";
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut innermost = e.to_string();
+    let mut detail = None;
+    while let Some(error) = source {
+        if let Some(redis) = error.downcast_ref::<redis::RedisError>() {
+            detail = match redis.code() {
+                Some("NOAUTH") => Some(format!("it asks for a password: give it in the URL, {PASSWORD}")),
+                Some("WRONGPASS") => {
+                    Some(format!("it refuses the user or password in the URL; the form is {PASSWORD}"))
+                }
+                _ if redis.is_connection_refusal() => {
+                    Some("connection refused: is Redis running, and listening on that address?".to_owned())
+                }
+                _ => None,
+            };
+            if detail.is_some() {
+                break;
+            }
+        }
+        if error.downcast_ref::<link::Timeout>().is_some() {
+            detail = Some("no answer in time".to_owned());
+            break;
+        }
+        innermost = error.to_string();
+        source = error.source();
+    }
+    StoreError::Unreachable { url: crate::redact(url), detail: detail.unwrap_or(innermost) }
+}
+
 /// How often a node reads `proxy_version` to find events it missed.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often every node re-reads everything regardless.
@@ -195,15 +228,17 @@ impl RedisStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let target = link::parse(url)?;
         let (push, pushed) = mpsc::unbounded_channel();
+        let unreachable = |e: StoreError| unreachable(url, &e);
         let link = match tokio::time::timeout(link::OP_TIMEOUT * 4, Link::connect(&target, EVENTS_CHANNEL, push)).await
         {
-            Ok(link) => link.map_err(backend)?,
-            Err(_) => return Err(backend(link::Timeout)),
+            Ok(link) => link.map_err(backend).map_err(unreachable)?,
+            Err(_) => return Err(unreachable(backend(link::Timeout))),
         };
         let (changes, _) = broadcast::channel(4096);
         let id: String = std::iter::repeat_with(fastrand::alphanumeric).take(16).collect();
         let inner = Arc::new(Inner { link, url: crate::redact(url), id, changes, dangling: Mutex::default() });
-        let start: u64 = inner.query(cmd("GET").arg(VERSION_COUNTER)).await.map(|v: Option<u64>| v.unwrap_or(0))?;
+        let start = inner.query(cmd("GET").arg(VERSION_COUNTER)).await.map(|v: Option<u64>| v.unwrap_or(0));
+        let start = start.map_err(unreachable)?;
         tokio::spawn(follow(Arc::downgrade(&inner), pushed, start));
         if inner.persistent().await == Some(false) {
             tracing::warn!(
