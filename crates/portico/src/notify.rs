@@ -87,6 +87,11 @@ impl Notifier {
         self.send(&format!("STATUS={}\n{}", status(routing), routing_line(routing)));
     }
 
+    /// Still alive (systemd's watchdog).
+    pub fn watchdog(&self) {
+        self.send("WATCHDOG=1");
+    }
+
     /// The drain has started.
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=draining connections");
@@ -97,6 +102,17 @@ impl Notifier {
             tracing::debug!(error = %e, "cannot notify the service manager");
         }
     }
+}
+
+/// How often the service manager wants to hear `WATCHDOG=1` (`WATCHDOG_USEC`, for this
+/// process: `WATCHDOG_PID` names it, or is unset, or it took over in an upgrade); `None`
+/// when it does not.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok().filter(|&u| u > 0)?;
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    let for_us = pid.is_none_or(|pid| pid == std::process::id().to_string())
+        || std::env::var_os(crate::upgrade::UPGRADE).is_some();
+    for_us.then(|| std::time::Duration::from_micros(usec))
 }
 
 fn status(routing: RoutingState) -> String {

@@ -495,6 +495,9 @@ impl Node {
         }
         // The process this one replaces (an upgrade) drains from here on.
         self.inherited.ready();
+        if let (Some(notifier), Some(interval)) = (&self.notifier, crate::notify::watchdog_interval()) {
+            self.tasks.spawn(watchdog(notifier.clone(), interval, self.shutdown.clone()));
+        }
         Ok(())
     }
 
@@ -985,6 +988,18 @@ async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Expositio
     let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
     if let Err(e) = served {
         tracing::warn!(error = %e, "the metrics listener stopped");
+    }
+}
+
+/// Tells the service manager every half `interval` that the runtime still runs tasks (a
+/// process whose workers are all stuck stops saying so, and systemd restarts it).
+async fn watchdog(notifier: Arc<Notifier>, interval: std::time::Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(interval / 2);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => notifier.watchdog(),
+        }
     }
 }
 

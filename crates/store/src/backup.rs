@@ -68,7 +68,7 @@ pub fn write(snapshot: &Snapshot, mut out: impl Write) -> std::io::Result<()> {
     out.flush()
 }
 
-/// Reads a file [`write`] wrote. Every line is checked before anything is returned.
+/// Reads a file [`write()`] wrote. Every line is checked before anything is returned.
 pub fn read(input: impl BufRead) -> Result<Snapshot, BackupError> {
     let mut lines = input.lines().enumerate();
     let Some((_, first)) = lines.next() else { return Err(BackupError::Empty) };

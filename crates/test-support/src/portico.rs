@@ -54,6 +54,8 @@ struct ServiceState {
     reloads: (u64, bool),
     /// The main process, once another took over (`MAINPID=`, an upgrade).
     main_pid: Option<u32>,
+    /// `WATCHDOG=1` pings heard.
+    watchdog_pings: u64,
 }
 
 impl Notified {
@@ -70,6 +72,7 @@ impl Notified {
                 match key {
                     "READY" => state.ready = value == "1",
                     "MAINPID" => state.main_pid = value.parse().ok(),
+                    "WATCHDOG" if value == "1" => state.watchdog_pings += 1,
                     "X_PORTICO_RELOAD" => {
                         let (count, outcome) = value.split_once(' ').unwrap_or((value, ""));
                         state.reloads = (count.parse().unwrap_or(0), outcome == "applied");
@@ -499,6 +502,12 @@ impl Portico {
         if let Some(pid) = self.main_pid().and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
+    }
+
+    /// Waits until the process has pinged systemd's watchdog `count` times, within
+    /// `deadline`; whether it did.
+    pub fn wait_watchdog_pings(&self, count: u64, deadline: Duration) -> bool {
+        self.notified.wait(deadline, |state| state.watchdog_pings >= count, || false).is_ok()
     }
 
     /// The process serving now: the one started, or the one an upgrade handed over to.

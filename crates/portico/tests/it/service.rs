@@ -65,3 +65,14 @@ fn the_healthcheck_command_asks_the_running_node() {
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot be reached"), "{down:?}");
 }
+
+/// Under a watchdog (`WatchdogSec=` sets `WATCHDOG_USEC`), the process pings it at half the
+/// interval; without one, never.
+#[test]
+fn the_watchdog_hears_from_a_live_process() {
+    let env = ["env".to_owned(), "WATCHDOG_USEC=200000".to_owned()];
+    let watched = portico_test_support::Portico::start_wrapped(BIN, "serve", &env, &[]);
+    assert!(watched.wait_watchdog_pings(5, std::time::Duration::from_secs(5)), "5 pings at 100 ms");
+    let unwatched = portico_test_support::Portico::start(BIN, &[]);
+    assert!(!unwatched.wait_watchdog_pings(1, std::time::Duration::from_millis(500)));
+}
