@@ -73,8 +73,7 @@ pub async fn run(
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let mut usr2 = signal(SignalKind::user_defined2()).context("cannot watch SIGUSR2")?;
     // The binary an upgrade starts by default: this one, by the path it was started from
-    // (which a package upgrade replaces).
-    // (Unknown without /proc: then `portico upgrade` needs `--binary`.)
+    // (which a package upgrade replaces). Unknown without /proc: `--binary` is needed then.
     let started_from = std::env::current_exe().ok();
     let node = Node::build(&config).await?;
     node.spawn(role).await?;
