@@ -190,6 +190,9 @@ impl HttpListener {
         // Stateless session tickets (keys rotated every 6 hours): any number of clients can
         // resume, where the default in-memory session cache keeps 256.
         base.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(std::io::Error::other)?;
+        // One TLS 1.3 ticket per handshake, not rustls's two: a client resumes with one
+        // (browsers keep one per origin), and each costs an encryption and a record.
+        base.send_tls13_tickets = 1;
         let tls = Arc::new(Tls { certs: certs.clone(), base });
         Ok(Self::with_parts(listener, config, state, routes, Some(certs), Some(tls)))
     }
