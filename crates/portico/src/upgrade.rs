@@ -207,6 +207,9 @@ pub async fn hand_over(data_dir: &Path, binary: &Path, sockets: &[(&'static str,
 /// their names; the connection, for its readiness.
 fn send(listener: &UnixListener, pid: u32, names: &str, sockets: &[OwnedFd]) -> anyhow::Result<UnixStream> {
     listener.set_nonblocking(false)?;
+    // Accepting gives up with the deadline (a new process that dies before it connects must
+    // not hold this thread for ever).
+    rustix::net::sockopt::set_socket_timeout(listener, rustix::net::sockopt::Timeout::Recv, Some(READY_WITHIN))?;
     let deadline = std::time::Instant::now() + READY_WITHIN;
     loop {
         anyhow::ensure!(std::time::Instant::now() < deadline, "the new process did not ask for the sockets");
