@@ -6,7 +6,7 @@
 //! no 100 ms wait.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,9 +48,9 @@ pub fn bind_unix(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
 /// Where the lookup service listens.
 #[derive(Debug)]
 pub enum Endpoint {
-    /// A Unix socket, and the path to remove when the service stops (`None`: the caller
-    /// removes it, or hands it to another process).
-    Unix(UnixListener, Option<PathBuf>),
+    /// A Unix socket (its file is the caller's: removed when the node stops, or left to the
+    /// process it was handed to).
+    Unix(UnixListener),
     /// A TCP listener.
     Tcp(TcpListener),
 }
@@ -62,7 +62,7 @@ pub async fn serve(endpoint: Endpoint, routes: Arc<Routes>, shutdown: Cancellati
     let refusals = portico_model::limiter::Rarely::new(Duration::from_secs(60));
     loop {
         let accepted = match &endpoint {
-            Endpoint::Unix(listener, _) => tokio::select! {
+            Endpoint::Unix(listener) => tokio::select! {
                 () = shutdown.cancelled() => break,
                 a = listener.accept() => a.map(|(s, _)| tokio_util::either::Either::Left(s)),
             },
@@ -100,9 +100,6 @@ pub async fn serve(endpoint: Endpoint, routes: Arc<Routes>, shutdown: Cancellati
     }
     connections.close();
     connections.wait().await;
-    if let Endpoint::Unix(_, Some(path)) = endpoint {
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 /// Reads requests from one connection and writes one line per answer, until the client

@@ -54,13 +54,7 @@ impl Notifier {
 
     /// Every listener is bound: ready, with their addresses and the routing table.
     pub fn ready(&self, listeners: &[(&str, SocketAddr)], routing: RoutingState) {
-        let addresses: Vec<String> = listeners.iter().map(|(name, addr)| format!("{name}={addr}")).collect();
-        self.send(&format!(
-            "READY=1\nSTATUS={}\nX_PORTICO_LISTENERS={}\n{}",
-            status(routing),
-            addresses.join(" "),
-            routing_line(routing)
-        ));
+        self.send(&ready_message(listeners, routing));
     }
 
     /// A reload has started.
@@ -72,14 +66,8 @@ impl Notifier {
 
     /// A reload is done (the `count`th): ready again, with the listeners as they now are.
     pub fn reloaded(&self, listeners: &[(&str, SocketAddr)], routing: RoutingState, count: u64, applied: bool) {
-        let addresses: Vec<String> = listeners.iter().map(|(name, addr)| format!("{name}={addr}")).collect();
         let outcome = if applied { "applied" } else { "refused" };
-        self.send(&format!(
-            "READY=1\nSTATUS={}\nX_PORTICO_LISTENERS={}\n{}\nX_PORTICO_RELOAD={count} {outcome}",
-            status(routing),
-            addresses.join(" "),
-            routing_line(routing)
-        ));
+        self.send(&format!("{}\nX_PORTICO_RELOAD={count} {outcome}", ready_message(listeners, routing)));
     }
 
     /// The routing table changed.
@@ -113,6 +101,17 @@ pub fn watchdog_interval() -> Option<std::time::Duration> {
     let for_us = pid.is_none_or(|pid| pid == std::process::id().to_string())
         || std::env::var_os(crate::upgrade::UPGRADE).is_some();
     for_us.then(|| std::time::Duration::from_micros(usec))
+}
+
+/// `READY=1` with the status line, the listeners' addresses and the routing table.
+fn ready_message(listeners: &[(&str, SocketAddr)], routing: RoutingState) -> String {
+    let addresses: Vec<String> = listeners.iter().map(|(name, addr)| format!("{name}={addr}")).collect();
+    format!(
+        "READY=1\nSTATUS={}\nX_PORTICO_LISTENERS={}\n{}",
+        status(routing),
+        addresses.join(" "),
+        routing_line(routing)
+    )
 }
 
 fn status(routing: RoutingState) -> String {

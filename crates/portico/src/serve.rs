@@ -243,7 +243,7 @@ enum Pending {
     Https(HttpListener),
     Http(HttpListener),
     Api(tokio::net::TcpListener),
-    Lookup(lookup::Endpoint),
+    Lookup(tokio::net::TcpListener),
     LookupSocket(tokio::net::UnixListener, std::path::PathBuf),
 }
 
@@ -291,6 +291,16 @@ impl Running {
     /// Every TCP listener's bound address, by name.
     fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
         self.listeners.iter().filter_map(|(listener, bound)| Some((listener.name(), bound.addr?))).collect()
+    }
+
+    /// [`Running::addresses`], also given to the API for `/readyz`.
+    fn publish_addresses(&self) -> Vec<(&'static str, SocketAddr)> {
+        let addresses = self.addresses();
+        if let Some(api) = &self.api {
+            api.listening
+                .store(Some(Arc::new(addresses.iter().map(|(name, addr)| ((*name).to_owned(), *addr)).collect())));
+        }
+        addresses
     }
 }
 
@@ -482,10 +492,7 @@ impl Node {
         }
         // Every socket is bound (connections queue from here on): ready, before anyone is
         // told.
-        let ready = running.addresses();
-        if let Some(api) = &running.api {
-            api.listening.store(Some(Arc::new(ready.iter().map(|(name, addr)| ((*name).to_owned(), *addr)).collect())));
-        }
+        let ready = running.publish_addresses();
         for (listener, addr) in &ready {
             tracing::info!(listener, addr = %addr, "listening");
         }
@@ -546,9 +553,7 @@ impl Node {
             let bound = match listener {
                 Listener::Metrics => Pending::Metrics(tcp(config.metrics_listen).await.with_context(failed)?),
                 Listener::Api => Pending::Api(tcp(Some(config.api_listen)).await.with_context(failed)?),
-                Listener::Lookup => {
-                    Pending::Lookup(lookup::Endpoint::Tcp(tcp(config.lookup_listen).await.with_context(failed)?))
-                }
+                Listener::Lookup => Pending::Lookup(tcp(config.lookup_listen).await.with_context(failed)?),
                 Listener::LookupSocket => {
                     let path = config.lookup_socket.clone().context("no socket asked for")?;
                     let socket = match self.inherited.unix(listener.name()).with_context(failed)? {
@@ -638,18 +643,15 @@ impl Node {
                 tasks.spawn(serve_api(socket, api, limits, stop.clone()));
                 (Some(addr), kept, None)
             }
-            Pending::Lookup(endpoint) => {
-                let (addr, kept) = match &endpoint {
-                    lookup::Endpoint::Tcp(socket) => (Some(socket.local_addr()?), upgrade::keep(socket)?),
-                    lookup::Endpoint::Unix(socket, _) => (None, upgrade::keep(socket)?),
-                };
-                tasks.spawn(lookup::serve(endpoint, routes.clone(), stop.clone()));
-                (addr, kept, None)
+            Pending::Lookup(socket) => {
+                let (addr, kept) = (socket.local_addr()?, upgrade::keep(&socket)?);
+                tasks.spawn(lookup::serve(lookup::Endpoint::Tcp(socket), routes.clone(), stop.clone()));
+                (Some(addr), kept, None)
             }
             Pending::LookupSocket(socket, path) => {
                 tracing::info!(path = %path.display(), "lookup service listening on its socket");
                 let kept = upgrade::keep(&socket)?;
-                tasks.spawn(lookup::serve(lookup::Endpoint::Unix(socket, None), routes.clone(), stop.clone()));
+                tasks.spawn(lookup::serve(lookup::Endpoint::Unix(socket), routes.clone(), stop.clone()));
                 (None, kept, Some(path))
             }
             Pending::Https(http) | Pending::Http(http) => {
@@ -678,11 +680,15 @@ impl Node {
     /// process now. The caller then drains this one ([`Node::stop`]). On error this process
     /// has changed nothing and keeps serving.
     pub async fn upgrade(&self, binary: &std::path::Path) -> anyhow::Result<u32> {
-        let running = self.running.lock().await;
-        let sockets: Vec<(&'static str, &std::os::fd::OwnedFd)> =
-            running.listeners.iter().map(|(listener, bound)| (listener.name(), &bound.socket)).collect();
+        // Copies of the sockets, so the lock is not held while the new process starts.
+        let sockets = {
+            let running = self.running.lock().await;
+            let copies =
+                running.listeners.iter().map(|(listener, bound)| Ok((listener.name(), upgrade::keep(&bound.socket)?)));
+            copies.collect::<std::io::Result<Vec<_>>>().context("cannot copy the listening sockets")?
+        };
         let data_dir = self.config().data_dir;
-        let pid = upgrade::hand_over(&data_dir, binary, &sockets).await?;
+        let pid = upgrade::hand_over(&data_dir, binary, sockets).await?;
         self.handed_over.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(notifier) = &self.notifier {
             notifier.main_pid(pid);
@@ -750,15 +756,10 @@ impl Node {
                 false
             }
         };
-        self.reloads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let count = self.reloads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         if let Some(notifier) = &self.notifier {
-            let running = self.running.lock().await;
-            notifier.reloaded(
-                &running.addresses(),
-                self.routes.state(),
-                self.reloads.load(std::sync::atomic::Ordering::SeqCst),
-                outcome,
-            );
+            let addresses = self.running.lock().await.addresses();
+            notifier.reloaded(&addresses, self.routes.state(), count, outcome);
         }
         outcome
     }
@@ -830,9 +831,8 @@ impl Node {
             if new.tls.dns.endpoints != old.tls.dns.endpoints {
                 self.start_job(&mut running, "dns_sync", &new);
             }
-            let addresses = running.addresses();
-            api.listening.store(Some(Arc::new(addresses.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect())));
         }
+        running.publish_addresses();
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
         Ok(changed)
     }
@@ -1111,7 +1111,7 @@ fn cert_settings(config: &Config) -> CertSettings {
 /// The internal CA's root (`portico ca export`).
 pub async fn internal_root(config: &Config) -> anyhow::Result<String> {
     // Exporting from a mistyped path must not make a store and a root nobody uses.
-    let store = portico_store::open_existing(&config.store_url).await.context("cannot open the store")?;
+    let store = crate::store_cmd::open(config, false).await?;
     // Never a new root in a store that lost its identity: clients trust the old one.
     let store = IdentifiedStore::establish(store, Some(&config.data_dir)).await?;
     if store.is_lost() {

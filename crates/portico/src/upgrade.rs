@@ -144,10 +144,10 @@ pub fn keep(socket: &impl AsFd) -> std::io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(socket, 3)?)
 }
 
-/// Starts `binary` with this process's arguments, hands it `sockets` (by listener name),
-/// and waits until it is ready; its process id. The new process is stopped if it is not
-/// ready within [`READY_WITHIN`].
-pub async fn hand_over(data_dir: &Path, binary: &Path, sockets: &[(&'static str, &OwnedFd)]) -> anyhow::Result<u32> {
+/// Starts `binary` with this process's arguments, hands it `sockets` (copies, by listener
+/// name), and waits until it is ready; its process id. The new process is stopped if it is
+/// not ready within [`READY_WITHIN`].
+pub async fn hand_over(data_dir: &Path, binary: &Path, sockets: Vec<(&'static str, OwnedFd)>) -> anyhow::Result<u32> {
     let path = data_dir.join(format!("portico-upgrade-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
@@ -162,8 +162,7 @@ pub async fn hand_over(data_dir: &Path, binary: &Path, sockets: &[(&'static str,
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;
     let pid = child.id().context("the new process is gone already")?;
-    let names: Vec<&str> = sockets.iter().map(|(name, _)| *name).collect();
-    let copies: Vec<OwnedFd> = sockets.iter().map(|(_, fd)| keep(fd)).collect::<Result<_, _>>()?;
+    let (names, copies): (Vec<&str>, Vec<OwnedFd>) = sockets.into_iter().unzip();
     let handing = tokio::task::spawn_blocking(move || send(&listener, pid, &names.join(" "), &copies));
     let handed = async {
         let stream = handing.await.context("the handover failed")??;

@@ -283,7 +283,7 @@ impl HttpListener {
                     let client = Arc::new(Client::new(peer, conn));
                     // Each request with the settings in force when it arrives (a kept-alive
                     // connection gets a reload's timeouts at its next request).
-                    let service = service_fn(move |request| handle(live.load_full().shared.clone(), request, client.clone()));
+                    let service = service_fn(move |request| handle(live.load().shared.clone(), request, client.clone()));
                     server::drive(&builder, TokioIo::new(io), service, &limits, watch).await;
                 }
             },

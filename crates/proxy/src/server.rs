@@ -260,23 +260,19 @@ where
 {
     let activity = Arc::new(Activity::new());
     let service = Arc::new(service);
-    // Set at shutdown: HTTP/1 responses say `Connection: close` from then on.
-    let draining = Arc::new(AtomicBool::new(false));
-    let multiplexed = Arc::new(AtomicBool::new(false));
     let counted = {
-        let (activity, draining, multiplexed) = (activity.clone(), draining.clone(), multiplexed.clone());
+        let activity = activity.clone();
         service_fn(move |request: Request<Incoming>| {
             let http1 = request.version() < http::Version::HTTP_2;
             if !http1 {
-                multiplexed.store(true, Ordering::Release);
+                activity.multiplexed.store(true, Ordering::Release);
             }
             let guard = activity.begin();
-            let draining = draining.clone();
             // `map`, not an async block: the block would hold the handler's future twice.
             service.call(request).map(move |response| {
                 response.map(|mut r| {
-                    if http1 && draining.load(Ordering::Acquire) && r.status() != http::StatusCode::SWITCHING_PROTOCOLS
-                    {
+                    let draining = guard.0.draining.load(Ordering::Acquire);
+                    if http1 && draining && r.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                         r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                     }
                     r.map(|body| Tracked { inner: body, guard, handed: false })
@@ -331,8 +327,8 @@ where
             }
             Ok(Signal::Cut) => return,
             Ok(Signal::Shutdown) => {
-                draining.store(true, Ordering::Release);
-                if multiplexed.load(Ordering::Acquire) {
+                activity.draining.store(true, Ordering::Release);
+                if activity.multiplexed.load(Ordering::Acquire) {
                     // HTTP/2: GOAWAY tells the client which streams were not taken, so it
                     // sends them again elsewhere.
                     GracefulConnection::graceful_shutdown(connection.as_mut());
@@ -422,6 +418,10 @@ struct Activity {
     /// When a response frame was last handed to hyper (it had asked for it), in milliseconds
     /// since `opened`.
     written_ms: AtomicU64,
+    /// Set at shutdown: HTTP/1 responses say `Connection: close` from then on.
+    draining: AtomicBool,
+    /// Whether the connection speaks HTTP/2 (it has carried an HTTP/2 request).
+    multiplexed: AtomicBool,
 }
 
 impl Activity {
@@ -433,6 +433,8 @@ impl Activity {
             idle_since_ms: 0.into(),
             handed: AtomicUsize::new(0),
             written_ms: 0.into(),
+            draining: AtomicBool::new(false),
+            multiplexed: AtomicBool::new(false),
         }
     }
 

@@ -149,9 +149,9 @@ impl Certs {
         self.issuer.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The settings now.
-    pub(crate) fn settings(&self) -> Arc<CertSettings> {
-        self.settings.load_full()
+    /// The settings now (no reference count taken: the handshake's path reads them).
+    pub(crate) fn settings(&self) -> arc_swap::Guard<Arc<CertSettings>> {
+        self.settings.load()
     }
 
     /// Issues with `issuer` and decides by `settings` from now on (a reload): certificates
