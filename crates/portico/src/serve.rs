@@ -937,7 +937,7 @@ async fn serve_api(
         let limits = **limits.load();
         let router = router.clone();
         async move {
-            let builder = server::builder(&limits, 64 * 1024);
+            let builder = server::builder(64 * 1024);
             let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 router.clone().call(request)

@@ -131,7 +131,7 @@ async fn route(
     }
     let authority = authority.ok_or(ProxyError::MissingHost)?;
     let name = Hostname::from_authority(authority).map_err(ProxyError::InvalidHost)?;
-    entry.host = name.to_string();
+    entry.host = name.as_str().to_owned();
     if let Conn::Tls(cert) = &client.conn
         && !cert.as_ref().is_some_and(|c| c.meta.covers(name.as_str()))
     {
@@ -154,7 +154,21 @@ async fn route(
         pattern,
     };
     for phase in Phase::ALL {
-        if let Some(answer) = x.run(phase).await? {
+        // Each phase in place, not through a future per phase: a request's futures are moved
+        // whole when made, and one per phase cost six copies of the largest. The two phases
+        // that may wait on more than the target are boxed (their futures are large beside the
+        // rest of a request's), and only entered when they have work: most requests are
+        // neither ACME challenges nor for hosts with an access policy.
+        let outcome = match phase {
+            Phase::Acme if x.entry.path.as_str().starts_with(HTTP01_PREFIX) => Box::pin(x.acme_http01()).await,
+            Phase::Access if !x.host.access.is_open() => Box::pin(x.access()).await,
+            Phase::Acme | Phase::Access => Ok(None),
+            Phase::Measure => x.measure(),
+            Phase::ForceSsl => x.force_ssl(),
+            Phase::ClientAddress => x.client_address(),
+            Phase::Forward => x.forward().await,
+        };
+        if let Some(answer) = outcome? {
             return Ok(answer);
         }
     }
@@ -209,21 +223,6 @@ impl Phase {
 }
 
 impl Exchange<'_> {
-    async fn run(&mut self, phase: Phase) -> Outcome {
-        // The two phases that may wait on more than the target are boxed (their futures are
-        // large beside the rest of a request's), and only entered when they have work: most
-        // requests are neither ACME challenges nor for hosts with an access policy.
-        match phase {
-            Phase::Acme if self.entry.path.as_str().starts_with(HTTP01_PREFIX) => Box::pin(self.acme_http01()).await,
-            Phase::Access if !self.host.access.is_open() => Box::pin(self.access()).await,
-            Phase::Acme | Phase::Access => Ok(None),
-            Phase::Measure => self.measure(),
-            Phase::ForceSsl => self.force_ssl(),
-            Phase::ClientAddress => self.client_address(),
-            Phase::Forward => self.forward().await,
-        }
-    }
-
     /// The answer to an ACME HTTP-01 request, when one is pending for this name (any node
     /// may have published it): no store read for any other path or on HTTPS. Anything else
     /// under the path goes on to the host's target.

@@ -88,7 +88,7 @@ impl ListenerSettings {
     fn generation(parts: &Parts, config: ProxyConfig) -> Generation {
         let config = Arc::new(config);
         let limits = config.limits();
-        let builder = Arc::new(server::builder(&limits, config.max_header_bytes));
+        let builder = Arc::new(server::builder(config.max_header_bytes));
         let upstream =
             TargetClient::new(config.clone(), &parts.state, parts.tunnels.clone(), parts.tunnel_shutdown.clone());
         let shared = Arc::new(Shared {
@@ -283,7 +283,10 @@ impl HttpListener {
                     let client = Arc::new(Client::new(peer, conn));
                     // Each request with the settings in force when it arrives (a kept-alive
                     // connection gets a reload's timeouts at its next request).
-                    let service = service_fn(move |request| handle(live.load().shared.clone(), request, client.clone()));
+                    // The request's future boxed at once: hyper and the watchdog move it
+                    // several times, and it is some 4 KiB.
+                    let service =
+                        service_fn(move |request| Box::pin(handle(live.load().shared.clone(), request, client.clone())));
                     server::drive(&builder, TokioIo::new(io), service, &limits, watch).await;
                 }
             },

@@ -178,13 +178,15 @@ impl AccessEntry {
 pub struct LoggedBody {
     inner: ProxyBody,
     bytes: u64,
-    entry: Option<AccessEntry>,
+    /// Boxed: a response is moved several times on its way to the client, and the entry is
+    /// most of its size.
+    entry: Option<Box<AccessEntry>>,
 }
 
 impl LoggedBody {
     /// Wraps `inner`, logging `entry` when it ends.
     pub fn new(inner: ProxyBody, entry: AccessEntry) -> Self {
-        Self { inner, bytes: 0, entry: Some(entry) }
+        Self { inner, bytes: 0, entry: Some(Box::new(entry)) }
     }
 
     fn finish(&mut self) {

@@ -46,7 +46,8 @@ const LAME_DUCK: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// From accept (or the end of the TLS handshake) to the first complete request head;
-    /// for HTTP/1, also the time a keep-alive connection waits for the next request's head.
+    /// for HTTP/1, also the time a keep-alive connection waits for the next request's head
+    /// (from the end of the last response).
     pub header_read_timeout: Duration,
     /// How long a connection that has served requests stays open with none in flight.
     pub idle_timeout: Duration,
@@ -228,14 +229,12 @@ where
 }
 
 /// The connection builder every listener uses: HTTP/1.1 and HTTP/2 on one socket, upgrades,
-/// hyper's header-read timeout for HTTP/1 and a limit on the request head.
-pub fn builder(limits: &Limits, max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+/// and a limit on the request head. No timer of hyper's for HTTP/1: the wait for a request
+/// head is the watchdog's in [`drive`] (one deadline per connection, where hyper's
+/// `header_read_timeout` re-arms a timer for every request).
+pub fn builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(max_header_bytes.max(8192));
+    builder.http1().header_read_timeout(None).max_buf_size(max_header_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -466,9 +465,17 @@ impl Activity {
         self.served.load(Ordering::Acquire)
     }
 
-    /// How long this connection may stay as it is: until the first request's head, or idle.
+    /// How long this connection may stay as it is: until the first request's head; idle, for
+    /// HTTP/2; for HTTP/1, idle and waiting for the next request's head, so the shorter of
+    /// the two (a head begun and never finished, slowloris, is cut off then too).
     fn allowance(&self, limits: &Limits) -> Duration {
-        if self.served() == 0 { limits.header_read_timeout } else { limits.idle_timeout }
+        if self.served() == 0 {
+            limits.header_read_timeout
+        } else if self.multiplexed.load(Ordering::Acquire) {
+            limits.idle_timeout
+        } else {
+            limits.idle_timeout.min(limits.header_read_timeout)
+        }
     }
 
     fn idle_since(&self) -> Instant {
@@ -587,8 +594,20 @@ mod tests {
         drop(guard);
         assert!(activity.expired(&zero));
         assert!(!activity.expired(&limits));
-        // Once a request has been served, the idle timeout applies, from the request's end.
-        let no_header_wait = Limits { header_read_timeout: Duration::ZERO, ..limits };
-        assert!(!activity.expired(&no_header_wait));
+    }
+
+    #[test]
+    fn a_kept_alive_http1_connection_waits_for_its_next_head_no_longer_than_the_header_timeout() {
+        let limits = Limits { header_read_timeout: Duration::ZERO, ..limits() };
+        let http1 = Arc::new(Activity::new());
+        drop(http1.begin());
+        // HTTP/1 waits for the next request's head: the header timeout bounds it.
+        assert!(http1.expired(&limits));
+        let http2 = Arc::new(Activity::new());
+        http2.multiplexed.store(true, Ordering::Release);
+        drop(http2.begin());
+        // HTTP/2 is idle between streams: only the idle timeout applies.
+        assert!(!http2.expired(&limits));
+        assert!(http2.expired(&Limits { idle_timeout: Duration::ZERO, ..limits }));
     }
 }

@@ -93,21 +93,27 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             present[i] = true;
         }
     }
-    if present[0] {
-        let listed: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
-        let tokens = listed.iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim);
-        for token in tokens {
-            // A fixed name goes below; a token that is no header name matches nothing.
-            let lower;
-            let token = if token.bytes().any(|b| b.is_ascii_uppercase()) {
-                lower = token.to_ascii_lowercase();
-                lower.as_str()
-            } else {
-                token
-            };
-            if hop_index(token).is_none() {
-                headers.remove(token);
-            }
+    // The names `Connection` lists beyond the fixed ones (and `close`, no header): usually
+    // none (`keep-alive` or `close` alone is the common value, seen without splitting it).
+    let plain = |v: &HeaderValue| {
+        v.as_bytes().eq_ignore_ascii_case(b"keep-alive") || v.as_bytes().eq_ignore_ascii_case(b"close")
+    };
+    if present[0] && !headers.get_all(header::CONNECTION).iter().all(plain) {
+        let listed: Vec<String> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|token| {
+                !token.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token))
+            })
+            .map(str::to_ascii_lowercase)
+            .collect();
+        // A token that is no header name matches nothing.
+        for token in listed {
+            headers.remove(token.as_str());
         }
     }
     for (hop, present) in HOP_BY_HOP.iter().zip(present) {
@@ -137,6 +143,9 @@ fn hop_index(name: &str) -> Option<usize> {
 /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Real-IP`,
 /// `X-Request-Id`, and `Host`: the routed authority.
 pub(super) fn add_forwarded(headers: &mut HeaderMap, origin: &Origin<'_>) {
+    // Room for the five names added, at once: one growth of the map at most, not one per
+    // insertion.
+    headers.reserve(5);
     let ip = &origin.client.ip;
     let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
     let chain = if prior.is_empty() {
