@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::TokioIo;
 use portico_api::{Api, ApiSettings, ApiState, lookup};
 use portico_certs::acme::{AcmeIssuer, AcmeSettings, Eab};
 use portico_certs::internal::InternalCa;
@@ -942,7 +941,7 @@ async fn serve_api(
                 request.extensions_mut().insert(ConnectInfo(peer));
                 router.clone().call(request)
             });
-            server::drive(&builder, TokioIo::new(stream), service, &limits, watch).await;
+            server::drive(&builder, stream, server::Protocol::Detect, service, &limits, watch).await;
         }
     })
     .await;

@@ -17,8 +17,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +35,7 @@ use crate::forward::TargetClient;
 use crate::handler::{Shared, handle};
 use crate::proxy_protocol;
 use crate::routes::Routes;
-use crate::server::{self, ConnectionCap, Limits, Watch};
+use crate::server::{self, ConnectionCap, Limits, Protocol, Watch};
 use crate::{ProxyConfig, ProxyState};
 
 /// A bound listener (plain HTTP or HTTPS), ready to [`serve`](HttpListener::serve).
@@ -51,7 +49,7 @@ pub struct HttpListener {
 /// What a connection is served with: one [`ProxyConfig`] and what is made from it.
 struct Generation {
     shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<server::Builders>,
     limits: Limits,
 }
 
@@ -88,7 +86,9 @@ impl ListenerSettings {
     fn generation(parts: &Parts, config: ProxyConfig) -> Generation {
         let config = Arc::new(config);
         let limits = config.limits();
-        let builder = Arc::new(server::builder(config.max_header_bytes));
+        let builder = Arc::new(
+            server::builder(config.max_header_bytes).count_parked(parts.state.metrics.connections_parked.clone()),
+        );
         let upstream =
             TargetClient::new(config.clone(), &parts.state, parts.tunnels.clone(), parts.tunnel_shutdown.clone());
         let shared = Arc::new(Shared {
@@ -270,14 +270,18 @@ impl HttpListener {
                         }
                         peer
                     };
-                    let (io, conn) = match tls {
-                        None => (Either::Left(stream), Conn::Plain),
+                    let (io, conn, protocol) = match tls {
+                        None => (Either::Left(stream), Conn::Plain, Protocol::Detect),
                         Some(tls) => {
-                            let hello = handshake(&tls, stream, peer, &shared, &watch);
+                            // Boxed: the handshake's future is large, and the connection's
+                            // task would otherwise keep its room for as long as it is open.
+                            let hello = Box::pin(handshake(&tls, stream, peer, &shared, &watch));
                             let Some((stream, conn)) = hello.await else {
                                 return;
                             };
-                            (Either::Right(Box::new(stream)), conn)
+                            // The protocol ALPN chose: hyper's HTTP/1 or HTTP/2 directly.
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            (Either::Right(Box::new(stream)), conn, if h2 { Protocol::Http2 } else { Protocol::Http1 })
                         }
                     };
                     let client = Arc::new(Client::new(peer, conn));
@@ -287,7 +291,7 @@ impl HttpListener {
                     // several times, and it is some 4 KiB.
                     let service =
                         service_fn(move |request| Box::pin(handle(live.load().shared.clone(), request, client.clone())));
-                    server::drive(&builder, TokioIo::new(io), service, &limits, watch).await;
+                    server::drive(&builder, io, protocol, service, &limits, watch).await;
                 }
             },
         )

@@ -70,6 +70,9 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// `portico_tunnels_open`: upgraded connections (WebSocket) being relayed now.
     pub tunnels_open: Gauge,
+    /// `portico_connections_parked`: HTTP/1 client connections idle between requests and
+    /// holding no HTTP state or buffers (a share of `portico_connections_open`).
+    pub connections_parked: Gauge,
     /// `portico_tls_handshakes_total{result, reason}`.
     pub handshakes: Family<HandshakeLabels, Counter>,
     /// `portico_routes_hosts`: patterns in the routing table.
@@ -102,6 +105,7 @@ impl Default for Metrics {
             request_bytes: Counter::default(),
             connections_open: Gauge::default(),
             tunnels_open: Gauge::default(),
+            connections_parked: Gauge::default(),
             handshakes: Family::default(),
             routes_hosts: Gauge::default(),
             routes_rebuild: seconds(),
@@ -139,6 +143,11 @@ impl Metrics {
             self.request_bytes.clone(),
         );
         registry.register("portico_connections_open", "Client connections open now", self.connections_open.clone());
+        registry.register(
+            "portico_connections_parked",
+            "HTTP/1 client connections idle between requests, holding no buffers",
+            self.connections_parked.clone(),
+        );
         registry.register(
             "portico_tunnels_open",
             "Upgraded connections (WebSocket) relayed now",

@@ -20,20 +20,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Buf;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::{Service, service_fn};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulConnection;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use portico_metrics::Open;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// At the cap, connections idle (or silent) for at least this long are closed; younger ones
 /// are left to send their request.
@@ -228,29 +232,282 @@ where
     deadline
 }
 
-/// The connection builder every listener uses: HTTP/1.1 and HTTP/2 on one socket, upgrades,
-/// and a limit on the request head. No timer of hyper's for HTTP/1: the wait for a request
-/// head is the watchdog's in [`drive`] (one deadline per connection, where hyper's
+/// How long an HTTP/1 connection waits with no request in flight before it is parked: hyper's
+/// state and buffers (some 16 KiB) dropped, the socket watched for the next request alone.
+const PARK_AFTER: Duration = Duration::from_millis(200);
+
+/// What a connection speaks, as far as the listener knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (TLS, ALPN `http/1.1` or none).
+    Http1,
+    /// HTTP/2 (TLS, ALPN `h2`).
+    Http2,
+    /// Plain TCP: HTTP/2 when it opens with the HTTP/2 preface (prior knowledge), else
+    /// HTTP/1.1.
+    Detect,
+}
+
+/// The HTTP/2 connection preface a client with prior knowledge opens with.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The connection builders every listener uses: HTTP/1.1 (with upgrades) and HTTP/2, and a
+/// limit on the request head. No timer of hyper's for HTTP/1: the wait for a request head is
+/// the watchdog's in [`drive`] (one deadline per connection, where hyper's
 /// `header_read_timeout` re-arms a timer for every request).
-pub fn builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().header_read_timeout(None).max_buf_size(max_header_bytes.max(8192));
-    builder
-        .http2()
+#[derive(Debug)]
+pub struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// Raised while a connection is parked.
+    parked: Option<Gauge>,
+}
+
+impl Builders {
+    /// Counts the connections parked (see [`drive`]) in `gauge`.
+    pub fn count_parked(mut self, gauge: Gauge) -> Self {
+        self.parked = Some(gauge);
+        self
+    }
+}
+
+/// The [`Builders`] for request heads of at most `max_header_bytes`.
+pub fn builder(max_header_bytes: usize) -> Builders {
+    let mut http1 = http1::Builder::new();
+    http1.header_read_timeout(None).max_buf_size(max_header_bytes.max(8192));
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(max_header_bytes.try_into().unwrap_or(u32::MAX))
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));
-    builder
+    Builders { http1, http2, parked: None }
+}
+
+/// A client's connection: a byte stream that can say when the peer has sent something
+/// without reading it (to wait for a parked connection's next request holding no buffer).
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready once there is something to read, or the peer closed.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl Socket for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+    /// The TCP socket's: hyper has read all rustls had decrypted when it waits for more.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
+
+impl<S: Socket> Socket for Box<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        (**self).poll_read_ready(cx)
+    }
+}
+
+impl<L: Socket, R: Socket> Socket for tokio_util::either::Either<L, R> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self {
+            tokio_util::either::Either::Left(l) => l.poll_read_ready(cx),
+            tokio_util::either::Either::Right(r) => r.poll_read_ready(cx),
+        }
+    }
+}
+
+/// The socket as hyper gets it: what was read before hyper had it (the protocol sniff's
+/// bytes, or what a parked connection had buffered) comes first, and while the connection is
+/// being parked hyper's closing does not shut the socket down.
+struct Parkable<S> {
+    socket: S,
+    unread: Bytes,
+    activity: Arc<Activity>,
+}
+
+impl<S: Socket> AsyncRead for Parkable<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.unread.is_empty() {
+            return Pin::new(&mut self.socket).poll_read(cx, buf);
+        }
+        let n = self.unread.len().min(buf.remaining());
+        buf.put_slice(&self.unread[..n]);
+        self.unread.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: Socket> AsyncWrite for Parkable<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.activity.parking.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
+}
+
+type Http1Connection<S, Svc> = http1::UpgradeableConnection<TokioIo<Parkable<S>>, Svc>;
+type Http2Connection<S, Svc> = http2::Connection<TokioIo<Parkable<S>>, Svc, TokioExecutor>;
+
+/// Where a connection is: waiting for bytes with no HTTP state (before its protocol is known,
+/// or parked), or served by hyper.
+enum Stage<S, Svc: hyper::service::HttpService<Incoming>> {
+    /// `_parked`: counted while it waits, after hyper served it.
+    Waiting {
+        io: Parkable<S>,
+        service: Svc,
+        detect: bool,
+        _parked: Option<Open>,
+    },
+    Http1 {
+        connection: Box<Http1Connection<S, Svc>>,
+        served_before: u64,
+    },
+    Http2(Pin<Box<Http2Connection<S, Svc>>>),
+    Gone,
+}
+
+impl<S, Svc> Stage<S, Svc>
+where
+    S: Socket,
+    Svc: hyper::service::HttpService<Incoming> + Unpin + Send + 'static,
+    Svc::Future: Send + 'static,
+    Svc::ResBody: Body<Data = Bytes> + Send + 'static,
+    <Svc::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// hyper serving `io`: HTTP/2, or HTTP/1 (with upgrades) counting requests from now.
+    fn serve(builders: &Builders, io: Parkable<S>, service: Svc, http2: bool, activity: &Activity) -> Self {
+        if http2 {
+            activity.multiplexed.store(true, Ordering::Release);
+            Stage::Http2(Box::pin(builders.http2.serve_connection(TokioIo::new(io), service)))
+        } else {
+            let connection = builders.http1.serve_connection(TokioIo::new(io), service).with_upgrades();
+            Stage::Http1 { connection: Box::new(connection), served_before: activity.served() }
+        }
+    }
+
+    /// Moves a connection on: polls hyper's connection (`Some` when it ended, for good), or, when
+    /// waiting, the socket, and starts hyper when a request arrives (`Ready(None)`). A parked
+    /// HTTP/1 connection (see [`drive`]) goes back to waiting.
+    fn advance(
+        &mut self,
+        builders: &Builders,
+        activity: &Arc<Activity>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<hyper::Result<()>>> {
+        match self {
+            Stage::Gone => Poll::Ready(Some(Ok(()))),
+            Stage::Http2(connection) => connection.as_mut().poll(cx).map(Some),
+            Stage::Http1 { connection, .. } => {
+                let ended = std::task::ready!(Pin::new(&mut **connection).poll(cx));
+                if ended.is_err() || !activity.parking.swap(false, Ordering::AcqRel) {
+                    *self = Stage::Gone;
+                    return Poll::Ready(Some(ended));
+                }
+                let Stage::Http1 { connection, .. } = std::mem::replace(self, Stage::Gone) else { unreachable!() };
+                // `None` after an upgrade: the socket is the tunnel's.
+                let Some(parts) = connection.into_parts() else { return Poll::Ready(Some(Ok(()))) };
+                let mut io = parts.io.into_inner();
+                if !parts.read_buf.is_empty() {
+                    // What hyper had read and not parsed (a head begun) comes first next time,
+                    // copied: hyper's buffer goes.
+                    let mut unread = bytes::BytesMut::with_capacity(parts.read_buf.len() + io.unread.len());
+                    unread.extend_from_slice(&parts.read_buf);
+                    unread.extend_from_slice(&io.unread);
+                    io.unread = unread.freeze();
+                }
+                let parked = builders.parked.as_ref().map(Open::new);
+                *self = Stage::Waiting { io, service: parts.service, detect: false, _parked: parked };
+                Poll::Ready(None)
+            }
+            Stage::Waiting { io, detect, .. } => {
+                if *detect {
+                    let mut buf = [0u8; PREFACE.len()];
+                    let want = PREFACE.len() - io.unread.len();
+                    let mut read = ReadBuf::new(&mut buf[..want]);
+                    if let Err(e) = std::task::ready!(Pin::new(&mut io.socket).poll_read(cx, &mut read)) {
+                        tracing::debug!(error = %e, "a connection failed before its first request");
+                        return Poll::Ready(Some(Ok(())));
+                    }
+                    if read.filled().is_empty() {
+                        // The client went away before saying anything.
+                        return Poll::Ready(Some(Ok(())));
+                    }
+                    let mut unread = bytes::BytesMut::from(std::mem::take(&mut io.unread));
+                    unread.extend_from_slice(read.filled());
+                    io.unread = unread.freeze();
+                    if io.unread.len() < PREFACE.len() && PREFACE.starts_with(&io.unread) {
+                        // Perhaps the HTTP/2 preface: more is needed to tell.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                } else if let Err(e) = std::task::ready!(io.socket.poll_read_ready(cx)) {
+                    // Parked with a head begun, too: only the client's next bytes can finish
+                    // it (a complete one would be in flight).
+                    tracing::debug!(error = %e, "a parked connection failed");
+                    return Poll::Ready(Some(Ok(())));
+                }
+                let Stage::Waiting { io, service, detect, .. } = std::mem::replace(self, Stage::Gone) else {
+                    unreachable!()
+                };
+                let http2 = detect && io.unread.as_ref() == PREFACE;
+                *self = Stage::serve(builders, io, service, http2, activity);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    /// Begins closing a connection gracefully; `false` when it is better closed at once (waiting,
+    /// or its HTTP/1 state has served nothing since it was started).
+    fn wind_down(&mut self, activity: &Activity) -> bool {
+        match self {
+            Stage::Http1 { connection, served_before } if activity.served() > *served_before => {
+                Pin::new(&mut **connection).graceful_shutdown();
+                true
+            }
+            Stage::Http2(connection) => {
+                connection.as_mut().graceful_shutdown();
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Serves one connection with `service` until it ends, closing it when it sends no complete
 /// request head within `header_read_timeout`, when it has had no request in flight for
-/// `idle_timeout`, when the cap is reached and it is idle, or at shutdown.
-pub async fn drive<I, S, B>(builder: &auto::Builder<TokioExecutor>, io: I, service: S, limits: &Limits, watch: Watch)
+/// `idle_timeout` (HTTP/1: or `header_read_timeout`, waiting for its next head), when the cap
+/// is reached and it is idle, or at shutdown. An HTTP/1 connection with no request in flight
+/// for `PARK_AFTER` (200 ms) is parked: hyper's state for it is dropped and the socket alone waits
+/// for the next request.
+pub async fn drive<I, S, B>(builders: &Builders, io: I, protocol: Protocol, service: S, limits: &Limits, watch: Watch)
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: Socket,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -279,7 +536,14 @@ where
             })
         })
     };
-    let mut connection = pin!(builder.serve_connection_with_upgrades(io, counted));
+    let io = Parkable { socket: io, unread: Bytes::new(), activity: activity.clone() };
+    let mut stage = match protocol {
+        Protocol::Detect => Stage::Waiting { io, service: counted, detect: true, _parked: None },
+        // At once, not waiting for the socket: TLS may hold the request already (rustls reads
+        // it with the client's last handshake message).
+        Protocol::Http1 => Stage::serve(builders, io, counted, false, &activity),
+        Protocol::Http2 => Stage::serve(builders, io, counted, true, &activity),
+    };
     let gate = Arc::new(Gate::default());
     let gate_waker = Waker::from(gate.clone());
     let mut closing = false;
@@ -292,6 +556,14 @@ where
             wake = wake.min(quiet_from + LAME_DUCK);
         }
         let open = !closing && lame_duck.is_none();
+        if let Stage::Http1 { served_before, .. } = &stage
+            && open
+        {
+            // Requests come and go without waking the watchdog: it looks again soon enough to
+            // park a connection that went quiet.
+            let quiet = activity.in_flight() == 0 && activity.served() > *served_before;
+            wake = wake.min(if quiet { activity.idle_since() } else { Instant::now() } + PARK_AFTER);
+        }
         let signals = async {
             tokio::select! {
                 () = watch.cut.cancelled() => Signal::Cut,
@@ -305,8 +577,11 @@ where
         // them woke the task (and once to start), not at each of the connection's.
         gate.fired.store(true, Ordering::Release);
         let event = std::future::poll_fn(|cx| {
-            if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
-                return Poll::Ready(Err(ended));
+            match stage.advance(builders, &activity, cx) {
+                Poll::Ready(Some(ended)) => return Poll::Ready(Err(ended)),
+                // Waiting became serving, or serving parked: the watchdog's times change.
+                Poll::Ready(None) => return Poll::Ready(Ok(Signal::Staged)),
+                Poll::Pending => {}
             }
             gate.parent.register(cx.waker());
             if gate.fired.swap(false, Ordering::AcqRel)
@@ -325,12 +600,13 @@ where
                 return;
             }
             Ok(Signal::Cut) => return,
+            Ok(Signal::Staged) => {}
             Ok(Signal::Shutdown) => {
                 activity.draining.store(true, Ordering::Release);
-                if activity.multiplexed.load(Ordering::Acquire) {
+                if let Stage::Http2(connection) = &mut stage {
                     // HTTP/2: GOAWAY tells the client which streams were not taken, so it
                     // sends them again elsewhere.
-                    GracefulConnection::graceful_shutdown(connection.as_mut());
+                    connection.as_mut().graceful_shutdown();
                     closing = true;
                 } else {
                     // HTTP/1 has no such word: closing a connection at rest could cut off a
@@ -355,10 +631,9 @@ where
                     && activity.in_flight() == 0
                     && activity.idle_since().max(since).elapsed() >= LAME_DUCK
                 {
-                    if activity.served() == 0 {
+                    if !stage.wind_down(&activity) {
                         return;
                     }
-                    GracefulConnection::graceful_shutdown(connection.as_mut());
                     closing = true;
                 }
                 if !closing && activity.expired(limits) {
@@ -366,8 +641,22 @@ where
                         tracing::debug!("closing a connection that sent no request in time");
                         return;
                     }
-                    GracefulConnection::graceful_shutdown(connection.as_mut());
+                    if !stage.wind_down(&activity) {
+                        return;
+                    }
                     closing = true;
+                }
+                if !closing
+                    && lame_duck.is_none()
+                    && activity.in_flight() == 0
+                    && activity.idle_since().elapsed() >= PARK_AFTER
+                    && let Stage::Http1 { connection, served_before } = &mut stage
+                    && activity.served() > *served_before
+                {
+                    // Idle, and hyper has served a request since it was (re)started, so it
+                    // is at rest between requests: its closing hands the socket back.
+                    activity.parking.store(true, Ordering::Release);
+                    Pin::new(&mut **connection).graceful_shutdown();
                 }
             }
         }
@@ -384,6 +673,9 @@ enum Signal {
     Pressure,
     /// A limit may have run out.
     Timer,
+    /// The connection began or stopped being served by hyper (not the watchdog's: it looks
+    /// again).
+    Staged,
 }
 
 /// Wakes the connection task for the watchdog's futures and notes that it was them.
@@ -421,6 +713,9 @@ struct Activity {
     draining: AtomicBool,
     /// Whether the connection speaks HTTP/2 (it has carried an HTTP/2 request).
     multiplexed: AtomicBool,
+    /// Set while an idle HTTP/1 connection is parked: hyper closes its state for it, and
+    /// the socket stays open.
+    parking: AtomicBool,
 }
 
 impl Activity {
@@ -434,6 +729,7 @@ impl Activity {
             written_ms: 0.into(),
             draining: AtomicBool::new(false),
             multiplexed: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
         }
     }
 

@@ -1,4 +1,5 @@
-//! Connections that never send a request, idle HTTP/2 connections, and the connection cap.
+//! Connections that never send a request, idle HTTP/1 connections parked, idle HTTP/2
+//! connections, and the connection cap.
 
 use std::time::{Duration, Instant};
 
@@ -7,11 +8,11 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portico_test_support::client::{ApiClient, Proxy};
-use portico_test_support::{Backend, Portico, tls};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use portico_test_support::{Backend, Portico, eventually, tls};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{BIN, portico};
+use crate::{BIN, METRICS, portico, raw_sample};
 
 /// Silent connections to every listener, more than the fd limit allows at once: each is
 /// closed at the header-read deadline, and requests to the proxy and the API keep being
@@ -118,4 +119,126 @@ async fn the_fd_limit_is_raised_and_sets_the_default_cap() {
         &["proxy.max_connections=77"],
     );
     assert_eq!(limits(&p).1, 77);
+}
+
+/// One HTTP/1.1 response read whole (its head and a `Content-Length` body), as text.
+async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> String {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n =
+            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.expect("a response").unwrap();
+        assert!(n > 0, "the connection closed after {:?}", String::from_utf8_lossy(&data));
+        data.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&data).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else { continue };
+        let length = text[..end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
+            })
+            .expect("a Content-Length");
+        if data.len() >= end + 4 + length {
+            return text;
+        }
+    }
+}
+
+fn get(path: &str, host: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+}
+
+/// A keep-alive connection left idle is parked (hyper's state and buffers dropped, the socket
+/// watched alone) and serves its next request on the same connection, kept alive; a request
+/// head begun before the connection was parked is finished after it.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_parked_and_serve_their_next_request() {
+    let backend = Backend::start("parked").await;
+    let p = portico(&[METRICS]);
+    p.add_host("parked.test", backend.addr, &[]);
+    let mut whole = TcpStream::connect(p.http).await.unwrap();
+    whole.write_all(get("/one", "parked.test").as_bytes()).await.unwrap();
+    let mut begun = TcpStream::connect(p.http).await.unwrap();
+    let first_and_a_half = format!("{}GET /two HTTP/1.1\r\nHo", get("/one", "parked.test"));
+    begun.write_all(first_and_a_half.as_bytes()).await.unwrap();
+    for stream in [&mut whole, &mut begun] {
+        let answer = read_response(stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"uri\":\"/one\""), "{answer}");
+    }
+    eventually(Duration::from_secs(10), "both connections parked", || async {
+        (raw_sample(&p, "portico_connections_parked").await == 2.0).then_some(())
+    })
+    .await;
+    whole.write_all(get("/two", "parked.test").as_bytes()).await.unwrap();
+    begun.write_all(b"st: parked.test\r\n\r\n").await.unwrap();
+    for stream in [&mut whole, &mut begun] {
+        let answer = read_response(stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"uri\":\"/two\""), "{answer}");
+        assert!(!answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    }
+    assert_eq!(backend.hits(), 4);
+}
+
+/// Parked connections hold a few KiB each, not hyper's buffers (16 KiB and the allocator's
+/// share): RSS with 1,000 idle keep-alive connections, each after one request, plain HTTP and
+/// HTTP over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_hold_a_few_kib_each() {
+    const CONNECTIONS: usize = 1000;
+    let backend = Backend::start("idle").await;
+    let p = portico(&[METRICS]);
+    p.add_host("idle.test", backend.addr, &[]);
+    let tls_config = tls::client_config(None, &["http/1.1"]);
+    let parked = |n: usize| {
+        let p = &p;
+        eventually(Duration::from_secs(30), "every connection parked", move || async move {
+            (raw_sample(p, "portico_connections_parked").await == n as f64).then_some(())
+        })
+    };
+    // The allocator's pools grown by a first round, closed, so that the figure is the
+    // connections' own.
+    let mut warm = Vec::new();
+    for _ in 0..100 {
+        let mut stream = TcpStream::connect(p.http).await.unwrap();
+        stream.write_all(get("/", "idle.test").as_bytes()).await.unwrap();
+        read_response(&mut stream).await;
+        warm.push(stream);
+    }
+    parked(100).await;
+    drop(warm);
+    parked(0).await;
+
+    let before = p.rss();
+    let mut plain = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut stream = TcpStream::connect(p.http).await.unwrap();
+        stream.write_all(get("/", "idle.test").as_bytes()).await.unwrap();
+        read_response(&mut stream).await;
+        plain.push(stream);
+    }
+    parked(CONNECTIONS).await;
+    let per_plain = p.rss().saturating_sub(before) / CONNECTIONS as u64;
+
+    let before = p.rss();
+    let mut secure = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut stream = tls::connect(p.https, "idle.test", tls_config.clone()).await.unwrap();
+        stream.write_all(get("/", "idle.test").as_bytes()).await.unwrap();
+        read_response(&mut stream).await;
+        secure.push(stream);
+    }
+    parked(2 * CONNECTIONS).await;
+    let per_tls = p.rss().saturating_sub(before) / CONNECTIONS as u64;
+    eprintln!("idle connection: {per_plain} bytes plain, {per_tls} bytes over TLS");
+    assert!(per_plain <= 8 * 1024, "{per_plain} bytes per idle plain connection");
+    assert!(per_tls <= 16 * 1024, "{per_tls} bytes per idle TLS connection");
+    // Parked, they still answer.
+    for stream in plain.iter_mut().take(3) {
+        stream.write_all(get("/", "idle.test").as_bytes()).await.unwrap();
+        assert!(read_response(stream).await.starts_with("HTTP/1.1 200"));
+    }
+    for stream in secure.iter_mut().take(3) {
+        stream.write_all(get("/", "idle.test").as_bytes()).await.unwrap();
+        assert!(read_response(stream).await.starts_with("HTTP/1.1 200"));
+    }
 }
