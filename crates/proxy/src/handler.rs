@@ -88,7 +88,11 @@ pub async fn handle(
         }
         error.page(id)
     });
-    response.headers_mut().insert(X_REQUEST_ID, entry.request_id.clone());
+    // Never indexed by HTTP/2's header compression: a value that differs in every response
+    // only churns the connection's table (and pushes out the headers worth keeping there).
+    let mut id = entry.request_id.clone();
+    id.set_sensitive(true);
+    response.headers_mut().insert(X_REQUEST_ID, id);
     entry.status = response.status().as_u16();
     Ok(response.map(|body| LoggedBody::new(body, entry)))
 }
