@@ -4,9 +4,12 @@
 //! flight, a send timeout for clients that stop reading, and graceful shutdown with a
 //! deadline.
 //!
-//! hyper-util's h1/h2 detection and a partial HTTP/2 preface have no deadline of their own,
-//! and hyper's `header_read_timeout` only starts once HTTP/1 is chosen, so a connection that
-//! never sends a byte would otherwise stay open for ever. The watchdog in [`drive`] closes it.
+//! Every deadline is the watchdog's in [`drive`], one per connection (hyper's own HTTP/1
+//! head timer, re-armed for every request, is off): the wait for the HTTP/2 preface or the
+//! first head, and for HTTP/1 the wait for each next head too. The watchdog also parks an
+//! HTTP/1 connection that has had no request in flight for a moment: hyper's state and
+//! buffers for it are dropped until the client sends again, so an idle connection costs a
+//! few KiB.
 //!
 //! At the cap ([`ConnectionCap`]) the accept loop stops accepting (connections wait in the
 //! kernel's backlog), says so in the log at most once a minute, and asks every connection
