@@ -562,10 +562,15 @@ where
         if let Stage::Http1 { served_before, .. } = &stage
             && open
         {
-            // Requests come and go without waking the watchdog: it looks again soon enough to
-            // park a connection that went quiet.
-            let quiet = activity.in_flight() == 0 && activity.served() > *served_before;
-            wake = wake.min(if quiet { activity.idle_since() } else { Instant::now() } + PARK_AFTER);
+            // Requests come and go without waking the watchdog, but while one is in flight
+            // (or none has been served yet) the end of the next wakes it, to park the
+            // connection once quiet: no wake-ups while a long request runs. Asked first, then
+            // looked: a request ending in between is seen one way or the other.
+            activity.quiet_watch.store(true, Ordering::SeqCst);
+            if activity.in_flight() == 0 && activity.served() > *served_before {
+                activity.quiet_watch.store(false, Ordering::SeqCst);
+                wake = wake.min(activity.idle_since() + PARK_AFTER);
+            }
         }
         let signals = async {
             tokio::select! {
@@ -579,7 +584,14 @@ where
         // The connection is polled at every wake-up; the watchdog's futures only when one of
         // them woke the task (and once to start), not at each of the connection's.
         gate.fired.store(true, Ordering::Release);
+        let mut first = true;
         let event = std::future::poll_fn(|cx| {
+            if std::mem::take(&mut first) {
+                activity.quiet_waker.register(cx.waker());
+            }
+            if activity.quieted.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(Ok(Signal::Staged));
+            }
             match stage.advance(builders, &activity, cx) {
                 Poll::Ready(Some(ended)) => return Poll::Ready(Err(ended)),
                 // Waiting became serving, or serving parked: the watchdog's times change.
@@ -719,6 +731,11 @@ struct Activity {
     /// Set while an idle HTTP/1 connection is parked: hyper closes its state for it, and
     /// the socket stays open.
     parking: AtomicBool,
+    /// Set by the watchdog when the end of the request in flight should wake it (to park the
+    /// connection once quiet); the request's end sets `quieted` and wakes `quiet_waker`.
+    quiet_watch: AtomicBool,
+    quieted: AtomicBool,
+    quiet_waker: AtomicWaker,
 }
 
 impl Activity {
@@ -733,6 +750,9 @@ impl Activity {
             draining: AtomicBool::new(false),
             multiplexed: AtomicBool::new(false),
             parking: AtomicBool::new(false),
+            quiet_watch: AtomicBool::new(false),
+            quieted: AtomicBool::new(false),
+            quiet_waker: AtomicWaker::new(),
         }
     }
 
@@ -810,7 +830,11 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         let activity = &self.0;
         activity.idle_since_ms.fetch_max(activity.now_ms(), Ordering::AcqRel);
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let last = activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last && activity.quiet_watch.load(Ordering::Relaxed) && activity.quiet_watch.swap(false, Ordering::SeqCst) {
+            activity.quieted.store(true, Ordering::Release);
+            activity.quiet_waker.wake();
+        }
     }
 }
 
