@@ -164,6 +164,8 @@ await step('a host with two targets and a policy', async () => {
   await page.getByRole('button', { name: 'Certificate of pair.ui.test', exact: true }).click();
   const targets = page.getByRole('list', { name: 'Targets of pair.ui.test' });
   await targets.getByText('healthy').first().waitFor({ timeout: WAIT });
+  // The list may draw one target before the other: wait for the second, then count.
+  await targets.getByRole('listitem').nth(1).waitFor({ timeout: WAIT });
   expect(await targets.getByRole('listitem').count() === 2, 'each target with its health');
   // A change elsewhere redraws the table live: the open details stay open.
   const made = await page.evaluate(async () => (await fetch('/api/host', {
@@ -174,6 +176,7 @@ await step('a host with two targets and a policy', async () => {
   expect(made === 200, `a host added beside: ${made}`);
   await page.getByRole('row').filter({ hasText: 'elsewhere.ui.test' }).first().waitFor({ timeout: WAIT });
   await targets.getByText('healthy').first().waitFor({ timeout: WAIT });
+  await targets.getByRole('listitem').nth(1).waitFor({ timeout: WAIT });
   expect(await targets.getByRole('listitem').count() === 2, 'the details stayed open through the redraw');
   const removed = await page.evaluate(async () => (await fetch('/api/host/elsewhere.ui.test', {
     method: 'DELETE', headers: { 'auth-token': localStorage.getItem('portico.token') || '' },
