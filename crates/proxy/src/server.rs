@@ -373,6 +373,14 @@ impl<S: Socket> AsyncWrite for Parkable<S> {
     }
 }
 
+/// `front` then `back`, in a buffer of their own.
+fn joined(front: &[u8], back: &[u8]) -> Bytes {
+    let mut both = bytes::BytesMut::with_capacity(front.len() + back.len());
+    both.extend_from_slice(front);
+    both.extend_from_slice(back);
+    both.freeze()
+}
+
 type Http1Connection<S, Svc> = http1::UpgradeableConnection<TokioIo<Parkable<S>>, Svc>;
 type Http2Connection<S, Svc> = http2::Connection<TokioIo<Parkable<S>>, Svc, TokioExecutor>;
 
@@ -439,10 +447,7 @@ where
                 if !parts.read_buf.is_empty() {
                     // What hyper had read and not parsed (a head begun) comes first next time,
                     // copied: hyper's buffer goes.
-                    let mut unread = bytes::BytesMut::with_capacity(parts.read_buf.len() + io.unread.len());
-                    unread.extend_from_slice(&parts.read_buf);
-                    unread.extend_from_slice(&io.unread);
-                    io.unread = unread.freeze();
+                    io.unread = joined(&parts.read_buf, &io.unread);
                 }
                 let parked = builders.parked.as_ref().map(Open::new);
                 *self = Stage::Waiting { io, service: parts.service, detect: false, _parked: parked };
@@ -461,9 +466,7 @@ where
                         // The client went away before saying anything.
                         return Poll::Ready(Some(Ok(())));
                     }
-                    let mut unread = bytes::BytesMut::from(std::mem::take(&mut io.unread));
-                    unread.extend_from_slice(read.filled());
-                    io.unread = unread.freeze();
+                    io.unread = joined(&io.unread, read.filled());
                     if io.unread.len() < PREFACE.len() && PREFACE.starts_with(&io.unread) {
                         // Perhaps the HTTP/2 preface: more is needed to tell.
                         cx.waker().wake_by_ref();
@@ -483,6 +486,13 @@ where
                 Poll::Ready(None)
             }
         }
+    }
+
+    /// Whether hyper's HTTP/1 state is at rest between requests (it has served one since it
+    /// was started, and none is in flight), so that closing it hands the socket back.
+    fn at_rest(&self, activity: &Activity) -> bool {
+        matches!(self, Stage::Http1 { served_before, .. } if activity.served() > *served_before)
+            && activity.in_flight() == 0
     }
 
     /// Begins closing a connection gracefully; `false` when it is better closed at once (waiting,
@@ -522,10 +532,8 @@ where
     let counted = {
         let activity = activity.clone();
         service_fn(move |request: Request<Incoming>| {
+            // (HTTP/2 was marked when hyper's HTTP/2 connection was made: `Stage::serve`.)
             let http1 = request.version() < http::Version::HTTP_2;
-            if !http1 {
-                activity.multiplexed.store(true, Ordering::Release);
-            }
             let guard = activity.begin();
             // `map`, not an async block: the block would hold the handler's future twice.
             service.call(request).map(move |response| {
@@ -559,15 +567,13 @@ where
             wake = wake.min(quiet_from + LAME_DUCK);
         }
         let open = !closing && lame_duck.is_none();
-        if let Stage::Http1 { served_before, .. } = &stage
-            && open
-        {
+        if matches!(stage, Stage::Http1 { .. }) && open {
             // Requests come and go without waking the watchdog, but while one is in flight
             // (or none has been served yet) the end of the next wakes it, to park the
             // connection once quiet: no wake-ups while a long request runs. Asked first, then
             // looked: a request ending in between is seen one way or the other.
             activity.quiet_watch.store(true, Ordering::SeqCst);
-            if activity.in_flight() == 0 && activity.served() > *served_before {
+            if stage.at_rest(&activity) {
                 activity.quiet_watch.store(false, Ordering::SeqCst);
                 wake = wake.min(activity.idle_since() + PARK_AFTER);
             }
@@ -663,15 +669,12 @@ where
                 }
                 if !closing
                     && lame_duck.is_none()
-                    && activity.in_flight() == 0
+                    && stage.at_rest(&activity)
                     && activity.idle_since().elapsed() >= PARK_AFTER
-                    && let Stage::Http1 { connection, served_before } = &mut stage
-                    && activity.served() > *served_before
                 {
-                    // Idle, and hyper has served a request since it was (re)started, so it
-                    // is at rest between requests: its closing hands the socket back.
+                    // Quiet for a while: hyper's closing hands the socket back.
                     activity.parking.store(true, Ordering::Release);
-                    Pin::new(&mut **connection).graceful_shutdown();
+                    stage.wind_down(&activity);
                 }
             }
         }

@@ -104,12 +104,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|token| {
-                !token.eq_ignore_ascii_case("close")
-                    && !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token))
-            })
-            .map(str::to_ascii_lowercase)
+            .map(|token| token.trim().to_ascii_lowercase())
+            .filter(|token| token != "close" && hop_index(token).is_none())
             .collect();
         // A token that is no header name matches nothing.
         for token in listed {
