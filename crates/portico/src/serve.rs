@@ -941,7 +941,7 @@ async fn serve_api(
                 request.extensions_mut().insert(ConnectInfo(peer));
                 router.clone().call(request)
             });
-            server::drive(&builder, stream, server::Protocol::Detect, service, &limits, watch).await;
+            server::drive(&builder, stream, server::Protocol::Detect, service, &limits, watch, None).await;
         }
     })
     .await;

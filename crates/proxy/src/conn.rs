@@ -8,6 +8,7 @@ use http::HeaderValue;
 use portico_certs::Loaded;
 
 use crate::forward::Scheme;
+use crate::server::AnswerDeadline;
 
 /// Who a request's connection is from and how it is secured: made once per connection.
 #[derive(Debug)]
@@ -18,6 +19,9 @@ pub struct Client {
     pub ip: HeaderValue,
     /// Plain or TLS.
     pub conn: Conn,
+    /// The deadline of the answer its HTTP/1 request waits for, kept by the connection's
+    /// watchdog.
+    pub answer: AnswerDeadline,
 }
 
 impl Client {
@@ -25,7 +29,7 @@ impl Client {
     pub fn new(peer: SocketAddr, conn: Conn) -> Self {
         let ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string());
         // An IP address is always a valid header value.
-        Self { peer, ip: ip.unwrap_or(HeaderValue::from_static("-")), conn }
+        Self { peer, ip: ip.unwrap_or(HeaderValue::from_static("-")), conn, answer: AnswerDeadline::default() }
     }
 }
 

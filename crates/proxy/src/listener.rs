@@ -289,9 +289,10 @@ impl HttpListener {
                     // connection gets a reload's timeouts at its next request).
                     // The request's future boxed at once: hyper and the watchdog move it
                     // several times, and it is some 4 KiB.
+                    let watched = client.clone();
                     let service =
                         service_fn(move |request| Box::pin(handle(live.load().shared.clone(), request, client.clone())));
-                    server::drive(&builder, io, protocol, service, &limits, watch).await;
+                    server::drive(&builder, io, protocol, service, &limits, watch, Some(&watched.answer)).await;
                 }
             },
         )

@@ -6,7 +6,8 @@
 //!
 //! Every deadline is the watchdog's in [`drive`], one per connection (hyper's own HTTP/1
 //! head timer, re-armed for every request, is off): the wait for the HTTP/2 preface or the
-//! first head, and for HTTP/1 the wait for each next head too. The watchdog also parks an
+//! first head, and for HTTP/1 the wait for each next head too, and for the target's answer to
+//! the request in flight ([`AnswerDeadline`]). The watchdog also parks an
 //! HTTP/1 connection that has had no request in flight for a moment: hyper's state and
 //! buffers for it are dropped until the client sends again, so an idle connection costs a
 //! few KiB.
@@ -517,9 +518,17 @@ where
 /// `idle_timeout` (HTTP/1: or `header_read_timeout`, waiting for its next head), when the cap
 /// is reached and it is idle, or at shutdown. An HTTP/1 connection with no request in flight
 /// for `PARK_AFTER` (200 ms) is parked: hyper's state for it is dropped and the socket alone waits
-/// for the next request.
-pub async fn drive<I, S, B>(builders: &Builders, io: I, protocol: Protocol, service: S, limits: &Limits, watch: Watch)
-where
+/// for the next request. `answers`, when given, is the deadline its HTTP/1 requests' wait for
+/// their targets' answers is bounded by (see [`within`]): the watchdog looks when it is due.
+pub async fn drive<I, S, B>(
+    builders: &Builders,
+    io: I,
+    protocol: Protocol,
+    service: S,
+    limits: &Limits,
+    watch: Watch,
+    answers: Option<&AnswerDeadline>,
+) where
     I: Socket,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -578,6 +587,12 @@ where
                 wake = wake.min(activity.idle_since() + PARK_AFTER);
             }
         }
+        if let Some(answers) = answers {
+            if let Some(due) = answers.due() {
+                wake = wake.min(due);
+            }
+            answers.armed(wake);
+        }
         let signals = async {
             tokio::select! {
                 () = watch.cut.cancelled() => Signal::Cut,
@@ -603,6 +618,10 @@ where
                 // Waiting became serving, or serving parked: the watchdog's times change.
                 Poll::Ready(None) => return Poll::Ready(Ok(Signal::Staged)),
                 Poll::Pending => {}
+            }
+            // A request began waiting for an answer due before the watchdog's next look.
+            if answers.is_some_and(AnswerDeadline::take_rearm) {
+                return Poll::Ready(Ok(Signal::Staged));
             }
             gate.parent.register(cx.waker());
             if gate.fired.swap(false, Ordering::AcqRel)
@@ -643,6 +662,10 @@ where
                 }
             }
             Ok(Signal::Timer) => {
+                if let Some(answers) = answers {
+                    // An overdue answer ends its request's wait when hyper polls it next.
+                    answers.look();
+                }
                 if activity.write_stalled(limits) {
                     tracing::debug!(timeout = ?limits.send_timeout, "closing a connection whose client stopped reading");
                     return;
@@ -822,6 +845,129 @@ impl Activity {
         } else {
             soonest
         }
+    }
+}
+
+/// The deadline for the target's answer to the request an HTTP/1 connection is serving (one at
+/// a time), kept by the connection's watchdog in [`drive`]: no timer of its own per request.
+/// A connection's [`Client`](crate::conn::Client) holds it; HTTP/2 streams run as tasks of
+/// their own, so their requests keep a timer each (see [`within`]).
+#[derive(Debug)]
+pub struct AnswerDeadline {
+    epoch: Instant,
+    /// When the answer is due, in milliseconds since `epoch`; 0: no request is waiting for one.
+    due_ms: AtomicU64,
+    /// When the watchdog looks next, in milliseconds since `epoch`.
+    armed_ms: AtomicU64,
+    /// Set when an answer is due before the watchdog looks next: it looks again.
+    rearm: AtomicBool,
+    /// Set by the watchdog when the answer is overdue.
+    overdue: AtomicBool,
+}
+
+impl Default for AnswerDeadline {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            due_ms: 0.into(),
+            armed_ms: u64::MAX.into(),
+            rearm: false.into(),
+            overdue: false.into(),
+        }
+    }
+}
+
+impl AnswerDeadline {
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When the answer waited for is due, unless it is overdue already.
+    fn due(&self) -> Option<Instant> {
+        let due = self.due_ms.load(Ordering::Acquire);
+        (due != 0 && !self.overdue.load(Ordering::Acquire)).then(|| self.epoch + Duration::from_millis(due))
+    }
+
+    /// Notes when the watchdog looks next.
+    fn armed(&self, wake: Instant) {
+        self.armed_ms.store(self.ms(wake), Ordering::Release);
+    }
+
+    /// Whether an answer became due before the watchdog looks next (it must look again).
+    fn take_rearm(&self) -> bool {
+        self.rearm.load(Ordering::Relaxed) && self.rearm.swap(false, Ordering::AcqRel)
+    }
+
+    /// The watchdog's look: marks the answer overdue when it is.
+    fn look(&self) {
+        if self.due().is_some_and(|due| due <= Instant::now()) {
+            self.overdue.store(true, Ordering::Release);
+        }
+    }
+
+    fn start(&self, timeout: Duration) {
+        let due = self.ms(Instant::now() + timeout).max(1);
+        self.overdue.store(false, Ordering::Release);
+        self.due_ms.store(due, Ordering::Release);
+        if due < self.armed_ms.load(Ordering::Acquire) {
+            self.rearm.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Ends an answer's deadline when the wait for it ends (answered, failed or dropped).
+#[derive(Debug)]
+struct Waited<'a>(&'a AnswerDeadline);
+
+impl Drop for Waited<'_> {
+    fn drop(&mut self) {
+        self.0.due_ms.store(0, Ordering::Release);
+        self.0.overdue.store(false, Ordering::Release);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future bounded by a deadline: its output, or `None` when it did not finish in time.
+    #[project = WithinProjection]
+    enum Within<'a, F> {
+        /// The connection's watchdog keeps the deadline.
+        Watched { #[pin] inner: F, waited: Waited<'a> },
+        /// A timer of its own.
+        Timed { #[pin] inner: F, #[pin] timer: tokio::time::Sleep },
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            WithinProjection::Watched { inner, waited } => match inner.poll(cx) {
+                Poll::Ready(output) => Poll::Ready(Some(output)),
+                Poll::Pending if waited.0.overdue.load(Ordering::Acquire) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            WithinProjection::Timed { inner, timer } => match inner.poll(cx) {
+                Poll::Ready(output) => Poll::Ready(Some(output)),
+                Poll::Pending => timer.poll(cx).map(|()| None),
+            },
+        }
+    }
+}
+
+/// `answer` bounded by `timeout`: by the watchdog's `deadline` when the future runs in the
+/// connection's own task (an HTTP/1 request's does), else by a timer of its own.
+pub fn within<'a, F: Future>(
+    deadline: Option<&'a AnswerDeadline>,
+    timeout: Duration,
+    answer: F,
+) -> impl Future<Output = Option<F::Output>> + use<'a, F> {
+    match deadline {
+        Some(deadline) => {
+            deadline.start(timeout);
+            Within::Watched { inner: answer, waited: Waited(deadline) }
+        }
+        None => Within::Timed { inner: answer, timer: tokio::time::sleep(timeout) },
     }
 }
 

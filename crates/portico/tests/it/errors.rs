@@ -69,6 +69,38 @@ async fn refused_target_is_502_and_silent_target_is_504() {
 }
 
 #[tokio::test]
+async fn the_target_answer_deadline_holds_on_http1_and_http2_whatever_the_other_timeouts() {
+    let silent = Backend::silent().await;
+    let slow = Backend::start("slow").await;
+    // An answer allowed longer than the wait for a request head, and one allowed less than
+    // it: the deadline is the connection watchdog's for HTTP/1 (it looks at whichever comes
+    // first), a timer's for HTTP/2 streams.
+    for (upstream, header_read, sleep) in [("1s", "30s", "/sleep/600"), ("2s", "1s", "/sleep/1500")] {
+        let p = portico(&[
+            &format!("proxy.upstream_timeout=\"{upstream}\""),
+            &format!("proxy.header_read_timeout=\"{header_read}\""),
+        ]);
+        p.add_host("silent.test", silent.addr, &[]);
+        p.add_host("slow.test", slow.addr, &[]);
+        let allowed = Duration::from_secs(upstream[..1].parse().unwrap());
+        for client in [Proxy::h1(p.http), Proxy::h2c(p.http)] {
+            let asked = std::time::Instant::now();
+            let answer = client.get("silent.test", "/").await;
+            let waited = asked.elapsed();
+            assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT, "upstream {upstream}, header read {header_read}");
+            assert!(
+                waited >= allowed && waited < allowed + Duration::from_secs(2),
+                "504 after {waited:?}: the deadline is {upstream}"
+            );
+            // The same connection goes on: an answer inside the deadline (longer than the
+            // head wait in the second case) is the target's.
+            let answer = client.get("slow.test", sleep).await;
+            assert_eq!(answer.status, StatusCode::OK, "upstream {upstream}, header read {header_read}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn slow_headers_are_cut_off() {
     let p = portico(&["proxy.header_read_timeout=\"1s\""]);
     let mut stream = TcpStream::connect(p.http).await.unwrap();

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::balance::{Choice, Health};
 use crate::pool::{Lease, Pool, Returning};
 use crate::response::{BoxError, ProxyBody, ProxyError, chain};
+use crate::server::within;
 use crate::{ProxyConfig, ProxyState};
 
 mod headers;
@@ -85,7 +86,6 @@ impl TargetClient {
             let path = parts.uri.path_and_query().cloned();
             parts.uri = Uri::from(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
         }
-        parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         if let Some(protocol) = &upgrade {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -94,19 +94,24 @@ impl TargetClient {
         add_forwarded(&mut parts.headers, origin);
 
         let asked = self.metrics.counts_requests().then(std::time::Instant::now);
+        // An HTTP/1 request runs in its connection's task: the connection's watchdog keeps
+        // its deadline. An HTTP/2 stream is a task of its own, with a timer.
+        let watched = (parts.version < Version::HTTP_2).then_some(&origin.client.answer);
+        parts.version = Version::HTTP_11;
         // Built inside the call, not bound first: a future held in a variable and then moved
-        // into `timeout` takes room twice in this one's state.
-        let (mut response, lease) = match tokio::time::timeout(
+        // into `within` takes room twice in this one's state.
+        let (mut response, lease) = match within(
+            watched,
             self.config.upstream_timeout,
-            self.send(Request::from_parts(parts, body), routed, &mut choice, origin.client.peer.ip(), target),
+            Box::pin(self.send(Request::from_parts(parts, body), routed, &mut choice, origin.client.peer.ip(), target)),
         )
         .await
         {
-            Err(_) => {
+            None => {
                 self.health.failed(&choice, "no answer in time");
                 return Err(ProxyError::TargetTimeout);
             }
-            Ok(result) => result?,
+            Some(result) => result?,
         };
         self.health.succeeded(&choice);
         if let Some(asked) = asked {
