@@ -40,6 +40,10 @@ async function step(name, body) {
   process.stdout.write(`step: ${name}\n`);
   try {
     await body();
+    // Nothing the page shows is a JavaScript value that leaked into text.
+    const text = await page.evaluate(() => document.body.innerText);
+    const leaked = text.match(/\b(null|undefined|NaN|\[object Object\])\b/);
+    expect(!leaked, `the page shows "${leaked && leaked[0]}": ${leaked && JSON.stringify(text.slice(Math.max(0, leaked.index - 160), leaked.index + 60))}`);
   } catch (error) {
     await page.screenshot({ path: `${artifacts}/failed-${name.replace(/\W+/g, '-')}.png`, fullPage: true }).catch(() => {});
     process.stdout.write(`FAILED: ${name}: ${error.stack || error}\n`);
@@ -78,6 +82,12 @@ async function eventually(what, probe) {
   }
 }
 
+/** The live events the page has taken in so far. */
+const eventsSeen = () => page.evaluate(() => Number(document.body.dataset.events || 0));
+
+/** The toasts on screen. */
+const toasts = () => page.locator('#notice p').allTextContents();
+
 /** Follows a link of the navigation bar and waits for its page. */
 async function go(link, heading) {
   await page.getByRole('link', { name: link, exact: true }).click();
@@ -90,6 +100,15 @@ await step('sign in with the keyboard', async () => {
   const response = await page.goto(base + '/');
   const policy = response.headers()['content-security-policy'] || '';
   expect(policy.includes("script-src 'self'") && policy.includes("frame-ancestors 'none'"), `CSP: ${policy}`);
+  await page.getByRole('heading', { name: 'Sign in to Portico' }).waitFor({ timeout: WAIT });
+  expect(!(await page.getByRole('navigation').isVisible()), 'no navigation before signing in');
+  expect(!(await page.getByRole('button', { name: 'Sign out' }).isVisible()), 'no "Sign out" before signing in');
+  // The icon the page names loads, and so does the one browsers look for unasked.
+  const icon = await page.evaluate(() => document.querySelector('link[rel="icon"]').href);
+  for (const url of [icon, base + '/favicon.ico']) {
+    const got = await page.evaluate(async (u) => { const r = await fetch(u); return [r.status, r.headers.get('content-type')]; }, url);
+    expect(got[0] === 200 && got[1] === 'image/svg+xml', `${url}: ${got}`);
+  }
   await page.getByLabel('User name').focus();
   await page.keyboard.type('admin');
   await page.keyboard.press('Tab');
@@ -122,8 +141,13 @@ await step('add a host and see it routed', async () => {
   await form.getByLabel('Target address').fill('127.0.0.1');
   await form.getByLabel('Target port').fill(env.BACKEND_PORT);
   await form.getByLabel('Redirect HTTP to HTTPS').uncheck();
+  const before = await eventsSeen();
   await form.getByRole('button', { name: 'Add host' }).click();
   await page.getByRole('table', { name: 'Hosts' }).getByText('ui.example.test').waitFor({ timeout: WAIT });
+  // The action says so once: its live event, when it comes, is not announced again.
+  await eventually('the live event of the new host', async () => (await eventsSeen()) > before);
+  const said = await toasts();
+  expect(said.length === 1, `one toast for one action: ${JSON.stringify(said)}`);
   const answer = await eventually('the new host routed', async () => {
     const got = await viaProxy('ui.example.test');
     return got.status === 200 ? got : null;
@@ -269,6 +293,8 @@ await step('a change made through the CLI appears without a reload', async () =>
     '--data-dir', env.TEST_DATA_DIR]);
   await page.getByRole('table', { name: 'Hosts' }).getByText('cli.example.test').waitFor({ timeout: WAIT });
   expect(marker && await page.evaluate(() => window.__noReload === true), 'the page was not reloaded');
+  // A change made elsewhere is announced.
+  await page.locator('#notice p').filter({ hasText: 'cli.example.test' }).waitFor({ timeout: WAIT });
 });
 
 await step('overview', async () => {
@@ -291,20 +317,49 @@ await step('readable at 375 px wide', async () => {
   expect(remove && remove.x >= 0 && remove.x + remove.width <= 375, `a row's actions are on screen: ${JSON.stringify(remove)}`);
 });
 
-await step('sign out revokes the token', async () => {
+const NEW_PASSWORD = 'the-admins-new-password-2';
+
+await step('change your own password', async () => {
   await page.setViewportSize({ width: 1200, height: 850 });
+  await go('Account', 'Account');
+  const form = page.getByRole('form', { name: 'Change your password' });
+  await form.getByLabel('Current password').fill('not-the-password');
+  await form.getByLabel('New password', { exact: true }).fill(NEW_PASSWORD);
+  await form.getByLabel('New password again').fill(NEW_PASSWORD);
+  await form.getByRole('button', { name: 'Change password' }).click();
+  const refused = await form.getByRole('alert').first().textContent({ timeout: WAIT });
+  expect(/current password is not right/.test(refused), `a wrong current password is refused on its field: ${refused}`);
+  await form.getByLabel('Current password').fill(env.TEST_PASSWORD);
+  await form.getByRole('button', { name: 'Change password' }).click();
+  await page.locator('#notice p').filter({ hasText: 'Password changed' }).waitFor({ timeout: WAIT });
+  const still = await page.evaluate(async (t) => (await fetch('/api/user/me', { headers: { 'auth-token': t } })).status, token);
+  expect(still === 200, `this session goes on: ${still}`);
+});
+
+await step('sign out revokes the token', async () => {
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByRole('heading', { name: 'Sign in to Portico' }).waitFor({ timeout: WAIT });
   const status = await page.evaluate(async (t) => (await fetch('/api/user/me', { headers: { 'auth-token': t } })).status, token);
   expect(status === 401, `the old token is revoked: ${status}`);
   expect(await page.evaluate(() => localStorage.getItem('portico.token')) === null, 'the token is forgotten');
+  expect(!(await page.getByRole('navigation').isVisible()), 'no navigation once signed out');
+  expect(!(await page.getByRole('button', { name: 'Sign out' }).isVisible()), 'no "Sign out" once signed out');
+});
+
+await step('sign in with the new password', async () => {
+  await page.getByLabel('User name').fill('admin');
+  await page.getByLabel('Password').fill(NEW_PASSWORD);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  // Back on the page one signed out from.
+  await page.getByRole('heading', { name: 'Account' }).waitFor({ timeout: WAIT });
+  expect(await page.getByRole('navigation').isVisible(), 'the navigation once signed in');
 });
 
 await browser.close();
 // The browser logs every 4xx answer as a failed load: the refusals these steps ask for (a
-// revoked token, fields the API rejects, a host without a certificate yet). Anything else
-// the page logged is a bug.
-const expected = /Failed to load resource: the server responded with a status of (401|404|422)/;
+// wrong password, a revoked token, fields the API rejects). Anything else the page logged
+// (a host without a certificate yet is no error, and the icon is there) is a bug.
+const expected = /Failed to load resource: the server responded with a status of (401|422)/;
 const unexpected = problems.filter((p) => !expected.test(p));
 if (unexpected.length) {
   process.stdout.write(`FAILED: the page logged errors:\n${unexpected.join('\n')}\n`);

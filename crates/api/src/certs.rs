@@ -20,6 +20,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::openapi as doc;
 use crate::state::Api;
+use crate::wire::Results;
 
 /// `GET /api/cert/{host}[?include_private_key=true|false]`: the stored certificate's metadata and
 /// Portico's state for the name (attempts, backoff, last error). A name whose issuance keeps
@@ -55,40 +56,7 @@ pub async fn get(
     if blob.is_none() && state.is_none() {
         return Err(not_found());
     }
-    let mut results = CertView { host: name.clone(), ..CertView::default() };
-    let stored = match &blob {
-        Some(bytes) => {
-            let stored: Map<String, Value> =
-                serde_json::from_slice(bytes).map_err(|_| ApiError::Internal("a stored certificate is not JSON"))?;
-            let pem = |field: &str| stored.get(field).and_then(Value::as_str).map(str::to_owned);
-            let chain = pem("fullchain_pem")
-                .or_else(|| pem("cert_pem"))
-                .ok_or(ApiError::Internal("a stored certificate has no PEM"))?;
-            results.meta = Some(metadata(&chain).ok_or(ApiError::Internal("a stored certificate does not parse"))?);
-            results.cert_pem = Some(pem("cert_pem"));
-            results.fullchain_pem = Some(pem("fullchain_pem"));
-            results.last_error = Some(pem("last_error"));
-            stored
-        }
-        None => {
-            results.status = Some("none");
-            Map::new()
-        }
-    };
-    if let Some(state) = &state {
-        let millis = |secs: i64| (secs > 0).then_some(secs * 1000);
-        let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-        results.progress = Some(Progress {
-            issued_by: text(&state.issuer),
-            last_attempt: millis(state.last_attempt),
-            next_attempt: millis(state.next_attempt),
-            failures: state.failures,
-            last_error_type: text(&state.last_error_type),
-            step: text(&state.step),
-            failed_step: text(&state.failed_step),
-        });
-        results.last_error = Some(text(&state.last_error));
-    }
+    let (mut results, stored) = view(name.clone(), blob.as_deref(), state.as_ref())?;
     // The seed answers the stored JSON itself (`cert_pem`, `fullchain_pem`, `privkey_pem`,
     // `expiry`), and its UI downloads those fields: they are at the top level too.
     let export_key = match query.get("include_private_key").map(String::as_str) {
@@ -111,6 +79,75 @@ pub async fn get(
     }
     let stored = stored.into_iter().filter(|(field, _)| field != "privkey_pem").collect();
     Ok(Json(CertAnswer { item: host, results, stored, privkey_pem }))
+}
+
+/// Portico's view of the certificate `name` from its stored blob and its state (either may be
+/// missing, not both), and the blob's own fields.
+fn view(
+    name: String,
+    blob: Option<&[u8]>,
+    state: Option<&CertState>,
+) -> Result<(CertView, Map<String, Value>), ApiError> {
+    let mut results = CertView { host: name, ..CertView::default() };
+    let stored = match blob {
+        Some(bytes) => {
+            let stored: Map<String, Value> =
+                serde_json::from_slice(bytes).map_err(|_| ApiError::Internal("a stored certificate is not JSON"))?;
+            let pem = |field: &str| stored.get(field).and_then(Value::as_str).map(str::to_owned);
+            let chain = pem("fullchain_pem")
+                .or_else(|| pem("cert_pem"))
+                .ok_or(ApiError::Internal("a stored certificate has no PEM"))?;
+            results.meta = Some(metadata(&chain).ok_or(ApiError::Internal("a stored certificate does not parse"))?);
+            results.cert_pem = Some(pem("cert_pem"));
+            results.fullchain_pem = Some(pem("fullchain_pem"));
+            results.last_error = Some(pem("last_error"));
+            stored
+        }
+        None => {
+            results.status = Some("none");
+            Map::new()
+        }
+    };
+    if let Some(state) = state {
+        let millis = |secs: i64| (secs > 0).then_some(secs * 1000);
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        results.progress = Some(Progress {
+            issued_by: text(&state.issuer),
+            last_attempt: millis(state.last_attempt),
+            next_attempt: millis(state.next_attempt),
+            failures: state.failures,
+            last_error_type: text(&state.last_error_type),
+            step: text(&state.step),
+            failed_step: text(&state.failed_step),
+        });
+        results.last_error = Some(text(&state.last_error));
+    }
+    Ok((results, stored))
+}
+
+/// `GET /api/cert`: every certificate Portico manages (on-demand, wildcard, internal, taken
+/// over from the seed once renewed), with its state, by name; no PEMs. A name whose issuance
+/// keeps failing is listed with `status: "none"`. A host without a certificate yet is not an
+/// error here: it is simply not listed.
+#[utoipa::path(
+    get,
+    path = "/api/cert",
+    tag = "certs",
+    responses((status = 200, body = doc::Results<Vec<CertView>>), doc::AuthErrors),
+    security(("token" = []), ("bearer" = []))
+)]
+pub async fn list(State(api): State<Api>, _caller: Caller) -> Result<Json<Results<Vec<CertView>>>, ApiError> {
+    let mut certs = Vec::new();
+    for (name, fields) in api.store.records(Kind::Cert).await? {
+        let state = CertState::from_fields(&fields);
+        let blob = api.store.blob(&keys::cert_latest(&name)).await?;
+        let (mut cert, _) = view(name, blob.as_deref(), Some(&state))?;
+        cert.cert_pem = None;
+        cert.fullchain_pem = None;
+        certs.push(cert);
+    }
+    certs.sort_by(|a, b| a.host.cmp(&b.host));
+    Ok(Json(Results::new(certs)))
 }
 
 /// `GET /api/cert/{host}`: Portico's view under `results`, and the stored certificate's own

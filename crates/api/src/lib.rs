@@ -51,6 +51,7 @@ fn documented() -> OpenApiRouter<Api> {
         .routes(routes!(users::own_password))
         .routes(routes!(users::user_password))
         .routes(routes!(users::delete))
+        .routes(routes!(certs::list))
         .routes(routes!(certs::get))
         .routes(routes!(dns::list, dns::create, dns::types))
         .routes(routes!(dns::list_domains, dns::create_domain))

@@ -185,9 +185,9 @@ pub struct NewPassword {
     password: String,
 }
 
-/// The caller's new password (at least 8 characters), with the current one.
+/// The caller's new password (at least 8 characters), with the current one
+/// (`currentPassword` is read too).
 #[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
 pub struct OwnPassword {
     current_password: String,
     password: String,

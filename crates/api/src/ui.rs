@@ -13,6 +13,7 @@ use axum::routing::get;
 const INDEX: &str = include_str!("../ui/index.html");
 const SCRIPT: &str = include_str!("../ui/app.js");
 const STYLE: &str = include_str!("../ui/app.css");
+const ICON: &str = include_str!("../ui/icon.svg");
 /// socket.io's browser client (the npm package `socket.io-client`, at the version
 /// `browser/package-lock.json` pins; MIT), which socket.io servers serve at
 /// `/socket.io/socket.io.js` and the seed's pages load from there.
@@ -40,6 +41,9 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/ui/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+        .route("/ui/icon.svg", get(|| async { asset("image/svg+xml", ICON) }))
+        // Where browsers and feed readers look when a page names no icon.
+        .route("/favicon.ico", get(|| async { asset("image/svg+xml", ICON) }))
 }
 
 /// `/socket.io/socket.io.js`: the client script, as a socket.io server serves it.

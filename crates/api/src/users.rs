@@ -160,7 +160,7 @@ pub struct Me {
     role: &'static str,
 }
 
-/// `PUT /api/user/password {currentPassword, password}`: the caller's own password, given
+/// `PUT /api/user/password {current_password, password}`: the caller's own password, given
 /// the current one (a stolen session cannot take the account over). Other sessions end.
 #[utoipa::path(
     put,
@@ -228,7 +228,7 @@ async fn set_password(
     if let Some(given) = change.current
         && !auth::verify_password(given, user.password_hash.clone()).await.0
     {
-        let wrong = FieldError::refused("currentPassword", "the current password is not right");
+        let wrong = FieldError::refused(change.current_field, "the current password is not right");
         return Err(ApiError::Validation(vec![wrong]));
     }
     let hash = auth::hash_password(change.password).await?;

@@ -38,12 +38,17 @@ async fn the_last_admin_stays_and_ones_own_password_needs_the_current_one() {
     let last = api.call("DELETE", "/api/user/admin", Value::Null).await;
     assert_eq!((last.status, last.keys()), (StatusCode::UNPROCESSABLE_ENTITY, vec!["username"]));
     let without = api.call("PUT", "/api/user/password", json!({"password": "new-password-1"})).await;
-    assert_eq!((without.status, without.keys()), (StatusCode::UNPROCESSABLE_ENTITY, vec!["currentPassword"]));
+    assert_eq!((without.status, without.keys()), (StatusCode::UNPROCESSABLE_ENTITY, vec!["current_password"]));
+    let wrong = api
+        .call("PUT", "/api/user/password", json!({"current_password": "nope-nope", "password": "new-password-1"}))
+        .await;
+    assert_eq!((wrong.status, wrong.keys()), (StatusCode::UNPROCESSABLE_ENTITY, vec!["current_password"]));
+    // The name earlier versions documented still works, and errors name it back.
     let wrong = api
         .call("PUT", "/api/user/password", json!({"currentPassword": "nope-nope", "password": "new-password-1"}))
         .await;
     assert_eq!(wrong.keys(), ["currentPassword"]);
-    let body = json!({"currentPassword": ADMIN_PASSWORD, "password": "new-password-1"});
+    let body = json!({"current_password": ADMIN_PASSWORD, "password": "new-password-1"});
     let changed = api.call("PUT", "/api/user/password", body).await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.json);
     assert_eq!(changed.json["results"]["updated_by"], "admin");

@@ -186,6 +186,11 @@ async fn every_documented_answer_is_the_live_one() {
     let cert = c.call("get", "/api/cert/{host}", without, Value::Null, ok).await;
     assert!(cert.get("privkey_pem").is_none() && cert["results"].get("privkey_pem").is_none(), "{cert}");
     assert_eq!((cert["results"]["failures"].as_u64(), cert["results"]["last_error"].as_str()), (Some(1), Some("once")));
+    // The list: every managed certificate, no PEM in it.
+    let all = c.call("get", "/api/cert", "/api/cert", Value::Null, ok).await;
+    assert_eq!(all["results"][0]["host"], "app.test", "{all}");
+    assert_eq!(all["results"][0]["names"], json!(["app.test"]), "{all}");
+    assert!(!all.to_string().contains("BEGIN"), "no PEM in the list: {all}");
     c.call("get", "/api/host/lookup/{item}", "/api/host/lookup/app.test", Value::Null, ok).await;
     c.call("get", "/api/host/lookupobj", "/api/host/lookupobj", Value::Null, ok).await;
     // DNS: a provider account as the store holds one (adding one checks its credentials with
@@ -215,7 +220,7 @@ async fn every_documented_answer_is_the_live_one() {
     // Deletions and the caller's own password last.
     c.call("delete", "/api/host/{item}", "/api/host/app.test", Value::Null, ok).await;
     c.call("delete", "/api/user/{username}", "/api/user/erin", Value::Null, ok).await;
-    let own = json!({"currentPassword": common::ADMIN_PASSWORD, "password": "admin-password-2"});
+    let own = json!({"current_password": common::ADMIN_PASSWORD, "password": "admin-password-2"});
     c.call("put", "/api/user/password", "/api/user/password", own, ok).await;
     // Logout answers any method: each with a session of its own.
     for method in ["get", "post", "put", "patch", "delete"] {

@@ -46,9 +46,29 @@ class ApiError extends Error {
   }
 }
 
+/** What this page changed lately (key → when): the live event of one's own change is not
+ * announced again (the action said it already). */
+const own = new Map();
+const OWN_FOR = 10000;
+
+/** Notes the keys a change is about, before it is sent (its event may come before its
+ * answer), and again from the answer (keys only the server knew, such as a new id). */
+function noteOwn(path, body, data) {
+  const now = Date.now();
+  for (const [key, at] of own) if (now - at > OWN_FOR) own.delete(key);
+  const keys = path.split('?')[0].split('/').slice(1).map((part) => decodeURIComponent(part));
+  for (const field of ['host', 'name', 'username', 'id']) {
+    if (body && typeof body[field] === 'string') keys.push(body[field]);
+    if (data && data.results && typeof data.results[field] === 'string') keys.push(data.results[field]);
+  }
+  for (const key of keys) own.set(key, now);
+}
+
 async function api(method, path, body) {
   const headers = { 'auth-token': localStorage.getItem(TOKEN) || '' };
   if (body !== undefined) headers['content-type'] = 'application/json';
+  const changing = method !== 'GET' && method !== 'OPTIONS';
+  if (changing) noteOwn(path, body, null);
   const res = await fetch('/api/' + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await res.text();
   let data = null;
@@ -58,6 +78,7 @@ async function api(method, path, body) {
     throw new ApiError(401, data);
   }
   if (!res.ok) throw new ApiError(res.status, data);
+  if (changing) noteOwn(path, body, data);
   return data;
 }
 
@@ -110,7 +131,7 @@ function check(label, name, checked) {
 
 function page(title, ...content) {
   document.title = `${title} · Portico`;
-  main().replaceChildren(h('h1', { tabindex: '-1' }, title), ...content);
+  main().replaceChildren(h('h1', { tabindex: '-1' }, title), ...content.filter(Boolean));
 }
 
 // ---------- sign in and out ----------
@@ -182,9 +203,13 @@ function follow() {
 /** The pages that show what the events are about, redrawn when something changes. */
 const LIVE = new Set(['overview', 'hosts', 'dns']);
 let refreshTimer = null;
+let eventsSeen = 0;
 function changed(event) {
+  // How many live events the page has taken in (tests wait on it).
+  document.body.dataset.events = String(++eventsSeen);
   const [, model, action, key] = (event.topic || '').split(':');
-  if (model && key) notice(`${model} ${key} ${action === 'remove' ? 'removed' : action + 'd'}`);
+  const mine = key && own.has(key) && Date.now() - own.get(key) < OWN_FOR;
+  if (model && key && !mine) notice(`${model} ${key} ${action === 'remove' ? 'removed' : action + 'd'}`);
   if (!LIVE.has(currentPage()) && event.topic !== 'resync') return;
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(() => route(true), 150);
@@ -192,14 +217,15 @@ function changed(event) {
 
 // ---------- pages ----------
 
+/** The certificate that covers `name` among `certs` (`GET /api/cert`): its own, or the
+ * wildcard one of its parent; undefined when it has none yet. */
+function certOf(name, certs) {
+  const parent = name.includes('.') ? name.slice(name.indexOf('.') + 1) : '';
+  return certs.find((c) => c.host === name) || (parent.includes('.') ? certs.find((c) => c.host === `*.${parent}`) : undefined);
+}
+
 async function overviewPage() {
-  const hosts = (await api('GET', 'host?detail=true')).results;
-  const exact = hosts.filter((x) => !x.host.includes('*')).slice(0, 100);
-  const wild = hosts.filter((x) => x.host.includes('*'));
-  const certs = (await Promise.all([...exact, ...wild].map((x) =>
-    api('GET', `cert/${enc(x.host)}?include_private_key=false`).then((c) => c.results).catch(() => null))))
-    .filter(Boolean);
-  const unique = [...new Map(certs.map((c) => [c.host, c])).values()];
+  const [hosts, unique] = await Promise.all([api('GET', 'host?detail=true'), api('GET', 'cert')]).then(([listed, known]) => [listed.results, known.results]);
   const expiring = unique.filter((c) => c.not_after).sort((a, b) => a.not_after - b.not_after).slice(0, 10);
   const failing = unique.filter((c) => c.failures > 0);
   const rate = h('p', { id: 'request-rate' }, '…');
@@ -348,9 +374,14 @@ async function targetHealth(name) {
 
 async function certDetails(name, into) {
   if (!into.firstChild) into.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
-  const health = await targetHealth(name);
+  // Only hosts whose targets' health is followed have a list (DOM methods print a null).
+  const health = [await targetHealth(name)].filter(Boolean);
   try {
-    const c = (await api('GET', `cert/${enc(name)}?include_private_key=false`)).results;
+    const c = certOf(name, (await api('GET', 'cert')).results);
+    if (!c) {
+      into.replaceChildren(h('p', { class: 'muted' }, 'No certificate yet: one is issued on the first HTTPS request.'), ...health);
+      return;
+    }
     // An issuance under way: its progress is followed while the details show.
     if (!SETTLED.has(c.step || '')) setTimeout(() => { if (into.isConnected && !into.closest('[hidden]')) certDetails(name, into); }, 1000);
     into.replaceChildren(h('dl', { class: 'kv' },
@@ -360,9 +391,9 @@ async function certDetails(name, into) {
       h('dt', {}, 'Expires'), h('dd', {}, when(c.not_after)),
       h('dt', {}, 'Next attempt'), h('dd', {}, when(c.next_attempt)),
       h('dt', {}, 'Failures'), h('dd', {}, c.failures ?? 0),
-      h('dt', {}, 'Last error'), h('dd', { class: c.last_error ? 'error' : '' }, c.last_error || '—')), health);
+      h('dt', {}, 'Last error'), h('dd', { class: c.last_error ? 'error' : '' }, c.last_error || '—')), ...health);
   } catch (error) {
-    into.replaceChildren(h('p', { class: 'muted' }, error.status === 404 ? 'No certificate yet: one is issued on the first HTTPS request.' : error.message), health);
+    into.replaceChildren(h('p', { class: 'error' }, error.message), ...health);
   }
 }
 
@@ -381,8 +412,18 @@ function policies(host) {
 /** Redraws the current page's data in place (set by pages whose forms must survive it). */
 let redraw = null;
 
+/** A host's certificate in a few words, as a badge. */
+function certBadge(host, certs) {
+  const c = certOf(host, certs);
+  if (!c) return h('span', { class: 'badge' }, host.includes('*') ? 'per name, on demand' : 'none yet');
+  if (c.status === 'none') return h('span', { class: 'badge bad' }, 'failing');
+  if (c.status !== 'valid') return h('span', { class: 'badge bad' }, c.status);
+  const days = Math.floor((c.not_after - Date.now()) / 86400000);
+  return h('span', { class: `badge ${c.failures > 0 || days < 14 ? 'warn' : 'ok'}`, title: `until ${when(c.not_after)}` }, `valid, ${days} days left`);
+}
+
 async function hostsPage() {
-  let hosts = (await api('GET', 'host?detail=true')).results;
+  let [hosts, certs] = await Promise.all([api('GET', 'host?detail=true'), api('GET', 'cert')]).then(([listed, known]) => [listed.results, known.results]);
   const search = h('input', { type: 'search', name: 'search', placeholder: 'Search hosts', value: hostSearch });
   const editor = h('div');
   const rows = h('tbody');
@@ -392,7 +433,7 @@ async function hostsPage() {
     hostSearch = search.value;
     const q = search.value.trim().toLowerCase();
     rows.replaceChildren(...hosts.filter((x) => !q || x.host.includes(q) || String(x.ip).includes(q)).map((x) => {
-      const detail = h('td', { colspan: 5 });
+      const detail = h('td', { colspan: 6 });
       const detailRow = h('tr', { hidden: !open.has(x.host) }, detail);
       if (open.has(x.host)) certDetails(x.host, detail);
       const show = (shown) => { detailRow.hidden = !shown; if (shown) open.add(x.host); else open.delete(x.host); };
@@ -403,6 +444,7 @@ async function hostsPage() {
           h('div', {}, `${x.targetssl ? 'https' : 'http'}://${t.ip.includes(':') ? `[${t.ip}]` : t.ip}:${t.port}${t.weight > 1 ? ` ×${t.weight}` : ''}`)),
           x.targets && x.targets.length > 1 ? h('div', { class: 'muted' }, x.balance.replace('_', ' ')) : null,
           policies(x).map((p) => h('span', { class: 'badge' }, p))),
+        h('td', {}, certBadge(x.host, certs)),
         h('td', { class: 'wide' }, x.forcessl ? h('span', { class: 'badge ok' }, 'HTTPS only') : h('span', { class: 'badge' }, 'HTTP and HTTPS')),
         h('td', { class: 'wide' }, when(x.updated_on)),
         h('td', {}, h('div', { class: 'actions' },
@@ -426,11 +468,11 @@ async function hostsPage() {
     h('section', { class: 'card' }, h('h2', {}, 'Add a host'), adding),
     h('section', { class: 'card' },
       h('label', {}, 'Search', search),
-      h('table', { 'aria-label': 'Hosts' }, h('thead', {}, h('tr', {}, h('th', {}, 'Host'), h('th', {}, 'Target'), h('th', { class: 'wide' }, 'Incoming'), h('th', { class: 'wide' }, 'Updated'), h('th', {}, 'Actions'))), rows),
+      h('table', { 'aria-label': 'Hosts' }, h('thead', {}, h('tr', {}, h('th', {}, 'Host'), h('th', {}, 'Target'), h('th', {}, 'Certificate'), h('th', { class: 'wide' }, 'Incoming'), h('th', { class: 'wide' }, 'Updated'), h('th', {}, 'Actions'))), rows),
       empty));
   render();
   redraw = async () => {
-    hosts = (await api('GET', 'host?detail=true')).results;
+    [hosts, certs] = await Promise.all([api('GET', 'host?detail=true'), api('GET', 'cert')]).then(([listed, known]) => [listed.results, known.results]);
     render();
   };
 }
@@ -444,8 +486,7 @@ function testerPage() {
     event.preventDefault();
     const name = new FormData(form).get('name').trim();
     const found = await api('GET', `host/lookup/${enc(name)}`);
-    let cert = null;
-    try { cert = (await api('GET', `cert/${enc(name)}?include_private_key=false`)).results; } catch { cert = null; }
+    const cert = certOf(name, (await api('GET', 'cert')).results);
     const host = found.results;
     out.replaceChildren(h('dl', { class: 'kv', id: 'tester-result' },
       h('dt', {}, 'Name'), h('dd', {}, name),
@@ -553,9 +594,30 @@ async function tokensPage() {
       : h('p', { class: 'muted' }, 'No API tokens.')));
 }
 
+async function accountPage() {
+  const form = h('form', { class: 'grid', 'aria-label': 'Change your password' },
+    field('Current password', 'current_password', { type: 'password', required: true, autocomplete: 'current-password' }),
+    field('New password', 'password', { type: 'password', required: true, minlength: 8, autocomplete: 'new-password' }),
+    field('New password again', 'again', { type: 'password', required: true, minlength: 8, autocomplete: 'new-password' }),
+    h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Change password')));
+  onSubmit(form, async (f) => {
+    if (f.get('password') !== f.get('again')) {
+      throw new ApiError(422, { keys: [{ key: 'again', message: 'the two new passwords differ' }] });
+    }
+    await api('PUT', 'user/password', { current_password: f.get('current_password'), password: f.get('password') });
+    form.reset();
+    notice('Password changed. Your other sessions were signed out.');
+  });
+  page('Account',
+    h('section', { class: 'card' }, h('dl', { class: 'kv' },
+      h('dt', {}, 'User name'), h('dd', {}, me.username),
+      h('dt', {}, 'Role'), h('dd', {}, me.role))),
+    h('section', { class: 'card' }, h('h2', {}, 'Change your password'), form));
+}
+
 // ---------- routing ----------
 
-const PAGES = { overview: overviewPage, hosts: hostsPage, tester: testerPage, dns: dnsPage, users: usersPage, tokens: tokensPage };
+const PAGES = { overview: overviewPage, hosts: hostsPage, tester: testerPage, dns: dnsPage, users: usersPage, tokens: tokensPage, account: accountPage };
 
 function currentPage() {
   const name = (location.hash.replace(/^#\//, '') || 'overview').split('/')[0];

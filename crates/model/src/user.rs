@@ -135,27 +135,35 @@ impl NewUser {
     }
 }
 
-/// A password change from the API: `password`, and `currentPassword` when `current` (a
-/// change of one's own password names the current one).
+/// A password change from the API: `password`, and `current_password` when `current` (a
+/// change of one's own password names the current one; `currentPassword`, the name earlier
+/// versions documented, is read too).
 #[derive(Debug)]
 pub struct PasswordChange {
     /// The current password, as given (checked against the stored hash by the caller).
     pub current: Option<String>,
+    /// The field the current password came in (what an error about it names).
+    pub current_field: &'static str,
     /// The new password in clear.
     pub password: String,
 }
 
 impl PasswordChange {
-    /// The change from the API's `{currentPassword?, password}`.
+    /// The change from the API's `{current_password?, password}`.
     pub fn from_json(body: &Body, current: bool) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let given = current.then(|| required(body, "currentPassword", &mut errors)).flatten();
+        let current_field = if body.contains_key("currentPassword") && !body.contains_key("current_password") {
+            "currentPassword"
+        } else {
+            "current_password"
+        };
+        let given = current.then(|| required(body, current_field, &mut errors)).flatten();
         let password = required(body, "password", &mut errors);
         if let Some(problem) = password.as_deref().and_then(|p| password_problem("password", p)) {
             errors.push(problem);
         }
         match password {
-            Some(password) if errors.is_empty() => Ok(Self { current: given, password }),
+            Some(password) if errors.is_empty() => Ok(Self { current: given, current_field, password }),
             _ => Err(errors),
         }
     }
@@ -224,7 +232,7 @@ mod tests {
     #[test]
     fn a_password_change_names_the_current_one_when_asked() {
         let own = PasswordChange::from_json(&body(json!({"password": "new password"})), true).unwrap_err();
-        assert_eq!(own.iter().map(FieldError::field).collect::<Vec<_>>(), ["currentPassword"]);
+        assert_eq!(own.iter().map(FieldError::field).collect::<Vec<_>>(), ["current_password"]);
         let admin = PasswordChange::from_json(&body(json!({"password": "new password"})), false).unwrap();
         assert_eq!((admin.current, admin.password.as_str()), (None, "new password"));
         let short = PasswordChange::from_json(&body(json!({"password": "x"})), false).unwrap_err();

@@ -257,14 +257,14 @@ async fn password_changes_end_other_sessions_and_revoke_api_tokens() {
     for current in [None, Some("not-carols-password")] {
         let mut body = json!({"password": "carol-new-password"});
         if let Some(current) = current {
-            body["currentPassword"] = current.into();
+            body["current_password"] = current.into();
         }
         let refused = api.call("PUT", "/api/user/password", Some(&first), Some(body)).await;
         assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.raw);
-        assert_eq!(refused.json["keys"][0]["key"], "currentPassword", "{}", refused.raw);
+        assert_eq!(refused.json["keys"][0]["key"], "current_password", "{}", refused.raw);
     }
     assert_eq!(api.call("GET", "/api/user/me", Some(&second), None).await.status, StatusCode::OK);
-    let body = json!({"currentPassword": "carol-password", "password": "carol-new-password"});
+    let body = json!({"current_password": "carol-password", "password": "carol-new-password"});
     let changed = api.call("PUT", "/api/user/password", Some(&first), Some(body)).await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.raw);
     assert!(changed.json["results"].get("password").is_none());
