@@ -13,7 +13,7 @@
 // Prints each step; exits 1 at the first step that fails, or if the page logged an error.
 import { chromium } from 'playwright-core';
 import { execFile } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import { promisify } from 'node:util';
 
@@ -35,6 +35,19 @@ page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${
 page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
 page.on('dialog', (d) => d.accept());
 
+// axe-core (npm, Deque's accessibility rules), evaluated in the page through the DevTools
+// protocol: the page's CSP admits no injected script tag.
+const AXE = readFileSync(new URL('./node_modules/axe-core/axe.min.js', import.meta.url), 'utf8');
+
+/** Every axe-core violation on the page as it is now. */
+async function axeViolations(on) {
+  if (!(await on.evaluate(() => Boolean(window.axe)))) await on.evaluate(AXE);
+  return on.evaluate(async () => {
+    const result = await window.axe.run(document, { resultTypes: ['violations'] });
+    return result.violations.map((v) => `${v.id} (${v.impact}) at ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+  });
+}
+
 let shot = 0;
 async function step(name, body) {
   process.stdout.write(`step: ${name}\n`);
@@ -44,6 +57,9 @@ async function step(name, body) {
     const text = await page.evaluate(() => document.body.innerText);
     const leaked = text.match(/\b(null|undefined|NaN|\[object Object\])\b/);
     expect(!leaked, `the page shows "${leaked && leaked[0]}": ${leaked && JSON.stringify(text.slice(Math.max(0, leaked.index - 160), leaked.index + 60))}`);
+    // And it breaks none of axe-core's accessibility rules.
+    const violations = await axeViolations(page);
+    expect(violations.length === 0, `axe-core: ${violations.join('; ')}`);
   } catch (error) {
     await page.screenshot({ path: `${artifacts}/failed-${name.replace(/\W+/g, '-')}.png`, fullPage: true }).catch(() => {});
     process.stdout.write(`FAILED: ${name}: ${error.stack || error}\n`);
@@ -136,7 +152,8 @@ await step('a wrong password is refused', async () => {
 
 await step('add a host and see it routed', async () => {
   await go('Hosts', 'Hosts');
-  const form = page.getByRole('form', { name: 'Add a host' });
+  await page.getByRole('button', { name: 'New host' }).click();
+  const form = page.getByRole('dialog', { name: 'Add a host' }).getByRole('form', { name: 'Add a host' });
   await form.getByLabel('Host name or pattern').fill('ui.example.test');
   await form.getByLabel('Target address').fill('127.0.0.1');
   await form.getByLabel('Target port').fill(env.BACKEND_PORT);
@@ -144,6 +161,7 @@ await step('add a host and see it routed', async () => {
   const before = await eventsSeen();
   await form.getByRole('button', { name: 'Add host' }).click();
   await page.getByRole('table', { name: 'Hosts' }).getByText('ui.example.test').waitFor({ timeout: WAIT });
+  await form.waitFor({ state: 'detached', timeout: WAIT });
   // The action says so once: its live event, when it comes, is not announced again.
   await eventually('the live event of the new host', async () => (await eventsSeen()) > before);
   const said = await toasts();
@@ -156,6 +174,7 @@ await step('add a host and see it routed', async () => {
 });
 
 await step('a bad host shows the field error', async () => {
+  await page.getByRole('button', { name: 'New host' }).click();
   const form = page.getByRole('form', { name: 'Add a host' });
   await form.getByLabel('Host name or pattern').fill('bad host!');
   await form.getByLabel('Target address').fill('127.0.0.1');
@@ -173,6 +192,7 @@ await step('a host with two targets and a policy', async () => {
   await form.getByLabel('Load balancing').selectOption('least_conn');
   await form.getByLabel('Redirect HTTP to HTTPS').uncheck();
   await form.getByRole('button', { name: 'Add host' }).click();
+  await form.waitFor({ state: 'detached', timeout: WAIT });
   const row = page.getByRole('row').filter({ hasText: 'pair.ui.test' });
   await row.getByText(`http://127.0.0.1:${env.BACKEND2_PORT} ×2`).waitFor({ timeout: WAIT });
   await row.getByText('least conn').waitFor();
@@ -206,6 +226,28 @@ await step('a host with two targets and a policy', async () => {
     method: 'DELETE', headers: { 'auth-token': localStorage.getItem('portico.token') || '' },
   })).status);
   expect(removed === 200, `the host beside removed: ${removed}`);
+});
+
+await step('health checks are set in the host editor', async () => {
+  await page.getByRole('button', { name: 'Edit pair.ui.test', exact: true }).click();
+  // One editor, in a modal dialog: no second copy of the form, and the page behind is inert.
+  expect(await page.getByRole('form').count() === 1, 'one form on the page');
+  const form = page.getByRole('dialog', { name: 'Edit pair.ui.test' }).getByRole('form', { name: 'Edit pair.ui.test' });
+  await form.getByText('Health checks').click();
+  await form.getByLabel('Path to check').fill('/');
+  await form.getByLabel('Every').fill('1s');
+  await form.getByRole('button', { name: 'Save' }).click();
+  await form.waitFor({ state: 'detached', timeout: WAIT });
+  const row = page.getByRole('row').filter({ hasText: 'pair.ui.test' }).first();
+  await row.getByText('checked /').waitFor({ timeout: WAIT });
+  const saved = await page.evaluate(async () => (await (await fetch('/api/host/pair.ui.test', {
+    headers: { 'auth-token': localStorage.getItem('portico.token') || '' } })).json()).results.healthCheck);
+  expect(saved && saved.path === '/' && saved.interval === '1s', `the check as the API stores it: ${JSON.stringify(saved)}`);
+  // Esc closes the editor without saving.
+  await page.getByRole('button', { name: 'Edit pair.ui.test', exact: true }).click();
+  await page.getByRole('dialog').waitFor({ timeout: WAIT });
+  await page.keyboard.press('Escape');
+  await page.getByRole('dialog').waitFor({ state: 'hidden', timeout: WAIT });
 });
 
 await step('a password on a host', async () => {
@@ -307,7 +349,20 @@ await step('overview', async () => {
   expect(answered >= 1, `requests counted: ${await rate.textContent()}`);
 });
 
+await step('dark mode follows the system', async () => {
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await go('Hosts', 'Hosts');
+  const [background, text] = await page.evaluate(() => {
+    const style = getComputedStyle(document.body);
+    return [style.backgroundColor, style.color];
+  });
+  const light = (css) => css.match(/\d+/g).slice(0, 3).reduce((sum, v) => sum + Number(v), 0) / 765;
+  expect(light(background) < 0.2 && light(text) > 0.8, `dark: background ${background}, text ${text}`);
+  // The step's axe-core check runs on the dark page too (contrast included).
+});
+
 await step('readable at 375 px wide', async () => {
+  await page.emulateMedia({ colorScheme: 'light' });
   await page.setViewportSize({ width: 375, height: 800 });
   await go('Hosts', 'Hosts');
   await page.getByRole('table', { name: 'Hosts' }).getByText('cli.example.test').waitFor();

@@ -85,7 +85,7 @@ async function api(method, path, body) {
 const enc = (s) => encodeURIComponent(s);
 
 /** Form fields named otherwise than the API's fields. */
-const FIELD_OF = { basicAuth: 'users', rateLimit: 'perSecond' };
+const FIELD_OF = { basicAuth: 'users', rateLimit: 'perSecond', healthCheck: 'checkPath' };
 
 /** Shows an API error on a form: per-field messages where the API names the field. */
 function showErrors(form, error) {
@@ -321,6 +321,28 @@ function accessBody(f, host) {
   return out;
 }
 
+/** The health-check part of the host form: what the node asks each target, and how often. */
+function healthFields(host) {
+  const c = (host && host.healthCheck) || null;
+  return h('details', { class: 'access', open: Boolean(c) },
+    h('summary', {}, 'Health checks'),
+    h('div', { class: 'grid' },
+      field('Path to check (empty: no checks)', 'checkPath', { value: c ? c.path : '', placeholder: '/healthz' }),
+      field('Every (5s, 1m)', 'checkInterval', { value: c ? c.interval : '5s' }),
+      field('Healthy answer status', 'checkExpect', { type: 'number', min: 100, max: 599, value: c ? c.expect : 200 }),
+      field('Failures before a target is down', 'checkUnhealthy', { type: 'number', min: 1, value: c ? c.unhealthy : 3 }),
+      field('Passes before it is up again', 'checkHealthy', { type: 'number', min: 1, value: c ? c.healthy : 2 })));
+}
+
+/** The API's `healthCheck` from the form: set, removed (`null`), or left out. */
+function healthBody(f, host) {
+  const path = (f.get('checkPath') || '').trim();
+  if (!path) return host && host.healthCheck ? { healthCheck: null } : {};
+  const number = (name, fallback) => Number(f.get(name) || fallback);
+  return { healthCheck: { path, interval: (f.get('checkInterval') || '5s').trim(), expect: number('checkExpect', 200),
+    unhealthy: number('checkUnhealthy', 3), healthy: number('checkHealthy', 2) } };
+}
+
 function hostForm(host, done) {
   const editing = Boolean(host);
   const others = host && host.targets ? host.targets.slice(1) : [];
@@ -334,15 +356,17 @@ function hostForm(host, done) {
     h('label', {}, 'More targets (ip:port or ip:port@weight, one per line)',
       h('textarea', { name: 'targets', rows: 2, placeholder: '10.0.0.6:80' }, others.map((t) => `${t.ip.includes(':') ? `[${t.ip}]` : t.ip}:${t.port}${t.weight > 1 ? `@${t.weight}` : ''}`).join('\n'))),
     h('label', {}, 'Load balancing', balance),
+    h('fieldset', { class: 'checks' }, h('legend', {}, 'HTTPS'),
+      check('Redirect HTTP to HTTPS', 'forcessl', host ? host.forcessl : true),
+      check('HTTPS to the target', 'targetssl', host ? host.targetssl : false)),
     accessFields(host),
-    check('Redirect HTTP to HTTPS', 'forcessl', host ? host.forcessl : true),
-    check('HTTPS to the target', 'targetssl', host ? host.targetssl : false),
+    healthFields(host),
     h('div', { class: 'actions' },
       h('button', { class: 'primary', type: 'submit' }, editing ? 'Save' : 'Add host'),
-      editing ? h('button', { type: 'button', onclick: () => done() }, 'Cancel') : null));
+      h('button', { type: 'button', onclick: () => done(false) }, 'Cancel')));
   onSubmit(form, async (f) => {
     const body = { host: f.get('host'), ip: f.get('ip'), targetPort: Number(f.get('targetPort')), forcessl: f.has('forcessl'), targetssl: f.has('targetssl'), balance: f.get('balance') };
-    Object.assign(body, accessBody(f, host));
+    Object.assign(body, accessBody(f, host), healthBody(f, host));
     const more = parseTargets(f.get('targets') || '');
     // The first target is the address and port above; the list replaces the host's.
     if (more.length || others.length) {
@@ -351,7 +375,7 @@ function hostForm(host, done) {
     }
     const answer = editing ? await api('PUT', `host/${enc(host.host)}`, body) : await api('POST', 'host', body);
     notice(answer.message || 'Saved.');
-    done();
+    done(true);
   });
   return form;
 }
@@ -425,7 +449,15 @@ function certBadge(host, certs) {
 async function hostsPage() {
   let [hosts, certs] = await Promise.all([api('GET', 'host?detail=true'), api('GET', 'cert')]).then(([listed, known]) => [listed.results, known.results]);
   const search = h('input', { type: 'search', name: 'search', placeholder: 'Search hosts', value: hostSearch });
-  const editor = h('div');
+  // One editor, in a modal dialog, for adding and editing (Esc or Cancel closes it).
+  const editor = h('dialog', { class: 'editor', 'aria-labelledby': 'editor-title' });
+  editor.addEventListener('close', () => editor.replaceChildren());
+  const edit = (host) => {
+    editor.replaceChildren(h('h2', { id: 'editor-title' }, host ? `Edit ${host.host}` : 'Add a host'),
+      hostForm(host, (saved) => { editor.close(); if (saved) redraw(); }));
+    editor.showModal();
+    editor.querySelector('input').focus();
+  };
   const rows = h('tbody');
   // Hosts whose details are open stay open when a live change redraws the table.
   const open = new Set();
@@ -452,7 +484,7 @@ async function hostsPage() {
           h('button', { type: 'button', 'aria-label': `Renew the certificate of ${x.host}`, onclick: async () => {
             try { notice((await api('PUT', `host/${enc(x.host)}/renew`)).message); certDetails(x.host, detail); show(true); } catch (e) { notice(e.message); }
           } }, 'Renew'),
-          h('button', { type: 'button', 'aria-label': `Edit ${x.host}`, onclick: () => { editor.replaceChildren(h('section', { class: 'card' }, h('h2', {}, `Edit ${x.host}`), hostForm(x, () => { editor.replaceChildren(); redraw(); }))); editor.querySelector('input').focus(); } }, 'Edit'),
+          h('button', { type: 'button', 'aria-label': `Edit ${x.host}`, onclick: () => edit(x) }, 'Edit'),
           h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${x.host}`, onclick: async () => {
             if (!confirm(`Delete ${x.host}?`)) return;
             try { notice((await api('DELETE', `host/${enc(x.host)}`)).message); redraw(); } catch (e) { notice(e.message); }
@@ -463,11 +495,10 @@ async function hostsPage() {
   };
   const empty = h('p', { class: 'muted' }, 'No hosts yet.');
   search.addEventListener('input', render);
-  const adding = hostForm(null, () => { adding.reset(); redraw(); });
   page('Hosts', editor,
-    h('section', { class: 'card' }, h('h2', {}, 'Add a host'), adding),
     h('section', { class: 'card' },
-      h('label', {}, 'Search', search),
+      h('div', { class: 'toolbar' }, h('label', {}, 'Search', search),
+        h('button', { type: 'button', class: 'primary', onclick: () => edit(null) }, 'New host')),
       h('table', { 'aria-label': 'Hosts' }, h('thead', {}, h('tr', {}, h('th', {}, 'Host'), h('th', {}, 'Target'), h('th', {}, 'Certificate'), h('th', { class: 'wide' }, 'Incoming'), h('th', { class: 'wide' }, 'Updated'), h('th', {}, 'Actions'))), rows),
       empty));
   render();
