@@ -250,6 +250,45 @@ await step('health checks are set in the host editor', async () => {
   await page.getByRole('dialog').waitFor({ state: 'hidden', timeout: WAIT });
 });
 
+await step('the hosts table: targets online and offline, filter, sort, bulk delete', async () => {
+  // From here, not from the page: a 404 asked for on purpose is no error of the page's.
+  const call = async (method, path, body) => (await fetch(base + path, {
+    method,
+    headers: { 'content-type': 'application/json', 'auth-token': token },
+    body: body ? JSON.stringify(body) : undefined,
+  })).status;
+  // A host whose first target does not listen, checked every second, and a plain one.
+  expect(await call('POST', '/api/host', { host: 'down.ui.test', forcessl: false, balance: 'first',
+    targets: [{ ip: '127.0.0.1', port: 9, weight: 1 }, { ip: '127.0.0.1', port: Number(env.BACKEND_PORT), weight: 1 }],
+    healthCheck: { path: '/', interval: '1s', unhealthy: 1, healthy: 1 } }) === 200, 'down.ui.test added');
+  expect(await call('POST', '/api/host', { host: 'zz.ui.test', ip: '127.0.0.1', targetPort: Number(env.BACKEND_PORT), forcessl: false }) === 200, 'zz.ui.test added');
+  const row = (name) => page.getByRole('row').filter({ has: page.getByRole('link', { name, exact: true }) });
+  // Health is the node's, not the store's: it shows when the table is drawn again.
+  await eventually('the closed target shown offline', async () => {
+    await go('Overview', 'Overview');
+    await go('Hosts', 'Hosts');
+    return (await row('down.ui.test').getByText('offline').count()) === 1 && (await row('down.ui.test').getByText('online').count()) === 1;
+  });
+  await page.locator('select[name="filter"]').selectOption({ label: 'A target offline' });
+  const links = () => page.getByRole('table', { name: 'Hosts' }).getByRole('link').allTextContents();
+  expect(JSON.stringify(await links()) === '["down.ui.test"]', `only the host with a target offline: ${await links()}`);
+  await page.locator('select[name="filter"]').selectOption({ label: 'All hosts' });
+  // Sorted by host name at first; its header turns the order round.
+  await page.getByRole('button', { name: 'Host ↑', exact: true }).click();
+  const sorted = await links();
+  expect(sorted[0] === 'zz.ui.test' && sorted.length >= 4 && [...sorted].sort().reverse().join() === sorted.join(), `sorted by host, descending: ${sorted}`);
+  await page.getByRole('button', { name: 'Host ↓', exact: true }).click();
+  expect(!(await page.getByRole('button', { name: 'Delete selected' }).isEnabled()), 'nothing selected, nothing to delete');
+  await page.getByRole('checkbox', { name: 'Select down.ui.test' }).check();
+  await page.getByRole('checkbox', { name: 'Select zz.ui.test' }).check();
+  await page.getByText('2 selected').waitFor({ timeout: WAIT });
+  await page.getByRole('button', { name: 'Delete selected' }).click();
+  await page.locator('#notice p').filter({ hasText: '2 hosts deleted.' }).waitFor({ timeout: WAIT });
+  await row('zz.ui.test').waitFor({ state: 'detached', timeout: WAIT });
+  expect(await call('GET', '/api/host/down.ui.test') === 404 && await call('GET', '/api/host/zz.ui.test') === 404, 'both deleted');
+  expect(await row('ui.example.test').count() === 1, 'the others stay');
+});
+
 await step('a password on a host', async () => {
   await page.getByRole('button', { name: 'Edit ui.example.test', exact: true }).click();
   const form = page.getByRole('form', { name: 'Edit ui.example.test' });

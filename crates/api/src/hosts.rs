@@ -50,7 +50,19 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Listing<HostView>>, ApiError> {
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
-    listing(&api, Kind::Host, &query, |_, f| Host::from_fields(f).ok().map(|h| zones.host_with_domain(&h))).await
+    let settings = api.settings.load();
+    listing(&api, Kind::Host, &query, |_, f| Host::from_fields(f).ok().map(|h| shown(&settings, &zones, &h))).await
+}
+
+/// A host as the API shows it: with the DNS zone it is in and, for hosts whose health is
+/// followed (several targets, or active checks), each target's health as this process sees
+/// it (when it proxies).
+fn shown(settings: &crate::state::ApiSettings, zones: &portico_model::dns::Zones, host: &Host) -> HostView {
+    let shown = zones.host_with_domain(host);
+    match &settings.target_health {
+        Some(report) if host.health_followed() => shown.with_health((report.0)(host)),
+        _ => shown,
+    }
 }
 
 /// `POST /api/host {host, ip, targetPort, forcessl?, targetssl?}`.
@@ -94,15 +106,7 @@ pub async fn get(
 ) -> Result<(HeaderMap, Json<Item<HostView>>), ApiError> {
     let (_, host, revision) = stored(&api, &item).await?;
     let zones = portico_store::load_zones(api.store.as_ref()).await?;
-    let mut shown = zones.host_with_domain(&host);
-    // Each target's health as this process sees it (when it proxies), for hosts whose
-    // health is followed: several targets, or active checks.
-    if let Some(report) = &api.settings.load().target_health
-        && host.health_followed()
-    {
-        shown = shown.with_health((report.0)(&host));
-    }
-    Ok((etag(revision), Json(Item::new(item, shown))))
+    Ok((etag(revision), Json(Item::new(item, shown(&api.settings.load(), &zones, &host)))))
 }
 
 /// `PUT /api/host/{item}`: partial update; a new `host` renames it.

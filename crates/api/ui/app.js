@@ -421,7 +421,6 @@ async function certDetails(name, into) {
   }
 }
 
-let hostSearch = '';
 /** What guards a host, in a few words each. */
 function policies(host) {
   const out = [];
@@ -446,9 +445,38 @@ function certBadge(host, certs) {
   return h('span', { class: `badge ${c.failures > 0 || days < 14 ? 'warn' : 'ok'}`, title: `until ${when(c.not_after)}` }, `valid, ${days} days left`);
 }
 
+/** A target's health in a word: online, offline, or unknown (no traffic yet); `null` when
+ * the node does not follow the host's health (one target, no checks). */
+function online(target) {
+  if (!target.health) return null;
+  if (target.health === 'healthy') return 'online';
+  return target.health === 'unknown' ? 'unknown' : 'offline';
+}
+
+/** How the hosts table can be sorted: each column's key. */
+const HOST_SORTS = {
+  host: (x) => x.host,
+  target: (x) => `${x.ip}:${String(x.targetPort).padStart(5, '0')}`,
+  certificate: (x, certs) => { const c = certOf(x.host, certs); return c && c.not_after ? c.not_after : c ? 0 : Number.MAX_SAFE_INTEGER; },
+  updated: (x) => -(x.updated_on || 0),
+};
+
+/** What the hosts table can be filtered to. */
+const HOST_FILTERS = {
+  all: ['All hosts', () => true],
+  down: ['A target offline', (x) => (x.targets || []).some((t) => online(t) === 'offline')],
+  certs: ['Certificate needs care', (x, certs) => { const c = certOf(x.host, certs); return Boolean(c && (c.status !== 'valid' || c.failures > 0)); }],
+  guarded: ['With access rules', (x) => policies(x).some((p) => !p.startsWith('checked'))],
+  checked: ['With health checks', (x) => Boolean(x.healthCheck)],
+};
+
+const hostView = { search: '', sort: 'host', descending: false, filter: 'all' };
+
 async function hostsPage() {
   let [hosts, certs] = await Promise.all([api('GET', 'host?detail=true'), api('GET', 'cert')]).then(([listed, known]) => [listed.results, known.results]);
-  const search = h('input', { type: 'search', name: 'search', placeholder: 'Search hosts', value: hostSearch });
+  const search = h('input', { type: 'search', name: 'search', placeholder: 'Search hosts', value: hostView.search });
+  const show = h('select', { name: 'filter' }, Object.entries(HOST_FILTERS).map(([value, [label]]) =>
+    h('option', { value, selected: hostView.filter === value }, label)));
   // One editor, in a modal dialog, for adding and editing (Esc or Cancel closes it).
   const editor = h('dialog', { class: 'editor', 'aria-labelledby': 'editor-title' });
   editor.addEventListener('close', () => editor.replaceChildren());
@@ -459,30 +487,86 @@ async function hostsPage() {
     editor.querySelector('input').focus();
   };
   const rows = h('tbody');
-  // Hosts whose details are open stay open when a live change redraws the table.
+  // Hosts whose details are open, and those selected, stay so when a live change redraws.
   const open = new Set();
+  const selected = new Set();
+  const chosen = h('span', { class: 'muted', 'aria-live': 'polite' });
+  const removeSelected = h('button', { type: 'button', class: 'danger', disabled: true, onclick: async () => {
+    const names = [...selected];
+    if (!confirm(`Delete ${names.length} host${names.length === 1 ? '' : 's'}: ${names.join(', ')}?`)) return;
+    const failed = [];
+    for (const name of names) {
+      try { await api('DELETE', `host/${enc(name)}`); selected.delete(name); } catch (e) { failed.push(`${name}: ${e.message}`); }
+    }
+    notice(failed.length ? `Not deleted: ${failed.join('; ')}` : `${names.length} host${names.length === 1 ? '' : 's'} deleted.`);
+    redraw();
+  } }, 'Delete selected');
+  const renewSelected = h('button', { type: 'button', disabled: true, onclick: async () => {
+    const names = [...selected];
+    const failed = [];
+    for (const name of names) {
+      try { await api('PUT', `host/${enc(name)}/renew`); } catch (e) { failed.push(`${name}: ${e.message}`); }
+    }
+    notice(failed.length ? `Not renewed: ${failed.join('; ')}` : `Renewal asked for ${names.length} host${names.length === 1 ? '' : 's'}.`);
+  } }, 'Renew selected');
+  const everyBox = h('input', { type: 'checkbox', 'aria-label': 'Select every host shown' });
+  let shown = [];
+  const selectionChanged = () => {
+    for (const name of selected) if (!hosts.some((x) => x.host === name)) selected.delete(name);
+    removeSelected.disabled = renewSelected.disabled = selected.size === 0;
+    chosen.textContent = selected.size ? `${selected.size} selected` : '';
+    everyBox.checked = shown.length > 0 && shown.every((x) => selected.has(x.host));
+  };
+  everyBox.addEventListener('change', () => {
+    for (const x of shown) { if (everyBox.checked) selected.add(x.host); else selected.delete(x.host); }
+    render();
+  });
+  const header = (label, key) => {
+    const sorted = hostView.sort === key;
+    return h('th', { 'aria-sort': sorted ? (hostView.descending ? 'descending' : 'ascending') : 'none' },
+      h('button', { type: 'button', class: 'sort', onclick: () => {
+        hostView.descending = sorted ? !hostView.descending : false;
+        hostView.sort = key;
+        render();
+      } }, label, sorted ? (hostView.descending ? ' ↓' : ' ↑') : ''));
+  };
+  const head = h('thead');
   const render = () => {
-    hostSearch = search.value;
+    hostView.search = search.value;
+    hostView.filter = show.value;
     const q = search.value.trim().toLowerCase();
-    rows.replaceChildren(...hosts.filter((x) => !q || x.host.includes(q) || String(x.ip).includes(q)).map((x) => {
-      const detail = h('td', { colspan: 6 });
+    const keep = HOST_FILTERS[hostView.filter][1];
+    const key = HOST_SORTS[hostView.sort];
+    shown = hosts.filter((x) => (!q || x.host.includes(q) || String(x.ip).includes(q)) && keep(x, certs))
+      .sort((a, b) => { const [p, r] = [key(a, certs), key(b, certs)]; return (p < r ? -1 : p > r ? 1 : 0) * (hostView.descending ? -1 : 1); });
+    head.replaceChildren(h('tr', {}, h('th', {}, everyBox), header('Host', 'host'), header('Targets', 'target'),
+      header('Certificate', 'certificate'), h('th', {}, 'Access'), h('th', { class: 'wide' }, 'Incoming'),
+      header('Updated', 'updated'), h('th', {}, 'Actions')));
+    rows.replaceChildren(...shown.map((x) => {
+      const detail = h('td', { colspan: 8 });
       const detailRow = h('tr', { hidden: !open.has(x.host) }, detail);
       if (open.has(x.host)) certDetails(x.host, detail);
-      const show = (shown) => { detailRow.hidden = !shown; if (shown) open.add(x.host); else open.delete(x.host); };
+      const expand = (on) => { detailRow.hidden = !on; if (on) open.add(x.host); else open.delete(x.host); };
+      const box = h('input', { type: 'checkbox', 'aria-label': `Select ${x.host}`, checked: selected.has(x.host) });
+      box.addEventListener('change', () => { if (box.checked) selected.add(x.host); else selected.delete(x.host); selectionChanged(); });
       const row = h('tr', {},
+        h('td', {}, box),
         h('td', {}, h('a', { href: `${x.forcessl ? 'https' : 'http'}://${x.host.replace(/^\*+\./, 'www.')}`, rel: 'noreferrer', target: '_blank' }, x.host),
           x.domain && x.domain.provider ? h('div', { class: 'muted' }, `DNS: ${x.domain.provider.displayName} – ${x.domain.provider.name}`) : null),
-        h('td', {}, (x.targets || [{ ip: x.ip, port: x.targetPort, weight: 1 }]).map((t) =>
-          h('div', {}, `${x.targetssl ? 'https' : 'http'}://${t.ip.includes(':') ? `[${t.ip}]` : t.ip}:${t.port}${t.weight > 1 ? ` ×${t.weight}` : ''}`)),
-          x.targets && x.targets.length > 1 ? h('div', { class: 'muted' }, x.balance.replace('_', ' ')) : null,
-          policies(x).map((p) => h('span', { class: 'badge' }, p))),
+        h('td', {}, (x.targets || [{ ip: x.ip, port: x.targetPort, weight: 1 }]).map((t) => {
+          const state = online(t);
+          return h('div', {}, `${x.targetssl ? 'https' : 'http'}://${t.ip.includes(':') ? `[${t.ip}]` : t.ip}:${t.port}${t.weight > 1 ? ` ×${t.weight}` : ''}`,
+            state ? h('span', { class: `badge ${state === 'online' ? 'ok' : state === 'offline' ? 'bad' : ''}` }, state) : null);
+        }),
+        x.targets && x.targets.length > 1 ? h('div', { class: 'muted' }, (x.balance || 'round_robin').replace('_', ' ')) : null),
         h('td', {}, certBadge(x.host, certs)),
+        h('td', {}, policies(x).map((p) => h('span', { class: 'badge' }, p))),
         h('td', { class: 'wide' }, x.forcessl ? h('span', { class: 'badge ok' }, 'HTTPS only') : h('span', { class: 'badge' }, 'HTTP and HTTPS')),
         h('td', { class: 'wide' }, when(x.updated_on)),
         h('td', {}, h('div', { class: 'actions' },
-          h('button', { type: 'button', 'aria-label': `Certificate of ${x.host}`, onclick: () => { show(detailRow.hidden); if (!detailRow.hidden) certDetails(x.host, detail); } }, 'Certificate'),
+          h('button', { type: 'button', 'aria-label': `Certificate of ${x.host}`, onclick: () => { expand(detailRow.hidden); if (!detailRow.hidden) certDetails(x.host, detail); } }, 'Certificate'),
           h('button', { type: 'button', 'aria-label': `Renew the certificate of ${x.host}`, onclick: async () => {
-            try { notice((await api('PUT', `host/${enc(x.host)}/renew`)).message); certDetails(x.host, detail); show(true); } catch (e) { notice(e.message); }
+            try { notice((await api('PUT', `host/${enc(x.host)}/renew`)).message); certDetails(x.host, detail); expand(true); } catch (e) { notice(e.message); }
           } }, 'Renew'),
           h('button', { type: 'button', 'aria-label': `Edit ${x.host}`, onclick: () => edit(x) }, 'Edit'),
           h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${x.host}`, onclick: async () => {
@@ -491,15 +575,19 @@ async function hostsPage() {
           } }, 'Delete'))));
       return [row, detailRow];
     }).flat());
-    empty.hidden = hosts.length > 0;
+    empty.hidden = shown.length > 0;
+    empty.textContent = hosts.length ? 'No host matches.' : 'No hosts yet.';
+    selectionChanged();
   };
-  const empty = h('p', { class: 'muted' }, 'No hosts yet.');
+  const empty = h('p', { class: 'muted' });
   search.addEventListener('input', render);
+  show.addEventListener('change', render);
   page('Hosts', editor,
     h('section', { class: 'card' },
-      h('div', { class: 'toolbar' }, h('label', {}, 'Search', search),
+      h('div', { class: 'toolbar' }, h('label', {}, 'Search', search), h('label', {}, 'Show', show),
         h('button', { type: 'button', class: 'primary', onclick: () => edit(null) }, 'New host')),
-      h('table', { 'aria-label': 'Hosts' }, h('thead', {}, h('tr', {}, h('th', {}, 'Host'), h('th', {}, 'Target'), h('th', {}, 'Certificate'), h('th', { class: 'wide' }, 'Incoming'), h('th', { class: 'wide' }, 'Updated'), h('th', {}, 'Actions'))), rows),
+      h('div', { class: 'actions bulk' }, renewSelected, removeSelected, chosen),
+      h('table', { 'aria-label': 'Hosts' }, head, rows),
       empty));
   render();
   redraw = async () => {
