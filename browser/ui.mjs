@@ -4,6 +4,7 @@
 //   TEST_API       the API's base URL (the UI is at `/`)
 //   TEST_PASSWORD  the admin's password
 //   TEST_PROXY     the proxy's plain-HTTP address (ip:port)
+//   TEST_PROXY_TLS its HTTPS address (certificates from the internal CA)
 //   BACKEND_PORT      a backend on 127.0.0.1 that answers JSON naming itself `BACKEND_NAME`
 //   BACKEND_NAME
 //   BACKEND2_PORT     a second backend, for a host with two targets
@@ -15,6 +16,7 @@ import { chromium } from 'playwright-core';
 import { execFile } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import { promisify } from 'node:util';
 
 const env = process.env;
@@ -315,6 +317,30 @@ await step('a password on a host', async () => {
 await step('certificate details of a host', async () => {
   await page.getByRole('button', { name: 'Certificate of ui.example.test', exact: true }).click();
   await page.getByText(/No certificate yet|Status/).first().waitFor({ timeout: WAIT });
+});
+
+await step('the certificates page: state, download, renew', async () => {
+  // The first HTTPS request for the name issues its certificate (the internal CA here).
+  const [ip, port] = env.TEST_PROXY_TLS.split(':');
+  await new Promise((resolve, reject) => {
+    const req = https.request({ host: ip, port: Number(port), path: '/', servername: 'ui.example.test', rejectUnauthorized: false,
+      headers: { host: 'ui.example.test' } }, (res) => { res.resume(); res.on('end', resolve); });
+    req.on('error', reject);
+    req.end();
+  });
+  const row = page.getByRole('table', { name: 'Certificates' }).getByRole('row').filter({ hasText: 'ui.example.test' });
+  await eventually('the new certificate listed', async () => {
+    await go('Certificates', 'Certificates');
+    return (await row.getByText(/valid, \d+ days left/).count()) === 1;
+  });
+  expect((await row.textContent()).includes('internal'), `issued by the internal CA: ${await row.textContent()}`);
+  const [download] = await Promise.all([page.waitForEvent('download'), row.getByRole('button', { name: 'Download ui.example.test' }).click()]);
+  const pem = readFileSync(await download.path(), 'utf8');
+  expect(pem.includes('BEGIN CERTIFICATE') && pem.includes('PRIVATE KEY'), 'an admin downloads the chain and the key');
+  const chain = async () => (await (await fetch(`${base}/api/cert/ui.example.test?include_private_key=false`, { headers: { 'auth-token': token } })).json()).fullchain_pem;
+  const before = await chain();
+  await row.getByRole('button', { name: 'Renew ui.example.test' }).click();
+  await eventually('a new certificate after Renew', async () => (await chain()) !== before);
 });
 
 await step('pattern tester', async () => {

@@ -201,7 +201,7 @@ function follow() {
 }
 
 /** The pages that show what the events are about, redrawn when something changes. */
-const LIVE = new Set(['overview', 'hosts', 'dns']);
+const LIVE = new Set(['overview', 'hosts', 'certs', 'dns']);
 let refreshTimer = null;
 let eventsSeen = 0;
 function changed(event) {
@@ -596,6 +596,67 @@ async function hostsPage() {
   };
 }
 
+/** Renews the certificate `name`: through the host that answers it (a wildcard certificate's
+ * pattern is its own name). */
+async function renewCert(name) {
+  let pattern = name;
+  if (!name.startsWith('*.')) {
+    const found = (await api('GET', `host/lookup/${enc(name)}`)).results;
+    if (!found) throw new Error(`no host answers ${name}: nothing to renew`);
+    pattern = found.host;
+  }
+  return (await api('PUT', `host/${enc(pattern)}/renew`)).message;
+}
+
+/** Saves the certificate `name` as a PEM file: its chain, and for admins its key. */
+async function downloadCert(name) {
+  const answer = await api('GET', `cert/${enc(name)}?include_private_key=${me.role === 'admin'}`);
+  const pem = [answer.fullchain_pem || answer.cert_pem, answer.privkey_pem].filter(Boolean).join('\n');
+  const link = h('a', { href: URL.createObjectURL(new Blob([pem], { type: 'application/x-pem-file' })), download: `${name.replace('*', '_wildcard')}.pem` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+async function certsPage() {
+  let certs = (await api('GET', 'cert')).results;
+  const rows = h('tbody');
+  const empty = h('p', { class: 'muted' }, 'No certificates yet: each is issued on the first HTTPS request for a name a host answers, or by DNS-01 for a wildcard host.');
+  const draw = () => {
+    rows.replaceChildren(...certs.map((c) => {
+      const days = c.not_after ? Math.floor((c.not_after - Date.now()) / 86400000) : null;
+      const state = c.status === 'none' ? h('span', { class: 'badge bad' }, 'no certificate: failing')
+        : c.status !== 'valid' ? h('span', { class: 'badge bad' }, c.status)
+          : h('span', { class: `badge ${c.failures > 0 || days < 14 ? 'warn' : 'ok'}` }, `valid, ${days} days left`);
+      return h('tr', {},
+        h('td', {}, c.host, c.names && c.names.length > 1 ? h('div', { class: 'muted' }, c.names.join(', ')) : null),
+        h('td', {}, c.issued_by || '—', c.issuer ? h('div', { class: 'muted' }, c.issuer) : null),
+        h('td', {}, c.not_after ? when(c.not_after) : '—'),
+        h('td', {}, state, c.step && c.step !== 'issued' ? h('div', { class: 'muted' }, c.step) : null),
+        h('td', { class: c.last_error ? 'error' : 'muted' }, c.last_error ? `${c.failures} failure${c.failures === 1 ? '' : 's'}: ${c.last_error}` : 'none',
+          c.next_attempt ? h('div', { class: 'muted' }, `next attempt ${when(c.next_attempt)}`) : null),
+        h('td', {}, h('div', { class: 'actions' },
+          h('button', { type: 'button', 'aria-label': `Renew ${c.host}`, onclick: async () => {
+            try { notice(await renewCert(c.host)); redraw(); } catch (e) { notice(e.message); }
+          } }, 'Renew'),
+          c.status === 'none' ? null : h('button', { type: 'button', 'aria-label': `Download ${c.host}`, onclick: async () => {
+            try { await downloadCert(c.host); } catch (e) { notice(e.message); }
+          } }, 'Download'))));
+    }));
+    empty.hidden = certs.length > 0;
+  };
+  page('Certificates',
+    h('section', { class: 'card' },
+      h('p', { class: 'muted' }, me.role === 'admin' ? 'A download holds the chain and the private key (the export is logged).' : 'A download holds the certificate chain.'),
+      h('table', { 'aria-label': 'Certificates' },
+        h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Issuer'), h('th', {}, 'Expires'), h('th', {}, 'State'), h('th', {}, 'Last error'), h('th', {}, 'Actions'))),
+        rows),
+      empty));
+  draw();
+  redraw = async () => { certs = (await api('GET', 'cert')).results; draw(); };
+}
+
 function testerPage() {
   const out = h('div', { 'aria-live': 'polite' });
   const form = h('form', { class: 'grid', 'aria-label': 'Pattern tester' },
@@ -736,7 +797,7 @@ async function accountPage() {
 
 // ---------- routing ----------
 
-const PAGES = { overview: overviewPage, hosts: hostsPage, tester: testerPage, dns: dnsPage, users: usersPage, tokens: tokensPage, account: accountPage };
+const PAGES = { overview: overviewPage, hosts: hostsPage, certs: certsPage, tester: testerPage, dns: dnsPage, users: usersPage, tokens: tokensPage, account: accountPage };
 
 function currentPage() {
   const name = (location.hash.replace(/^#\//, '') || 'overview').split('/')[0];

@@ -22,7 +22,7 @@ async fn the_web_ui_end_to_end() {
     let artifacts = browser.join("artifacts");
     let _ = std::fs::remove_dir_all(&artifacts);
     let run = tokio::task::spawn_blocking({
-        let (api, http, data_dir) = (p.api, p.http, p.data_dir().to_owned());
+        let (api, http, https, data_dir) = (p.api, p.http, p.https, p.data_dir().to_owned());
         let port = backend.addr.port().to_string();
         let port2 = second.addr.port().to_string();
         let browser = browser.clone();
@@ -33,6 +33,7 @@ async fn the_web_ui_end_to_end() {
                 .env("TEST_API", format!("http://{api}"))
                 .env("TEST_PASSWORD", ADMIN_PASSWORD)
                 .env("TEST_PROXY", http.to_string())
+                .env("TEST_PROXY_TLS", https.to_string())
                 .env("BACKEND_PORT", port)
                 .env("BACKEND_NAME", "ui-backend")
                 .env("BACKEND2_PORT", port2)
