@@ -72,6 +72,12 @@ async function step(name, body) {
   await page.screenshot({ path: `${artifacts}/${String(shot).padStart(2, '0')}-${name.replace(/\W+/g, '-')}.png`, fullPage: true });
 }
 
+/** A picture of a page for README.md (`ui-<name>.png` in the artifacts; `scripts/ui-screenshots`
+ * copies them to docs/img). */
+async function picture(name) {
+  await page.screenshot({ path: `${artifacts}/ui-${name}.png` });
+}
+
 function expect(condition, message) {
   if (!condition) throw new Error(message);
 }
@@ -119,6 +125,7 @@ await step('sign in with the keyboard', async () => {
   const policy = response.headers()['content-security-policy'] || '';
   expect(policy.includes("script-src 'self'") && policy.includes("frame-ancestors 'none'"), `CSP: ${policy}`);
   await page.getByRole('heading', { name: 'Sign in to Portico' }).waitFor({ timeout: WAIT });
+  await picture('sign-in');
   expect(!(await page.getByRole('navigation').isVisible()), 'no navigation before signing in');
   expect(!(await page.getByRole('button', { name: 'Sign out' }).isVisible()), 'no "Sign out" before signing in');
   // The icon the page names loads, and so does the one browsers look for unasked.
@@ -238,6 +245,7 @@ await step('health checks are set in the host editor', async () => {
   await form.getByText('Health checks').click();
   await form.getByLabel('Path to check').fill('/');
   await form.getByLabel('Every').fill('1s');
+  await picture('editor');
   await form.getByRole('button', { name: 'Save' }).click();
   await form.waitFor({ state: 'detached', timeout: WAIT });
   const row = page.getByRole('row').filter({ hasText: 'pair.ui.test' }).first();
@@ -312,6 +320,7 @@ await step('a password on a host', async () => {
   const again = page.getByRole('form', { name: 'Edit ui.example.test' });
   expect(await again.getByLabel('Users').inputValue() === 'ann', 'only the user name comes back');
   await again.getByRole('button', { name: 'Cancel' }).click();
+  await picture('hosts');
 });
 
 await step('certificate details of a host', async () => {
@@ -341,6 +350,10 @@ await step('the certificates page: state, download, renew', async () => {
   const before = await chain();
   await row.getByRole('button', { name: 'Renew ui.example.test' }).click();
   await eventually('a new certificate after Renew', async () => (await chain()) !== before);
+  await go('Overview', 'Overview');
+  await go('Certificates', 'Certificates');
+  await row.getByText(/valid, \d+ days left/).waitFor({ timeout: WAIT });
+  await picture('certificates');
 });
 
 await step('pattern tester', async () => {
@@ -412,6 +425,7 @@ await step('overview', async () => {
   await rate.getByText(/requests\/s now/).waitFor({ timeout: WAIT });
   const answered = Number((await rate.textContent()).match(/^(\d+) requests? answered/)[1]);
   expect(answered >= 1, `requests counted: ${await rate.textContent()}`);
+  await picture('overview');
 });
 
 await step('dark mode follows the system', async () => {
@@ -423,6 +437,7 @@ await step('dark mode follows the system', async () => {
   });
   const light = (css) => css.match(/\d+/g).slice(0, 3).reduce((sum, v) => sum + Number(v), 0) / 765;
   expect(light(background) < 0.2 && light(text) > 0.8, `dark: background ${background}, text ${text}`);
+  await picture('dark');
   // The step's axe-core check runs on the dark page too (contrast included).
 });
 
@@ -446,6 +461,7 @@ await step('change your own password', async () => {
   await form.getByLabel('Current password').fill('not-the-password');
   await form.getByLabel('New password', { exact: true }).fill(NEW_PASSWORD);
   await form.getByLabel('New password again').fill(NEW_PASSWORD);
+  await picture('account');
   await form.getByRole('button', { name: 'Change password' }).click();
   const refused = await form.getByRole('alert').first().textContent({ timeout: WAIT });
   expect(/current password is not right/.test(refused), `a wrong current password is refused on its field: ${refused}`);
