@@ -405,6 +405,21 @@ await step('create an API token', async () => {
   expect(works === 200, `the new token works: ${works}`);
 });
 
+await step('the audit log', async () => {
+  await go('Audit log', 'Audit log');
+  const log = page.getByRole('table', { name: 'Audit log' });
+  // The host added at the start, by whom and with which fields; no password anywhere.
+  const added = log.getByRole('row').filter({ hasText: 'ui.example.test' }).filter({ hasText: 'create' });
+  await added.first().waitFor({ timeout: WAIT });
+  const text = await added.first().textContent();
+  expect(text.includes('admin') && text.includes('Host') && text.includes('targetPort'), `the entry: ${text}`);
+  expect(!(await log.textContent()).includes('ann-password-1'), 'no password in the log');
+  await page.getByLabel('Object').selectOption('User');
+  await log.getByRole('row').filter({ hasText: 'uma' }).first().waitFor({ timeout: WAIT });
+  expect(await log.getByRole('row').filter({ hasText: 'Host' }).count() === 0, 'only changes to users');
+  await picture('audit');
+});
+
 await step('a change made through the CLI appears without a reload', async () => {
   await go('Hosts', 'Hosts');
   await page.getByRole('table', { name: 'Hosts' }).getByText('ui.example.test').waitFor();

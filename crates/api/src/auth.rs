@@ -74,7 +74,7 @@ impl Caller {
 }
 
 /// The token from `auth-token` (the seed's header) or `Authorization: Bearer`.
-fn presented_token(parts: &Parts) -> Option<&str> {
+pub(crate) fn presented_token(parts: &Parts) -> Option<&str> {
     if let Some(v) = parts.headers.get("auth-token").and_then(|v| v.to_str().ok()) {
         return Some(v.trim()).filter(|t| !t.is_empty());
     }

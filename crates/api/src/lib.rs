@@ -7,6 +7,7 @@
 //! 3.1 document at `/api/openapi.json`, and the web UI at `/`. Every `/api` route but login needs a token in the `auth-token`
 //! header or `Authorization: Bearer`.
 
+pub mod audit;
 pub mod auth;
 mod certs;
 mod conditional;
@@ -65,6 +66,7 @@ fn documented() -> OpenApiRouter<Api> {
         .routes(routes!(hosts::renew))
         .routes(routes!(live::events))
         .routes(routes!(health::stats))
+        .routes(routes!(audit::list))
 }
 
 /// The OpenAPI document of every route (also served at `/api/openapi.json`).
@@ -84,6 +86,7 @@ pub fn router(api: Api) -> Router {
         .merge(ui::routes())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(api.clone(), audit::record))
         .with_state(api.clone());
     // Routing happens inside a `Router`, so the path is trimmed by a service in front of it.
     let routes = tower::ServiceExt::map_request(routes, without_trailing_slash);

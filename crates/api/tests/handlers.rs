@@ -114,3 +114,64 @@ async fn a_user_token_cannot_do_an_admins_work() {
     assert_eq!(api.call_as(&carol, "POST", "/api/host", host).await.status, StatusCode::OK, "users manage hosts");
     assert_eq!(api.call_as("no-such-token", "GET", "/api/host", Value::Null).await.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn every_change_is_audited_with_field_names_never_values_and_the_log_is_bounded() {
+    let api = Api::new().await;
+    let host = json!({"host": "app.test", "ip": "127.0.0.1", "targetPort": 8080,
+        "basicAuth": [{"username": "ann", "password": "ann-secret-password"}]});
+    assert_eq!(api.call("POST", "/api/host", host).await.status, StatusCode::OK);
+    assert_eq!(api.call("PUT", "/api/host/app.test", json!({"targetPort": 8081})).await.status, StatusCode::OK);
+    // A refused change is not one.
+    assert_eq!(
+        api.call("PUT", "/api/host/app.test", json!({"targetPort": "x"})).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let erin = json!({"username": "erin", "password": "erin-secret-password"});
+    assert_eq!(api.call("POST", "/api/user", erin).await.status, StatusCode::OK);
+    assert_eq!(api.call("DELETE", "/api/host/app.test", Value::Null).await.status, StatusCode::OK);
+
+    let log = api.call("GET", "/api/audit", Value::Null).await;
+    assert_eq!(log.status, StatusCode::OK, "{}", log.json);
+    let entries = log.json["results"].as_array().unwrap();
+    let said: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["kind"].as_str().unwrap(), e["key"].as_str().unwrap()))
+        .collect();
+    // Newest first: the sign-in the harness made is the oldest.
+    assert_eq!(
+        said,
+        [
+            ("delete", "Host", "app.test"),
+            ("create", "User", "erin"),
+            ("update", "Host", "app.test"),
+            ("create", "Host", "app.test"),
+            ("login", "Session", "")
+        ]
+    );
+    assert!(entries.iter().all(|e| e["user"] == "admin" && e["address"] == "127.0.0.1"), "{}", log.json);
+    assert_eq!(entries[3]["changes"], json!(["basicAuth", "host", "ip", "targetPort"]));
+    assert!(!log.json.to_string().contains("secret-password"), "no value is recorded: {}", log.json);
+    let times: Vec<u64> = entries.iter().map(|e| e["time"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+
+    // Filters, and admins only.
+    let users = api.call("GET", "/api/audit?kind=User", Value::Null).await;
+    assert_eq!(users.json["results"].as_array().unwrap().len(), 1);
+    let one = api.call("GET", "/api/audit?limit=1", Value::Null).await;
+    assert_eq!(one.json["results"][0]["action"], "delete");
+    let login =
+        api.call("POST", "/api/auth/login", json!({"username": "erin", "password": "erin-secret-password"})).await;
+    let erin = login.json["token"].as_str().unwrap().to_owned();
+    assert_eq!(api.call_as(&erin, "GET", "/api/audit", Value::Null).await.status, StatusCode::FORBIDDEN);
+    let by_erin = api.call("GET", "/api/audit?user=erin", Value::Null).await;
+    assert_eq!(by_erin.json["results"][0]["action"], "login", "{}", by_erin.json);
+
+    // The bound: the newest entries stay.
+    let removed = portico_api::audit::prune(api.store.as_ref(), 3, 0).await.unwrap();
+    assert_eq!(removed, 3, "six entries, three kept");
+    let kept = api.call("GET", "/api/audit", Value::Null).await;
+    let kept: Vec<&str> =
+        kept.json["results"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(kept, ["login", "delete", "create"], "the three newest (the log call itself is no change)");
+}

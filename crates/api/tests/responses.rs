@@ -217,6 +217,9 @@ async fn every_documented_answer_is_the_live_one() {
     c.call("get", "/api/dns/domain/{domain}", "/api/dns/domain/www.zone.test", Value::Null, ok).await;
     c.call("delete", "/api/dns/domain/{domain}", "/api/dns/domain/zone.test", Value::Null, ok).await;
     c.call("delete", "/api/dns/{id}", "/api/dns/p1", Value::Null, ok).await;
+    // The audit log of what came before.
+    let audit = c.call("get", "/api/audit", "/api/audit?limit=5&kind=Host", Value::Null, ok).await;
+    assert_eq!(audit["results"][0]["kind"], "Host", "{audit}");
     // Deletions and the caller's own password last.
     c.call("delete", "/api/host/{item}", "/api/host/app.test", Value::Null, ok).await;
     c.call("delete", "/api/user/{username}", "/api/user/erin", Value::Null, ok).await;

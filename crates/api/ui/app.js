@@ -201,7 +201,7 @@ function follow() {
 }
 
 /** The pages that show what the events are about, redrawn when something changes. */
-const LIVE = new Set(['overview', 'hosts', 'certs', 'dns']);
+const LIVE = new Set(['overview', 'hosts', 'certs', 'dns', 'audit']);
 let refreshTimer = null;
 let eventsSeen = 0;
 function changed(event) {
@@ -774,6 +774,45 @@ async function tokensPage() {
       : h('p', { class: 'muted' }, 'No API tokens.')));
 }
 
+const auditView = { user: '', kind: '' };
+
+async function auditPage() {
+  if (!me || me.role !== 'admin') return page('Audit log', h('p', {}, 'Only admins read the audit log.'));
+  const user = h('input', { type: 'search', name: 'user', placeholder: 'any user', value: auditView.user });
+  const kind = h('select', { name: 'kind' }, h('option', { value: '' }, 'Everything'),
+    ['Host', 'User', 'AuthToken', 'DnsProvider', 'Domain', 'Cert', 'Session'].map((k) => h('option', { value: k, selected: auditView.kind === k }, k)));
+  const rows = h('tbody');
+  const empty = h('p', { class: 'muted' }, 'Nothing recorded.');
+  const load = async () => {
+    auditView.user = user.value.trim();
+    auditView.kind = kind.value;
+    const query = new URLSearchParams({ limit: '200' });
+    if (auditView.user) query.set('user', auditView.user);
+    if (auditView.kind) query.set('kind', auditView.kind);
+    const entries = (await api('GET', `audit?${query}`)).results;
+    rows.replaceChildren(...entries.map((e) => h('tr', {},
+      h('td', {}, when(e.time)), h('td', {}, e.user), h('td', {}, e.action), h('td', {}, e.kind),
+      h('td', {}, e.key || '—'), h('td', {}, e.changes.length ? e.changes.join(', ') : '—'), h('td', { class: 'wide' }, e.address || '—'))));
+    empty.hidden = entries.length > 0;
+  };
+  const filters = h('form', { class: 'grid', 'aria-label': 'Filter the audit log' },
+    h('label', {}, 'User', user), h('label', {}, 'Object', kind),
+    h('div', {}, h('button', { type: 'submit' }, 'Filter')));
+  filters.addEventListener('submit', (event) => { event.preventDefault(); load(); });
+  kind.addEventListener('change', load);
+  page('Audit log',
+    h('section', { class: 'card' },
+      h('p', { class: 'muted' }, 'Every change made through the API: who, when, from where, what, and which fields (never their values).'),
+      filters,
+      h('table', { 'aria-label': 'Audit log' },
+        h('thead', {}, h('tr', {}, h('th', {}, 'When'), h('th', {}, 'User'), h('th', {}, 'Action'), h('th', {}, 'Object'),
+          h('th', {}, 'Name'), h('th', {}, 'Fields'), h('th', { class: 'wide' }, 'Address'))),
+        rows),
+      empty));
+  await load();
+  redraw = load;
+}
+
 async function accountPage() {
   const form = h('form', { class: 'grid', 'aria-label': 'Change your password' },
     field('Current password', 'current_password', { type: 'password', required: true, autocomplete: 'current-password' }),
@@ -797,7 +836,7 @@ async function accountPage() {
 
 // ---------- routing ----------
 
-const PAGES = { overview: overviewPage, hosts: hostsPage, certs: certsPage, tester: testerPage, dns: dnsPage, users: usersPage, tokens: tokensPage, account: accountPage };
+const PAGES = { overview: overviewPage, hosts: hostsPage, certs: certsPage, tester: testerPage, dns: dnsPage, users: usersPage, tokens: tokensPage, audit: auditPage, account: accountPage };
 
 function currentPage() {
   const name = (location.hash.replace(/^#\//, '') || 'overview').split('/')[0];

@@ -38,11 +38,15 @@ pub enum Kind {
     /// A managed certificate's state (issuer, expiry, attempts, backoff), keyed by name. Its
     /// PEMs live in the `<name>:latest` blob.
     Cert,
+    /// An entry of the audit log (a change made through the API), keyed by its time in
+    /// milliseconds (13 digits) and a random suffix, so that keys sort by time.
+    Audit,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 6] = [Kind::Host, Kind::User, Kind::AuthToken, Kind::DnsProvider, Kind::Domain, Kind::Cert];
+    pub const ALL: [Kind; 7] =
+        [Kind::Host, Kind::User, Kind::AuthToken, Kind::DnsProvider, Kind::Domain, Kind::Cert, Kind::Audit];
 
     /// The seed's model name.
     pub fn name(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Kind {
             Kind::DnsProvider => "DnsProvider",
             Kind::Domain => "Domain",
             Kind::Cert => "Cert",
+            Kind::Audit => "Audit",
         }
     }
 
@@ -80,6 +85,7 @@ impl Kind {
             Kind::DnsProvider => "record/DnsProvider",
             Kind::Domain => "record/Domain",
             Kind::Cert => "record/Cert",
+            Kind::Audit => "record/Audit",
         }
     }
 }
