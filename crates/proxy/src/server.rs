@@ -537,6 +537,9 @@ pub async fn drive<I, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let activity = Arc::new(Activity::new());
+    if let Some(answers) = answers {
+        answers.watched.store(true, Ordering::Relaxed);
+    }
     let service = Arc::new(service);
     let counted = {
         let activity = activity.clone();
@@ -863,6 +866,9 @@ pub struct AnswerDeadline {
     rearm: AtomicBool,
     /// Set by the watchdog when the answer is overdue.
     overdue: AtomicBool,
+    /// Whether a watchdog keeps this deadline (a connection served by [`drive`] with it);
+    /// without one, [`within`] keeps a timer instead.
+    watched: AtomicBool,
 }
 
 impl Default for AnswerDeadline {
@@ -873,6 +879,7 @@ impl Default for AnswerDeadline {
             armed_ms: u64::MAX.into(),
             rearm: false.into(),
             overdue: false.into(),
+            watched: false.into(),
         }
     }
 }
@@ -956,13 +963,14 @@ impl<F: Future> Future for Within<'_, F> {
 }
 
 /// `answer` bounded by `timeout`: by the watchdog's `deadline` when the future runs in the
-/// connection's own task (an HTTP/1 request's does), else by a timer of its own.
+/// connection's own task (an HTTP/1 request's does) and a watchdog keeps it, else by a timer
+/// of its own.
 pub fn within<'a, F: Future>(
     deadline: Option<&'a AnswerDeadline>,
     timeout: Duration,
     answer: F,
 ) -> impl Future<Output = Option<F::Output>> + use<'a, F> {
-    match deadline {
+    match deadline.filter(|d| d.watched.load(Ordering::Relaxed)) {
         Some(deadline) => {
             deadline.start(timeout);
             Within::Watched { inner: answer, waited: Waited(deadline) }
@@ -1042,6 +1050,19 @@ impl<B> Drop for Tracked<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_answer_deadline_no_watchdog_keeps_falls_back_to_a_timer() {
+        // A deadline no connection's watchdog keeps: a timer ends the wait all the same.
+        let deadline = AnswerDeadline::default();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(5),
+            within(Some(&deadline), Duration::from_millis(20), std::future::pending::<()>()),
+        );
+        assert_eq!(waited.await, Ok(None), "the wait ends unanswered");
+        // And an answer in time is the answer.
+        assert_eq!(within(Some(&deadline), Duration::from_secs(5), async { 7 }).await, Some(7));
+    }
 
     fn limits() -> Limits {
         Limits {

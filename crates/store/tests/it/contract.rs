@@ -130,7 +130,10 @@ pub async fn snapshots(store: Arc<dyn Store>) {
 
     let (snapshot, settled) = Snapshot::read_settled(store.as_ref()).await.unwrap();
     assert!(settled, "nothing wrote meanwhile");
-    assert_eq!(snapshot.counts().to_string(), "1 Host, 1 User, 0 AuthToken, 0 DnsProvider, 0 Domain, 0 Cert, 0 Audit, 1 blobs");
+    assert_eq!(
+        snapshot.counts().to_string(),
+        "1 Host, 1 User, 0 AuthToken, 0 DnsProvider, 0 Domain, 0 Cert, 0 Audit, 1 blobs"
+    );
     store.delete(Kind::Host, "a.example").await.unwrap();
     store.delete(Kind::User, "admin").await.unwrap();
     store.delete_blob(&keys::cert_latest("a.example")).await.unwrap();
