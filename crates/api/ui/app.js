@@ -177,6 +177,8 @@ function follow() {
       try {
         const res = await fetch('/api/events', { headers: { 'auth-token': localStorage.getItem(TOKEN) || '' }, signal });
         if (res.status === 401) return signedOut();
+        // Whether live changes are coming (tests wait on it too).
+        document.body.dataset.live = res.ok ? 'connected' : 'reconnecting';
         const reader = res.body.getReader();
         const decoder = new TextDecoder();
         let text = '';
@@ -195,6 +197,7 @@ function follow() {
       } catch (error) {
         if (signal.aborted) return;
       }
+      document.body.dataset.live = 'reconnecting';
       await new Promise((r) => setTimeout(r, 2000));
     }
   })();
