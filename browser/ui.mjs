@@ -23,7 +23,8 @@ const env = process.env;
 const base = env.TEST_API;
 const artifacts = env.ARTIFACTS;
 mkdirSync(artifacts, { recursive: true });
-const WAIT = 5000;
+// How long a step waits for the state it expects (the suite runs beside other tests on two cores).
+const WAIT = 10000;
 
 const browser = await chromium.launch({
   executablePath: env.CHROMIUM || '/usr/bin/chromium',
@@ -219,9 +220,9 @@ await step('a host with two targets and a policy', async () => {
   await page.getByRole('button', { name: 'Certificate of pair.ui.test', exact: true }).click();
   const targets = page.getByRole('list', { name: 'Targets of pair.ui.test' });
   await targets.getByText('healthy').first().waitFor({ timeout: WAIT });
-  // The list may draw one target before the other: wait for the second, then count.
-  await targets.getByRole('listitem').nth(1).waitFor({ timeout: WAIT });
-  expect(await targets.getByRole('listitem').count() === 2, 'each target with its health');
+  // The list may draw one target before the other, and a late live event may draw the
+  // table again (the details loading afresh): wait for the list to settle at two.
+  await eventually('each target with its health', async () => (await targets.getByRole('listitem').count()) === 2);
   // A change elsewhere redraws the table live: the open details stay open.
   const made = await page.evaluate(async () => (await fetch('/api/host', {
     method: 'POST',
@@ -231,8 +232,7 @@ await step('a host with two targets and a policy', async () => {
   expect(made === 200, `a host added beside: ${made}`);
   await page.getByRole('row').filter({ hasText: 'elsewhere.ui.test' }).first().waitFor({ timeout: WAIT });
   await targets.getByText('healthy').first().waitFor({ timeout: WAIT });
-  await targets.getByRole('listitem').nth(1).waitFor({ timeout: WAIT });
-  expect(await targets.getByRole('listitem').count() === 2, 'the details stayed open through the redraw');
+  await eventually('the details open through the redraw', async () => (await targets.getByRole('listitem').count()) === 2);
   const removed = await page.evaluate(async () => (await fetch('/api/host/elsewhere.ui.test', {
     method: 'DELETE', headers: { 'auth-token': localStorage.getItem('portico.token') || '' },
   })).status);
@@ -275,12 +275,17 @@ await step('the hosts table: targets online and offline, filter, sort, bulk dele
     healthCheck: { path: '/', interval: '1s', unhealthy: 1, healthy: 1 } }) === 200, 'down.ui.test added');
   expect(await call('POST', '/api/host', { host: 'zz.ui.test', ip: '127.0.0.1', targetPort: Number(env.BACKEND_PORT), forcessl: false }) === 200, 'zz.ui.test added');
   const row = (name) => page.getByRole('row').filter({ has: page.getByRole('link', { name, exact: true }) });
-  // Health is the node's, not the store's: it shows when the table is drawn again.
-  await eventually('the closed target shown offline', async () => {
-    await go('Overview', 'Overview');
-    await go('Hosts', 'Hosts');
-    return (await row('down.ui.test').getByText('offline').count()) === 1 && (await row('down.ui.test').getByText('online').count()) === 1;
+  // Health is the node's, not the store's: once the node has checked, the table drawn again
+  // shows it.
+  await eventually('the closed target checked', async () => {
+    const answer = await fetch(`${base}/api/host/down.ui.test`, { headers: { 'auth-token': token } });
+    const targets = (await answer.json()).results.targets;
+    return targets[0].health === 'down' && targets[1].health === 'healthy';
   });
+  await go('Overview', 'Overview');
+  await go('Hosts', 'Hosts');
+  await row('down.ui.test').getByText('offline').waitFor({ timeout: WAIT });
+  expect(await row('down.ui.test').getByText('online').count() === 1, 'the other target online');
   await page.locator('select[name="filter"]').selectOption({ label: 'A target offline' });
   const links = () => page.getByRole('table', { name: 'Hosts' }).getByRole('link').allTextContents();
   expect(JSON.stringify(await links()) === '["down.ui.test"]', `only the host with a target offline: ${await links()}`);
@@ -435,14 +440,31 @@ await step('a change made through the CLI appears without a reload', async () =>
   await page.locator('#notice p').filter({ hasText: 'cli.example.test' }).waitFor({ timeout: WAIT });
 });
 
-await step('overview', async () => {
+await step('overview: counts and live traffic', async () => {
+  // A host whose only target does not listen: its requests are 502s.
+  const made = await fetch(`${base}/api/host`, { method: 'POST', headers: { 'content-type': 'application/json', 'auth-token': token },
+    body: JSON.stringify({ host: 'dead.ui.test', ip: '127.0.0.1', targetPort: 9, forcessl: false }) });
+  expect(made.status === 200, `dead.ui.test added: ${made.status}`);
   await go('Overview', 'Overview');
-  await page.getByText('3 hosts').waitFor({ timeout: WAIT });
-  // The request through the proxy above was counted (the test runs with metrics on).
+  const hosts = (await (await fetch(`${base}/api/host`, { headers: { 'auth-token': token } })).json()).results.length;
+  const stat = (label) => page.getByRole('region', { name: 'Counts' }).locator('.stat').filter({ hasText: new RegExp(`^\\d+${label}$`) }).locator('.number');
+  await eventually('the host count', async () => (await stat('hosts').textContent()) === String(hosts));
+  expect(Number(await stat('users').textContent()) === 2, 'the users (admin and uma)');
+  // The first sample is taken: what happens from now on shows in the charts.
   const rate = page.locator('#request-rate');
-  await rate.getByText(/requests\/s now/).waitFor({ timeout: WAIT });
+  await rate.getByText(/requests\/s now|answered by this node since it started\./).waitFor({ timeout: WAIT });
+  for (let i = 0; i < 5; i++) expect((await viaProxy('pair.ui.test')).status === 200, 'an answer from the pair');
+  expect((await viaProxy('dead.ui.test')).status === 502, 'a 502 from the dead target');
+  const errors = page.locator('figure.chart').filter({ hasText: 'Errors (5xx)' }).locator('strong');
+  await eventually('the 502 in the error rate', async () => (await errors.count()) === 1 && (await errors.textContent()) !== '0.0 %');
+  const share = Number((await errors.textContent()).replace(' %', ''));
+  expect(share > 0 && share <= 100 / 6 + 0.1, `one 5xx in six requests or more: ${share} %`);
+  const latency = await page.locator('figure.chart').filter({ hasText: 'Latency' }).locator('strong').textContent();
+  expect(/^p50 ≤ \d+ ms, p99 (≤ \d+ ms|> 10 s)$/.test(latency), `latency percentiles: ${latency}`);
+  expect(await page.locator('svg.spark').count() === 3, 'three charts');
   const answered = Number((await rate.textContent()).match(/^(\d+) requests? answered/)[1]);
-  expect(answered >= 1, `requests counted: ${await rate.textContent()}`);
+  expect(answered >= 6, `requests counted: ${await rate.textContent()}`);
+  expect(await fetch(`${base}/api/host/dead.ui.test`, { method: 'DELETE', headers: { 'auth-token': token } }).then((r) => r.status) === 200, 'dead.ui.test removed');
   await picture('overview');
 });
 

@@ -71,9 +71,10 @@ pub struct Routing {
     hosts: u64,
 }
 
-/// `GET /api/stats`: this process's request count, for the UI's request rate (sample it
-/// twice). `requests_total` is `null` unless the process proxies and counts requests (a
-/// metrics listener is configured); in a cluster each node counts its own.
+/// `GET /api/stats`: this process's traffic, for the UI's overview (sample it twice for
+/// rates): requests answered, by status class and by duration. Each is `null` unless the
+/// process proxies and counts requests (a metrics listener is configured); in a cluster each
+/// node counts its own.
 #[utoipa::path(
     get,
     path = "/api/stats",
@@ -82,18 +83,47 @@ pub struct Routing {
     security(("token" = []), ("bearer" = []))
 )]
 pub async fn stats(State(api): State<Api>, _caller: crate::auth::Caller) -> Json<Results<Stats>> {
-    let requests_total = api.settings.load().requests.as_ref().map(|count| (count.0)());
-    Json(Results::new(Stats { requests_total, at: portico_store::now_ms(), started: api.started }))
+    let traffic = api.settings.load().requests.as_ref().map(|count| (count.0)());
+    let statuses = traffic.as_ref().map(|t| {
+        ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .into_iter()
+            .zip(t.statuses)
+            .map(|(class, n)| (class.to_owned(), n))
+            .collect()
+    });
+    let latency =
+        traffic.as_ref().map(|t| t.latency.iter().map(|&(le_ms, count)| LatencyBucket { le_ms, count }).collect());
+    Json(Results::new(Stats {
+        requests_total: traffic.map(|t| t.requests),
+        statuses,
+        latency,
+        at: portico_store::now_ms(),
+        started: api.started,
+    }))
 }
 
-/// This process's request count (`GET /api/stats`); times in milliseconds since the epoch.
+/// This process's traffic (`GET /api/stats`); times in milliseconds since the epoch.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Stats {
     /// Requests proxied by this process since it started; `null` unless it proxies and
     /// counts them (a metrics listener is configured).
     requests_total: Option<u64>,
+    /// Of them, by status class (`1xx` to `5xx`).
+    statuses: Option<BTreeMap<String, u64>>,
+    /// Of them, by duration: buckets in order, each with its upper bound in milliseconds
+    /// (`null` for the last: longer) and how many took that long at most (not cumulative).
+    latency: Option<Vec<LatencyBucket>>,
     /// When this answer was made.
     at: u64,
     /// When the process started.
     started: u64,
+}
+
+/// A duration bucket of [`Stats`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LatencyBucket {
+    /// Upper bound, milliseconds (`null`: none).
+    le_ms: Option<u64>,
+    /// Requests in it.
+    count: u64,
 }

@@ -35,7 +35,7 @@ use utoipa_axum::routes;
 
 pub use dns::{Synced, sync as sync_dns_provider, sync_all as sync_dns_domains};
 pub use error::ApiError;
-pub use state::{Api, ApiSettings, ApiState, HealthReport, RequestCounter};
+pub use state::{Api, ApiSettings, ApiState, HealthReport, RequestCounter, Traffic};
 
 /// Every route of the API with its OpenAPI entry. Routes are only ever added here, through
 /// `routes!`, which registers a handler together with its `#[utoipa::path]` description.

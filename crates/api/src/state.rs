@@ -45,13 +45,25 @@ impl std::fmt::Debug for HealthReport {
     }
 }
 
-/// Reads a count of requests answered.
+/// Requests a process answered since it started: how many, by status class (1xx to 5xx), and
+/// by duration (each bucket's upper bound in milliseconds, `None` for the last, and its count).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Requests answered.
+    pub requests: u64,
+    /// By status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub statuses: [u64; 5],
+    /// By duration.
+    pub latency: Vec<(Option<u64>, u64)>,
+}
+
+/// Reads this process's [`Traffic`].
 #[derive(Clone)]
-pub struct RequestCounter(pub Arc<dyn Fn() -> u64 + Send + Sync>);
+pub struct RequestCounter(pub Arc<dyn Fn() -> Traffic + Send + Sync>);
 
 impl std::fmt::Debug for RequestCounter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RequestCounter({})", (self.0)())
+        write!(f, "RequestCounter({})", (self.0)().requests)
     }
 }
 

@@ -229,13 +229,24 @@ function certOf(name, certs) {
 
 async function overviewPage() {
   const [hosts, unique] = await Promise.all([api('GET', 'host?detail=true'), api('GET', 'cert')]).then(([listed, known]) => [listed.results, known.results]);
+  const users = me.role === 'admin' ? (await api('GET', 'user')).results.length : null;
   const expiring = unique.filter((c) => c.not_after).sort((a, b) => a.not_after - b.not_after).slice(0, 10);
   const failing = unique.filter((c) => c.failures > 0);
+  const soon = unique.filter((c) => c.status === 'valid' && c.not_after - Date.now() < 14 * 86400000).length;
+  const valid = unique.filter((c) => c.status === 'valid').length;
+  const offline = hosts.flatMap((x) => (x.targets || []).filter((t) => online(t) === 'offline').map((t) => ({ host: x.host, target: t })));
+  const count = (n, label, tone) => h('div', { class: `stat ${tone || ''}` }, h('span', { class: 'number' }, n), h('span', { class: 'muted' }, label));
   const rate = h('p', { id: 'request-rate' }, '…');
+  const charts = h('div', { class: 'charts' });
   page('Overview',
-    h('section', { class: 'card' },
-      h('p', {}, `${hosts.length} host${hosts.length === 1 ? '' : 's'}, ${unique.length} certificate${unique.length === 1 ? '' : 's'} known.`),
-      rate),
+    h('section', { class: 'card', 'aria-label': 'Counts' }, h('div', { class: 'stats' },
+      count(hosts.length, hosts.length === 1 ? 'host' : 'hosts'),
+      count(valid, 'certificates valid', 'ok'),
+      count(soon, 'expiring within 14 days', soon ? 'warn' : ''),
+      count(unique.length - valid, 'certificates failing or expired', unique.length - valid ? 'bad' : ''),
+      count(offline.length, offline.length === 1 ? 'target offline' : 'targets offline', offline.length ? 'bad' : ''),
+      users === null ? null : count(users, users === 1 ? 'user' : 'users'))),
+    h('section', { class: 'card', 'aria-labelledby': 'traffic' }, h('h2', { id: 'traffic' }, 'Traffic on this node, last minutes'), rate, charts),
     h('section', { class: 'card', 'aria-labelledby': 'exp' }, h('h2', { id: 'exp' }, 'Certificates expiring soonest'),
       expiring.length ? h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Expires'), h('th', {}, 'Issuer'))),
         h('tbody', {}, expiring.map((c) => h('tr', {}, h('td', {}, c.host), h('td', {}, when(c.not_after)), h('td', {}, c.issued_by || c.issuer || '—')))))
@@ -243,15 +254,51 @@ async function overviewPage() {
     h('section', { class: 'card', 'aria-labelledby': 'fail' }, h('h2', { id: 'fail' }, 'Failing renewals'),
       failing.length ? h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Failures'), h('th', {}, 'Last error'), h('th', {}, 'Next attempt'))),
         h('tbody', {}, failing.map((c) => h('tr', {}, h('td', {}, c.host), h('td', {}, c.failures), h('td', { class: 'error' }, c.last_error || '—'), h('td', {}, when(c.next_attempt))))))
+        : h('p', { class: 'muted' }, 'None.')),
+    h('section', { class: 'card', 'aria-labelledby': 'down' }, h('h2', { id: 'down' }, 'Targets offline'),
+      offline.length ? h('ul', { class: 'targets' }, offline.map(({ host, target }) =>
+        h('li', {}, `${host}: ${target.ip}:${target.port} `, h('span', { class: 'badge bad' }, target.health), target.last_error ? h('span', { class: 'muted' }, ` ${target.last_error}`) : null)))
         : h('p', { class: 'muted' }, 'None.')));
-  watchRate(rate);
+  watchTraffic(rate, charts);
 }
 
-/** Samples `GET /api/stats` every 2 s while the overview shows, for this node's request rate. */
+/** A small line chart of `values` (oldest first), labelled for screen readers by `label`. */
+function sparkline(values, label) {
+  const NS = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(NS, 'svg');
+  const [width, height] = [240, 48];
+  svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', label);
+  svg.setAttribute('class', 'spark');
+  const top = Math.max(...values, 1e-9);
+  const step = values.length > 1 ? width / (values.length - 1) : width;
+  const line = document.createElementNS(NS, 'polyline');
+  line.setAttribute('points', values.map((v, i) => `${(i * step).toFixed(1)},${(height - 2 - (v / top) * (height - 4)).toFixed(1)}`).join(' '));
+  svg.append(line);
+  return svg;
+}
+
+/** The bound (ms) under which a share `q` of the requests counted in `buckets` finished. */
+function percentile(buckets, q) {
+  const total = buckets.reduce((sum, b) => sum + b.count, 0);
+  if (!total) return null;
+  let seen = 0;
+  for (const b of buckets) {
+    seen += b.count;
+    if (seen >= q * total) return b.le_ms;
+  }
+  return null;
+}
+
+const ms = (bound) => (bound === null ? '> 10 s' : `≤ ${bound} ms`);
+
+/** Samples `GET /api/stats` every 2 s while the overview shows: this node's request rate,
+ * error rate and latency over the last five minutes (kept while the page is open). */
 let rateTimer = null;
-function watchRate(into) {
+const traffic = [];
+function watchTraffic(into, charts) {
   clearTimeout(rateTimer);
-  let last = null;
   const sample = async () => {
     if (!into.isConnected) return;
     try {
@@ -260,12 +307,38 @@ function watchRate(into) {
         into.textContent = 'Request rate: turn on metrics (metrics.listen) on the node that serves this page to see it.';
         return;
       }
-      const perSecond = last ? ((now.requests_total - last.requests_total) * 1000) / Math.max(1, now.at - last.at) : null;
+      const last = traffic[traffic.length - 1];
+      if (last && (now.started !== last.started || now.requests_total < last.requests_total)) traffic.length = 0;
+      traffic.push(now);
+      while (traffic.length > 150) traffic.shift();
+      const intervals = traffic.slice(1).map((s, i) => {
+        const before = traffic[i];
+        const seconds = Math.max(1, s.at - before.at) / 1000;
+        const answered = s.requests_total - before.requests_total;
+        const errors = s.statuses['5xx'] - before.statuses['5xx'];
+        const buckets = s.latency.map((b, j) => ({ le_ms: b.le_ms, count: b.count - before.latency[j].count }));
+        return { rate: answered / seconds, errors: answered ? errors / answered : 0, p50: percentile(buckets, 0.5), p99: percentile(buckets, 0.99), answered };
+      });
+      const latest = intervals[intervals.length - 1];
       into.textContent = `${now.requests_total} request${now.requests_total === 1 ? '' : 's'} answered by this node since it started` +
-        (perSecond === null ? '.' : `; ${perSecond.toFixed(1)} requests/s now.`);
-      last = now;
-    } catch { /* shown again at the next sample */ }
-    rateTimer = setTimeout(sample, 2000);
+        (latest ? `; ${latest.rate.toFixed(1)} requests/s now.` : '.');
+      if (!intervals.length) return;
+      // Latency over the whole window kept, from the buckets' growth.
+      const first = traffic[0];
+      const window = now.latency.map((b, j) => ({ le_ms: b.le_ms, count: b.count - first.latency[j].count }));
+      const [p50, p99] = [percentile(window, 0.5), percentile(window, 0.99)];
+      const answered = now.requests_total - first.requests_total;
+      const failed = now.statuses['5xx'] - first.statuses['5xx'];
+      const minutes = ((now.at - first.at) / 60000).toFixed(1);
+      const chart = (title, value, values, label) => h('figure', { class: 'chart' },
+        h('figcaption', {}, title, ' ', h('strong', {}, value)), sparkline(values, label));
+      charts.replaceChildren(
+        chart('Requests per second', latest.rate.toFixed(1), intervals.map((i) => i.rate), `Requests per second over ${minutes} minutes`),
+        chart('Errors (5xx)', `${answered ? ((100 * failed) / answered).toFixed(1) : '0.0'} %`, intervals.map((i) => i.errors), `Share of 5xx answers over ${minutes} minutes`),
+        chart('Latency', answered ? `p50 ${ms(p50)}, p99 ${ms(p99)}` : 'no requests', intervals.map((i) => i.p99 || 0), `99th percentile latency over ${minutes} minutes`));
+    } catch { /* shown again at the next sample */ } finally {
+      rateTimer = setTimeout(sample, 2000);
+    }
   };
   sample();
 }

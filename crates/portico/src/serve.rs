@@ -521,7 +521,15 @@ impl Node {
             // counts them.
             requests: (role.proxy() && self.metrics.counts_requests()).then(|| {
                 let metrics = self.metrics.clone();
-                portico_api::RequestCounter(Arc::new(move || metrics.requests_served()))
+                portico_api::RequestCounter(Arc::new(move || {
+                    let traffic = metrics.traffic();
+                    let bounds = portico_proxy::metrics::LATENCY_BOUNDS_MS.iter().map(|&b| Some(b)).chain([None]);
+                    portico_api::Traffic {
+                        requests: traffic.requests,
+                        statuses: traffic.statuses,
+                        latency: bounds.zip(traffic.latency).collect(),
+                    }
+                }))
             }),
             target_health: role.proxy().then(|| {
                 let health = self.proxy.health.clone();

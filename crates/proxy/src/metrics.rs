@@ -44,10 +44,27 @@ pub struct HandshakeLabels {
 /// The protocols requests are labelled with.
 const PROTOCOLS: [&str; 3] = ["HTTP/1.1", "HTTP/2.0", "HTTP/1.0"];
 
+/// The upper bounds (milliseconds) of the overview's latency buckets; a last one takes the rest.
+pub const LATENCY_BOUNDS_MS: [u64; 13] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// What the API's overview reads of this process's traffic, counted since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of them, by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub statuses: [u64; 5],
+    /// Of them, by duration: at most each of [`LATENCY_BOUNDS_MS`], then longer.
+    pub latency: [u64; LATENCY_BOUNDS_MS.len() + 1],
+}
+
 /// The data plane's metrics.
 pub struct Metrics {
     /// Requests counted, all labels together (for the API's overview).
     served: std::sync::atomic::AtomicU64,
+    /// Requests by status class and by duration (for the API's overview).
+    statuses: [std::sync::atomic::AtomicU64; 5],
+    latency: [std::sync::atomic::AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
     /// Whether requests are counted: only when something can read them (a metrics listener).
     per_request: bool,
     /// `request_duration`'s histogram for each protocol, once one was seen: observed without
@@ -98,6 +115,8 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             served: std::sync::atomic::AtomicU64::new(0),
+            statuses: Default::default(),
+            latency: Default::default(),
             per_request: true,
             durations: Default::default(),
             unrouted: Arc::from("-"),
@@ -193,13 +212,12 @@ impl Metrics {
         if !self.per_request {
             return;
         }
-        let status = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
+        let class = usize::from(status.clamp(100, 599) / 100 - 1);
+        let status = ["1xx", "2xx", "3xx", "4xx", "5xx"][class];
+        self.statuses[class].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ms = seconds * 1000.0;
+        let bucket = LATENCY_BOUNDS_MS.iter().position(|&bound| ms <= bound as f64).unwrap_or(LATENCY_BOUNDS_MS.len());
+        self.latency[bucket].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let host = host.unwrap_or(&self.unrouted).clone();
         let labels = RequestLabels { host, status, protocol };
         let known = self.request_counters.read().unwrap_or_else(|e| e.into_inner()).get(&labels).map(Counter::inc);
@@ -220,6 +238,17 @@ impl Metrics {
     /// Requests counted so far (none unless [`Metrics::counts_requests`]).
     pub fn requests_served(&self) -> u64 {
         self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests counted so far, by status class and duration (none unless
+    /// [`Metrics::counts_requests`]).
+    pub fn traffic(&self) -> Traffic {
+        let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+        Traffic {
+            requests: self.requests_served(),
+            statuses: self.statuses.each_ref().map(read),
+            latency: self.latency.each_ref().map(read),
+        }
     }
 
     /// Counts the time a target took to send its response head.

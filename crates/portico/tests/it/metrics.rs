@@ -139,6 +139,8 @@ async fn the_api_reports_the_request_count_when_metrics_are_on() {
         for _ in 0..3 {
             assert_eq!(proxy.get("counted.test", "/").await.status, StatusCode::OK);
         }
+        // And one the proxy answers itself: no host.
+        assert_eq!(proxy.get("nobody.test", "/").await.status, StatusCode::NOT_FOUND);
         let stats = api.call("GET", "/api/stats", Some(&token), None).await;
         assert_eq!(stats.status, StatusCode::OK, "{}", stats.raw);
         if counted {
@@ -146,13 +148,23 @@ async fn the_api_reports_the_request_count_when_metrics_are_on() {
                 let (api, token) = (api.clone(), token.clone());
                 async move {
                     let stats = api.call("GET", "/api/stats", Some(&token), None).await;
-                    stats.json["results"]["requests_total"].as_u64().filter(|n| *n >= 3)
+                    stats.json["results"]["requests_total"].as_u64().filter(|n| *n >= 4)
                 }
             })
             .await;
-            assert_eq!(total, 3, "only proxied requests count");
+            assert_eq!(total, 4, "only proxied requests count");
+            // By status class, and by duration: every request in one bucket each.
+            let stats = api.call("GET", "/api/stats", Some(&token), None).await;
+            let results = &stats.json["results"];
+            assert_eq!(results["statuses"], serde_json::json!({"1xx": 0, "2xx": 3, "3xx": 0, "4xx": 1, "5xx": 0}));
+            let buckets = results["latency"].as_array().unwrap();
+            assert_eq!(buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum::<u64>(), 4, "{}", stats.raw);
+            assert_eq!(buckets.first().unwrap()["le_ms"], 1);
+            assert_eq!(buckets.last().unwrap()["le_ms"], serde_json::Value::Null, "the last bucket takes the rest");
         } else {
-            assert_eq!(stats.json["results"]["requests_total"], serde_json::Value::Null, "{}", stats.raw);
+            for field in ["requests_total", "statuses", "latency"] {
+                assert_eq!(stats.json["results"][field], serde_json::Value::Null, "{}", stats.raw);
+            }
         }
         assert!(stats.json["results"]["at"].as_u64() >= stats.json["results"]["started"].as_u64());
     }
