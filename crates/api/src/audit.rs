@@ -82,7 +82,7 @@ impl Entry {
 fn described(method: &Method, path: &str) -> Option<(&'static str, &'static str, String)> {
     let rest = path.strip_prefix("/api/")?;
     let (area, item) = rest.split_once('/').unwrap_or((rest, ""));
-    let item = percent_decoded(item);
+    let item = percent_encoding::percent_decode_str(item).decode_utf8_lossy().into_owned();
     let by_method = match *method {
         Method::POST => "create",
         Method::PUT | Method::PATCH => "update",
@@ -111,26 +111,6 @@ fn described(method: &Method, path: &str) -> Option<(&'static str, &'static str,
         "cert" => (by_method, "Cert", item),
         _ => (by_method, "Other", rest.to_owned()),
     })
-}
-
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && let (Some(high), Some(low)) =
-                (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
-        {
-            out.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Records every successful change made through the API (a middleware around its routes).

@@ -228,11 +228,11 @@ function certOf(name, certs) {
 }
 
 async function overviewPage() {
-  const [hosts, unique] = await Promise.all([api('GET', 'host?detail=true'), api('GET', 'cert')]).then(([listed, known]) => [listed.results, known.results]);
+  const [hosts, unique] = await hostsAndCerts();
   const users = me.role === 'admin' ? (await api('GET', 'user')).results.length : null;
   const expiring = unique.filter((c) => c.not_after).sort((a, b) => a.not_after - b.not_after).slice(0, 10);
   const failing = unique.filter((c) => c.failures > 0);
-  const soon = unique.filter((c) => c.status === 'valid' && c.not_after - Date.now() < 14 * 86400000).length;
+  const soon = unique.filter((c) => c.status === 'valid' && c.not_after - Date.now() < SOON_DAYS * 86400000).length;
   const valid = unique.filter((c) => c.status === 'valid').length;
   const offline = hosts.flatMap((x) => (x.targets || []).filter((t) => online(t) === 'offline').map((t) => ({ host: x.host, target: t })));
   const count = (n, label, tone) => h('div', { class: `stat ${tone || ''}` }, h('span', { class: 'number' }, n), h('span', { class: 'muted' }, label));
@@ -242,7 +242,7 @@ async function overviewPage() {
     h('section', { class: 'card', 'aria-label': 'Counts' }, h('div', { class: 'stats' },
       count(hosts.length, hosts.length === 1 ? 'host' : 'hosts'),
       count(valid, 'certificates valid', 'ok'),
-      count(soon, 'expiring within 14 days', soon ? 'warn' : ''),
+      count(soon, `expiring within ${SOON_DAYS} days`, soon ? 'warn' : ''),
       count(unique.length - valid, 'certificates failing or expired', unique.length - valid ? 'bad' : ''),
       count(offline.length, offline.length === 1 ? 'target offline' : 'targets offline', offline.length ? 'bad' : ''),
       users === null ? null : count(users, users === 1 ? 'user' : 'users'))),
@@ -515,10 +515,25 @@ let redraw = null;
 function certBadge(host, certs) {
   const c = certOf(host, certs);
   if (!c) return h('span', { class: 'badge' }, host.includes('*') ? 'per name, on demand' : 'none yet');
+  return certState(c);
+}
+
+/** Days before expiry under which a valid certificate is shown as needing care. */
+const SOON_DAYS = 14;
+
+/** A certificate's state (`GET /api/cert`) as a badge: failing, expired, or valid with the
+ * days left (a warning when few are left or renewals fail). */
+function certState(c) {
   if (c.status === 'none') return h('span', { class: 'badge bad' }, 'failing');
   if (c.status !== 'valid') return h('span', { class: 'badge bad' }, c.status);
   const days = Math.floor((c.not_after - Date.now()) / 86400000);
-  return h('span', { class: `badge ${c.failures > 0 || days < 14 ? 'warn' : 'ok'}`, title: `until ${when(c.not_after)}` }, `valid, ${days} days left`);
+  return h('span', { class: `badge ${c.failures > 0 || days < SOON_DAYS ? 'warn' : 'ok'}`, title: `until ${when(c.not_after)}` }, `valid, ${days} days left`);
+}
+
+/** Every host (with its details) and every managed certificate. */
+async function hostsAndCerts() {
+  const [hosts, certs] = await Promise.all([api('GET', 'host?detail=true'), api('GET', 'cert')]);
+  return [hosts.results, certs.results];
 }
 
 /** A target's health in a word: online, offline, or unknown (no traffic yet); `null` when
@@ -549,7 +564,7 @@ const HOST_FILTERS = {
 const hostView = { search: '', sort: 'host', descending: false, filter: 'all' };
 
 async function hostsPage() {
-  let [hosts, certs] = await Promise.all([api('GET', 'host?detail=true'), api('GET', 'cert')]).then(([listed, known]) => [listed.results, known.results]);
+  let [hosts, certs] = await hostsAndCerts();
   const search = h('input', { type: 'search', name: 'search', placeholder: 'Search hosts', value: hostView.search });
   const show = h('select', { name: 'filter' }, Object.entries(HOST_FILTERS).map(([value, [label]]) =>
     h('option', { value, selected: hostView.filter === value }, label)));
@@ -667,7 +682,7 @@ async function hostsPage() {
       empty));
   render();
   redraw = async () => {
-    [hosts, certs] = await Promise.all([api('GET', 'host?detail=true'), api('GET', 'cert')]).then(([listed, known]) => [listed.results, known.results]);
+    [hosts, certs] = await hostsAndCerts();
     render();
   };
 }
@@ -701,10 +716,7 @@ async function certsPage() {
   const empty = h('p', { class: 'muted' }, 'No certificates yet: each is issued on the first HTTPS request for a name a host answers, or by DNS-01 for a wildcard host.');
   const draw = () => {
     rows.replaceChildren(...certs.map((c) => {
-      const days = c.not_after ? Math.floor((c.not_after - Date.now()) / 86400000) : null;
-      const state = c.status === 'none' ? h('span', { class: 'badge bad' }, 'no certificate: failing')
-        : c.status !== 'valid' ? h('span', { class: 'badge bad' }, c.status)
-          : h('span', { class: `badge ${c.failures > 0 || days < 14 ? 'warn' : 'ok'}` }, `valid, ${days} days left`);
+      const state = certState(c);
       return h('tr', {},
         h('td', {}, c.host, c.names && c.names.length > 1 ? h('div', { class: 'muted' }, c.names.join(', ')) : null),
         h('td', {}, c.issued_by || '—', c.issuer ? h('div', { class: 'muted' }, c.issuer) : null),

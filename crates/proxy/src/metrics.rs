@@ -60,9 +60,8 @@ pub struct Traffic {
 
 /// The data plane's metrics.
 pub struct Metrics {
-    /// Requests counted, all labels together (for the API's overview).
-    served: std::sync::atomic::AtomicU64,
-    /// Requests by status class and by duration (for the API's overview).
+    /// Requests by status class and by duration, all hosts together (for the API's overview;
+    /// their sum is the requests served).
     statuses: [std::sync::atomic::AtomicU64; 5],
     latency: [std::sync::atomic::AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
     /// Whether requests are counted: only when something can read them (a metrics listener).
@@ -114,7 +113,6 @@ impl fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            served: std::sync::atomic::AtomicU64::new(0),
             statuses: Default::default(),
             latency: Default::default(),
             per_request: true,
@@ -232,12 +230,11 @@ impl Metrics {
             None => family().observe(seconds),
         }
         self.response_bytes.inc_by(bytes);
-        self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Requests counted so far (none unless [`Metrics::counts_requests`]).
     pub fn requests_served(&self) -> u64 {
-        self.served.load(std::sync::atomic::Ordering::Relaxed)
+        self.statuses.iter().map(|n| n.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
     /// Requests counted so far, by status class and duration (none unless
