@@ -17,6 +17,7 @@ import { execFile } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
+import net from 'node:net';
 import { promisify } from 'node:util';
 
 const env = process.env;
@@ -112,6 +113,46 @@ const eventsSeen = () => page.evaluate(() => Number(document.body.dataset.events
 
 /** The toasts on screen. */
 const toasts = () => page.locator('#notice p').allTextContents();
+
+/** File pickers the page has opened and no step has taken yet. One listener serves the whole
+ * run: Playwright switches the browser's interception of pickers on and off with its
+ * listeners, and a picker opened while that is switching would be missed. */
+const pickers = [];
+page.on('filechooser', (chooser) => pickers.push(chooser));
+
+/** Presses Space on the focused file input and gives the picker it opens `path`. */
+async function pickWithSpace(path) {
+  pickers.length = 0;
+  await page.keyboard.press('Space');
+  await eventually('a file picker opened by Space', () => pickers.length > 0);
+  await pickers.shift().setFiles(path);
+}
+
+/** Presses Tab (Shift+Tab with `back`) until `locator`'s element has the focus, as a
+ * keyboard user reaches a control; each stop on the way must show where the focus is. Fails if
+ * it is not reached within 120 presses. */
+async function tabTo(locator, back = false) {
+  await locator.waitFor({ timeout: WAIT });
+  for (let i = 0; i < 120; i++) {
+    await page.keyboard.press(back ? 'Shift+Tab' : 'Tab');
+    const [outline, label] = await page.evaluate(() => {
+      const a = document.activeElement;
+      return [a ? getComputedStyle(a).outlineStyle : 'none', a ? `${a.tagName} ${a.getAttribute('aria-label') || a.name || a.textContent.slice(0, 30)}` : ''];
+    });
+    if (label && !label.startsWith('BODY')) expect(outline !== 'none', `the focus shows on ${label}`);
+    // The element as it is now (a live change may have drawn the page anew meanwhile).
+    if (await locator.evaluate((el) => el === document.activeElement).catch(() => false)) return;
+  }
+  throw new Error(`not reachable with the keyboard: ${locator}`);
+}
+
+/** Follows a link of the navigation bar with the keyboard: the page's heading takes the focus. */
+async function keyTo(link, heading) {
+  await tabTo(page.getByRole('link', { name: link, exact: true }), true);
+  await page.keyboard.press('Enter');
+  await page.getByRole('heading', { name: heading, exact: true }).waitFor({ timeout: WAIT });
+  await eventually(`the heading of ${heading} has the focus`, () => page.evaluate(() => document.activeElement.tagName === 'H1'));
+}
 
 /** Follows a link of the navigation bar and waits for its page. */
 async function go(link, heading) {
@@ -262,6 +303,72 @@ await step('health checks are set in the host editor', async () => {
   await page.getByRole('dialog').waitFor({ state: 'hidden', timeout: WAIT });
 });
 
+await step('redirect, static and passthrough hosts, header rules and HSTS in the editor', async () => {
+  await go('Hosts', 'Hosts');
+  await page.getByRole('button', { name: 'New host' }).click();
+  let form = page.getByRole('dialog', { name: 'Add a host' }).getByRole('form');
+  await form.getByLabel('Host name or pattern').fill('moved.ui.test');
+  await form.getByLabel('Answers with').selectOption('redirect');
+  expect(!(await form.getByLabel('Target address').isVisible()), 'no target for a redirect');
+  await form.getByLabel('Redirect to (URL or host name)').fill('https://elsewhere.ui.test');
+  await form.getByLabel('Redirect status').selectOption('307');
+  await form.getByLabel('Redirect HTTP to HTTPS').uncheck();
+  await form.getByRole('button', { name: 'Add host' }).click();
+  await page.getByRole('dialog').waitFor({ state: 'hidden', timeout: WAIT });
+  await page.getByRole('table', { name: 'Hosts' }).getByText('→ https://elsewhere.ui.test (307)').waitFor({ timeout: WAIT });
+  const moved = await eventually('the redirect host routed', async () => { const a = await viaProxy('moved.ui.test'); return a.status === 307 && a; });
+  expect(moved.status === 307, `a 307: ${moved.status}`);
+
+  // A passthrough host: targets as a proxy host's, its own option, no certificate of Portico's.
+  await page.getByRole('button', { name: 'New host' }).click();
+  form = page.getByRole('dialog', { name: 'Add a host' }).getByRole('form');
+  await form.getByLabel('Host name or pattern').fill('tls.ui.test');
+  await form.getByLabel('Answers with').selectOption('passthrough');
+  await form.getByLabel('Target address').fill('127.0.0.1');
+  await form.getByLabel('Target port').fill(env.BACKEND_PORT);
+  await form.getByLabel('Send a PROXY protocol header to the target').check();
+  await form.getByRole('button', { name: 'Add host' }).click();
+  await page.getByRole('dialog').waitFor({ state: 'hidden', timeout: WAIT });
+  const passRow = page.getByRole('table', { name: 'Hosts' }).getByRole('row').filter({ hasText: 'tls.ui.test' });
+  await passRow.getByText(`TLS passthrough to 127.0.0.1:${env.BACKEND_PORT}`).waitFor({ timeout: WAIT });
+  await passRow.getByText('the targets\' own').waitFor({ timeout: WAIT });
+  const pass = (await (await fetch(`${base}/api/host/tls.ui.test`, { headers: { 'auth-token': token } })).json()).results;
+  expect(pass.kind === 'passthrough' && pass.passthrough.proxyProtocol === true, `stored: ${JSON.stringify(pass)}`);
+
+  await page.getByRole('button', { name: 'New host' }).click();
+  form = page.getByRole('dialog', { name: 'Add a host' }).getByRole('form');
+  await form.getByLabel('Host name or pattern').fill('closed.ui.test');
+  await form.getByLabel('Answers with').selectOption('static');
+  await form.getByLabel('Answer status', { exact: true }).fill('503');
+  await form.getByLabel('Body').fill('<h1>Back soon</h1>');
+  await form.getByLabel('Redirect HTTP to HTTPS').uncheck();
+  await page.getByText('Headers, HSTS, compression and error page').click();
+  await form.getByLabel(/^Response headers/).fill('X-Maintenance: yes');
+  await form.getByLabel('HSTS (Strict-Transport-Security on HTTPS)').check();
+  await form.getByRole('button', { name: 'Add host' }).click();
+  await page.getByRole('dialog').waitFor({ state: 'hidden', timeout: WAIT });
+  const closed = await eventually('the static host routed', async () => { const a = await viaProxy('closed.ui.test'); return a.status === 503 && a; });
+  expect(closed.body === '<h1>Back soon</h1>', `the body: ${closed.body}`);
+  const host = (await (await fetch(`${base}/api/host/closed.ui.test`, { headers: { 'auth-token': token } })).json()).results;
+  expect(host.headers.response.set['x-maintenance'] === 'yes' && host.hsts.maxAge === 31536000, `stored: ${JSON.stringify(host)}`);
+  const row = page.getByRole('table', { name: 'Hosts' }).getByRole('row').filter({ hasText: 'closed.ui.test' });
+  await row.getByText('HSTS', { exact: true }).waitFor({ timeout: WAIT });
+  // Edited back to a proxy host, the rules stay until removed.
+  await row.getByRole('button', { name: 'Edit closed.ui.test' }).click();
+  form = page.getByRole('dialog', { name: 'Edit closed.ui.test' }).getByRole('form');
+  expect((await form.getByLabel('Body').inputValue()) === '<h1>Back soon</h1>', 'the editor shows the static answer');
+  await form.getByLabel('Answers with').selectOption('proxy');
+  await form.getByLabel('Target address').fill('127.0.0.1');
+  await form.getByLabel('Target port').fill(env.BACKEND_PORT);
+  await form.getByRole('button', { name: 'Save' }).click();
+  await page.getByRole('dialog').waitFor({ state: 'hidden', timeout: WAIT });
+  await eventually('proxying again', async () => (await viaProxy('closed.ui.test')).status === 200);
+  for (const name of ['moved.ui.test', 'closed.ui.test', 'tls.ui.test']) {
+    const status = (await fetch(`${base}/api/host/${name}`, { method: 'DELETE', headers: { 'auth-token': token } })).status;
+    expect(status === 200, `${name} deleted: ${status}`);
+  }
+});
+
 await step('the hosts table: targets online and offline, filter, sort, bulk delete', async () => {
   // From here, not from the page: a 404 asked for on purpose is no error of the page's.
   const call = async (method, path, body) => (await fetch(base + path, {
@@ -295,6 +402,14 @@ await step('the hosts table: targets online and offline, filter, sort, bulk dele
   const sorted = await links();
   expect(sorted[0] === 'zz.ui.test' && sorted.length >= 4 && [...sorted].sort().reverse().join() === sorted.join(), `sorted by host, descending: ${sorted}`);
   await page.getByRole('button', { name: 'Host ↓', exact: true }).click();
+  // Hosts with access rules first when sorted by them; several targets, as a filter.
+  await page.getByRole('button', { name: 'Access', exact: true }).click();
+  const byAccess = await links();
+  expect(byAccess.slice(0, 2).sort().join() === 'down.ui.test,pair.ui.test', `hosts with rules or checks first: ${byAccess}`);
+  await page.locator('select[name="filter"]').selectOption({ label: 'Several targets' });
+  expect(JSON.stringify(await links()) === '["down.ui.test","pair.ui.test"]', `only hosts with several targets: ${await links()}`);
+  await page.locator('select[name="filter"]').selectOption({ label: 'All hosts' });
+  await page.getByRole('button', { name: 'Host', exact: true }).click();
   expect(!(await page.getByRole('button', { name: 'Delete selected' }).isEnabled()), 'nothing selected, nothing to delete');
   await page.getByRole('checkbox', { name: 'Select down.ui.test' }).check();
   await page.getByRole('checkbox', { name: 'Select zz.ui.test' }).check();
@@ -360,7 +475,81 @@ await step('the certificates page: state, download, renew', async () => {
   await go('Overview', 'Overview');
   await go('Certificates', 'Certificates');
   await row.getByText(/valid, \d+ days left/).waitFor({ timeout: WAIT });
+  // Its history, newest first: issued on the first request, then renewed.
+  await row.locator('summary').click();
+  const history = await row.locator('ol.history li').allTextContents();
+  expect(history.length === 2 && history[0].includes('renewed by internal') && history[1].includes('issued by internal'), `the history: ${history}`);
   await picture('certificates');
+});
+
+await step('upload a custom certificate, served at once, then back to automatic', async () => {
+  const served = () => new Promise((resolve, reject) => {
+    const [ip, port] = env.TEST_PROXY_TLS.split(':');
+    const req = https.request({ host: ip, port: Number(port), path: '/', servername: 'ui.example.test', rejectUnauthorized: false,
+      agent: false, headers: { host: 'ui.example.test' } }, (res) => { resolve(res.socket.getPeerCertificate().issuer.CN); res.resume(); });
+    req.on('error', reject);
+    req.end();
+  });
+  const form = page.getByRole('form', { name: 'Upload a certificate' });
+  await form.getByLabel('Host name or *.zone pattern').fill('ui.example.test');
+  await form.getByLabel(/Certificate chain/).setInputFiles(`${env.UPLOADS}/chain.pem`);
+  await form.getByLabel('Private key (PEM)').setInputFiles(`${env.UPLOADS}/wrong-key.pem`);
+  await form.getByRole('button', { name: 'Upload' }).click();
+  await form.getByRole('alert').filter({ hasText: 'privkey_pem is not the key' }).waitFor({ timeout: WAIT });
+  expect((await form.getByLabel('Private key (PEM)').getAttribute('aria-invalid')) === 'true', 'the key field is marked');
+  await form.getByLabel('Private key (PEM)').setInputFiles(`${env.UPLOADS}/key.pem`);
+  await form.getByRole('button', { name: 'Upload' }).click();
+  const row = page.getByRole('table', { name: 'Certificates' }).getByRole('row').filter({ hasText: 'ui.example.test' });
+  await row.getByRole('cell', { name: /^uploaded/ }).waitFor({ timeout: WAIT });
+  expect((await served()) === 'UI Company Root', 'the uploaded certificate is served from the next handshake');
+  expect(!(await row.getByRole('button', { name: 'Renew ui.example.test' }).count()), 'an uploaded certificate is not renewed');
+  await picture('certificates-upload');
+  await row.getByRole('button', { name: 'Remove the uploaded certificate of ui.example.test' }).click();
+  await eventually('the uploaded certificate gone', async () => (await row.count()) === 0);
+  expect((await served()) !== 'UI Company Root', 'back to an automatic certificate at the next handshake');
+  // The page follows certificates live: the new one shows without a reload.
+  await row.getByRole('cell', { name: /^internal CA/ }).waitFor({ timeout: WAIT });
+});
+
+await step('a page that loads late is not drawn over the next one', async () => {
+  // The overview's host list answers late; the user has gone on to Certificates meanwhile.
+  let released = null;
+  const late = new Promise((resolve) => { released = resolve; });
+  let held = false;
+  let passed = null;
+  const through = new Promise((resolve) => { passed = resolve; });
+  await page.route('**/api/host?detail=true', async (r) => { held = true; await late; await r.continue(); passed(); }, { times: 1 });
+  await page.getByRole('link', { name: 'Overview', exact: true }).click();
+  await eventually('the overview waiting for its hosts', async () => held);
+  await go('Certificates', 'Certificates');
+  released();
+  await through;
+  const settled = await page.evaluate(() => new Promise((resolve) => setTimeout(() => resolve(document.querySelector('h1').textContent), 500)));
+  expect(settled === 'Certificates', `the page shown is the one asked for last: ${settled}`);
+});
+
+await step('a stream forwards a TCP port', async () => {
+  // A TCP peer that answers "echo: <what it got>", and a free port for the stream.
+  const echo = net.createServer((socket) => socket.on('data', (d) => socket.write(`echo: ${d}`)));
+  await new Promise((resolve) => echo.listen(0, '127.0.0.1', resolve));
+  const free = await new Promise((resolve) => { const s = net.createServer(); s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); }); });
+  await go('Streams', 'Streams');
+  const form = page.getByRole('form', { name: 'Add a stream' });
+  await form.getByLabel('Listen on (address:port)').fill(`127.0.0.1:${free}`);
+  await form.getByLabel(/^Targets/).fill(`127.0.0.1:${echo.address().port}`);
+  await form.getByRole('button', { name: 'Add stream' }).click();
+  await page.getByRole('table', { name: 'Streams' }).getByText(`127.0.0.1:${free}`).waitFor({ timeout: WAIT });
+  const through = () => new Promise((resolve) => {
+    const socket = net.connect(free, '127.0.0.1', () => socket.write('ping'));
+    socket.on('data', (d) => { resolve(String(d)); socket.destroy(); });
+    socket.on('error', () => resolve(null));
+    setTimeout(() => { resolve(null); socket.destroy(); }, 2000);
+  });
+  await eventually('bytes through the stream', async () => (await through()) === 'echo: ping');
+  await picture('streams');
+  await page.getByRole('button', { name: `Delete the stream on 127.0.0.1:${free}` }).click();
+  await eventually('the port closed', async () => (await through()) === null);
+  echo.close();
 });
 
 await step('pattern tester', async () => {
@@ -398,6 +587,20 @@ await step('add a user', async () => {
   await form.getByLabel('Password').fill('uma-password-1');
   await form.getByRole('button', { name: 'Add user' }).click();
   await page.getByRole('table', { name: 'Users' }).getByRole('cell', { name: 'uma', exact: true }).waitFor({ timeout: WAIT });
+  // An admin sets another user's password (no current password asked); it works at once.
+  await page.getByRole('button', { name: 'Set password for uma' }).click();
+  const reset = page.getByRole('dialog', { name: 'Set password for uma' }).getByRole('form');
+  await reset.getByLabel('New password', { exact: true }).fill('uma-password-2');
+  await reset.getByLabel('New password again').fill('uma-password-x');
+  await reset.getByRole('button', { name: 'Set password' }).click();
+  await reset.getByRole('alert').filter({ hasText: 'the two passwords differ' }).waitFor({ timeout: WAIT });
+  await reset.getByLabel('New password again').fill('uma-password-2');
+  await reset.getByRole('button', { name: 'Set password' }).click();
+  await page.getByRole('dialog').waitFor({ state: 'hidden', timeout: WAIT });
+  await page.locator('#notice p').filter({ hasText: 'The password of uma is set' }).waitFor({ timeout: WAIT });
+  const signIn = (password) => page.evaluate(async (p) => (await fetch('/api/auth/login', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: 'uma', password: p }) })).status, password);
+  expect((await signIn('uma-password-2')) === 200, 'uma signs in with the password the admin set');
+  expect((await signIn('uma-password-1')) === 401, 'and no longer with the old one');
 });
 
 await step('create an API token', async () => {
@@ -493,6 +696,126 @@ await step('readable at 375 px wide', async () => {
 });
 
 const NEW_PASSWORD = 'the-admins-new-password-2';
+
+await step('every flow with the keyboard alone', async () => {
+  await page.setViewportSize({ width: 1200, height: 850 });
+  // Hosts: add one in the editor, sort, open and leave the editor, select and delete.
+  await keyTo('Overview', 'Overview');
+  await keyTo('Hosts', 'Hosts');
+  await tabTo(page.getByRole('button', { name: 'New host' }));
+  await page.keyboard.press('Enter');
+  const dialog = page.getByRole('dialog', { name: 'Add a host' });
+  await dialog.waitFor({ timeout: WAIT });
+  expect(await dialog.getByLabel('Host name or pattern').evaluate((el) => el === document.activeElement), 'the editor opens on its first field');
+  await page.keyboard.type('keys.example.test');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type('127.0.0.1');
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('ControlOrMeta+a');
+  await page.keyboard.type(env.BACKEND_PORT);
+  await page.keyboard.press('Enter');
+  await dialog.waitFor({ state: 'hidden', timeout: WAIT });
+  const table = page.getByRole('table', { name: 'Hosts' });
+  await table.getByRole('row').filter({ hasText: 'keys.example.test' }).waitFor({ timeout: WAIT });
+  // New hosts redirect plain HTTP to HTTPS by default: routed, not 404.
+  await eventually('the host added with the keyboard routes', async () => [200, 301, 308].includes((await viaProxy('keys.example.test')).status));
+  const sortButton = table.getByRole('button', { name: /^Host [↑↓]$/ });
+  const hostHeader = sortButton.locator('xpath=..');
+  const before = await hostHeader.getAttribute('aria-sort', { timeout: WAIT });
+  await tabTo(sortButton);
+  await page.keyboard.press('Enter');
+  await eventually('sorted the other way', async () => (await hostHeader.getAttribute('aria-sort')) !== before);
+  // The header is drawn anew with the rows; the focus comes back to its button once drawn.
+  await eventually('the sort button keeps the focus', () => sortButton.evaluate((el) => el === document.activeElement));
+  // A live change redraws the table meanwhile: the focus stays on the sort button.
+  const seen = await eventsSeen();
+  const added = await fetch(`${base}/api/host`, { method: 'POST', headers: { 'auth-token': token, 'content-type': 'application/json' },
+    body: JSON.stringify({ host: 'redrawn.example.test', ip: '127.0.0.1', targetPort: Number(env.BACKEND_PORT) }) });
+  expect(added.ok, `a host added beside the page: ${added.status}`);
+  await table.getByRole('row').filter({ hasText: 'redrawn.example.test' }).waitFor({ timeout: WAIT });
+  await eventually('the live event of the host added beside', async () => (await eventsSeen()) > seen);
+  await eventually('a live redraw keeps the focus on the sort button', () => sortButton.evaluate((el) => el === document.activeElement));
+  await tabTo(page.getByRole('button', { name: 'Edit keys.example.test' }));
+  await page.keyboard.press('Enter');
+  await page.getByRole('dialog', { name: 'Edit keys.example.test' }).waitFor({ timeout: WAIT });
+  await page.keyboard.press('Escape');
+  await page.getByRole('dialog').waitFor({ state: 'hidden', timeout: WAIT });
+  expect(await page.getByRole('button', { name: 'Edit keys.example.test' }).evaluate((el) => el === document.activeElement), 'Esc returns the focus to Edit');
+  // Saved: the table is drawn anew, and the focus is back on the same row's Edit.
+  await page.keyboard.press('Enter');
+  const editing = page.getByRole('dialog', { name: 'Edit keys.example.test' });
+  await editing.waitFor({ timeout: WAIT });
+  await tabTo(editing.getByLabel('Target address'));
+  await page.keyboard.press('ControlOrMeta+a');
+  await page.keyboard.type('127.0.0.2');
+  await page.keyboard.press('Enter');
+  await editing.waitFor({ state: 'hidden', timeout: WAIT });
+  await table.getByRole('row').filter({ hasText: '127.0.0.2' }).waitFor({ timeout: WAIT });
+  await eventually('the focus back on Edit after saving', () => page.getByRole('button', { name: 'Edit keys.example.test' }).evaluate((el) => el === document.activeElement));
+  await tabTo(page.getByRole('checkbox', { name: 'Select keys.example.test' }), true);
+  await page.keyboard.press('Space');
+  await tabTo(page.getByRole('button', { name: 'Delete selected' }), true);
+  await page.keyboard.press('Enter');
+  await eventually('the host deleted', async () => (await table.getByRole('row').filter({ hasText: 'keys.example.test' }).count()) === 0);
+
+  // Certificates: upload one (the file picker opens from the keyboard), then remove it.
+  await keyTo('Certificates', 'Certificates');
+  const form = page.getByRole('form', { name: 'Upload a certificate' });
+  await tabTo(form.getByLabel('Host name or *.zone pattern'));
+  await page.keyboard.type('ui.example.test');
+  for (const [label, file] of [[/Certificate chain/, 'chain.pem'], ['Private key (PEM)', 'key.pem']]) {
+    await tabTo(form.getByLabel(label));
+    await pickWithSpace(`${env.UPLOADS}/${file}`);
+  }
+  await tabTo(form.getByRole('button', { name: 'Upload' }));
+  await page.keyboard.press('Enter');
+  const row = page.getByRole('table', { name: 'Certificates' }).getByRole('row').filter({ hasText: 'ui.example.test' });
+  await row.getByRole('cell', { name: /^uploaded/ }).waitFor({ timeout: WAIT });
+  await tabTo(row.getByRole('button', { name: 'Remove the uploaded certificate of ui.example.test' }));
+  await page.keyboard.press('Enter');
+  await eventually('the upload removed', async () => (await row.getByRole('cell', { name: /^uploaded/ }).count()) === 0);
+
+  // Users: add one, then delete it.
+  await keyTo('Users', 'Users');
+  await tabTo(page.getByRole('form', { name: 'Add a user' }).getByLabel('User name'));
+  await page.keyboard.type('kim');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type('kim-password-1');
+  await page.keyboard.press('Enter');
+  const users = page.getByRole('table', { name: 'Users' });
+  await users.getByRole('cell', { name: 'kim', exact: true }).waitFor({ timeout: WAIT });
+  await tabTo(page.getByRole('button', { name: 'Set password for kim' }));
+  await page.keyboard.press('Enter');
+  const setting = page.getByRole('dialog', { name: 'Set password for kim' });
+  await setting.waitFor({ timeout: WAIT });
+  await page.keyboard.type('kim-password-2');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type('kim-password-2');
+  await page.keyboard.press('Enter');
+  await setting.waitFor({ state: 'hidden', timeout: WAIT });
+  await eventually('the focus back on Set password', () => page.getByRole('button', { name: 'Set password for kim' }).evaluate((el) => el === document.activeElement));
+  await tabTo(page.getByRole('button', { name: 'Delete kim' }));
+  await page.keyboard.press('Enter');
+  await eventually('the user deleted', async () => (await users.getByRole('cell', { name: 'kim', exact: true }).count()) === 0);
+  expect(await page.evaluate(() => document.activeElement.tagName === 'H1'), 'the focus is on the heading, not lost, once the row is gone');
+
+  // API tokens: make one; the audit log: filter it by kind with the arrow keys.
+  await keyTo('API tokens', 'API tokens');
+  await tabTo(page.getByRole('form', { name: 'Create an API token' }).getByLabel('Name'));
+  await page.keyboard.type('keyboard');
+  await page.keyboard.press('Enter');
+  await page.getByRole('table', { name: 'API tokens' }).getByText('keyboard').waitFor({ timeout: WAIT });
+  await keyTo('Audit log', 'Audit log');
+  await tabTo(page.getByLabel('Object'));
+  await page.keyboard.press('End');
+  const kind = await page.getByLabel('Object').inputValue();
+  expect(kind !== '', `a kind chosen with the keyboard: ${kind}`);
+  await eventually('the log filtered', async () => {
+    const kinds = await page.getByRole('table', { name: 'Audit log' }).locator('tbody tr td:nth-child(4)').allTextContents();
+    return kinds.length > 0 && kinds.every((k) => k.includes(kind));
+  });
+  await keyTo('Overview', 'Overview');
+});
 
 await step('change your own password', async () => {
   await page.setViewportSize({ width: 1200, height: 850 });

@@ -108,6 +108,8 @@ fn described(method: &Method, path: &str) -> Option<(&'static str, &'static str,
             },
             None => (by_method, "DnsProvider", item),
         },
+        "stream" => (by_method, "Stream", item),
+        "cert" if *method == Method::PUT => ("upload", "Cert", item),
         "cert" => (by_method, "Cert", item),
         _ => (by_method, "Other", rest.to_owned()),
     })
@@ -237,6 +239,8 @@ mod tests {
         assert_eq!(d(Method::POST, "/api/host"), Some(("create", "Host", String::new())));
         assert_eq!(d(Method::PUT, "/api/host/%2A.example.com"), Some(("update", "Host", "*.example.com".into())));
         assert_eq!(d(Method::PUT, "/api/host/app.test/renew"), Some(("renew", "Host", "app.test".into())));
+        assert_eq!(d(Method::PUT, "/api/cert/%2A.zone.test"), Some(("upload", "Cert", "*.zone.test".into())));
+        assert_eq!(d(Method::DELETE, "/api/cert/app.test"), Some(("delete", "Cert", "app.test".into())));
         assert_eq!(d(Method::PUT, "/api/user/password"), Some(("password", "User", String::new())));
         assert_eq!(d(Method::PUT, "/api/user/password/erin"), Some(("password", "User", "erin".into())));
         assert_eq!(d(Method::DELETE, "/api/dns/domain/example.com"), Some(("delete", "Domain", "example.com".into())));

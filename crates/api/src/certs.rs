@@ -8,9 +8,10 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use portico_certs::Meta;
 use portico_certs::status::CertState;
-use portico_model::HostPattern;
+use portico_certs::upload::{UPLOADED, UploadError};
+use portico_certs::{CertSettings, Meta};
+use portico_model::{FieldError, HostPattern, body};
 use portico_store::{Kind, keys};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -18,9 +19,10 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::json::JsonObject;
 use crate::openapi as doc;
 use crate::state::Api;
-use crate::wire::Results;
+use crate::wire::{Results, Written};
 
 /// `GET /api/cert/{host}[?include_private_key=true|false]`: the stored certificate's metadata and
 /// Portico's state for the name (attempts, backoff, last error). A name whose issuance keeps
@@ -39,6 +41,33 @@ pub async fn get(
     Path(host): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<CertAnswer>, ApiError> {
+    let export = match query.get("include_private_key").map(String::as_str) {
+        Some("true") => {
+            caller.require_admin()?;
+            Export::Asked
+        }
+        Some(_) => Export::Never,
+        // A plain request, as the seed's UI makes: the key for admins only.
+        None if caller.is_admin() => Export::IfAny,
+        None => Export::Never,
+    };
+    answer(&api, &caller, host, export).await.map(Json)
+}
+
+/// Whether an answer carries the private key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Export {
+    /// No.
+    Never,
+    /// Yes, but for an uploaded certificate's (never shown again), which is left out.
+    IfAny,
+    /// Yes; refused for an uploaded certificate's.
+    Asked,
+}
+
+/// The answer of `GET /api/cert/{host}`: the certificate of `host`, else of the wildcard
+/// covering it.
+async fn answer(api: &Api, caller: &Caller, host: String, export: Export) -> Result<CertAnswer, ApiError> {
     let not_found = || ApiError::NotFound { kind: "Cert", key: host.clone() };
     let asked = HostPattern::parse(&host).map_err(|_| not_found())?;
     let mut name = asked.as_str().to_owned();
@@ -57,19 +86,14 @@ pub async fn get(
         return Err(not_found());
     }
     let (mut results, stored) = view(name.clone(), blob.as_deref(), state.as_ref())?;
+    let uploaded = results.source == Some(UPLOADED);
+    if uploaded && export == Export::Asked {
+        return Err(ApiError::Forbidden("the private key of an uploaded certificate is never shown again"));
+    }
     // The seed answers the stored JSON itself (`cert_pem`, `fullchain_pem`, `privkey_pem`,
     // `expiry`), and its UI downloads those fields: they are at the top level too.
-    let export_key = match query.get("include_private_key").map(String::as_str) {
-        Some("true") => {
-            caller.require_admin()?;
-            true
-        }
-        Some(_) => false,
-        // A plain request, as the seed's UI makes: the key for admins only.
-        None => caller.is_admin(),
-    };
     let mut privkey_pem = None;
-    if export_key {
+    if export != Export::Never && !uploaded {
         let key = stored.get("privkey_pem").and_then(Value::as_str).map(str::to_owned);
         if key.is_some() {
             tracing::warn!(username = %caller.username, host = %name, "private key exported through the API");
@@ -78,7 +102,93 @@ pub async fn get(
         privkey_pem = Some(key);
     }
     let stored = stored.into_iter().filter(|(field, _)| field != "privkey_pem").collect();
-    Ok(Json(CertAnswer { item: host, results, stored, privkey_pem }))
+    Ok(CertAnswer { item: host, results, stored, privkey_pem })
+}
+
+/// `PUT /api/cert/{host} {fullchain_pem, privkey_pem}` (admins): serves this certificate for
+/// `host` (a host name or a `*.zone` pattern) from every node's next handshake, instead of
+/// automatic ones. Checked first: the chain parses and runs leaf first, each certificate
+/// issued by the next; the key is the leaf's; the leaf covers the name and is valid now.
+/// Never renewed: `portico_certificate_renewal_failing` and the certificate's `last_error`
+/// say so when a third of its life is left. The key is never shown again.
+#[utoipa::path(
+    put,
+    path = "/api/cert/{host}",
+    tag = "certs",
+    params(("host" = String, Path, description = "A host name or a `*.zone` pattern")),
+    request_body = doc::CertUpload,
+    responses((status = 200, body = CertAnswer, description = "Stored; `results.source` is `uploaded`"), doc::AuthErrors, doc::InputErrors),
+    security(("token" = []), ("bearer" = []))
+)]
+pub async fn upload(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(host): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<CertAnswer>, ApiError> {
+    caller.require_admin()?;
+    let mut errors = Vec::new();
+    let chain = body::required(&body, "fullchain_pem", &mut errors);
+    let key = body::required(&body, "privkey_pem", &mut errors);
+    let (Some(chain), Some(key)) = (chain, key) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let ratio = api.certs.as_ref().map_or(CertSettings::default().renew_remaining_ratio, |c| c.renew_remaining_ratio());
+    let uploaded =
+        portico_certs::upload::upload(api.store.as_ref(), &host, &chain, &key, ratio).await.map_err(|e| match e {
+            UploadError::Invalid(errors) => ApiError::Validation(errors),
+            UploadError::Store(e) => ApiError::Store(e),
+        })?;
+    if let Some(certs) = &api.certs {
+        certs.reload(&uploaded.name).await;
+    }
+    tracing::info!(username = %caller.username, name = %uploaded.name, names = ?uploaded.meta.names, "certificate uploaded");
+    answer(&api, &caller, uploaded.name, Export::Never).await.map(Json)
+}
+
+/// `DELETE /api/cert/{host}` (admins): removes the certificate uploaded for `host`, which
+/// returns to automatic certificates (the next handshake gets one). An automatic
+/// certificate is not removed (renew it instead).
+#[utoipa::path(
+    delete,
+    path = "/api/cert/{host}",
+    tag = "certs",
+    params(("host" = String, Path, description = "A host name or a `*.zone` pattern")),
+    responses((status = 200, body = doc::Message, description = "Removed"), doc::AuthErrors, doc::InputErrors, doc::Missing),
+    security(("token" = []), ("bearer" = []))
+)]
+pub async fn remove(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(host): Path<String>,
+) -> Result<Json<Written<Value>>, ApiError> {
+    caller.require_admin()?;
+    let not_found = || ApiError::NotFound { kind: "Cert", key: host.clone() };
+    let name = HostPattern::parse(&host).map_err(|_| not_found())?.as_str().to_owned();
+    let Some(fields) = api.store.record(Kind::Cert, &name).await? else {
+        return Err(not_found());
+    };
+    if CertState::from_fields(&fields).issuer != UPLOADED {
+        return Err(ApiError::Validation(vec![FieldError::refused(
+            "host",
+            format!(
+                "the certificate of {name} is automatic, not uploaded: nothing to remove (to replace it now, renew its host)"
+            ),
+        )]));
+    }
+    let removed = match &api.certs {
+        Some(certs) => certs.remove_uploaded(&name).await.map_err(|e| match e {
+            portico_certs::CertError::Store(e) => ApiError::Store(e),
+            _ => ApiError::Internal("removing a certificate"),
+        })?,
+        None => portico_certs::upload::remove(api.store.as_ref(), &name).await?,
+    };
+    if !removed {
+        return Err(not_found());
+    }
+    tracing::info!(username = %caller.username, name, "uploaded certificate removed");
+    let message = format!("The uploaded certificate of {name} is removed: {name} gets automatic certificates again.");
+    Ok(Json(Written::new(serde_json::json!({ "host": name }), message)))
 }
 
 /// Portico's view of the certificate `name` from its stored blob and its state (either may be
@@ -108,6 +218,12 @@ fn view(
             Map::new()
         }
     };
+    results.source = Some(match state.map(|s| s.issuer.as_str()) {
+        Some(UPLOADED) => UPLOADED,
+        Some("internal") => "internal",
+        _ if results.host.starts_with("*.") => "dns01",
+        _ => "acme",
+    });
     if let Some(state) = state {
         let millis = |secs: i64| (secs > 0).then_some(secs * 1000);
         let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
@@ -119,6 +235,12 @@ fn view(
             last_error_type: text(&state.last_error_type),
             step: text(&state.step),
             failed_step: text(&state.failed_step),
+            history: state
+                .history
+                .iter()
+                .rev()
+                .map(|e| HistoryEntry { at: e.at * 1000, event: e.what.clone() })
+                .collect(),
         });
         results.last_error = Some(text(&state.last_error));
     }
@@ -179,6 +301,11 @@ pub struct CertView {
     /// `none` while issuance keeps failing (no certificate yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<&'static str>,
+    /// Where the certificate comes from: `acme` (HTTP-01 or TLS-ALPN-01, and the seed's),
+    /// `dns01` (a wildcard through a DNS provider), `internal` (Portico's own CA) or
+    /// `uploaded` (an admin's, never renewed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cert_pem: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -225,6 +352,18 @@ pub struct Progress {
     step: Option<String>,
     /// The step a failed issuance failed at.
     failed_step: Option<String>,
+    /// What happened to the certificate, newest first (the last 20 events): issued, renewed,
+    /// the first failure of a run, uploaded, taken on from the seed, an expiry alert.
+    history: Vec<HistoryEntry>,
+}
+
+/// One event of a certificate's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryEntry {
+    /// When: milliseconds since the epoch.
+    at: i64,
+    /// What: `issued by acme`, `renewed by internal`, `failed at validating: …`, `uploaded, …`.
+    event: String,
 }
 
 /// Names, issuer, validity (milliseconds) and status of the first certificate of a PEM chain.

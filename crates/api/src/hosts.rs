@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use http::HeaderMap;
 use portico_model::host_view::HostView;
-use portico_model::{Host, HostPattern, Hostname, PatternLabel};
+use portico_model::{FieldError, Host, HostPattern, Hostname, PatternLabel};
 use portico_store::{Kind, Revision, StoreError};
 use serde_json::{Map, Value};
 
@@ -286,6 +286,12 @@ pub async fn renew(
     Path(item): Path<String>,
 ) -> Result<Json<Renewed>, ApiError> {
     let (_, host, _) = stored(&api, &item).await?;
+    if host.kind.is_passthrough() {
+        return Err(ApiError::Validation(vec![FieldError::refused(
+            "kind",
+            "a passthrough host's certificates are its targets': Portico forwards its TLS and holds none",
+        )]));
+    }
     let Some(certs) = &api.certs else {
         return Err(ApiError::Unavailable("this process does not manage certificates"));
     };

@@ -21,6 +21,7 @@ pub mod lookup;
 pub mod openapi;
 mod session;
 pub mod state;
+mod streams;
 mod ui;
 mod users;
 pub mod wire;
@@ -53,7 +54,7 @@ fn documented() -> OpenApiRouter<Api> {
         .routes(routes!(users::user_password))
         .routes(routes!(users::delete))
         .routes(routes!(certs::list))
-        .routes(routes!(certs::get))
+        .routes(routes!(certs::get, certs::upload, certs::remove))
         .routes(routes!(dns::list, dns::create, dns::types))
         .routes(routes!(dns::list_domains, dns::create_domain))
         .routes(routes!(dns::refresh_domains))
@@ -67,6 +68,8 @@ fn documented() -> OpenApiRouter<Api> {
         .routes(routes!(live::events))
         .routes(routes!(health::stats))
         .routes(routes!(audit::list))
+        .routes(routes!(streams::list, streams::create))
+        .routes(routes!(streams::get, streams::update, streams::delete))
 }
 
 /// The OpenAPI document of every route (also served at `/api/openapi.json`).

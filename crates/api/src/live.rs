@@ -28,8 +28,9 @@ use crate::auth::{Caller, token_key};
 use crate::error::ApiError;
 use crate::state::Api;
 
-/// The kinds whose changes are announced.
-const ANNOUNCED: [Kind; 3] = [Kind::Host, Kind::DnsProvider, Kind::Domain];
+/// The kinds whose changes are announced: the seed's, and certificates' state (an issuance's
+/// steps, renewals, uploads), which the seed did not announce.
+const ANNOUNCED: [Kind; 4] = [Kind::Host, Kind::DnsProvider, Kind::Domain, Kind::Cert];
 /// How often a listener's token is checked again, besides when the token's record changes
 /// (its expiry passes without a write).
 const TOKEN_RECHECK: Duration = Duration::from_secs(60);
@@ -76,6 +77,17 @@ fn render(kind: Kind, key: &str, fields: &Fields) -> Option<Value> {
         Kind::Host => Host::from_fields(fields).ok().and_then(|h| serde_json::to_value(HostView::of(&h)).ok()),
         Kind::DnsProvider => serde_json::to_value(portico_model::dns::ProviderView::of(key, fields)).ok(),
         Kind::Domain => serde_json::to_value(portico_model::dns::DomainView::of(key, fields)).ok(),
+        Kind::Cert => {
+            let state = portico_certs::status::CertState::from_fields(fields);
+            Some(json!({
+                "host": key,
+                "issued_by": state.issuer,
+                "not_after": state.not_after * 1000,
+                "step": state.step,
+                "failures": state.failures,
+                "last_error": state.last_error,
+            }))
+        }
         _ => None,
     }
 }

@@ -33,6 +33,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         (name = "hosts", description = "Hosts: the routing table"),
         (name = "dns", description = "DNS providers and the zones they manage"),
         (name = "certs", description = "Certificates"),
+        (name = "streams", description = "Streams: TCP and UDP ports forwarded to targets"),
         (name = "health", description = "Liveness and readiness, without auth"),
     )
 )]
@@ -193,6 +194,50 @@ pub struct OwnPassword {
     password: String,
 }
 
+/// A stream: a listening port forwarded to targets (`POST`/`PUT /api/stream`; an update
+/// takes any of the fields).
+#[derive(Serialize, ToSchema)]
+pub struct NewStream {
+    /// Where it listens: `127.0.0.1:5432`, `[::]:2222` (for TCP not one of this node's
+    /// listeners; not another stream's of the same protocol).
+    listen: String,
+    /// `tcp` (the default) or `udp` (a session per client address).
+    protocol: Option<String>,
+    /// 1 to 64 targets.
+    targets: Vec<TargetEntry>,
+    /// `round_robin` (default, by weight), `ip_hash`, `first` (`least_conn` is taken as
+    /// round robin).
+    balance: Option<String>,
+    /// Only these clients (addresses or networks) may connect.
+    allow: Option<Vec<String>>,
+    /// These may not (deny wins).
+    deny: Option<Vec<String>>,
+    /// Start each connection to a target with a PROXY protocol v1 header naming the client
+    /// (TCP only).
+    #[serde(rename = "proxyProtocol")]
+    proxy_protocol: Option<bool>,
+    /// Active checks of the targets (TCP only): `{interval (default "5s"), unhealthy
+    /// (default 3), healthy (default 2)}`, a connection made being a pass; `null` removes
+    /// them.
+    #[serde(rename = "healthCheck")]
+    #[schema(value_type = Option<Object>)]
+    health_check: Option<()>,
+}
+
+/// A stream as the API shows it: `NewStream`'s fields with `id` and the record's stamps.
+#[derive(Serialize, ToSchema)]
+#[schema(value_type = Object)]
+pub struct StreamView(());
+
+/// A certificate and its key to serve for a name (`PUT /api/cert/{host}`).
+#[derive(Serialize, ToSchema)]
+pub struct CertUpload {
+    /// The leaf certificate first, then its issuer, then that one's (PEM).
+    fullchain_pem: String,
+    /// The leaf's private key (PEM: PKCS#8, PKCS#1 or SEC1). Never shown again.
+    privkey_pem: String,
+}
+
 /// A new API token.
 #[derive(Serialize, ToSchema)]
 pub struct NewToken {
@@ -243,6 +288,39 @@ pub struct HostPolicy {
     /// Requests per client address.
     #[serde(rename = "rateLimit")]
     rate_limit: Option<RateLimitSpec>,
+    /// `proxy` (default: forwards to its targets), `redirect` or `static` (neither needs a
+    /// target), or `passthrough` (the TLS connections for its names are forwarded to its
+    /// targets unterminated, chosen by SNI; only `allow` and `deny` apply to it).
+    kind: Option<String>,
+    /// A passthrough host's `{proxyProtocol (default false): a PROXY protocol v1 header
+    /// naming the client goes to the target first}`.
+    #[schema(value_type = Option<Object>)]
+    passthrough: Option<()>,
+    /// A redirect host's `{url (an http(s) URL or a host name), code (301, 302, 307, 308;
+    /// default 301), keepPath (default true)}`.
+    #[schema(value_type = Option<Object>)]
+    redirect: Option<()>,
+    /// A static host's `{status (default 200), contentType (default text/html), body}`.
+    #[serde(rename = "static")]
+    #[schema(value_type = Option<Object>)]
+    static_answer: Option<()>,
+    /// Header rules `{request: {set: {name: value}, add: {…}, remove: [names]}, response:
+    /// {…}}`; values may use `{client_ip}`, `{request_id}`, `{host}`, `{scheme}`; hop-by-hop
+    /// headers, `Host` and `Content-Length` are refused (`null` removes the rules).
+    #[schema(value_type = Option<Object>)]
+    headers: Option<()>,
+    /// Strict-Transport-Security on HTTPS answers: `{maxAge (default a year),
+    /// includeSubDomains, preload}` (`null` removes it).
+    #[schema(value_type = Option<Object>)]
+    hsts: Option<()>,
+    /// Pages for Portico's own error answers, from a status (`"502"`) or `"default"` to HTML
+    /// with `{status}` and `{request_id}` replaced (`null` removes them).
+    #[serde(rename = "errorPages")]
+    #[schema(value_type = Option<Object>)]
+    error_pages: Option<()>,
+    /// Compress answers (zstd, brotli, gzip, by the client's `Accept-Encoding`) of
+    /// compressible types of 1 KiB or more (default false).
+    compress: Option<Flag>,
 }
 
 /// A basic-auth user.

@@ -191,6 +191,21 @@ async fn every_documented_answer_is_the_live_one() {
     assert_eq!(all["results"][0]["host"], "app.test", "{all}");
     assert_eq!(all["results"][0]["names"], json!(["app.test"]), "{all}");
     assert!(!all.to_string().contains("BEGIN"), "no PEM in the list: {all}");
+    // An uploaded certificate, and back to automatic.
+    let company = portico_certs::testing::TestCa::root("Company Root");
+    let (leaf, key) = company.leaf(&["upload.test"], -60, 86_400);
+    let upload = json!({"fullchain_pem": leaf, "privkey_pem": key});
+    let uploaded = c.call("put", "/api/cert/{host}", "/api/cert/upload.test", upload, ok).await;
+    assert_eq!(uploaded["results"]["source"], "uploaded", "{uploaded}");
+    c.call("delete", "/api/cert/{host}", "/api/cert/upload.test", Value::Null, ok).await;
+    // A stream.
+    let stream = json!({"listen": "127.0.0.1:45999", "targets": [{"ip": "127.0.0.1", "port": 5432}]});
+    let made = c.call("post", "/api/stream", "/api/stream", stream, ok).await;
+    let stream_path = format!("/api/stream/{}", made["id"].as_str().unwrap());
+    c.call("get", "/api/stream", "/api/stream", Value::Null, ok).await;
+    c.call("get", "/api/stream/{id}", &stream_path, Value::Null, ok).await;
+    c.call("put", "/api/stream/{id}", &stream_path, json!({"balance": "first"}), ok).await;
+    c.call("delete", "/api/stream/{id}", &stream_path, Value::Null, ok).await;
     c.call("get", "/api/host/lookup/{item}", "/api/host/lookup/app.test", Value::Null, ok).await;
     c.call("get", "/api/host/lookupobj", "/api/host/lookupobj", Value::Null, ok).await;
     // DNS: a provider account as the store holds one (adding one checks its credentials with

@@ -129,7 +129,12 @@ function check(label, name, checked) {
   return h('label', { class: 'check' }, h('input', { type: 'checkbox', name, checked }), label);
 }
 
+/** Each page's title, by its name in the address (`#/certs`). */
+const TITLES = { overview: 'Overview', hosts: 'Hosts', streams: 'Streams', certs: 'Certificates', tester: 'Pattern tester', dns: 'DNS providers', users: 'Users', tokens: 'API tokens', audit: 'Audit log', account: 'Account' };
+
 function page(title, ...content) {
+  // A page that finished loading after the user went on to another one is not shown over it.
+  if (Object.values(TITLES).includes(title) && TITLES[currentPage()] !== title) return;
   document.title = `${title} · Portico`;
   main().replaceChildren(h('h1', { tabindex: '-1' }, title), ...content.filter(Boolean));
 }
@@ -175,7 +180,8 @@ function follow() {
   (async () => {
     while (!signal.aborted) {
       try {
-        const res = await fetch('/api/events', { headers: { 'auth-token': localStorage.getItem(TOKEN) || '' }, signal });
+        // Low priority: the stream never ends, and is no part of loading the page.
+        const res = await fetch('/api/events', { headers: { 'auth-token': localStorage.getItem(TOKEN) || '' }, signal, priority: 'low' });
         if (res.status === 401) return signedOut();
         // Whether live changes are coming (tests wait on it too).
         document.body.dataset.live = res.ok ? 'connected' : 'reconnecting';
@@ -212,7 +218,8 @@ function changed(event) {
   document.body.dataset.events = String(++eventsSeen);
   const [, model, action, key] = (event.topic || '').split(':');
   const mine = key && own.has(key) && Date.now() - own.get(key) < OWN_FOR;
-  if (model && key && !mine) notice(`${model} ${key} ${action === 'remove' ? 'removed' : action + 'd'}`);
+  // A certificate's steps are shown by the page, not each in a toast.
+  if (model && key && !mine && model !== 'Cert') notice(`${model} ${key} ${action === 'remove' ? 'removed' : action + 'd'}`);
   if (!LIVE.has(currentPage()) && event.topic !== 'resync') return;
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(() => route(true), 150);
@@ -419,33 +426,133 @@ function healthBody(f, host) {
     unhealthy: number('checkUnhealthy', 3), healthy: number('checkHealthy', 2) } };
 }
 
+/** Header rules as lines: `Name: value` sets, `+Name: value` adds, `-Name` removes. */
+function rulesText(ops) {
+  if (!ops) return '';
+  return [...Object.entries(ops.set || {}).map(([n, v]) => `${n}: ${v}`), ...Object.entries(ops.add || {}).map(([n, v]) => `+${n}: ${v}`),
+    ...(ops.remove || []).map((n) => `-${n}`)].join('\n');
+}
+
+/** The API's `{set, add, remove}` from lines as `rulesText` writes them. */
+function parseRules(text) {
+  const ops = { set: {}, add: {}, remove: [] };
+  for (const line of textLines(text)) {
+    if (line.startsWith('-')) { ops.remove.push(line.slice(1).trim()); continue; }
+    const adding = line.startsWith('+');
+    const rest = adding ? line.slice(1) : line;
+    const at = rest.indexOf(':');
+    if (at < 0) { ops.remove.push(rest.trim()); continue; }
+    (adding ? ops.add : ops.set)[rest.slice(0, at).trim()] = rest.slice(at + 1).trim();
+  }
+  return ops;
+}
+
+/** What the host answers with: forwarding (the targets above), a redirect, a static answer,
+ * or its TLS connections forwarded unterminated (passthrough). */
+function kindFields(host) {
+  const kind = (host && host.kind) || 'proxy';
+  const r = (host && host.redirect) || {};
+  const a = (host && host.static) || {};
+  const select = h('select', { name: 'kind' }, [['proxy', 'Forward to targets (proxy)'], ['redirect', 'Redirect'], ['static', 'A fixed answer (static)'], ['passthrough', 'TLS passthrough (forwarded unterminated by SNI)']]
+    .map(([value, label]) => h('option', { value, selected: kind === value }, label)));
+  const pass = h('div', { class: 'grid', 'data-kind': 'passthrough' },
+    h('p', { class: 'muted wide-field' }, 'Connections for these names go to the targets as they are: the targets hold the certificates, and only the allowed and denied addresses apply.'),
+    check('Send a PROXY protocol header to the target', 'passProxyProtocol', Boolean(host && host.passthrough && host.passthrough.proxyProtocol)));
+  const redirect = h('div', { class: 'grid', 'data-kind': 'redirect' },
+    field('Redirect to (URL or host name)', 'redirectUrl', { value: r.url || '', placeholder: 'https://new.example.com' }),
+    h('label', {}, 'Redirect status', h('select', { name: 'redirectCode' }, [301, 302, 307, 308].map((c) => h('option', { value: c, selected: (r.code || 301) === c }, String(c))))),
+    check('Keep the path and query', 'keepPath', r.keepPath !== false));
+  const answer = h('div', { class: 'grid', 'data-kind': 'static' },
+    field('Answer status', 'staticStatus', { type: 'number', min: 200, max: 599, value: a.status || 200 }),
+    field('Content type', 'staticType', { value: a.contentType || 'text/html; charset=utf-8' }),
+    h('label', { class: 'wide-field' }, 'Body', h('textarea', { name: 'staticBody', rows: 3 }, a.body || '')));
+  return { select, redirect, answer, pass };
+}
+
+/** Headers, HSTS and the error page: how the host's answers are dressed. */
+function dressFields(host) {
+  const x = host || {};
+  const hsts = x.hsts || null;
+  return h('details', { class: 'access', open: Boolean(x.headers || x.hsts || x.errorPages || x.compress) },
+    h('summary', {}, 'Headers, HSTS, compression and error page'),
+    h('div', { class: 'grid' },
+      check('Compress answers (zstd, brotli, gzip) for clients that accept it', 'compress', Boolean(x.compress)),
+      h('label', {}, 'Request headers to the targets (Name: value sets, +Name: value adds, -Name removes; {client_ip}, {request_id}, {host}, {scheme})',
+        h('textarea', { name: 'requestHeaders', rows: 2 }, rulesText(x.headers && x.headers.request))),
+      h('label', {}, 'Response headers (the same)', h('textarea', { name: 'responseHeaders', rows: 2 }, rulesText(x.headers && x.headers.response))),
+      check('HSTS (Strict-Transport-Security on HTTPS)', 'hsts', Boolean(hsts)),
+      field('HSTS max-age (seconds)', 'hstsMaxAge', { type: 'number', min: 0, value: hsts ? hsts.maxAge : 31536000 }),
+      check('HSTS includeSubDomains', 'hstsSub', Boolean(hsts && hsts.includeSubDomains)),
+      check('HSTS preload', 'hstsPreload', Boolean(hsts && hsts.preload)),
+      h('label', {}, 'Error page for Portico\'s own errors (HTML; {status} and {request_id} replaced; empty: the default)',
+        h('textarea', { name: 'errorPage', rows: 2 }, (x.errorPages && x.errorPages.default) || ''))));
+}
+
+/** The API fields of the kind and dress parts of the form (only what is set or changed). */
+function kindBody(f, host) {
+  const x = host || {};
+  const out = { kind: f.get('kind'), compress: f.has('compress') };
+  if (out.kind === 'redirect') out.redirect = { url: f.get('redirectUrl'), code: Number(f.get('redirectCode')), keepPath: f.has('keepPath') };
+  if (out.kind === 'static') out.static = { status: Number(f.get('staticStatus')), contentType: f.get('staticType'), body: f.get('staticBody') || '' };
+  if (out.kind === 'passthrough') out.passthrough = { proxyProtocol: f.has('passProxyProtocol') };
+  const request = parseRules(f.get('requestHeaders') || '');
+  const response = parseRules(f.get('responseHeaders') || '');
+  const none = (ops) => !Object.keys(ops.set).length && !Object.keys(ops.add).length && !ops.remove.length;
+  if (!none(request) || !none(response)) out.headers = { request, response };
+  else if (x.headers) out.headers = null;
+  if (f.has('hsts')) out.hsts = { maxAge: Number(f.get('hstsMaxAge')), includeSubDomains: f.has('hstsSub'), preload: f.has('hstsPreload') };
+  else if (x.hsts) out.hsts = null;
+  const page = (f.get('errorPage') || '').trim();
+  const others = Object.fromEntries(Object.entries(x.errorPages || {}).filter(([k]) => k !== 'default'));
+  if (page) out.errorPages = { ...others, default: page };
+  else if (x.errorPages && x.errorPages.default) out.errorPages = Object.keys(others).length ? others : null;
+  return out;
+}
+
 function hostForm(host, done) {
   const editing = Boolean(host);
   const others = host && host.targets ? host.targets.slice(1) : [];
   const balance = h('select', { name: 'balance' },
     [['round_robin', 'In turn (round robin)'], ['least_conn', 'Least busy'], ['ip_hash', 'Same client, same target'], ['first', 'First that is up (standbys)']]
       .map(([value, label]) => h('option', { value, selected: host && host.balance === value }, label)));
-  const form = h('form', { class: 'grid', 'aria-label': editing ? `Edit ${host.host}` : 'Add a host' },
-    field('Host name or pattern', 'host', { value: host ? host.host : '', placeholder: 'app.example.com, *.example.com', required: true }),
-    field('Target address', 'ip', { value: host ? host.ip : '', placeholder: '10.0.0.5', required: true }),
-    field('Target port', 'targetPort', { type: 'number', min: 1, max: 65535, value: host ? host.targetPort : 80, required: true }),
+  const kinds = kindFields(host);
+  const targetFields = h('div', { class: 'grid', 'data-kind': 'proxy passthrough' },
+    field('Target address', 'ip', { value: host && host.ip ? host.ip : '', placeholder: '10.0.0.5', required: true }),
+    field('Target port', 'targetPort', { type: 'number', min: 1, max: 65535, value: host && host.targetPort ? host.targetPort : 80, required: true }),
     h('label', {}, 'More targets (ip:port or ip:port@weight, one per line)',
       h('textarea', { name: 'targets', rows: 2, placeholder: '10.0.0.6:80' }, others.map((t) => `${t.ip.includes(':') ? `[${t.ip}]` : t.ip}:${t.port}${t.weight > 1 ? `@${t.weight}` : ''}`).join('\n'))),
-    h('label', {}, 'Load balancing', balance),
+    h('label', {}, 'Load balancing', balance));
+  // Only the fields of the chosen kind show (and only theirs are required).
+  const showKind = () => {
+    for (const part of [targetFields, kinds.redirect, kinds.answer, kinds.pass]) {
+      const on = part.dataset.kind.split(' ').includes(kinds.select.value);
+      part.hidden = !on;
+      for (const input of part.querySelectorAll('input, select, textarea')) input.disabled = !on;
+    }
+  };
+  kinds.select.addEventListener('change', showKind);
+  const form = h('form', { class: 'grid', 'aria-label': editing ? `Edit ${host.host}` : 'Add a host' },
+    field('Host name or pattern', 'host', { value: host ? host.host : '', placeholder: 'app.example.com, *.example.com', required: true }),
+    h('label', {}, 'Answers with', kinds.select),
+    targetFields, kinds.redirect, kinds.answer, kinds.pass,
     h('fieldset', { class: 'checks' }, h('legend', {}, 'HTTPS'),
       check('Redirect HTTP to HTTPS', 'forcessl', host ? host.forcessl : true),
       check('HTTPS to the target', 'targetssl', host ? host.targetssl : false)),
     accessFields(host),
     healthFields(host),
+    dressFields(host),
     h('div', { class: 'actions' },
       h('button', { class: 'primary', type: 'submit' }, editing ? 'Save' : 'Add host'),
       h('button', { type: 'button', onclick: () => done(false) }, 'Cancel')));
+  showKind();
   onSubmit(form, async (f) => {
-    const body = { host: f.get('host'), ip: f.get('ip'), targetPort: Number(f.get('targetPort')), forcessl: f.has('forcessl'), targetssl: f.has('targetssl'), balance: f.get('balance') };
+    const forwards = ['proxy', 'passthrough'].includes(f.get('kind'));
+    const body = { host: f.get('host'), forcessl: f.has('forcessl'), targetssl: f.has('targetssl'), ...kindBody(f, host) };
+    if (forwards) Object.assign(body, { ip: f.get('ip'), targetPort: Number(f.get('targetPort')), balance: f.get('balance') });
     Object.assign(body, accessBody(f, host), healthBody(f, host));
-    const more = parseTargets(f.get('targets') || '');
+    const more = forwards ? parseTargets(f.get('targets') || '') : [];
     // The first target is the address and port above; the list replaces the host's.
-    if (more.length || others.length) {
+    if (forwards && (more.length || others.length)) {
       const first = editing && host.targets ? { ...host.targets[0], ip: body.ip, port: body.targetPort } : { ip: body.ip, port: body.targetPort, weight: 1 };
       body.targets = [first, ...more];
     }
@@ -486,6 +593,7 @@ async function certDetails(name, into) {
     if (!SETTLED.has(c.step || '')) setTimeout(() => { if (into.isConnected && !into.closest('[hidden]')) certDetails(name, into); }, 1000);
     into.replaceChildren(h('dl', { class: 'kv' },
       h('dt', {}, 'Certificate'), h('dd', {}, c.host),
+      h('dt', {}, 'Source'), h('dd', {}, SOURCE[c.source] || c.source || '—'),
       h('dt', {}, 'Status'), h('dd', {}, c.status),
       h('dt', {}, 'Issuance step'), h('dd', {}, c.step || '—'),
       h('dt', {}, 'Expires'), h('dd', {}, when(c.not_after)),
@@ -505,11 +613,36 @@ function policies(host) {
   if (host.allow || host.deny) out.push('address list');
   if (host.rateLimit) out.push(`≤ ${host.rateLimit.perSecond}/s`);
   if (host.forwardAuth) out.push('forward auth');
+  if (host.hsts) out.push('HSTS');
+  if (host.headers) out.push('header rules');
+  if (host.errorPages) out.push('error page');
+  if (host.compress) out.push('compressed');
   return out;
 }
 
 /** Redraws the current page's data in place (set by pages whose forms must survive it). */
 let redraw = null;
+
+/** Runs `draw`, which draws some of the page anew, keeping the keyboard's place: when the
+ * focus is lost, the control that had it, found again by its label (a row's *Edit* after
+ * saving), or else the page's heading (never nowhere, where a keyboard user would start again
+ * from the top). */
+async function keepingFocus(draw) {
+  const before = document.activeElement;
+  // Remembered as labelled() finds it again: by its label, else its text (a sort button's).
+  const label = before && before !== document.body ? before.getAttribute('aria-label') || before.textContent : null;
+  await draw();
+  const now = document.activeElement;
+  // Lost: on nothing, or on a control no longer in the page (draws may overlap).
+  if (now && now !== document.body && now.isConnected) return;
+  (labelled(label) || main().querySelector('h1'))?.focus({ preventScroll: true });
+}
+
+/** The control of the page whose label (`aria-label`, else its text) is `label`. */
+function labelled(label) {
+  if (!label) return null;
+  return [...main().querySelectorAll('button, a, input, select')].find((el) => (el.getAttribute('aria-label') || el.textContent) === label) || null;
+}
 
 /** A host's certificate in a few words, as a badge. */
 function certBadge(host, certs) {
@@ -527,7 +660,8 @@ function certState(c) {
   if (c.status === 'none') return h('span', { class: 'badge bad' }, 'failing');
   if (c.status !== 'valid') return h('span', { class: 'badge bad' }, c.status);
   const days = Math.floor((c.not_after - Date.now()) / 86400000);
-  return h('span', { class: `badge ${c.failures > 0 || days < SOON_DAYS ? 'warn' : 'ok'}`, title: `until ${when(c.not_after)}` }, `valid, ${days} days left`);
+  const care = c.failures > 0 || days < SOON_DAYS || (c.source === 'uploaded' && c.last_error);
+  return h('span', { class: `badge ${care ? 'warn' : 'ok'}`, title: `until ${when(c.not_after)}` }, `valid, ${days} days left`);
 }
 
 /** Every host (with its details) and every managed certificate. */
@@ -549,6 +683,8 @@ const HOST_SORTS = {
   host: (x) => x.host,
   target: (x) => `${x.ip}:${String(x.targetPort).padStart(5, '0')}`,
   certificate: (x, certs) => { const c = certOf(x.host, certs); return c && c.not_after ? c.not_after : c ? 0 : Number.MAX_SAFE_INTEGER; },
+  access: (x) => policies(x).join(', ') || '~',
+  incoming: (x) => (x.forcessl ? 0 : 1),
   updated: (x) => -(x.updated_on || 0),
 };
 
@@ -557,8 +693,11 @@ const HOST_FILTERS = {
   all: ['All hosts', () => true],
   down: ['A target offline', (x) => (x.targets || []).some((t) => online(t) === 'offline')],
   certs: ['Certificate needs care', (x, certs) => { const c = certOf(x.host, certs); return Boolean(c && (c.status !== 'valid' || c.failures > 0)); }],
-  guarded: ['With access rules', (x) => policies(x).some((p) => !p.startsWith('checked'))],
+  guarded: ['With access rules', (x) => Boolean(x.basicAuth || x.allow || x.deny || x.rateLimit || x.forwardAuth)],
   checked: ['With health checks', (x) => Boolean(x.healthCheck)],
+  balanced: ['Several targets', (x) => (x.targets || []).length > 1],
+  https: ['HTTPS only', (x) => x.forcessl],
+  plain: ['Plain HTTP served', (x) => !x.forcessl],
 };
 
 const hostView = { search: '', sort: 'host', descending: false, filter: 'all' };
@@ -570,10 +709,16 @@ async function hostsPage() {
     h('option', { value, selected: hostView.filter === value }, label)));
   // One editor, in a modal dialog, for adding and editing (Esc or Cancel closes it).
   const editor = h('dialog', { class: 'editor', 'aria-labelledby': 'editor-title' });
-  editor.addEventListener('close', () => editor.replaceChildren());
+  // Closed, the editor gives the focus back to what opened it (drawn anew meanwhile, maybe).
+  let opener = 'New host';
+  editor.addEventListener('close', () => {
+    editor.replaceChildren();
+    if (!main().contains(document.activeElement) || document.activeElement === main()) labelled(opener)?.focus();
+  });
   const edit = (host) => {
+    opener = host ? `Edit ${host.host}` : 'New host';
     editor.replaceChildren(h('h2', { id: 'editor-title' }, host ? `Edit ${host.host}` : 'Add a host'),
-      hostForm(host, (saved) => { editor.close(); if (saved) redraw(); }));
+      hostForm(host, (saved) => { editor.close(); if (saved) keepingFocus(redraw); }));
     editor.showModal();
     editor.querySelector('input').focus();
   };
@@ -590,7 +735,7 @@ async function hostsPage() {
       try { await api('DELETE', `host/${enc(name)}`); selected.delete(name); } catch (e) { failed.push(`${name}: ${e.message}`); }
     }
     notice(failed.length ? `Not deleted: ${failed.join('; ')}` : `${names.length} host${names.length === 1 ? '' : 's'} deleted.`);
-    redraw();
+    keepingFocus(redraw);
   } }, 'Delete selected');
   const renewSelected = h('button', { type: 'button', disabled: true, onclick: async () => {
     const names = [...selected];
@@ -612,13 +757,15 @@ async function hostsPage() {
     for (const x of shown) { if (everyBox.checked) selected.add(x.host); else selected.delete(x.host); }
     render();
   });
-  const header = (label, key) => {
+  const header = (label, key, wide) => {
     const sorted = hostView.sort === key;
-    return h('th', { 'aria-sort': sorted ? (hostView.descending ? 'descending' : 'ascending') : 'none' },
-      h('button', { type: 'button', class: 'sort', onclick: () => {
+    return h('th', { class: wide ? 'wide' : null, 'aria-sort': sorted ? (hostView.descending ? 'descending' : 'ascending') : 'none' },
+      h('button', { type: 'button', class: 'sort', 'data-sort': key, onclick: () => {
         hostView.descending = sorted ? !hostView.descending : false;
         hostView.sort = key;
         render();
+        // The header is drawn anew: the focus stays on this column's button.
+        head.querySelector(`[data-sort="${key}"]`).focus();
       } }, label, sorted ? (hostView.descending ? ' ↓' : ' ↑') : ''));
   };
   const head = h('thead');
@@ -631,7 +778,7 @@ async function hostsPage() {
     shown = hosts.filter((x) => (!q || x.host.includes(q) || String(x.ip).includes(q)) && keep(x, certs))
       .sort((a, b) => { const [p, r] = [key(a, certs), key(b, certs)]; return (p < r ? -1 : p > r ? 1 : 0) * (hostView.descending ? -1 : 1); });
     head.replaceChildren(h('tr', {}, h('th', {}, everyBox), header('Host', 'host'), header('Targets', 'target'),
-      header('Certificate', 'certificate'), h('th', {}, 'Access'), h('th', { class: 'wide' }, 'Incoming'),
+      header('Certificate', 'certificate'), header('Access', 'access'), header('Incoming', 'incoming', true),
       header('Updated', 'updated'), h('th', {}, 'Actions')));
     rows.replaceChildren(...shown.map((x) => {
       const detail = h('td', { colspan: 8 });
@@ -644,13 +791,15 @@ async function hostsPage() {
         h('td', {}, box),
         h('td', {}, h('a', { href: `${x.forcessl ? 'https' : 'http'}://${x.host.replace(/^\*+\./, 'www.')}`, rel: 'noreferrer', target: '_blank' }, x.host),
           x.domain && x.domain.provider ? h('div', { class: 'muted' }, `DNS: ${x.domain.provider.displayName} – ${x.domain.provider.name}`) : null),
-        h('td', {}, (x.targets || [{ ip: x.ip, port: x.targetPort, weight: 1 }]).map((t) => {
+        h('td', {}, x.kind === 'redirect' ? h('div', {}, `→ ${x.redirect.url} (${x.redirect.code})`)
+          : x.kind === 'static' ? h('div', {}, `static answer ${x.static.status}`)
+          : (x.targets || [{ ip: x.ip, port: x.targetPort, weight: 1 }]).map((t) => {
           const state = online(t);
-          return h('div', {}, `${x.targetssl ? 'https' : 'http'}://${t.ip.includes(':') ? `[${t.ip}]` : t.ip}:${t.port}${t.weight > 1 ? ` ×${t.weight}` : ''}`,
+          return h('div', {}, `${x.kind === 'passthrough' ? 'TLS passthrough to ' : x.targetssl ? 'https://' : 'http://'}${t.ip.includes(':') ? `[${t.ip}]` : t.ip}:${t.port}${t.weight > 1 ? ` ×${t.weight}` : ''}`,
             state ? h('span', { class: `badge ${state === 'online' ? 'ok' : state === 'offline' ? 'bad' : ''}` }, state) : null);
         }),
         x.targets && x.targets.length > 1 ? h('div', { class: 'muted' }, (x.balance || 'round_robin').replace('_', ' ')) : null),
-        h('td', {}, certBadge(x.host, certs)),
+        h('td', {}, x.kind === 'passthrough' ? h('span', { class: 'badge' }, 'the targets\' own') : certBadge(x.host, certs)),
         h('td', {}, policies(x).map((p) => h('span', { class: 'badge' }, p))),
         h('td', { class: 'wide' }, x.forcessl ? h('span', { class: 'badge ok' }, 'HTTPS only') : h('span', { class: 'badge' }, 'HTTP and HTTPS')),
         h('td', { class: 'wide' }, when(x.updated_on)),
@@ -662,7 +811,7 @@ async function hostsPage() {
           h('button', { type: 'button', 'aria-label': `Edit ${x.host}`, onclick: () => edit(x) }, 'Edit'),
           h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${x.host}`, onclick: async () => {
             if (!confirm(`Delete ${x.host}?`)) return;
-            try { notice((await api('DELETE', `host/${enc(x.host)}`)).message); redraw(); } catch (e) { notice(e.message); }
+            try { notice((await api('DELETE', `host/${enc(x.host)}`)).message); keepingFocus(redraw); } catch (e) { notice(e.message); }
           } }, 'Delete'))));
       return [row, detailRow];
     }).flat());
@@ -699,46 +848,82 @@ async function renewCert(name) {
   return (await api('PUT', `host/${enc(pattern)}/renew`)).message;
 }
 
-/** Saves the certificate `name` as a PEM file: its chain, and for admins its key. */
-async function downloadCert(name) {
-  const answer = await api('GET', `cert/${enc(name)}?include_private_key=${me.role === 'admin'}`);
+/** Saves the certificate `name` as a PEM file: its chain, and for admins its key (never an
+ * uploaded certificate's: that key is never shown again). */
+async function downloadCert(c) {
+  const withKey = me.role === 'admin' && c.source !== 'uploaded';
+  const answer = await api('GET', `cert/${enc(c.host)}?include_private_key=${withKey}`);
   const pem = [answer.fullchain_pem || answer.cert_pem, answer.privkey_pem].filter(Boolean).join('\n');
-  const link = h('a', { href: URL.createObjectURL(new Blob([pem], { type: 'application/x-pem-file' })), download: `${name.replace('*', '_wildcard')}.pem` });
+  const link = h('a', { href: URL.createObjectURL(new Blob([pem], { type: 'application/x-pem-file' })), download: `${c.host.replace('*', '_wildcard')}.pem` });
   document.body.append(link);
   link.click();
   link.remove();
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }
 
+/** Where a certificate comes from, in words. */
+const SOURCE = { acme: 'ACME', dns01: 'ACME, DNS-01', internal: 'internal CA', uploaded: 'uploaded' };
+
+/** The form that uploads a certificate and its key (admins). */
+function uploadForm() {
+  const form = h('form', { class: 'grid', 'aria-label': 'Upload a certificate' },
+    field('Host name or *.zone pattern', 'host', { required: true, autocomplete: 'off', placeholder: 'app.example.com' }),
+    field('Certificate chain (PEM, the leaf first)', 'fullchain_pem', { type: 'file', required: true, accept: '.pem,.crt,.cer' }),
+    field('Private key (PEM)', 'privkey_pem', { type: 'file', required: true, accept: '.pem,.key' }),
+    h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Upload')));
+  onSubmit(form, async (f) => {
+    const host = String(f.get('host')).trim();
+    const [chain, key] = await Promise.all([f.get('fullchain_pem').text(), f.get('privkey_pem').text()]);
+    const done = await api('PUT', `cert/${enc(host)}`, { fullchain_pem: chain, privkey_pem: key });
+    notice(`Uploaded the certificate of ${done.results.host}: it is served from now on and never renewed automatically.`);
+    form.reset();
+    keepingFocus(redraw);
+  });
+  return form;
+}
+
 async function certsPage() {
   let certs = (await api('GET', 'cert')).results;
+  const admin = me.role === 'admin';
   const rows = h('tbody');
+  // Histories open stay open when a live change redraws the list.
+  const histories = new Set();
   const empty = h('p', { class: 'muted' }, 'No certificates yet: each is issued on the first HTTPS request for a name a host answers, or by DNS-01 for a wildcard host.');
   const draw = () => {
     rows.replaceChildren(...certs.map((c) => {
       const state = certState(c);
+      const uploaded = c.source === 'uploaded';
       return h('tr', {},
         h('td', {}, c.host, c.names && c.names.length > 1 ? h('div', { class: 'muted' }, c.names.join(', ')) : null),
-        h('td', {}, c.issued_by || '—', c.issuer ? h('div', { class: 'muted' }, c.issuer) : null),
+        h('td', {}, SOURCE[c.source] || c.source || '—', c.issuer ? h('div', { class: 'muted' }, c.issuer) : null),
         h('td', {}, c.not_after ? when(c.not_after) : '—'),
-        h('td', {}, state, c.step && c.step !== 'issued' ? h('div', { class: 'muted' }, c.step) : null),
-        h('td', { class: c.last_error ? 'error' : 'muted' }, c.last_error ? `${c.failures} failure${c.failures === 1 ? '' : 's'}: ${c.last_error}` : 'none',
-          c.next_attempt ? h('div', { class: 'muted' }, `next attempt ${when(c.next_attempt)}`) : null),
+        h('td', {}, state, c.step && c.step !== 'issued' && c.step !== 'uploaded' ? h('div', { class: 'muted' }, c.step) : null),
+        h('td', { class: c.last_error ? 'error' : 'muted' }, c.last_error ? (uploaded ? c.last_error : `${c.failures} failure${c.failures === 1 ? '' : 's'}: ${c.last_error}`) : 'none',
+          c.next_attempt && !uploaded ? h('div', { class: 'muted' }, `next attempt ${when(c.next_attempt)}`) : null),
+        h('td', {}, c.history && c.history.length ? h('details', { open: histories.has(c.host), ontoggle: (e) => { if (e.target.open) histories.add(c.host); else histories.delete(c.host); } }, h('summary', {}, `${c.history.length} event${c.history.length === 1 ? '' : 's'}`),
+          h('ol', { class: 'history' }, c.history.map((e) => h('li', {}, h('span', { class: 'muted' }, when(e.at)), ' ', e.event)))) : h('span', { class: 'muted' }, '—')),
         h('td', {}, h('div', { class: 'actions' },
-          h('button', { type: 'button', 'aria-label': `Renew ${c.host}`, onclick: async () => {
-            try { notice(await renewCert(c.host)); redraw(); } catch (e) { notice(e.message); }
+          uploaded ? null : h('button', { type: 'button', 'aria-label': `Renew ${c.host}`, onclick: async () => {
+            try { notice(await renewCert(c.host)); keepingFocus(redraw); } catch (e) { notice(e.message); }
           } }, 'Renew'),
           c.status === 'none' ? null : h('button', { type: 'button', 'aria-label': `Download ${c.host}`, onclick: async () => {
-            try { await downloadCert(c.host); } catch (e) { notice(e.message); }
-          } }, 'Download'))));
+            try { await downloadCert(c); } catch (e) { notice(e.message); }
+          } }, 'Download'),
+          uploaded && admin ? h('button', { type: 'button', class: 'danger', 'aria-label': `Remove the uploaded certificate of ${c.host}`, onclick: async () => {
+            if (!confirm(`Remove the uploaded certificate of ${c.host}? It gets automatic certificates again.`)) return;
+            try { notice((await api('DELETE', `cert/${enc(c.host)}`)).message); keepingFocus(redraw); } catch (e) { notice(e.message); }
+          } }, 'Remove') : null)));
     }));
     empty.hidden = certs.length > 0;
   };
   page('Certificates',
+    admin ? h('section', { class: 'card', 'aria-labelledby': 'upload' }, h('h2', { id: 'upload' }, 'Upload a certificate'),
+      h('p', { class: 'muted' }, 'For a name Portico should not get certificates for itself (a company CA, a commercial certificate). It is checked (chain order, key, names, dates), served from the next handshake, never renewed, and its key is never shown again; you are alerted when a third of its life is left.'),
+      uploadForm()) : null,
     h('section', { class: 'card' },
-      h('p', { class: 'muted' }, me.role === 'admin' ? 'A download holds the chain and the private key (the export is logged).' : 'A download holds the certificate chain.'),
+      h('p', { class: 'muted' }, admin ? 'A download holds the chain and the private key (the export is logged), but an uploaded certificate\'s key.' : 'A download holds the certificate chain.'),
       h('table', { 'aria-label': 'Certificates' },
-        h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Issuer'), h('th', {}, 'Expires'), h('th', {}, 'State'), h('th', {}, 'Last error'), h('th', {}, 'Actions'))),
+        h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Source'), h('th', {}, 'Expires'), h('th', {}, 'State'), h('th', {}, 'Last error'), h('th', {}, 'History'), h('th', {}, 'Actions'))),
         rows),
       empty));
   draw();
@@ -766,6 +951,48 @@ function testerPage() {
     h('p', { class: 'muted' }, 'Which host answers a name, and which certificate covers it.'), form, out));
 }
 
+/** Streams (admins): TCP ports forwarded to targets. */
+async function streamsPage() {
+  if (!me || me.role !== 'admin') return page('Streams', h('p', {}, 'Only admins manage streams.'));
+  const streams = (await api('GET', 'stream')).results;
+  const form = h('form', { class: 'grid', 'aria-label': 'Add a stream' },
+    field('Listen on (address:port)', 'listen', { required: true, placeholder: '0.0.0.0:5432', autocomplete: 'off' }),
+    h('label', {}, 'Protocol', h('select', { name: 'protocol' }, [['tcp', 'TCP'], ['udp', 'UDP (a session per client address)']].map(([value, label]) => h('option', { value }, label)))),
+    h('label', {}, 'Targets (ip:port or ip:port@weight, one per line)', h('textarea', { name: 'targets', rows: 2, required: true, placeholder: '10.0.0.5:5432' })),
+    h('label', {}, 'Balancing', h('select', { name: 'balance' }, [['round_robin', 'In turn (round robin)'], ['ip_hash', 'Same client, same target'], ['first', 'First that answers (standbys)']]
+      .map(([value, label]) => h('option', { value }, label)))),
+    h('label', {}, 'Allowed addresses (one per line; empty: anyone)', h('textarea', { name: 'allow', rows: 1 })),
+    h('label', {}, 'Denied addresses', h('textarea', { name: 'deny', rows: 1 })),
+    check('Send a PROXY protocol header to the target (TCP)', 'proxyProtocol', false),
+    check('Check the targets: a TCP connection every 5 s, passed over after 3 failures (TCP)', 'healthCheck', false),
+    h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Add stream')));
+  onSubmit(form, async (f) => {
+    const body = { listen: String(f.get('listen')).trim(), protocol: f.get('protocol'), targets: parseTargets(f.get('targets') || ''), balance: f.get('balance'),
+      allow: textLines(f.get('allow')), deny: textLines(f.get('deny')), proxyProtocol: f.has('proxyProtocol'),
+      healthCheck: f.has('healthCheck') ? {} : null };
+    notice((await api('POST', 'stream', body)).message);
+    await streamsPage();
+    main().querySelector('form [name="listen"]').focus();
+  });
+  page('Streams',
+    h('section', { class: 'card' }, h('h2', {}, 'Add a stream'),
+      h('p', { class: 'muted' }, 'A stream forwards every TCP connection to its port (or every UDP client\'s datagrams), bytes as they are, to one of its targets (a database, SSH, DNS, a game server); a target that fails is passed over for a while. Every node that proxies listens on it.'),
+      form),
+    h('section', { class: 'card' }, streams.length ? h('table', { 'aria-label': 'Streams' },
+      h('thead', {}, h('tr', {}, h('th', {}, 'Listens on'), h('th', {}, 'Targets'), h('th', {}, 'Rules'), h('th', {}, 'Actions'))),
+      h('tbody', {}, streams.map((x) => h('tr', {},
+        h('td', {}, x.listen, h('div', { class: 'muted' }, x.protocol)),
+        h('td', {}, x.targets.map((t) => h('div', {}, `${t.ip}:${t.port}${t.weight > 1 ? ` ×${t.weight}` : ''}`)),
+          x.targets.length > 1 ? h('div', { class: 'muted' }, x.balance.replace('_', ' ')) : null),
+        h('td', {}, [x.allow.length ? 'allow list' : null, x.deny.length ? 'deny list' : null, x.proxyProtocol ? 'PROXY protocol' : null, x.healthCheck ? 'checked' : null]
+          .filter(Boolean).map((b) => h('span', { class: 'badge' }, b))),
+        h('td', {}, h('button', { type: 'button', class: 'danger', 'aria-label': `Delete the stream on ${x.listen}`, onclick: async () => {
+          if (!confirm(`Delete the stream on ${x.listen}? Its port closes.`)) return;
+          try { notice((await api('DELETE', `stream/${enc(x.id)}`)).message); route(true); } catch (e) { notice(e.message); }
+        } }, 'Delete'))))))
+      : h('p', { class: 'muted' }, 'No streams.')));
+}
+
 async function dnsPage() {
   const [providers, types] = await Promise.all([api('GET', 'dns?detail=true'), api('OPTIONS', 'dns')]);
   const creds = h('div', { class: 'grid' });
@@ -787,7 +1014,7 @@ async function dnsPage() {
     notice((await api('POST', 'dns', body)).message);
     form.reset();
     showFields();
-    redraw();
+    keepingFocus(redraw);
   });
   const list = h('div');
   const draw = (providers) => list.replaceChildren(providers.length ? h('table', { 'aria-label': 'DNS providers' },
@@ -798,11 +1025,11 @@ async function dnsPage() {
       h('td', {}, (p.domains || []).map((d) => h('span', { class: 'badge' }, d.domain))),
       h('td', {}, h('div', { class: 'actions' },
         h('button', { type: 'button', 'aria-label': `Refresh the zones of ${p.name}`, onclick: async () => {
-          try { await api('POST', `dns/domain/refresh/${enc(p.id)}`); redraw(); } catch (e) { notice(e.message); }
+          try { await api('POST', `dns/domain/refresh/${enc(p.id)}`); keepingFocus(redraw); } catch (e) { notice(e.message); }
         } }, 'Refresh zones'),
         h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${p.name}`, onclick: async () => {
           if (!confirm(`Delete ${p.name} and its zones?`)) return;
-          try { notice((await api('DELETE', `dns/${enc(p.id)}`)).message); redraw(); } catch (e) { notice(e.message); }
+          try { notice((await api('DELETE', `dns/${enc(p.id)}`)).message); keepingFocus(redraw); } catch (e) { notice(e.message); }
         } }, 'Delete')))))))
     : h('p', { class: 'muted' }, 'No DNS providers yet.'));
   draw(providers.results);
@@ -823,18 +1050,45 @@ async function usersPage() {
     h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Add user')));
   onSubmit(form, async (f) => {
     notice((await api('POST', 'user', { username: f.get('username'), password: f.get('password'), role: f.has('admin') ? 'admin' : 'user' })).message);
-    route(true);
+    // Drawn anew, the form empty and ready for the next user (Enter in a field sends it, and a
+    // live refresh leaves a page alone while one of its fields has the focus).
+    await usersPage();
+    main().querySelector('form [name="username"]').focus();
   });
-  page('Users',
+  // Setting another user's password: one form, in a modal dialog (Esc or Cancel closes it).
+  const dialog = h('dialog', { class: 'editor', 'aria-labelledby': 'password-title' });
+  let opener = null;
+  dialog.addEventListener('close', () => { dialog.replaceChildren(); if (!main().contains(document.activeElement)) labelled(opener)?.focus(); });
+  const setPassword = (name) => {
+    opener = `Set password for ${name}`;
+    const reset = h('form', { class: 'grid', 'aria-label': `Set password for ${name}` },
+      field('New password', 'password', { type: 'password', required: true, minlength: 8, autocomplete: 'new-password' }),
+      field('New password again', 'again', { type: 'password', required: true, minlength: 8, autocomplete: 'new-password' }),
+      h('div', { class: 'actions' }, h('button', { class: 'primary', type: 'submit' }, 'Set password'),
+        h('button', { type: 'button', onclick: () => dialog.close() }, 'Cancel')));
+    onSubmit(reset, async (f) => {
+      if (f.get('password') !== f.get('again')) throw new ApiError(422, { keys: [{ key: 'again', message: 'the two passwords differ' }] });
+      await api('PUT', `user/password/${enc(name)}`, { password: f.get('password') });
+      dialog.close();
+      notice(`The password of ${name} is set; their sessions were signed out.`);
+    });
+    dialog.replaceChildren(h('h2', { id: 'password-title' }, `Set password for ${name}`),
+      h('p', { class: 'muted' }, 'Their current password is not needed; every session they have is signed out.'), reset);
+    dialog.showModal();
+    dialog.querySelector('input').focus();
+  };
+  page('Users', dialog,
     h('section', { class: 'card' }, h('h2', {}, 'Add a user'), form),
     h('section', { class: 'card' }, h('table', { 'aria-label': 'Users' },
       h('thead', {}, h('tr', {}, h('th', {}, 'User'), h('th', {}, 'Role'), h('th', { class: 'wide' }, 'Created'), h('th', {}, 'Actions'))),
       h('tbody', {}, users.map((u) => h('tr', {},
         h('td', {}, u.username), h('td', {}, u.role), h('td', { class: 'wide' }, when(u.created_on)),
-        h('td', {}, u.username === me.username ? h('span', { class: 'muted' }, 'you') : h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${u.username}`, onclick: async () => {
-          if (!confirm(`Delete ${u.username}?`)) return;
-          try { notice((await api('DELETE', `user/${enc(u.username)}`)).message); route(true); } catch (e) { notice(e.message); }
-        } }, 'Delete'))))))));
+        h('td', {}, u.username === me.username ? h('a', { href: '#/account' }, 'you: your account') : h('div', { class: 'actions' },
+          h('button', { type: 'button', 'aria-label': `Set password for ${u.username}`, onclick: () => setPassword(u.username) }, 'Set password'),
+          h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${u.username}`, onclick: async () => {
+            if (!confirm(`Delete ${u.username}?`)) return;
+            try { notice((await api('DELETE', `user/${enc(u.username)}`)).message); route(true); } catch (e) { notice(e.message); }
+          } }, 'Delete')))))))));
 }
 
 async function tokensPage() {
@@ -848,7 +1102,10 @@ async function tokensPage() {
     const made = await api('POST', 'token', { name: f.get('name'), days: Number(f.get('days')) });
     await tokensPage();
     const into = document.getElementById('new-token');
-    into.replaceChildren(h('p', {}, 'Copy it now: it is not shown again.'), h('p', { class: 'secret', id: 'token-value' }, made.token));
+    const secret = h('p', { class: 'secret', id: 'token-value', tabindex: '-1' }, made.token);
+    into.replaceChildren(h('p', {}, 'Copy it now: it is not shown again.'), secret);
+    // The focus goes to the token, which a screen reader then reads.
+    secret.focus();
   });
   page('API tokens',
     h('section', { class: 'card' }, h('h2', {}, 'Create an API token'), form, h('div', { id: 'new-token' }, shown)),
@@ -868,7 +1125,7 @@ async function auditPage() {
   if (!me || me.role !== 'admin') return page('Audit log', h('p', {}, 'Only admins read the audit log.'));
   const user = h('input', { type: 'search', name: 'user', placeholder: 'any user', value: auditView.user });
   const kind = h('select', { name: 'kind' }, h('option', { value: '' }, 'Everything'),
-    ['Host', 'User', 'AuthToken', 'DnsProvider', 'Domain', 'Cert', 'Session'].map((k) => h('option', { value: k, selected: auditView.kind === k }, k)));
+    ['Host', 'User', 'AuthToken', 'DnsProvider', 'Domain', 'Cert', 'Stream', 'Session'].map((k) => h('option', { value: k, selected: auditView.kind === k }, k)));
   const rows = h('tbody');
   const empty = h('p', { class: 'muted' }, 'Nothing recorded.');
   const load = async () => {
@@ -924,7 +1181,7 @@ async function accountPage() {
 
 // ---------- routing ----------
 
-const PAGES = { overview: overviewPage, hosts: hostsPage, certs: certsPage, tester: testerPage, dns: dnsPage, users: usersPage, tokens: tokensPage, audit: auditPage, account: accountPage };
+const PAGES = { overview: overviewPage, hosts: hostsPage, streams: streamsPage, certs: certsPage, tester: testerPage, dns: dnsPage, users: usersPage, tokens: tokensPage, audit: auditPage, account: accountPage };
 
 function currentPage() {
   const name = (location.hash.replace(/^#\//, '') || 'overview').split('/')[0];
@@ -937,7 +1194,7 @@ async function route(refresh) {
   const show = PAGES[name];
   // A live refresh redraws the page's data in place when it can: forms keep what is typed.
   if (refresh && redraw) {
-    try { await redraw(); } catch { /* the next change redraws again */ }
+    try { await keepingFocus(redraw); } catch { /* the next change redraws again */ }
     return;
   }
   if (refresh && main().querySelector('form input:focus, form select:focus')) return;
@@ -947,8 +1204,11 @@ async function route(refresh) {
     else a.removeAttribute('aria-current');
   }
   try {
-    await show();
-    if (!refresh) main().querySelector('h1').focus();
+    if (refresh) await keepingFocus(show);
+    else {
+      await show();
+      main().querySelector('h1').focus();
+    }
   } catch (error) {
     if (error.status !== 401) page('Error', h('p', { class: 'error' }, error.message));
   }

@@ -20,6 +20,9 @@ pub mod renew;
 mod solve;
 pub mod status;
 pub mod stored;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod upload;
 
 use std::fmt;
 use std::time::Duration;

@@ -8,6 +8,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::status::CertState;
+
 /// A certificate's name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertLabels {
@@ -52,6 +54,10 @@ pub struct Metrics {
     pub cert_next_renewal: Family<CertLabels, Gauge>,
     /// `portico_certificate_failures{name}`: consecutive failed attempts.
     pub cert_failures: Family<CertLabels, Gauge>,
+    /// `portico_certificate_renewal_failing{name}`: 1 while the certificate has a third of its
+    /// life left or less and will not be renewed: renewals keep failing, or it was uploaded
+    /// (never renewed by Portico).
+    pub cert_renewal_failing: Family<CertLabels, Gauge>,
     /// `portico_certificate_attempts_total{issuer, kind}`: issuances and renewals started.
     pub cert_attempts: Family<AttemptLabels, Counter>,
     /// `portico_acme_orders_total{result, challenge}`.
@@ -84,6 +90,11 @@ impl Metrics {
             self.cert_failures.clone(),
         );
         registry.register(
+            "portico_certificate_renewal_failing",
+            "1 per certificate with a third of its life left or less that is not being renewed (renewals failing, or uploaded)",
+            self.cert_renewal_failing.clone(),
+        );
+        registry.register(
             "portico_certificate_attempts",
             "Certificate issuances and renewals started, by issuer",
             self.cert_attempts.clone(),
@@ -113,17 +124,18 @@ impl Metrics {
         self.acme_orders.get_or_create(&OrderLabels { result, challenge }).inc();
     }
 
-    /// Sets a certificate's gauges (times in Unix seconds; 0: unknown).
-    pub fn certificate(&self, name: &str, issued: i64, not_after: i64, next_attempt: i64, failures: u32) {
+    /// Sets a certificate's gauges from its state at `now` (Unix seconds).
+    pub fn certificate(&self, name: &str, state: &CertState, now: i64) {
         let labels = CertLabels { name: name.to_owned() };
-        if not_after > 0 {
-            self.cert_not_after.get_or_create(&labels).set(not_after);
+        if state.not_after > 0 {
+            self.cert_not_after.get_or_create(&labels).set(state.not_after);
         }
-        if issued > 0 {
-            self.cert_issued.get_or_create(&labels).set(issued);
+        if state.issued > 0 {
+            self.cert_issued.get_or_create(&labels).set(state.issued);
         }
-        self.cert_next_renewal.get_or_create(&labels).set(next_attempt);
-        self.cert_failures.get_or_create(&labels).set(i64::from(failures));
+        self.cert_next_renewal.get_or_create(&labels).set(state.next_attempt);
+        self.cert_failures.get_or_create(&labels).set(i64::from(state.failures));
+        self.cert_renewal_failing.get_or_create(&labels).set(i64::from(state.renewal_failing(now)));
     }
 
     /// Forgets a certificate that is gone.
@@ -133,5 +145,6 @@ impl Metrics {
         self.cert_issued.remove(&labels);
         self.cert_next_renewal.remove(&labels);
         self.cert_failures.remove(&labels);
+        self.cert_renewal_failing.remove(&labels);
     }
 }

@@ -12,6 +12,7 @@ use portico_store::Kind;
 use tokio_util::sync::CancellationToken;
 
 use crate::status::CertState;
+use crate::upload::UPLOADED;
 use crate::{CertError, Certs, now_secs};
 
 /// How often the CA's renewal information is asked for, per certificate (Let's Encrypt
@@ -48,8 +49,8 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
     }
     for (name, fields) in certs.store().records(Kind::Cert).await? {
         let state = CertState::from_fields(&fields);
-        certs.metrics().certificate(&name, state.issued, state.not_after, state.next_attempt, state.failures);
         let now = now_secs();
+        certs.metrics().certificate(&name, &state, now);
         let Some(owner) = certs.owner(&name) else {
             if state.not_after <= now {
                 certs.remove(&name).await?;
@@ -58,6 +59,14 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
             }
             continue;
         };
+        // An uploaded certificate is never renewed: its admin is told when a third of its
+        // life is left (once in its record and the log; the metric says it at every sweep).
+        if state.issuer == UPLOADED {
+            if now >= state.next_attempt && state.last_error.is_empty() {
+                certs.alert_uploaded(&name, state).await?;
+            }
+            continue;
+        }
         let state = if now < state.next_attempt && state.failures == 0 && now - state.ari_checked >= ARI_EVERY {
             certs.consult_ari(&name).await?
         } else {

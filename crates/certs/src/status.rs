@@ -32,6 +32,21 @@ pub struct CertState {
     pub step: String,
     /// After a failure, the step it failed at.
     pub failed_step: String,
+    /// What happened to the certificate, oldest first, the last [`HISTORY_KEPT`]: issued,
+    /// renewed, the first failure of a run of them, uploaded, taken on, an expiry alert.
+    pub history: Vec<CertEvent>,
+}
+
+/// How many events a certificate's history keeps.
+pub const HISTORY_KEPT: usize = 20;
+
+/// One event of a certificate's history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CertEvent {
+    /// When, seconds since the epoch.
+    pub at: i64,
+    /// What, in a few words: `issued by acme`, `renewed by internal`, `failed: …`.
+    pub what: String,
 }
 
 impl CertState {
@@ -51,7 +66,15 @@ impl CertState {
             ari_checked: number("ari_checked"),
             step: text("step"),
             failed_step: text("failed_step"),
+            history: fields.get("history").and_then(|h| serde_json::from_str(h).ok()).unwrap_or_default(),
         }
+    }
+
+    /// Adds `what` at `at` to the history, dropping the oldest beyond [`HISTORY_KEPT`].
+    pub fn note(&mut self, at: i64, what: impl Into<String>) {
+        self.history.push(CertEvent { at, what: what.into() });
+        let extra = self.history.len().saturating_sub(HISTORY_KEPT);
+        self.history.drain(..extra);
     }
 
     /// The record to store.
@@ -68,10 +91,19 @@ impl CertState {
             ("ari_checked", self.ari_checked.to_string()),
             ("step", self.step.clone()),
             ("failed_step", self.failed_step.clone()),
+            ("history", serde_json::to_string(&self.history).unwrap_or_default()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
+    }
+
+    /// Whether, at `now`, the certificate has a third of its life left or less and is not
+    /// being renewed: its renewals keep failing, or it was uploaded (Portico never renews
+    /// those).
+    pub fn renewal_failing(&self, now: i64) -> bool {
+        let third_left = self.not_after - (self.not_after - self.issued).max(0) / 3;
+        self.not_after > 0 && now >= third_left && (self.failures > 0 || self.issuer == crate::upload::UPLOADED)
     }
 
     /// Whether a failure backoff is running at `now`.
@@ -98,9 +130,22 @@ mod tests {
             ari_checked: 3,
             step: "failed".into(),
             failed_step: "validating".into(),
+            history: vec![CertEvent { at: 4, what: "issued by acme".into() }],
         };
         assert_eq!(CertState::from_fields(&state.to_fields()), state);
+        let mut noted = state.clone();
+        for at in 0..30 {
+            noted.note(at, format!("event {at}"));
+        }
+        assert_eq!(noted.history.len(), HISTORY_KEPT, "the oldest go");
+        assert_eq!(noted.history[HISTORY_KEPT - 1], CertEvent { at: 29, what: "event 29".into() });
         assert!(state.backing_off(6));
+        // Issued at 4, expires at 10: a third of its life is left from 8.
+        assert!(!state.renewal_failing(7) && state.renewal_failing(8));
+        let renewing = CertState { failures: 0, ..state.clone() };
+        assert!(!renewing.renewal_failing(9), "not failing while renewals work");
+        let uploaded = CertState { issuer: crate::upload::UPLOADED.into(), ..renewing.clone() };
+        assert!(!uploaded.renewal_failing(7) && uploaded.renewal_failing(8), "an uploaded one is never renewed");
         assert!(!state.backing_off(7));
         let garbage: Fields = [("not_after".to_owned(), "soon".to_owned())].into_iter().collect();
         assert_eq!(CertState::from_fields(&garbage), CertState::default());

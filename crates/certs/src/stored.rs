@@ -74,6 +74,16 @@ fn chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
     Ok(chain)
 }
 
+/// Deletes everything stored of the certificate `name`: the certificate, the note of its
+/// use, its record.
+pub(crate) async fn delete(store: &dyn portico_store::Store, name: &str) -> Result<(), portico_store::StoreError> {
+    use portico_store::keys;
+    store.delete_blob(&keys::cert_latest(name)).await?;
+    store.delete_blob(&keys::cert_used(name)).await?;
+    store.delete(portico_store::Kind::Cert, name).await?;
+    Ok(())
+}
+
 /// A certificate ready to serve.
 #[derive(Debug, Clone)]
 pub struct Loaded {

@@ -17,6 +17,7 @@ mod http;
 pub mod lookup;
 mod porkbun;
 mod rfc2136;
+mod webhook;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +31,7 @@ pub use digitalocean::DigitalOcean;
 pub use http::client_tls;
 pub use porkbun::Porkbun;
 pub use rfc2136::Rfc2136;
+pub use webhook::Webhook;
 
 /// A zone at a provider: its name and the provider's id for it (the name again where the
 /// provider has no other id).
@@ -129,6 +131,11 @@ pub(crate) fn candidates(name: &str) -> impl Iterator<Item = &str> {
     parents(name).filter(|n| n.contains('.'))
 }
 
+/// The zones an account names (`"a.com, b.com."`): lowercase, without trailing dots.
+pub(crate) fn zone_list(text: &str) -> Vec<String> {
+    text.split(',').map(|z| z.trim().trim_end_matches('.').to_ascii_lowercase()).filter(|z| !z.is_empty()).collect()
+}
+
 /// The part of `fqdn` before `zone` (`_acme-challenge` of `_acme-challenge.example.com`;
 /// empty at the apex).
 pub(crate) fn relative<'a>(fqdn: &'a str, zone: &str) -> &'a str {
@@ -196,6 +203,10 @@ pub fn client(fields: &BTreeMap<String, String>, endpoints: &Endpoints) -> Resul
                 &get("zones")?,
                 endpoints.timeout.min(Duration::from_secs(10)),
             )?))
+        }
+        "webhook" => {
+            let get = |name: &str| field(name).ok_or_else(|| missing("url, secret and zones"));
+            Ok(Box::new(Webhook::new(&get("url")?, get("secret")?, &get("zones")?, endpoints.timeout)?))
         }
         _ => Err(DnsError::Config(format!("unknown DNS provider type {kind:?}"))),
     }

@@ -75,11 +75,7 @@ impl Rfc2136 {
             .map_err(|_| config("the TSIG secret is not base64".into()))?;
         let signer = TSigner::new(key, algorithm, name(key_name)?, 300)
             .map_err(|e| config(format!("the TSIG key cannot sign: {e}")))?;
-        let zones: Vec<String> = zones
-            .split(',')
-            .map(|z| z.trim().trim_end_matches('.').to_ascii_lowercase())
-            .filter(|z| !z.is_empty())
-            .collect();
+        let zones = crate::zone_list(zones);
         if zones.is_empty() {
             return Err(config("name the zones this key may update (zones)".into()));
         }

@@ -276,7 +276,7 @@ pub fn client_address(
 }
 
 /// An IPv4 address inside IPv6 (`::ffff:10.0.0.1`) as the IPv4 address lists name it.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

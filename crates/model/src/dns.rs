@@ -25,7 +25,7 @@ pub struct ProviderType {
 }
 
 /// Every provider type.
-pub const PROVIDERS: [ProviderType; 4] = [
+pub const PROVIDERS: [ProviderType; 5] = [
     ProviderType {
         name: "Cloudflare",
         display_name: "CloudFlare",
@@ -61,6 +61,19 @@ pub const PROVIDERS: [ProviderType; 4] = [
         ],
         color: "4a5568",
         glyph: "&#xf233;",
+    },
+    // Any DNS, through a webhook of the admin's (lego's `httpreq` convention): it cannot
+    // list zones, so the account names them.
+    ProviderType {
+        name: "Webhook",
+        display_name: "Webhook (POST present/cleanup)",
+        credentials: &[
+            ("url", "Webhook URL"),
+            ("secret", "Shared secret (Bearer)"),
+            ("zones", "Zones (comma-separated)"),
+        ],
+        color: "6b46c1",
+        glyph: "&#xf0c1;",
     },
 ];
 

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::access::Access;
+use crate::behaviour::{ErrorPages, HeaderRules, HostKind, Hsts, parse_error_pages};
 use crate::body::FieldError;
 use crate::name::{HostPattern, Hostname, NameError};
 use crate::record::Stamps;
@@ -81,7 +82,8 @@ impl fmt::Display for Target {
 pub struct Host {
     /// The host pattern this record serves.
     pub host: HostPattern,
-    /// Where requests go: never empty. The first is the seed's `ip`/`targetPort`.
+    /// Where requests go: never empty for a host that forwards (`kind` proxy); empty for a
+    /// redirect or static host given none. The first is the seed's `ip`/`targetPort`.
     pub targets: Vec<Upstream>,
     /// How requests are shared among the targets.
     pub balance: Balance,
@@ -93,13 +95,31 @@ pub struct Host {
     pub forcessl: bool,
     /// Speak TLS to the target.
     pub targetssl: bool,
+    /// What it answers with: forwarding to its targets, a redirect, a static answer.
+    pub kind: HostKind,
+    /// Header rules on requests to its targets and on its answers.
+    pub headers: HeaderRules,
+    /// Strict-Transport-Security on its HTTPS answers.
+    pub hsts: Option<Hsts>,
+    /// Its pages for Portico's own error answers, by status or `default`.
+    pub error_pages: ErrorPages,
+    /// Its answers are compressed (zstd, brotli, gzip) for clients that accept it.
+    pub compress: bool,
     /// Who created and last changed it, and when.
     pub stamps: Stamps,
     /// Fields this version does not interpret (`is_cache`, `wildcard_*`, …), kept as they are.
     pub extra: Fields,
 }
 
-const KNOWN: [&str; 13] = [
+const KNOWN: [&str; 21] = [
+    "kind",
+    "passthrough",
+    "compress",
+    "redirect",
+    "static",
+    "headers",
+    "hsts",
+    "errorPages",
     "basicAuth",
     "allow",
     "deny",
@@ -114,6 +134,17 @@ const KNOWN: [&str; 13] = [
     "forcessl",
     "targetssl",
 ];
+
+/// The field holding the settings of a host of `kind` (`redirect`, `static`, `passthrough`;
+/// for any other kind, a field no record has).
+fn kind_settings_field(kind: &str) -> &'static str {
+    match kind {
+        "redirect" => "redirect",
+        "static" => "static",
+        "passthrough" => "passthrough",
+        _ => "",
+    }
+}
 
 /// Access settings of the seed's later versions (field-name prefixes), which Portico does not
 /// enforce.
@@ -144,34 +175,53 @@ impl Host {
         created_by: &str,
         now_ms: i64,
     ) -> Self {
+        let mut new = Self::without_target(host, forcessl, targetssl, created_by, now_ms);
+        new.targets.push(Upstream::new(target));
+        new
+    }
+
+    /// A new host record with no target yet (one that does not forward, or is given its
+    /// targets next), as [`Host::new`] makes one otherwise.
+    pub fn without_target(host: HostPattern, forcessl: bool, targetssl: bool, created_by: &str, now_ms: i64) -> Self {
         Self {
             host,
-            targets: vec![Upstream::new(target)],
+            targets: Vec::new(),
             balance: Balance::default(),
             health_check: None,
             access: Access::default(),
             forcessl,
             targetssl,
+            kind: HostKind::Proxy,
+            headers: HeaderRules::default(),
+            hsts: None,
+            error_pages: ErrorPages::new(),
+            compress: false,
             stamps: Stamps::new(created_by, now_ms),
             extra: [("is_cache", "false"), ("is_wildcard", "false")].map(|(k, v)| (k.to_owned(), v.to_owned())).into(),
         }
     }
 
     /// Whether its targets' health is followed (several targets, or active checks): a host
-    /// with one target and no checks sends every request to it and keeps no state.
+    /// with one target and no checks sends every request to it and keeps no state; a redirect
+    /// or static host sends none (the targets it had are kept, unused).
     pub fn health_followed(&self) -> bool {
-        self.targets.len() > 1 || self.health_check.is_some()
+        self.kind.forwards() && (self.targets.len() > 1 || self.health_check.is_some())
     }
 
-    /// The first target: the seed's `ip`/`targetPort`.
-    pub fn target(&self) -> &Target {
-        &self.targets[0].target
+    /// The first target: the seed's `ip`/`targetPort` (none for a redirect or static host
+    /// given no target).
+    pub fn target(&self) -> Option<&Target> {
+        self.targets.first().map(|u| &u.target)
     }
 
     /// Makes `target` the first target (what a seed client's `ip`/`targetPort` change means),
     /// keeping the first entry's weight; an entry further down for the same target is dropped.
     pub fn set_first_target(&mut self, target: Target) {
-        put_first(&mut self.targets, target);
+        if self.targets.is_empty() {
+            self.targets.push(Upstream::new(target));
+        } else {
+            put_first(&mut self.targets, target);
+        }
     }
 
     /// Reads a host from its stored string fields (the seed's Redis hash layout).
@@ -179,21 +229,39 @@ impl Host {
         let text = |name: &'static str| fields.get(name).map(String::as_str);
         let host = text("host").ok_or(FieldError::Missing("host"))?;
         let host = HostPattern::parse(host).map_err(|e| FieldError::invalid("host", e))?;
-        let port = text("targetPort").ok_or(FieldError::Missing("targetPort"))?;
-        let port = parse_port(port)?;
-        let ip = text("ip").ok_or(FieldError::Missing("ip"))?;
-        let target = Target::new(ip, port)?;
+        let json = |name: &'static str| -> Result<Option<serde_json::Value>, FieldError> {
+            text(name)
+                .map(|t| serde_json::from_str(t).map_err(|_| FieldError::invalid(name, "is not JSON")))
+                .transpose()
+        };
+        let kind = match text("kind") {
+            None => HostKind::Proxy,
+            Some(kind) => {
+                let settings = json(kind_settings_field(kind))?;
+                HostKind::parse(kind, |_| settings.as_ref())?
+            }
+        };
         // `targets` as JSON text; the seed's `ip`/`targetPort` are its first entry (a seed
-        // client that changed them changed the first target).
+        // client that changed them changed the first target). A host that does not forward
+        // may have none.
+        let first = match (text("ip"), text("targetPort")) {
+            (Some(ip), Some(port)) => Some(Target::new(ip, parse_port(port)?)?),
+            (None, _) if !kind.forwards() => None,
+            (_, None) if !kind.forwards() => None,
+            (None, _) => return Err(FieldError::Missing("ip")),
+            (_, None) => return Err(FieldError::Missing("targetPort")),
+        };
         let mut targets = match text("targets") {
             Some(list) => {
                 let list: serde_json::Value =
                     serde_json::from_str(list).map_err(|_| FieldError::invalid("targets", "is not JSON"))?;
                 parse_targets(&list)?
             }
-            None => vec![Upstream::new(target.clone())],
+            None => first.iter().cloned().map(Upstream::new).collect(),
         };
-        put_first(&mut targets, target);
+        if let Some(first) = first {
+            put_first(&mut targets, first);
+        }
         let balance = text("balance").map_or(Ok(Balance::default()), Balance::parse)?;
         let health_check = match text("healthCheck") {
             Some(check) => Some(HealthCheck::parse(
@@ -211,6 +279,9 @@ impl Host {
             ));
         }
         let flag = |name: &'static str, default: bool| text(name).map_or(Ok(default), |v| parse_flag(name, v));
+        let headers = json("headers")?.map_or(Ok(HeaderRules::default()), |v| HeaderRules::parse(&v))?;
+        let hsts = json("hsts")?.map(|v| Hsts::parse(&v)).transpose()?;
+        let error_pages = json("errorPages")?.map_or(Ok(ErrorPages::new()), |v| parse_error_pages(&v))?;
         Ok(Self {
             host,
             targets,
@@ -219,6 +290,11 @@ impl Host {
             access,
             forcessl: flag("forcessl", true)?,
             targetssl: flag("targetssl", false)?,
+            kind,
+            headers,
+            hsts,
+            error_pages,
+            compress: flag("compress", false)?,
             stamps: Stamps::read(fields),
             extra: crate::record::other_fields(fields, &KNOWN),
         })
@@ -229,11 +305,13 @@ impl Host {
         let mut fields = self.extra.clone();
         let mut put = |k: &str, v: String| fields.insert(k.to_owned(), v);
         put("host", self.host.to_string());
-        put("ip", self.target().ip().to_owned());
-        put("targetPort", self.target().port().to_string());
+        if let Some(target) = self.target() {
+            put("ip", target.ip().to_owned());
+            put("targetPort", target.port().to_string());
+        }
         // Written only when they say more than `ip`/`targetPort` and the defaults do, so a
         // seed host's record stays exactly the seed's.
-        if self.targets.len() > 1 || self.targets[0].weight != 1 {
+        if self.targets.len() > 1 || self.targets.first().is_some_and(|u| u.weight != 1) {
             let list: Vec<serde_json::Value> = self.targets.iter().map(Upstream::to_json).collect();
             put("targets", serde_json::Value::Array(list).to_string());
         }
@@ -248,6 +326,24 @@ impl Host {
         }
         put("forcessl", self.forcessl.to_string());
         put("targetssl", self.targetssl.to_string());
+        if self.kind != HostKind::Proxy {
+            put("kind", self.kind.as_str().to_owned());
+        }
+        if let Some(settings) = self.kind.settings_json() {
+            put(self.kind.as_str(), settings.to_string());
+        }
+        if !self.headers.is_empty() {
+            put("headers", self.headers.to_json().to_string());
+        }
+        if let Some(hsts) = &self.hsts {
+            put("hsts", hsts.to_json().to_string());
+        }
+        if !self.error_pages.is_empty() {
+            put("errorPages", serde_json::to_string(&self.error_pages).unwrap_or_default());
+        }
+        if self.compress {
+            put("compress", "true".into());
+        }
         for (field, value) in self.stamps.fields() {
             put(field, value);
         }
@@ -335,7 +431,7 @@ mod tests {
     fn seed_hash_round_trips() {
         let host = Host::from_fields(&seed_hash()).unwrap();
         assert_eq!(host.host.as_str(), "app.example.com");
-        assert_eq!(host.target().authority(), "10.0.0.5:8080");
+        assert_eq!(host.target().unwrap().authority(), "10.0.0.5:8080");
         assert_eq!(host.targets.len(), 1);
         assert!(host.forcessl && !host.targetssl);
         assert_eq!(host.stamps.created_on, 1_735_689_600_000);

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use crate::access::{Access, apply_field, or_null};
+use crate::behaviour::{ErrorPages, HeaderRules, HostKind, Hsts, parse_error_pages};
 use crate::body::{Body, FieldError, flag, port, required, string};
 use crate::host::{Host, Target, put_first};
 use crate::name::HostPattern;
@@ -20,7 +21,10 @@ impl Host {
     pub fn from_json(body: &Body, created_by: &str, now_ms: i64) -> Result<Host, Vec<FieldError>> {
         let mut errors = Vec::new();
         let pattern = required(body, "host", &mut errors).and_then(|text| parse_pattern(&text, &mut errors));
-        if !body.contains_key("targets") {
+        let mut dress = Dress::default();
+        errors.extend(dress.apply(body));
+        // A host that does not forward needs no target.
+        if !body.contains_key("targets") && dress.kind.forwards() {
             for key in ["ip", "targetPort"] {
                 if body.get(key).is_none_or(Value::is_null) {
                     errors.push(FieldError::Missing(key));
@@ -40,11 +44,13 @@ impl Host {
             }
         }
         match pattern {
-            Some(pattern) if errors.is_empty() && !policy.targets.is_empty() => {
-                let mut host =
-                    Host::new(pattern, policy.targets[0].target.clone(), forcessl, targetssl, created_by, now_ms);
+            Some(pattern) if errors.is_empty() && (!policy.targets.is_empty() || !dress.kind.forwards()) => {
+                // The targets are the policy's (none for a host that does not forward).
+                let mut host = Host::without_target(pattern, forcessl, targetssl, created_by, now_ms);
                 policy.into_host(&mut host);
-                Ok(host)
+                dress.into_host(&mut host);
+                let errors = host.unterminated_conflicts();
+                if errors.is_empty() { Ok(host) } else { Err(errors) }
             }
             _ => Err(errors),
         }
@@ -59,9 +65,17 @@ impl Host {
         if let Some(pattern) = string(body, "host", &mut errors).and_then(|text| parse_pattern(&text, &mut errors)) {
             self.host = pattern;
         }
-        errors.extend(self.apply_policy(body));
-        if let Some(first) = first_target(body, Some(self.target()), &mut errors) {
+        errors.extend(self.apply_policy_fields(body));
+        let current = self.target().cloned();
+        if let Some(first) = first_target(body, current.as_ref(), &mut errors) {
             self.set_first_target(first);
+        }
+        let mut dress = Dress::of(self);
+        errors.extend(dress.apply(body));
+        dress.into_host(self);
+        if self.kind.forwards() && self.targets.is_empty() {
+            errors.push(FieldError::Missing("ip"));
+            errors.push(FieldError::Missing("targetPort"));
         }
         if let Some(v) = flag(body, "forcessl", &mut errors) {
             self.forcessl = v;
@@ -69,13 +83,54 @@ impl Host {
         if let Some(v) = flag(body, "targetssl", &mut errors) {
             self.targetssl = v;
         }
+        if errors.is_empty() {
+            errors = self.unterminated_conflicts();
+        }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// What a passthrough host cannot do, since it never sees a request (its TLS is not
+    /// terminated): ask for a password or another service's verdict, limit requests, or
+    /// rewrite, compress or dress answers. Only the address lists apply (per connection).
+    pub fn unterminated_conflicts(&self) -> Vec<FieldError> {
+        if !self.kind.is_passthrough() {
+            return Vec::new();
+        }
+        let set = [
+            ("basicAuth", !self.access.basic_auth.is_empty()),
+            ("forwardAuth", self.access.forward_auth.is_some()),
+            ("rateLimit", self.access.rate_limit.is_some()),
+            ("headers", !self.headers.is_empty()),
+            ("hsts", self.hsts.is_some()),
+            ("errorPages", !self.error_pages.is_empty()),
+            ("compress", self.compress),
+        ];
+        set.into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(field, _)| {
+                FieldError::refused(
+                    field,
+                    format!(
+                        "a passthrough host forwards TLS unterminated and never sees a request: {field} cannot \
+                         apply (only allow and deny do, per connection)"
+                    ),
+                )
+            })
+            .collect()
     }
 
     /// Applies an update's policy fields: `targets`, `balance` (`null` keeps it),
     /// `healthCheck` (`null` removes it) and the access fields (see [`Access::apply`]). Each
     /// refusal names its field; the fields it refuses stay as they were.
     pub fn apply_policy(&mut self, body: &Body) -> Vec<FieldError> {
+        let mut errors = self.apply_policy_fields(body);
+        if errors.is_empty() {
+            errors = self.unterminated_conflicts();
+        }
+        errors
+    }
+
+    fn apply_policy_fields(&mut self, body: &Body) -> Vec<FieldError> {
         let mut policy = Policy::of(self);
         let errors = policy.apply(body);
         policy.into_host(self);
@@ -145,6 +200,68 @@ impl Policy {
     }
 }
 
+/// A host's kind and how its answers are dressed: `kind` (with `redirect`, `static` and
+/// `passthrough`),
+/// `headers`, `hsts`, `errorPages` and `compress`; `null` removes `hsts`, `headers` and
+/// `errorPages`.
+#[derive(Default)]
+struct Dress {
+    kind: HostKind,
+    headers: HeaderRules,
+    hsts: Option<Hsts>,
+    error_pages: ErrorPages,
+    compress: bool,
+}
+
+impl Dress {
+    fn of(host: &mut Host) -> Self {
+        Self {
+            kind: std::mem::take(&mut host.kind),
+            headers: std::mem::take(&mut host.headers),
+            hsts: host.hsts.take(),
+            error_pages: std::mem::take(&mut host.error_pages),
+            compress: host.compress,
+        }
+    }
+
+    fn into_host(self, host: &mut Host) {
+        host.kind = self.kind;
+        host.headers = self.headers;
+        host.hsts = self.hsts;
+        host.error_pages = self.error_pages;
+        host.compress = self.compress;
+    }
+
+    fn apply(&mut self, body: &Body) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        // `redirect`, `static` or `passthrough` alone changes the settings of a host of that
+        // kind.
+        let named = match body.get("kind") {
+            None | Some(Value::Null) => {
+                Some(self.kind.as_str()).filter(|kind| *kind != "proxy" && body.contains_key(*kind))
+            }
+            Some(Value::String(kind)) => Some(kind.as_str()),
+            Some(_) => {
+                errors.push(FieldError::invalid("kind", "must be proxy, redirect, static or passthrough"));
+                None
+            }
+        };
+        if let Some(kind) = named {
+            match HostKind::parse(kind, |field| body.get(field)) {
+                Ok(kind) => self.kind = kind,
+                Err(e) => errors.push(e),
+            }
+        }
+        apply_field(body, "headers", &mut self.headers, HeaderRules::parse, &mut errors);
+        apply_field(body, "hsts", &mut self.hsts, or_null(Hsts::parse), &mut errors);
+        apply_field(body, "errorPages", &mut self.error_pages, parse_error_pages, &mut errors);
+        if let Some(compress) = flag(body, "compress", &mut errors) {
+            self.compress = compress;
+        }
+        errors
+    }
+}
+
 /// The first target the seed's `ip`/`targetPort` name, either defaulting to `current`'s; it
 /// must agree with a `targets` list given beside them.
 fn first_target(body: &Body, current: Option<&Target>, errors: &mut Vec<FieldError>) -> Option<Target> {
@@ -202,7 +319,10 @@ mod tests {
             7,
         )
         .unwrap();
-        assert_eq!((host.host.as_str(), host.target().to_string().as_str()), ("app.example.com", "10.0.0.1:8080"));
+        assert_eq!(
+            (host.host.as_str(), host.target().unwrap().to_string().as_str()),
+            ("app.example.com", "10.0.0.1:8080")
+        );
         assert!(host.forcessl && !host.targetssl);
         let stamps = &host.stamps;
         assert_eq!((stamps.created_by.as_str(), stamps.created_on, stamps.updated_by.as_str()), ("ann", 7, "__NONE__"));
@@ -220,7 +340,7 @@ mod tests {
             Host::from_json(&body(json!({"host": "a.example", "ip": "10.0.0.1", "targetPort": 80})), "ann", 1).unwrap();
         host.apply_json(&body(json!({"host": "b.example", "targetPort": 81, "forcessl": false}))).unwrap();
         assert_eq!(
-            (host.host.as_str(), host.target().to_string().as_str(), host.forcessl),
+            (host.host.as_str(), host.target().unwrap().to_string().as_str(), host.forcessl),
             ("b.example", "10.0.0.1:81", false)
         );
         let errors = host.clone().apply_json(&body(json!({"ip": 5, "healthCheck": {"path": 3}}))).unwrap_err();

@@ -17,11 +17,13 @@ use crate::record::Stamps;
 pub struct HostView {
     /// The pattern: labels, each literal, `*` (one label) or `**` (one or more).
     host: String,
-    /// The first target's address (the seed's field).
-    ip: String,
+    /// The first target's address (the seed's field); absent for a redirect or static host
+    /// without targets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<String>,
     /// The first target's port (the seed's field).
-    #[serde(rename = "targetPort")]
-    target_port: u16,
+    #[serde(rename = "targetPort", skip_serializing_if = "Option::is_none")]
+    target_port: Option<u16>,
     /// Every target, the first one `ip`/`targetPort`.
     targets: Vec<TargetView>,
     /// How requests are shared: `round_robin`, `least_conn`, `ip_hash`, ...
@@ -45,6 +47,34 @@ pub struct HostView {
     forcessl: bool,
     /// Targets are spoken to over TLS.
     targetssl: bool,
+    /// `proxy` (forwards to its targets), `redirect`, `static` or `passthrough` (TLS
+    /// forwarded to its targets unterminated).
+    kind: &'static str,
+    /// A redirect host's `{url, code, keepPath}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    redirect: Option<Value>,
+    /// A static host's `{status, contentType, body}`.
+    #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    static_answer: Option<Value>,
+    /// A passthrough host's `{proxyProtocol}` (always shown for a passthrough host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    passthrough: Option<Value>,
+    /// Header rules: `{request: {set, add, remove}, response: {…}}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    headers: Option<Value>,
+    /// Strict-Transport-Security on HTTPS answers: `{maxAge, includeSubDomains, preload}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    hsts: Option<Value>,
+    /// Pages for Portico's own error answers, by status (`"502"`) or `"default"`.
+    #[serde(rename = "errorPages", skip_serializing_if = "BTreeMap::is_empty")]
+    error_pages: BTreeMap<String, String>,
+    /// Answers are compressed (zstd, brotli, gzip) for clients that accept it (default false).
+    compress: bool,
     #[serde(flatten)]
     stamps: Stamps,
     /// The stored record's other fields that are not secrets.
@@ -137,8 +167,8 @@ impl HostView {
         let nets = |list: &[ipnet::IpNet]| list.iter().map(ToString::to_string).collect();
         Self {
             host: host.host.to_string(),
-            ip: host.target().ip().to_owned(),
-            target_port: host.target().port(),
+            ip: host.target().map(|t| t.ip().to_owned()),
+            target_port: host.target().map(crate::Target::port),
             targets: host
                 .targets
                 .iter()
@@ -169,6 +199,23 @@ impl HostView {
             rate_limit: access.rate_limit.map(|l| RateLimitView { per_second: l.per_second, burst: l.burst }),
             forcessl: host.forcessl,
             targetssl: host.targetssl,
+            kind: host.kind.as_str(),
+            redirect: match &host.kind {
+                crate::HostKind::Redirect(r) => Some(r.to_json()),
+                _ => None,
+            },
+            static_answer: match &host.kind {
+                crate::HostKind::Static(a) => Some(a.to_json()),
+                _ => None,
+            },
+            passthrough: match &host.kind {
+                crate::HostKind::Passthrough(p) => Some(p.to_json()),
+                _ => None,
+            },
+            headers: (!host.headers.is_empty()).then(|| host.headers.to_json()),
+            hsts: host.hsts.as_ref().map(crate::behaviour::Hsts::to_json),
+            error_pages: host.error_pages.clone(),
+            compress: host.compress,
             stamps: host.stamps.clone(),
             other: host
                 .extra

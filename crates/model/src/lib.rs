@@ -10,9 +10,13 @@
 //! - [`record`]: the seed's record bookkeeping and password hashes.
 //! - [`user`]: users, their roles, and the rules for new users and passwords.
 //! - [`body`]: reading a JSON request body's fields, each fault one [`FieldError`].
+//! - [`behaviour`]: what a host does beside forwarding (redirect, static answer) and how its
+//!   answers are dressed (header rules, HSTS, error pages).
 //! - [`dns`]: DNS provider types and the zone rule.
+//! - [`stream`]: a forwarded TCP port (NPM's streams).
 
 pub mod access;
+pub mod behaviour;
 pub mod body;
 pub mod dns;
 mod host;
@@ -23,11 +27,13 @@ mod name;
 pub mod record;
 pub mod report;
 mod routes;
+pub mod stream;
 mod table;
 pub mod upstream;
 pub mod user;
 
 pub use access::Access;
+pub use behaviour::HostKind;
 pub use body::FieldError;
 pub use host::{Fields, Host, Target, is_secret_field, parse_port};
 pub use name::{HostPattern, Hostname, NameError, PatternLabel};
@@ -35,4 +41,4 @@ pub use routes::{Rebuilt, Routes, RoutingState};
 pub use table::HostTable;
 #[cfg(feature = "reference-matcher")]
 pub use table::reference;
-pub use upstream::{Balance, HealthCheck, Upstream};
+pub use upstream::{Balance, CheckTiming, HealthCheck, Upstream};

@@ -177,9 +177,9 @@ mod tests {
         let (_, impostor) = record("known1.test", 2);
         let rebuilt = routes.rebuild(vec![("known1.test".into(), known), ("zzz.test".into(), impostor.clone())]);
         assert_eq!(rebuilt.skipped.len(), 1, "{:?}", rebuilt.skipped);
-        assert_eq!(routes.snapshot().lookup("known1.test").unwrap().1.target().port(), 1);
+        assert_eq!(routes.snapshot().lookup("known1.test").unwrap().1.target().unwrap().port(), 1);
         assert!(routes.patch("zzz.test", Some(&impostor)).unwrap().skipped.len() == 1);
-        assert_eq!(routes.snapshot().lookup("known1.test").unwrap().1.target().port(), 1);
+        assert_eq!(routes.snapshot().lookup("known1.test").unwrap().1.target().unwrap().port(), 1);
         // The seed's keys are as written: a key in capitals is still its host.
         let (_, upper) = record("upper.test", 3);
         assert!(routes.patch("Upper.TEST", Some(&upper)).unwrap().skipped.is_empty());
@@ -198,7 +198,7 @@ mod tests {
 
         let added = routes.patch("b.test", Some(&record("b.test", 2).1)).unwrap();
         assert!(added.changed && added.hosts == 2);
-        assert_eq!(routes.snapshot().lookup("b.test").unwrap().1.target().port(), 2);
+        assert_eq!(routes.snapshot().lookup("b.test").unwrap().1.target().unwrap().port(), 2);
         assert!(routes.patch("a.test", None).unwrap().changed);
         assert!(routes.snapshot().lookup("a.test").is_none());
         assert!(!routes.patch("a.test", None).unwrap().changed, "gone already");

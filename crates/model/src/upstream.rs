@@ -114,6 +114,67 @@ impl fmt::Display for Balance {
     }
 }
 
+/// When checks run and what changes a target's state: every `interval` (1 s to 1 h, default
+/// 5 s); down after `unhealthy` failures in a row (default 3), up after `healthy` passes
+/// (default 2). A host's `healthCheck` has them, and a TCP stream's (a connection made is a
+/// pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CheckTiming {
+    /// Time between two checks of a target.
+    pub interval: Duration,
+    /// Failed checks in a row that make a target unhealthy.
+    pub unhealthy: u32,
+    /// Passed checks in a row that make it healthy again.
+    pub healthy: u32,
+}
+
+impl CheckTiming {
+    /// Reads `interval`, `unhealthy` and `healthy` from a `healthCheck` object.
+    pub fn parse(object: &serde_json::Map<String, Value>) -> Result<Self, FieldError> {
+        let invalid = |reason: &str| FieldError::Invalid { field: "healthCheck", reason: reason.to_owned() };
+        let interval = match object.get("interval") {
+            None | Some(Value::Null) => Duration::from_secs(5),
+            Some(Value::String(text)) => {
+                humantime::parse_duration(text).map_err(|_| invalid("interval must be a duration such as \"5s\""))?
+            }
+            Some(_) => return Err(invalid("interval must be a duration such as \"5s\"")),
+        };
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&interval) {
+            return Err(invalid("interval must be from 1s to 1h"));
+        }
+        Ok(Self {
+            interval,
+            unhealthy: check_number(object, "unhealthy", 3, 1..=100)? as u32,
+            healthy: check_number(object, "healthy", 2, 1..=100)? as u32,
+        })
+    }
+
+    /// The JSON form `parse` reads.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "interval": humantime::format_duration(self.interval).to_string(),
+            "unhealthy": self.unhealthy,
+            "healthy": self.healthy,
+        })
+    }
+}
+
+/// A whole number field of a `healthCheck` object, `default` when absent.
+fn check_number(
+    object: &serde_json::Map<String, Value>,
+    key: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, FieldError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_u64().filter(|n| range.contains(n)).ok_or_else(|| FieldError::Invalid {
+            field: "healthCheck",
+            reason: format!("{key} must be a whole number from {} to {}", range.start(), range.end()),
+        }),
+    }
+}
+
 /// Active health checks of a host's targets: `GET path` every `interval`; a target is
 /// unhealthy after `unhealthy` answers in a row that are not `expect` (or no answer), healthy
 /// again after `healthy` that are.
@@ -143,40 +204,27 @@ impl HealthCheck {
         if !path.starts_with('/') || path.len() > 1024 || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return Err(invalid("path must start with / and have no spaces or control characters"));
         }
-        let interval = match object.get("interval") {
-            None | Some(Value::Null) => Duration::from_secs(5),
-            Some(Value::String(text)) => {
-                humantime::parse_duration(text).map_err(|_| invalid("interval must be a duration such as \"5s\""))?
-            }
-            Some(_) => return Err(invalid("interval must be a duration such as \"5s\"")),
-        };
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&interval) {
-            return Err(invalid("interval must be from 1s to 1h"));
-        }
-        let number = |key: &str, default: u64, range: std::ops::RangeInclusive<u64>| match object.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_u64().filter(|n| range.contains(n)).ok_or_else(|| {
-                invalid(&format!("{key} must be a whole number from {} to {}", range.start(), range.end()))
-            }),
-        };
+        let timing = CheckTiming::parse(object)?;
         Ok(Self {
             path: path.to_owned(),
-            interval,
-            expect: number("expect", 200, 100..=599)? as u16,
-            unhealthy: number("unhealthy", 3, 1..=100)? as u32,
-            healthy: number("healthy", 2, 1..=100)? as u32,
+            interval: timing.interval,
+            expect: check_number(object, "expect", 200, 100..=599)? as u16,
+            unhealthy: timing.unhealthy,
+            healthy: timing.healthy,
         })
     }
 
     /// The JSON form `parse` reads.
     pub fn to_json(&self) -> Value {
-        json!({
-            "path": self.path,
-            "interval": humantime::format_duration(self.interval).to_string(),
-            "expect": self.expect,
-            "unhealthy": self.unhealthy,
-            "healthy": self.healthy,
-        })
+        let mut out = self.timing().to_json();
+        out["path"] = json!(self.path);
+        out["expect"] = json!(self.expect);
+        out
+    }
+
+    /// When it runs, and what changes a target's state.
+    pub fn timing(&self) -> CheckTiming {
+        CheckTiming { interval: self.interval, unhealthy: self.unhealthy, healthy: self.healthy }
     }
 }
 

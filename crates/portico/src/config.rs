@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use portico_certs::acme::Challenge;
@@ -108,6 +109,10 @@ struct RawProxy {
     trusted_proxies: Option<ListText>,
     proxy_protocol: Option<bool>,
     proxy_protocol_from: Option<ListText>,
+    error_page: Option<PathBuf>,
+    http3: Option<bool>,
+    alt_svc: Option<bool>,
+    http3_0rtt: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -281,6 +286,10 @@ pub struct Config {
     pub store_url: String,
     pub http: SocketAddr,
     pub https: SocketAddr,
+    /// HTTP/3 on `https`'s address, UDP (`proxy.http3`).
+    pub http3: bool,
+    /// HTTPS answers advertise HTTP/3 in `Alt-Svc` (`proxy.alt_svc`; with `http3` only).
+    pub alt_svc: bool,
     pub proxy: ProxyConfig,
     /// `proxy.max_connections` as configured; `None`: derived from the fd limit at start.
     pub max_connections: Option<usize>,
@@ -567,6 +576,21 @@ fn proxy_section(raw: &Raw, https_port: u16) -> Result<ProxyConfig, ConfigError>
                 .into(),
         });
     }
+    // Read now: a page that cannot be read is a configuration error, not a surprise at the
+    // first failing request (and a reload reads it again).
+    let error_page = match &p.error_page {
+        Some(path) => {
+            let page = std::fs::read_to_string(path).map_err(|e| ConfigError::Value {
+                key: "proxy.error_page",
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            if page.len() > portico_model::behaviour::MAX_PAGE {
+                return Err(ConfigError::Value { key: "proxy.error_page", message: "is longer than 64 KiB".into() });
+            }
+            Some(Arc::from(page))
+        }
+        None => None,
+    };
     Ok(ProxyConfig {
         https_port,
         header_read_timeout: duration(
@@ -602,6 +626,10 @@ fn proxy_section(raw: &Raw, https_port: u16) -> Result<ProxyConfig, ConfigError>
         trusted_proxies: trusted,
         proxy_protocol,
         proxy_protocol_from,
+        error_page,
+        // Set where the HTTPS listener's port is known (`proxy.alt_svc`).
+        alt_svc: None,
+        http3_0rtt: p.http3_0rtt.unwrap_or(false),
     })
 }
 
@@ -695,10 +723,25 @@ impl TryFrom<Raw> for Config {
             raw.log.format.as_deref().unwrap_or("text"),
             &[("text", LogFormat::Text), ("json", LogFormat::Json)],
         )?;
+        let http3 = raw.proxy.http3.unwrap_or(false);
+        if raw.proxy.http3_0rtt == Some(true) && !http3 {
+            return Err(ConfigError::Value {
+                key: "proxy.http3_0rtt",
+                message: "is about HTTP/3, which needs proxy.http3 = true".into(),
+            });
+        }
+        if raw.proxy.alt_svc == Some(true) && !http3 {
+            return Err(ConfigError::Value {
+                key: "proxy.alt_svc",
+                message: "advertises HTTP/3, which needs proxy.http3 = true".into(),
+            });
+        }
         Ok(Self {
             store_url,
             http,
             https,
+            http3,
+            alt_svc: http3 && raw.proxy.alt_svc.unwrap_or(true),
             max_connections: raw.proxy.max_connections,
             workers: match raw.proxy.workers {
                 Some(0) => {
@@ -774,6 +817,21 @@ mod tests {
         let c = load(None, &[], &overrides).unwrap();
         let shown = format!("{c:?}");
         assert!(shown.contains("kid-7") && !shown.contains("c2VjcmV0LWhtYWM"), "{shown}");
+    }
+
+    #[test]
+    fn http3_is_off_by_default_and_alt_svc_follows_it() {
+        let c = load(None, &[], &[]).unwrap();
+        assert!(!c.http3 && !c.alt_svc);
+        let c = load(None, &[("PORTICO_PROXY_HTTP3", "true")], &[]).unwrap();
+        assert!(c.http3 && c.alt_svc, "advertised by default with HTTP/3");
+        let c = load(None, &[], &[("proxy.http3", "true"), ("proxy.alt_svc", "false")]).unwrap();
+        assert!(c.http3 && !c.alt_svc);
+        let e = load(None, &[], &[("proxy.alt_svc", "true")]).unwrap_err().to_string();
+        assert!(e.contains("proxy.alt_svc") && e.contains("proxy.http3"), "{e}");
+        assert!(!c.proxy.http3_0rtt, "0-RTT off unless asked");
+        let e = load(None, &[], &[("proxy.http3_0rtt", "true")]).unwrap_err().to_string();
+        assert!(e.contains("proxy.http3_0rtt"), "{e}");
     }
 
     #[test]
@@ -981,8 +1039,9 @@ mod reference {
                 Some(body) => (false, body),
                 None => (true, line),
             };
-            let key_line =
-                body.split_once(" = ").filter(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            let key_line = body
+                .split_once(" = ")
+                .filter(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
             match key_line {
                 Some((key, value)) => {
                     let key = format!("{section}{key}");

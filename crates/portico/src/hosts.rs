@@ -18,11 +18,12 @@ pub enum HostCommand {
     Add {
         /// Host name or pattern.
         name: String,
-        /// Target IPv4 or IPv6 address or host name (or give `--target`).
-        #[arg(long, required_unless_present = "target")]
+        /// Target IPv4 or IPv6 address or host name (or give `--target`; none for a
+        /// redirect or static host).
+        #[arg(long, required_unless_present_any = ["target", "kind"])]
         ip: Option<String>,
         /// Target port.
-        #[arg(long, required_unless_present = "target")]
+        #[arg(long, required_unless_present_any = ["target", "kind"])]
         port: Option<u16>,
         #[command(flatten)]
         policy: PolicyArgs,
@@ -111,6 +112,37 @@ pub struct PolicyArgs {
     /// A header of the service's answer copied onto the request; repeat for several.
     #[arg(long = "forward-auth-header", requires = "forward_auth", value_name = "NAME")]
     forward_auth_headers: Vec<String>,
+    /// What the host answers with: proxy (the default), redirect, static, or passthrough
+    /// (TLS for its names forwarded to its targets unterminated).
+    #[arg(long, value_name = "KIND")]
+    kind: Option<String>,
+    /// A passthrough host's settings, as the API's JSON: `{"proxyProtocol": true}`.
+    #[arg(long, value_name = "JSON")]
+    passthrough: Option<String>,
+    /// A redirect host's target, as the API's JSON: `{"url": "https://example.com", "code":
+    /// 301, "keepPath": true}`.
+    #[arg(long, value_name = "JSON")]
+    redirect: Option<String>,
+    /// A static host's answer, as the API's JSON: `{"status": 404, "contentType":
+    /// "text/plain", "body": "…"}`.
+    #[arg(long = "static", value_name = "JSON")]
+    static_answer: Option<String>,
+    /// Header rules, as the API's JSON: `{"request": {"set": {…}, "add": {…}, "remove":
+    /// […]}, "response": {…}}`; `null` removes them.
+    #[arg(long, value_name = "JSON")]
+    headers: Option<String>,
+    /// Strict-Transport-Security on HTTPS answers, as the API's JSON: `{"maxAge":
+    /// 31536000, "includeSubDomains": true, "preload": false}`; `null` removes it.
+    #[arg(long, value_name = "JSON")]
+    hsts: Option<String>,
+    /// Error pages, as the API's JSON: `{"502": "<h1>…</h1>", "default": "…"}`; `null`
+    /// removes them.
+    #[arg(long = "error-pages", alias = "errorPages", value_name = "JSON")]
+    error_pages: Option<String>,
+    /// Compress answers for clients that accept it: `--compress`, `--compress=true` or
+    /// `--compress=false` (the default).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    compress: Option<bool>,
 }
 
 impl PolicyArgs {
@@ -168,12 +200,32 @@ impl PolicyArgs {
         if let Some(url) = &self.forward_auth {
             out.insert("forwardAuth".into(), json!({ "url": url, "copyHeaders": self.forward_auth_headers }));
         }
+        if let Some(kind) = &self.kind {
+            out.insert("kind".into(), json!(kind));
+        }
+        if let Some(compress) = self.compress {
+            out.insert("compress".into(), json!(compress));
+        }
+        for (field, flag, text) in [
+            ("redirect", "--redirect", &self.redirect),
+            ("static", "--static", &self.static_answer),
+            ("passthrough", "--passthrough", &self.passthrough),
+            ("headers", "--headers", &self.headers),
+            ("hsts", "--hsts", &self.hsts),
+            ("errorPages", "--error-pages", &self.error_pages),
+        ] {
+            if let Some(text) = text {
+                let value: serde_json::Value =
+                    serde_json::from_str(text).with_context(|| format!("{flag} is not JSON: {text}"))?;
+                out.insert(field.into(), value);
+            }
+        }
         Ok(())
     }
 }
 
 /// `IP:PORT[@WEIGHT]` as the API's `{ip, port, weight}`.
-fn target_json(text: &str) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn target_json(text: &str) -> anyhow::Result<serde_json::Value> {
     let (address, weight) = match text.rsplit_once('@') {
         Some((address, weight)) => {
             (address, Some(weight.parse::<u16>().with_context(|| format!("weight in {text:?}"))?))
@@ -308,10 +360,22 @@ async fn list(store: &dyn portico_store::Store, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-/// `10.0.0.1:80, 10.0.0.2:80 (round_robin)`, or the one target.
+/// `10.0.0.1:80, 10.0.0.2:80 (round_robin)`, the one target, or what a host that does not
+/// forward answers (`redirect 301 https://…`, `static 404`); a passthrough host's targets
+/// follow `passthrough`.
 fn targets_text(host: &Host) -> String {
-    if host.targets.len() == 1 {
-        return host.target().to_string();
+    match &host.kind {
+        portico_model::HostKind::Redirect(r) => return format!("redirect {} {}", r.code, r.url),
+        portico_model::HostKind::Static(a) => return format!("static {}", a.status),
+        portico_model::HostKind::Passthrough(_) => {
+            let mut plain = host.clone();
+            plain.kind = portico_model::HostKind::Proxy;
+            return format!("passthrough {}", targets_text(&plain));
+        }
+        portico_model::HostKind::Proxy => {}
+    }
+    if let ([_], Some(target)) = (host.targets.as_slice(), host.target()) {
+        return target.to_string();
     }
     let list: Vec<String> = host
         .targets

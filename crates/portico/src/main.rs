@@ -4,12 +4,14 @@
 //! manage hosts and users directly in the store, also while `serve` runs on the same data
 //! directory.
 
+mod certs_cmd;
 mod config;
 mod hosts;
 mod logging;
 mod notify;
 mod serve;
 mod store_cmd;
+mod streams_cmd;
 mod upgrade;
 mod users;
 
@@ -70,6 +72,20 @@ enum Command {
     User {
         #[command(subcommand)]
         command: users::UserCommand,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Streams: TCP and UDP ports forwarded to targets, in the store.
+    Stream {
+        #[command(subcommand)]
+        command: streams_cmd::StreamCommand,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Certificates brought by an admin (uploaded), served instead of automatic ones.
+    Cert {
+        #[command(subcommand)]
+        command: certs_cmd::CertCommand,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -321,6 +337,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User { command, config } => {
             let config = config.load()?;
             runtime()?.block_on(users::run(command, &config))
+        }
+        Command::Stream { command, config } => {
+            let config = config.load()?;
+            runtime()?.block_on(streams_cmd::run(command, &config))
+        }
+        Command::Cert { command, config } => {
+            let config = config.load()?;
+            runtime()?.block_on(certs_cmd::run(command, &config))
         }
     }
 }

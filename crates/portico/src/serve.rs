@@ -16,6 +16,7 @@ use portico_certs::internal::InternalCa;
 use portico_certs::{CertSettings, Certs, Issuer};
 use portico_metrics::{Exposition, Jobs, Registry};
 use portico_proxy::listener::ListenerSettings;
+use portico_proxy::quic::QuicListener;
 use portico_proxy::server::{self, ConnectionCap, Limits};
 use portico_proxy::{HttpListener, ProxyState, Routes, routes};
 use portico_store::MeteredStore;
@@ -172,16 +173,25 @@ pub fn running_pid(data_dir: &std::path::Path) -> anyhow::Result<rustix::process
     }
 }
 
-/// The listeners a role has, in the order they are bound (HTTPS before HTTP: redirects to
-/// HTTPS name its port).
-const LISTENERS: [Listener; 6] =
-    [Listener::Metrics, Listener::Https, Listener::Http, Listener::Api, Listener::Lookup, Listener::LookupSocket];
+/// The listeners a role has, in the order they are bound (HTTPS before HTTP/3 and HTTP:
+/// HTTP/3 is served beside it, and redirects to HTTPS name its port).
+const LISTENERS: [Listener; 7] = [
+    Listener::Metrics,
+    Listener::Https,
+    Listener::Http3,
+    Listener::Http,
+    Listener::Api,
+    Listener::Lookup,
+    Listener::LookupSocket,
+];
 
 /// One of a node's listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Listener {
     Metrics,
     Https,
+    /// HTTP/3: QUIC on the HTTPS listener's address, UDP.
+    Http3,
     Http,
     Api,
     Lookup,
@@ -194,6 +204,7 @@ impl Listener {
         match self {
             Self::Metrics => "metrics",
             Self::Https => "https",
+            Self::Http3 => "http3",
             Self::Http => "http",
             Self::Api => "api",
             Self::Lookup => "lookup",
@@ -206,6 +217,7 @@ impl Listener {
         match self {
             Self::Metrics => "metrics.listen",
             Self::Https => "proxy.https",
+            Self::Http3 => "proxy.http3",
             Self::Http => "proxy.http",
             Self::Api => "api.listen",
             Self::Lookup => "api.lookup_listen",
@@ -216,7 +228,7 @@ impl Listener {
     fn in_role(self, role: Role) -> bool {
         match self {
             Self::Metrics => true,
-            Self::Https | Self::Http => role.proxy(),
+            Self::Https | Self::Http3 | Self::Http => role.proxy(),
             Self::Api | Self::Lookup | Self::LookupSocket => role.api(),
         }
     }
@@ -226,6 +238,7 @@ impl Listener {
         match self {
             Self::Metrics => config.metrics_listen.map(|a| a.to_string()),
             Self::Https => Some(config.https.to_string()),
+            Self::Http3 => config.http3.then(|| format!("{} (UDP)", config.https)),
             Self::Http => Some(config.http.to_string()),
             Self::Api => Some(config.api_listen.to_string()),
             Self::Lookup => config.lookup_listen.map(|a| a.to_string()),
@@ -236,10 +249,30 @@ impl Listener {
     }
 }
 
+/// The HTTPS port bound (being bound among `pending`, or serving), else the configured one.
+fn bound_https_port(pending: &[(Listener, String, Pending)], running: &Running, config: &Config) -> u16 {
+    pending
+        .iter()
+        .find_map(|(_, _, p)| match p {
+            Pending::Https(https) => https.local_addr().ok(),
+            _ => None,
+        })
+        .or_else(|| running.listeners.get(&Listener::Https).and_then(|b| b.addr))
+        .map_or(config.https.port(), |addr| addr.port())
+}
+
+/// The HTTPS listener's settings: `[proxy]`'s, with `Alt-Svc` advertising HTTP/3 on `port`
+/// when `proxy.alt_svc` says so.
+fn https_proxy(config: &Config, port: u16) -> portico_proxy::ProxyConfig {
+    let alt_svc = config.alt_svc.then(|| hyper::http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok());
+    portico_proxy::ProxyConfig { alt_svc: alt_svc.flatten(), ..config.proxy.clone() }
+}
+
 /// A listener bound and not yet serving.
 enum Pending {
     Metrics(tokio::net::TcpListener),
     Https(HttpListener),
+    Http3(QuicListener),
     Http(HttpListener),
     Api(tokio::net::TcpListener),
     Lookup(tokio::net::TcpListener),
@@ -277,6 +310,8 @@ struct Running {
     listeners: std::collections::BTreeMap<Listener, Bound>,
     http: Option<ListenerSettings>,
     https: Option<ListenerSettings>,
+    /// The HTTP/3 endpoint's handle, while it serves.
+    http3: Option<portico_proxy::quic::QuicControl>,
     /// The proxy listeners' one connection cap.
     cap: Option<ConnectionCap>,
     api: Option<Api>,
@@ -464,6 +499,19 @@ impl Node {
         if role.proxy() {
             running.cap = Some(ConnectionCap::new(config.proxy.max_connections, "proxy.max_connections"));
             self.start_job(&mut running, "checks", &config);
+            let settings = portico_proxy::stream::StreamSettings {
+                connect_timeout: config.proxy.upstream_connect_timeout,
+                idle_timeout: config.proxy.tunnel_idle_timeout,
+                max_connections: config.proxy.max_connections,
+            };
+            let changes = self.changes.subscribe(&[Kind::Stream]);
+            tasks.spawn(portico_proxy::stream::run(
+                self.store.clone(),
+                changes,
+                settings,
+                metrics.clone(),
+                shutdown.clone(),
+            ));
         }
         if role.api() {
             // Never a new admin in a store that was wiped: its old admin comes back with a backup.
@@ -570,27 +618,41 @@ impl Node {
                     // The file is this node's to remove when it stops ([`Node::stop`]).
                     Pending::LookupSocket(socket, path)
                 }
-                Listener::Https => Pending::Https(
-                    HttpListener::on_tls(
-                        tcp(Some(config.https)).await.with_context(failed)?,
-                        config.proxy.clone(),
-                        self.proxy.clone(),
-                        self.routes.clone(),
-                        self.certs.clone(),
+                Listener::Https => {
+                    let socket = tcp(Some(config.https)).await.with_context(failed)?;
+                    let port = socket.local_addr().with_context(failed)?.port();
+                    Pending::Https(
+                        HttpListener::on_tls(
+                            socket,
+                            https_proxy(config, port),
+                            self.proxy.clone(),
+                            self.routes.clone(),
+                            self.certs.clone(),
+                        )
+                        .with_context(failed)?,
                     )
-                    .with_context(failed)?,
-                ),
-                Listener::Http => {
-                    // Redirects to HTTPS name the port actually bound (the one being bound
-                    // now, or the one serving).
-                    let https_port = pending
+                }
+                Listener::Http3 => {
+                    // The HTTPS listener's address and port (the one being bound now, or
+                    // the one serving), and its settings: a reload applies to both.
+                    let settings = pending
                         .iter()
                         .find_map(|(_, _, p)| match p {
-                            Pending::Https(https) => https.local_addr().ok(),
+                            Pending::Https(https) => Some(https.settings()),
                             _ => None,
                         })
-                        .or_else(|| running.listeners.get(&Listener::Https).and_then(|b| b.addr))
-                        .map_or(config.https.port(), |addr| addr.port());
+                        .or_else(|| running.https.clone())
+                        .context("HTTP/3 is served beside the HTTPS listener, which is not bound")?;
+                    let addr = SocketAddr::new(config.https.ip(), bound_https_port(&pending, running, config));
+                    let socket = match self.inherited.udp(listener.name()).with_context(failed)? {
+                        Some(socket) => socket,
+                        None => std::net::UdpSocket::bind(addr).with_context(failed)?,
+                    };
+                    Pending::Http3(QuicListener::on(socket, settings, self.certs.clone()).with_context(failed)?)
+                }
+                Listener::Http => {
+                    // Redirects to HTTPS name the port actually bound.
+                    let https_port = bound_https_port(&pending, running, config);
                     let plain = portico_proxy::ProxyConfig { https_port, ..config.proxy.clone() };
                     let socket = tcp(Some(config.http)).await.with_context(failed)?;
                     let http = HttpListener::on(
@@ -660,6 +722,13 @@ impl Node {
                 let kept = upgrade::keep(&socket)?;
                 tasks.spawn(lookup::serve(lookup::Endpoint::Unix(socket), routes.clone(), stop.clone()));
                 (None, kept, Some(path))
+            }
+            Pending::Http3(quic) => {
+                let (addr, kept) = (quic.local_addr()?, upgrade::keep(quic.socket())?);
+                running.http3 = Some(quic.control());
+                let cap = running.cap.clone().context("the proxy's cap is made before its listeners")?;
+                tasks.spawn(quic.serve(cap, stop.clone()));
+                (Some(addr), kept, None)
             }
             Pending::Https(http) | Pending::Http(http) => {
                 let (addr, kept) = (http.local_addr()?, upgrade::keep(http.socket())?);
@@ -814,7 +883,13 @@ impl Node {
             cap.resize(new.proxy.max_connections);
         }
         if let Some(https) = &running.https {
-            https.apply(new.proxy.clone());
+            let port =
+                running.listeners.get(&Listener::Https).and_then(|b| b.addr).map_or(new.https.port(), |a| a.port());
+            https.apply(https_proxy(&new, port));
+            // HTTP/3 connections from now on with them too (`proxy.http3_0rtt`, timeouts).
+            if let Some(http3) = &running.http3 {
+                http3.apply();
+            }
         }
         if let Some(http) = &running.http {
             let https_port =
@@ -901,6 +976,7 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     differs("proxy", old.proxy != new.proxy || old.max_connections != new.max_connections);
     differs("proxy.http", old.http != new.http);
     differs("proxy.https", old.https != new.https);
+    differs("proxy.http3", old.http3 != new.http3 || old.alt_svc != new.alt_svc);
     differs(
         "api",
         old.api_listen != new.api_listen
@@ -1154,7 +1230,8 @@ mod deploy {
         let exposition = portico_metrics::Exposition::new(m.registry());
         m.proxy.request(Some(&std::sync::Arc::from("a.test")), 200, "HTTP/1.1", 0.1, 1);
         m.proxy.handshake(None);
-        m.certs.certificate("a.test", 1, 2, 3, 0);
+        let state = portico_certs::status::CertState { issued: 1, not_after: 2, next_attempt: 3, ..Default::default() };
+        m.certs.certificate("a.test", &state, 0);
         m.certs.order(true, "http-01");
         m.certs.decision("memory");
         m.jobs.job("renewal", true, 0.1);

@@ -86,6 +86,14 @@ impl Inherited {
         tokio::net::TcpListener::from_std(listener).map(Some)
     }
 
+    /// A UDP socket handed over for `name` (HTTP/3's).
+    pub fn udp(&self, name: &str) -> std::io::Result<Option<std::net::UdpSocket>> {
+        let Some(fd) = self.take(name) else { return Ok(None) };
+        let socket = std::net::UdpSocket::from(fd);
+        socket.set_nonblocking(true)?;
+        Ok(Some(socket))
+    }
+
     /// A Unix listener handed over for `name`, ready for tokio.
     pub fn unix(&self, name: &str) -> std::io::Result<Option<tokio::net::UnixListener>> {
         let Some(fd) = self.take(name) else { return Ok(None) };

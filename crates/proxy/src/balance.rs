@@ -34,6 +34,12 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest back-off: an ejected target is tried again within this.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How long a target is passed over after `failures` failures in a row: 1 s, doubling, at
+/// most [`MAX_BACKOFF`].
+pub(crate) fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(5)).min(MAX_BACKOFF)
+}
+
 /// What this process knows of one target.
 #[derive(Debug, Default)]
 pub struct TargetHealth {
@@ -211,9 +217,7 @@ impl Health {
             Balance::RoundRobin | Balance::IpHash => {
                 let len = balancer.schedule.len();
                 let start = if balancer.balance == Balance::IpHash {
-                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                    client.hash(&mut hasher);
-                    usize::try_from(hasher.finish() % len as u64).unwrap_or(0)
+                    client_slot(client, len)
                 } else {
                     balancer.next.fetch_add(1, Ordering::Relaxed)
                 };
@@ -263,7 +267,7 @@ impl Health {
             // A lone target is never ejected (see `choose`).
             return;
         }
-        let backoff = FIRST_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(5)).min(MAX_BACKOFF);
+        let backoff = backoff(failures);
         health.ejected_until.store(self.now_ms() + backoff.as_millis() as u64, Ordering::Release);
         health.trial.store(false, Ordering::Release);
     }
@@ -386,6 +390,33 @@ impl Choice {
     pub fn has_alternative(&self) -> bool {
         self.balancer.as_ref().is_some_and(|b| b.targets.len() > 1)
     }
+}
+
+/// A client's own place among `len` (the same client, the same place).
+fn client_slot(client: IpAddr, len: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    client.hash(&mut hasher);
+    usize::try_from(hasher.finish() % len.max(1) as u64).unwrap_or(0)
+}
+
+/// The target a policy starts with among `targets` for `client`, for a caller that keeps no
+/// balancer (a stream): `first`'s first, else the weighted schedule's next turn (`next`
+/// counts them) or the client's own place in it.
+pub(crate) fn start(
+    balance: Balance,
+    targets: &[portico_model::Upstream],
+    client: IpAddr,
+    next: &AtomicUsize,
+) -> usize {
+    if balance == Balance::First {
+        return 0;
+    }
+    let schedule = schedule(targets);
+    let slot = match balance {
+        Balance::IpHash => client_slot(client, schedule.len()),
+        _ => next.fetch_add(1, Ordering::Relaxed),
+    };
+    schedule.get(slot % schedule.len().max(1)).copied().unwrap_or(0)
 }
 
 /// Target indices repeated by weight and interleaved (weights 3 and 1: 0, 1, 0, 0), so a

@@ -33,7 +33,8 @@ pub async fn run(routes: Arc<Routes>, config: ProxyConfig, state: ProxyState, sh
         if seen.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &table)) {
             let mut wanted: HashMap<Key, Target> = HashMap::new();
             for (_, host) in table.iter() {
-                let Some(check) = &host.health_check else { continue };
+                // A redirect or static host keeps the targets it had, unused: not checked.
+                let (Some(check), true) = (&host.health_check, host.kind.forwards()) else { continue };
                 for upstream in &host.targets {
                     let key = (upstream.target.shared_authority(), host.targetssl, check.clone());
                     wanted.insert(key, upstream.target.clone());

@@ -8,17 +8,22 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::client_body::ClientBody;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Version, header};
-use hyper::body::Incoming;
 use portico_certs::Certs;
 use portico_certs::challenge::HTTP01_PREFIX;
-use portico_model::{Host, Hostname};
+use portico_model::behaviour::error_page;
+use portico_model::{Host, HostKind, Hostname};
 
 use crate::access::{Asking, Verdict};
+use crate::compress;
 use crate::conn::{Client, Conn};
 use crate::forward::{Origin, Routed, Scheme, TargetClient, X_REQUEST_ID};
-use crate::response::{ALLOWED_METHODS, AccessEntry, LoggedBody, ProxyBody, ProxyError, chain, redirect, text};
+use crate::response::{
+    ALLOWED_METHODS, AccessEntry, LoggedBody, OwnPage, ProxyBody, ProxyError, chain, fixed, own_page, prefers_json,
+    redirect, redirect_with, text,
+};
 use crate::routes::Routes;
 use crate::{ProxyConfig, ProxyState};
 
@@ -40,7 +45,7 @@ pub struct Shared {
 /// Answers one request. Never fails: errors become small pages with the request id.
 pub async fn handle(
     shared: Arc<Shared>,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     client: Arc<Client>,
 ) -> Result<Response<LoggedBody>, Infallible> {
     // The client's request id when it sent a usable one (a load balancer in front keeps its
@@ -73,8 +78,12 @@ pub async fn handle(
         pattern: None,
         metrics: shared.state.metrics.clone(),
     };
+    // Kept for Portico's own error answers (JSON to a client that prefers it): a reference
+    // count, read only if one is given.
+    let accept = request.headers().get(header::ACCEPT).cloned();
+    let mut dressing = None;
     let routed = match authority {
-        Ok(authority) => route(&shared, request, authority.as_deref(), &client, &mut entry).await,
+        Ok(authority) => route(&shared, request, authority.as_deref(), &client, &mut entry, &mut dressing).await,
         Err(refused) => Err(refused),
     };
     let mut response = routed.unwrap_or_else(|error| {
@@ -88,11 +97,27 @@ pub async fn handle(
         }
         error.page(id)
     });
+    if response.extensions().get::<OwnPage>().is_some() {
+        let host_page =
+            dressing.as_ref().and_then(|d: &Dressing| error_page(&d.host.error_pages, response.status().as_u16()));
+        let custom = host_page.or(shared.config.error_page.as_deref());
+        own_page(&mut response, prefers_json(accept.as_ref()), custom, entry.id());
+    }
+    if let Some(dressing) = &dressing {
+        dressing.dress(&mut response, client.conn.scheme(), &entry);
+        if dressing.host.compress {
+            response = compress::compress(response, dressing.coding);
+        }
+    }
     // Never indexed by HTTP/2's header compression: a value that differs in every response
     // only churns the connection's table (and pushes out the headers worth keeping there).
     let mut id = entry.request_id.clone();
     id.set_sensitive(true);
     response.headers_mut().insert(X_REQUEST_ID, id);
+    // HTTP/3 advertised on HTTPS answers (`proxy.http3`, `proxy.alt_svc`).
+    if let (Some(alt_svc), Conn::Tls(_)) = (&shared.config.alt_svc, &client.conn) {
+        response.headers_mut().insert(header::ALT_SVC, alt_svc.clone());
+    }
     entry.status = response.status().as_u16();
     Ok(response.map(|body| LoggedBody::new(body, entry)))
 }
@@ -122,10 +147,11 @@ fn valid_request_id(id: &[u8]) -> bool {
 /// `entry`.
 async fn route(
     shared: &Shared,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     authority: Option<&str>,
     client: &Client,
     entry: &mut AccessEntry,
+    dressing: &mut Option<Dressing>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if request.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
@@ -157,27 +183,110 @@ async fn route(
         host,
         pattern,
     };
-    for phase in Phase::ALL {
-        // Each phase in place, not through a future per phase: a request's futures are moved
-        // whole when made, and one per phase cost six copies of the largest. The two phases
-        // that may wait on more than the target are boxed (their futures are large beside the
-        // rest of a request's), and only entered when they have work: most requests are
-        // neither ACME challenges nor for hosts with an access policy.
-        let outcome = match phase {
-            Phase::Acme if x.entry.path.as_str().starts_with(HTTP01_PREFIX) => Box::pin(x.acme_http01()).await,
-            Phase::Access if !x.host.access.is_open() => Box::pin(x.access()).await,
-            Phase::Acme | Phase::Access => Ok(None),
-            Phase::Measure => x.measure(),
-            Phase::ForceSsl => x.force_ssl(),
-            Phase::ClientAddress => x.client_address(),
-            Phase::Forward => x.forward().await,
-        };
-        if let Some(answer) = outcome? {
-            return Ok(answer);
+    // The coding to compress the answer with, for a host that compresses (read before the
+    // request goes on).
+    let coding = match (x.host.compress, &x.request) {
+        (true, Some(request)) if request.method() != Method::HEAD && !request.headers().contains_key(header::RANGE) => {
+            compress::choose(request.headers().get(header::ACCEPT_ENCODING))
+        }
+        _ => None,
+    };
+    let answered = x.phases().await;
+    let host = x.host;
+    *dressing =
+        (!host.headers.response.is_empty() || host.hsts.is_some() || !host.error_pages.is_empty() || host.compress)
+            .then(|| Dressing { host: host.clone(), client_ip: x.client_ip, coding });
+    answered
+}
+
+/// How a routed request's answer is dressed: its host's response header rules and HSTS, and
+/// its error pages (only for hosts that have any).
+struct Dressing {
+    host: Arc<Host>,
+    /// The client, as the phases found it.
+    client_ip: IpAddr,
+    /// For a host that compresses: the coding the client accepts best, if any.
+    coding: Option<compress::Coding>,
+}
+
+impl Dressing {
+    /// The host's response header rules (removals, then values set, then values added) and,
+    /// over HTTPS, its `Strict-Transport-Security`.
+    fn dress(&self, response: &mut Response<ProxyBody>, scheme: Scheme, entry: &AccessEntry) {
+        let headers = response.headers_mut();
+        apply_rules(headers, &self.host.headers.response, self.client_ip, entry, scheme);
+        if let (Scheme::Https, Some(hsts)) = (scheme, &self.host.hsts)
+            && let Ok(value) = HeaderValue::from_str(&hsts.header_value())
+        {
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, value);
         }
     }
-    // The last phase forwards: it always answers.
-    Err(ProxyError::AllTargetsDown)
+}
+
+/// Applies header rules to `headers`, placeholders filled: `{client_ip}`, `{request_id}`,
+/// `{host}` (the name asked for), `{scheme}`.
+fn apply_rules(
+    headers: &mut http::HeaderMap,
+    rules: &portico_model::behaviour::HeaderOps,
+    client_ip: IpAddr,
+    entry: &AccessEntry,
+    scheme: Scheme,
+) {
+    if rules.is_empty() {
+        return;
+    }
+    let value = |template: &str| {
+        let filled = portico_model::behaviour::fill_template(template, |placeholder| match placeholder {
+            "client_ip" => client_ip.to_string(),
+            "request_id" => entry.id().to_owned(),
+            "host" => entry.host.clone(),
+            _ => scheme.as_str().to_owned(),
+        });
+        HeaderValue::from_str(&filled).ok()
+    };
+    let name = |n: &str| http::HeaderName::from_bytes(n.as_bytes()).ok();
+    for removed in rules.remove.iter().filter_map(|n| name(n)) {
+        headers.remove(removed);
+    }
+    for (n, v) in &rules.set {
+        if let (Some(n), Some(v)) = (name(n), value(v)) {
+            headers.insert(n, v);
+        }
+    }
+    for (n, v) in &rules.add {
+        if let (Some(n), Some(v)) = (name(n), value(v)) {
+            headers.append(n, v);
+        }
+    }
+}
+
+impl Exchange<'_> {
+    /// The routed request's phases, in order, until one answers.
+    async fn phases(&mut self) -> Result<Response<ProxyBody>, ProxyError> {
+        let x = self;
+        for phase in Phase::ALL {
+            // Each phase in place, not through a future per phase: a request's futures are moved
+            // whole when made, and one per phase cost six copies of the largest. The two phases
+            // that may wait on more than the target are boxed (their futures are large beside the
+            // rest of a request's), and only entered when they have work: most requests are
+            // neither ACME challenges nor for hosts with an access policy.
+            let outcome = match phase {
+                Phase::Acme if x.entry.path.as_str().starts_with(HTTP01_PREFIX) => Box::pin(x.acme_http01()).await,
+                Phase::Access if !x.host.access.is_open() => Box::pin(x.access()).await,
+                Phase::Acme | Phase::Access => Ok(None),
+                Phase::Measure => x.measure(),
+                Phase::ForceSsl => x.force_ssl(),
+                Phase::ClientAddress => x.client_address(),
+                Phase::Answer => x.answer(),
+                Phase::Forward => x.forward().await,
+            };
+            if let Some(answer) = outcome? {
+                return Ok(answer);
+            }
+        }
+        // The last phase forwards: it always answers.
+        Err(ProxyError::AllTargetsDown)
+    }
 }
 
 /// A routed request on its way through the phases, and what the earlier ones found.
@@ -185,7 +294,7 @@ struct Exchange<'a> {
     shared: &'a Shared,
     client: &'a Client,
     /// The request, until the last phase sends it on.
-    request: Option<Request<Incoming>>,
+    request: Option<Request<ClientBody>>,
     entry: &'a mut AccessEntry,
     /// The authority it was routed by, as sent.
     authority: &'a str,
@@ -217,13 +326,22 @@ enum Phase {
     ClientAddress,
     /// The host's access policy: address lists, rate limit, basic auth, forward auth.
     Access,
+    /// A redirect or static host's answer.
+    Answer,
     /// A target chosen by the host's policy, and the request forwarded to it.
     Forward,
 }
 
 impl Phase {
-    const ALL: [Phase; 6] =
-        [Phase::Acme, Phase::Measure, Phase::ForceSsl, Phase::ClientAddress, Phase::Access, Phase::Forward];
+    const ALL: [Phase; 7] = [
+        Phase::Acme,
+        Phase::Measure,
+        Phase::ForceSsl,
+        Phase::ClientAddress,
+        Phase::Access,
+        Phase::Answer,
+        Phase::Forward,
+    ];
 }
 
 impl Exchange<'_> {
@@ -257,9 +375,10 @@ impl Exchange<'_> {
         Ok(None)
     }
 
-    /// `forcessl`: a plain request is redirected to the same URL on HTTPS.
+    /// `forcessl`: a plain request is redirected to the same URL on HTTPS (always for a
+    /// passthrough host, whose targets speak TLS only).
     fn force_ssl(&mut self) -> Outcome {
-        if self.scheme != Scheme::Http || !self.host.forcessl {
+        if self.scheme != Scheme::Http || !(self.host.forcessl || self.host.kind.is_passthrough()) {
             return Ok(None);
         }
         let port = match self.shared.config.https_port {
@@ -309,10 +428,27 @@ impl Exchange<'_> {
         }
     }
 
+    /// A redirect host's redirect, a static host's answer; nothing for a proxy host.
+    fn answer(&mut self) -> Outcome {
+        match &self.host.kind {
+            HostKind::Proxy => Ok(None),
+            HostKind::Redirect(redirect) => {
+                let location = redirect.location(self.scheme.as_str(), self.entry.path.as_str());
+                let status = http::StatusCode::from_u16(redirect.code).unwrap_or(http::StatusCode::MOVED_PERMANENTLY);
+                Ok(Some(redirect_with(status, &location)))
+            }
+            HostKind::Static(answer) => Ok(Some(fixed(answer.status, &answer.content_type, &answer.body))),
+            // Reached over a TLS connection made for another name (whose certificate covers
+            // this one too): the passthrough host's own TLS goes to its targets.
+            HostKind::Passthrough(_) => Err(ProxyError::Misdirected),
+        }
+    }
+
     /// Chooses a target (the host's only one, or by its policy among those up) and forwards
-    /// the request to it.
+    /// the request to it, with the host's request header rules applied first.
     async fn forward(&mut self) -> Outcome {
-        let Some(request) = self.request.take() else { return Ok(None) };
+        let Some(mut request) = self.request.take() else { return Ok(None) };
+        apply_rules(request.headers_mut(), &self.host.headers.request, self.client_ip, self.entry, self.scheme);
         let (shared, host, client) = (self.shared, self.host, self.client);
         let choice = shared
             .upstream
@@ -337,7 +473,7 @@ impl Exchange<'_> {
 
 /// The authority a request is for: the request target's (HTTP/2 `:authority`, or an HTTP/1
 /// absolute-form URI, which RFC 9112 §3.2.2 says wins over `Host`), else the `Host` header.
-/// Several `Host` headers, or an HTTP/2 `Host` that differs from `:authority` (RFC 9113
+/// Several `Host` headers, or an HTTP/2 or HTTP/3 `Host` that differs from `:authority` (RFC 9113
 /// §8.3.1), make the request ambiguous: a backend could pick another host than the one
 /// Portico routed by.
 fn authority<B>(request: &Request<B>) -> Result<Option<String>, ProxyError> {
@@ -350,7 +486,7 @@ fn authority<B>(request: &Request<B>) -> Result<Option<String>, ProxyError> {
     match request.uri().authority() {
         Some(target) => {
             let differs = host.is_some_and(|h| !h.eq_ignore_ascii_case(target.as_str()));
-            if request.version() == Version::HTTP_2 && differs {
+            if matches!(request.version(), Version::HTTP_2 | Version::HTTP_3) && differs {
                 return Err(ProxyError::AmbiguousHost);
             }
             Ok(Some(target.as_str().to_owned()))

@@ -19,17 +19,24 @@
 pub mod access;
 pub mod balance;
 pub mod checks;
+pub mod client_body;
+pub mod compress;
 pub mod conn;
 pub mod forward;
 pub mod handler;
 pub mod listener;
 pub mod metrics;
+pub mod passthrough;
 pub mod pool;
 pub mod proxy_protocol;
+pub mod quic;
+pub mod quic_peek;
 pub mod response;
 pub mod routes;
 pub mod server;
+pub mod stream;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use listener::HttpListener;
@@ -99,6 +106,16 @@ pub struct ProxyConfig {
     /// The balancers a PROXY protocol header is accepted from; anyone else's connection is
     /// served as it is, and closed if it starts with such a header.
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// The default page of Portico's own error answers (`proxy.error_page`'s text, with
+    /// `{status}` and `{request_id}`), where a host has none of its own.
+    pub error_page: Option<Arc<str>>,
+    /// The `Alt-Svc` header advertising HTTP/3 on HTTPS answers (`proxy.http3` with
+    /// `proxy.alt_svc`): `h3=":443"; ma=86400`.
+    pub alt_svc: Option<http::HeaderValue>,
+    /// HTTP/3 takes requests in 0-RTT (`proxy.http3_0rtt`): a safe method's is answered at
+    /// once, any other waits for the handshake to complete (a replayed first flight never
+    /// completes one).
+    pub http3_0rtt: bool,
 }
 
 /// How requests are logged (`log.access_log`).
@@ -142,6 +159,9 @@ impl Default for ProxyConfig {
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             proxy_protocol_from: Vec::new(),
+            error_page: None,
+            alt_svc: None,
+            http3_0rtt: false,
         }
     }
 }

@@ -7,10 +7,11 @@
 //! per connection (the head's size limit, the idle and send timeouts, the TLS handshake's)
 //! applies to connections accepted from then on.
 //!
-//! TLS uses `LazyConfigAcceptor`: the ClientHello is read first, then the certificate for its
-//! SNI is resolved (which may await an issuance), then the handshake completes, all under one
-//! deadline. A ClientHello offering only `acme-tls/1` is a TLS-ALPN-01 validation and gets
-//! the challenge certificate.
+//! TLS reads the ClientHello first (rustls's `Acceptor`), keeping its bytes: a name a
+//! passthrough host routes is forwarded as it came ([`crate::passthrough`]). Otherwise the
+//! certificate for its SNI is resolved (which may await an issuance), then the handshake
+//! completes, all under one deadline. A ClientHello offering `acme-tls/1` is a TLS-ALPN-01
+//! validation and gets the challenge certificate.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,14 +26,17 @@ use tokio_util::task::TaskTracker;
 use portico_certs::Certs;
 use portico_certs::challenge::ACME_TLS_ALPN;
 use rustls::ServerConfig;
-use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::server::{Accepted, Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::StartHandshake;
 
+use crate::client_body::ClientBody;
 use crate::conn::{Client, Conn};
 use crate::forward::TargetClient;
 use crate::handler::{Shared, handle};
+use crate::passthrough::{self, Unterminated};
 use crate::proxy_protocol;
 use crate::routes::Routes;
 use crate::server::{self, ConnectionCap, Limits, Protocol, Watch};
@@ -99,6 +103,11 @@ impl ListenerSettings {
             certs: parts.certs.clone(),
         });
         Generation { shared, builder, limits }
+    }
+
+    /// What new requests are handled with (an HTTP/3 request takes it as it arrives).
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.live.load().shared.clone()
     }
 
     /// The configuration new connections are served with.
@@ -276,12 +285,19 @@ impl HttpListener {
                             // Boxed: the handshake's future is large, and the connection's
                             // task would otherwise keep its room for as long as it is open.
                             let hello = Box::pin(handshake(&tls, stream, peer, &shared, &watch));
-                            let Some((stream, conn)) = hello.await else {
-                                return;
+                            let (stream, conn) = match hello.await {
+                                Some(Opened::Terminated(stream, conn)) => (stream, conn),
+                                Some(Opened::Unterminated(stream, unterminated)) => {
+                                    // Carried on through a drain until its deadline.
+                                    let stop = watch.deadline_passed();
+                                    passthrough::forward(&shared, stream, peer, unterminated, stop).await;
+                                    return;
+                                }
+                                None => return,
                             };
                             // The protocol ALPN chose: hyper's HTTP/1 or HTTP/2 directly.
                             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            (Either::Right(Box::new(stream)), conn, if h2 { Protocol::Http2 } else { Protocol::Http1 })
+                            (Either::Right(stream), conn, if h2 { Protocol::Http2 } else { Protocol::Http1 })
                         }
                     };
                     let client = Arc::new(Client::new(peer, conn));
@@ -291,7 +307,9 @@ impl HttpListener {
                     // several times, and it is some 4 KiB.
                     let watched = client.clone();
                     let service =
-                        service_fn(move |request| Box::pin(handle(live.load().shared.clone(), request, client.clone())));
+                        service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                            Box::pin(handle(live.load().shared.clone(), request.map(ClientBody::Hyper), client.clone()))
+                        });
                     server::drive(&builder, io, protocol, service, &limits, watch, Some(&watched.answer)).await;
                 }
             },
@@ -308,25 +326,29 @@ impl HttpListener {
     }
 }
 
-/// Reads the ClientHello (within `proxy.header_read_timeout`: a client sends it at once),
+/// A TLS connection after its ClientHello.
+enum Opened {
+    /// Its handshake done with Portico's certificate for the name.
+    Terminated(Box<tokio_rustls::server::TlsStream<TcpStream>>, Conn),
+    /// For a passthrough host: forwarded as it is.
+    Unterminated(TcpStream, Unterminated),
+}
+
+/// Reads the ClientHello (within `proxy.header_read_timeout`: a client sends it at once); a
+/// passthrough host's connection is handed back as it is, with what was read. Otherwise
 /// resolves the certificate (awaiting an issuance if need be) and completes the handshake, all
 /// within `proxy.handshake_timeout`. `None` when the client goes away, is too
 /// slow, speaks no TLS, or sends no ClientHello while the connection cap is reached.
-async fn handshake(
-    tls: &Tls,
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: &Shared,
-    watch: &Watch,
-) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Conn)> {
+async fn handshake(tls: &Tls, stream: TcpStream, peer: SocketAddr, shared: &Shared, watch: &Watch) -> Option<Opened> {
     let accepted = std::time::Instant::now();
     let (config, metrics) = (&shared.config, &shared.state.metrics);
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let hello_by = tokio::time::Instant::now() + config.header_read_timeout.min(config.handshake_timeout);
-    let hello = tokio::time::timeout_at(hello_by, LazyConfigAcceptor::new(Acceptor::default(), stream));
-    let start = tokio::select! {
+    let mut stream = stream;
+    let hello = tokio::time::timeout_at(hello_by, read_hello(&mut stream));
+    let (accepted, seen) = tokio::select! {
         read = hello => match read {
-            Ok(Ok(start)) => start,
+            Ok(Ok(read)) => read,
             Ok(Err(e)) => {
                 tracing::debug!(peer = %peer, error = %e, "no TLS ClientHello");
                 metrics.handshake(Some("no_client_hello"));
@@ -343,8 +365,14 @@ async fn handshake(
             return None;
         }
     };
-    let hello = start.client_hello();
+    let hello = accepted.client_hello();
     let sni = hello.server_name().map(str::to_ascii_lowercase);
+    // A passthrough host's connection goes to its target as it came, ALPN validations too
+    // (the target gets its own certificates).
+    if let Some((pattern, host)) = passthrough::route(shared, sni.as_deref()) {
+        return Some(Opened::Unterminated(stream, Unterminated { pattern, host, hello: seen }));
+    }
+    drop(seen);
     let validation = hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
     let (config, conn) = if validation {
         let name = sni.as_deref().unwrap_or_default();
@@ -369,10 +397,11 @@ async fn handshake(
         let key = resolved.as_ref().unwrap_or_else(|| tls.certs.fallback()).key.clone();
         (tls.serving(key, &[b"h2", b"http/1.1"]), Conn::Tls(resolved))
     };
+    let start = StartHandshake::from_parts(accepted, stream);
     match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
         Ok(Ok(stream)) => {
             metrics.handshake(None);
-            Some((stream, conn))
+            Some(Opened::Terminated(Box::new(stream), conn))
         }
         Ok(Err(e)) => {
             tracing::debug!(peer = %peer, sni = sni.as_deref(), error = %e, "TLS handshake failed");
@@ -383,6 +412,38 @@ async fn handshake(
             tracing::debug!(peer = %peer, sni = sni.as_deref(), "TLS handshake deadline passed");
             metrics.handshake(Some("timeout"));
             None
+        }
+    }
+}
+
+/// Reads a ClientHello as rustls's `Acceptor` parses it, keeping every byte read (what a
+/// passthrough host's target is sent first). An unreadable one is answered with rustls's
+/// alert.
+async fn read_hello(stream: &mut TcpStream) -> std::io::Result<(Accepted, Vec<u8>)> {
+    let mut acceptor = Acceptor::default();
+    let mut seen = Vec::with_capacity(2048);
+    loop {
+        let from = seen.len();
+        seen.reserve(2048);
+        if stream.read_buf(&mut seen).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut fresh = &seen[from..];
+        while !fresh.is_empty() {
+            if acceptor.read_tls(&mut fresh)? == 0 {
+                break;
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return Ok((accepted, seen)),
+            Ok(None) => {}
+            Err((e, mut alert)) => {
+                let mut out = Vec::new();
+                if alert.write_all(&mut out).is_ok() {
+                    let _ = stream.write_all(&out).await;
+                }
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
         }
     }
 }

@@ -41,8 +41,33 @@ pub struct HandshakeLabels {
     pub reason: &'static str,
 }
 
+/// A stream's bytes, one way.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    /// The stream's listening address.
+    pub stream: String,
+    /// `in` (from clients) or `out` (to clients).
+    pub direction: &'static str,
+}
+
+/// A stream's listening address.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamName {
+    /// The stream's listening address.
+    pub stream: String,
+}
+
+/// A stream's target.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamTarget {
+    /// The stream's listening address.
+    pub stream: String,
+    /// The target's address.
+    pub target: String,
+}
+
 /// The protocols requests are labelled with.
-const PROTOCOLS: [&str; 3] = ["HTTP/1.1", "HTTP/2.0", "HTTP/1.0"];
+const PROTOCOLS: [&str; 4] = ["HTTP/1.1", "HTTP/2.0", "HTTP/3.0", "HTTP/1.0"];
 
 /// The upper bounds (milliseconds) of the overview's latency buckets; a last one takes the rest.
 pub const LATENCY_BOUNDS_MS: [u64; 13] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
@@ -102,6 +127,13 @@ pub struct Metrics {
     /// writer's clock, on any node) to the routing table that includes it; from when this
     /// process heard of the change for deletions and writes without a fresh stamp.
     pub routes_change_delay: Histogram,
+    /// `portico_stream_bytes_total{stream, direction}`: bytes a stream carried.
+    pub stream_bytes: Family<StreamLabels, Counter>,
+    /// `portico_stream_connections_open{stream}`: a stream's connections now.
+    pub stream_connections: Family<StreamName, Gauge>,
+    /// `portico_stream_target_up{stream, target}`: 1 while a checked stream's target passes
+    /// its checks, 0 once they mark it down.
+    pub stream_target_up: Family<StreamTarget, Gauge>,
 }
 
 impl fmt::Debug for Metrics {
@@ -131,6 +163,9 @@ impl Default for Metrics {
             routes_hosts: Gauge::default(),
             routes_rebuild: seconds(),
             routes_change_delay: seconds(),
+            stream_bytes: Family::default(),
+            stream_connections: Family::default(),
+            stream_target_up: Family::default(),
         }
     }
 }
@@ -138,6 +173,21 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric into `registry`.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "portico_stream_bytes",
+            "Bytes streams carried, by stream (its listening address) and direction (in: from clients)",
+            self.stream_bytes.clone(),
+        );
+        registry.register(
+            "portico_stream_connections_open",
+            "Connections of each stream open now",
+            self.stream_connections.clone(),
+        );
+        registry.register(
+            "portico_stream_target_up",
+            "Whether each target of a stream with health checks passes them (1) or is down (0)",
+            self.stream_target_up.clone(),
+        );
         registry.register(
             "portico_http_requests",
             "Requests answered, by host pattern, status class and protocol",

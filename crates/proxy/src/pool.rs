@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::client_body::ClientBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use portico_model::Target;
@@ -42,7 +44,7 @@ pub const MAX_IDLE_PER_TARGET: usize = 256;
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<ClientBody>,
     since: Instant,
 }
 
@@ -67,7 +69,7 @@ pub struct Pool {
 #[derive(Debug)]
 pub struct Lease {
     /// Sends the request.
-    pub sender: SendRequest<Incoming>,
+    pub sender: SendRequest<ClientBody>,
     /// Whether the connection had carried requests before (one that failed before the
     /// request was written may have been closed by the target while idle: the request is
     /// worth one more try on a new connection).
@@ -203,7 +205,7 @@ impl Pool {
         }
     }
 
-    fn lease(self: &Arc<Self>, sender: SendRequest<Incoming>, target: &Target, tls: bool, reused: bool) -> Lease {
+    fn lease(self: &Arc<Self>, sender: SendRequest<ClientBody>, target: &Target, tls: bool, reused: bool) -> Lease {
         Lease { sender, reused, authority: target.shared_authority(), tls, pool: Arc::downgrade(self), hold: None }
     }
 

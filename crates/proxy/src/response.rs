@@ -91,6 +91,11 @@ impl ProxyError {
     }
 }
 
+/// Marks an answer as Portico's own error page (not a target's): what happened, so that it
+/// can be given as a host's error page, the default one, or JSON.
+#[derive(Debug, Clone)]
+pub struct OwnPage(pub String);
+
 /// A small HTML page for the client: the status, what happened, the request id.
 pub fn page(status: StatusCode, what: &str, request_id: &str) -> Response<ProxyBody> {
     let reason = status.canonical_reason().unwrap_or("Error");
@@ -103,6 +108,56 @@ pub fn page(status: StatusCode, what: &str, request_id: &str) -> Response<ProxyB
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.extensions_mut().insert(OwnPage(what.to_owned()));
+    response
+}
+
+/// Gives Portico's own error answer `response` as the client asks: JSON
+/// (`{status, message, request_id}`) to a client that prefers it, else `custom` (a host's or
+/// the default error page, placeholders filled) when there is one, else as it is.
+pub fn own_page(response: &mut Response<ProxyBody>, json: bool, custom: Option<&str>, request_id: &str) {
+    let Some(OwnPage(what)) = response.extensions().get::<OwnPage>() else { return };
+    let status = response.status().as_u16();
+    let (body, kind) = if json {
+        let body = serde_json::json!({"status": status, "message": what, "request_id": request_id});
+        (body.to_string(), "application/json")
+    } else if let Some(custom) = custom {
+        (portico_model::behaviour::fill_page(custom, status, request_id), "text/html; charset=utf-8")
+    } else {
+        return;
+    };
+    *response.body_mut() = full(body);
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    response.headers_mut().remove(header::CONTENT_LENGTH);
+}
+
+/// Whether an `Accept` header prefers JSON to HTML: the best quality it gives
+/// `application/json` (or `application/*`) above the best it gives `text/html` (or
+/// `text/*`); `*/*` counts for both.
+pub fn prefers_json(accept: Option<&HeaderValue>) -> bool {
+    let Some(accept) = accept.and_then(|a| a.to_str().ok()) else { return false };
+    let (mut json, mut html) = (0.0_f32, 0.0_f32);
+    for (media, q) in crate::compress::qualities(accept) {
+        match media.as_str() {
+            "application/json" | "application/*" => json = json.max(q),
+            "text/html" | "text/*" => html = html.max(q),
+            "*/*" => {
+                json = json.max(q);
+                html = html.max(q);
+            }
+            _ => {}
+        }
+    }
+    json > html
+}
+
+/// A static answer: `status`, `content_type`, `body`.
+pub fn fixed(status: u16, content_type: &str, body: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(body.to_owned()));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    if let Ok(kind) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, kind);
+    }
     response
 }
 
@@ -114,8 +169,13 @@ pub use portico_model::report::chain;
 
 /// A 308 to `location`.
 pub fn redirect(location: &str) -> Response<ProxyBody> {
+    redirect_with(StatusCode::PERMANENT_REDIRECT, location)
+}
+
+/// A redirect with `status` to `location`.
+pub fn redirect_with(status: StatusCode, location: &str) -> Response<ProxyBody> {
     let mut response = Response::new(full(String::new()));
-    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    *response.status_mut() = status;
     if let Ok(value) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
@@ -129,7 +189,7 @@ pub fn text(body: String) -> Response<ProxyBody> {
     response
 }
 
-fn full(text: String) -> ProxyBody {
+pub(crate) fn full(text: String) -> ProxyBody {
     Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed_unsync()
 }
 
@@ -303,5 +363,22 @@ impl Body for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod own_page_tests {
+    use super::*;
+
+    #[test]
+    fn json_only_when_preferred() {
+        let pick = |accept: &str| prefers_json(Some(&HeaderValue::from_str(accept).unwrap()));
+        assert!(pick("application/json"));
+        assert!(pick("text/html;q=0.5, application/json"));
+        assert!(pick("application/*"));
+        assert!(!pick("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"), "a browser");
+        assert!(!pick("*/*"));
+        assert!(!pick("application/json;q=0.4, text/html"));
+        assert!(!prefers_json(None));
     }
 }

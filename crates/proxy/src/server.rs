@@ -128,6 +128,18 @@ impl ConnectionCap {
         }
     }
 
+    /// Room for one more connection now, if there is: at the cap, logs (at most once a
+    /// minute), asks idle connections to close, and answers `None` (for a QUIC connection,
+    /// refused rather than kept waiting).
+    pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = self.inner.permits.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.warn();
+            self.inner.pressure.notify_waiters();
+        }
+        permit
+    }
+
     /// Room for one more connection. At the cap: logs (at most once a minute), asks idle
     /// connections to close, and waits.
     async fn admit(&self) -> OwnedSemaphorePermit {
@@ -173,6 +185,12 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// Cancelled when the shutdown's deadline passes: what the connection still carries
+    /// (a passthrough connection's bytes) is closed then.
+    pub fn deadline_passed(&self) -> CancellationToken {
+        self.cut.clone()
+    }
+
     /// Resolves when the cap is reached and this connection, open since `since` and still
     /// doing nothing useful (waiting for a TLS ClientHello, say), should make room.
     pub async fn evicted(&self, since: Instant) {

@@ -41,12 +41,22 @@ pub enum Kind {
     /// An entry of the audit log (a change made through the API), keyed by its time in
     /// milliseconds (13 digits) and a random suffix, so that keys sort by time.
     Audit,
+    /// A TCP or UDP stream (a listening port forwarded to targets), keyed by its id.
+    Stream,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 7] =
-        [Kind::Host, Kind::User, Kind::AuthToken, Kind::DnsProvider, Kind::Domain, Kind::Cert, Kind::Audit];
+    pub const ALL: [Kind; 8] = [
+        Kind::Host,
+        Kind::User,
+        Kind::AuthToken,
+        Kind::DnsProvider,
+        Kind::Domain,
+        Kind::Cert,
+        Kind::Audit,
+        Kind::Stream,
+    ];
 
     /// The seed's model name.
     pub fn name(self) -> &'static str {
@@ -58,6 +68,7 @@ impl Kind {
             Kind::Domain => "Domain",
             Kind::Cert => "Cert",
             Kind::Audit => "Audit",
+            Kind::Stream => "Stream",
         }
     }
 
@@ -86,6 +97,7 @@ impl Kind {
             Kind::Domain => "record/Domain",
             Kind::Cert => "record/Cert",
             Kind::Audit => "record/Audit",
+            Kind::Stream => "record/Stream",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - `/download/<bytes>`: streams that many zero bytes;
 //! - `/upload`: reads the whole body as a stream and answers how many bytes came;
 //! - `/sleep/<ms>`: answers after that long;
+//! - `/html/<bytes>`: a compressible HTML page of that many bytes ([`html`]);
 //! - anything else: a JSON echo of the request (method, uri, headers, body length) with the
 //!   backend's name.
 //!
@@ -252,6 +253,23 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
                 .boxed(),
         ));
     }
+    if let Some(n) = path.strip_prefix("/html/") {
+        // A compressible page of that many bytes ([`html`]), with a strong ETag; the query may
+        // ask for `Cache-Control: no-transform` or a `Content-Encoding` of its own.
+        let body = html(n.parse().unwrap_or(0));
+        let mut response = Response::new(text(body));
+        let headers = response.headers_mut();
+        headers.insert("content-type", "text/html; charset=utf-8".parse().unwrap());
+        headers.insert("etag", "\"page-v1\"".parse().unwrap());
+        let query = request.uri().query().unwrap_or_default();
+        if query.contains("no-transform") {
+            headers.insert("cache-control", "public, no-transform".parse().unwrap());
+        }
+        if query.contains("encoded") {
+            headers.insert("content-encoding", "br".parse().unwrap());
+        }
+        return Ok(response);
+    }
     if path == "/healthz" {
         let status = match state.counters.health.load(Ordering::SeqCst) {
             0 => 200,
@@ -293,6 +311,8 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
     let mut response = Response::new(text(echo.to_string()));
     response.headers_mut().insert("content-type", "application/json".parse().unwrap());
     response.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+    // What many application servers say of themselves (a header rule may strip it).
+    response.headers_mut().insert("x-powered-by", "portico-test-backend".parse().unwrap());
     Ok(response)
 }
 
@@ -328,4 +348,19 @@ pub fn zeros(total: u64) -> Body {
         Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(&ZERO[..n as usize]))), left - n))
     });
     BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// The page `/html/<bytes>` serves: that many bytes of HTML that compresses well, as real
+/// pages do (repeated markup, varying text).
+pub fn html(bytes: usize) -> String {
+    let mut page = String::from("<!doctype html><html><head><title>A page</title></head><body>\n");
+    let mut i = 0;
+    while page.len() < bytes {
+        page.push_str(&format!(
+            "<div class=\"row\"><span class=\"n\">{i}</span> <a href=\"/item/{i}\">Item number {i}</a></div>\n"
+        ));
+        i += 1;
+    }
+    page.truncate(bytes);
+    page
 }

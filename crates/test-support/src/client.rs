@@ -95,6 +95,16 @@ impl Proxy {
     pub async fn get(&self, host: &str, path: &str) -> Answer {
         read(self.send("GET", host, path, empty()).await).await
     }
+
+    /// `method` `path` on `host` with request `headers`, body read whole.
+    pub async fn ask(&self, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let uri = format!("{}://{host}:{}{path}", self.scheme, self.addr.port());
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        read(self.client.request(request.body(empty()).unwrap()).await.unwrap()).await
+    }
 }
 
 /// Reads a response whole.

@@ -122,21 +122,8 @@ impl FakeDns {
             next_id: 106_926_659,
             ..State::default()
         }));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let shared = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(provider, state.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = serve(move |req| handle(provider, shared.clone(), req)).await;
         Self { provider, addr, state, task }
     }
 
@@ -184,6 +171,28 @@ impl FakeDns {
 }
 
 type Body = Full<Bytes>;
+
+/// Serves `handle` on a loopback port: the address, and the accept loop's task.
+async fn serve<F, Fut>(handle: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service_fn(handle))
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
 
 /// One request, as the providers' handlers read it.
 #[derive(Clone, Copy)]
@@ -544,4 +553,105 @@ fn porkbun(state: &mut State, path: &str, json: &Value) -> Response<Body> {
         },
         _ => pb_error("Invalid endpoint."),
     }
+}
+
+/// The secret the webhook stand-in takes (`Authorization: Bearer …`).
+pub const WEBHOOK_SECRET: &str = "webhook-secret-0123456789";
+
+/// A stand-in for an admin's DNS webhook as lego's `httpreq` convention has it: `POST
+/// /present` and `POST /cleanup` with `{"fqdn", "value"}` and the shared secret as a bearer
+/// token (401 otherwise); it publishes the TXT records it holds to a `pebble-challtestsrv`.
+pub struct WebhookDns {
+    addr: SocketAddr,
+    state: Arc<Mutex<WebhookState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct WebhookState {
+    /// Values by name (no trailing dot).
+    records: BTreeMap<String, Vec<String>>,
+    /// `METHOD /path {body}` of each request.
+    requests: Vec<String>,
+    challtestsrv: Option<u16>,
+}
+
+impl Drop for WebhookDns {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl WebhookDns {
+    /// Starts it on a loopback port.
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(WebhookState::default()));
+        let shared = state.clone();
+        let (addr, task) = serve(move |req| webhook(shared.clone(), req)).await;
+        Self { addr, state, task }
+    }
+
+    /// Its URL (the provider's `url`).
+    pub fn base(&self) -> String {
+        format!("http://{}/dns", self.addr)
+    }
+
+    /// Publishes its TXT records, as they change, to the challtestsrv on `port`.
+    pub fn publish_to(&self, port: u16) {
+        self.state.lock().unwrap().challtestsrv = Some(port);
+    }
+
+    /// The TXT values it holds, by name.
+    pub fn records(&self) -> BTreeMap<String, Vec<String>> {
+        self.state.lock().unwrap().records.clone()
+    }
+
+    /// Every request it took, `METHOD /path {body}`.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().requests.clone()
+    }
+}
+
+async fn webhook(state: Arc<Mutex<WebhookState>>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    state.lock().unwrap().requests.push(format!("{} {} {text}", parts.method, parts.uri.path()));
+    let authorized = parts.headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(format!("Bearer {WEBHOOK_SECRET}").as_str());
+    if !authorized {
+        return Ok(reply(StatusCode::UNAUTHORIZED, json!({"error": "bad or missing bearer token"})));
+    }
+    let action = match (&parts.method, parts.uri.path()) {
+        (&Method::POST, "/dns/present") => true,
+        (&Method::POST, "/dns/cleanup") => false,
+        _ => return Ok(reply(StatusCode::NOT_FOUND, json!({"error": "not found"}))),
+    };
+    let asked: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let (Some(fqdn), Some(value)) = (asked["fqdn"].as_str(), asked["value"].as_str()) else {
+        return Ok(reply(StatusCode::BAD_REQUEST, json!({"error": "fqdn and value are required"})));
+    };
+    let name = fqdn.trim_end_matches('.').to_owned();
+    let (port, values) = {
+        let mut state = state.lock().unwrap();
+        let values = state.records.entry(name.clone()).or_default();
+        if action {
+            values.push(value.to_owned());
+        } else {
+            values.retain(|v| v != value);
+        }
+        let values = values.clone();
+        if values.is_empty() {
+            state.records.remove(&name);
+        }
+        (state.challtestsrv, values)
+    };
+    if let Some(port) = port {
+        let host = format!("{name}.");
+        challtestsrv(port, "/clear-txt", json!({"host": host})).await;
+        for value in values {
+            challtestsrv(port, "/set-txt", json!({"host": host, "value": value})).await;
+        }
+    }
+    Ok(reply(StatusCode::OK, json!({})))
 }

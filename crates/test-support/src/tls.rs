@@ -1,11 +1,12 @@
 //! TLS clients for tests: a handshake to the proxy with a chosen SNI and ALPN, checked
 //! against given roots (or not checked at all, to look at what an untrusted server sends),
-//! and the certificate it served.
+//! and the certificate it served; a CA of one's own ([`TestCa`]) for certificates to bring.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use portico_certs::Meta;
+pub use portico_certs::testing::TestCa;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};

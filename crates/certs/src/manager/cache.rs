@@ -90,13 +90,14 @@ impl Certs {
             return Ok(false);
         };
         let meta = &loaded.meta;
-        let state = CertState {
+        let mut state = CertState {
             issuer: "imported".to_owned(),
             not_after: meta.not_after,
             issued: meta.not_before,
             next_attempt: meta.renew_at(self.settings().renew_remaining_ratio),
             ..CertState::default()
         };
+        state.note(now_secs(), format!("taken on from the store, issued by {}", meta.issuer));
         match self.store.create(Kind::Cert, name, &state.to_fields()).await {
             Ok(()) => {
                 tracing::info!(name, not_after = meta.not_after, "took on a stored certificate");

@@ -15,9 +15,12 @@ impl Certs {
             match change {
                 Some(Followed::Blob { key }) => self.blob_changed(&key).await,
                 // A new `*.zone` host: its wildcard certificate is made now, not at the first
-                // handshake (any node may start it; the lease makes it one order).
-                Some(Followed::Record { kind: Kind::Host, key, now: Some(_) })
-                    if key.starts_with("*.") && !key[2..].contains('*') =>
+                // handshake (any node may start it; the lease makes it one order); not for a
+                // passthrough host, whose targets hold its certificates.
+                Some(Followed::Record { kind: Kind::Host, key, now: Some(fields) })
+                    if key.starts_with("*.")
+                        && !key[2..].contains('*')
+                        && fields.get("kind").is_none_or(|kind| kind != "passthrough") =>
                 {
                     let certs = self.clone();
                     tokio::spawn(async move { certs.prepare_wildcard(&key).await });

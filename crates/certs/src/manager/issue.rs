@@ -159,7 +159,7 @@ impl Certs {
         match issued
             .and_then(|stored| stored.load().map(|l| (stored, Arc::new(l))).map_err(|e| IssueError::caused_by(&e)))
         {
-            Ok((stored, loaded)) => self.issued(name, mode, &stored, loaded, now, begun).await,
+            Ok((stored, loaded)) => self.issued(name, mode, &stored, loaded, begun, state).await,
             Err(e) => self.failed(name, mode, state, &progress, e, now).await,
         }
     }
@@ -172,23 +172,27 @@ impl Certs {
         mode: Mode,
         stored: &StoredCert,
         loaded: Arc<Loaded>,
-        now: i64,
         begun: Instant,
+        before: CertState,
     ) -> Result<Arc<Loaded>, Refused> {
+        let now = now_secs();
         self.store.put_blob(&keys::cert_latest(name), &stored.to_json(), None).await.map_err(CertError::from)?;
         let lifetime = (loaded.meta.not_after - loaded.meta.not_before).max(0);
         let jitter = fastrand::i64(0..=(lifetime / 20).max(0));
-        let next = CertState {
+        let mut next = CertState {
             issuer: self.issuer().kind().to_owned(),
             not_after: loaded.meta.not_after,
             issued: now,
             last_attempt: now,
             next_attempt: loaded.meta.renew_at(self.settings().renew_remaining_ratio) - jitter,
             step: "issued".into(),
+            history: before.history,
             ..CertState::default()
         };
+        let verb = if before.not_after > 0 { "renewed" } else { "issued" };
+        next.note(now, format!("{verb} by {}", self.issuer().kind()));
         self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
-        self.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
+        self.metrics.certificate(name, &next, now_secs());
         if mode == Mode::OnDemand {
             self.metrics.decision("issued");
         }
@@ -217,7 +221,7 @@ impl Certs {
     ) -> Result<Arc<Loaded>, Refused> {
         let failures = state.failures.saturating_add(1);
         let backoff = self.backoff(failures);
-        let next = CertState {
+        let mut next = CertState {
             last_attempt: now,
             next_attempt: now + backoff.as_secs() as i64,
             failures,
@@ -227,8 +231,13 @@ impl Certs {
             failed_step: progress.reached().as_str().to_owned(),
             ..state
         };
+        // A run of failures is one event: its first, with why.
+        if failures == 1 {
+            let why: String = e.to_string().chars().take(200).collect();
+            next.note(now, format!("failed at {}: {why}", next.failed_step));
+        }
         self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
-        self.metrics.certificate(name, next.issued, next.not_after, next.next_attempt, next.failures);
+        self.metrics.certificate(name, &next, now_secs());
         tracing::warn!(name, issuer = self.issuer().kind(), failures, retry_in_s = backoff.as_secs(),
             error = %e, "certificate {} failed", if mode == Mode::OnDemand { "issuance" } else { "renewal" });
         Err(Refused::Failed(e.into()))

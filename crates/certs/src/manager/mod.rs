@@ -39,6 +39,7 @@ mod policy;
 use cache::Cached;
 use gate::{Budget, Held, Mode, Refused};
 pub use policy::{NamePolicy, Owner, covering_wildcard};
+pub(crate) use policy::{literal, one_wildcard};
 
 /// Tunables of issuance and renewal.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +189,19 @@ impl Certs {
         &self.fallback
     }
 
+    /// The certificate held in memory for a ClientHello's SNI (the name's own, or a wildcard
+    /// one that covers it), for a handshake that cannot wait (QUIC's); `None` when this
+    /// process holds none yet ([`Certs::resolve`] gets one).
+    pub fn resolve_held(&self, sni: &str) -> Option<Arc<Loaded>> {
+        let name = Hostname::parse(sni).ok()?;
+        let name = name.as_str();
+        if let Some(cached) = self.cached_entry(name) {
+            return Some(cached.loaded.clone());
+        }
+        let wildcard = covering_wildcard(name)?;
+        self.cached_entry(&wildcard).filter(|c| c.loaded.meta.covers(name)).map(|c| c.loaded.clone())
+    }
+
     /// The certificate to serve for a ClientHello's SNI: memory → store → gate → issuance.
     /// `None` means the fallback certificate: no SNI, or the name is an IP literal, unknown, or
     /// failing.
@@ -241,8 +255,15 @@ impl Certs {
         }
     }
 
-    /// Issues a new certificate for `name` now, whatever its state (the API's renew).
+    /// Issues a new certificate for `name` now, whatever its state (the API's renew); not
+    /// for an uploaded certificate, which its admin replaces or removes.
     pub async fn renew_now(&self, name: &str) -> Result<Arc<Loaded>, CertError> {
+        if crate::upload::is_uploaded(self.store.as_ref(), name).await? {
+            return Err(CertError::Issue(IssueError::local(format!(
+                "the certificate of {name} was uploaded and is never renewed by Portico: upload a new one, \
+                 or remove it (DELETE /api/cert/{name}) to return to automatic certificates"
+            ))));
+        }
         let owner = self.policy.owner(name).unwrap_or(Owner { pattern: name.to_owned(), explicit: true });
         self.obtain(name, Mode::Forced, &owner).await.map_err(refused_to_error)
     }
@@ -291,15 +312,55 @@ impl Certs {
         Ok(state)
     }
 
+    /// Records and logs, once, that the uploaded certificate `name` has a third of its life
+    /// left: Portico never renews it.
+    pub(crate) async fn alert_uploaded(&self, name: &str, mut state: CertState) -> Result<(), CertError> {
+        let expires = crate::upload::date(state.not_after);
+        tracing::warn!(
+            name,
+            not_after = %expires,
+            "an uploaded certificate expires soon and is never renewed by Portico: upload a new one"
+        );
+        state.last_error = format!(
+            "the uploaded certificate expires on {expires} and is never renewed automatically: upload a new one, \
+             or remove it to return to automatic certificates"
+        );
+        state.step = "expiring".to_owned();
+        state.note(now_secs(), "a third of its life left, not renewed (uploaded)");
+        self.store.put(Kind::Cert, name, &state.to_fields()).await?;
+        Ok(())
+    }
+
+    /// Removes the uploaded certificate of `name`, returning it to automatic certificates
+    /// (the next handshake gets one). `Ok(false)` when `name`'s certificate is not an
+    /// uploaded one (nothing is removed).
+    pub async fn remove_uploaded(&self, name: &str) -> Result<bool, CertError> {
+        if !crate::upload::remove(self.store.as_ref(), name).await? {
+            return Ok(false);
+        }
+        self.dropped(name);
+        tracing::info!(name, "removed an uploaded certificate: the name gets automatic certificates again");
+        Ok(true)
+    }
+
     /// Removes `name`'s certificate and state (its host is gone and it has expired).
     pub(crate) async fn remove(&self, name: &str) -> Result<(), CertError> {
-        self.store.delete_blob(&keys::cert_latest(name)).await?;
-        self.store.delete_blob(&keys::cert_used(name)).await?;
-        self.store.delete(Kind::Cert, name).await?;
+        crate::stored::delete(self.store.as_ref(), name).await?;
+        self.dropped(name);
+        Ok(())
+    }
+
+    /// Forgets everything held in memory of `name`'s certificate (it was removed).
+    fn dropped(&self, name: &str) {
         self.forget(name);
         self.unhold(name);
         self.metrics.forget_certificate(name);
-        Ok(())
+    }
+
+    /// The fraction of a certificate's lifetime left when it is renewed (or, uploaded, its
+    /// admin is told).
+    pub fn renew_remaining_ratio(&self) -> f64 {
+        self.settings().renew_remaining_ratio
     }
 
     /// The metrics.

@@ -28,32 +28,38 @@ pub struct Owner {
     pub explicit: bool,
 }
 
-/// Routing decides certificates: a name may have one when a host pattern matches it.
+/// Routing decides certificates: a name may have one when a host pattern matches it, but
+/// for a passthrough host (its targets hold its certificates: Portico never sees its TLS).
 impl NamePolicy for portico_model::Routes {
     fn owner(&self, name: &str) -> Option<Owner> {
         let table = self.snapshot();
-        let (pattern, _) = table.lookup(name)?;
+        let (pattern, _) = table.lookup(name).filter(|(_, host)| !host.kind.is_passthrough())?;
         Some(Owner { pattern: pattern.to_string(), explicit: literal(pattern) })
     }
 
     fn explicit_names(&self) -> Vec<String> {
-        self.snapshot().iter().filter(|(p, _)| literal(p) || one_wildcard(p)).map(|(p, _)| p.to_string()).collect()
+        self.snapshot()
+            .iter()
+            .filter(|(p, host)| (literal(p) || one_wildcard(p)) && !host.kind.is_passthrough())
+            .map(|(p, _)| p.to_string())
+            .collect()
     }
 
     fn has_pattern(&self, pattern: &str) -> bool {
-        portico_model::HostPattern::parse(pattern).is_ok_and(|p| self.snapshot().get(&p).is_some())
+        portico_model::HostPattern::parse(pattern)
+            .is_ok_and(|p| self.snapshot().get(&p).is_some_and(|host| !host.kind.is_passthrough()))
     }
 }
 
 /// Whether a pattern is `*.` followed by literal labels: one wildcard certificate covers it.
-pub(super) fn one_wildcard(pattern: &portico_model::HostPattern) -> bool {
+pub(crate) fn one_wildcard(pattern: &portico_model::HostPattern) -> bool {
     let mut labels = pattern.labels();
     matches!(labels.next(), Some(portico_model::PatternLabel::One))
         && labels.all(|l| matches!(l, portico_model::PatternLabel::Literal(_)))
 }
 
 /// Whether a pattern has no wildcard label.
-pub(super) fn literal(pattern: &portico_model::HostPattern) -> bool {
+pub(crate) fn literal(pattern: &portico_model::HostPattern) -> bool {
     pattern.labels().all(|l| matches!(l, portico_model::PatternLabel::Literal(_)))
 }
 

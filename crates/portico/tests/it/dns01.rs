@@ -335,3 +335,57 @@ async fn wildcard_through_rfc2136_with_knot() {
     })
     .await;
 }
+
+/// A webhook of the admin's (lego's `httpreq` convention; an in-process stand-in publishing
+/// to Pebble's DNS): the wildcard certificate through `POST /present` and `/cleanup`, each
+/// with the shared secret; a wrong secret's 401 is the issuance's last error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_through_a_webhook() {
+    use portico_test_support::dns_fake::{WEBHOOK_SECRET, WebhookDns};
+    let backend = Backend::start("wild").await;
+    let hook = WebhookDns::start().await;
+    let (pebble, p) = pebble::with_portico_for(BIN, Options::default(), |pebble| {
+        hook.publish_to(pebble.ports.chall);
+        vec![
+            format!("tls.dns_resolvers=[\"127.0.0.1:{}\"]", pebble.ports.dns),
+            "dns.propagation_timeout=\"20s\"".to_owned(),
+        ]
+    });
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    let body = json!({"name": "hook", "dnsProvider": "Webhook", "url": hook.base(), "secret": WEBHOOK_SECRET,
+                      "zones": "zone.test, other.test"});
+    let created = api.call("POST", "/api/dns", Some(&token), Some(body)).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.raw);
+    assert_eq!(created.json["domains"], json!(["zone.test", "other.test"]), "{}", created.raw);
+    assert!(!created.raw.contains(WEBHOOK_SECRET), "the secret is never shown");
+    let bad = json!({"name": "bad", "dnsProvider": "Webhook", "url": "ftp://x", "secret": "s", "zones": "x.test"});
+    let refused = api.call("POST", "/api/dns", Some(&token), Some(bad)).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.raw);
+
+    add_host(&api, &token, "*.zone.test", &backend).await;
+    served_over_https(&p, &pebble, "x.zone.test").await;
+    assert_eq!(tls::peek(p.https, "x.zone.test").await.names, ["*.zone.test", "zone.test"]);
+    eventually(Duration::from_secs(5), "the records cleaned up", || async { hook.records().is_empty().then_some(()) })
+        .await;
+    let requests = hook.requests();
+    let count = |path: &str| requests.iter().filter(|r| r.starts_with(&format!("POST /dns/{path} "))).count();
+    assert_eq!((count("present"), count("cleanup")), (2, 2), "{requests:?}");
+    assert!(requests.iter().all(|r| r.contains("\"fqdn\":\"_acme-challenge.zone.test.\"")), "{requests:?}");
+
+    // The same webhook with a wrong secret: its 401 is what the issuance says.
+    let provider = created.json["id"].as_str().unwrap().to_owned();
+    let changed =
+        api.call("PUT", &format!("/api/dns/{provider}"), Some(&token), Some(json!({"secret": "wrong"}))).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.raw);
+    add_host(&api, &token, "*.other.test", &backend).await;
+    let failed = eventually(Duration::from_secs(30), "the issuance's failure", || {
+        let (api, token) = (&api, &token);
+        async move {
+            let state = api.call("GET", "/api/cert/%2A.other.test", Some(token), None).await;
+            state.json["results"]["last_error"].as_str().filter(|e| !e.is_empty()).map(str::to_owned)
+        }
+    })
+    .await;
+    assert!(failed.contains("bad or missing bearer token"), "{failed}");
+}

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::{BIN, METRICS, issuances, portico};
 
 /// The internal CA's root, as `portico ca export` prints it.
-fn trusted(p: &Portico) -> RootCertStore {
+pub(crate) fn trusted(p: &Portico) -> RootCertStore {
     let out = p.cli("ca", &["export"], "");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let pem = String::from_utf8(out.stdout).unwrap();

@@ -9,6 +9,8 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+
+use crate::client_body::{BodyReadError, ClientBody};
 use portico_model::Host;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +30,7 @@ pub use headers::{Origin, Scheme, X_REQUEST_ID};
 use headers::{add_forwarded, upgrade_protocol};
 pub use target_tls::insecure;
 pub(crate) use target_tls::target_tls;
+pub(crate) use tunnel::splice;
 use tunnel::tunnel;
 
 /// The client every connection speaks to targets through (its pool, health, tunnels).
@@ -71,7 +74,7 @@ impl TargetClient {
     /// names the target the request went to.
     pub async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         routed: Routed<'_>,
         mut choice: Choice,
         origin: &Origin<'_>,
@@ -149,7 +152,7 @@ impl TargetClient {
     /// the request goes there.
     async fn send(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         routed: Routed<'_>,
         choice: &mut Choice,
         client: std::net::IpAddr,
@@ -218,9 +221,10 @@ fn classify(error: hyper::Error) -> ProxyError {
     let chain = || std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| e.source());
     let timed_out =
         chain().filter_map(|e| e.downcast_ref::<std::io::Error>()).any(|io| io.kind() == std::io::ErrorKind::TimedOut);
-    // The client's body is hyper's `Incoming`: its read error is the source of the client's
-    // "user body" error, and another `hyper::Error`.
-    let client_body = error.is_user() && std::error::Error::source(&error).is_some_and(|s| s.is::<hyper::Error>());
+    // The client's body failed to read: the source of hyper's "user body" error is that
+    // body's own error, another `hyper::Error` (HTTP/1.1, HTTP/2) or a `BodyReadError` (HTTP/3).
+    let client_body = error.is_user()
+        && std::error::Error::source(&error).is_some_and(|s| s.is::<hyper::Error>() || s.is::<BodyReadError>());
     if client_body {
         ProxyError::BadRequestBody(error.into())
     } else if timed_out {

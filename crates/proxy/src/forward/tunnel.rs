@@ -26,10 +26,20 @@ pub(super) async fn tunnel(
             return;
         }
     };
+    let (up, down) = splice(TokioIo::new(client), TokioIo::new(target), idle, shutdown).await;
+    tracing::debug!(bytes_to_target = up, bytes_to_client = down, "tunnel closed");
+}
+
+/// Copies bytes both ways between `client` and `target` until both sides close, nothing has
+/// crossed either way for `idle`, or `shutdown`; the bytes carried from the client and to it.
+pub(crate) async fn splice<C, T>(client: C, mut target: T, idle: Duration, shutdown: CancellationToken) -> (u64, u64)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     let opened = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let mut client = Metered { io: TokioIo::new(client), opened, last: last.clone() };
-    let mut target = TokioIo::new(target);
+    let mut client = Metered { io: client, opened, last: last.clone(), read: 0, written: 0 };
     let quiet = async {
         loop {
             let since = opened + Duration::from_millis(last.load(Ordering::Relaxed));
@@ -40,13 +50,15 @@ pub(super) async fn tunnel(
         }
     };
     tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut client, &mut target) => match copied {
-            Ok((up, down)) => tracing::debug!(bytes_to_target = up, bytes_to_client = down, "tunnel closed"),
-            Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
-        },
-        () = quiet => tracing::debug!(timeout = ?idle, "tunnel closed: idle"),
-        () = shutdown.cancelled() => tracing::debug!("tunnel closed by shutdown"),
+        copied = tokio::io::copy_bidirectional(&mut client, &mut target) => {
+            if let Err(e) = copied {
+                tracing::debug!(error = %e, "a tunnel ended with an error");
+            }
+        }
+        () = quiet => tracing::debug!(timeout = ?idle, "a tunnel closed: idle"),
+        () = shutdown.cancelled() => tracing::debug!("a tunnel closed by shutdown"),
     }
+    (client.read, client.written)
 }
 
 /// The client's side of a tunnel, noting when bytes last crossed it either way (bytes from
@@ -56,6 +68,9 @@ struct Metered<T> {
     opened: Instant,
     /// Milliseconds since `opened`.
     last: Arc<AtomicU64>,
+    /// Bytes read from it (towards the target) and written to it.
+    read: u64,
+    written: u64,
 }
 
 impl<T> Metered<T> {
@@ -69,7 +84,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.read += read as u64;
             self.crossed();
         }
         polled
@@ -82,6 +99,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
         if let Poll::Ready(Ok(n)) = polled
             && n > 0
         {
+            self.written += n as u64;
             self.crossed();
         }
         polled

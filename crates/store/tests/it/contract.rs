@@ -132,7 +132,7 @@ pub async fn snapshots(store: Arc<dyn Store>) {
     assert!(settled, "nothing wrote meanwhile");
     assert_eq!(
         snapshot.counts().to_string(),
-        "1 Host, 1 User, 0 AuthToken, 0 DnsProvider, 0 Domain, 0 Cert, 0 Audit, 1 blobs"
+        "1 Host, 1 User, 0 AuthToken, 0 DnsProvider, 0 Domain, 0 Cert, 0 Audit, 0 Stream, 1 blobs"
     );
     store.delete(Kind::Host, "a.example").await.unwrap();
     store.delete(Kind::User, "admin").await.unwrap();

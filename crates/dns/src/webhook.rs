@@ -1,0 +1,94 @@
+//! A webhook that changes DNS records for Portico (lego's `httpreq` convention): `POST
+//! <url>/present` and `POST <url>/cleanup`, each with `{"fqdn", "value"}` (the name with its
+//! trailing dot) and `Authorization: Bearer <secret>`; any 2xx is done. The webhook cannot
+//! list zones: the account names them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::http::Http;
+use crate::{DnsError, DnsProvider, RecordId, Zone};
+
+const KIND: &str = "Webhook";
+
+/// A webhook account.
+pub struct Webhook {
+    http: Http,
+    secret: String,
+    zones: Vec<String>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook").field("http", &self.http).field("zones", &self.zones).finish_non_exhaustive()
+    }
+}
+
+impl Webhook {
+    /// A client for the webhook at `url` (`http://` or `https://`), for `zones`
+    /// (comma-separated).
+    pub fn new(url: &str, secret: String, zones: &str, timeout: Duration) -> Result<Self, DnsError> {
+        let parsed: http::Uri =
+            url.parse().map_err(|_| DnsError::Config(format!("the Webhook provider's url is not a URL: {url}")))?;
+        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
+            return Err(DnsError::Config("the Webhook provider's url must start with http:// or https://".into()));
+        }
+        let zones = crate::zone_list(zones);
+        if zones.is_empty() {
+            return Err(DnsError::Config("the Webhook provider needs its zones (comma-separated)".into()));
+        }
+        Ok(Self { http: Http::new(KIND, url, timeout), secret, zones })
+    }
+
+    /// Posts `{"fqdn", "value"}` to `<url>/<action>`.
+    async fn post(&self, action: &str, fqdn: &str, value: &str) -> Result<(), DnsError> {
+        let bearer = format!("Bearer {}", self.secret);
+        let body = json!({"fqdn": format!("{fqdn}."), "value": value});
+        let answer =
+            self.http.send(Method::POST, &format!("/{action}"), &[("authorization", &bearer)], Some(&body)).await?;
+        if answer.status.is_success() {
+            return Ok(());
+        }
+        let message = match answer.json.get("error").or_else(|| answer.json.get("message")).and_then(|m| m.as_str()) {
+            Some(message) => message.to_owned(),
+            None => answer.text.chars().take(200).collect(),
+        };
+        if answer.status == StatusCode::UNAUTHORIZED || answer.status == StatusCode::FORBIDDEN {
+            return Err(DnsError::Unauthorized { provider: KIND, message });
+        }
+        Err(DnsError::Provider { provider: KIND, status: answer.status.as_u16(), message })
+    }
+}
+
+#[async_trait]
+impl DnsProvider for Webhook {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    /// The webhook has nothing to ask without changing a record: its answers to the first
+    /// issuance tell.
+    async fn verify(&self) -> Result<(), DnsError> {
+        Ok(())
+    }
+
+    async fn zones(&self) -> Result<Vec<Zone>, DnsError> {
+        Ok(self.zones.iter().map(|z| Zone { id: z.clone(), name: z.clone() }).collect())
+    }
+
+    async fn create_txt(&self, _zone: &Zone, fqdn: &str, value: &str) -> Result<RecordId, DnsError> {
+        self.post("present", fqdn, value).await?;
+        // What `cleanup` needs: the name and the value.
+        Ok(RecordId(json!([fqdn, value]).to_string()))
+    }
+
+    async fn delete(&self, _zone: &Zone, id: &RecordId) -> Result<(), DnsError> {
+        let parsed: Vec<String> =
+            serde_json::from_str(&id.0).map_err(|_| DnsError::Config("a webhook record id".into()))?;
+        let [fqdn, value] = parsed.as_slice() else { return Err(DnsError::Config("a webhook record id".into())) };
+        self.post("cleanup", fqdn, value).await
+    }
+}
