@@ -229,6 +229,7 @@ fn view(
         let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         results.progress = Some(Progress {
             issued_by: text(&state.issuer),
+            ca: text(&state.ca),
             last_attempt: millis(state.last_attempt),
             next_attempt: millis(state.next_attempt),
             failures: state.failures,
@@ -339,6 +340,8 @@ pub struct CertMeta {
 pub struct Progress {
     /// `acme` or `internal`: who issued the current certificate.
     issued_by: Option<String>,
+    /// The CA that issued it: its ACME directory URL, or `internal` (renewals ask it first).
+    ca: Option<String>,
     /// The last issuance or renewal attempt.
     last_attempt: Option<i64>,
     /// When the next attempt is due: the renewal time, or the end of a failure backoff.

@@ -99,7 +99,7 @@ async fn dns_providers_and_domains_are_checked_before_anything_is_stored() {
     let types = api.call("OPTIONS", "/api/dns", Value::Null).await;
     let names: Vec<&str> =
         types.json["results"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
-    assert_eq!(names, ["Cloudflare", "DigitalOcean", "PorkBun", "RFC2136", "Webhook"]);
+    assert_eq!(names, ["Cloudflare", "DigitalOcean", "PorkBun", "RFC2136", "Webhook", "Exec", "AcmeDns"]);
 }
 
 #[tokio::test]

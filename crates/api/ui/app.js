@@ -594,6 +594,7 @@ async function certDetails(name, into) {
     into.replaceChildren(h('dl', { class: 'kv' },
       h('dt', {}, 'Certificate'), h('dd', {}, c.host),
       h('dt', {}, 'Source'), h('dd', {}, SOURCE[c.source] || c.source || '—'),
+      h('dt', {}, 'CA'), h('dd', {}, c.ca ? caName(c.ca) : '—'),
       h('dt', {}, 'Status'), h('dd', {}, c.status),
       h('dt', {}, 'Issuance step'), h('dd', {}, c.step || '—'),
       h('dt', {}, 'Expires'), h('dd', {}, when(c.not_after)),
@@ -861,6 +862,11 @@ async function downloadCert(c) {
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }
 
+/** The CA that issued a certificate: the host of its ACME directory URL, or `internal`. */
+function caName(ca) {
+  try { return new URL(ca).host; } catch { return ca; }
+}
+
 /** Where a certificate comes from, in words. */
 const SOURCE = { acme: 'ACME', dns01: 'ACME, DNS-01', internal: 'internal CA', uploaded: 'uploaded' };
 
@@ -895,7 +901,8 @@ async function certsPage() {
       const uploaded = c.source === 'uploaded';
       return h('tr', {},
         h('td', {}, c.host, c.names && c.names.length > 1 ? h('div', { class: 'muted' }, c.names.join(', ')) : null),
-        h('td', {}, SOURCE[c.source] || c.source || '—', c.issuer ? h('div', { class: 'muted' }, c.issuer) : null),
+        h('td', {}, SOURCE[c.source] || c.source || '—', c.issuer ? h('div', { class: 'muted' }, c.issuer) : null,
+          c.ca && c.ca !== 'internal' ? h('div', { class: 'muted' }, `from ${caName(c.ca)}`) : null),
         h('td', {}, c.not_after ? when(c.not_after) : '—'),
         h('td', {}, state, c.step && c.step !== 'issued' && c.step !== 'uploaded' ? h('div', { class: 'muted' }, c.step) : null),
         h('td', { class: c.last_error ? 'error' : 'muted' }, c.last_error ? (uploaded ? c.last_error : `${c.failures} failure${c.failures === 1 ? '' : 's'}: ${c.last_error}`) : 'none',

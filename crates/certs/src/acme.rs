@@ -85,6 +85,8 @@ pub struct AcmeSettings {
     pub eab: Option<Eab>,
     /// PEM files of extra roots to trust for the ACME server (private CAs, tests).
     pub ca_roots: Vec<PathBuf>,
+    /// The profile new orders ask for (`draft-ietf-acme-profiles`), when the CA offers it.
+    pub profile: Option<String>,
     /// The challenge tried first.
     pub challenge: Challenge,
     /// DNS-01: the providers' APIs and where to watch for the records.
@@ -223,8 +225,14 @@ impl AcmeIssuer {
             SolverKind::Http => Box::new(StoreSolver::new(self.store.clone(), challenge)),
             SolverKind::Dns(account) => Box::new(DnsSolver::new(account, &self.settings.dns)?),
         };
-        let identifiers: Vec<Identifier> = plan.sans.iter().map(|n| Identifier::Dns(n.clone())).collect();
-        let mut order = account.new_order(&NewOrder::new(&identifiers)).await.map_err(acme_error)?;
+        solver.check(&plan.sans).await?;
+        let identifiers: Vec<Identifier> = plan.sans.iter().map(|n| identifier(n)).collect();
+        let mut new_order = NewOrder::new(&identifiers);
+        if let Some(profile) = &self.settings.profile {
+            offered(account, &self.settings.directory, profile)?;
+            new_order = new_order.profile(profile);
+        }
+        let mut order = account.new_order(&new_order).await.map_err(acme_error)?;
         tracing::info!(name, order = order.url(), challenge = solver.label(), "ACME order created");
         progress.step(Step::Ordered).await;
         let result = match self.validate(&mut order, solver.as_ref(), progress).await {
@@ -319,9 +327,14 @@ impl Issuer for AcmeIssuer {
         "acme"
     }
 
-    async fn renewal_window(&self, leaf_der: &[u8]) -> Result<Option<(i64, i64)>, IssueError> {
+    fn id(&self) -> String {
+        self.settings.directory.clone()
+    }
+
+    async fn renewal_window(&self, cert: &StoredCert) -> Result<Option<(i64, i64)>, IssueError> {
         let account = self.account().await?;
-        let der = CertificateDer::from(leaf_der);
+        let leaf = cert.leaf_der().map_err(|e| IssueError::caused_by(&e))?;
+        let der = CertificateDer::from(leaf.as_slice());
         let id = instant_acme::CertificateIdentifier::try_from(&der).map_err(IssueError::local)?;
         match account.renewal_info(&id).await {
             Ok((info, _)) => {
@@ -335,19 +348,51 @@ impl Issuer for AcmeIssuer {
 
     async fn issue(&self, plan: &Plan, progress: &dyn Progress) -> Result<StoredCert, IssueError> {
         let account = self.account().await?;
-        let first = self.settings.challenge;
-        match self.order(account, plan, first, progress).await {
+        // An address is validated over HTTP-01 (TLS-ALPN-01 for addresses needs a reverse
+        // name in the SNI, which clients never send).
+        let addresses = plan.sans.iter().any(|n| n.parse::<std::net::IpAddr>().is_ok());
+        let first = if addresses { Challenge::Http01 } else { self.settings.challenge };
+        let issued = match self.order(account, plan, first, progress).await {
             Ok(cert) => Ok(cert),
-            // DNS-01 has no other challenge to fall back on.
-            Err(e) if matches!(plan.solver, SolverKind::Dns(_)) => Err(e),
+            // DNS-01 has no other challenge to fall back on; an address has none either.
+            Err(e) if matches!(plan.solver, SolverKind::Dns(_)) || addresses => Err(e),
             Err(e) => {
                 let second = first.other();
                 tracing::warn!(name = plan.cert, challenge = first.as_str(), error = %e,
                     "ACME validation failed; trying {}", second.as_str());
                 self.order(account, plan, second, progress).await
             }
-        }
+        };
+        issued.map(|cert| cert.issued_by(self.id()))
     }
+}
+
+/// An order's identifier for `name`: an IP address (RFC 8738) or a DNS name.
+fn identifier(name: &str) -> Identifier {
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => Identifier::Ip(ip),
+        Err(_) => Identifier::Dns(name.to_owned()),
+    }
+}
+
+/// Whether the CA of `directory` offers `profile` (its directory's `meta.profiles`): an
+/// order asking for one it does not know would be refused anyway, with less to go on.
+fn offered(account: &Account, directory: &str, profile: &str) -> Result<(), IssueError> {
+    let names: Vec<&str> = account.profiles().map(|p| p.name).collect();
+    check_profile(&names, directory, profile)
+}
+
+/// The error when `profile` is not among the `offered` profiles of `directory`.
+pub(crate) fn check_profile(offered: &[&str], directory: &str, profile: &str) -> Result<(), IssueError> {
+    if offered.contains(&profile) {
+        return Ok(());
+    }
+    let detail = if offered.is_empty() {
+        format!("the CA at {directory} offers no certificate profiles: remove profile {profile:?} for it")
+    } else {
+        format!("the CA at {directory} does not offer the profile {profile:?} (it offers: {})", offered.join(", "))
+    };
+    Err(IssueError::local(detail))
 }
 
 /// The DNS name an authorization is about while it is pending (for a wildcard, the name
@@ -360,7 +405,8 @@ fn pending_name(authz: &instant_acme::AuthorizationState) -> Result<Option<Strin
     }
     match authz.identifier().identifier {
         Identifier::Dns(name) => Ok(Some(name.clone())),
-        _ => Err(IssueError::local("the CA asks about an identifier that is not a DNS name")),
+        Identifier::Ip(ip) => Ok(Some(ip.to_string())),
+        _ => Err(IssueError::local("the CA asks about an identifier that is neither a DNS name nor an address")),
     }
 }
 
@@ -411,4 +457,42 @@ fn read_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Ce
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The profiles a directory document offers (`meta.profiles`), as a CA serves it.
+    fn profiles(document: &str) -> Vec<String> {
+        let directory: serde_json::Value = serde_json::from_str(document).unwrap();
+        directory["meta"]["profiles"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_profile_is_asked_for_only_where_the_directory_offers_it() {
+        // Let's Encrypt's directory as it is served, with its profiles.
+        let letsencrypt = profiles(include_str!("../tests/data/letsencrypt-directory.json"));
+        let offered: Vec<&str> = letsencrypt.iter().map(String::as_str).collect();
+        let dir = "https://acme-v02.api.letsencrypt.org/directory";
+        assert!(check_profile(&offered, dir, "shortlived").is_ok());
+        assert!(check_profile(&offered, dir, "tlsserver").is_ok());
+        let e = check_profile(&offered, dir, "six-days").unwrap_err().to_string();
+        assert!(
+            e.contains("does not offer the profile \"six-days\" (it offers: classic, shortlived, tlsserver)"),
+            "{e}"
+        );
+        // A directory without profiles (Pebble 2.4's, most CAs'): refused, saying so.
+        let none = profiles(r#"{"newNonce": "https://ca/nonce", "meta": {"termsOfService": "https://ca/tos"}}"#);
+        assert!(none.is_empty());
+        let e = check_profile(&[], "https://ca/dir", "shortlived").unwrap_err().to_string();
+        assert!(e.contains("offers no certificate profiles: remove profile \"shortlived\""), "{e}");
+    }
+
+    #[test]
+    fn an_address_is_an_ip_identifier_and_a_name_a_dns_one() {
+        assert!(matches!(identifier("203.0.113.5"), Identifier::Ip(ip) if ip.to_string() == "203.0.113.5"));
+        assert!(matches!(identifier("2001:db8::1"), Identifier::Ip(_)));
+        assert!(matches!(identifier("app.example.com"), Identifier::Dns(n) if n == "app.example.com"));
+    }
 }

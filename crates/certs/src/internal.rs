@@ -77,10 +77,13 @@ pub(crate) fn self_signed(params: &CertificateParams, what: &str) -> Result<(Str
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// The internal CA's [`Issuer::id`] and kind.
+pub const ID: &str = "internal";
+
 #[async_trait]
 impl Issuer for InternalCa {
     fn kind(&self) -> &'static str {
-        "internal"
+        ID
     }
 
     async fn issue(&self, plan: &Plan, _progress: &dyn Progress) -> Result<StoredCert, IssueError> {
@@ -96,7 +99,9 @@ impl Issuer for InternalCa {
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = now + time::Duration::seconds(self.leaf_lifetime.as_secs() as i64);
         let cert = params.signed_by(&key, &issuer).map_err(failed)?;
-        StoredCert::new(cert.pem(), key.serialize_pem()).map_err(|e| IssueError::caused_by(&e))
+        StoredCert::new(cert.pem(), key.serialize_pem())
+            .map(|c| c.issued_by(self.id()))
+            .map_err(|e| IssueError::caused_by(&e))
     }
 }
 

@@ -9,11 +9,13 @@
 //!
 //! Issuers: [`acme::AcmeIssuer`] (RFC 8555 through instant-acme; HTTP-01 answered from
 //! tokens in the store, TLS-ALPN-01 in the acceptor) and [`internal::InternalCa`] (a root
-//! kept in the store). [`renew`] keeps certificates fresh.
+//! kept in the store), in order with fallback through [`issuers::Issuers`] (`tls.issuers`).
+//! [`renew`] keeps certificates fresh.
 
 pub mod acme;
 pub mod challenge;
 pub mod internal;
+pub mod issuers;
 mod manager;
 pub mod metrics;
 pub mod renew;
@@ -142,12 +144,15 @@ pub struct Plan {
     pub sans: Vec<String>,
     /// How control of the names is shown.
     pub solver: SolverKind,
+    /// Who issued the certificate this one replaces ([`Issuer::id`]), tried first while it
+    /// works; `None` for a first certificate.
+    pub issued_by: Option<String>,
 }
 
 impl Plan {
     /// A certificate for one name, shown by HTTP-01 or TLS-ALPN-01.
     pub fn single(name: &str) -> Self {
-        Self { cert: name.to_owned(), sans: vec![name.to_owned()], solver: SolverKind::Http }
+        Self { cert: name.to_owned(), sans: vec![name.to_owned()], solver: SolverKind::Http, issued_by: None }
     }
 }
 
@@ -222,12 +227,19 @@ impl Progress for NoProgress {
 pub trait Issuer: Send + Sync + fmt::Debug {
     /// `acme` or `internal`, as `tls.issuer` names it.
     fn kind(&self) -> &'static str;
+
+    /// Who issues, as recorded with each certificate ([`StoredCert::issuer`]): the ACME
+    /// directory URL, or `internal`.
+    fn id(&self) -> String {
+        self.kind().to_owned()
+    }
+
     /// A certificate as `plan` says, telling `progress` each step it reaches.
     async fn issue(&self, plan: &Plan, progress: &dyn Progress) -> Result<StoredCert, IssueError>;
 
     /// The CA's suggested renewal window for a certificate it issued (ACME Renewal
     /// Information, RFC 9773), as seconds since the epoch; `None` when the CA offers none.
-    async fn renewal_window(&self, _leaf_der: &[u8]) -> Result<Option<(i64, i64)>, IssueError> {
+    async fn renewal_window(&self, _cert: &StoredCert) -> Result<Option<(i64, i64)>, IssueError> {
         Ok(None)
     }
 }

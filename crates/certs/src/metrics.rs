@@ -17,6 +17,15 @@ pub struct CertLabels {
     pub name: String,
 }
 
+/// A certificate's name and the CA that issued it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CaLabels {
+    /// `app.example.com`, `*.example.com`.
+    pub name: String,
+    /// The issuer's directory URL, or `internal`.
+    pub ca: String,
+}
+
 /// A certificate attempt's issuer and kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
@@ -58,6 +67,11 @@ pub struct Metrics {
     /// life left or less and will not be renewed: renewals keep failing, or it was uploaded
     /// (never renewed by Portico).
     pub cert_renewal_failing: Family<CertLabels, Gauge>,
+    /// `portico_certificate_ca{name, ca}`: 1, labelled with the CA that issued the certificate
+    /// (its ACME directory URL, or `internal`).
+    pub cert_ca: Family<CaLabels, Gauge>,
+    /// The CA each certificate's `cert_ca` series names, to drop it when another CA issues.
+    cas: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// `portico_certificate_attempts_total{issuer, kind}`: issuances and renewals started.
     pub cert_attempts: Family<AttemptLabels, Counter>,
     /// `portico_acme_orders_total{result, challenge}`.
@@ -93,6 +107,11 @@ impl Metrics {
             "portico_certificate_renewal_failing",
             "1 per certificate with a third of its life left or less that is not being renewed (renewals failing, or uploaded)",
             self.cert_renewal_failing.clone(),
+        );
+        registry.register(
+            "portico_certificate_ca",
+            "1 per certificate, labelled with the CA that issued it (its ACME directory, or internal)",
+            self.cert_ca.clone(),
         );
         registry.register(
             "portico_certificate_attempts",
@@ -136,6 +155,13 @@ impl Metrics {
         self.cert_next_renewal.get_or_create(&labels).set(state.next_attempt);
         self.cert_failures.get_or_create(&labels).set(i64::from(state.failures));
         self.cert_renewal_failing.get_or_create(&labels).set(i64::from(state.renewal_failing(now)));
+        if !state.ca.is_empty() {
+            let before = self.cas.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), state.ca.clone());
+            if let Some(before) = before.filter(|b| *b != state.ca) {
+                self.cert_ca.remove(&CaLabels { name: name.to_owned(), ca: before });
+            }
+            self.cert_ca.get_or_create(&CaLabels { name: name.to_owned(), ca: state.ca.clone() }).set(1);
+        }
     }
 
     /// Forgets a certificate that is gone.
@@ -146,5 +172,8 @@ impl Metrics {
         self.cert_next_renewal.remove(&labels);
         self.cert_failures.remove(&labels);
         self.cert_renewal_failing.remove(&labels);
+        if let Some(ca) = self.cas.lock().unwrap_or_else(|e| e.into_inner()).remove(name) {
+            self.cert_ca.remove(&CaLabels { name: name.to_owned(), ca });
+        }
     }
 }

@@ -51,6 +51,7 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
         let state = CertState::from_fields(&fields);
         let now = now_secs();
         certs.metrics().certificate(&name, &state, now);
+        let state = certs.alert_on_change(&name, state, now).await?;
         let Some(owner) = certs.owner(&name) else {
             if state.not_after <= now {
                 certs.remove(&name).await?;

@@ -39,6 +39,11 @@ pub(crate) trait Solver: Send + Sync {
     async fn present(&self, wanted: &[Wanted], progress: &dyn Progress) -> Result<(), IssueError>;
     /// Takes back everything it put out (after success and after failure alike).
     async fn clean_up(&self, name: &str);
+    /// Checks, before an order is placed, what must be in place for `names` (a delegated
+    /// `_acme-challenge` CNAME); an order that cannot succeed is never placed.
+    async fn check(&self, _names: &[String]) -> Result<(), IssueError> {
+        Ok(())
+    }
 }
 
 /// HTTP-01 and TLS-ALPN-01 answers in the store.
@@ -104,6 +109,41 @@ fn failed(step: &str, e: &dyn std::fmt::Display) -> IssueError {
 }
 
 impl DnsSolver {
+    /// The resolvers DNS-01 asks: `tls.dns_resolvers`, or the system's.
+    fn resolvers(&self) -> Vec<std::net::SocketAddr> {
+        if self.settings.resolvers.is_empty() {
+            portico_dns::lookup::system_resolvers()
+        } else {
+            self.settings.resolvers.clone()
+        }
+    }
+
+    /// Where the challenge record for `record` (`_acme-challenge.<name>`) goes: the name its
+    /// CNAME points to, if any, and the zone there. A provider that answers at one delegated
+    /// name (acme-dns) needs the CNAME to point there, and says what to add when it does not.
+    async fn target(&self, resolvers: &[std::net::SocketAddr], record: &str) -> Result<(String, Zone), IssueError> {
+        let dns = self.dns.as_ref();
+        let target = portico_dns::lookup::follow_cname(resolvers, record).await.unwrap_or_else(|_| record.to_owned());
+        if let Some(to) = dns.delegated_to() {
+            if target != to {
+                return Err(failed(
+                    "checking the delegation",
+                    &format!(
+                        "{record} is not a CNAME to {to} (it leads to {target}): add the record \
+                         `{record}. CNAME {to}.` to your zone"
+                    ),
+                ));
+            }
+            // The zone served by the delegated server: the name's parent.
+            let zone = to.split_once('.').map_or(to, |(_, parent)| parent);
+            return Ok((target.clone(), Zone { id: to.to_owned(), name: zone.to_owned() }));
+        }
+        let zone = dns.zone_of(&target).await.map_err(|e| failed("finding the zone", &e))?.ok_or_else(|| {
+            failed("finding the zone", &format!("{} manages no zone that holds {target}", dns.kind()))
+        })?;
+        Ok((target, zone))
+    }
+
     pub(crate) fn new(account: &DnsAccount, settings: &DnsSettings) -> Result<Self, IssueError> {
         let dns = portico_dns::client(&account.provider.to_fields(), &settings.endpoints)
             .map_err(|e| failed("provider", &e))?;
@@ -128,24 +168,16 @@ impl Solver for DnsSolver {
 
     async fn present(&self, wanted: &[Wanted], progress: &dyn Progress) -> Result<(), IssueError> {
         let dns = self.dns.as_ref();
-        let resolvers = if self.settings.resolvers.is_empty() {
-            portico_dns::lookup::system_resolvers()
-        } else {
-            self.settings.resolvers.clone()
-        };
+        let resolvers = self.resolvers();
         // Publish, at the name an `_acme-challenge` CNAME points to, if any.
         let mut targets: Vec<(String, Zone, Vec<String>)> = Vec::new();
         for answer in wanted {
             let record = format!("_acme-challenge.{}", answer.name);
             let value = answer.key_authorization.dns_value();
-            let target =
-                portico_dns::lookup::follow_cname(&resolvers, &record).await.unwrap_or_else(|_| record.clone());
+            let (target, zone) = self.target(&resolvers, &record).await?;
             if target != record {
                 tracing::info!(name = answer.name, from = record, to = target, "DNS-01 follows the CNAME delegation");
             }
-            let zone = dns.zone_of(&target).await.map_err(|e| failed("finding the zone", &e))?.ok_or_else(|| {
-                failed("finding the zone", &format!("{} manages no zone that holds {target}", dns.kind()))
-            })?;
             let id = dns.create_txt(&zone, &target, &value).await.map_err(|e| failed("creating the TXT record", &e))?;
             tracing::info!(name = answer.name, provider = dns.kind(), record = target, id = %id, "DNS-01 record published");
             self.published.lock().unwrap_or_else(|e| e.into_inner()).push((zone.clone(), id));
@@ -171,6 +203,20 @@ impl Solver for DnsSolver {
                 .map_err(|e| failed("waiting for DNS", &e))?;
         }
         tracing::info!(records = wanted.len(), "DNS-01 records served; asking the CA to validate");
+        Ok(())
+    }
+
+    async fn check(&self, names: &[String]) -> Result<(), IssueError> {
+        if self.dns.delegated_to().is_none() {
+            return Ok(());
+        }
+        let resolvers = self.resolvers();
+        let mut records: Vec<String> =
+            names.iter().map(|n| format!("_acme-challenge.{}", n.trim_start_matches("*."))).collect();
+        records.dedup();
+        for record in records {
+            self.target(&resolvers, &record).await?;
+        }
         Ok(())
     }
 

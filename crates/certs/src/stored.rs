@@ -25,6 +25,10 @@ pub struct StoredCert {
     /// The leaf's notAfter, seconds since the epoch.
     #[serde(default)]
     pub expiry: i64,
+    /// Who issued it ([`crate::Issuer::id`]: the ACME directory URL, or `internal`); absent
+    /// in certificates the seed stored and in uploaded ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 impl StoredCert {
@@ -33,7 +37,12 @@ impl StoredCert {
         let leaf = chain(&fullchain_pem)?.swap_remove(0);
         let meta = Meta::of(&leaf)?;
         let cert_pem = pem_block("CERTIFICATE", &leaf);
-        Ok(Self { fullchain_pem, privkey_pem, cert_pem, expiry: meta.not_after })
+        Ok(Self { fullchain_pem, privkey_pem, cert_pem, expiry: meta.not_after, issuer: None })
+    }
+
+    /// The same, recorded as issued by `issuer` ([`crate::Issuer::id`]).
+    pub fn issued_by(self, issuer: String) -> Self {
+        Self { issuer: Some(issuer), ..self }
     }
 
     /// Parses the stored JSON.
@@ -96,7 +105,7 @@ pub struct Loaded {
 /// A leaf certificate's names and validity (seconds since the epoch).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
-    /// DNS names of the subjectAltName extension.
+    /// DNS names and IP addresses (as text) of the subjectAltName extension.
     pub names: Vec<String>,
     /// The issuer's distinguished name.
     pub issuer: String,
@@ -127,6 +136,8 @@ impl Meta {
                     .iter()
                     .filter_map(|n| match n {
                         GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                        // An IP address certificate's (RFC 8738), as the address's text.
+                        GeneralName::IPAddress(bytes) => ip_text(bytes),
                         _ => None,
                     })
                     .collect()
@@ -159,6 +170,15 @@ impl Meta {
     pub fn renew_at(&self, ratio: f64) -> i64 {
         let lifetime = (self.not_after - self.not_before).max(0) as f64;
         self.not_after - (lifetime * ratio) as i64
+    }
+}
+
+/// An IP address SAN's octets as text (`203.0.113.5`, `2001:db8::1`).
+fn ip_text(octets: &[u8]) -> Option<String> {
+    match octets.len() {
+        4 => <[u8; 4]>::try_from(octets).ok().map(|a| std::net::Ipv4Addr::from(a).to_string()),
+        16 => <[u8; 16]>::try_from(octets).ok().map(|a| std::net::Ipv6Addr::from(a).to_string()),
+        _ => None,
     }
 }
 

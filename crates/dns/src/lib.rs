@@ -7,12 +7,18 @@
 //!   strings; records deleted by id, never by name and type (that would remove the other value
 //!   a wildcard order puts at the same name).
 //! - [`Rfc2136`]: dynamic updates signed with TSIG, for BIND, Knot, PowerDNS, Technitium.
+//! - [`Webhook`]: `POST present/cleanup` to an admin's URL (lego's `httpreq`).
+//! - [`Exec`]: a program the configuration names, run as `PROGRAM present|cleanup FQDN VALUE`
+//!   (lego's `exec`).
+//! - [`AcmeDns`]: an acme-dns server that `_acme-challenge` names are delegated to.
 //!
 //! Every client takes its base URL with the version path (so tests point it at a fake) and
 //! a timeout for each request. Errors keep the provider's own message.
 
+mod acmedns;
 mod cloudflare;
 mod digitalocean;
+pub mod exec;
 mod http;
 pub mod lookup;
 mod porkbun;
@@ -26,8 +32,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use portico_model::dns::parents;
 
+pub use acmedns::AcmeDns;
 pub use cloudflare::{Auth as CloudflareAuth, Cloudflare};
 pub use digitalocean::DigitalOcean;
+pub use exec::Exec;
 pub use http::client_tls;
 pub use porkbun::Porkbun;
 pub use rfc2136::Rfc2136;
@@ -116,6 +124,11 @@ pub trait DnsProvider: Send + Sync + fmt::Debug {
     async fn create_txt(&self, zone: &Zone, fqdn: &str, value: &str) -> Result<RecordId, DnsError>;
     /// Deletes a record by id.
     async fn delete(&self, zone: &Zone, id: &RecordId) -> Result<(), DnsError>;
+    /// For a provider that answers at one delegated name (acme-dns): that name. Every
+    /// `_acme-challenge` name must then be a CNAME to it, checked before an order is placed.
+    fn delegated_to(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The longest of `zones` that `name` is in (itself, or a suffix at a label boundary).
@@ -136,6 +149,47 @@ pub(crate) fn zone_list(text: &str) -> Vec<String> {
     text.split(',').map(|z| z.trim().trim_end_matches('.').to_ascii_lowercase()).filter(|z| !z.is_empty()).collect()
 }
 
+/// A provider told to put a value at a name (`present`) and to take it back (`cleanup`),
+/// that cannot list zones (the account names them) nor be asked anything without changing a
+/// record: a webhook, a program. Its first issuance tells whether it works.
+#[async_trait]
+pub(crate) trait Hook: Send + Sync + fmt::Debug {
+    /// The provider type.
+    fn kind(&self) -> &'static str;
+    /// The zones its account names.
+    fn zones(&self) -> &[String];
+    /// `present` or `cleanup` the TXT `value` at `fqdn`.
+    async fn act(&self, action: &str, fqdn: &str, value: &str) -> Result<(), DnsError>;
+}
+
+#[async_trait]
+impl<T: Hook> DnsProvider for T {
+    fn kind(&self) -> &'static str {
+        Hook::kind(self)
+    }
+
+    async fn verify(&self) -> Result<(), DnsError> {
+        Ok(())
+    }
+
+    async fn zones(&self) -> Result<Vec<Zone>, DnsError> {
+        Ok(Hook::zones(self).iter().map(|z| Zone { id: z.clone(), name: z.clone() }).collect())
+    }
+
+    async fn create_txt(&self, _zone: &Zone, fqdn: &str, value: &str) -> Result<RecordId, DnsError> {
+        self.act("present", fqdn, value).await?;
+        // What `cleanup` needs: the name and the value.
+        Ok(RecordId(serde_json::json!([fqdn, value]).to_string()))
+    }
+
+    async fn delete(&self, _zone: &Zone, id: &RecordId) -> Result<(), DnsError> {
+        let bad = || DnsError::Config(format!("{} record id {:?}", Hook::kind(self), id.0));
+        let parsed: Vec<String> = serde_json::from_str(&id.0).map_err(|_| bad())?;
+        let [fqdn, value] = <[String; 2]>::try_from(parsed).map_err(|_| bad())?;
+        self.act("cleanup", &fqdn, &value).await
+    }
+}
+
 /// The part of `fqdn` before `zone` (`_acme-challenge` of `_acme-challenge.example.com`;
 /// empty at the apex).
 pub(crate) fn relative<'a>(fqdn: &'a str, zone: &str) -> &'a str {
@@ -154,8 +208,10 @@ pub struct Endpoints {
     pub digitalocean: String,
     /// Porkbun's API with its version path.
     pub porkbun: String,
-    /// The longest one request may take.
+    /// The longest one request may take (and one run of an Exec provider's program).
     pub timeout: Duration,
+    /// The programs Exec providers may name (`dns.exec.NAME = "/path/to/program"`).
+    pub exec: BTreeMap<String, std::path::PathBuf>,
 }
 
 impl Default for Endpoints {
@@ -165,8 +221,21 @@ impl Default for Endpoints {
             digitalocean: "https://api.digitalocean.com".into(),
             porkbun: "https://api.porkbun.com/api/json/v3".into(),
             timeout: Duration::from_secs(30),
+            exec: BTreeMap::new(),
         }
     }
+}
+
+/// Posts `body` as JSON to `url` (`http://` or `https://`, the web's roots) within
+/// `timeout`: how Portico tells an operator's webhook about its certificates
+/// (`tls.notify_url`), with the providers' client. Any 2xx is done.
+pub async fn post_json(url: &str, body: &serde_json::Value, timeout: Duration) -> Result<(), DnsError> {
+    const WHO: &str = "tls.notify_url";
+    let answer = http::Http::new(WHO, url, timeout).send(::http::Method::POST, "", &[], Some(body)).await?;
+    if answer.status.is_success() {
+        return Ok(());
+    }
+    Err(DnsError::Provider { provider: WHO, status: answer.status.as_u16(), message: answer.text.trim().to_owned() })
 }
 
 /// A client for a stored provider record (the seed's `DnsProvider` fields: `dnsProvider`
@@ -207,6 +276,24 @@ pub fn client(fields: &BTreeMap<String, String>, endpoints: &Endpoints) -> Resul
         "webhook" => {
             let get = |name: &str| field(name).ok_or_else(|| missing("url, secret and zones"));
             Ok(Box::new(Webhook::new(&get("url")?, get("secret")?, &get("zones")?, endpoints.timeout)?))
+        }
+        "exec" => {
+            let get = |name: &str| field(name).ok_or_else(|| missing("program and zones"));
+            Ok(Box::new(Exec::new(&get("program")?, &endpoints.exec, &get("zones")?, endpoints.timeout)?))
+        }
+        "acmedns" => {
+            let get = |name: &str| {
+                field(name).ok_or_else(|| missing("server, username, password, subdomain, fulldomain and zones"))
+            };
+            let (username, password, subdomain, fulldomain) =
+                (get("username")?, get("password")?, get("subdomain")?, get("fulldomain")?);
+            let registration = acmedns::Registration {
+                username: &username,
+                password: &password,
+                subdomain: &subdomain,
+                fulldomain: &fulldomain,
+            };
+            Ok(Box::new(AcmeDns::new(&get("server")?, &registration, &get("zones")?, endpoints.timeout)?))
         }
         _ => Err(DnsError::Config(format!("unknown DNS provider type {kind:?}"))),
     }

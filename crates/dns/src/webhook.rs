@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use http::{Method, StatusCode};
 use serde_json::json;
 
+use crate::DnsError;
 use crate::http::Http;
-use crate::{DnsError, DnsProvider, RecordId, Zone};
 
 const KIND: &str = "Webhook";
 
@@ -64,31 +64,16 @@ impl Webhook {
 }
 
 #[async_trait]
-impl DnsProvider for Webhook {
+impl crate::Hook for Webhook {
     fn kind(&self) -> &'static str {
         KIND
     }
 
-    /// The webhook has nothing to ask without changing a record: its answers to the first
-    /// issuance tell.
-    async fn verify(&self) -> Result<(), DnsError> {
-        Ok(())
+    fn zones(&self) -> &[String] {
+        &self.zones
     }
 
-    async fn zones(&self) -> Result<Vec<Zone>, DnsError> {
-        Ok(self.zones.iter().map(|z| Zone { id: z.clone(), name: z.clone() }).collect())
-    }
-
-    async fn create_txt(&self, _zone: &Zone, fqdn: &str, value: &str) -> Result<RecordId, DnsError> {
-        self.post("present", fqdn, value).await?;
-        // What `cleanup` needs: the name and the value.
-        Ok(RecordId(json!([fqdn, value]).to_string()))
-    }
-
-    async fn delete(&self, _zone: &Zone, id: &RecordId) -> Result<(), DnsError> {
-        let parsed: Vec<String> =
-            serde_json::from_str(&id.0).map_err(|_| DnsError::Config("a webhook record id".into()))?;
-        let [fqdn, value] = parsed.as_slice() else { return Err(DnsError::Config("a webhook record id".into())) };
-        self.post("cleanup", fqdn, value).await
+    async fn act(&self, action: &str, fqdn: &str, value: &str) -> Result<(), DnsError> {
+        self.post(action, fqdn, value).await
     }
 }

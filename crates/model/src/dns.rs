@@ -25,7 +25,7 @@ pub struct ProviderType {
 }
 
 /// Every provider type.
-pub const PROVIDERS: [ProviderType; 5] = [
+pub const PROVIDERS: [ProviderType; 7] = [
     ProviderType {
         name: "Cloudflare",
         display_name: "CloudFlare",
@@ -75,10 +75,38 @@ pub const PROVIDERS: [ProviderType; 5] = [
         color: "6b46c1",
         glyph: "&#xf0c1;",
     },
+    // Any DNS, through a program of the admin's (lego's `exec` convention): the API names a
+    // program the configuration file lists (`dns.exec.NAME`), never a path.
+    ProviderType {
+        name: "Exec",
+        display_name: "Program (present/cleanup FQDN VALUE)",
+        credentials: &[
+            ("program", "Program name (dns.exec.NAME in the configuration)"),
+            ("zones", "Zones (comma-separated)"),
+        ],
+        color: "2d3748",
+        glyph: "&#xf120;",
+    },
+    // acme-dns: `_acme-challenge` names delegated by CNAME to a registration's `fulldomain`;
+    // the fields are what acme-dns's `/register` returns.
+    ProviderType {
+        name: "AcmeDns",
+        display_name: "acme-dns (delegated _acme-challenge)",
+        credentials: &[
+            ("server", "acme-dns server URL"),
+            ("username", "Username"),
+            ("password", "Password"),
+            ("subdomain", "Subdomain"),
+            ("fulldomain", "Full domain (the CNAME target)"),
+            ("zones", "Zones (comma-separated)"),
+        ],
+        color: "2b6cb0",
+        glyph: "&#xf0c1;",
+    },
 ];
 
 /// The credential fields that are secrets: never shown.
-pub const SECRET_FIELDS: [&str; 4] = ["token", "apiKey", "secretApiKey", "secret"];
+pub const SECRET_FIELDS: [&str; 5] = ["token", "apiKey", "secretApiKey", "secret", "password"];
 
 /// `name` and each of its parents, longest first (`a.example.com`, `example.com`, `com`).
 pub fn parents(name: &str) -> impl Iterator<Item = &str> {

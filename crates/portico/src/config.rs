@@ -135,6 +135,9 @@ struct RawTls {
     acme_ca_roots: Option<ListText>,
     acme_eab_kid: Option<String>,
     acme_eab_hmac_key: Option<String>,
+    acme_profile: Option<String>,
+    issuers: Option<Vec<RawIssuer>>,
+    notify_url: Option<String>,
     challenge: Option<String>,
     renew_remaining_ratio: Option<f64>,
     renew_interval: Option<DurationText>,
@@ -147,12 +150,25 @@ struct RawTls {
     dns_resolvers: Option<ListText>,
 }
 
+/// One `[[tls.issuers]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    directory: String,
+    eab_kid: Option<String>,
+    eab_hmac: Option<String>,
+    profile: Option<String>,
+    contact: Option<String>,
+    ca_roots: Option<ListText>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDns {
     cloudflare_api: Option<String>,
     digitalocean_api: Option<String>,
     porkbun_api: Option<String>,
+    exec: Option<std::collections::BTreeMap<String, PathBuf>>,
     timeout: Option<DurationText>,
     propagation_timeout: Option<DurationText>,
 }
@@ -246,15 +262,46 @@ pub enum IssuerKind {
     Internal,
 }
 
+/// Let's Encrypt's directory, the default CA.
+pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// The CAs `[[tls.issuers]]` names by a word: the word, its directory, and whether the CA
+/// requires External Account Binding.
+pub const PRESETS: [(&str, &str, bool); 4] = [
+    ("letsencrypt", LETSENCRYPT, false),
+    ("letsencrypt-staging", "https://acme-staging-v02.api.letsencrypt.org/directory", false),
+    ("zerossl", "https://acme.zerossl.com/v2/DV90", true),
+    ("google", "https://dv.acme-v02.api.pki.goog/directory", true),
+];
+
+/// One certificate issuer, in the order `[[tls.issuers]]` lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuerSpec {
+    /// An ACME CA.
+    Acme {
+        /// Its directory URL.
+        directory: String,
+        /// External Account Binding (its `Debug` never shows the HMAC key).
+        eab: Option<portico_certs::acme::Eab>,
+        /// The profile new orders ask for.
+        profile: Option<String>,
+        /// The account's contact address.
+        contact: Option<String>,
+        /// Extra roots to trust for the CA's API.
+        ca_roots: Vec<PathBuf>,
+    },
+    /// Portico's internal CA.
+    Internal,
+}
+
 /// The `[tls]` section.
 #[derive(Clone, PartialEq)]
 pub struct TlsConfig {
-    pub issuer: IssuerKind,
-    pub acme_directory: String,
-    pub acme_email: Option<String>,
-    pub acme_ca_roots: Vec<PathBuf>,
-    /// External Account Binding: key id and base64url HMAC key (a secret: never printed).
-    pub acme_eab: Option<(String, String)>,
+    /// The issuers in the order they are tried (`[[tls.issuers]]`, or the one `tls.issuer`
+    /// and `tls.acme_*` describe).
+    pub issuers: Vec<IssuerSpec>,
+    /// Where certificate renewal alerts are posted (`tls.notify_url`).
+    pub notify_url: Option<String>,
     pub challenge: Challenge,
     pub renew_remaining_ratio: f64,
     pub renew_interval: Duration,
@@ -271,9 +318,7 @@ pub struct TlsConfig {
 impl std::fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsConfig")
-            .field("issuer", &self.issuer)
-            .field("acme_directory", &self.acme_directory)
-            .field("acme_eab_kid", &self.acme_eab.as_ref().map(|(kid, _)| kid))
+            .field("issuers", &self.issuers)
             .field("challenge", &self.challenge)
             .finish_non_exhaustive()
     }
@@ -528,10 +573,34 @@ fn dns_settings(resolvers: Option<&ListText>, d: &RawDns) -> Result<portico_cert
             digitalocean: url("dns.digitalocean_api", &d.digitalocean_api, defaults.digitalocean)?,
             porkbun: url("dns.porkbun_api", &d.porkbun_api, defaults.porkbun)?,
             timeout: duration(&d.timeout, "dns.timeout", defaults.timeout)?,
+            exec: exec_programs(d.exec.as_ref())?,
         },
         resolvers,
         propagation_timeout: duration(&d.propagation_timeout, "dns.propagation_timeout", Duration::from_secs(120))?,
     })
+}
+
+/// `dns.exec`: the programs Exec DNS providers may name, each by a plain name and an absolute
+/// path (the API names them; it never takes a path).
+fn exec_programs(
+    table: Option<&std::collections::BTreeMap<String, PathBuf>>,
+) -> Result<std::collections::BTreeMap<String, PathBuf>, ConfigError> {
+    let programs = table.cloned().unwrap_or_default();
+    for (name, path) in &programs {
+        if !portico_dns::exec::valid_name(name) {
+            return Err(ConfigError::Value {
+                key: "dns.exec",
+                message: format!("{name:?} is not a program name (letters, digits, - and _)"),
+            });
+        }
+        if !path.is_absolute() {
+            return Err(ConfigError::Value {
+                key: "dns.exec",
+                message: format!("{name}: {} is not an absolute path", path.display()),
+            });
+        }
+    }
+    Ok(programs)
 }
 
 fn trusted_proxies(list: Option<&ListText>, key: &'static str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
@@ -645,15 +714,16 @@ fn tls_section(raw: &Raw) -> Result<TlsConfig, ConfigError> {
         return Err(ConfigError::Value { key: "tls.renew_remaining_ratio", message: "must be between 0 and 1".into() });
     }
     let t = &raw.tls;
-    let acme_eab = match (&t.acme_eab_kid, &t.acme_eab_hmac_key) {
-        (Some(kid), Some(key)) => Some((kid.clone(), key.clone())),
-        (None, None) => None,
-        _ => {
+    let issuers = issuers(t, issuer)?;
+    let notify_url = match &t.notify_url {
+        Some(url) if url.starts_with("https://") || url.starts_with("http://") => Some(url.clone()),
+        Some(url) => {
             return Err(ConfigError::Value {
-                key: "tls.acme_eab_kid",
-                message: "tls.acme_eab_kid and tls.acme_eab_hmac_key go together".into(),
+                key: "tls.notify_url",
+                message: format!("{url:?} is not an http(s):// URL"),
             });
         }
+        None => None,
     };
     let challenge = choice(
         "tls.challenge",
@@ -668,21 +738,8 @@ fn tls_section(raw: &Raw) -> Result<TlsConfig, ConfigError> {
     let max_issuances_per_minute =
         at_least_one(t.max_issuances_per_minute, "tls.max_issuances_per_minute", limits.max_issuances_per_minute)?;
     Ok(TlsConfig {
-        issuer,
-        acme_directory: t
-            .acme_directory
-            .clone()
-            .unwrap_or_else(|| "https://acme-v02.api.letsencrypt.org/directory".to_owned()),
-        acme_email: t.acme_email.clone(),
-        acme_ca_roots: t
-            .acme_ca_roots
-            .as_ref()
-            .map(ListText::items)
-            .unwrap_or_default()
-            .into_iter()
-            .map(PathBuf::from)
-            .collect(),
-        acme_eab,
+        issuers,
+        notify_url,
         challenge,
         renew_remaining_ratio: ratio,
         renew_interval: duration(&t.renew_interval, "tls.renew_interval", Duration::from_secs(600))?,
@@ -706,6 +763,92 @@ fn tls_section(raw: &Raw) -> Result<TlsConfig, ConfigError> {
         )?,
         dns: dns_settings(t.dns_resolvers.as_ref(), &raw.dns)?,
     })
+}
+
+/// The issuers: `[[tls.issuers]]` in order, or the one that `tls.issuer` and `tls.acme_*`
+/// describe. Per issuer, `profile`, `contact` and `ca_roots` default to `tls.acme_profile`,
+/// `tls.acme_email` and `tls.acme_ca_roots`.
+fn issuers(t: &RawTls, kind: IssuerKind) -> Result<Vec<IssuerSpec>, ConfigError> {
+    let eab = |kid: &Option<String>, hmac: &Option<String>, key: &'static str, both: &str| match (kid, hmac) {
+        (Some(kid), Some(hmac_key)) => {
+            Ok(Some(portico_certs::acme::Eab { kid: kid.clone(), hmac_key: hmac_key.clone() }))
+        }
+        (None, None) => Ok(None),
+        _ => Err(ConfigError::Value { key, message: format!("{both} go together") }),
+    };
+    let roots = |list: Option<&ListText>| -> Vec<PathBuf> {
+        list.or(t.acme_ca_roots.as_ref())
+            .map(ListText::items)
+            .unwrap_or_default()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect()
+    };
+    let profile = |p: &Option<String>| p.clone().or_else(|| t.acme_profile.clone()).filter(|p| !p.is_empty());
+    let Some(list) = &t.issuers else {
+        if kind == IssuerKind::Internal {
+            return Ok(vec![IssuerSpec::Internal]);
+        }
+        return Ok(vec![IssuerSpec::Acme {
+            directory: t.acme_directory.clone().unwrap_or_else(|| LETSENCRYPT.to_owned()),
+            eab: eab(
+                &t.acme_eab_kid,
+                &t.acme_eab_hmac_key,
+                "tls.acme_eab_kid",
+                "tls.acme_eab_kid and tls.acme_eab_hmac_key",
+            )?,
+            profile: profile(&None),
+            contact: t.acme_email.clone(),
+            ca_roots: roots(None),
+        }]);
+    };
+    let refuse = |message: String| Err(ConfigError::Value { key: "tls.issuers", message });
+    if t.acme_directory.is_some() || t.acme_eab_kid.is_some() || kind == IssuerKind::Internal {
+        return refuse(
+            "replaces tls.issuer, tls.acme_directory and tls.acme_eab_*: list every CA in tls.issuers instead".into(),
+        );
+    }
+    if list.is_empty() {
+        return refuse("lists no issuer".into());
+    }
+    let mut specs = Vec::new();
+    for (i, raw) in list.iter().enumerate() {
+        let word = raw.directory.trim();
+        if word == "internal" {
+            if i + 1 != list.len() {
+                return refuse("the internal CA is the last resort: list it last".into());
+            }
+            specs.push(IssuerSpec::Internal);
+            continue;
+        }
+        let preset = PRESETS.iter().find(|(name, _, _)| *name == word);
+        let directory = match preset {
+            Some((_, url, _)) => (*url).to_owned(),
+            None if word.starts_with("https://") || word.starts_with("http://") => word.to_owned(),
+            None => {
+                let words: Vec<&str> = PRESETS.iter().map(|(name, _, _)| *name).collect();
+                return refuse(format!("directory {word:?} is not a URL, \"internal\" or one of {}", words.join(", ")));
+            }
+        };
+        let eab = eab(&raw.eab_kid, &raw.eab_hmac, "tls.issuers", "eab_kid and eab_hmac")?;
+        if let Some((name, _, true)) = preset
+            && eab.is_none()
+        {
+            return refuse(format!(
+                "{name} requires External Account Binding: set eab_kid and eab_hmac (from the CA's account page)"
+            ));
+        }
+        let contact = raw.contact.clone().or_else(|| t.acme_email.clone());
+        let contact = contact.map(|c| c.trim_start_matches("mailto:").to_owned());
+        specs.push(IssuerSpec::Acme {
+            directory,
+            eab,
+            profile: profile(&raw.profile),
+            contact,
+            ca_roots: roots(raw.ca_roots.as_ref()),
+        });
+    }
+    Ok(specs)
 }
 
 impl TryFrom<Raw> for Config {
@@ -798,8 +941,75 @@ mod tests {
         assert_eq!(c.http, "0.0.0.0:80".parse().unwrap());
         assert_eq!(c.https, "0.0.0.0:443".parse().unwrap());
         assert_eq!(c.api_listen, "127.0.0.1:3000".parse().unwrap());
-        assert_eq!(c.tls.issuer, IssuerKind::Acme);
-        assert!(c.tls.acme_directory.contains("letsencrypt"));
+        assert!(
+            matches!(c.tls.issuers.as_slice(), [IssuerSpec::Acme { directory, .. }] if directory == LETSENCRYPT),
+            "{:?}",
+            c.tls.issuers
+        );
+    }
+
+    /// The directory URLs of `[[tls.issuers]]` in order (`internal` for the internal CA).
+    fn directories(c: &Config) -> Vec<String> {
+        c.tls
+            .issuers
+            .iter()
+            .map(|i| match i {
+                IssuerSpec::Acme { directory, .. } => directory.clone(),
+                IssuerSpec::Internal => "internal".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn issuers_in_order_with_presets_eab_profiles_and_defaults() {
+        let text = "[tls]\nacme_email = \"ops@example.com\"\nacme_profile = \"tlsserver\"\n\
+                    [[tls.issuers]]\ndirectory = \"letsencrypt\"\nprofile = \"shortlived\"\n\
+                    [[tls.issuers]]\ndirectory = \"zerossl\"\neab_kid = \"kid-1\"\neab_hmac = \"c2VjcmV0\"\n\
+                    [[tls.issuers]]\ndirectory = \"https://ca.example.net/acme\"\ncontact = \"mailto:pki@example.net\"\n\
+                    ca_roots = [\"/etc/ca.pem\"]\n[[tls.issuers]]\ndirectory = \"internal\"\n";
+        let c = load(Some(text), &[], &[]).unwrap();
+        assert_eq!(
+            directories(&c),
+            [LETSENCRYPT, "https://acme.zerossl.com/v2/DV90", "https://ca.example.net/acme", "internal"]
+        );
+        let IssuerSpec::Acme { profile, contact, eab, .. } = &c.tls.issuers[0] else { panic!() };
+        assert_eq!((profile.as_deref(), contact.as_deref(), eab), (Some("shortlived"), Some("ops@example.com"), &None));
+        let IssuerSpec::Acme { profile, eab, .. } = &c.tls.issuers[1] else { panic!() };
+        assert_eq!(profile.as_deref(), Some("tlsserver"), "tls.acme_profile is the default profile");
+        assert_eq!(eab.as_ref().map(|e| e.kid.as_str()), Some("kid-1"));
+        let IssuerSpec::Acme { contact, ca_roots, .. } = &c.tls.issuers[2] else { panic!() };
+        assert_eq!(
+            (contact.as_deref(), ca_roots.as_slice()),
+            (Some("pki@example.net"), [PathBuf::from("/etc/ca.pem")].as_slice())
+        );
+        assert!(!format!("{c:?}").contains("c2VjcmV0"), "the HMAC key is never printed");
+        // From the environment, as one inline TOML list.
+        let c = load(
+            None,
+            &[("PORTICO_TLS_ISSUERS", "[{directory = \"letsencrypt-staging\"}, {directory = \"internal\"}]")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(directories(&c), ["https://acme-staging-v02.api.letsencrypt.org/directory", "internal"]);
+        // tls.issuer = "internal" alone is a one-issuer list.
+        assert_eq!(directories(&load(None, &[], &[("tls.issuer", "\"internal\"")]).unwrap()), ["internal"]);
+
+        for (text, expected) in [
+            ("[[tls.issuers]]\ndirectory = \"zerossl\"\n", "zerossl requires External Account Binding"),
+            (
+                "[[tls.issuers]]\ndirectory = \"internal\"\n[[tls.issuers]]\ndirectory = \"letsencrypt\"\n",
+                "list it last",
+            ),
+            ("[[tls.issuers]]\ndirectory = \"lets-encrypt\"\n", "is not a URL"),
+            ("[tls]\nacme_directory = \"https://x/dir\"\n[[tls.issuers]]\ndirectory = \"letsencrypt\"\n", "replaces"),
+            ("[[tls.issuers]]\ndirectory = \"https://x/dir\"\neab_kid = \"k\"\n", "eab_kid and eab_hmac go together"),
+            ("[[tls.issuers]]\ndirectory = \"https://x/dir\"\nprofiles = \"x\"\n", "unknown key tls.issuers"),
+            ("[tls]\nissuers = []\n", "lists no issuer"),
+            ("[tls]\nnotify_url = \"ops@example.com\"\n", "tls.notify_url"),
+        ] {
+            let e = load(Some(text), &[], &[]).unwrap_err().to_string();
+            assert!(e.contains(expected) && e.contains("tls."), "{text}: {e}");
+        }
     }
 
     #[test]
@@ -876,10 +1086,14 @@ mod tests {
         let c = load(None, &[("PORTICO_API_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8")], &[]).unwrap();
         let nets: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
         assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8"]);
+        let roots = |c: &Config| match &c.tls.issuers[0] {
+            IssuerSpec::Acme { ca_roots, .. } => ca_roots.clone(),
+            IssuerSpec::Internal => Vec::new(),
+        };
         let c = load(None, &[("PORTICO_TLS_ACME_CA_ROOTS", "/etc/ca.pem")], &[]).unwrap();
-        assert_eq!(c.tls.acme_ca_roots, [PathBuf::from("/etc/ca.pem")]);
+        assert_eq!(roots(&c), [PathBuf::from("/etc/ca.pem")]);
         let c = load(Some("[tls]\nacme_ca_roots = [\"/a.pem\", \"/b.pem\"]\n"), &[], &[]).unwrap();
-        assert_eq!(c.tls.acme_ca_roots.len(), 2);
+        assert_eq!(roots(&c).len(), 2);
         let e = load(None, &[], &[("api.trusted_proxies", "[\"nope\"]")]).unwrap_err().to_string();
         assert!(e.contains("api.trusted_proxies"), "{e}");
     }

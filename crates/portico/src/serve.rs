@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::extract::ConnectInfo;
 use portico_api::{Api, ApiSettings, ApiState, lookup};
-use portico_certs::acme::{AcmeIssuer, AcmeSettings, Eab};
+use portico_certs::acme::{AcmeIssuer, AcmeSettings};
 use portico_certs::internal::InternalCa;
 use portico_certs::{CertSettings, Certs, Issuer};
 use portico_metrics::{Exposition, Jobs, Registry};
@@ -1156,27 +1156,36 @@ async fn sync_dns_domains(
     }
 }
 
-/// The issuer `tls.issuer` names.
+/// The issuers `[[tls.issuers]]` lists (or `tls.issuer` and `tls.acme_*` describe): one
+/// alone, or several tried in order.
 fn issuer(
     config: &Config,
     store: Arc<dyn Store>,
     metrics: &Arc<portico_certs::metrics::Metrics>,
 ) -> anyhow::Result<Arc<dyn Issuer>> {
     let tls = &config.tls;
-    Ok(match tls.issuer {
-        config::IssuerKind::Internal => Arc::new(InternalCa::new(store, tls.internal_lifetime)),
-        config::IssuerKind::Acme => {
-            let settings = AcmeSettings {
-                directory: tls.acme_directory.clone(),
-                email: tls.acme_email.clone(),
-                eab: tls.acme_eab.as_ref().map(|(kid, hmac_key)| Eab { kid: kid.clone(), hmac_key: hmac_key.clone() }),
-                ca_roots: tls.acme_ca_roots.clone(),
-                challenge: tls.challenge,
-                dns: tls.dns.clone(),
-            };
-            Arc::new(AcmeIssuer::new(store, settings, metrics.clone()).context("invalid [tls] settings")?)
-        }
-    })
+    let mut list: Vec<Arc<dyn Issuer>> = Vec::new();
+    for spec in &tls.issuers {
+        list.push(match spec {
+            config::IssuerSpec::Internal => Arc::new(InternalCa::new(store.clone(), tls.internal_lifetime)),
+            config::IssuerSpec::Acme { directory, eab, profile, contact, ca_roots } => {
+                let settings = AcmeSettings {
+                    directory: directory.clone(),
+                    email: contact.clone(),
+                    eab: eab.clone(),
+                    ca_roots: ca_roots.clone(),
+                    profile: profile.clone(),
+                    challenge: tls.challenge,
+                    dns: tls.dns.clone(),
+                };
+                Arc::new(
+                    AcmeIssuer::new(store.clone(), settings, metrics.clone())
+                        .with_context(|| format!("invalid [tls] settings for the issuer {directory}"))?,
+                )
+            }
+        });
+    }
+    Ok(if list.len() == 1 { list.swap_remove(0) } else { Arc::new(portico_certs::issuers::Issuers::new(list)) })
 }
 
 fn cert_settings(config: &Config) -> CertSettings {
@@ -1187,6 +1196,7 @@ fn cert_settings(config: &Config) -> CertSettings {
         max_pattern_issuances_per_minute: config.tls.max_pattern_issuances_per_minute,
         max_certs_per_pattern: config.tls.max_certs_per_pattern,
         max_certs_per_domain: config.tls.max_certs_per_domain,
+        notify_url: config.tls.notify_url.clone(),
         ..CertSettings::default()
     }
 }

@@ -388,7 +388,13 @@ async fn handshake(tls: &Tls, stream: TcpStream, peer: SocketAddr, shared: &Shar
             }
         }
     } else {
-        let resolve = tls.certs.resolve(sni.as_deref());
+        // Without SNI (a client asking for an address), the address it reached.
+        let resolve = async {
+            match (sni.as_deref(), stream.local_addr()) {
+                (None, Ok(local)) => tls.certs.resolve_address(local.ip().to_canonical()).await,
+                (sni, _) => tls.certs.resolve(sni).await,
+            }
+        };
         let Ok(resolved) = tokio::time::timeout_at(deadline, resolve).await else {
             tracing::info!(peer = %peer, sni = sni.as_deref(), "TLS handshake deadline passed while getting a certificate");
             metrics.handshake(Some("timeout"));

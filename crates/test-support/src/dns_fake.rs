@@ -655,3 +655,147 @@ async fn webhook(state: Arc<Mutex<WebhookState>>, req: Request<Incoming>) -> Res
     }
     Ok(reply(StatusCode::OK, json!({})))
 }
+
+/// An operator's webhook that takes JSON posts (`tls.notify_url`) and keeps each body.
+pub struct Hook {
+    addr: SocketAddr,
+    posted: Arc<Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Hook {
+    /// Starts it on a loopback port.
+    pub async fn start() -> Self {
+        let posted = Arc::new(Mutex::new(Vec::new()));
+        let shared = posted.clone();
+        let (addr, task) = serve(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            async move {
+                let bytes = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                shared.lock().unwrap().push(serde_json::from_slice(&bytes).unwrap_or(Value::Null));
+                Ok::<_, Infallible>(reply(StatusCode::OK, json!({})))
+            }
+        })
+        .await;
+        Self { addr, posted, task }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/portico", self.addr)
+    }
+
+    /// The bodies posted so far, oldest first.
+    pub fn posted(&self) -> Vec<Value> {
+        self.posted.lock().unwrap().clone()
+    }
+}
+
+/// A stand-in for an acme-dns server (joohoi/acme-dns's HTTP API): `POST /register` makes a
+/// registration; `POST /update` with `X-Api-User` and `X-Api-Key` and `{"subdomain", "txt"}`
+/// sets one of the registration's two TXT values (the newest two are kept; 401
+/// `{"error": "forbidden"}` for wrong credentials, 400 `{"error": "bad_txt"}` for a value that
+/// is not 43 characters). The values are served at `fulldomain` by the `pebble-challtestsrv`
+/// it publishes to, as acme-dns's own DNS server would.
+pub struct AcmeDnsServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<AcmeDnsState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct AcmeDnsState {
+    /// By username: (password, subdomain, the newest values).
+    accounts: BTreeMap<String, (String, String, Vec<String>)>,
+    /// Updates taken.
+    updates: usize,
+    challtestsrv: Option<u16>,
+}
+
+/// The acme-dns server's own domain.
+pub const ACME_DNS_DOMAIN: &str = "auth.acme-dns.test";
+
+impl Drop for AcmeDnsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl AcmeDnsServer {
+    /// Starts it on a loopback port, publishing to the challtestsrv on `port`.
+    pub async fn start(challtestsrv: u16) -> Self {
+        let state = Arc::new(Mutex::new(AcmeDnsState { challtestsrv: Some(challtestsrv), ..AcmeDnsState::default() }));
+        let shared = state.clone();
+        let (addr, task) = serve(move |req| acme_dns(shared.clone(), req)).await;
+        Self { addr, state, task }
+    }
+
+    /// Its URL (the provider's `server`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Updates it took.
+    pub fn updates(&self) -> usize {
+        self.state.lock().unwrap().updates
+    }
+}
+
+async fn acme_dns(state: Arc<Mutex<AcmeDnsState>>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    match (&parts.method, parts.uri.path()) {
+        (&Method::POST, "/register") => {
+            let n = fastrand::u64(..);
+            let (username, password, subdomain) =
+                (format!("user-{n:016x}"), format!("pass-{:032x}", fastrand::u128(..)), format!("sub-{n:016x}"));
+            state.lock().unwrap().accounts.insert(username.clone(), (password.clone(), subdomain.clone(), Vec::new()));
+            let fulldomain = format!("{subdomain}.{ACME_DNS_DOMAIN}");
+            Ok(reply(
+                StatusCode::CREATED,
+                json!({"username": username, "password": password, "fulldomain": fulldomain, "subdomain": subdomain, "allowfrom": []}),
+            ))
+        }
+        (&Method::POST, "/update") => {
+            let header =
+                |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            let asked: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let (Some(subdomain), Some(txt)) = (asked["subdomain"].as_str(), asked["txt"].as_str()) else {
+                return Ok(reply(StatusCode::BAD_REQUEST, json!({"error": "malformed_json_payload"})));
+            };
+            let (port, values) = {
+                let mut state = state.lock().unwrap();
+                let Some((password, sub, values)) = state.accounts.get_mut(&header("x-api-user")) else {
+                    return Ok(reply(StatusCode::UNAUTHORIZED, json!({"error": "forbidden"})));
+                };
+                if *password != header("x-api-key") || sub != subdomain {
+                    return Ok(reply(StatusCode::UNAUTHORIZED, json!({"error": "forbidden"})));
+                }
+                if txt.len() != 43 {
+                    return Ok(reply(StatusCode::BAD_REQUEST, json!({"error": "bad_txt"})));
+                }
+                values.push(txt.to_owned());
+                let extra = values.len().saturating_sub(2);
+                values.drain(..extra);
+                let values = values.clone();
+                state.updates += 1;
+                (state.challtestsrv, values)
+            };
+            if let Some(port) = port {
+                let host = format!("{subdomain}.{ACME_DNS_DOMAIN}.");
+                challtestsrv(port, "/clear-txt", json!({"host": host})).await;
+                for value in values {
+                    challtestsrv(port, "/set-txt", json!({"host": host, "value": value})).await;
+                }
+            }
+            Ok(reply(StatusCode::OK, json!({"txt": txt})))
+        }
+        _ => Ok(reply(StatusCode::NOT_FOUND, json!({"error": "not found"}))),
+    }
+}

@@ -69,12 +69,36 @@ pub struct Pebble {
     pebble: Option<Child>,
     chall: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
+    /// The DNS server Pebble asks.
+    dns_server: String,
     _dir: TempDir,
+}
+
+/// Starts `pebble` with `config`, asking `dns_server`, its output into `log`.
+fn spawn_pebble(config: &std::path::Path, dns_server: &str, log: &Arc<Mutex<Vec<String>>>) -> Result<Child, String> {
+    let mut pebble = Command::new("pebble")
+        .arg("-config")
+        .arg(config)
+        .args(["-dnsserver", dns_server, "-strict=false"])
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .env("PEBBLE_AUTHZREUSE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("pebble does not start: {e}"))?;
+    capture(&mut pebble, log, "pebble");
+    Ok(pebble)
 }
 
 impl Pebble {
     /// Starts challtestsrv and Pebble on `ports`; `Err` if either cannot listen.
     pub fn start(ports: Ports, options: Options) -> Result<Self, String> {
+        // A block another test's Pebble holds is passed over at once: waiting for the ports to
+        // answer would take that Pebble for this one.
+        for port in [ports.acme, ports.management, ports.chall, ports.dns] {
+            std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| format!("port {port} is taken: {e}"))?;
+        }
         let dir = TempDir::new().map_err(|e| e.to_string())?;
         let listener_ca = dir.path().join("listener-ca.pem");
         let (ca_pem, cert_pem, key_pem) = listener_certificates();
@@ -112,22 +136,8 @@ impl Pebble {
             .spawn()
             .map_err(|e| format!("pebble-challtestsrv does not start (is the pebble package installed?): {e}"))?;
         capture(&mut chall, &log, "challtestsrv");
-        let mut pebble = Command::new("pebble")
-            .arg("-config")
-            .arg(&config_path)
-            .args([
-                "-dnsserver",
-                &options.dns_server.map_or(format!("127.0.0.1:{}", ports.dns), |a| a.to_string()),
-                "-strict=false",
-            ])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .env("PEBBLE_AUTHZREUSE", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("pebble does not start: {e}"))?;
-        capture(&mut pebble, &log, "pebble");
+        let dns_server = options.dns_server.map_or(format!("127.0.0.1:{}", ports.dns), |a| a.to_string());
+        let pebble = spawn_pebble(&config_path, &dns_server, &log)?;
         let mut this = Self {
             ports,
             directory: format!("https://127.0.0.1:{}/dir", ports.acme),
@@ -135,12 +145,23 @@ impl Pebble {
             pebble: Some(pebble),
             chall: Some(chall),
             log,
+            dns_server,
             _dir: dir,
         };
         for port in [ports.acme, ports.management, ports.chall] {
             this.wait_listening(port)?;
         }
         Ok(this)
+    }
+
+    /// Starts Pebble again after [`Pebble::stop`]: the same directory URL and HTTPS
+    /// listener, a new CA (Pebble keeps no state), no accounts.
+    pub fn start_again(&mut self) {
+        assert!(self.pebble.is_none(), "pebble is stopped first");
+        let config = self._dir.path().join("pebble.json");
+        self.pebble = Some(spawn_pebble(&config, &self.dns_server, &self.log).expect("pebble starts again"));
+        self.wait_listening(self.ports.acme).expect("pebble listens again");
+        self.wait_listening(self.ports.management).expect("pebble's management API listens again");
     }
 
     /// Starts on a random block of ports, trying others while some are taken.

@@ -145,7 +145,8 @@ impl Certs {
         tracing::info!(name, issuer = self.issuer().kind(), "{verb} a certificate");
         self.metrics.attempt(self.issuer().kind(), mode != Mode::OnDemand);
         let begun = Instant::now();
-        let plan = self.plan(name).await?;
+        let mut plan = self.plan(name).await?;
+        plan.issued_by = (!state.ca.is_empty()).then(|| state.ca.clone());
         let progress =
             Recorder { store: self.store.clone(), name: name.to_owned(), reached: Mutex::new(Step::Planned) };
         progress.step(Step::Planned).await;
@@ -179,18 +180,31 @@ impl Certs {
         self.store.put_blob(&keys::cert_latest(name), &stored.to_json(), None).await.map_err(CertError::from)?;
         let lifetime = (loaded.meta.not_after - loaded.meta.not_before).max(0);
         let jitter = fastrand::i64(0..=(lifetime / 20).max(0));
+        // A short-lived certificate is renewed at half its life at the latest.
+        let ratio = self.settings().renew_remaining_ratio;
+        let ratio = if lifetime <= crate::status::SHORT_LIVED { ratio.max(0.5) } else { ratio };
+        // Who issued it, as the issuer recorded it (one of several, maybe).
+        let ca = stored.issuer.clone().unwrap_or_else(|| self.issuer().id());
+        let kind = match stored.issuer.as_deref() {
+            Some(crate::internal::ID) => "internal",
+            Some(_) => "acme",
+            None => self.issuer().kind(),
+        };
         let mut next = CertState {
-            issuer: self.issuer().kind().to_owned(),
+            issuer: kind.to_owned(),
+            ca: ca.clone(),
             not_after: loaded.meta.not_after,
             issued: now,
             last_attempt: now,
-            next_attempt: loaded.meta.renew_at(self.settings().renew_remaining_ratio) - jitter,
+            next_attempt: loaded.meta.renew_at(ratio) - jitter,
             step: "issued".into(),
+            // An alert given stays until the next sweep says it is over.
+            alerted: before.alerted,
             history: before.history,
             ..CertState::default()
         };
         let verb = if before.not_after > 0 { "renewed" } else { "issued" };
-        next.note(now, format!("{verb} by {}", self.issuer().kind()));
+        next.note(now, if kind == "acme" { format!("{verb} by {ca}") } else { format!("{verb} by {kind}") });
         self.store.put(Kind::Cert, name, &next.to_fields()).await.map_err(CertError::from)?;
         self.metrics.certificate(name, &next, now_secs());
         if mode == Mode::OnDemand {
@@ -199,7 +213,7 @@ impl Certs {
         self.remember(name, loaded.clone());
         tracing::info!(
             name,
-            issuer = self.issuer().kind(),
+            issuer = ca,
             not_after = loaded.meta.not_after,
             elapsed_ms = begun.elapsed().as_millis() as u64,
             "certificate {}",
@@ -220,7 +234,14 @@ impl Certs {
         now: i64,
     ) -> Result<Arc<Loaded>, Refused> {
         let failures = state.failures.saturating_add(1);
-        let backoff = self.backoff(failures);
+        // A short-lived certificate is retried sooner: its life is counted in days.
+        let lifetime = (state.not_after - state.issued).max(0);
+        let backoff = match self.backoff(failures) {
+            b if state.not_after > 0 && lifetime <= crate::status::SHORT_LIVED => {
+                b.min(Duration::from_secs((lifetime / 48) as u64).max(self.settings().backoff_min))
+            }
+            b => b,
+        };
         let mut next = CertState {
             last_attempt: now,
             next_attempt: now + backoff.as_secs() as i64,

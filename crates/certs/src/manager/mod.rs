@@ -63,6 +63,8 @@ pub struct CertSettings {
     /// Certificates held at once for names under wildcard patterns in one registered domain
     /// (Let's Encrypt issues 50 new certificates per registered domain a week).
     pub max_certs_per_domain: usize,
+    /// Where a certificate's renewal starting or stopping to fail is posted (`tls.notify_url`).
+    pub notify_url: Option<String>,
 }
 
 impl Default for CertSettings {
@@ -76,6 +78,7 @@ impl Default for CertSettings {
             max_pattern_issuances_per_minute: 20,
             max_certs_per_pattern: 20,
             max_certs_per_domain: 50,
+            notify_url: None,
         }
     }
 }
@@ -255,6 +258,28 @@ impl Certs {
         }
     }
 
+    /// The certificate for a ClientHello without SNI that reached the address `ip` (a client
+    /// asking for `https://203.0.113.5/`): an IP address certificate (RFC 8738) when a host
+    /// is exactly that address, got on demand like a name's; `None` (the fallback
+    /// certificate) otherwise.
+    pub async fn resolve_address(&self, ip: IpAddr) -> Option<Arc<Loaded>> {
+        let name = ip.to_string();
+        if let Some(cached) = self.cached_entry(&name) {
+            self.metrics.decision("memory");
+            return Some(cached.loaded.clone());
+        }
+        // Only a host of exactly this address: no pattern covers one.
+        let owner = self.policy.owner(&name).filter(|o| o.explicit && o.pattern == name)?;
+        match self.obtain(&name, Mode::OnDemand, &owner).await {
+            Ok(loaded) => Some(loaded),
+            Err(e) => {
+                self.metrics.decision(e.label());
+                self.log_refusal(&name, &e);
+                None
+            }
+        }
+    }
+
     /// Issues a new certificate for `name` now, whatever its state (the API's renew); not
     /// for an uploaded certificate, which its admin replaces or removes.
     pub async fn renew_now(&self, name: &str) -> Result<Arc<Loaded>, CertError> {
@@ -283,7 +308,7 @@ impl Certs {
     pub(crate) async fn consult_ari(&self, name: &str) -> Result<CertState, CertError> {
         let now = now_secs();
         let window = match self.store.blob(&keys::cert_latest(name)).await? {
-            Some(bytes) => match self.issuer().renewal_window(&StoredCert::from_json(&bytes)?.leaf_der()?).await {
+            Some(bytes) => match self.issuer().renewal_window(&StoredCert::from_json(&bytes)?).await {
                 Ok(window) => window,
                 Err(e) => {
                     tracing::debug!(name, error = %e, "cannot read the CA's renewal information");
@@ -329,6 +354,53 @@ impl Certs {
         state.note(now_secs(), "a third of its life left, not renewed (uploaded)");
         self.store.put(Kind::Cert, name, &state.to_fields()).await?;
         Ok(())
+    }
+
+    /// Tells the operator once when `name`'s certificate starts failing to renew with a third
+    /// of its life left (or its uploaded certificate nears its end), and once when that is
+    /// over: a log line, its history, and a post to `tls.notify_url` (`{"event": "failing" |
+    /// "recovered", "name", "not_after", "error"}`). Returns the state as stored.
+    pub(crate) async fn alert_on_change(
+        &self,
+        name: &str,
+        mut state: CertState,
+        now: i64,
+    ) -> Result<CertState, CertError> {
+        let failing = state.renewal_failing(now);
+        if failing == state.alerted {
+            return Ok(state);
+        }
+        state.alerted = failing;
+        let expires = crate::upload::date(state.not_after);
+        // An uploaded certificate's alert is noted by `alert_uploaded`.
+        let noted = state.issuer != crate::upload::UPLOADED;
+        let event = if failing {
+            tracing::warn!(name, not_after = %expires, error = state.last_error,
+                "a certificate near its end is not being renewed");
+            if noted {
+                state.note(now, format!("renewal failing, expires {expires}"));
+            }
+            "failing"
+        } else {
+            tracing::info!(name, not_after = %expires, "a certificate's renewal alert is over");
+            if noted {
+                state.note(now, "renewal alert over");
+            }
+            "recovered"
+        };
+        self.store.put(Kind::Cert, name, &state.to_fields()).await?;
+        if let Some(url) = self.settings().notify_url.clone() {
+            let error = if failing { state.last_error.clone() } else { String::new() };
+            let body = serde_json::json!({ "event": event, "name": name, "not_after": expires, "error": error });
+            let name = name.to_owned();
+            // The sweep does not wait on the operator's webhook.
+            tokio::spawn(async move {
+                if let Err(e) = portico_dns::post_json(&url, &body, Duration::from_secs(10)).await {
+                    tracing::warn!(name, error = %e, "cannot post the certificate alert to tls.notify_url");
+                }
+            });
+        }
+        Ok(state)
     }
 
     /// Removes the uploaded certificate of `name`, returning it to automatic certificates

@@ -144,6 +144,6 @@ impl Certs {
             // ACME issuer says why not.
             None => SolverKind::Http,
         };
-        Ok(Plan { cert: cert.to_owned(), sans: vec![cert.to_owned(), zone.to_owned()], solver })
+        Ok(Plan { cert: cert.to_owned(), sans: vec![cert.to_owned(), zone.to_owned()], solver, issued_by: None })
     }
 }

@@ -10,7 +10,13 @@ use portico_test_support::dns_fake::{self, FakeDns, Provider};
 
 fn endpoints(fake: &FakeDns) -> Endpoints {
     let base = fake.base();
-    Endpoints { cloudflare: base.clone(), digitalocean: base.clone(), porkbun: base, timeout: Duration::from_secs(2) }
+    Endpoints {
+        cloudflare: base.clone(),
+        digitalocean: base.clone(),
+        porkbun: base,
+        timeout: Duration::from_secs(2),
+        ..Endpoints::default()
+    }
 }
 
 fn client(fake: &FakeDns, credentials: &[(&str, &str)]) -> Box<dyn DnsProvider> {

@@ -253,3 +253,77 @@ async fn external_account_binding_and_the_acme_problem_in_the_status() {
     // The HMAC key is a secret: never in the log.
     assert!(!p.logs().iter().any(|l| l.to_string().contains(EAB_HMAC_KEY)));
 }
+
+#[tokio::test]
+async fn a_certificate_that_cannot_be_renewed_alerts_the_operator_once_and_says_when_it_is_over() {
+    use portico_test_support::dns_fake::Hook;
+    let hook = Hook::start().await;
+    let backend = Backend::start("alert").await;
+    let url = format!("tls.notify_url=\"{}\"", hook.url());
+    let settings = ["tls.renew_remaining_ratio=0.75", "tls.renew_interval=\"300ms\"", url.as_str(), METRICS];
+    let (pebble, p) = setup(Options { validity_secs: Some(15), ..Options::default() }, &settings);
+    p.add_host("alert.example.test", backend.addr, &[]);
+    let roots = tls::roots(&pebble.root().await);
+    assert_eq!(Proxy::https(p.https, roots, false).get("alert.example.test", "/").await.status, StatusCode::OK);
+    let issued = tls::peek(p.https, "alert.example.test").await;
+
+    // The CA stops answering: the renewal fails (each request to the CA waits 15 s first),
+    // and with half of this short-lived certificate's life gone the operator is told, once.
+    pebble.pause();
+    let (api, token) = crate::admin(&p).await;
+    eventually(Duration::from_secs(60), "the renewal to fail", || {
+        let (api, token) = (&api, &token);
+        async move {
+            let status = api.call("GET", "/api/cert/alert.example.test", Some(token), None).await;
+            (status.json["results"]["failures"].as_u64() >= Some(1)).then_some(())
+        }
+    })
+    .await;
+    let failing = eventually(Duration::from_secs(5), "the failing alert", || async {
+        hook.posted().into_iter().find(|p| p["event"] == "failing")
+    })
+    .await;
+    assert_eq!(failing["name"], "alert.example.test");
+    assert!(failing["not_after"].as_str().is_some_and(|t| t.starts_with("20")), "{failing}");
+    assert!(failing["error"].as_str().is_some_and(|e| !e.is_empty()), "the renewal's error: {failing}");
+    let metric = "portico_certificate_renewal_failing{name=\"alert.example.test\"}";
+    assert_eq!(crate::sample(&p, metric).await, Some(1.0));
+    let status = api.call("GET", "/api/cert/alert.example.test", Some(&token), None).await;
+    assert!(status.raw.contains("renewal failing, expires 20"), "in the history: {}", status.raw);
+
+    // The CA is back and a renewal works: the alert is over, said once too.
+    pebble.resume();
+    let renewed = api.call("PUT", "/api/host/alert.example.test/renew", Some(&token), None).await;
+    assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.raw);
+    assert!(tls::peek(p.https, "alert.example.test").await.not_after > issued.not_after);
+    let recovered = eventually(Duration::from_secs(10), "the alert's end", || async {
+        hook.posted().into_iter().find(|p| p["event"] == "recovered")
+    })
+    .await;
+    assert_eq!((recovered["name"].as_str(), recovered["error"].as_str()), (Some("alert.example.test"), Some("")));
+    assert_eq!(crate::sample(&p, metric).await, Some(0.0));
+    let events: Vec<serde_json::Value> = hook.posted().iter().map(|p| p["event"].clone()).collect();
+    assert_eq!(events, ["failing", "recovered"], "one post each");
+}
+
+#[tokio::test]
+async fn a_host_that_is_an_ip_address_gets_an_ip_address_certificate_over_http_01() {
+    let backend = Backend::start("ip").await;
+    // TLS-ALPN-01 preferred: an address is validated by HTTP-01 all the same, in one order.
+    let (pebble, p) = setup(Options::default(), &["tls.challenge=\"tls-alpn-01\""]);
+    p.add_host("127.0.0.1", backend.addr, &[]);
+    let roots = tls::roots(&pebble.root().await);
+    // A client asking for https://127.0.0.1/ sends no SNI: the address it reached picks the
+    // certificate, and the client checks the address in it.
+    let answer = Proxy::https(p.https, roots.clone(), false).get("127.0.0.1", "/").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.json()["backend"], "ip");
+    assert_eq!(pebble.orders(), 1, "one order, HTTP-01 first");
+    let (api, token) = crate::admin(&p).await;
+    let cert = api.call("GET", "/api/cert/127.0.0.1", Some(&token), None).await;
+    assert_eq!(cert.json["results"]["names"], serde_json::json!(["127.0.0.1"]), "{}", cert.raw);
+    // Over HTTP/2 too, on a new connection: the certificate is held.
+    let again = Proxy::https(p.https, roots, true).get("127.0.0.1", "/").await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(pebble.orders(), 1);
+}

@@ -680,7 +680,9 @@ async fn dns_providers_and_domains() {
     assert_eq!(types.status, StatusCode::OK, "{}", types.raw);
     let names: Vec<&str> =
         types.json["results"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["Cloudflare", "DigitalOcean", "PorkBun", "RFC2136", "Webhook"]);
+    assert_eq!(names, vec!["Cloudflare", "DigitalOcean", "PorkBun", "RFC2136", "Webhook", "Exec", "AcmeDns"]);
+    assert!(types.json["results"][6]["fields"]["password"]["isPrivate"].as_bool().unwrap());
+    assert!(!types.json["results"][5]["fields"]["program"]["isPrivate"].as_bool().unwrap());
     assert!(types.json["results"][2]["fields"]["secretApiKey"]["isPrivate"].as_bool().unwrap());
     assert!(types.json["results"][3]["fields"]["secret"]["isPrivate"].as_bool().unwrap());
     assert!(!types.json["results"][3]["fields"]["server"]["isPrivate"].as_bool().unwrap());

@@ -77,6 +77,36 @@ async fn served_over_https(p: &Portico, pebble: &Pebble, name: &str) {
     .await;
 }
 
+/// The last error of the certificate `cert` (as its API path has it, `%2A.zone.test`) once
+/// an issuance has failed.
+async fn last_error(api: &ApiClient, token: &str, cert: &str) -> String {
+    eventually(Duration::from_secs(30), &format!("a failed issuance of {cert}"), || async move {
+        let state = api.call("GET", &format!("/api/cert/{cert}"), Some(token), None).await;
+        state.json["results"]["last_error"].as_str().filter(|e| !e.is_empty()).map(str::to_owned)
+    })
+    .await
+}
+
+/// Adds the host `*.zone.test` and waits for its wildcard certificate from `pebble`, through
+/// DNS-01 on `knot`, and for the challenge records to be removed.
+async fn wildcard_through_knot(
+    api: &ApiClient,
+    token: &str,
+    p: &Portico,
+    pebble: &Pebble,
+    knot: &Knot,
+    backend: &Backend,
+) {
+    add_host(api, token, "*.zone.test", backend).await;
+    served_over_https(p, pebble, "x.zone.test").await;
+    assert_eq!(tls::peek(p.https, "x.zone.test").await.names, ["*.zone.test", "zone.test"]);
+    assert_eq!(pebble.orders(), 1);
+    eventually(Duration::from_secs(5), "the records to be removed", || async {
+        portico_dns::lookup::txt(knot.addr, "_acme-challenge.zone.test").await.unwrap().is_empty().then_some(())
+    })
+    .await;
+}
+
 async fn add_host(api: &ApiClient, token: &str, host: &str, backend: &Backend) -> Value {
     let body = json!({"host": host, "ip": "127.0.0.1", "targetPort": backend.addr.port(), "forcessl": false});
     let reply = api.call("POST", "/api/host", Some(token), Some(body)).await;
@@ -326,14 +356,7 @@ async fn wildcard_through_rfc2136_with_knot() {
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.raw);
     assert!(refused.raw.contains("TSIG"), "{}", refused.raw);
 
-    add_host(&api, &token, "*.zone.test", &backend).await;
-    served_over_https(&p, &pebble, "x.zone.test").await;
-    assert_eq!(tls::peek(p.https, "x.zone.test").await.names, ["*.zone.test", "zone.test"]);
-    assert_eq!(pebble.orders(), 1);
-    eventually(Duration::from_secs(5), "the records to be removed", || async {
-        portico_dns::lookup::txt(knot.addr, "_acme-challenge.zone.test").await.unwrap().is_empty().then_some(())
-    })
-    .await;
+    wildcard_through_knot(&api, &token, &p, &pebble, &knot, &backend).await;
 }
 
 /// A webhook of the admin's (lego's `httpreq` convention; an in-process stand-in publishing
@@ -379,13 +402,125 @@ async fn wildcard_through_a_webhook() {
         api.call("PUT", &format!("/api/dns/{provider}"), Some(&token), Some(json!({"secret": "wrong"}))).await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.raw);
     add_host(&api, &token, "*.other.test", &backend).await;
-    let failed = eventually(Duration::from_secs(30), "the issuance's failure", || {
-        let (api, token) = (&api, &token);
-        async move {
-            let state = api.call("GET", "/api/cert/%2A.other.test", Some(token), None).await;
-            state.json["results"]["last_error"].as_str().filter(|e| !e.is_empty()).map(str::to_owned)
-        }
-    })
-    .await;
+    let failed = last_error(&api, &token, "%2A.other.test").await;
     assert!(failed.contains("bad or missing bearer token"), "{failed}");
+}
+
+/// An Exec provider: a program the configuration names (`dns.exec.NAME`), run as lego's
+/// `exec` convention has it; here a shell script that updates a real Knot zone with
+/// `knsupdate`. The API names the program and never takes a path; a program that fails has
+/// its output in the issuance's last error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_through_an_exec_program_that_updates_knot() {
+    use std::os::unix::fs::PermissionsExt;
+    let backend = Backend::start("wild").await;
+    let knot = Knot::start(&["zone.test", "other.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+    let update = write(
+        "knot-update",
+        format!(
+            "set -e\ncase \"$1\" in present) verb=add ;; cleanup) verb=del ;; *) echo \"unknown action $1\" >&2; exit 2 ;; esac\n\
+             zone=$(echo \"$2\" | sed 's/^_acme-challenge\\.//')\n\
+             printf 'server {ip} {port}\\nzone %s\\nupdate %s %s 60 TXT \"%s\"\\nsend\\n' \"$zone\" \"$verb\" \"$2\" \"$3\" \\\n\
+             | knsupdate -y {alg}:{key}:{secret}",
+            ip = knot.addr.ip(),
+            port = knot.addr.port(),
+            alg = knot::ALGORITHM,
+            key = knot::KEY_NAME,
+            secret = knot::SECRET,
+        ),
+    );
+    let refusing = write("refusing", "echo \"the DNS team says no to $2\" >&2\nexit 4".to_owned());
+    let programs =
+        format!("dns.exec={{knot-update = \"{}\", refusing = \"{}\"}}", update.display(), refusing.display());
+    let options = Options { dns_server: Some(knot.addr), ..Options::default() };
+    let (pebble, p) = pebble::with_portico_for(BIN, options, |_| {
+        vec![format!("tls.dns_resolvers=[\"{}\"]", knot.addr), programs.clone()]
+    });
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    let body = json!({"name": "knot", "dnsProvider": "Exec", "program": "knot-update", "zones": "zone.test"});
+    let created = api.call("POST", "/api/dns", Some(&token), Some(body)).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.raw);
+    assert_eq!(created.json["domains"], json!(["zone.test"]));
+    // A path, or a name the configuration does not list, is refused: nothing is stored.
+    for program in ["/bin/sh", "knot"] {
+        let body = json!({"name": "bad", "dnsProvider": "Exec", "program": program, "zones": "x.test"});
+        let refused = api.call("POST", "/api/dns", Some(&token), Some(body)).await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.raw);
+        assert!(refused.raw.contains("no program is named"), "{}", refused.raw);
+    }
+
+    wildcard_through_knot(&api, &token, &p, &pebble, &knot, &backend).await;
+
+    // A program that fails: what it printed is the issuance's last error.
+    let body = json!({"name": "no", "dnsProvider": "Exec", "program": "refusing", "zones": "other.test"});
+    assert_eq!(api.call("POST", "/api/dns", Some(&token), Some(body)).await.status, StatusCode::OK);
+    add_host(&api, &token, "*.other.test", &backend).await;
+    let failed = last_error(&api, &token, "%2A.other.test").await;
+    assert!(
+        failed.contains("the DNS team says no to _acme-challenge.other.test.") && failed.contains("status 4"),
+        "{failed}"
+    );
+}
+
+/// acme-dns (an in-process stand-in faithful to its HTTP API, serving through Pebble's DNS):
+/// the registration's fields make the provider; an order is not placed until
+/// `_acme-challenge` is a CNAME to the registration's `fulldomain`, and the error says what
+/// record to add; then the wildcard certificate comes through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_through_acme_dns_once_the_cname_is_in_place() {
+    use portico_test_support::dns_fake::AcmeDnsServer;
+    let backend = Backend::start("wild").await;
+    let (pebble, p) = pebble::with_portico_for(BIN, Options::default(), |pebble| {
+        vec![
+            format!("tls.dns_resolvers=[\"127.0.0.1:{}\"]", pebble.ports.dns),
+            "dns.propagation_timeout=\"20s\"".to_owned(),
+        ]
+    });
+    let server = AcmeDnsServer::start(pebble.ports.chall).await;
+    // The admin registers once, as with `curl -X POST <server>/register`.
+    let registered = Proxy::h1(server.url().trim_start_matches("http://").parse().unwrap())
+        .ask("POST", "localhost", "/register", &[])
+        .await;
+    assert_eq!(registered.status, StatusCode::CREATED, "{}", registered.text());
+    let reg = registered.json();
+    let fulldomain = reg["fulldomain"].as_str().unwrap().to_owned();
+
+    let api = ApiClient::new(p.api);
+    let token = api.login("admin", ADMIN_PASSWORD).await;
+    let mut body = json!({"name": "acme-dns", "dnsProvider": "AcmeDns", "server": server.url(), "zones": "zone.test"});
+    for field in ["username", "password", "subdomain", "fulldomain"] {
+        body[field] = reg[field].clone();
+    }
+    // Wrong credentials are refused when the provider is added.
+    let mut wrong = body.clone();
+    wrong["password"] = "not-the-password".into();
+    let refused = api.call("POST", "/api/dns", Some(&token), Some(wrong)).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.raw);
+    assert!(refused.raw.contains("forbidden"), "{}", refused.raw);
+    let created = api.call("POST", "/api/dns", Some(&token), Some(body)).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.raw);
+    assert!(!created.raw.contains(reg["password"].as_str().unwrap()), "the password is never shown");
+
+    // No CNAME yet: no order, and the error names the record to add.
+    add_host(&api, &token, "*.zone.test", &backend).await;
+    let failed = last_error(&api, &token, "%2A.zone.test").await;
+    assert!(failed.contains(&format!("`_acme-challenge.zone.test. CNAME {fulldomain}.`")), "{failed}");
+    assert_eq!(pebble.orders(), 0, "no order placed before the delegation is in place");
+
+    pebble.set_cname("_acme-challenge.zone.test", &fulldomain).await;
+    let renewed = api.call("PUT", "/api/host/%2A.zone.test/renew", Some(&token), None).await;
+    assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.raw);
+    served_over_https(&p, &pebble, "x.zone.test").await;
+    assert_eq!(tls::peek(p.https, "x.zone.test").await.names, ["*.zone.test", "zone.test"]);
+    assert_eq!(pebble.orders(), 1);
+    // The verification's placeholder, then the two values of the wildcard and its zone.
+    assert_eq!(server.updates(), 3);
 }

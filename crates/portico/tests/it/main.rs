@@ -11,6 +11,7 @@ mod dns01;
 mod errors;
 mod http3;
 mod https;
+mod issuers;
 mod kinds;
 mod lifecycle;
 mod live;
