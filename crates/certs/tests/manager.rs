@@ -19,6 +19,8 @@ use tempfile::TempDir;
 struct FakeIssuer {
     plans: Mutex<Vec<Plan>>,
     failing: std::sync::atomic::AtomicBool,
+    /// The certificates' lifetime in days (0: rcgen's default, decades).
+    days: std::sync::atomic::AtomicI64,
 }
 
 #[async_trait]
@@ -33,13 +35,18 @@ impl Issuer for FakeIssuer {
         if self.failing.load(Ordering::SeqCst) {
             return Err(IssueError::local("the fake CA says no"));
         }
-        Ok(self_signed(&plan.sans))
+        Ok(self_signed(&plan.sans, self.days.load(Ordering::SeqCst)))
     }
 }
 
-fn self_signed(names: &[String]) -> StoredCert {
-    let made = rcgen::generate_simple_self_signed(names.to_vec()).unwrap();
-    StoredCert::new(made.cert.pem(), made.signing_key.serialize_pem()).unwrap()
+fn self_signed(names: &[String], days: i64) -> StoredCert {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).unwrap();
+    if days > 0 {
+        params.not_before = time::OffsetDateTime::now_utc();
+        params.not_after = params.not_before + time::Duration::days(days);
+    }
+    StoredCert::new(params.self_signed(&key).unwrap().pem(), key.serialize_pem()).unwrap()
 }
 
 impl FakeIssuer {
@@ -137,6 +144,36 @@ async fn a_failure_backs_off() {
 }
 
 #[tokio::test]
+async fn short_lived_certificates_renew_at_half_life_and_retry_sooner() {
+    let s = setup(&["six.test", "ninety.test"], CertSettings::default()).await;
+    for (name, days) in [("six.test", 6), ("ninety.test", 90)] {
+        s.issuer.days.store(days, Ordering::SeqCst);
+        let served = s.certs.resolve(Some(name)).await.unwrap();
+        let state = s.certs.state(name).await.unwrap().unwrap();
+        let lifetime = served.meta.not_after - served.meta.not_before;
+        // Due when half (six days) or a third (ninety) of the life is left, less a jitter of
+        // up to a twentieth of it.
+        let left = if days == 6 { lifetime / 2 } else { lifetime / 3 };
+        let due = served.meta.not_after - left;
+        assert!(state.next_attempt <= due && state.next_attempt >= due - lifetime / 20 - 1, "{name}: {state:?}");
+
+        // After many failures, a six-day certificate is retried within 1/48 of its life
+        // (three hours), a ninety-day one within the longest backoff (six hours).
+        let mut failed = state.clone();
+        failed.failures = 9;
+        s.store.put(Kind::Cert, name, &failed.to_fields()).await.unwrap();
+        s.issuer.failing.store(true, Ordering::SeqCst);
+        assert!(s.certs.renew_now(name).await.is_err());
+        s.issuer.failing.store(false, Ordering::SeqCst);
+        let state = s.certs.state(name).await.unwrap().unwrap();
+        let wait = state.next_attempt - state.last_attempt;
+        let expected = if days == 6 { (state.not_after - state.issued) / 48 } else { 6 * 3600 };
+        assert!((wait - expected).abs() <= 1, "{name}: retried in {wait} s, not {expected}");
+        assert!(days == 90 || wait <= 3 * 3600 + 1);
+    }
+}
+
+#[tokio::test]
 async fn a_name_another_process_is_issuing_waits_for_its_result() {
     let s = setup(&["shared.test"], CertSettings::default()).await;
     // Another process holds the lease and is issuing.
@@ -146,7 +183,7 @@ async fn a_name_another_process_is_issuing_waits_for_its_result() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "it waits for the other process");
     // The other process finishes: its certificate and state land in the store.
-    let theirs = self_signed(&["shared.test".to_owned()]);
+    let theirs = self_signed(&["shared.test".to_owned()], 0);
     s.store.put_blob(&keys::cert_latest("shared.test"), &theirs.to_json(), None).await.unwrap();
     let state = portico_certs::status::CertState {
         last_attempt: portico_certs::now_secs(),
