@@ -227,9 +227,11 @@ impl AcmeIssuer {
         };
         solver.check(&plan.sans).await?;
         let identifiers: Vec<Identifier> = plan.sans.iter().map(|n| identifier(n)).collect();
+        let offered: Vec<&str> = account.profiles().map(|p| p.name).collect();
+        let addresses = identifiers.iter().any(|i| matches!(i, Identifier::Ip(_)));
+        let profile = order_profile(self.settings.profile.as_deref(), &offered, &self.settings.directory, addresses)?;
         let mut new_order = NewOrder::new(&identifiers);
-        if let Some(profile) = &self.settings.profile {
-            offered(account, &self.settings.directory, profile)?;
+        if let Some(profile) = &profile {
             new_order = new_order.profile(profile);
         }
         let mut order = account.new_order(&new_order).await.map_err(acme_error)?;
@@ -375,11 +377,25 @@ fn identifier(name: &str) -> Identifier {
     }
 }
 
-/// Whether the CA of `directory` offers `profile` (its directory's `meta.profiles`): an
-/// order asking for one it does not know would be refused anyway, with less to go on.
-fn offered(account: &Account, directory: &str, profile: &str) -> Result<(), IssueError> {
-    let names: Vec<&str> = account.profiles().map(|p| p.name).collect();
-    check_profile(&names, directory, profile)
+/// The profile Let's Encrypt issues six-day certificates under, the only one it issues IP
+/// address certificates under.
+const SHORT_LIVED: &str = "shortlived";
+
+/// The profile an order asks for: the configured one, if the CA of `directory` offers it
+/// (its directory's `meta.profiles`: an order asking for one it does not know would be
+/// refused anyway, with less to go on); for `addresses` without one, `shortlived` where the
+/// CA offers it.
+fn order_profile(
+    configured: Option<&str>,
+    offered: &[&str],
+    directory: &str,
+    addresses: bool,
+) -> Result<Option<String>, IssueError> {
+    match configured {
+        Some(profile) => check_profile(offered, directory, profile).map(|()| Some(profile.to_owned())),
+        None if addresses && offered.contains(&SHORT_LIVED) => Ok(Some(SHORT_LIVED.to_owned())),
+        None => Ok(None),
+    }
 }
 
 /// The error when `profile` is not among the `offered` profiles of `directory`.
@@ -487,6 +503,13 @@ mod tests {
         assert!(none.is_empty());
         let e = check_profile(&[], "https://ca/dir", "shortlived").unwrap_err().to_string();
         assert!(e.contains("offers no certificate profiles: remove profile \"shortlived\""), "{e}");
+        // An address certificate without a configured profile: the short-lived one where the
+        // CA offers it (Let's Encrypt issues those only), none where it offers none.
+        assert_eq!(order_profile(None, &offered, dir, true).unwrap().as_deref(), Some("shortlived"));
+        assert_eq!(order_profile(None, &offered, dir, false).unwrap(), None);
+        assert_eq!(order_profile(None, &[], "https://ca/dir", true).unwrap(), None);
+        assert_eq!(order_profile(Some("classic"), &offered, dir, true).unwrap().as_deref(), Some("classic"));
+        assert!(order_profile(Some("shortlived"), &[], "https://ca/dir", false).is_err());
     }
 
     #[test]
