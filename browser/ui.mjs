@@ -667,7 +667,19 @@ await step('overview: counts and live traffic', async () => {
   expect(await page.locator('svg.spark').count() === 3, 'three charts');
   const answered = Number((await rate.textContent()).match(/^(\d+) requests? answered/)[1]);
   expect(answered >= 6, `requests counted: ${await rate.textContent()}`);
-  expect(await fetch(`${base}/api/host/dead.ui.test`, { method: 'DELETE', headers: { 'auth-token': token } }).then((r) => r.status) === 200, 'dead.ui.test removed');
+  // A live change redraws the overview: the charts drawn so far are drawn again at once, not
+  // after the next sample (held back here by a slow /api/stats).
+  await page.route('**/api/stats', async (route) => { await new Promise((r) => setTimeout(r, 3000)); await route.continue().catch(() => {}); });
+  const another = await fetch(`${base}/api/host`, { method: 'POST', headers: { 'content-type': 'application/json', 'auth-token': token },
+    body: JSON.stringify({ host: 'another.ui.test', ip: '127.0.0.1', targetPort: Number(env.BACKEND_PORT), forcessl: false }) });
+  expect(another.status === 200, `another.ui.test added: ${another.status}`);
+  await eventually('the overview redrawn with the new host', async () => (await stat('hosts').textContent()) === String(hosts + 1));
+  expect(await page.locator('svg.spark').count() === 3, 'the charts are kept across a redraw');
+  expect((await errors.textContent()) !== '0.0 %', `the error rate is kept across a redraw: ${await errors.textContent()}`);
+  await page.unroute('**/api/stats');
+  for (const name of ['dead.ui.test', 'another.ui.test']) {
+    expect(await fetch(`${base}/api/host/${name}`, { method: 'DELETE', headers: { 'auth-token': token } }).then((r) => r.status) === 200, `${name} removed`);
+  }
   await picture('overview');
 });
 

@@ -301,11 +301,13 @@ function percentile(buckets, q) {
 const ms = (bound) => (bound === null ? '> 10 s' : `≤ ${bound} ms`);
 
 /** Samples `GET /api/stats` every 2 s while the overview shows: this node's request rate,
- * error rate and latency over the last five minutes (kept while the page is open). */
+ * error rate and latency over the last five minutes (kept while the page is open). A redraw
+ * of the overview (a live change) draws the samples kept at once, not after the next one. */
 let rateTimer = null;
 const traffic = [];
 function watchTraffic(into, charts) {
   clearTimeout(rateTimer);
+  drawTraffic(into, charts);
   const sample = async () => {
     if (!into.isConnected) return;
     try {
@@ -318,36 +320,43 @@ function watchTraffic(into, charts) {
       if (last && (now.started !== last.started || now.requests_total < last.requests_total)) traffic.length = 0;
       traffic.push(now);
       while (traffic.length > 150) traffic.shift();
-      const intervals = traffic.slice(1).map((s, i) => {
-        const before = traffic[i];
-        const seconds = Math.max(1, s.at - before.at) / 1000;
-        const answered = s.requests_total - before.requests_total;
-        const errors = s.statuses['5xx'] - before.statuses['5xx'];
-        const buckets = s.latency.map((b, j) => ({ le_ms: b.le_ms, count: b.count - before.latency[j].count }));
-        return { rate: answered / seconds, errors: answered ? errors / answered : 0, p50: percentile(buckets, 0.5), p99: percentile(buckets, 0.99), answered };
-      });
-      const latest = intervals[intervals.length - 1];
-      into.textContent = `${now.requests_total} request${now.requests_total === 1 ? '' : 's'} answered by this node since it started` +
-        (latest ? `; ${latest.rate.toFixed(1)} requests/s now.` : '.');
-      if (!intervals.length) return;
-      // Latency over the whole window kept, from the buckets' growth.
-      const first = traffic[0];
-      const window = now.latency.map((b, j) => ({ le_ms: b.le_ms, count: b.count - first.latency[j].count }));
-      const [p50, p99] = [percentile(window, 0.5), percentile(window, 0.99)];
-      const answered = now.requests_total - first.requests_total;
-      const failed = now.statuses['5xx'] - first.statuses['5xx'];
-      const minutes = ((now.at - first.at) / 60000).toFixed(1);
-      const chart = (title, value, values, label) => h('figure', { class: 'chart' },
-        h('figcaption', {}, title, ' ', h('strong', {}, value)), sparkline(values, label));
-      charts.replaceChildren(
-        chart('Requests per second', latest.rate.toFixed(1), intervals.map((i) => i.rate), `Requests per second over ${minutes} minutes`),
-        chart('Errors (5xx)', `${answered ? ((100 * failed) / answered).toFixed(1) : '0.0'} %`, intervals.map((i) => i.errors), `Share of 5xx answers over ${minutes} minutes`),
-        chart('Latency', answered ? `p50 ${ms(p50)}, p99 ${ms(p99)}` : 'no requests', intervals.map((i) => i.p99 || 0), `99th percentile latency over ${minutes} minutes`));
+      drawTraffic(into, charts);
     } catch { /* shown again at the next sample */ } finally {
       rateTimer = setTimeout(sample, 2000);
     }
   };
   sample();
+}
+
+/** Draws the samples kept (`traffic`) into the rate line `into` and the `charts`. */
+function drawTraffic(into, charts) {
+  const now = traffic[traffic.length - 1];
+  if (!now) return;
+  const intervals = traffic.slice(1).map((s, i) => {
+    const before = traffic[i];
+    const seconds = Math.max(1, s.at - before.at) / 1000;
+    const answered = s.requests_total - before.requests_total;
+    const errors = s.statuses['5xx'] - before.statuses['5xx'];
+    const buckets = s.latency.map((b, j) => ({ le_ms: b.le_ms, count: b.count - before.latency[j].count }));
+    return { rate: answered / seconds, errors: answered ? errors / answered : 0, p50: percentile(buckets, 0.5), p99: percentile(buckets, 0.99), answered };
+  });
+  const latest = intervals[intervals.length - 1];
+  into.textContent = `${now.requests_total} request${now.requests_total === 1 ? '' : 's'} answered by this node since it started` +
+    (latest ? `; ${latest.rate.toFixed(1)} requests/s now.` : '.');
+  if (!intervals.length) return;
+  // Latency over the whole window kept, from the buckets' growth.
+  const first = traffic[0];
+  const window = now.latency.map((b, j) => ({ le_ms: b.le_ms, count: b.count - first.latency[j].count }));
+  const [p50, p99] = [percentile(window, 0.5), percentile(window, 0.99)];
+  const answered = now.requests_total - first.requests_total;
+  const failed = now.statuses['5xx'] - first.statuses['5xx'];
+  const minutes = ((now.at - first.at) / 60000).toFixed(1);
+  const chart = (title, value, values, label) => h('figure', { class: 'chart' },
+    h('figcaption', {}, title, ' ', h('strong', {}, value)), sparkline(values, label));
+  charts.replaceChildren(
+    chart('Requests per second', latest.rate.toFixed(1), intervals.map((i) => i.rate), `Requests per second over ${minutes} minutes`),
+    chart('Errors (5xx)', `${answered ? ((100 * failed) / answered).toFixed(1) : '0.0'} %`, intervals.map((i) => i.errors), `Share of 5xx answers over ${minutes} minutes`),
+    chart('Latency', answered ? `p50 ${ms(p50)}, p99 ${ms(p99)}` : 'no requests', intervals.map((i) => i.p99 || 0), `99th percentile latency over ${minutes} minutes`));
 }
 
 /** The non-empty lines of a textarea's text, trimmed. */
