@@ -134,3 +134,23 @@ impl ApiState {
         self.settings.store(Arc::new(settings));
     }
 }
+
+/// Takes the store lock `key` for `ttl`, waiting up to `wait` for another API node holding
+/// it: what two admins do at once on two nodes happens one after the other.
+pub(crate) async fn lock(
+    api: &Api,
+    key: &portico_store::Key,
+    ttl: std::time::Duration,
+    wait: std::time::Duration,
+) -> Result<portico_store::Lease, crate::error::ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(lease) = api.store.acquire(key, ttl).await? {
+            return Ok(lease);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(crate::error::ApiError::Internal("a store lock is held too long"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -1,14 +1,18 @@
 //! `/api/stream…`: forwarded TCP and UDP ports (admins). A stream's listening address may not
 //! be one of this node's listeners, nor another stream's, of the same protocol.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::{Path, State};
+use http::HeaderMap;
 use portico_model::FieldError;
 use portico_model::stream::{Protocol, Stream};
-use portico_store::Kind;
+use portico_store::{Kind, Revision, StoreError};
 use serde_json::Value;
 
 use crate::auth::{self, Caller};
+use crate::conditional::{self, etag};
 use crate::error::ApiError;
 use crate::json::JsonObject;
 use crate::openapi as doc;
@@ -46,42 +50,85 @@ pub async fn create(
     let stream =
         Stream::from_json(&body.0, &caller.username, portico_store::now_ms() as i64).map_err(ApiError::Validation)?;
     let id = auth::new_token()?[..16].to_owned();
-    free(&api, &stream, None).await?;
-    api.store.create(Kind::Stream, &id, &stream.to_fields()).await?;
+    locked(&api, async || {
+        free(&api, &stream, None).await?;
+        Ok(api.store.create(Kind::Stream, &id, &stream.to_fields()).await?)
+    })
+    .await?;
     Ok(Json(Written::new(stream.view(&id), format!("Stream {id} on {} added.", stream.listen))))
 }
 
-/// `GET /api/stream/{id}`.
+/// How long the streams lock lives, and how long a write waits for another node's.
+const LOCK_TTL: Duration = Duration::from_secs(10);
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs a stream write under the streams lock (across the cluster): two API calls cannot
+/// both find an address free and both take it.
+async fn locked<T>(api: &Api, write: impl AsyncFnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
+    let lease = crate::state::lock(api, &portico_store::keys::streams_lock(), LOCK_TTL, LOCK_WAIT).await?;
+    let result = write().await;
+    if let Err(e) = api.store.release(&lease).await {
+        tracing::warn!(error = %e, "cannot release the streams lock; it expires by itself");
+    }
+    result
+}
+
+/// `GET /api/stream/{id}`, with its revision as the `ETag`.
 #[utoipa::path(get, path = "/api/stream/{id}", tag = "streams", params(("id" = String, Path)),
-    responses((status = 200, body = doc::Results<doc::StreamView>), doc::AuthErrors, doc::Missing),
+    responses((status = 200, body = doc::Results<doc::StreamView>, headers(("ETag" = String, description = "The stream's revision, for `If-Match` on a later update"))), doc::AuthErrors, doc::Missing),
     security(("token" = []), ("bearer" = [])))]
 pub async fn get(
     State(api): State<Api>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Results<Value>>, ApiError> {
+) -> Result<(HeaderMap, Json<Results<Value>>), ApiError> {
     caller.require_admin()?;
-    Ok(Json(Results::new(stored(&api, &id).await?.view(&id))))
+    let (_, stream, revision) = stored(&api, &id).await?;
+    Ok((etag(revision), Json(Results::new(stream.view(&id)))))
 }
 
-/// `PUT /api/stream/{id}`: only the fields given change.
-#[utoipa::path(put, path = "/api/stream/{id}", tag = "streams", params(("id" = String, Path)),
+/// `PUT /api/stream/{id}`: only the fields given change; compare-and-set as hosts' updates
+/// (`If-Match`, else a lost race starts over).
+#[utoipa::path(put, path = "/api/stream/{id}", tag = "streams",
+    params(("id" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "Update only if the stream is still at this `ETag` (else 412)")),
     request_body = doc::NewStream,
-    responses((status = 200, body = doc::StreamView), doc::AuthErrors, doc::InputErrors, doc::Missing),
+    responses((status = 200, body = doc::StreamView, headers(("ETag" = String, description = "The stream's new revision"))), doc::AuthErrors, doc::InputErrors, doc::Missing, doc::Precondition),
     security(("token" = []), ("bearer" = [])))]
 pub async fn update(
     State(api): State<Api>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: JsonObject,
-) -> Result<Json<Written<Value>>, ApiError> {
+) -> Result<(HeaderMap, Json<Written<Value>>), ApiError> {
     caller.require_admin()?;
-    let mut stream = stored(&api, &id).await?;
-    stream.apply_json(&body.0).map_err(ApiError::Validation)?;
-    stream.stamps.touch(&caller.username, portico_store::now_ms() as i64);
-    free(&api, &stream, Some(&id)).await?;
-    api.store.put(Kind::Stream, &id, &stream.to_fields()).await?;
-    Ok(Json(Written::new(stream.view(&id), format!("Stream {id} updated."))))
+    let changed = |stream: &mut Stream| -> Result<(String, portico_store::Fields), ApiError> {
+        stream.apply_json(&body.0).map_err(ApiError::Validation)?;
+        stream.stamps.touch(&caller.username, portico_store::now_ms() as i64);
+        Ok((id.clone(), stream.to_fields()))
+    };
+    let (etag, stream) = locked(&api, async || {
+        // The address it would take is checked first; under the lock no other API write can
+        // take it meanwhile.
+        let (_, mut wanted, _) = stored(&api, &id).await?;
+        changed(&mut wanted)?;
+        free(&api, &wanted, Some(&id)).await?;
+        conditional::update(
+            api.store.as_ref(),
+            Kind::Stream,
+            &headers,
+            || stored(&api, &id),
+            changed,
+            |e, _| match e {
+                StoreError::NotFound { .. } => missing(&id),
+                e => e.into(),
+            },
+        )
+        .await
+    })
+    .await?;
+    Ok((etag, Json(Written::new(stream.view(&id), format!("Stream {id} updated.")))))
 }
 
 /// `DELETE /api/stream/{id}`: the port is closed on every node (open connections go on).
@@ -94,7 +141,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<Written<Value>>, ApiError> {
     caller.require_admin()?;
-    let stream = stored(&api, &id).await?;
+    let (_, stream, _) = stored(&api, &id).await?;
     if !api.store.delete(Kind::Stream, &id).await? {
         return Err(missing(&id));
     }
@@ -105,9 +152,11 @@ fn missing(id: &str) -> ApiError {
     ApiError::NotFound { kind: "Stream", key: id.to_owned() }
 }
 
-async fn stored(api: &Api, id: &str) -> Result<Stream, ApiError> {
-    let fields = api.store.record(Kind::Stream, id).await?.ok_or_else(|| missing(id))?;
-    Stream::from_fields(&fields).map_err(|e| ApiError::Validation(vec![e]))
+/// The stream `id` as stored, with its key and revision.
+async fn stored(api: &Api, id: &str) -> Result<(String, Stream, Revision), ApiError> {
+    let (fields, revision) = api.store.record_at(Kind::Stream, id).await?.ok_or_else(|| missing(id))?;
+    let stream = Stream::from_fields(&fields).map_err(|e| ApiError::Validation(vec![e]))?;
+    Ok((id.to_owned(), stream, revision))
 }
 
 /// Refuses a listening address one of this node's listeners or another stream (than `own`)

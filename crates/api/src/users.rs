@@ -110,16 +110,7 @@ pub async fn delete(
 
 /// Takes the users lock, waiting a few seconds for another API node's deletion to finish.
 async fn users_lock(api: &Api) -> Result<portico_store::Lease, ApiError> {
-    let deadline = tokio::time::Instant::now() + USERS_LOCK_WAIT;
-    loop {
-        if let Some(lease) = api.store.acquire(&portico_store::keys::users_lock(), USERS_LOCK_TTL).await? {
-            return Ok(lease);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(ApiError::Internal("the users lock is held too long"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::state::lock(api, &portico_store::keys::users_lock(), USERS_LOCK_TTL, USERS_LOCK_WAIT).await
 }
 
 async fn delete_locked(api: &Api, username: &str) -> Result<Fields, ApiError> {

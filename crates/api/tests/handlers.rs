@@ -175,3 +175,40 @@ async fn every_change_is_audited_with_field_names_never_values_and_the_log_is_bo
         kept.json["results"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(kept, ["login", "delete", "create"], "the three newest (the log call itself is no change)");
 }
+
+#[tokio::test]
+async fn a_stream_update_needs_the_revision_it_read_and_two_writes_cannot_take_one_address() {
+    let api = Api::new().await;
+    let stream =
+        |port: u16| json!({"listen": format!("127.0.0.1:{port}"), "targets": [{"ip": "127.0.0.1", "port": 5432}]});
+    // Two creates for one address at once: one is refused, one stream stored.
+    let (a, b) =
+        tokio::join!(api.call("POST", "/api/stream", stream(15432)), api.call("POST", "/api/stream", stream(15432)));
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::UNPROCESSABLE_ENTITY], "{} {}", a.json, b.json);
+    let listed = api.call("GET", "/api/stream", Value::Null).await;
+    assert_eq!(listed.json["results"].as_array().unwrap().len(), 1, "{}", listed.json);
+    // Two updates moving two streams onto one address at once: one is refused.
+    let other = api.call("POST", "/api/stream", stream(15433)).await;
+    let third = api.call("POST", "/api/stream", stream(15434)).await;
+    let ids = [&other, &third].map(|x| x.json["id"].as_str().unwrap().to_owned());
+    let moved = json!({"listen": "127.0.0.1:15435"});
+    let paths = ids.map(|id| format!("/api/stream/{id}"));
+    let (a, b) = tokio::join!(api.call("PUT", &paths[0], moved.clone()), api.call("PUT", &paths[1], moved.clone()));
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::UNPROCESSABLE_ENTITY], "{} {}", a.json, b.json);
+
+    // The revision read is the one updated, or 412 and nothing changes.
+    let path = &paths[0];
+    let read = api.call("GET", path, Value::Null).await;
+    let etag = read.etag.clone().expect("an ETag");
+    let first = api.call_headed(&[("if-match", &etag)], "PUT", path, json!({"balance": "least_conn"})).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.json);
+    assert!(first.etag.is_some_and(|e| e != etag), "a new revision");
+    let stale = api.call_headed(&[("if-match", &etag)], "PUT", path, json!({"balance": "ip_hash"})).await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{}", stale.json);
+    let shown = api.call("GET", path, Value::Null).await;
+    assert_eq!(shown.json["results"]["balance"], "least_conn", "a refused update changes nothing: {}", shown.json);
+}

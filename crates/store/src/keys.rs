@@ -176,6 +176,12 @@ pub fn users_lock() -> Key {
     portico("lock:users")
 }
 
+/// The lock held while a stream is written through the API, so that a listening address is
+/// checked free and taken in one step across the cluster.
+pub fn streams_lock() -> Key {
+    portico("lock:streams")
+}
+
 /// The blob that holds the store's identity marker (`{"id", "adopted"}`).
 pub fn store_identity() -> Key {
     portico("store-identity")

@@ -23,9 +23,10 @@ pub struct Api {
     _dir: tempfile::TempDir,
 }
 
-/// An answer: status and JSON body.
+/// An answer: status, `ETag` and JSON body.
 pub struct Answer {
     pub status: StatusCode,
+    pub etag: Option<String>,
     pub json: Value,
 }
 
@@ -55,17 +56,28 @@ impl Api {
     }
 
     pub async fn call_as(&self, token: &str, method: &str, path: &str, body: Value) -> Answer {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("content-type", "application/json")
-            .header("auth-token", token)
-            .body(Body::from(if body.is_null() { String::new() } else { body.to_string() }))
-            .unwrap();
+        self.call_with(&[("auth-token", token)], method, path, body).await
+    }
+
+    /// A call with the admin's token and `headers`.
+    pub async fn call_headed(&self, headers: &[(&str, &str)], method: &str, path: &str, body: Value) -> Answer {
+        let mut all = vec![("auth-token", self.token.as_str())];
+        all.extend_from_slice(headers);
+        self.call_with(&all, method, path, body).await
+    }
+
+    async fn call_with(&self, headers: &[(&str, &str)], method: &str, path: &str, body: Value) -> Answer {
+        let mut request = Request::builder().method(method).uri(path).header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut request =
+            request.body(Body::from(if body.is_null() { String::new() } else { body.to_string() })).unwrap();
         request.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
+        let etag = response.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        Answer { status, json: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+        Answer { status, etag, json: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
     }
 }
