@@ -227,7 +227,8 @@ impl AcmeIssuer {
         };
         solver.check(&plan.sans).await?;
         let identifiers: Vec<Identifier> = plan.sans.iter().map(|n| identifier(n)).collect();
-        let offered: Vec<&str> = account.profiles().map(|p| p.name).collect();
+        let mut offered: Vec<&str> = account.profiles().map(|p| p.name).collect();
+        offered.sort_unstable();
         let addresses = identifiers.iter().any(|i| matches!(i, Identifier::Ip(_)));
         let profile = order_profile(self.settings.profile.as_deref(), &offered, &self.settings.directory, addresses)?;
         let mut new_order = NewOrder::new(&identifiers);

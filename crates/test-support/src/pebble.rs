@@ -194,7 +194,24 @@ impl Pebble {
 
     /// The root that Pebble's issued certificates chain to (`/roots/0`), PEM.
     pub async fn root(&self) -> String {
-        let url = format!("https://127.0.0.1:{}/roots/0", self.ports.management);
+        self.get(&format!("https://127.0.0.1:{}/roots/0", self.ports.management)).await
+    }
+
+    /// Pebble's directory served by a stand-in that adds `meta.profiles` (Debian's Pebble 2.4
+    /// has none), every other URL in it still Pebble's: a CA whose directory offers
+    /// `profiles`. Pebble takes the orders (it ignores their `profile`).
+    pub async fn with_profiles(&self, profiles: &[&str]) -> ProfiledDirectory {
+        let mut directory: serde_json::Value = serde_json::from_str(&self.get(&self.directory).await).unwrap();
+        let offered: serde_json::Map<String, serde_json::Value> = profiles
+            .iter()
+            .map(|p| ((*p).to_owned(), format!("https://ca.example/docs/profiles#{p}").into()))
+            .collect();
+        directory["meta"]["profiles"] = offered.into();
+        ProfiledDirectory::serve(directory.to_string()).await
+    }
+
+    /// GET `url` on Pebble's HTTPS listeners: the body.
+    async fn get(&self, url: &str) -> String {
         let pem = std::fs::read_to_string(&self.listener_ca).unwrap();
         let tls = crate::tls::client_config(Some(crate::tls::roots(&pem)), &[]);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -271,6 +288,66 @@ impl Pebble {
     /// The address Pebble validates HTTP-01 on.
     pub fn http_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.ports.http))
+    }
+}
+
+/// A directory document served over HTTPS on loopback (see [`Pebble::with_profiles`]).
+pub struct ProfiledDirectory {
+    /// Its URL.
+    pub url: String,
+    /// PEM file of its self-signed certificate (for an issuer's `ca_roots`).
+    pub cert: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+    _dir: TempDir,
+}
+
+impl ProfiledDirectory {
+    async fn serve(document: String) -> Self {
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let dir = TempDir::new().unwrap();
+        let cert = dir.path().join("directory.pem");
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![made.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/dir", listener.local_addr().unwrap());
+        let document = bytes::Bytes::from(document);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (acceptor, document) = (acceptor.clone(), document.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let service = hyper::service::service_fn(move |_| {
+                        let body = http_body_util::Full::new(document.clone());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(body)
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Self { url, cert, task, _dir: dir }
+    }
+}
+
+impl Drop for ProfiledDirectory {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -128,3 +128,35 @@ async fn a_profile_the_ca_does_not_offer_places_no_order_there_and_the_next_ca_i
     assert!(error.contains("offers no certificate profiles: remove profile \"shortlived\""), "{}", cert.raw);
     assert_eq!(a.orders(), 0);
 }
+
+#[tokio::test]
+async fn a_profile_the_directory_offers_is_ordered_and_one_it_does_not_is_refused() {
+    let backend = Backend::start("offered").await;
+    let pebble = Pebble::start_anywhere(Options::default());
+    // A CA whose directory offers profiles: Pebble's, with `meta.profiles` added.
+    let directory = pebble.with_profiles(&["shortlived", "classic"]).await;
+    let issuer = |profile: &str| {
+        format!(
+            "{{directory = \"{}\", ca_roots = [\"{}\", \"{}\"], profile = \"{profile}\"}}",
+            directory.url,
+            pebble.listener_ca.display(),
+            directory.cert.display()
+        )
+    };
+    let p = portico(pebble.ports, &[issuer("shortlived")]);
+    p.add_host("offered.example.test", backend.addr, &[]);
+    let roots = tls::roots(&pebble.root().await);
+    assert_eq!(Proxy::https(p.https, roots, false).get("offered.example.test", "/").await.status, StatusCode::OK);
+    assert_eq!(pebble.orders(), 1);
+    assert_eq!(issued_by(&p, "offered.example.test").await.1, directory.url, "recorded by the directory it came from");
+    drop(p);
+
+    let p = portico(pebble.ports, &[issuer("six-days")]);
+    p.add_host("unoffered.example.test", backend.addr, &[]);
+    assert_eq!(tls::peek(p.https, "unoffered.example.test").await.names, ["portico.invalid"]);
+    let (api, token) = admin(&p).await;
+    let cert = api.call("GET", "/api/cert/unoffered.example.test", Some(&token), None).await;
+    let error = cert.json["results"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("does not offer the profile \"six-days\" (it offers: classic, shortlived)"), "{}", cert.raw);
+    assert_eq!(pebble.orders(), 1, "no order for a profile the CA does not offer");
+}
