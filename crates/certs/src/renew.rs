@@ -48,11 +48,17 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
         }
     }
     for (name, fields) in certs.store().records(Kind::Cert).await? {
-        let state = CertState::from_fields(&fields);
         let now = now_secs();
+        let state = certs.alert_on_change(&name, CertState::from_fields(&fields), now).await?;
+        let owner = certs.owner(&name);
+        // An uploaded certificate is never renewed: its admin is told when a third of its
+        // life is left (once in its record and the log; the metric says it at every sweep).
+        if owner.is_some() && state.issuer == UPLOADED && now >= state.next_attempt && state.last_error.is_empty() {
+            certs.alert_uploaded(&name, state.clone()).await?;
+        }
+        // The gauges once the alerts are recorded: whoever sees one finds the other.
         certs.metrics().certificate(&name, &state, now);
-        let state = certs.alert_on_change(&name, state, now).await?;
-        let Some(owner) = certs.owner(&name) else {
+        let Some(owner) = owner else {
             if state.not_after <= now {
                 certs.remove(&name).await?;
                 tracing::info!(name, "removed the expired certificate of a name no host matches");
@@ -60,12 +66,7 @@ pub async fn sweep(certs: &Certs) -> Result<Sweep, CertError> {
             }
             continue;
         };
-        // An uploaded certificate is never renewed: its admin is told when a third of its
-        // life is left (once in its record and the log; the metric says it at every sweep).
         if state.issuer == UPLOADED {
-            if now >= state.next_attempt && state.last_error.is_empty() {
-                certs.alert_uploaded(&name, state).await?;
-            }
             continue;
         }
         let state = if now < state.next_attempt && state.failures == 0 && now - state.ari_checked >= ARI_EVERY {

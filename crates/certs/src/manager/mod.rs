@@ -366,6 +366,13 @@ impl Certs {
         mut state: CertState,
         now: i64,
     ) -> Result<CertState, CertError> {
+        if state.renewal_failing(now) == state.alerted {
+            return Ok(state);
+        }
+        // The state as it is now (an issuance may have finished since it was read).
+        if let Some(current) = self.state(name).await? {
+            state = current;
+        }
         let failing = state.renewal_failing(now);
         if failing == state.alerted {
             return Ok(state);
