@@ -233,6 +233,7 @@ fn view(
             last_attempt: millis(state.last_attempt),
             next_attempt: millis(state.next_attempt),
             failures: state.failures,
+            renewal_failing: state.renewal_failing(portico_store::now_ms() as i64 / 1000),
             last_error_type: text(&state.last_error_type),
             step: text(&state.step),
             failed_step: text(&state.failed_step),
@@ -348,6 +349,10 @@ pub struct Progress {
     next_attempt: Option<i64>,
     /// Consecutive failures.
     failures: u32,
+    /// Whether the certificate is not being renewed with a third of its life left (half, for
+    /// one of ten days or less): its renewals keep failing, or it was uploaded. The metric
+    /// `portico_certificate_renewal_failing` says the same.
+    renewal_failing: bool,
     /// The last failure's ACME problem type (`urn:ietf:params:acme:error:…`).
     last_error_type: Option<String>,
     /// Where an issuance is: planned, ordered, records published, waiting for DNS,

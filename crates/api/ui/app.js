@@ -670,6 +670,7 @@ function certState(c) {
   if (c.status === 'none') return h('span', { class: 'badge bad' }, 'failing');
   if (c.status !== 'valid') return h('span', { class: 'badge bad' }, c.status);
   const days = Math.floor((c.not_after - Date.now()) / 86400000);
+  if (c.renewal_failing) return h('span', { class: 'badge bad', title: `until ${when(c.not_after)}` }, `not renewed, ${days} days left`);
   const care = c.failures > 0 || days < SOON_DAYS || (c.source === 'uploaded' && c.last_error);
   return h('span', { class: `badge ${care ? 'warn' : 'ok'}`, title: `until ${when(c.not_after)}` }, `valid, ${days} days left`);
 }

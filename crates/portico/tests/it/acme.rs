@@ -290,6 +290,7 @@ async fn a_certificate_that_cannot_be_renewed_alerts_the_operator_once_and_says_
     assert_eq!(crate::sample(&p, metric).await, Some(1.0));
     let status = api.call("GET", "/api/cert/alert.example.test", Some(&token), None).await;
     assert!(status.raw.contains("renewal failing, expires 20"), "in the history: {}", status.raw);
+    assert_eq!(status.json["results"]["renewal_failing"], true, "{}", status.raw);
 
     // The CA is back and a renewal works: the alert is over, said once too.
     pebble.resume();
@@ -302,6 +303,8 @@ async fn a_certificate_that_cannot_be_renewed_alerts_the_operator_once_and_says_
     .await;
     assert_eq!((recovered["name"].as_str(), recovered["error"].as_str()), (Some("alert.example.test"), Some("")));
     assert_eq!(crate::sample(&p, metric).await, Some(0.0));
+    let status = api.call("GET", "/api/cert/alert.example.test", Some(&token), None).await;
+    assert_eq!(status.json["results"]["renewal_failing"], false, "{}", status.raw);
     let events: Vec<serde_json::Value> = hook.posted().iter().map(|p| p["event"].clone()).collect();
     assert_eq!(events, ["failing", "recovered"], "one post each");
 }

@@ -85,6 +85,7 @@ async fn uploaded_certificates_are_checked_served_never_renewed_and_removable() 
     .await;
     let alerted = api.call("GET", "/api/cert/up.example.test", r, None).await;
     assert!(alerted.json["results"]["last_error"].as_str().unwrap().contains("upload a new one"), "{}", alerted.raw);
+    assert_eq!(alerted.json["results"]["renewal_failing"], true, "{}", alerted.raw);
     // Its history, newest first: the alert, then the upload.
     let events: Vec<&str> =
         alerted.json["results"]["history"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
