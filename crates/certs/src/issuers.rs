@@ -19,11 +19,6 @@ const NAME_REFUSED: [&str; 3] = [
     "urn:ietf:params:acme:error:caa",
 ];
 
-/// Top-level names no public CA issues for (RFC 2606, RFC 6761, RFC 6762, RFC 8375, ICANN's
-/// `.internal`) and those in wide private use.
-const NOT_PUBLIC: [&str; 10] =
-    ["test", "example", "invalid", "localhost", "local", "internal", "lan", "home", "corp", "home.arpa"];
-
 /// Issuers tried in order.
 #[derive(Debug)]
 pub struct Issuers {
@@ -45,8 +40,9 @@ impl Issuers {
     }
 }
 
-/// Whether no public CA would issue for `name`: a reserved or private top-level name, a
-/// single label, or a private, loopback or link-local address.
+/// Whether no public CA would issue for `name`: a name under no suffix of the Public Suffix
+/// List (`.internal`, `.lan`, `.test`, `.local`, a single label), under RFC 8375's
+/// `home.arpa`, or a private, loopback or link-local address.
 pub fn not_public(name: &str) -> bool {
     if let Ok(ip) = name.parse::<IpAddr>() {
         return match ip {
@@ -55,7 +51,7 @@ pub fn not_public(name: &str) -> bool {
         };
     }
     let name = name.trim_start_matches("*.").trim_end_matches('.');
-    !name.contains('.') || NOT_PUBLIC.iter().any(|tld| name.ends_with(&format!(".{tld}")))
+    !name.contains('.') || name.ends_with(".home.arpa") || !psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known())
 }
 
 #[async_trait]
@@ -202,6 +198,11 @@ mod tests {
             ("10.0.0.7", true),
             ("8.8.8.8", false),
             ("*.example.org", false),
+            ("nas.lan", true),
+            ("db.internal", true),
+            ("pi.local", true),
+            ("app.example.co.uk", false),
+            ("a.b.github.io", false),
             ("*.x.corp", true),
             ("example.com", false),
         ] {
