@@ -32,10 +32,14 @@ impl Issuers {
         Self { list }
     }
 
-    /// The order for `plan`: the issuer of the certificate it replaces first, then the rest
-    /// as configured.
+    /// The order for `plan`: the CA that issued the certificate it replaces first, then the
+    /// rest as configured. Not the internal CA: it stays the last resort, so a name it took
+    /// over goes back to a public CA once one issues for it.
     fn ordered(&self, plan: &Plan) -> Vec<&Arc<dyn Issuer>> {
-        let previous = self.list.iter().find(|i| plan.issued_by.as_deref() == Some(i.id().as_str()));
+        let previous = self
+            .list
+            .iter()
+            .find(|i| i.kind() != crate::internal::ID && plan.issued_by.as_deref() == Some(i.id().as_str()));
         previous.into_iter().chain(self.list.iter().filter(|i| previous.is_none_or(|p| !Arc::ptr_eq(p, i)))).collect()
     }
 }
@@ -192,6 +196,12 @@ mod tests {
         let refused = Issuers::new(vec![fake("https://a/dir", "acme", Some(REFUSED)), internal.clone()]);
         assert!(refused.issue(&Plan::single("app.example.com"), &NoProgress).await.is_ok(), "a refused name");
         assert_eq!(calls(&internal), 2);
+        // Its renewal asks the public CA first again (the name may be allowed by now).
+        let public = fake("https://b/dir", "acme", None);
+        let back = Issuers::new(vec![public.clone(), internal.clone()]);
+        let renewal = Plan { issued_by: Some("internal".into()), ..Plan::single("app.example.com") };
+        let cert = back.issue(&renewal, &NoProgress).await.unwrap();
+        assert_eq!((cert.issuer.as_deref(), calls(&public), calls(&internal)), (Some("https://b/dir"), 1, 2));
         for (name, private) in [
             ("app.test", true),
             ("printer", true),
