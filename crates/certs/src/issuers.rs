@@ -71,15 +71,14 @@ impl Issuer for Issuers {
     async fn issue(&self, plan: &Plan, progress: &dyn Progress) -> Result<StoredCert, IssueError> {
         let mut failed: Vec<(String, IssueError)> = Vec::new();
         for issuer in self.ordered(plan) {
-            let last_resort = issuer.kind() == "internal" && !failed.is_empty();
+            let last_resort = issuer.kind() == crate::internal::ID && !failed.is_empty();
             if last_resort
                 && !plan.sans.iter().all(|n| not_public(n))
                 && !failed.iter().all(|(_, e)| e.problem.as_deref().is_some_and(|p| NAME_REFUSED.contains(&p)))
             {
-                tracing::info!(
-                    name = plan.cert,
-                    "a public name the public CAs did not refuse: not from the internal CA"
-                );
+                let why = "not used: a public name the CAs above did not refuse by name";
+                tracing::info!(name = plan.cert, "{why}");
+                failed.push((issuer.id(), IssueError::local(why)));
                 continue;
             }
             match issuer.issue(plan, progress).await {
@@ -102,8 +101,8 @@ impl Issuer for Issuers {
             }
         }
         let detail = failed.iter().map(|(id, e)| format!("{id}: {e}")).collect::<Vec<_>>().join("; ");
-        // The problem type of the last failure, for the status and backoff.
-        let problem = failed.last().and_then(|(_, e)| e.problem.clone());
+        // The problem type of the last CA that gave one, for the status.
+        let problem = failed.iter().rev().find_map(|(_, e)| e.problem.clone());
         Err(IssueError { problem, detail: format!("every issuer failed: {detail}") })
     }
 
@@ -189,8 +188,10 @@ mod tests {
     async fn the_internal_ca_only_for_names_public_cas_refuse_or_cannot_have() {
         let internal = fake("internal", "internal", None);
         let down = Issuers::new(vec![fake("https://a/dir", "acme", Some(DOWN)), internal.clone()]);
-        assert!(down.issue(&Plan::single("app.example.com"), &NoProgress).await.is_err(), "a CA outage");
-        assert_eq!(calls(&internal), 0);
+        let e = down.issue(&Plan::single("app.example.com"), &NoProgress).await.unwrap_err();
+        assert_eq!(calls(&internal), 0, "a CA outage");
+        assert!(e.detail.contains("internal: not used: a public name"), "why, in the last error: {e}");
+        assert_eq!(e.problem.as_deref(), Some(DOWN), "the CA's problem is kept");
         let cert = down.issue(&Plan::single("nas.home.arpa"), &NoProgress).await.unwrap();
         assert_eq!(cert.issuer.as_deref(), Some("internal"), "a name that is not public");
         let refused = Issuers::new(vec![fake("https://a/dir", "acme", Some(REFUSED)), internal.clone()]);
