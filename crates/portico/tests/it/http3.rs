@@ -163,3 +163,33 @@ async fn zero_rtt_is_taken_only_when_configured() {
         assert_eq!((echo["method"].as_str(), echo["body_len"].as_u64()), (Some("POST"), Some(4)), "{echo}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_keeps_the_tcp_limits_on_header_size_and_streams() {
+    let backend = Backend::start("limited").await;
+    let p = portico(&["proxy.http3=true", "proxy.max_header_bytes=8192"]);
+    p.add_host("limits.example.test", backend.addr, &[]);
+    // A request head within `proxy.max_header_bytes` goes through; one over it cannot be
+    // sent (the limit is the connection's SETTINGS_MAX_FIELD_SECTION_SIZE, which the client's
+    // QPACK encoder keeps to) and nothing reaches the target.
+    let head =
+        |count: usize| -> Vec<String> { (0..count).map(|i| format!("x-big-{i}: {}", "a".repeat(1000))).collect() };
+    let args = |headers: &[String]| -> Vec<String> {
+        headers.iter().flat_map(|h| ["--header".to_owned(), h.clone()]).collect()
+    };
+    let within = args(&head(5));
+    let within: Vec<&str> = within.iter().map(String::as_str).collect();
+    let answered = h3(&p, "limits.example.test", None, &within).unwrap();
+    assert_eq!(answered[0]["status"], 200, "{answered:?}");
+    assert_eq!(backend.hits(), 1);
+    let over = args(&head(10));
+    let over: Vec<&str> = over.iter().map(String::as_str).collect();
+    let refused = h3(&p, "limits.example.test", None, &over).unwrap_err();
+    assert!(refused.contains("lsqpack_enc_encode failed"), "refused by the advertised limit: {refused}");
+    assert_eq!(backend.hits(), 1, "nothing more reached the target");
+    // Many requests at once on one connection: all answered, beyond the streams allowed in
+    // flight (the rest wait for a stream).
+    let answers = h3(&p, "limits.example.test", None, &["--parallel", "250"]).unwrap();
+    assert_eq!(answers.iter().filter(|a| a["status"] == 200).count(), 250);
+    assert_eq!(backend.hits(), 251);
+}
