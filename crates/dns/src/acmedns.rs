@@ -57,18 +57,9 @@ impl AcmeDns {
         zones: &str,
         timeout: Duration,
     ) -> Result<Self, DnsError> {
-        let parsed: http::Uri = server
-            .parse()
-            .map_err(|_| DnsError::Config(format!("the AcmeDns provider's server is not a URL: {server}")))?;
-        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
-            return Err(DnsError::Config("the AcmeDns provider's server must start with http:// or https://".into()));
-        }
-        let zones = crate::zone_list(zones);
-        if zones.is_empty() {
-            return Err(DnsError::Config("the AcmeDns provider needs its zones (comma-separated)".into()));
-        }
+        let zones = crate::zone_list(KIND, zones)?;
         Ok(Self {
-            http: Http::new(KIND, server, timeout),
+            http: Http::for_account_url(KIND, "server", server, timeout)?,
             username: registration.username.to_owned(),
             password: registration.password.to_owned(),
             subdomain: registration.subdomain.to_owned(),

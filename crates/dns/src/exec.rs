@@ -56,10 +56,7 @@ impl Exec {
                 format!("no program is named {name:?} (the configuration names: {})", known.join(", "))
             }));
         };
-        let zones = crate::zone_list(zones);
-        if zones.is_empty() {
-            return Err(DnsError::Config("the Exec provider needs its zones (comma-separated)".into()));
-        }
+        let zones = crate::zone_list(KIND, zones)?;
         Ok(Self { name: name.to_owned(), program: program.clone(), zones, timeout })
     }
 

@@ -54,6 +54,25 @@ impl Http {
         Self { provider, base: base.trim_end_matches('/').to_owned(), client, timeout }
     }
 
+    /// A client for an account's own `field`, a URL that must be `http://` or `https://`
+    /// (a webhook's, an acme-dns server's).
+    pub(crate) fn for_account_url(
+        provider: &'static str,
+        field: &str,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<Self, DnsError> {
+        let parsed: http::Uri = url
+            .parse()
+            .map_err(|_| DnsError::Config(format!("the {provider} provider's {field} is not a URL: {url}")))?;
+        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
+            return Err(DnsError::Config(format!(
+                "the {provider} provider's {field} must start with http:// or https://"
+            )));
+        }
+        Ok(Self::new(provider, url, timeout))
+    }
+
     /// Sends `method path` (the path after the base, with its query) with `headers` and an
     /// optional JSON body.
     pub(crate) async fn send(

@@ -144,9 +144,18 @@ pub(crate) fn candidates(name: &str) -> impl Iterator<Item = &str> {
     parents(name).filter(|n| n.contains('.'))
 }
 
-/// The zones an account names (`"a.com, b.com."`): lowercase, without trailing dots.
-pub(crate) fn zone_list(text: &str) -> Vec<String> {
-    text.split(',').map(|z| z.trim().trim_end_matches('.').to_ascii_lowercase()).filter(|z| !z.is_empty()).collect()
+/// The zones a `kind` account names (`"a.com, b.com."`), for a provider that cannot list
+/// them: lowercase, without trailing dots; at least one.
+pub(crate) fn zone_list(kind: &str, text: &str) -> Result<Vec<String>, DnsError> {
+    let zones: Vec<String> = text
+        .split(',')
+        .map(|z| z.trim().trim_end_matches('.').to_ascii_lowercase())
+        .filter(|z| !z.is_empty())
+        .collect();
+    if zones.is_empty() {
+        return Err(DnsError::Config(format!("the {kind} provider needs its zones (comma-separated)")));
+    }
+    Ok(zones)
 }
 
 /// A provider told to put a value at a name (`present`) and to take it back (`cleanup`),

@@ -75,10 +75,7 @@ impl Rfc2136 {
             .map_err(|_| config("the TSIG secret is not base64".into()))?;
         let signer = TSigner::new(key, algorithm, name(key_name)?, 300)
             .map_err(|e| config(format!("the TSIG key cannot sign: {e}")))?;
-        let zones = crate::zone_list(zones);
-        if zones.is_empty() {
-            return Err(config("name the zones this key may update (zones)".into()));
-        }
+        let zones = crate::zone_list("RFC2136", zones)?;
         Ok(Self { server, signer, zones, timeout })
     }
 

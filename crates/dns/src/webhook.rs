@@ -31,16 +31,8 @@ impl Webhook {
     /// A client for the webhook at `url` (`http://` or `https://`), for `zones`
     /// (comma-separated).
     pub fn new(url: &str, secret: String, zones: &str, timeout: Duration) -> Result<Self, DnsError> {
-        let parsed: http::Uri =
-            url.parse().map_err(|_| DnsError::Config(format!("the Webhook provider's url is not a URL: {url}")))?;
-        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
-            return Err(DnsError::Config("the Webhook provider's url must start with http:// or https://".into()));
-        }
-        let zones = crate::zone_list(zones);
-        if zones.is_empty() {
-            return Err(DnsError::Config("the Webhook provider needs its zones (comma-separated)".into()));
-        }
-        Ok(Self { http: Http::new(KIND, url, timeout), secret, zones })
+        let zones = crate::zone_list(KIND, zones)?;
+        Ok(Self { http: Http::for_account_url(KIND, "url", url, timeout)?, secret, zones })
     }
 
     /// Posts `{"fqdn", "value"}` to `<url>/<action>`.

@@ -95,11 +95,7 @@ impl Access {
 
     /// Whether `client` may pass the address lists (deny wins; an empty allow list allows all).
     pub fn admits(&self, client: IpAddr) -> bool {
-        let client = canonical(client);
-        if self.deny.iter().any(|net| net.contains(&client)) {
-            return false;
-        }
-        self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&client))
+        admits(&self.allow, &self.deny, client)
     }
 
     /// Reads the stored form (the record's fields, JSON text each).
@@ -273,6 +269,13 @@ pub fn client_address(
         leftmost = Some(ip);
     }
     Ok(leftmost.unwrap_or(peer))
+}
+
+/// Whether `client` passes an `allow` and a `deny` list: deny wins, an empty allow list allows
+/// all (a host's access lists and a stream's alike).
+pub fn admits(allow: &[IpNet], deny: &[IpNet], client: IpAddr) -> bool {
+    let client = canonical(client);
+    !deny.iter().any(|net| net.contains(&client)) && (allow.is_empty() || allow.iter().any(|net| net.contains(&client)))
 }
 
 /// An IPv4 address inside IPv6 (`::ffff:10.0.0.1`) as the IPv4 address lists name it.

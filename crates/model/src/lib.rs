@@ -41,4 +41,4 @@ pub use routes::{Rebuilt, Routes, RoutingState};
 pub use table::HostTable;
 #[cfg(feature = "reference-matcher")]
 pub use table::reference;
-pub use upstream::{Balance, CheckTiming, HealthCheck, Upstream};
+pub use upstream::{Balance, CheckTiming, HealthCheck, Streak, Upstream};

@@ -213,9 +213,7 @@ impl Stream {
 
     /// Whether `client` may connect: not denied, and allowed when there is an allow list.
     pub fn admits(&self, client: std::net::IpAddr) -> bool {
-        let client = crate::access::canonical(client);
-        !self.deny.iter().any(|n| n.contains(&client))
-            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&client)))
+        crate::access::admits(&self.allow, &self.deny, client)
     }
 }
 

@@ -159,6 +159,37 @@ impl CheckTiming {
     }
 }
 
+/// One target's health checks in a row: `unhealthy` failures in a row make it down,
+/// `healthy` passes in a row make it up again (a host's HTTP checks and a stream's connection
+/// checks alike).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Streak {
+    passed: u32,
+    failed: u32,
+    down: bool,
+}
+
+impl Streak {
+    /// Counts one check; `Some(down)` when it turns the target down or up again.
+    pub fn record(&mut self, passed: bool, unhealthy: u32, healthy: u32) -> Option<bool> {
+        if passed {
+            (self.passed, self.failed) = (self.passed.saturating_add(1), 0);
+        } else {
+            (self.passed, self.failed) = (0, self.failed.saturating_add(1));
+        }
+        let flips = if self.down { passed && self.passed >= healthy } else { !passed && self.failed >= unhealthy };
+        flips.then(|| {
+            self.down = !self.down;
+            self.down
+        })
+    }
+
+    /// Whether the checks have the target down.
+    pub fn down(&self) -> bool {
+        self.down
+    }
+}
+
 /// A whole number field of a `healthCheck` object, `default` when absent.
 fn check_number(
     object: &serde_json::Map<String, Value>,
@@ -231,6 +262,18 @@ impl HealthCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streak_turns_a_target_down_and_up_at_its_thresholds() {
+        let mut streak = Streak::default();
+        let mut seen = Vec::new();
+        for passed in [false, true, false, false, false, true, true, false, true, true] {
+            seen.push(streak.record(passed, 3, 2));
+        }
+        // Down at the third failure in a row; up at the second pass in a row after it.
+        assert_eq!(seen, [None, None, None, None, Some(true), None, Some(false), None, None, None]);
+        assert!(!streak.down());
+    }
 
     #[test]
     fn targets_parse_with_weights_and_refuse_bad_ones() {

@@ -546,15 +546,24 @@ fn duration(value: &Option<DurationText>, key: &'static str, default: Duration) 
     Ok(parsed)
 }
 
+/// `value` of `key` when it is an `http://` or `https://` URL.
+fn http_url(key: &'static str, value: Option<&str>) -> Result<Option<String>, ConfigError> {
+    match value {
+        Some(url) if is_http_url(url) => Ok(Some(url.to_owned())),
+        Some(url) => Err(ConfigError::Value { key, message: format!("{url:?} is not an http(s):// URL") }),
+        None => Ok(None),
+    }
+}
+
+fn is_http_url(text: &str) -> bool {
+    text.starts_with("https://") || text.starts_with("http://")
+}
+
 /// DNS-01 settings: `tls.dns_resolvers` and `[dns]`.
 fn dns_settings(resolvers: Option<&ListText>, d: &RawDns) -> Result<portico_certs::acme::DnsSettings, ConfigError> {
     let defaults = portico_certs::DnsEndpoints::default();
-    let url = |key: &'static str, value: &Option<String>, default: String| match value {
-        Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
-            Ok(url.trim_end_matches('/').to_owned())
-        }
-        Some(url) => Err(ConfigError::Value { key, message: format!("{url:?} is not an http(s):// URL") }),
-        None => Ok(default),
+    let url = |key: &'static str, value: &Option<String>, default: String| {
+        Ok::<_, ConfigError>(http_url(key, value.as_deref())?.map_or(default, |u| u.trim_end_matches('/').to_owned()))
     };
     let resolvers = resolvers
         .map(ListText::items)
@@ -715,16 +724,7 @@ fn tls_section(raw: &Raw) -> Result<TlsConfig, ConfigError> {
     }
     let t = &raw.tls;
     let issuers = issuers(t, issuer)?;
-    let notify_url = match &t.notify_url {
-        Some(url) if url.starts_with("https://") || url.starts_with("http://") => Some(url.clone()),
-        Some(url) => {
-            return Err(ConfigError::Value {
-                key: "tls.notify_url",
-                message: format!("{url:?} is not an http(s):// URL"),
-            });
-        }
-        None => None,
-    };
+    let notify_url = http_url("tls.notify_url", t.notify_url.as_deref())?;
     let challenge = choice(
         "tls.challenge",
         t.challenge.as_deref().unwrap_or("http-01"),
@@ -824,7 +824,7 @@ fn issuers(t: &RawTls, kind: IssuerKind) -> Result<Vec<IssuerSpec>, ConfigError>
         let preset = PRESETS.iter().find(|(name, _, _)| *name == word);
         let directory = match preset {
             Some((_, url, _)) => (*url).to_owned(),
-            None if word.starts_with("https://") || word.starts_with("http://") => word.to_owned(),
+            None if is_http_url(word) => word.to_owned(),
             None => {
                 let words: Vec<&str> = PRESETS.iter().map(|(name, _, _)| *name).collect();
                 return refuse(format!("directory {word:?} is not a URL, \"internal\" or one of {}", words.join(", ")));

@@ -79,8 +79,7 @@ pub async fn run(routes: Arc<Routes>, config: ProxyConfig, state: ProxyState, sh
 
 /// Checks `target` every `check.interval`, for ever.
 async fn probe(pool: &Arc<Pool>, health: &crate::balance::Health, target: &Target, tls: bool, check: &HealthCheck) {
-    let (mut passed, mut failed) = (0u32, 0u32);
-    let mut down = false;
+    let mut streak = portico_model::Streak::default();
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -88,24 +87,19 @@ async fn probe(pool: &Arc<Pool>, health: &crate::balance::Health, target: &Targe
         let outcome = tokio::time::timeout(check.interval.min(Duration::from_secs(10)), once(pool, target, tls, check))
             .await
             .unwrap_or_else(|_| Err("no answer in time".to_owned()));
+        let flipped = streak.record(outcome.is_ok(), check.unhealthy, check.healthy);
         match outcome {
             Ok(()) => {
-                passed += 1;
-                failed = 0;
-                if down && passed >= check.healthy {
-                    down = false;
+                if flipped == Some(false) {
                     tracing::info!(target = %target, "target passes its health checks again");
                     health.checked(target, tls, check, false, None);
                 }
             }
             Err(error) => {
-                failed += 1;
-                passed = 0;
-                if !down && failed >= check.unhealthy {
-                    down = true;
+                if flipped == Some(true) {
                     tracing::warn!(target = %target, %error, "target fails its health checks: no traffic until it passes");
                 }
-                health.checked(target, tls, check, down, Some(format!("health check: {error}")));
+                health.checked(target, tls, check, streak.down(), Some(format!("health check: {error}")));
             }
         }
     }

@@ -260,14 +260,14 @@ impl Shared {
     /// Checks the stream's targets while it has a `healthCheck` (as the stream is now, read
     /// at each round), until `stop`: a connection made within the connect timeout is a pass.
     async fn check(self: Arc<Self>, stop: CancellationToken) {
-        // Failures and passes in a row, by target.
-        let mut counts: HashMap<String, (u32, u32)> = HashMap::new();
+        // Checks in a row, by target.
+        let mut streaks: HashMap<String, portico_model::Streak> = HashMap::new();
         loop {
             let stream = self.current.load_full();
             let wait = match stream.health_check {
                 None => {
                     self.checked_down.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                    counts.clear();
+                    streaks.clear();
                     Duration::from_secs(1)
                 }
                 Some(timing) => {
@@ -281,21 +281,24 @@ impl Shared {
                     });
                     let results = futures_util::future::join_all(probes).await;
                     let listed = |a: &String| stream.targets.iter().any(|u| u.target.authority() == a);
-                    counts.retain(|a, _| listed(a));
+                    streaks.retain(|a, _| listed(a));
                     let mut down = self.checked_down.lock().unwrap_or_else(|e| e.into_inner());
                     down.retain(|a| listed(a));
                     for (address, passed) in results {
-                        let (failures, passes) = counts.entry(address.clone()).or_default();
-                        if passed {
-                            (*failures, *passes) = (0, passes.saturating_add(1));
-                            if *passes >= timing.healthy && down.remove(&address) {
+                        match streaks.entry(address.clone()).or_default().record(
+                            passed,
+                            timing.unhealthy,
+                            timing.healthy,
+                        ) {
+                            Some(false) => {
+                                down.remove(&address);
                                 tracing::info!(listen = %self.name, target = %address, "a stream's target passes its checks again");
                             }
-                        } else {
-                            (*failures, *passes) = (failures.saturating_add(1), 0);
-                            if *failures >= timing.unhealthy && down.insert(address.clone()) {
+                            Some(true) => {
+                                down.insert(address.clone());
                                 tracing::warn!(listen = %self.name, target = %address, "a stream's target fails its checks: passed over");
                             }
+                            None => {}
                         }
                         let labels = StreamTarget { stream: self.name.clone(), target: address.clone() };
                         self.metrics.stream_target_up.get_or_create(&labels).set(i64::from(!down.contains(&address)));

@@ -248,11 +248,17 @@ impl Certs {
             self.metrics.decision("memory");
             return Some(cached.loaded.clone());
         }
-        match self.obtain(&cert, Mode::OnDemand, &owner).await {
+        self.on_demand(&cert, name, &owner).await
+    }
+
+    /// Gets `cert` for a handshake that asked for `asked` (counted and logged when it is
+    /// refused): the fallback certificate's `None` then.
+    async fn on_demand(&self, cert: &str, asked: &str, owner: &Owner) -> Option<Arc<Loaded>> {
+        match self.obtain(cert, Mode::OnDemand, owner).await {
             Ok(loaded) => Some(loaded),
             Err(e) => {
                 self.metrics.decision(e.label());
-                self.log_refusal(name, &e);
+                self.log_refusal(asked, &e);
                 None
             }
         }
@@ -270,14 +276,7 @@ impl Certs {
         }
         // Only a host of exactly this address: no pattern covers one.
         let owner = self.policy.owner(&name).filter(|o| o.explicit && o.pattern == name)?;
-        match self.obtain(&name, Mode::OnDemand, &owner).await {
-            Ok(loaded) => Some(loaded),
-            Err(e) => {
-                self.metrics.decision(e.label());
-                self.log_refusal(&name, &e);
-                None
-            }
-        }
+        self.on_demand(&name, &name, &owner).await
     }
 
     /// Issues a new certificate for `name` now, whatever its state (the API's renew); not
