@@ -842,7 +842,10 @@ async function hostsPage() {
       empty));
   render();
   redraw = async () => {
-    [hosts, certs] = await hostsAndCerts();
+    const [nowHosts, nowCerts] = await hostsAndCerts();
+    // Nothing this page shows changed: the rows stay as they are (under the pointer too).
+    if (JSON.stringify([nowHosts, nowCerts]) === JSON.stringify([hosts, certs])) return;
+    [hosts, certs] = [nowHosts, nowCerts];
     render();
   };
 }
